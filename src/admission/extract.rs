@@ -1,0 +1,121 @@
+//! Reading a review out of an HTTP request, and the errors for requests we cannot read.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use kube_core::admission::{AdmissionRequest, AdmissionReview};
+use kube_core::DynamicObject;
+use serde_json::Value;
+
+use super::AppState;
+use crate::policy::Write;
+
+/// A request we could not read as an AdmissionReview. These are transport errors;
+/// a readable review is always answered with a review, never with one of these.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("Content-Type must be application/json, got {0:?}")]
+    ContentType(String),
+    #[error("request body is larger than {limit} bytes; raise server.maxBodyBytes if the apiserver really sends objects this large")]
+    TooLarge { limit: usize },
+    #[error("cannot read the request body: {0}")]
+    Body(String),
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("expected an admission.k8s.io/v1 AdmissionReview, got {0}")]
+    NotAReview(String),
+}
+
+impl ApiError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ApiError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Body(_) | ApiError::NotJson(_) | ApiError::NotAReview(_) => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = serde_json::json!({ "message": self.to_string(), "status": status.as_u16() });
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// A decoded review: kube-core's typed request, plus the write with its objects kept
+/// as the raw JSON the apiserver sent.
+pub(crate) struct Review {
+    pub request: AdmissionRequest<DynamicObject>,
+    pub write: Write,
+}
+
+impl FromRequest<Arc<AppState>> for Review {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::ContentType(content_type));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge {
+                    limit: state.max_body_bytes,
+                }
+            } else {
+                ApiError::Body(rejection.body_text())
+            }
+        })?;
+        decode(&bytes)
+    }
+}
+
+/// Decodes a review body. The objects are taken out before kube-core's typed decode,
+/// so the body is parsed once and the objects are never re-serialised.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Review, ApiError> {
+    let mut value: Value = serde_json::from_slice(bytes).map_err(ApiError::NotJson)?;
+    let api_version = value
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
+        let got = if api_version.is_empty() && kind.is_empty() {
+            "a JSON document without apiVersion and kind".to_owned()
+        } else {
+            format!("apiVersion {api_version:?} kind {kind:?}")
+        };
+        return Err(ApiError::NotAReview(got));
+    }
+    let Some(request) = value.get_mut("request").and_then(Value::as_object_mut) else {
+        return Err(ApiError::NotAReview(
+            "an AdmissionReview without a request".to_owned(),
+        ));
+    };
+    let object = request.get_mut("object").map(Value::take);
+    let old_object = request.get_mut("oldObject").map(Value::take);
+    let review: AdmissionReview<DynamicObject> = serde_json::from_value(value)
+        .map_err(|e| ApiError::NotAReview(format!("an invalid AdmissionReview: {e}")))?;
+    let request: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|_| ApiError::NotAReview("an AdmissionReview without a request".to_owned()))?;
+    if request.uid.is_empty() {
+        return Err(ApiError::NotAReview(
+            "an AdmissionReview whose request has no uid".to_owned(),
+        ));
+    }
+    let write = Write::from_request(&request, object, old_object);
+    Ok(Review { request, write })
+}

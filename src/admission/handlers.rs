@@ -1,0 +1,288 @@
+//! Routes and the review logic behind `/validate` and `/mutate`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use kube_core::DynamicObject;
+use tracing::{field::Empty, Instrument};
+
+use super::extract::{ApiError, Review};
+use crate::config::Wait;
+use crate::manifest::{self, Layout};
+use crate::metrics::{
+    DecisionLabel, EndpointLabel, EndpointLabels, Metrics, OperationLabel, RejectionLabels,
+    RequestLabels,
+};
+use crate::policy::{self, Decision, Policy, SkipReason, Write};
+use crate::store::{Outcome, StoreError, StoreHandle};
+
+/// Everything a request needs; shared by every connection.
+pub struct AppState {
+    pub policy: Policy,
+    pub layout: Layout,
+    pub store: StoreHandle,
+    pub metrics: Arc<Metrics>,
+    /// Set once the repository is open and the certificate loaded.
+    pub ready: AtomicBool,
+    pub max_body_bytes: usize,
+    pub default_timeout: Duration,
+    pub deadline_margin: Duration,
+}
+
+/// The webhook's router. Production and every test build it here.
+pub fn app(state: Arc<AppState>) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn validate(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    review: Result<Review, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    let review = match review {
+        Ok(review) => review,
+        Err(error) => return reject(&state, error),
+    };
+    let deadline = deadline(&state, query.as_deref(), started);
+    let span = review_span(&review.write);
+    let (response, decision) = answer(&state, &review.request, &review.write, deadline)
+        .instrument(span.clone())
+        .await;
+    span.record("decision", tracing::field::debug(decision));
+    finish(
+        &state,
+        EndpointLabel::Validate,
+        &review.write,
+        decision,
+        started,
+    );
+    Json(response.into_review()).into_response()
+}
+
+async fn mutate(State(state): State<Arc<AppState>>, review: Result<Review, ApiError>) -> Response {
+    let started = Instant::now();
+    let review = match review {
+        Ok(review) => review,
+        Err(error) => return reject(&state, error),
+    };
+    finish(
+        &state,
+        EndpointLabel::Mutate,
+        &review.write,
+        DecisionLabel::Mutate,
+        started,
+    );
+    Json(AdmissionResponse::from(&review.request).into_review()).into_response()
+}
+
+fn reject(state: &AppState, error: ApiError) -> Response {
+    tracing::warn!(status = error.status().as_u16(), %error, "unreadable admission request");
+    state
+        .metrics
+        .rejected
+        .get_or_create(&RejectionLabels {
+            status: error.status().as_u16(),
+        })
+        .inc();
+    error.into_response()
+}
+
+fn review_span(write: &Write) -> tracing::Span {
+    tracing::info_span!(
+        "review",
+        uid = %write.uid,
+        kind = %write.kind.kind,
+        namespace = write.namespace.as_deref().unwrap_or(""),
+        name = %write.name,
+        operation = ?write.operation,
+        dry_run = write.dry_run,
+        decision = Empty,
+    )
+}
+
+fn finish(
+    state: &AppState,
+    endpoint: EndpointLabel,
+    write: &Write,
+    decision: DecisionLabel,
+    started: Instant,
+) {
+    let operation = match write.operation {
+        Operation::Create => OperationLabel::Create,
+        Operation::Update => OperationLabel::Update,
+        Operation::Delete => OperationLabel::Delete,
+        Operation::Connect => OperationLabel::Connect,
+    };
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            operation,
+            decision,
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&EndpointLabels { endpoint })
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// The apiserver's deadline (`?timeout=10s`) minus our margin, so the answer
+/// arrives before the apiserver gives up on us.
+fn deadline(state: &AppState, query: Option<&str>, started: Instant) -> Instant {
+    let timeout = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("timeout="))
+        .and_then(crate::config::parse_go_duration)
+        .unwrap_or(state.default_timeout);
+    let margin = state.deadline_margin.min(timeout / 4);
+    started + timeout.saturating_sub(margin)
+}
+
+/// Decides and, if recording, hands the change to the store and waits as the rule says.
+async fn answer(
+    state: &AppState,
+    request: &AdmissionRequest<DynamicObject>,
+    write: &Write,
+    deadline: Instant,
+) -> (AdmissionResponse, DecisionLabel) {
+    let mut response = AdmissionResponse::from(request);
+    let wait = match policy::decide(write, &state.policy) {
+        Decision::Skip(reason) => {
+            tracing::debug!(reason = reason.label(), "not recorded");
+            if write.dry_run {
+                warn(
+                    &mut response,
+                    format!("kubescribe: dry run: would not record: {reason}"),
+                );
+                return (response, DecisionLabel::DryRun);
+            }
+            if reason == SkipReason::SecretOmitted {
+                warn(&mut response, format!("kubescribe: {reason}"));
+            }
+            return (response, DecisionLabel::Skipped);
+        }
+        Decision::Record { wait, .. } => wait,
+    };
+
+    let change = match manifest::plan(write, &state.layout, state.policy.secrets) {
+        Ok(change) => change,
+        Err(error) => {
+            tracing::warn!(%error, "cannot turn the write into a file");
+            return match wait {
+                Wait::None => {
+                    warn(&mut response, format!("kubescribe: not recorded: {error}"));
+                    (response, DecisionLabel::Unrecorded)
+                }
+                Wait::Commit => (
+                    response.deny(format!("kubescribe must record this write before it is applied, but cannot: {error}")),
+                    DecisionLabel::Denied,
+                ),
+            };
+        }
+    };
+    let path = change.path.clone();
+
+    if write.dry_run {
+        warn(
+            &mut response,
+            format!("kubescribe: dry run: would record {path}"),
+        );
+        return (response, DecisionLabel::DryRun);
+    }
+
+    match wait {
+        Wait::None => match state.store.submit(change, None, deadline).await {
+            Ok(_) => (response, DecisionLabel::Queued),
+            Err(error) => {
+                // The rule does not hold writes, so the write goes through unrecorded;
+                // the reconciler picks it up from the cluster later.
+                tracing::error!(%error, %path, "write admitted without a record");
+                warn(
+                    &mut response,
+                    format!(
+                        "kubescribe: not recorded in git ({error}); it will be picked up later"
+                    ),
+                );
+                (response, DecisionLabel::Unrecorded)
+            }
+        },
+        Wait::Commit => {
+            let outcome = match state.store.submit(change, Some(deadline), deadline).await {
+                Ok(Some(receiver)) => {
+                    match tokio::time::timeout_at(deadline.into(), receiver).await {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(StoreError::Closed),
+                        Err(_) => Err(StoreError::Expired),
+                    }
+                }
+                Ok(None) => unreachable!("a waiting submit always returns a receiver"),
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(Outcome::Committed { commit }) => {
+                    let short = commit.to_hex_with_len(12);
+                    warn(&mut response, format!("recorded {short} {path}"));
+                    (response, DecisionLabel::Recorded)
+                }
+                Ok(Outcome::Unchanged) => {
+                    warn(&mut response, format!("unchanged {path}"));
+                    (response, DecisionLabel::Unchanged)
+                }
+                Ok(Outcome::ParentMissing) => {
+                    warn(&mut response, format!("kubescribe: {path} is not recorded yet, so this scale change is not either"));
+                    (response, DecisionLabel::Unrecorded)
+                }
+                Err(error) => {
+                    tracing::error!(%error, %path, "write denied: not committed");
+                    let message = format!(
+                        "kubescribe could not record this change in git, so it was not applied: {error}; {}",
+                        error.advice()
+                    );
+                    (response.deny(message), DecisionLabel::Denied)
+                }
+            }
+        }
+    }
+}
+
+fn warn(response: &mut AdmissionResponse, text: String) {
+    response.warnings.get_or_insert_with(Vec::new).push(text);
+}

@@ -1,0 +1,14 @@
+//! The webhook's HTTP face: decodes AdmissionReview v1, asks policy, hands recorded
+//! changes to the store, and answers.
+//!
+//! Invariants: a readable review always gets HTTP 200 and an AdmissionReview that
+//! echoes its uid (a denial is `allowed: false`, never an HTTP error, which a
+//! `failurePolicy: Ignore` webhook would turn into an admit). Only unreadable
+//! requests get 400/413/415, always as JSON `{"message","status"}`. `/mutate` never
+//! records and never patches (yet). Every wait is bounded by the apiserver's
+//! `?timeout=` minus a margin. Request bodies are never logged: they carry Secrets.
+
+mod extract;
+mod handlers;
+
+pub use handlers::{app, AppState};

@@ -1,0 +1,167 @@
+//! `kubescribe-load`: the benchmark driver behind `make bench`.
+//!
+//! - `run` replays fixture reviews against a webhook over HTTPS keep-alive and prints
+//!   a JSON report (throughput, p50/p99/max);
+//! - `noop` serves the no-op axum + rustls baseline responder;
+//! - `fast-import` writes a `git fast-import` stream of N one-file commits, the
+//!   baseline for commit throughput.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use kubescribe::load::{self, Client, LoadSpec};
+
+#[derive(Parser)]
+#[command(about = "Load generator and baselines for kubescribe benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replay fixture reviews (each made a distinct write) and print a JSON report.
+    Run {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, default_value = "tests/fixtures/admission/k8s-1.19")]
+        fixtures: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Total requests per second; without it, as fast as the server answers.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Offset for generated names, so runs against one repository stay distinct.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long, default_value = "run")]
+        label: String,
+    },
+    /// Serve the no-op baseline responder until killed.
+    Noop {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Write a fast-import stream of N commits, one new file each, to stdout.
+    FastImport {
+        #[arg(long)]
+        commits: usize,
+        #[arg(long, default_value = "tests/fixtures/admission/k8s-1.19")]
+        fixtures: PathBuf,
+    },
+}
+
+/// Reviews that are real writes by a person: creates, not dry runs, not Secrets.
+fn record_fixtures(dir: &std::path::Path) -> anyhow::Result<Vec<load::Fixture>> {
+    let fixtures: Vec<_> = load::read_fixtures(dir)?
+        .into_iter()
+        .filter(|f| {
+            let r = &f.review["request"];
+            f.path.starts_with("/validate")
+                && r["operation"] == "CREATE"
+                && r["dryRun"] != true
+                && r["userInfo"]["username"] != "system:apiserver"
+                && r["resource"]["resource"] != "secrets"
+        })
+        .collect();
+    anyhow::ensure!(
+        !fixtures.is_empty(),
+        "no CREATE fixtures in {}",
+        dir.display()
+    );
+    Ok(fixtures)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run {
+            addr,
+            ca,
+            fixtures,
+            requests,
+            concurrency,
+            rate,
+            offset,
+            label,
+        } => {
+            let fixtures = record_fixtures(&fixtures)?;
+            let bodies: Vec<(String, Bytes)> = (0..requests)
+                .map(|i| {
+                    let fixture = &fixtures[i % fixtures.len()];
+                    let review = load::unique_review(&fixture.review, offset + i);
+                    (
+                        fixture.path.clone(),
+                        Bytes::from(serde_json::to_vec(&review).expect("JSON values serialise")),
+                    )
+                })
+                .collect();
+            let client = Client::new(addr, &ca)?;
+            let spec = LoadSpec {
+                bodies: Arc::new(bodies),
+                concurrency,
+                rate,
+            };
+            let report = load::run(&client, &spec).await?;
+            let mut line = serde_json::to_value(&report)?;
+            line["label"] = label.into();
+            println!("{line}");
+        }
+        Command::Noop { listen, cert, key } => {
+            let tls = kubescribe::tls::server_config(&cert, &key)?;
+            let listener = std::net::TcpListener::bind(listen)
+                .with_context(|| format!("listen on {listen}"))?;
+            listener.set_nonblocking(true)?;
+            axum_server::from_tcp_rustls(
+                listener,
+                axum_server::tls_rustls::RustlsConfig::from_config(tls),
+            )?
+            .serve(load::noop_router().into_make_service())
+            .await?;
+        }
+        Command::FastImport { commits, fixtures } => {
+            let fixture = record_fixtures(&fixtures)?.remove(0);
+            let mut object = fixture.review["request"]["object"].clone();
+            kubescribe::manifest::sanitize(&mut object, "", "ConfigMap")?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for i in 0..commits {
+                object["metadata"]["name"] = format!("cm-{i}").into();
+                let data = kubescribe::manifest::render(&object);
+                let message =
+                    format!("create v1 ConfigMap team-a/cm-{i}\n\nKubernetes-User: alice\n");
+                writeln!(out, "commit refs/heads/main")?;
+                writeln!(
+                    out,
+                    "author alice <alice@kubernetes.local> {} +0000",
+                    1_700_000_000 + i
+                )?;
+                writeln!(
+                    out,
+                    "committer kubescribe <kubescribe@localhost> {} +0000",
+                    1_700_000_000 + i
+                )?;
+                writeln!(out, "data {}\n{message}", message.len())?;
+                if i > 0 {
+                    writeln!(out, "from refs/heads/main^0")?;
+                }
+                writeln!(out, "M 100644 inline team-a/core/configmaps/cm-{i}.yaml")?;
+                writeln!(out, "data {}\n{data}", data.len())?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Command-line arguments (clap), and turning them into a [`Config`].
+//!
+//! Precedence, highest first: a flag, its environment variable, the config file, the
+//! built-in default. clap resolves flag versus env; [`ServeArgs::config`] lays the
+//! result over the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubescribe",
+    version,
+    about = "Record every admitted Kubernetes write as a git commit"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Log format.
+    #[arg(long, global = true, env = "KUBESCRIBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhook (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Config file (YAML); see docs/configuration.md.
+    #[arg(long, env = "KUBESCRIBE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8443].
+    #[arg(long, env = "KUBESCRIBE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for state; the repository is <DIR>/repo.git [default: data].
+    #[arg(long, env = "KUBESCRIBE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Serving certificate chain (PEM). Without it a dev certificate is made.
+    #[arg(long, env = "KUBESCRIBE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving private key (PEM).
+    #[arg(long, env = "KUBESCRIBE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The config file with these arguments laid over it.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(listen) = self.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.server.tls_cert = Some(cert.clone());
+            config.server.tls_key = Some(key.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kubescribe").chain(args.iter().copied()))
+    }
+
+    fn serve_args(cli: Cli) -> ServeArgs {
+        match cli.command {
+            Some(Command::Serve(args)) => args,
+            None => ServeArgs::default(),
+        }
+    }
+
+    #[test]
+    fn no_arguments_means_serve_on_defaults() {
+        let config = serve_args(parse(&[]).unwrap()).config().unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(config.repository_path(), PathBuf::from("data/repo.git"));
+        assert!(config.server.tls_cert.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "server:\n  listen: 0.0.0.0:9443\ndataDir: /from-file\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let from_file = serve_args(parse(&["serve", "--config", file]).unwrap())
+            .config()
+            .unwrap();
+        assert_eq!(from_file.server.listen.to_string(), "0.0.0.0:9443");
+        assert_eq!(from_file.data_dir, PathBuf::from("/from-file"));
+        let overridden = serve_args(
+            parse(&[
+                "serve",
+                "--config",
+                file,
+                "--listen",
+                "127.0.0.1:1",
+                "--data-dir",
+                "/flag",
+            ])
+            .unwrap(),
+        )
+        .config()
+        .unwrap();
+        assert_eq!(overridden.server.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(overridden.data_dir, PathBuf::from("/flag"));
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs_and_bad_addresses_are_refused() {
+        assert!(parse(&["serve", "--tls-cert", "a.crt"]).is_err());
+        assert!(parse(&["serve", "--listen", "not-an-address"]).is_err());
+        let args =
+            serve_args(parse(&["serve", "--tls-cert", "a.crt", "--tls-key", "a.key"]).unwrap());
+        assert_eq!(
+            args.config().unwrap().server.tls_key,
+            Some(PathBuf::from("a.key"))
+        );
+    }
+
+    #[test]
+    fn every_flag_has_its_environment_variable() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let serve = command.find_subcommand("serve").unwrap();
+        for arg in serve
+            .get_arguments()
+            .filter(|a| !a.is_positional() && a.get_long().is_some_and(|l| l != "help"))
+        {
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            let expected = format!(
+                "KUBESCRIBE_{}",
+                arg.get_long().unwrap().to_uppercase().replace('-', "_")
+            );
+            assert_eq!(
+                env.as_deref(),
+                Some(expected.as_str()),
+                "--{}",
+                arg.get_long().unwrap()
+            );
+        }
+    }
+}

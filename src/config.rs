@@ -1,0 +1,454 @@
+//! The configuration: one YAML file, with flags and environment variables on top.
+//!
+//! Every field has a default, so an empty file (or no file) is a working
+//! configuration: listen on 127.0.0.1:8443, a dev certificate under `./certs/dev`, and a
+//! bare repository at `./data/repo.git` on branch `main`, recording every write that is
+//! not noise. Unknown keys are rejected so a typo never silently changes what is
+//! recorded. docs/configuration.md documents every field; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Reading the configuration failed. Fix the file and restart; nothing is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml_ng::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    /// Where kubescribe keeps its state; the repository is `<dataDir>/repo.git`.
+    pub data_dir: PathBuf,
+    pub repository: RepositoryConfig,
+    pub author: AuthorConfig,
+    pub committer: CommitterConfig,
+    pub store: StoreConfig,
+    pub secrets: SecretMode,
+    pub ignore: IgnoreConfig,
+    pub rules: Vec<Rule>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            data_dir: PathBuf::from("data"),
+            repository: RepositoryConfig::default(),
+            author: AuthorConfig::default(),
+            committer: CommitterConfig::default(),
+            store: StoreConfig::default(),
+            secrets: SecretMode::Omit,
+            ignore: IgnoreConfig::default(),
+            rules: vec![Rule::default()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest accepted request body. kube-apiserver sends up to about 3 MiB per
+    /// object and an UPDATE carries two of them.
+    pub max_body_bytes: usize,
+    /// Serving certificate and key (PEM). When both are unset a dev CA and certificate
+    /// are created under `devCertDir`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub dev_cert_dir: PathBuf,
+    /// Used when the apiserver sends no `?timeout=` (its own default is 10s).
+    #[serde(with = "duration_str")]
+    pub default_timeout: std::time::Duration,
+    /// Kept free at the end of the apiserver's deadline so our answer arrives in time.
+    #[serde(with = "duration_str")]
+    pub deadline_margin: std::time::Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            max_body_bytes: 8 * 1024 * 1024,
+            tls_cert: None,
+            tls_key: None,
+            dev_cert_dir: PathBuf::from("certs/dev"),
+            default_timeout: std::time::Duration::from_secs(10),
+            deadline_margin: std::time::Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// Bare repository; defaults to `<dataDir>/repo.git`.
+    pub path: Option<PathBuf>,
+    pub branch: String,
+    /// Directory inside the repository under which every file is placed.
+    pub root: String,
+    /// Placeholders: `{namespace}` (`_cluster` when cluster-scoped), `{group}` (`core`
+    /// for the core group), `{resource}`, `{name}`.
+    pub path_template: String,
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            branch: "main".to_owned(),
+            root: String::new(),
+            path_template: "{namespace}/{group}/{resource}/{name}.yaml".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AuthorConfig {
+    /// Authors are `<username> <<username>@<emailDomain>>`; a username that already is
+    /// an e-mail address is used as it is.
+    pub email_domain: String,
+}
+
+impl Default for AuthorConfig {
+    fn default() -> Self {
+        Self {
+            email_domain: "kubernetes.local".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct CommitterConfig {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for CommitterConfig {
+    fn default() -> Self {
+        Self {
+            name: "kubescribe".to_owned(),
+            email: "kubescribe@localhost".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Changes waiting for the writer. When it is full, admission waits for room until
+    /// its deadline.
+    pub queue_capacity: usize,
+    /// Most changes turned into commits before one sync covers them.
+    pub max_batch: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            max_batch: 1024,
+        }
+    }
+}
+
+/// How Secrets are treated. They are never written in plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SecretMode {
+    /// Secret writes are not recorded at all.
+    Omit,
+    /// Recorded with every key kept and every value replaced by `<redacted>`.
+    Redact,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct IgnoreConfig {
+    /// Usernames never recorded; `*` matches any run of characters.
+    pub users: Vec<String>,
+    /// Writes by a member of one of these groups are never recorded.
+    pub groups: Vec<String>,
+    /// Noise: resources never recorded, as `resource` or `resource.group`.
+    pub resources: Vec<String>,
+    /// Skip objects that have an ownerReference with `controller: true`: their
+    /// controller's object is the intent.
+    pub controller_owned: bool,
+}
+
+impl Default for IgnoreConfig {
+    fn default() -> Self {
+        Self {
+            users: [
+                "system:apiserver",
+                "system:kube-controller-manager",
+                "system:kube-scheduler",
+                "system:node:*",
+                "system:serviceaccount:kube-system:*",
+                "system:serviceaccount:flux-system:*",
+                "system:serviceaccount:argocd:*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            groups: vec!["system:nodes".to_owned()],
+            resources: [
+                "events",
+                "events.events.k8s.io",
+                "leases.coordination.k8s.io",
+                "endpoints",
+                "endpointslices.discovery.k8s.io",
+                "apiservices.apiregistration.k8s.io",
+                "tokenreviews.authentication.k8s.io",
+                "subjectaccessreviews.authorization.k8s.io",
+                "selfsubjectaccessreviews.authorization.k8s.io",
+                "selfsubjectrulesreviews.authorization.k8s.io",
+                "localsubjectaccessreviews.authorization.k8s.io",
+                "certificatesigningrequests.certificates.k8s.io",
+            ]
+            .map(String::from)
+            .to_vec(),
+            controller_owned: true,
+        }
+    }
+}
+
+/// Which writes are recorded, and what the admission answer waits for. The first rule
+/// that matches decides; a write no rule matches is not recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Rule {
+    pub name: String,
+    /// API groups; `""` is the core group, `*` any.
+    pub groups: Vec<String>,
+    /// Resources (plural, lower case); `*` any. `deployments` also covers
+    /// `deployments/scale`.
+    pub resources: Vec<String>,
+    /// Namespaces; `*` any, and cluster-scoped objects match only `*`.
+    pub namespaces: Vec<String>,
+    pub exclude_namespaces: Vec<String>,
+    pub wait: Wait,
+}
+
+impl Default for Rule {
+    fn default() -> Self {
+        Self {
+            name: "default".to_owned(),
+            groups: vec!["*".to_owned()],
+            resources: vec!["*".to_owned()],
+            namespaces: vec!["*".to_owned()],
+            exclude_namespaces: Vec::new(),
+            wait: Wait::None,
+        }
+    }
+}
+
+/// What the admission answer waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Wait {
+    /// Answer at once; the change is committed in the background.
+    None,
+    /// Answer once the commit is durable on disk; deny if that fails in time.
+    Commit,
+}
+
+impl Config {
+    /// Reads `path`, or returns the defaults when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|source| match source {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        // An empty file means "all defaults", which serde_yaml would call an error.
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+                path: PathBuf::new(),
+                source,
+            })?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "set both server.tlsCert and server.tlsKey, or neither for a dev certificate"
+                    .to_owned(),
+            ));
+        }
+        if self.store.queue_capacity == 0 || self.store.max_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "store.queueCapacity and store.maxBatch must be at least 1".to_owned(),
+            ));
+        }
+        if gix::refs::FullName::try_from(format!("refs/heads/{}", self.repository.branch)).is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "repository.branch {:?} is not a valid branch name",
+                self.repository.branch
+            )));
+        }
+        crate::manifest::Layout::new(&self.repository.root, &self.repository.path_template)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+
+    pub fn repository_path(&self) -> PathBuf {
+        self.repository
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("repo.git"))
+    }
+}
+
+/// Go-style durations (`10s`, `500ms`, `1m30s`), as Kubernetes writes them.
+pub(crate) mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_go_duration(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: write it like 10s, 500ms or 1m30s"
+            ))
+        })
+    }
+}
+
+/// Parses a Go `time.Duration` string such as `10s`, `1.5s` or `1m30s`.
+pub(crate) fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let value: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds_per_unit = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += value * seconds_per_unit;
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_parse_like_kubernetes_writes_them() {
+        let cases = [
+            ("10s", Some(10_000)),
+            ("500ms", Some(500)),
+            ("1m30s", Some(90_000)),
+            ("1.5s", Some(1_500)),
+            ("0", Some(0)),
+            ("", None),
+            ("10", None),
+            ("10x", None),
+            ("s", None),
+        ];
+        for (text, millis) in cases {
+            assert_eq!(
+                parse_go_duration(text).map(|d| d.as_millis() as u64),
+                millis,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let config = Config::from_yaml("").unwrap();
+        assert_eq!(config.repository.branch, "main");
+        assert_eq!(config.rules.len(), 1);
+        assert_eq!(config.repository_path(), PathBuf::from("data/repo.git"));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::from_yaml("rules:\n- name: x\n  wiat: commit\n").unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("wiat"), "{text}");
+    }
+
+    #[test]
+    fn rules_parse_with_wait_modes() {
+        let config = Config::from_yaml(
+            "rules:\n- name: prod\n  namespaces: [prod]\n  wait: commit\n- name: rest\n",
+        )
+        .unwrap();
+        assert_eq!(config.rules[0].wait, Wait::Commit);
+        assert_eq!(config.rules[0].groups, vec!["*"]);
+        assert_eq!(config.rules[1].wait, Wait::None);
+    }
+
+    #[test]
+    fn half_a_tls_pair_is_refused() {
+        let err = Config::from_yaml("server:\n  tlsCert: /x.crt\n").unwrap_err();
+        assert!(err.to_string().contains("tlsKey"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_branch_name_is_refused() {
+        let err = Config::from_yaml("repository:\n  branch: 'a..b'\n").unwrap_err();
+        assert!(err.to_string().contains("branch"), "{err}");
+    }
+}

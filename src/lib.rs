@@ -1,0 +1,15 @@
+//! kubescribe: a Kubernetes admission webhook that records every admitted write as a
+//! sanitised YAML file and a git commit authored by the Kubernetes user.
+//!
+//! The flow is admission → policy → manifest → store; each is a module here.
+
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod load;
+pub mod manifest;
+pub mod metrics;
+pub mod policy;
+pub mod serve;
+pub mod store;
+pub mod tls;

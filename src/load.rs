@@ -1,0 +1,290 @@
+//! An HTTPS client and load generator for the webhook, shared by the integration
+//! tests and the `kubescribe-load` benchmark binary.
+//!
+//! The client speaks HTTP/1.1 over one keep-alive TLS connection at a time and trusts
+//! exactly one CA, as kube-apiserver does with a webhook's caBundle. The load
+//! generator replays fixture reviews with fresh uids and names at a set concurrency
+//! (optionally paced to a total rate) and reports throughput and latency quantiles.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read CA {path}: {reason}")]
+    Ca { path: String, reason: String },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP error: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("bad request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("cannot read fixtures: {0}")]
+    Fixtures(String),
+}
+
+/// Connects to one webhook address, trusting one CA.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, ca_pem: &Path) -> Result<Self, LoadError> {
+        let ca_error = |reason: String| LoadError::Ca {
+            path: ca_pem.display().to_string(),
+            reason,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_pem).map_err(|e| ca_error(e.to_string()))? {
+            roots
+                .add(cert.map_err(|e| ca_error(e.to_string()))?)
+                .map_err(|e| ca_error(e.to_string()))?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ca_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Self {
+            addr,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        })
+    }
+
+    /// Opens one keep-alive connection.
+    pub async fn connect(&self) -> Result<Connection, LoadError> {
+        let connect_error = |source| LoadError::Connect {
+            addr: self.addr,
+            source,
+        };
+        let tcp = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(connect_error)?;
+        tcp.set_nodelay(true).map_err(connect_error)?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(connect_error)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Connection { sender })
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection.
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Connection {
+    /// Sends one request and reads the whole answer.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), LoadError> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "kubescribe");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let request = request.body(Full::new(body))?;
+        self.sender.ready().await?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// POSTs an AdmissionReview and returns the status and parsed answer.
+    pub async fn review(
+        &mut self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Value), LoadError> {
+        let (status, body) = self
+            .send(Method::POST, path, Some("application/json"), body)
+            .await?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    }
+}
+
+/// A fixture: the path the apiserver called and the review it sent.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    pub file: String,
+    pub path: String,
+    pub review: Value,
+}
+
+/// Reads every `*.json` fixture in `dir`, in file-name order (the order they arrived).
+pub fn read_fixtures(dir: &Path) -> Result<Vec<Fixture>, LoadError> {
+    let error = |e: &dyn std::fmt::Display| LoadError::Fixtures(format!("{}: {e}", dir.display()));
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| error(&e))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read(&file).map_err(|e| error(&e))?;
+            let value: Value = serde_json::from_slice(&text).map_err(|e| error(&e))?;
+            Ok(Fixture {
+                file: file
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                path: value["path"].as_str().unwrap_or("/validate").to_owned(),
+                review: value["review"].clone(),
+            })
+        })
+        .collect()
+}
+
+/// A copy of `review` that is a distinct write: fresh uid, and `-<n>` on the name.
+pub fn unique_review(review: &Value, n: usize) -> Value {
+    let mut review = review.clone();
+    let request = &mut review["request"];
+    request["uid"] = Value::String(format!("00000000-0000-4000-8000-{n:012}"));
+    let name = request["name"].as_str().unwrap_or("object").to_owned();
+    let unique = format!("{name}-{n}");
+    request["name"] = Value::String(unique.clone());
+    for field in ["object", "oldObject"] {
+        if let Some(meta) = request.get_mut(field).and_then(|o| o.get_mut("metadata")) {
+            meta["name"] = Value::String(unique.clone());
+        }
+    }
+    review
+}
+
+/// What to send and how hard.
+pub struct LoadSpec {
+    /// (path, body) pairs, sent in turn.
+    pub bodies: Arc<Vec<(String, Bytes)>>,
+    pub concurrency: usize,
+    /// Total requests per second across all connections; `None` sends as fast as answered.
+    pub rate: Option<f64>,
+}
+
+/// The result of a load run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LoadReport {
+    pub requests: usize,
+    pub errors: usize,
+    pub denied: usize,
+    pub seconds: f64,
+    pub throughput: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// Sends every body once, spread over `concurrency` keep-alive connections.
+pub async fn run(client: &Client, spec: &LoadSpec) -> Result<LoadReport, LoadError> {
+    let total = spec.bodies.len();
+    let concurrency = spec.concurrency.max(1).min(total.max(1));
+    let interval = spec
+        .rate
+        .map(|rate| Duration::from_secs_f64(concurrency as f64 / rate));
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let mut connection = client.connect().await?;
+        let bodies = spec.bodies.clone();
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let (mut errors, mut denied) = (0, 0);
+            // Stagger workers so a paced run is evenly spread, not bursty.
+            let offset = interval.map(|i| i.mul_f64(worker as f64 / concurrency as f64));
+            for (k, i) in (worker..bodies.len()).step_by(concurrency).enumerate() {
+                if let (Some(interval), Some(offset)) = (interval, offset) {
+                    tokio::time::sleep_until((started + offset + interval * k as u32).into()).await;
+                }
+                let (path, body) = &bodies[i];
+                let sent = Instant::now();
+                match connection.review(path, body.clone()).await {
+                    Ok((status, answer)) if status.is_success() => {
+                        latencies.push(sent.elapsed());
+                        if answer["response"]["allowed"] == Value::Bool(false) {
+                            denied += 1;
+                        }
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (latencies, errors, denied)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    let (mut errors, mut denied) = (0, 0);
+    for worker in workers {
+        let (l, e, d) = worker.await.unwrap_or_default();
+        latencies.extend(l);
+        errors += e;
+        denied += d;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let quantile = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(LoadReport {
+        requests: total,
+        errors,
+        denied,
+        seconds,
+        throughput: total as f64 / seconds,
+        p50_ms: quantile(0.50),
+        p99_ms: quantile(0.99),
+        max_ms: quantile(1.0),
+    })
+}
+
+/// The baseline: an axum app that reads the body and answers a canned allow, with
+/// none of kubescribe's work. Served over the same rustls setup it shows what TLS,
+/// HTTP and body reading cost on their own.
+pub fn noop_router() -> axum::Router {
+    async fn allow(_body: Bytes) -> impl axum::response::IntoResponse {
+        const ALLOW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"","allowed":true}}"#;
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            ALLOW,
+        )
+    }
+    axum::Router::new()
+        .route("/validate", axum::routing::post(allow))
+        .route("/mutate", axum::routing::post(allow))
+        .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024))
+}

@@ -1,0 +1,279 @@
+//! Where an object's file lives in the repository.
+//!
+//! Invariant: every path this module returns is relative, made of non-empty
+//! components that are not `.`, `..` or `.git`, and starts with the configured root.
+//! Names come from the apiserver, but we check them anyway: a path that would escape
+//! the root is an error, never a file somewhere else.
+
+use std::fmt;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("path template {template:?}: {reason}")]
+    Template { template: String, reason: String },
+    #[error("repository root {root:?}: {reason}")]
+    Root { root: String, reason: String },
+    #[error("cannot place {what} {value:?} in the repository: {reason}")]
+    Unsafe {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Namespace,
+    Group,
+    Resource,
+    Name,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Literal(String),
+    Field(Field),
+}
+
+/// A parsed `repository.root` plus `repository.pathTemplate`.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: Vec<String>,
+    segments: Vec<Vec<Piece>>,
+}
+
+/// What a path is built from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Coordinates<'a> {
+    pub namespace: Option<&'a str>,
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub name: &'a str,
+}
+
+impl Layout {
+    pub fn new(root: &str, template: &str) -> Result<Self, LayoutError> {
+        let root_error = |reason: &str| LayoutError::Root {
+            root: root.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let mut root_parts = Vec::new();
+        for part in root.split('/').filter(|p| !p.is_empty()) {
+            check_component(part).map_err(root_error)?;
+            root_parts.push(part.to_owned());
+        }
+
+        let template_error = |reason: String| LayoutError::Template {
+            template: template.to_owned(),
+            reason,
+        };
+        let mut segments = Vec::new();
+        let mut has_name = false;
+        for segment in template.split('/') {
+            if segment.is_empty() {
+                return Err(template_error(
+                    "empty path component (leading, trailing or double slash)".to_owned(),
+                ));
+            }
+            let mut pieces = Vec::new();
+            let mut rest = segment;
+            while !rest.is_empty() {
+                if let Some(after) = rest.strip_prefix('{') {
+                    let end = after
+                        .find('}')
+                        .ok_or_else(|| template_error("unclosed '{'".to_owned()))?;
+                    let field = match &after[..end] {
+                        "namespace" => Field::Namespace,
+                        "group" => Field::Group,
+                        "resource" => Field::Resource,
+                        "name" => Field::Name,
+                        other => {
+                            return Err(template_error(format!(
+                                "unknown placeholder {{{other}}}; use {{namespace}}, {{group}}, {{resource}} or {{name}}"
+                            )))
+                        }
+                    };
+                    has_name |= field == Field::Name;
+                    pieces.push(Piece::Field(field));
+                    rest = &after[end + 1..];
+                } else {
+                    let end = rest.find('{').unwrap_or(rest.len());
+                    let literal = &rest[..end];
+                    if literal.contains('}') || literal.contains('\\') || literal.contains('\0') {
+                        return Err(template_error(format!("bad characters in {literal:?}")));
+                    }
+                    pieces.push(Piece::Literal(literal.to_owned()));
+                    rest = &rest[end..];
+                }
+            }
+            if let [Piece::Literal(only)] = pieces.as_slice() {
+                check_component(only).map_err(|r| template_error(r.to_owned()))?;
+            }
+            segments.push(pieces);
+        }
+        if !has_name {
+            return Err(template_error(
+                "must contain {name}, or every object would share one file".to_owned(),
+            ));
+        }
+        Ok(Self {
+            root: root_parts,
+            segments,
+        })
+    }
+
+    /// The repository path of the object at `at`.
+    pub(crate) fn place(&self, at: Coordinates<'_>) -> Result<RepoPath, LayoutError> {
+        let mut path = String::with_capacity(96);
+        for part in &self.root {
+            path.push_str(part);
+            path.push('/');
+        }
+        for (i, segment) in self.segments.iter().enumerate() {
+            let start = path.len();
+            for piece in segment {
+                let (what, value) = match piece {
+                    Piece::Literal(text) => {
+                        path.push_str(text);
+                        continue;
+                    }
+                    Piece::Field(Field::Namespace) => {
+                        ("namespace", at.namespace.unwrap_or("_cluster"))
+                    }
+                    Piece::Field(Field::Group) => (
+                        "group",
+                        if at.group.is_empty() {
+                            "core"
+                        } else {
+                            at.group
+                        },
+                    ),
+                    Piece::Field(Field::Resource) => ("resource", at.resource),
+                    Piece::Field(Field::Name) => ("name", at.name),
+                };
+                if value.contains(['/', '\\', '\0']) {
+                    return Err(LayoutError::Unsafe {
+                        what,
+                        value: value.to_owned(),
+                        reason: "it contains a path separator",
+                    });
+                }
+                path.push_str(value);
+            }
+            check_component(&path[start..]).map_err(|reason| LayoutError::Unsafe {
+                what: "path component",
+                value: path[start..].to_owned(),
+                reason,
+            })?;
+            if i + 1 < self.segments.len() {
+                path.push('/');
+            }
+        }
+        Ok(RepoPath(path))
+    }
+}
+
+fn check_component(part: &str) -> Result<(), &'static str> {
+    if part.is_empty() {
+        Err("it is empty")
+    } else if part == "." || part == ".." {
+        Err("it would leave its directory")
+    } else if part.eq_ignore_ascii_case(".git") {
+        Err("git refuses .git as a path component")
+    } else if part.contains(['/', '\\', '\0', '\n']) {
+        Err("it contains a path separator or control character")
+    } else {
+        Ok(())
+    }
+}
+
+/// A checked, relative, `/`-separated path inside the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RepoPath(String);
+
+impl RepoPath {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepoPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT: &str = "{namespace}/{group}/{resource}/{name}.yaml";
+
+    fn at<'a>(namespace: Option<&'a str>, group: &'a str, name: &'a str) -> Coordinates<'a> {
+        Coordinates {
+            namespace,
+            group,
+            resource: "things",
+            name,
+        }
+    }
+
+    #[test]
+    fn default_layout_places_namespaced_and_cluster_objects() {
+        let layout = Layout::new("", DEFAULT).unwrap();
+        assert_eq!(
+            layout
+                .place(at(Some("team-a"), "apps", "web"))
+                .unwrap()
+                .as_str(),
+            "team-a/apps/things/web.yaml"
+        );
+        assert_eq!(
+            layout.place(at(None, "", "reader")).unwrap().as_str(),
+            "_cluster/core/things/reader.yaml"
+        );
+    }
+
+    #[test]
+    fn root_prefixes_every_path() {
+        let layout = Layout::new("/clusters/prod/", DEFAULT).unwrap();
+        assert_eq!(
+            layout.place(at(Some("a"), "", "x")).unwrap().as_str(),
+            "clusters/prod/a/core/things/x.yaml"
+        );
+    }
+
+    #[test]
+    fn names_that_would_escape_the_root_are_refused() {
+        let layout = Layout::new("", "{namespace}/{name}").unwrap();
+        for (namespace, name) in [
+            (Some(".."), "x"),
+            (Some("a"), ".."),
+            (Some("a"), "b/../../c"),
+            (Some("a"), ".git"),
+            (Some("a"), ""),
+            (Some("a"), "x\\y"),
+        ] {
+            assert!(
+                layout.place(at(namespace, "", name)).is_err(),
+                "{namespace:?} {name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_templates_and_roots_are_refused() {
+        for template in [
+            "{name",
+            "{kind}/{name}",
+            "a//{name}",
+            "/{name}",
+            "{namespace}",
+            "../{name}",
+            ".git/{name}",
+        ] {
+            assert!(Layout::new("", template).is_err(), "{template}");
+        }
+        assert!(Layout::new("a/../..", DEFAULT).is_err());
+    }
+}

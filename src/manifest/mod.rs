@@ -1,0 +1,419 @@
+//! Turns an admitted write into the change a person would keep in git.
+//!
+//! It sanitises with a deny-list: status, server-set metadata, server-assigned spec
+//! fields and tool annotations go; every other field stays, so nothing a user wrote
+//! (an `immutable` flag, a StorageClass's `provisioner`) is ever silently dropped. It
+//! renders byte-stable YAML ([`yaml`]) and places the file ([`layout`]). It never
+//! touches the repository: a [`Change`] says what to do, and the store does it.
+//! Secrets never leave this module in plaintext.
+
+mod layout;
+pub(crate) mod yaml;
+
+use kube_core::admission::Operation;
+use serde_json::{Map, Value};
+
+pub use layout::{Layout, LayoutError, RepoPath};
+
+use crate::config::SecretMode;
+use crate::policy::Write;
+
+/// The value every Secret value is replaced with in `redact` mode. It is not valid
+/// base64, so a redacted Secret can never be applied over the real one by accident.
+pub const REDACTED: &str = "<redacted>";
+
+/// Annotation and label keys kubescribe itself may stamp on objects; never recorded.
+pub const OWN_PREFIX: &str = "kubescribe.io/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the request carries no object to record")]
+    NoObject,
+    #[error("the object is not a JSON object")]
+    NotAnObject,
+    #[error("the object has no name")]
+    NoName,
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+}
+
+/// What the store does with the file at [`Change::path`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes (a rendered, sanitised manifest).
+    Put(Vec<u8>),
+    /// Remove the file, if it is there.
+    Remove,
+    /// A `scale` write: set `spec.replicas` in the parent's file, if it is there.
+    SetReplicas(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Verb {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
+        }
+    }
+}
+
+/// One file change, with everything the commit needs to say who made it and why.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub path: RepoPath,
+    pub action: Action,
+    pub verb: Verb,
+    /// `v1`, `apps/v1`: the object's apiVersion (for a scale write, the Scale's; the
+    /// store reads the parent's from its file).
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub user: String,
+    pub groups: Vec<String>,
+    pub uid: String,
+}
+
+impl Change {
+    /// `team-a/web`, or just `reader` for a cluster-scoped object.
+    pub fn object_ref(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Plans the change for a write that policy decided to record.
+pub fn plan(write: &Write, layout: &Layout, secrets: SecretMode) -> Result<Change, ManifestError> {
+    let live = match write.operation {
+        Operation::Delete => write.old_object.as_ref(),
+        _ => write.object.as_ref(),
+    };
+    let name = live
+        .and_then(|o| o.pointer("/metadata/name"))
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .unwrap_or(&write.name);
+    if name.is_empty() {
+        return Err(ManifestError::NoName);
+    }
+    let path = layout.place(layout::Coordinates {
+        namespace: write.namespace.as_deref().filter(|ns| !ns.is_empty()),
+        group: &write.resource.group,
+        resource: &write.resource.resource,
+        name,
+    })?;
+    let api_version = live
+        .and_then(|o| o.get("apiVersion"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| write.kind.api_version());
+    let kind = live
+        .and_then(|o| o.get("kind"))
+        .and_then(Value::as_str)
+        .unwrap_or(&write.kind.kind)
+        .to_owned();
+
+    let (verb, action) = match write.operation {
+        Operation::Delete => (Verb::Delete, Action::Remove),
+        _ if write.sub_resource.as_deref() == Some("scale") => {
+            let object = live.ok_or(ManifestError::NoObject)?;
+            // `kubectl scale --replicas=0` sends `spec: {}`: replicas is omitempty.
+            let replicas = object
+                .pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            (Verb::Update, Action::SetReplicas(replicas))
+        }
+        _ => {
+            let object = live.ok_or(ManifestError::NoObject)?;
+            if object.pointer("/metadata/deletionTimestamp").is_some() {
+                // Finalizers are being cleared on an object already deleted: the file
+                // went with the DELETE and must not come back.
+                (Verb::Delete, Action::Remove)
+            } else {
+                let verb = if write.operation == Operation::Create {
+                    Verb::Create
+                } else {
+                    Verb::Update
+                };
+                let mut clean = object.clone();
+                sanitize(&mut clean, &write.resource.group, &kind)?;
+                if write.resource.group.is_empty() && kind == "Secret" {
+                    // Policy skips Secrets in `omit` mode; whatever reaches here is redacted.
+                    debug_assert_eq!(secrets, SecretMode::Redact);
+                    redact_secret(&mut clean);
+                }
+                (verb, Action::Put(yaml::render(&clean).into_bytes()))
+            }
+        }
+    };
+
+    Ok(Change {
+        path,
+        action,
+        verb,
+        api_version,
+        kind,
+        namespace: write.namespace.clone().filter(|ns| !ns.is_empty()),
+        name: name.to_owned(),
+        user: write.user.clone(),
+        groups: write.groups.clone(),
+        uid: write.uid.clone(),
+    })
+}
+
+const SERVER_METADATA: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "ownerReferences",
+    "generateName",
+];
+
+const TOOL_ANNOTATIONS: &[&str] = &[
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "deployment.kubernetes.io/revision",
+    "argocd.argoproj.io/tracking-id",
+    "pv.kubernetes.io/bind-completed",
+    "pv.kubernetes.io/bound-by-controller",
+    "volume.beta.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/storage-provisioner",
+    "volume.kubernetes.io/selected-node",
+];
+
+const TOOL_LABELS: &[&str] = &[
+    "kustomize.toolkit.fluxcd.io/name",
+    "kustomize.toolkit.fluxcd.io/namespace",
+    "helm.toolkit.fluxcd.io/name",
+    "helm.toolkit.fluxcd.io/namespace",
+];
+
+/// Removes what the server or tools set, in place, keeping everything else.
+pub fn sanitize(object: &mut Value, group: &str, kind: &str) -> Result<(), ManifestError> {
+    let object = object.as_object_mut().ok_or(ManifestError::NotAnObject)?;
+    object.remove("status");
+
+    let pvc_bound_by_controller = object
+        .get("metadata")
+        .and_then(|m| m.pointer("/annotations/pv.kubernetes.io~1bound-by-controller"))
+        .and_then(Value::as_str)
+        == Some("yes");
+
+    if let Some(Value::Object(meta)) = object.get_mut("metadata") {
+        for field in SERVER_METADATA {
+            meta.remove(*field);
+        }
+        retain_keys(meta, "annotations", |k| {
+            !TOOL_ANNOTATIONS.contains(&k) && !k.starts_with(OWN_PREFIX)
+        });
+        let namespace_label =
+            (group.is_empty() && kind == "Namespace").then_some("kubernetes.io/metadata.name");
+        retain_keys(meta, "labels", |k| {
+            !TOOL_LABELS.contains(&k) && !k.starts_with(OWN_PREFIX) && Some(k) != namespace_label
+        });
+    }
+
+    if let Some(spec) = object.get_mut("spec") {
+        strip_template_timestamps(spec);
+    }
+
+    let spec = object.get_mut("spec").and_then(Value::as_object_mut);
+    match (group, kind, spec) {
+        ("", "Service", Some(spec)) => {
+            // A headless Service's `clusterIP: None` is the user's choice; an address is not.
+            if spec.get("clusterIP").and_then(Value::as_str) != Some("None") {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
+            }
+            spec.remove("ipFamilies");
+        }
+        ("", "PersistentVolumeClaim", Some(spec)) if pvc_bound_by_controller => {
+            spec.remove("volumeName");
+        }
+        ("", "Namespace", Some(spec)) => {
+            if spec.get("finalizers") == Some(&serde_json::json!(["kubernetes"])) {
+                spec.remove("finalizers");
+            }
+            if spec.is_empty() {
+                object.remove("spec");
+            }
+        }
+        ("batch", "Job", Some(spec)) if spec.get("manualSelector") != Some(&Value::Bool(true)) => {
+            spec.remove("selector");
+            if let Some(Value::Object(meta)) =
+                spec.get_mut("template").and_then(|t| t.get_mut("metadata"))
+            {
+                retain_keys(meta, "labels", |k| {
+                    !matches!(
+                        k,
+                        "controller-uid"
+                            | "batch.kubernetes.io/controller-uid"
+                            | "job-name"
+                            | "batch.kubernetes.io/job-name"
+                    )
+                });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Go serialises an empty time as `creationTimestamp: null` in every embedded
+/// ObjectMeta (pod templates, volume claim templates, job templates). It is never
+/// intent, so it goes wherever it appears.
+fn strip_template_timestamps(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+                if meta.get("creationTimestamp") == Some(&Value::Null) {
+                    meta.remove("creationTimestamp");
+                }
+            }
+            map.values_mut().for_each(strip_template_timestamps);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_template_timestamps),
+        _ => {}
+    }
+}
+
+/// Keeps the entries of the string map `meta[field]` whose key passes `keep`, and
+/// drops the map when nothing is left.
+fn retain_keys(meta: &mut Map<String, Value>, field: &str, keep: impl Fn(&str) -> bool) {
+    if let Some(Value::Object(map)) = meta.get_mut(field) {
+        map.retain(|k, _| keep(k));
+        if map.is_empty() {
+            meta.remove(field);
+        }
+    }
+}
+
+fn redact_secret(object: &mut Value) {
+    for field in ["data", "stringData"] {
+        if let Some(Value::Object(map)) = object.get_mut(field) {
+            for value in map.values_mut() {
+                *value = Value::String(REDACTED.to_owned());
+            }
+        }
+    }
+}
+
+/// Renders a (sanitised) object as byte-stable YAML.
+pub fn render(object: &Value) -> String {
+    yaml::render(object)
+}
+
+/// Sets `spec.replicas` in a recorded manifest and renders it again. Returns `None`
+/// when the file is not a YAML object we can edit.
+pub fn set_replicas(manifest: &[u8], replicas: i64) -> Option<(Vec<u8>, Value)> {
+    let mut value: Value = serde_yaml_ng::from_slice(manifest).ok()?;
+    let object = value.as_object_mut()?;
+    let spec = object
+        .entry("spec")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()?;
+    spec.insert("replicas".to_owned(), Value::from(replicas));
+    Some((yaml::render(&value).into_bytes(), value))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn sanitize_removes_server_fields_and_keeps_the_rest() {
+        let mut object = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": "c", "namespace": "n", "uid": "u", "resourceVersion": "1",
+                "creationTimestamp": "t", "managedFields": [], "generation": 2,
+                "ownerReferences": [], "finalizers": ["example.com/hold"],
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "kubescribe.io/git-path": "x"},
+                "labels": {"app": "c", "kustomize.toolkit.fluxcd.io/name": "apps"}
+            },
+            "immutable": true,
+            "data": {"a": "1"},
+            "status": {"x": 1}
+        });
+        sanitize(&mut object, "", "ConfigMap").unwrap();
+        assert_eq!(
+            object,
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "n", "finalizers": ["example.com/hold"], "labels": {"app": "c"}},
+                "immutable": true,
+                "data": {"a": "1"}
+            })
+        );
+    }
+
+    #[test]
+    fn service_addresses_go_but_headless_stays() {
+        let mut service = json!({"metadata": {}, "spec": {"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"], "ipFamilies": ["IPv4"], "ports": [{"port": 80}]}});
+        sanitize(&mut service, "", "Service").unwrap();
+        assert_eq!(service["spec"], json!({"ports": [{"port": 80}]}));
+
+        let mut headless = json!({"spec": {"clusterIP": "None", "clusterIPs": ["None"]}});
+        sanitize(&mut headless, "", "Service").unwrap();
+        assert_eq!(headless["spec"]["clusterIP"], "None");
+    }
+
+    #[test]
+    fn null_timestamps_in_embedded_metadata_go() {
+        let mut sts = json!({"spec": {"template": {"metadata": {"creationTimestamp": null, "labels": {"a": "b"}}}, "volumeClaimTemplates": [{"metadata": {"name": "d", "creationTimestamp": null}}]}});
+        sanitize(&mut sts, "apps", "StatefulSet").unwrap();
+        assert_eq!(
+            sts,
+            json!({"spec": {"template": {"metadata": {"labels": {"a": "b"}}}, "volumeClaimTemplates": [{"metadata": {"name": "d"}}]}})
+        );
+    }
+
+    #[test]
+    fn job_generated_selector_and_labels_go() {
+        let mut job = json!({"spec": {"selector": {"matchLabels": {"controller-uid": "x"}}, "template": {"metadata": {"labels": {"controller-uid": "x", "job-name": "j", "app": "a"}}}}});
+        sanitize(&mut job, "batch", "Job").unwrap();
+        assert_eq!(
+            job,
+            json!({"spec": {"template": {"metadata": {"labels": {"app": "a"}}}}})
+        );
+    }
+
+    #[test]
+    fn redacted_secrets_keep_keys_but_no_values() {
+        let mut secret = json!({"data": {"password": "czNjcjN0"}, "stringData": {"x": "plain"}});
+        redact_secret(&mut secret);
+        assert_eq!(
+            secret,
+            json!({"data": {"password": REDACTED}, "stringData": {"x": REDACTED}})
+        );
+    }
+
+    #[test]
+    fn set_replicas_edits_only_replicas() {
+        let before = yaml::render(
+            &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2, "template": {}}}),
+        );
+        let (after, _) = set_replicas(before.as_bytes(), 3).unwrap();
+        assert_eq!(
+            String::from_utf8(after).unwrap(),
+            before.replace("replicas: 2", "replicas: 3")
+        );
+    }
+}

@@ -1,0 +1,422 @@
+//! Decides, for one attempted write, whether it is recorded and what the answer waits for.
+//!
+//! Everything here is a pure function of the write and the configuration: no I/O, no
+//! clock, no async. The server and the offline check call the same [`decide`], so they
+//! can never disagree. A dry run is decided exactly like a real write; the caller
+//! turns a `Record` into a "would record" warning instead of a commit.
+
+use kube_core::admission::{AdmissionRequest, Operation};
+use kube_core::{DynamicObject, GroupVersionKind, GroupVersionResource};
+use serde_json::Value;
+
+use crate::config::{Config, IgnoreConfig, Rule, SecretMode, Wait};
+
+/// One attempted write, as the apiserver described it to us.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub uid: String,
+    pub operation: Operation,
+    /// The kind of `object`: for a scale write this is `autoscaling/v1 Scale`.
+    pub kind: GroupVersionKind,
+    /// The resource written: for a scale write this is the parent (`deployments`).
+    pub resource: GroupVersionResource,
+    pub sub_resource: Option<String>,
+    /// `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    /// Empty on a `generateName` create seen by a mutating webhook.
+    pub name: String,
+    pub user: String,
+    pub groups: Vec<String>,
+    /// Modifications will not be persisted: never write anything for it.
+    pub dry_run: bool,
+    /// The new object as raw JSON; `None` for DELETE.
+    pub object: Option<Value>,
+    /// The previous object as raw JSON; only for UPDATE and DELETE.
+    pub old_object: Option<Value>,
+}
+
+impl Write {
+    /// Builds a write from kube-core's request and the raw objects taken from the same
+    /// body (kept raw so no field is lost to a typed round trip).
+    pub fn from_request(
+        request: &AdmissionRequest<DynamicObject>,
+        object: Option<Value>,
+        old_object: Option<Value>,
+    ) -> Self {
+        Self {
+            uid: request.uid.clone(),
+            operation: request.operation.clone(),
+            kind: request.kind.clone(),
+            resource: request.resource.clone(),
+            sub_resource: request.sub_resource.clone().filter(|s| !s.is_empty()),
+            namespace: request.namespace.clone().filter(|s| !s.is_empty()),
+            name: request.name.clone(),
+            user: request.user_info.username.clone().unwrap_or_default(),
+            groups: request.user_info.groups.clone().unwrap_or_default(),
+            dry_run: request.dry_run,
+            object: object.filter(|o| !o.is_null()),
+            old_object: old_object.filter(|o| !o.is_null()),
+        }
+    }
+
+    fn live_object(&self) -> Option<&Value> {
+        match self.operation {
+            Operation::Delete => self.old_object.as_ref(),
+            _ => self.object.as_ref(),
+        }
+    }
+}
+
+/// The outcome of [`decide`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Decision {
+    /// Record the write; the answer waits for `wait`.
+    Record { rule: String, wait: Wait },
+    /// Let the write through without recording it.
+    Skip(SkipReason),
+}
+
+/// Why a write is not recorded. These are expected, not errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    Connect,
+    Subresource(String),
+    Noise(String),
+    IgnoredUser(String),
+    IgnoredGroup(String),
+    ControllerOwned { kind: String, name: String },
+    SecretOmitted,
+    NoRule,
+}
+
+impl SkipReason {
+    /// A short label for logs and metrics; never contains object names.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SkipReason::Connect => "connect",
+            SkipReason::Subresource(_) => "subresource",
+            SkipReason::Noise(_) => "noise",
+            SkipReason::IgnoredUser(_) => "ignored_user",
+            SkipReason::IgnoredGroup(_) => "ignored_group",
+            SkipReason::ControllerOwned { .. } => "controller_owned",
+            SkipReason::SecretOmitted => "secret_omitted",
+            SkipReason::NoRule => "no_rule",
+        }
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::Connect => write!(f, "CONNECT is not a write"),
+            SkipReason::Subresource(s) => write!(f, "subresource {s} is not recorded"),
+            SkipReason::Noise(r) => write!(f, "{r} are ignored as noise"),
+            SkipReason::IgnoredUser(u) => write!(f, "user {u} is ignored"),
+            SkipReason::IgnoredGroup(g) => write!(f, "group {g} is ignored"),
+            SkipReason::ControllerOwned { kind, name } => {
+                write!(
+                    f,
+                    "owned by controller {kind}/{name}, which is recorded instead"
+                )
+            }
+            SkipReason::SecretOmitted => {
+                write!(f, "Secrets are not recorded (secrets: omit; set secrets: redact to record their keys)")
+            }
+            SkipReason::NoRule => write!(f, "no rule records it"),
+        }
+    }
+}
+
+/// The compiled policy: the rules and ignore lists of a [`Config`].
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    ignore: IgnoreConfig,
+    noise: Vec<(String, String)>,
+    pub secrets: SecretMode,
+}
+
+impl Policy {
+    pub fn new(config: &Config) -> Self {
+        let noise = config
+            .ignore
+            .resources
+            .iter()
+            .map(|entry| match entry.split_once('.') {
+                Some((resource, group)) => (group.to_owned(), resource.to_owned()),
+                None => (String::new(), entry.clone()),
+            })
+            .collect();
+        Self {
+            rules: config.rules.clone(),
+            ignore: config.ignore.clone(),
+            noise,
+            secrets: config.secrets,
+        }
+    }
+}
+
+/// Decides what happens to `write`. The first matching skip reason wins, then the
+/// first matching rule.
+pub fn decide(write: &Write, policy: &Policy) -> Decision {
+    if write.operation == Operation::Connect {
+        return Decision::Skip(SkipReason::Connect);
+    }
+    if let Some(sub) = &write.sub_resource {
+        if sub != "scale" {
+            return Decision::Skip(SkipReason::Subresource(sub.clone()));
+        }
+    }
+    let group = &write.resource.group;
+    let resource = &write.resource.resource;
+    if policy
+        .noise
+        .iter()
+        .any(|(g, r)| g == group && r == resource)
+    {
+        return Decision::Skip(SkipReason::Noise(resource.clone()));
+    }
+    if policy.ignore.users.iter().any(|p| glob(p, &write.user)) {
+        return Decision::Skip(SkipReason::IgnoredUser(write.user.clone()));
+    }
+    if let Some(g) = write
+        .groups
+        .iter()
+        .find(|g| policy.ignore.groups.iter().any(|p| glob(p, g)))
+    {
+        return Decision::Skip(SkipReason::IgnoredGroup(g.clone()));
+    }
+    if policy.ignore.controller_owned {
+        if let Some(owner) = controller_owner(write.live_object()) {
+            return Decision::Skip(owner);
+        }
+    }
+    if group.is_empty() && resource == "secrets" && policy.secrets == SecretMode::Omit {
+        return Decision::Skip(SkipReason::SecretOmitted);
+    }
+    match policy.rules.iter().find(|rule| matches(rule, write)) {
+        Some(rule) => Decision::Record {
+            rule: rule.name.clone(),
+            wait: rule.wait,
+        },
+        None => Decision::Skip(SkipReason::NoRule),
+    }
+}
+
+fn controller_owner(object: Option<&Value>) -> Option<SkipReason> {
+    let owners = object?.pointer("/metadata/ownerReferences")?.as_array()?;
+    owners
+        .iter()
+        .find(|o| o.get("controller") == Some(&Value::Bool(true)))
+        .map(|o| SkipReason::ControllerOwned {
+            kind: o
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned(),
+            name: o
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned(),
+        })
+}
+
+fn matches(rule: &Rule, write: &Write) -> bool {
+    let any = |list: &[String], value: &str| list.iter().any(|p| p == "*" || p == value);
+    let resource = &write.resource.resource;
+    let resource_ok = any(&rule.resources, resource)
+        || write
+            .sub_resource
+            .as_ref()
+            .is_some_and(|sub| any(&rule.resources, &format!("{resource}/{sub}")));
+    let namespace_ok = match &write.namespace {
+        Some(ns) => any(&rule.namespaces, ns) && !rule.exclude_namespaces.contains(ns),
+        None => rule.namespaces.iter().any(|p| p == "*"),
+    };
+    any(&rule.groups, &write.resource.group) && resource_ok && namespace_ok
+}
+
+/// Matches `value` against `pattern`, where `*` stands for any run of characters.
+fn glob(pattern: &str, value: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = value.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn write(group: &str, resource: &str, namespace: Option<&str>, user: &str) -> Write {
+        Write {
+            uid: "u".into(),
+            operation: Operation::Create,
+            kind: GroupVersionKind::gvk(group, "v1", "Thing"),
+            resource: GroupVersionResource::gvr(group, "v1", resource),
+            sub_resource: None,
+            namespace: namespace.map(str::to_owned),
+            name: "x".into(),
+            user: user.into(),
+            groups: vec!["system:authenticated".into()],
+            dry_run: false,
+            object: Some(json!({"metadata": {"name": "x"}})),
+            old_object: None,
+        }
+    }
+
+    fn policy(yaml: &str) -> Policy {
+        Policy::new(&Config::from_yaml(yaml).unwrap())
+    }
+
+    #[test]
+    fn defaults_record_a_person_and_skip_the_noise() {
+        let p = policy("");
+        let record = Decision::Record {
+            rule: "default".into(),
+            wait: Wait::None,
+        };
+        let cases = [
+            (write("", "configmaps", Some("a"), "alice"), record.clone()),
+            (
+                write("rbac.authorization.k8s.io", "clusterroles", None, "admin"),
+                record.clone(),
+            ),
+            (
+                write("", "events", Some("a"), "alice"),
+                Decision::Skip(SkipReason::Noise("events".into())),
+            ),
+            (
+                write("coordination.k8s.io", "leases", Some("a"), "alice"),
+                Decision::Skip(SkipReason::Noise("leases".into())),
+            ),
+            (
+                write(
+                    "apiregistration.k8s.io",
+                    "apiservices",
+                    None,
+                    "system:apiserver",
+                ),
+                Decision::Skip(SkipReason::Noise("apiservices".into())),
+            ),
+            (
+                write(
+                    "apps",
+                    "deployments",
+                    Some("a"),
+                    "system:serviceaccount:flux-system:kustomize-controller",
+                ),
+                Decision::Skip(SkipReason::IgnoredUser(
+                    "system:serviceaccount:flux-system:kustomize-controller".into(),
+                )),
+            ),
+            (
+                write("", "secrets", Some("a"), "alice"),
+                Decision::Skip(SkipReason::SecretOmitted),
+            ),
+        ];
+        for (w, expected) in cases {
+            assert_eq!(
+                decide(&w, &p),
+                expected,
+                "{} {}",
+                w.resource.resource,
+                w.user
+            );
+        }
+    }
+
+    #[test]
+    fn controller_owned_objects_are_skipped() {
+        let mut w = write("apps", "replicasets", Some("a"), "alice");
+        w.object = Some(
+            json!({"metadata": {"ownerReferences": [{"kind": "Deployment", "name": "web", "controller": true}]}}),
+        );
+        assert_eq!(
+            decide(&w, &policy("")),
+            Decision::Skip(SkipReason::ControllerOwned {
+                kind: "Deployment".into(),
+                name: "web".into()
+            })
+        );
+    }
+
+    #[test]
+    fn rules_pick_namespaces_groups_and_wait() {
+        let p = policy(
+            "rules:\n- name: prod\n  namespaces: [prod]\n  wait: commit\n- name: apps\n  groups: [apps]\n  resources: [deployments]\n  excludeNamespaces: [scratch]\n",
+        );
+        let decide_for = |ns: Option<&str>, group: &str, resource: &str| {
+            decide(&write(group, resource, ns, "alice"), &p)
+        };
+        assert_eq!(
+            decide_for(Some("prod"), "", "configmaps"),
+            Decision::Record {
+                rule: "prod".into(),
+                wait: Wait::Commit
+            }
+        );
+        assert_eq!(
+            decide_for(Some("dev"), "apps", "deployments"),
+            Decision::Record {
+                rule: "apps".into(),
+                wait: Wait::None
+            }
+        );
+        assert_eq!(
+            decide_for(Some("scratch"), "apps", "deployments"),
+            Decision::Skip(SkipReason::NoRule)
+        );
+        assert_eq!(
+            decide_for(Some("dev"), "", "configmaps"),
+            Decision::Skip(SkipReason::NoRule)
+        );
+        assert_eq!(
+            decide_for(None, "apps", "deployments"),
+            Decision::Record {
+                rule: "apps".into(),
+                wait: Wait::None
+            }
+        );
+    }
+
+    #[test]
+    fn scale_is_recorded_with_its_parent_and_status_is_not() {
+        let p = policy("rules:\n- name: d\n  resources: [deployments]\n");
+        let mut w = write("apps", "deployments", Some("a"), "alice");
+        w.sub_resource = Some("scale".into());
+        assert!(matches!(decide(&w, &p), Decision::Record { .. }));
+        w.sub_resource = Some("status".into());
+        assert_eq!(
+            decide(&w, &p),
+            Decision::Skip(SkipReason::Subresource("status".into()))
+        );
+    }
+
+    #[test]
+    fn globs_match_like_shell_stars() {
+        assert!(glob("system:node:*", "system:node:n1"));
+        assert!(glob("*", ""));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b", "ab-c"));
+        assert!(!glob("system:node:*", "system:nodes"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exactly"));
+    }
+}

@@ -1,0 +1,158 @@
+//! `kubescribe serve`: wires TLS, the store and the router into a running server.
+//!
+//! Start-up order is what `/readyz` promises: the certificate is loaded and the
+//! repository open before the first connection is accepted. Shutdown stops accepting,
+//! lets open requests finish, then waits for the writer to commit its queue, so a
+//! change that was acknowledged before SIGTERM is not dropped.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::admission::{app, AppState};
+use crate::config::Config;
+use crate::manifest::Layout;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::store::{StoreError, StoreHandle, StoreSettings, WriterThread};
+use crate::tls::{self, TlsError};
+
+/// Starting the server failed; the message names the part and the cause follows.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS setup failed")]
+    Tls(#[from] TlsError),
+    #[error("the git store could not start")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running webhook server.
+pub struct Server {
+    addr: SocketAddr,
+    handle: axum_server::Handle<SocketAddr>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    writer: WriterThread,
+    /// The dev CA, when the server made or used one.
+    pub dev_ca: Option<PathBuf>,
+}
+
+impl Server {
+    /// Loads TLS, opens the repository and starts listening.
+    pub async fn start(config: &Config) -> Result<Self, ServeError> {
+        let (cert, key, dev_ca) = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
+            _ => {
+                let (paths, created) = tls::ensure_dev_certificates(
+                    &config.server.dev_cert_dir,
+                    &tls::default_dev_names(),
+                )?;
+                tracing::info!(
+                    ca = %paths.ca_cert.display(),
+                    created,
+                    "serving with a dev certificate; trust this CA (caBundle, curl --cacert)"
+                );
+                (paths.cert, paths.key, Some(paths.ca_cert))
+            }
+        };
+        let tls_config = tls::server_config(&cert, &key)?;
+
+        let layout = Layout::new(&config.repository.root, &config.repository.path_template)
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new());
+        let (store, writer) =
+            StoreHandle::open(StoreSettings::from_config(config), metrics.clone())?;
+
+        let state = Arc::new(AppState {
+            policy: Policy::new(config),
+            layout,
+            store,
+            metrics,
+            ready: AtomicBool::new(false),
+            max_body_bytes: config.server.max_body_bytes,
+            default_timeout: config.server.default_timeout,
+            deadline_margin: config.server.deadline_margin,
+        });
+
+        let listen = config.server.listen;
+        let bind_error = |source| ServeError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = std::net::TcpListener::bind(listen).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls_config))
+            .map_err(bind_error)?;
+        let handle = axum_server::Handle::new();
+        let router = app(state.clone());
+        let task = tokio::spawn(
+            server
+                .handle(handle.clone())
+                .serve(router.into_make_service()),
+        );
+        state.ready.store(true, Ordering::Release);
+        drop(state);
+        tracing::info!(%addr, "kubescribe is serving");
+        Ok(Self {
+            addr,
+            handle,
+            task,
+            writer,
+            dev_ca,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until SIGTERM or ctrl-c, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> std::io::Result<()> {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await
+    }
+
+    /// Stops accepting, lets open requests finish, and waits for the writer's queue.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.handle.graceful_shutdown(Some(Duration::from_secs(10)));
+        let served = match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

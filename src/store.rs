@@ -1,0 +1,751 @@
+//! Commits changes to a bare git repository: one writer, one commit per change, one
+//! durability point per batch.
+//!
+//! Invariants:
+//! - Exactly one writer thread owns the repository and the branch. It commits with the
+//!   tip it last wrote as parent and moves the branch with compare-and-swap, so a
+//!   second writer becomes an error, never a lost update. History stays linear.
+//! - A waiter hears "committed" only after the batch's objects and then the branch
+//!   ref were synced to disk (`syncfs`): objects first, so a crash can never leave the
+//!   branch naming an object that is not there.
+//! - A change that leaves its file byte-identical makes no commit.
+//! - A change the webhook already let through (`wait: none`) is never dropped on an
+//!   error: it stays queued and is retried with backoff. A change someone waits for
+//!   is answered with the error instead, so that write is denied and not recorded.
+//!
+//! The writer never decides what to record; it only applies [`Change`]s.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gix::bstr::BString;
+use gix::hash::ObjectId;
+use gix::objs::tree::EntryKind;
+use gix::refs::transaction::PreviousValue;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{CommitterConfig, Config};
+use crate::manifest::{self, Action, Change};
+use crate::metrics::Metrics;
+
+/// Why a change could not be committed. Every variant is worth retrying once the
+/// cause (disk, lock, load) is gone; [`StoreError::advice`] says what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the repository at {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("writing git objects failed: {reason}")]
+    Write { reason: String },
+    #[error("moving branch {branch} failed: {reason}")]
+    Branch { branch: String, reason: String },
+    #[error("syncing the repository to disk failed: {reason}")]
+    Sync { reason: String },
+    #[error("the commit was not made before the apiserver's deadline")]
+    Expired,
+    #[error("the change queue is full")]
+    QueueFull,
+    #[error("kubescribe is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// What the person whose write was denied (or the operator) should do.
+    pub fn advice(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "check the data directory and its permissions",
+            StoreError::Write { .. } | StoreError::Sync { .. } => {
+                "check free space and permissions of kubescribe's data volume, then retry the write"
+            }
+            StoreError::Branch { .. } => {
+                "another process may hold the branch lock (a stale *.lock file in the repository); remove it, then retry the write"
+            }
+            StoreError::Expired | StoreError::QueueFull => {
+                "kubescribe is overloaded or its disk is slow; retry the write, and check kubescribe's logs and metrics"
+            }
+            StoreError::Closed => "retry the write once kubescribe is back",
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "open",
+            StoreError::Write { .. } => "write",
+            StoreError::Branch { .. } => "branch",
+            StoreError::Sync { .. } => "sync",
+            StoreError::Expired => "expired",
+            StoreError::QueueFull => "queue_full",
+            StoreError::Closed => "closed",
+        }
+    }
+}
+
+/// What happened to one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed, and durable on disk.
+    Committed { commit: ObjectId },
+    /// The file already had these bytes (or was already gone): no commit.
+    Unchanged,
+    /// A scale write whose parent object has no file yet: nothing to edit.
+    ParentMissing,
+}
+
+struct Waiter {
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    deadline: Instant,
+}
+
+struct Job {
+    change: Change,
+    /// `None` when the admission answer did not wait (`wait: none`).
+    waiter: Option<Waiter>,
+}
+
+/// The sending side: cheap to clone, shared by every request.
+#[derive(Clone)]
+pub struct StoreHandle {
+    tx: mpsc::Sender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+/// Waits for the writer thread to finish its queue; see [`StoreHandle::open`].
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Blocks until every queued change has been committed (or reported lost).
+    pub fn join(self) {
+        if self.0.join().is_err() {
+            tracing::error!("the store writer thread panicked");
+        }
+    }
+}
+
+/// Settings the writer needs, taken from [`Config`].
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub path: PathBuf,
+    pub branch: String,
+    pub email_domain: String,
+    pub committer: CommitterConfig,
+    pub queue_capacity: usize,
+    pub max_batch: usize,
+    /// Run `git repack -d` after this many commits; 0 turns it off.
+    pub repack_every: u64,
+}
+
+impl StoreSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            path: config.repository_path(),
+            branch: config.repository.branch.clone(),
+            email_domain: config.author.email_domain.clone(),
+            committer: config.committer.clone(),
+            queue_capacity: config.store.queue_capacity,
+            max_batch: config.store.max_batch,
+            repack_every: 20_000,
+        }
+    }
+}
+
+impl StoreHandle {
+    /// Opens (or creates) the bare repository and starts the writer thread. The writer
+    /// stops once every handle is dropped and the queue is drained.
+    pub fn open(
+        settings: StoreSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, WriterThread), StoreError> {
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let thread_metrics = metrics.clone();
+        // gix's Repository is not Send without its `parallel` feature, so the writer
+        // opens it on its own thread and only the result crosses back.
+        let thread = std::thread::Builder::new()
+            .name("kubescribe-store".to_owned())
+            .spawn(move || {
+                let writer = match Writer::open(settings, rx, thread_metrics) {
+                    Ok(writer) => {
+                        let _ = opened_tx.send(Ok(()));
+                        writer
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("a current-thread runtime with only a timer always builds");
+                runtime.block_on(writer.run());
+            })
+            .map_err(|e| StoreError::Open {
+                path: PathBuf::new(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        match opened_rx.recv() {
+            Ok(Ok(())) => Ok((Self { tx, metrics }, WriterThread(thread))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Open {
+                path: PathBuf::new(),
+                reason: "the writer thread stopped while opening".to_owned(),
+            }),
+        }
+    }
+
+    /// Queues `change` and, for a waiter, returns the receiver of its outcome. Waits
+    /// for room in the queue until `deadline`.
+    pub async fn submit(
+        &self,
+        change: Change,
+        wait_until: Option<Instant>,
+        deadline: Instant,
+    ) -> Result<Option<oneshot::Receiver<Result<Outcome, StoreError>>>, StoreError> {
+        let (waiter, receiver) = match wait_until {
+            Some(deadline) => {
+                let (reply, rx) = oneshot::channel();
+                (Some(Waiter { reply, deadline }), Some(rx))
+            }
+            None => (None, None),
+        };
+        let job = Job { change, waiter };
+        let permit = match self.tx.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                match tokio::time::timeout_at(deadline.into(), self.tx.reserve()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(StoreError::Closed),
+                    Err(_) => return Err(StoreError::QueueFull),
+                }
+            }
+        };
+        self.metrics.queue_depth.inc();
+        permit.send(job);
+        Ok(receiver)
+    }
+}
+
+struct Writer {
+    repo: gix::Repository,
+    dir: File,
+    settings: StoreSettings,
+    branch_ref: gix::refs::FullName,
+    tip: Option<ObjectId>,
+    tree: ObjectId,
+    rx: mpsc::Receiver<Job>,
+    metrics: Arc<Metrics>,
+    retry: Vec<Job>,
+    backoff: Duration,
+    commits_since_repack: u64,
+    repack: Option<std::process::Child>,
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Writer {
+    fn open(
+        settings: StoreSettings,
+        rx: mpsc::Receiver<Job>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let path = settings.path.clone();
+        let open_error = |reason: String| StoreError::Open {
+            path: path.clone(),
+            reason,
+        };
+        let is_empty_dir = std::fs::read_dir(&path)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        let repo = if !path.exists() || is_empty_dir {
+            std::fs::create_dir_all(&path).map_err(|e| open_error(e.to_string()))?;
+            let repo = gix::init_bare(&path).map_err(|e| open_error(e.to_string()))?;
+            // Point HEAD at our branch so `git clone` checks it out.
+            std::fs::write(
+                path.join("HEAD"),
+                format!("ref: refs/heads/{}\n", settings.branch),
+            )
+            .map_err(|e| open_error(e.to_string()))?;
+            repo
+        } else {
+            gix::open(&path).map_err(|e| open_error(e.to_string()))?
+        };
+        if !repo.is_bare() {
+            return Err(open_error("it is not a bare repository".to_owned()));
+        }
+        let mut repo = repo;
+        repo.object_cache_size_if_unset(8 * 1024 * 1024);
+
+        let branch_ref = gix::refs::FullName::try_from(format!("refs/heads/{}", settings.branch))
+            .map_err(|e| open_error(e.to_string()))?;
+        let (tip, tree) = match repo
+            .try_find_reference(branch_ref.as_ref())
+            .map_err(|e| open_error(e.to_string()))?
+        {
+            Some(mut reference) => {
+                let commit = reference.peel_to_commit().map_err(|e| {
+                    open_error(format!(
+                        "branch {} does not name a commit: {e}",
+                        settings.branch
+                    ))
+                })?;
+                let tree = commit
+                    .tree_id()
+                    .map_err(|e| open_error(e.to_string()))?
+                    .detach();
+                (Some(commit.id), tree)
+            }
+            None => (None, ObjectId::empty_tree(repo.object_hash())),
+        };
+        let dir = File::open(&path).map_err(|e| open_error(e.to_string()))?;
+        tracing::info!(path = %path.display(), branch = %settings.branch, tip = ?tip, "repository open");
+        Ok(Self {
+            repo,
+            dir,
+            settings,
+            branch_ref,
+            tip,
+            tree,
+            rx,
+            metrics,
+            retry: Vec::new(),
+            backoff: MIN_BACKOFF,
+            commits_since_repack: 0,
+            repack: None,
+        })
+    }
+
+    async fn run(mut self) {
+        loop {
+            let mut batch = std::mem::take(&mut self.retry);
+            if batch.is_empty() {
+                match self.rx.recv().await {
+                    Some(job) => {
+                        self.metrics.queue_depth.dec();
+                        batch.push(job);
+                    }
+                    None => break,
+                }
+            } else {
+                // Failed changes wait out the backoff, but new ones are not held back.
+                tokio::select! {
+                    job = self.rx.recv() => match job {
+                        Some(job) => { self.metrics.queue_depth.dec(); batch.push(job) }
+                        None => { self.commit_batch(batch); break; }
+                    },
+                    () = tokio::time::sleep(self.backoff) => {}
+                }
+            }
+            while batch.len() < self.settings.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => {
+                        self.metrics.queue_depth.dec();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+            self.maintain();
+        }
+        if !self.retry.is_empty() {
+            tracing::error!(
+                lost = self.retry.len(),
+                "shutting down with changes that could not be committed; the reconciler restores them from the cluster"
+            );
+        }
+        if let Some(mut child) = self.repack.take() {
+            let _ = child.wait();
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Job>) {
+        let now = Instant::now();
+        let (jobs, expired): (Vec<Job>, Vec<Job>) = batch
+            .into_iter()
+            .partition(|job| job.waiter.as_ref().is_none_or(|w| w.deadline > now));
+        for job in expired {
+            // Nobody waits any more and the write was denied: committing it would record
+            // a change that never happened.
+            self.metrics
+                .store_errors
+                .get_or_create(&crate::metrics::ErrorLabels { reason: "expired" })
+                .inc();
+            if let Some(waiter) = job.waiter {
+                let _ = waiter.reply.send(Err(StoreError::Expired));
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        self.metrics.batch_size.observe(jobs.len() as f64);
+
+        let started = Instant::now();
+        match self.apply(&jobs).and_then(|(outcomes, tip, tree)| {
+            self.make_durable(tip)?;
+            Ok((outcomes, tip, tree))
+        }) {
+            Ok((outcomes, tip, tree)) => {
+                let commits = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Committed { .. }))
+                    .count();
+                self.metrics.commits.inc_by(commits as u64);
+                self.commits_since_repack += commits as u64;
+                self.tip = tip;
+                self.tree = tree;
+                self.backoff = MIN_BACKOFF;
+                tracing::debug!(
+                    changes = jobs.len(),
+                    commits,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "batch durable"
+                );
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    if let Some(waiter) = job.waiter {
+                        let _ = waiter.reply.send(Ok(outcome));
+                    }
+                }
+            }
+            Err(error) => {
+                self.metrics
+                    .store_errors
+                    .get_or_create(&crate::metrics::ErrorLabels {
+                        reason: error.label(),
+                    })
+                    .inc();
+                let mut kept = 0;
+                for job in jobs {
+                    match job.waiter {
+                        Some(waiter) => {
+                            let _ = waiter.reply.send(Err(error.clone()));
+                        }
+                        None => {
+                            kept += 1;
+                            self.retry.push(job);
+                        }
+                    }
+                }
+                tracing::error!(%error, retrying = kept, backoff_ms = self.backoff.as_millis() as u64, "batch not committed");
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+
+    /// Writes objects and commits for every job, without moving the branch.
+    fn apply(
+        &self,
+        jobs: &[Job],
+    ) -> Result<(Vec<Outcome>, Option<ObjectId>, ObjectId), StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let repo = &self.repo;
+        let mut editor = repo.edit_tree(self.tree).map_err(|e| write_error(&e))?;
+        let mut tip = self.tip;
+        let mut tree = self.tree;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+
+        for job in jobs {
+            let change = &job.change;
+            let path = change.path.as_str();
+            let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
+            let mut body = String::new();
+            let mut api_version = change.api_version.clone();
+            let mut kind = change.kind.clone();
+            let edit = match &change.action {
+                Action::Put(bytes) => Some(Some(bytes.clone())),
+                Action::Remove => current.map(|_| None),
+                Action::SetReplicas(replicas) => match current {
+                    None => {
+                        outcomes.push(Outcome::ParentMissing);
+                        continue;
+                    }
+                    Some(id) => {
+                        let blob = repo.find_blob(id).map_err(|e| write_error(&e))?;
+                        match manifest::set_replicas(&blob.data, *replicas) {
+                            Some((bytes, parent)) => {
+                                let old =
+                                    serde_yaml_ng::from_slice::<serde_json::Value>(&blob.data)
+                                        .ok()
+                                        .and_then(|v| v.pointer("/spec/replicas").cloned());
+                                let old = old.map_or_else(|| "unset".to_owned(), |v| v.to_string());
+                                body =
+                                    format!("Scaled spec.replicas from {old} to {replicas}.\n\n");
+                                if let Some(v) = parent.get("apiVersion").and_then(|v| v.as_str()) {
+                                    api_version = v.to_owned();
+                                }
+                                if let Some(k) = parent.get("kind").and_then(|v| v.as_str()) {
+                                    kind = k.to_owned();
+                                }
+                                Some(Some(bytes))
+                            }
+                            None => {
+                                tracing::warn!(
+                                    path,
+                                    "recorded file is not a YAML object; scale write not applied"
+                                );
+                                outcomes.push(Outcome::ParentMissing);
+                                continue;
+                            }
+                        }
+                    }
+                },
+            };
+            let Some(edit) = edit else {
+                outcomes.push(Outcome::Unchanged);
+                continue;
+            };
+            match edit {
+                Some(bytes) => {
+                    let id =
+                        gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, &bytes)
+                            .map_err(|e| write_error(&e))?;
+                    if current == Some(id) {
+                        outcomes.push(Outcome::Unchanged);
+                        continue;
+                    }
+                    repo.write_blob(&bytes).map_err(|e| write_error(&e))?;
+                    editor
+                        .upsert(path, EntryKind::Blob, id)
+                        .map_err(|e| write_error(&e))?;
+                }
+                None => {
+                    editor.remove(path).map_err(|e| write_error(&e))?;
+                }
+            }
+            let new_tree = editor.write().map_err(|e| write_error(&e))?.detach();
+            if new_tree == tree {
+                outcomes.push(Outcome::Unchanged);
+                continue;
+            }
+            let commit = gix::objs::Commit {
+                tree: new_tree,
+                parents: tip.into_iter().collect(),
+                author: signature(
+                    &change.user,
+                    &author_email(&change.user, &self.settings.email_domain),
+                    now,
+                ),
+                committer: signature(
+                    &self.settings.committer.name,
+                    &self.settings.committer.email,
+                    now,
+                ),
+                encoding: None,
+                message: commit_message(change, &api_version, &kind, &body).into(),
+                extra_headers: Vec::new(),
+            };
+            let id = repo
+                .write_object(&commit)
+                .map_err(|e| write_error(&e))?
+                .detach();
+            tip = Some(id);
+            tree = new_tree;
+            outcomes.push(Outcome::Committed { commit: id });
+        }
+        Ok((outcomes, tip, tree))
+    }
+
+    /// Syncs the new objects, moves the branch to `tip`, and syncs again.
+    fn make_durable(&self, tip: Option<ObjectId>) -> Result<(), StoreError> {
+        if tip == self.tip {
+            return Ok(());
+        }
+        let Some(tip) = tip else { return Ok(()) };
+        let sync = || {
+            rustix::fs::syncfs(&self.dir).map_err(|e| StoreError::Sync {
+                reason: e.to_string(),
+            })
+        };
+        sync()?;
+        let previous = match self.tip {
+            Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
+            None => PreviousValue::MustNotExist,
+        };
+        self.repo
+            .reference(
+                self.branch_ref.as_ref(),
+                tip,
+                previous,
+                "kubescribe: record",
+            )
+            .map_err(|e| StoreError::Branch {
+                branch: self.settings.branch.clone(),
+                reason: error_chain(&e),
+            })?;
+        sync()
+    }
+
+    /// Packs loose objects now and then, in the background; `git repack` is safe
+    /// next to a writer because new objects stay loose until packed.
+    fn maintain(&mut self) {
+        if let Some(child) = &mut self.repack {
+            if matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            self.repack = None;
+        }
+        if self.settings.repack_every == 0 || self.commits_since_repack < self.settings.repack_every
+        {
+            return;
+        }
+        self.commits_since_repack = 0;
+        match std::process::Command::new("git")
+            .arg("-C")
+            .arg(&self.settings.path)
+            .args(["repack", "-d", "-q"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+        {
+            Ok(child) => self.repack = Some(child),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start git repack; loose objects accumulate")
+            }
+        }
+    }
+}
+
+fn lookup(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    path: &str,
+) -> Result<Option<ObjectId>, Box<dyn std::error::Error + Send + Sync>> {
+    if tree.is_empty_tree() {
+        return Ok(None);
+    }
+    let mut tree = repo.find_tree(tree)?;
+    let entry = tree.peel_to_entry_by_path(Path::new(path))?;
+    Ok(entry.filter(|e| e.mode().is_blob()).map(|e| e.object_id()))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn signature(name: &str, email: &str, seconds: i64) -> gix::actor::Signature {
+    gix::actor::Signature {
+        name: BString::from(one_line(name).replace(['<', '>'], "")),
+        email: BString::from(email.replace(['<', '>', '\n', ' '], "")),
+        time: gix::date::Time { seconds, offset: 0 },
+    }
+}
+
+/// `alice@<domain>`; a username that already is an e-mail address is kept.
+pub(crate) fn author_email(user: &str, domain: &str) -> String {
+    let valid_email = user.split_once('@').is_some_and(|(local, host)| {
+        !local.is_empty() && host.contains('.') && !user.contains([' ', '<', '>', ':', '\n'])
+    });
+    if valid_email {
+        return user.to_owned();
+    }
+    let local: String = user
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._+-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let local = if local.is_empty() {
+        "unknown".to_owned()
+    } else {
+        local
+    };
+    format!("{local}@{domain}")
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
+/// `update apps/v1 Deployment team-a/web`, a body, and the trailers.
+fn commit_message(change: &Change, api_version: &str, kind: &str, body: &str) -> String {
+    format!(
+        "{verb} {api_version} {kind} {object}\n\n{body}Kubernetes-User: {user}\nKubernetes-Groups: {groups}\nAdmission-Uid: {uid}\n",
+        verb = change.verb.as_str(),
+        object = change.object_ref(),
+        user = one_line(&change.user),
+        groups = one_line(&change.groups.join(", ")),
+        uid = one_line(&change.uid),
+    )
+}
+
+/// Reads the bytes of `path` at the branch tip; for tests and the offline check.
+pub fn read_file(
+    repo_path: &Path,
+    branch: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
+        path: repo_path.to_owned(),
+        reason: e.to_string(),
+    };
+    let repo = gix::open(repo_path).map_err(|e| open_error(&e))?;
+    let Some(mut reference) = repo
+        .try_find_reference(format!("refs/heads/{branch}").as_str())
+        .map_err(|e| open_error(&e))?
+    else {
+        return Ok(None);
+    };
+    let tree = reference
+        .peel_to_commit()
+        .map_err(|e| open_error(&e))?
+        .tree_id()
+        .map_err(|e| open_error(&e))?
+        .detach();
+    match lookup(&repo, tree, path).map_err(|e| open_error(&e))? {
+        Some(id) => Ok(Some(
+            repo.find_blob(id)
+                .map_err(|e| open_error(&e))?
+                .data
+                .to_vec(),
+        )),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gix::bstr::ByteSlice;
+
+    use super::*;
+
+    #[test]
+    fn author_emails_use_the_domain_unless_the_user_is_an_address() {
+        assert_eq!(author_email("alice", "k.local"), "alice@k.local");
+        assert_eq!(
+            author_email("colin@coder.com", "k.local"),
+            "colin@coder.com"
+        );
+        assert_eq!(
+            author_email("system:serviceaccount:ci:deployer", "k.local"),
+            "system-serviceaccount-ci-deployer@k.local"
+        );
+        assert_eq!(author_email("", "k.local"), "unknown@k.local");
+    }
+
+    #[test]
+    fn signatures_cannot_break_the_commit_header() {
+        let sig = signature("evil <x>\nname", "a<b>@c d", 0);
+        assert_eq!(sig.name.to_str().unwrap(), "evil x name");
+        assert_eq!(sig.email.to_str().unwrap(), "ab@cd");
+    }
+}

@@ -1,0 +1,210 @@
+//! TLS for the webhook: loading a serving certificate, and making a dev CA.
+//!
+//! The server speaks TLS 1.2 and 1.3 only (rustls, ring provider) and offers HTTP/2
+//! and HTTP/1.1 by ALPN, as kube-apiserver expects. Dev certificates are for a laptop
+//! or a test: a fresh CA signs a serving certificate for localhost and loopback
+//! addresses. Private keys are written with mode 0600 and never logged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Loading or making certificates failed. Not retried: fix the files and restart.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path} holds no PEM certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("the certificate and key do not make a usable TLS configuration")]
+    Config(#[source] rustls::Error),
+    #[error("cannot generate a dev certificate")]
+    Generate(#[source] rcgen::Error),
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A rustls server configuration from PEM files (the chain, then the key).
+pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Read {
+            path: cert_path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| TlsError::Read {
+        path: key_path.to_owned(),
+        source,
+    })?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(TlsError::Config)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Paths of a dev CA and the serving pair it signed.
+#[derive(Debug, Clone)]
+pub struct DevCertificates {
+    pub ca_cert: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl DevCertificates {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            ca_cert: dir.join("ca.crt"),
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        }
+    }
+
+    fn exist(&self) -> bool {
+        self.ca_cert.exists() && self.cert.exists() && self.key.exists()
+    }
+}
+
+/// The names a dev serving certificate is valid for by default.
+pub fn default_dev_names() -> Vec<String> {
+    ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec()
+}
+
+/// Uses the dev certificates in `dir`, creating a CA and serving pair there if any
+/// file is missing. Returns whether they were created.
+pub fn ensure_dev_certificates(
+    dir: &Path,
+    names: &[String],
+) -> Result<(DevCertificates, bool), TlsError> {
+    let paths = DevCertificates::in_dir(dir);
+    if paths.exist() {
+        return Ok((paths, false));
+    }
+    let generated = generate(names)?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write_file(&dir.join("ca.key"), &generated.ca_key, true)?;
+    write_file(&paths.ca_cert, &generated.ca_cert, false)?;
+    write_file(&paths.key, &generated.key, true)?;
+    write_file(&paths.cert, &generated.cert, false)?;
+    Ok((paths, true))
+}
+
+/// PEM text of a fresh CA and a serving certificate it signed.
+pub struct Generated {
+    pub ca_cert: String,
+    pub ca_key: String,
+    pub cert: String,
+    pub key: String,
+}
+
+/// Makes a CA and a serving certificate for `names` (DNS names or IP addresses).
+pub fn generate(names: &[String]) -> Result<Generated, TlsError> {
+    let ca_key = KeyPair::generate().map_err(TlsError::Generate)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kubescribe dev CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(TlsError::Generate)?;
+
+    let key = KeyPair::generate().map_err(TlsError::Generate)?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(TlsError::Generate)?;
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map_or("kubescribe", String::as_str),
+    );
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let issuer = Issuer::new(ca_params, &ca_key);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(TlsError::Generate)?;
+    Ok(Generated {
+        ca_cert: ca_cert.pem(),
+        ca_key: ca_key.serialize_pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+fn write_file(path: &Path, text: &str, private: bool) -> Result<(), TlsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let error = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(error)?;
+    file.write_all(text.as_bytes()).map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_certificates_are_made_once_and_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, created) = ensure_dev_certificates(dir.path(), &default_dev_names()).unwrap();
+        assert!(created);
+        server_config(&paths.cert, &paths.key).unwrap();
+        let before = std::fs::read(&paths.cert).unwrap();
+        let (_, created_again) = ensure_dev_certificates(dir.path(), &default_dev_names()).unwrap();
+        assert!(!created_again);
+        assert_eq!(std::fs::read(&paths.cert).unwrap(), before);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&paths.key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn a_missing_key_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (paths, _) = ensure_dev_certificates(dir.path(), &default_dev_names()).unwrap();
+        let err = server_config(&paths.cert, &dir.path().join("nope.key")).unwrap_err();
+        assert!(err.to_string().contains("nope.key"), "{err}");
+    }
+}

@@ -1,0 +1,114 @@
+//! Shared test scaffolding: a real server over real TLS, a client that trusts its
+//! dev CA, the recorded fixtures, and the `git` CLI to read what was written.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of this module"
+)]
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use kubescribe::config::Config;
+use kubescribe::load::{self, Client, Connection, Fixture};
+use kubescribe::serve::Server;
+use serde_json::Value;
+
+pub struct TestServer {
+    pub server: Server,
+    pub client: Client,
+    pub repo: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 with `config_yaml` and its state in a temp dir.
+    pub async fn start(config_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, config_yaml).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config_yaml: &str) -> Self {
+        let mut config = Config::from_yaml(config_yaml).expect("test config parses");
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.dev_cert_dir = dir.path().join("certs");
+        if config.repository.path.is_none() && config.data_dir == Path::new("data") {
+            config.data_dir = dir.path().join("data");
+        }
+        let server = Server::start(&config).await.expect("server starts");
+        let ca = server.dev_ca.clone().expect("tests use the dev CA");
+        let client = Client::new(server.local_addr(), &ca).expect("client");
+        Self {
+            server,
+            client,
+            repo: config.repository_path(),
+            dir,
+        }
+    }
+
+    pub async fn connect(&self) -> Connection {
+        self.client
+            .connect()
+            .await
+            .expect("TLS connection to the test server")
+    }
+
+    /// Runs `git` in the repository and returns its stdout; fails the test on error.
+    pub fn git(&self, args: &[&str]) -> String {
+        git(&self.repo, args)
+    }
+}
+
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("the git CLI is installed");
+    assert!(
+        output.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("git output is UTF-8")
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/admission/k8s-1.19")
+}
+
+pub fn fixtures() -> Vec<Fixture> {
+    load::read_fixtures(&fixtures_dir()).expect("fixtures load")
+}
+
+pub fn fixture(prefix: &str) -> Fixture {
+    fixtures()
+        .into_iter()
+        .find(|f| f.file.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no fixture {prefix}"))
+}
+
+pub fn body(review: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(review).unwrap())
+}
+
+/// The warnings of an answered review.
+pub fn warnings(answer: &Value) -> Vec<String> {
+    answer["response"]["warnings"]
+        .as_array()
+        .map(|w| {
+            w.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The commit a `recorded <sha> <path>` warning names.
+pub fn recorded_sha(answer: &Value) -> Option<String> {
+    warnings(answer).iter().find_map(|w| {
+        w.strip_prefix("recorded ")
+            .map(|rest| rest.split(' ').next().unwrap_or_default().to_owned())
+    })
+}
