@@ -6,6 +6,7 @@ set -euo pipefail
 need=()
 command -v git >/dev/null || need+=(git)
 command -v mount >/dev/null || need+=(mount)
+command -v curl >/dev/null || need+=(curl)
 command -v rustfmt >/dev/null || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 

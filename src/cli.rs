@@ -15,11 +15,15 @@ use crate::config::{Config, ConfigError};
 #[command(
     name = "kubescribe",
     version,
-    about = "Record every admitted Kubernetes write as a git commit"
+    about = "Record every admitted Kubernetes write as a git commit",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// With no subcommand, kubescribe serves; these are `serve`'s flags.
+    #[command(flatten)]
+    pub serve: ServeArgs,
     /// Log format.
     #[arg(long, global = true, env = "KUBESCRIBE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -37,7 +41,7 @@ pub enum Command {
     Serve(ServeArgs),
 }
 
-#[derive(Debug, Default, clap::Args)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Config file (YAML); see docs/configuration.md.
     #[arg(long, env = "KUBESCRIBE_CONFIG")]
@@ -85,7 +89,7 @@ mod tests {
     fn serve_args(cli: Cli) -> ServeArgs {
         match cli.command {
             Some(Command::Serve(args)) => args,
-            None => ServeArgs::default(),
+            None => cli.serve,
         }
     }
 
@@ -128,6 +132,13 @@ mod tests {
         .unwrap();
         assert_eq!(overridden.server.listen.to_string(), "127.0.0.1:1");
         assert_eq!(overridden.data_dir, PathBuf::from("/flag"));
+    }
+
+    #[test]
+    fn serve_is_the_default_command_with_the_same_flags() {
+        let args = serve_args(parse(&["--listen", "127.0.0.1:2"]).unwrap());
+        assert_eq!(args.config().unwrap().server.listen.to_string(), "127.0.0.1:2");
+        assert!(parse(&["--listen", "127.0.0.1:2", "serve"]).is_err(), "flags go after the subcommand");
     }
 
     #[test]

@@ -173,8 +173,26 @@ pub fn read_fixtures(dir: &Path) -> Result<Vec<Fixture>, LoadError> {
 
 /// A copy of `review` that is a distinct write: fresh uid, and `-<n>` on the name.
 pub fn unique_review(review: &Value, n: usize) -> Value {
+    spread_review(review, n, 0)
+}
+
+/// Like [`unique_review`], and a namespaced object also moves to one of
+/// `namespaces` namespaces (`<namespace>-<n % namespaces>`), as writes spread over a
+/// real cluster; 0 keeps the namespace.
+pub fn spread_review(review: &Value, n: usize, namespaces: usize) -> Value {
     let mut review = review.clone();
     let request = &mut review["request"];
+    if namespaces > 0 {
+        if let Some(namespace) = request["namespace"].as_str().filter(|ns| !ns.is_empty()) {
+            let spread = Value::String(format!("{namespace}-{}", n % namespaces));
+            request["namespace"] = spread.clone();
+            for field in ["object", "oldObject"] {
+                if let Some(meta) = request.get_mut(field).and_then(|o| o.get_mut("metadata")) {
+                    meta["namespace"] = spread.clone();
+                }
+            }
+        }
+    }
     request["uid"] = Value::String(format!("00000000-0000-4000-8000-{n:012}"));
     let name = request["name"].as_str().unwrap_or("object").to_owned();
     let unique = format!("{name}-{n}");

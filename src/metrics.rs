@@ -94,6 +94,7 @@ pub struct Metrics {
     pub rejected: Family<RejectionLabels, Counter>,
     pub commits: Counter,
     pub queue_depth: Gauge,
+    pub retry_depth: Gauge,
     pub batch_size: Histogram,
     pub store_errors: Family<ErrorLabels, Counter>,
 }
@@ -139,6 +140,12 @@ impl Metrics {
             "Changes waiting for the writer",
             queue_depth.clone(),
         );
+        let retry_depth = Gauge::default();
+        registry.register(
+            "store_retry_depth",
+            "Admitted changes whose commit failed, waiting for a retry",
+            retry_depth.clone(),
+        );
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register(
             "store_batch_size",
@@ -158,6 +165,7 @@ impl Metrics {
             rejected,
             commits,
             queue_depth,
+            retry_depth,
             batch_size,
             store_errors,
         }

@@ -49,7 +49,13 @@ impl Write {
             kind: request.kind.clone(),
             resource: request.resource.clone(),
             sub_resource: request.sub_resource.clone().filter(|s| !s.is_empty()),
-            namespace: request.namespace.clone().filter(|s| !s.is_empty()),
+            // The apiserver sets a Namespace's own name as its namespace (since 1.20 on
+            // every operation, before only on update and delete); it is cluster-scoped.
+            namespace: request
+                .namespace
+                .clone()
+                .filter(|s| !s.is_empty())
+                .filter(|_| !(request.resource.group.is_empty() && request.resource.resource == "namespaces")),
             name: request.name.clone(),
             user: request.user_info.username.clone().unwrap_or_default(),
             groups: request.user_info.groups.clone().unwrap_or_default(),

@@ -16,7 +16,7 @@ use crate::policy::Write;
 /// A request we could not read as an AdmissionReview. These are transport errors;
 /// a readable review is always answered with a review, never with one of these.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ApiError {
+pub enum ApiError {
     #[error("Content-Type must be application/json, got {0:?}")]
     ContentType(String),
     #[error("request body is larger than {limit} bytes; raise server.maxBodyBytes if the apiserver really sends objects this large")]
@@ -30,7 +30,7 @@ pub(crate) enum ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn status(&self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             ApiError::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -51,7 +51,7 @@ impl IntoResponse for ApiError {
 
 /// A decoded review: kube-core's typed request, plus the write with its objects kept
 /// as the raw JSON the apiserver sent.
-pub(crate) struct Review {
+pub struct Review {
     pub request: AdmissionRequest<DynamicObject>,
     pub write: Write,
 }
@@ -85,6 +85,12 @@ impl FromRequest<Arc<AppState>> for Review {
 /// Decodes a review body. The objects are taken out before kube-core's typed decode,
 /// so the body is parsed once and the objects are never re-serialised.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Review, ApiError> {
+    decode_review(bytes)
+}
+
+/// Decodes an AdmissionReview v1 body exactly as the webhook does: the typed request
+/// and the write with its raw objects.
+pub fn decode_review(bytes: &[u8]) -> Result<Review, ApiError> {
     let mut value: Value = serde_json::from_slice(bytes).map_err(ApiError::NotJson)?;
     let api_version = value
         .get("apiVersion")

@@ -78,12 +78,15 @@ async fn validate(
         Ok(review) => review,
         Err(error) => return reject(&state, error),
     };
-    let deadline = deadline(&state, query.as_deref(), started);
+    let deadline = deadline(query.as_deref(), started, state.default_timeout, state.deadline_margin);
     let span = review_span(&review.write);
     let (response, decision) = answer(&state, &review.request, &review.write, deadline)
         .instrument(span.clone())
         .await;
     span.record("decision", tracing::field::debug(decision));
+    span.in_scope(|| {
+        tracing::info!(allowed = response.allowed, elapsed_us = started.elapsed().as_micros() as u64, "answered");
+    });
     finish(
         &state,
         EndpointLabel::Validate,
@@ -165,16 +168,20 @@ fn finish(
 
 /// The apiserver's deadline (`?timeout=10s`) minus our margin, so the answer
 /// arrives before the apiserver gives up on us.
-fn deadline(state: &AppState, query: Option<&str>, started: Instant) -> Instant {
+fn deadline(query: Option<&str>, started: Instant, default: Duration, margin: Duration) -> Instant {
     let timeout = query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|pair| pair.strip_prefix("timeout="))
         .and_then(crate::config::parse_go_duration)
-        .unwrap_or(state.default_timeout);
-    let margin = state.deadline_margin.min(timeout / 4);
+        .unwrap_or(default)
+        // The apiserver never waits longer than 30s for a webhook.
+        .min(MAX_TIMEOUT);
+    let margin = margin.min(timeout / 4);
     started + timeout.saturating_sub(margin)
 }
+
+const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Decides and, if recording, hands the change to the store and waits as the rule says.
 async fn answer(
@@ -232,9 +239,13 @@ async fn answer(
         Wait::None => match state.store.submit(change, None, deadline).await {
             Ok(_) => (response, DecisionLabel::Queued),
             Err(error) => {
-                // The rule does not hold writes, so the write goes through unrecorded;
-                // the reconciler picks it up from the cluster later.
+                // The rule does not hold writes, so the write goes through unrecorded.
                 tracing::error!(%error, %path, "write admitted without a record");
+                state
+                    .metrics
+                    .store_errors
+                    .get_or_create(&crate::metrics::ErrorLabels { reason: "queue_full" })
+                    .inc();
                 warn(
                     &mut response,
                     format!(
@@ -285,4 +296,29 @@ async fn answer(
 
 fn warn(response: &mut AdmissionResponse, text: String) {
     response.warnings.get_or_insert_with(Vec::new).push(text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_follow_the_apiservers_timeout_minus_a_margin() {
+        let start = Instant::now();
+        let ten = Duration::from_secs(10);
+        let half = Duration::from_millis(500);
+        let cases = [
+            (Some("timeout=10s"), Duration::from_millis(9_500)),
+            (Some("timeout=2s"), Duration::from_millis(1_500)),
+            (Some("timeout=1s"), Duration::from_millis(750)),
+            (Some("a=b&timeout=4s"), Duration::from_millis(3_500)),
+            (None, Duration::from_millis(9_500)),
+            (Some("timeout=garbage"), Duration::from_millis(9_500)),
+            // Absurd values neither overflow nor wait past the apiserver's own limit.
+            (Some("timeout=3000000000000000h"), Duration::from_millis(29_500)),
+        ];
+        for (query, expected) in cases {
+            assert_eq!(deadline(query, start, ten, half) - start, expected, "{query:?}");
+        }
+    }
 }

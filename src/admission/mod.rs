@@ -11,4 +11,5 @@
 mod extract;
 mod handlers;
 
+pub use extract::{decode_review, ApiError, Review};
 pub use handlers::{app, AppState};

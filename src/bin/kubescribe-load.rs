@@ -43,6 +43,9 @@ enum Command {
         /// Offset for generated names, so runs against one repository stay distinct.
         #[arg(long, default_value_t = 0)]
         offset: usize,
+        /// Spread namespaced objects over this many namespaces (0: keep team-a).
+        #[arg(long, default_value_t = 64)]
+        namespaces: usize,
         #[arg(long, default_value = "run")]
         label: String,
     },
@@ -55,12 +58,15 @@ enum Command {
         #[arg(long)]
         key: PathBuf,
     },
-    /// Write a fast-import stream of N commits, one new file each, to stdout.
+    /// Write a fast-import stream of the same commits a `run` with the same
+    /// --requests and --namespaces records: same paths, same file bytes.
     FastImport {
         #[arg(long)]
         commits: usize,
         #[arg(long, default_value = "tests/fixtures/admission/k8s-1.19")]
         fixtures: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        namespaces: usize,
     },
 }
 
@@ -96,13 +102,14 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             rate,
             offset,
+            namespaces,
             label,
         } => {
             let fixtures = record_fixtures(&fixtures)?;
             let bodies: Vec<(String, Bytes)> = (0..requests)
                 .map(|i| {
                     let fixture = &fixtures[i % fixtures.len()];
-                    let review = load::unique_review(&fixture.review, offset + i);
+                    let review = load::spread_review(&fixture.review, offset + i, namespaces);
                     (
                         fixture.path.clone(),
                         Bytes::from(serde_json::to_vec(&review).expect("JSON values serialise")),
@@ -132,33 +139,36 @@ async fn main() -> anyhow::Result<()> {
             .serve(load::noop_router().into_make_service())
             .await?;
         }
-        Command::FastImport { commits, fixtures } => {
-            let fixture = record_fixtures(&fixtures)?.remove(0);
-            let mut object = fixture.review["request"]["object"].clone();
-            kubescribe::manifest::sanitize(&mut object, "", "ConfigMap")?;
+        Command::FastImport { commits, fixtures, namespaces } => {
+            let fixtures = record_fixtures(&fixtures)?;
+            let config = kubescribe::config::Config::default();
+            let layout = kubescribe::manifest::Layout::new(&config.repository.root, &config.repository.path_template)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for i in 0..commits {
-                object["metadata"]["name"] = format!("cm-{i}").into();
-                let data = kubescribe::manifest::render(&object);
-                let message =
-                    format!("create v1 ConfigMap team-a/cm-{i}\n\nKubernetes-User: alice\n");
+                let fixture = &fixtures[i % fixtures.len()];
+                let review = load::spread_review(&fixture.review, i, namespaces);
+                let decoded = kubescribe::admission::decode_review(&serde_json::to_vec(&review)?)?;
+                let change = kubescribe::manifest::plan(&decoded.write, &layout, config.secrets)?;
+                let kubescribe::manifest::Action::Put(data) = &change.action else {
+                    anyhow::bail!("{} is not a create", fixture.file);
+                };
+                let message = format!(
+                    "{} {} {} {}\n\nKubernetes-User: {}\n",
+                    change.verb.as_str(),
+                    change.api_version,
+                    change.kind,
+                    change.object_ref(),
+                    change.user
+                );
+                let time = 1_700_000_000 + i;
                 writeln!(out, "commit refs/heads/main")?;
-                writeln!(
-                    out,
-                    "author alice <alice@kubernetes.local> {} +0000",
-                    1_700_000_000 + i
-                )?;
-                writeln!(
-                    out,
-                    "committer kubescribe <kubescribe@localhost> {} +0000",
-                    1_700_000_000 + i
-                )?;
+                writeln!(out, "author {} <{}@kubernetes.local> {time} +0000", change.user, change.user)?;
+                writeln!(out, "committer kubescribe <kubescribe@localhost> {time} +0000")?;
                 writeln!(out, "data {}\n{message}", message.len())?;
-                if i > 0 {
-                    writeln!(out, "from refs/heads/main^0")?;
-                }
-                writeln!(out, "M 100644 inline team-a/core/configmaps/cm-{i}.yaml")?;
-                writeln!(out, "data {}\n{data}", data.len())?;
+                writeln!(out, "M 100644 inline {}", change.path)?;
+                writeln!(out, "data {}", data.len())?;
+                out.write_all(data)?;
+                writeln!(out)?;
             }
             out.flush()?;
         }

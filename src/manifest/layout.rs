@@ -165,6 +165,15 @@ impl Layout {
                 value: path[start..].to_owned(),
                 reason,
             })?;
+            if path.len() - start > MAX_COMPONENT {
+                let suffix = match segment.last() {
+                    Some(Piece::Literal(text)) => text.len(),
+                    _ => 0,
+                };
+                let short = shorten(&path[start..], suffix);
+                path.truncate(start);
+                path.push_str(&short);
+            }
             if i + 1 < self.segments.len() {
                 path.push('/');
             }
@@ -173,12 +182,33 @@ impl Layout {
     }
 }
 
+/// Most filesystems refuse longer file names; a 253-character Kubernetes name plus
+/// `.yaml` is already over, and a checkout of the repository would fail on it.
+const MAX_COMPONENT: usize = 255;
+
+/// `component` cut to fit, keeping its last `suffix_len` bytes (the extension) and
+/// adding a hash of the whole, so distinct long names stay distinct files.
+fn shorten(component: &str, suffix_len: usize) -> String {
+    let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
+    hasher.update(component.as_bytes());
+    let digest = hasher.try_finalize().map(|id| id.to_hex_with_len(16).to_string()).unwrap_or_default();
+    let suffix = &component[component.len() - suffix_len..];
+    let mut keep = MAX_COMPONENT - 1 - digest.len() - suffix.len();
+    while !component.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}~{digest}{suffix}", &component[..keep])
+}
+
 fn check_component(part: &str) -> Result<(), &'static str> {
+    // git (and the filesystems it guards against) treat these spellings as `.git`.
+    let folded = part.to_ascii_lowercase();
+    let folded = folded.trim_end_matches(['.', ' ']);
     if part.is_empty() {
         Err("it is empty")
     } else if part == "." || part == ".." {
         Err("it would leave its directory")
-    } else if part.eq_ignore_ascii_case(".git") {
+    } else if folded == ".git" || folded == "git~1" {
         Err("git refuses .git as a path component")
     } else if part.contains(['/', '\\', '\0', '\n']) {
         Err("it contains a path separator or control character")
@@ -259,6 +289,30 @@ mod tests {
                 "{namespace:?} {name:?}"
             );
         }
+    }
+
+    #[test]
+    fn long_names_are_shortened_to_a_checkout_safe_length_and_stay_distinct() {
+        let layout = Layout::new("", DEFAULT).unwrap();
+        let a = "a".repeat(253);
+        let b = format!("{}b", "a".repeat(252));
+        let path_a = layout.place(at(Some("ns"), "", &a)).unwrap();
+        let path_b = layout.place(at(Some("ns"), "", &b)).unwrap();
+        let file_a = path_a.as_str().rsplit('/').next().unwrap();
+        assert!(file_a.len() <= 255 && file_a.ends_with(".yaml"), "{file_a}");
+        assert_ne!(path_a, path_b);
+        assert_eq!(layout.place(at(Some("ns"), "", &a)).unwrap(), path_a, "stable");
+        let ok = "a".repeat(250);
+        assert_eq!(layout.place(at(Some("ns"), "", &ok)).unwrap().as_str(), format!("ns/core/things/{ok}.yaml"));
+    }
+
+    #[test]
+    fn every_spelling_of_dot_git_is_refused() {
+        let layout = Layout::new("", "{name}").unwrap();
+        for name in [".git", ".GIT", ".git.", ".git ", "git~1", "GIT~1"] {
+            assert!(layout.place(at(None, "", name)).is_err(), "{name}");
+        }
+        assert!(layout.place(at(None, "", ".github")).is_ok());
     }
 
     #[test]

@@ -59,7 +59,15 @@ fn write_map(
         if i > 0 || !inline_first {
             push_indent(out, indent);
         }
+        let key_start = out.len();
         write_string(out, key, indent + 2, false);
+        // An implicit key may be at most 1024 characters; longer ones are explicit.
+        let explicit = out[key_start..].chars().count() > 1000;
+        if explicit {
+            out.insert_str(key_start, "? ");
+            out.push('\n');
+            push_indent(out, indent);
+        }
         out.push(':');
         let child_order = match (order, key.as_str()) {
             (Order::Object, "metadata") => Order::Metadata,
@@ -72,7 +80,7 @@ fn write_map(
             }
             Value::Array(items) if !items.is_empty() => {
                 out.push('\n');
-                write_seq(out, items, indent);
+                write_seq(out, items, if explicit { indent + 2 } else { indent });
             }
             scalar => {
                 out.push(' ');
@@ -135,8 +143,12 @@ fn write_string(out: &mut String, s: &str, content_indent: usize, allow_block: b
     }
 }
 
+/// YAML's printable set, less the characters a YAML 1.1 reader takes as line
+/// breaks (NEL, LS, PS) and the byte-order mark; tabs and newlines are handled by
+/// the callers.
 fn is_printable(c: char) -> bool {
-    !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}'))
+    matches!(c, ' '..='~' | '\u{a0}'..='\u{d7ff}' | '\u{e000}'..='\u{fffd}' | '\u{10000}'..)
+        && !matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}')
 }
 
 /// True when every YAML 1.1 and 1.2 reader reads `s`, unquoted, as this string.
@@ -365,6 +377,21 @@ mod tests {
             let value = json!({ s: s });
             assert_eq!(roundtrip(&value), value, "{}", render(&value));
         }
+    }
+
+    #[test]
+    fn non_characters_and_huge_keys_still_make_valid_yaml() {
+        let long = "k".repeat(1500);
+        let value = json!({
+            "a": "\u{fffe}x\u{ffff}",
+            "b": "line\n\u{ffff}\n",
+            long.clone(): {"nested": [1, {"x": "y"}]},
+            format!("{long}2"): ["a", "b"],
+            format!("{long}3"): "scalar",
+        });
+        let text = render(&value);
+        assert!(text.contains("? "), "{text}");
+        assert_eq!(roundtrip(&value), value, "{text}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ use gix::objs::tree::EntryKind;
 use gix::refs::transaction::PreviousValue;
 use tokio::sync::{mpsc, oneshot};
 
+mod pack;
+
 use crate::config::{CommitterConfig, Config};
 use crate::manifest::{self, Action, Change};
 use crate::metrics::Metrics;
@@ -59,7 +61,7 @@ impl StoreError {
                 "check free space and permissions of kubescribe's data volume, then retry the write"
             }
             StoreError::Branch { .. } => {
-                "another process may hold the branch lock (a stale *.lock file in the repository); remove it, then retry the write"
+                "another process moved or locked the branch (look for a stale *.lock file in the repository and remove it); kubescribe continues from the branch as it is, so retry the write"
             }
             StoreError::Expired | StoreError::QueueFull => {
                 "kubescribe is overloaded or its disk is slow; retry the write, and check kubescribe's logs and metrics"
@@ -131,8 +133,9 @@ pub struct StoreSettings {
     pub committer: CommitterConfig,
     pub queue_capacity: usize,
     pub max_batch: usize,
-    /// Run `git repack -d` after this many commits; 0 turns it off.
-    pub repack_every: u64,
+    /// Run a geometric `git repack` after this many new packs (one per batch); 0
+    /// turns it off.
+    pub repack_after_packs: u64,
 }
 
 impl StoreSettings {
@@ -144,7 +147,7 @@ impl StoreSettings {
             committer: config.committer.clone(),
             queue_capacity: config.store.queue_capacity,
             max_batch: config.store.max_batch,
-            repack_every: 20_000,
+            repack_after_packs: 32,
         }
     }
 }
@@ -209,10 +212,13 @@ impl StoreHandle {
             }
             None => (None, None),
         };
+        let waits = waiter.is_some();
         let job = Job { change, waiter };
         let permit = match self.tx.try_reserve() {
             Ok(permit) => permit,
             Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
+            // An answer that does not wait must not wait for room either.
+            Err(mpsc::error::TrySendError::Full(())) if !waits => return Err(StoreError::QueueFull),
             Err(mpsc::error::TrySendError::Full(())) => {
                 match tokio::time::timeout_at(deadline.into(), self.tx.reserve()).await {
                     Ok(Ok(permit)) => permit,
@@ -229,81 +235,83 @@ impl StoreHandle {
 
 struct Writer {
     repo: gix::Repository,
-    dir: File,
     settings: StoreSettings,
     branch_ref: gix::refs::FullName,
     tip: Option<ObjectId>,
     tree: ObjectId,
     rx: mpsc::Receiver<Job>,
     metrics: Arc<Metrics>,
+    /// `wait: none` changes whose batch failed, oldest first. They are retried in
+    /// batches of their own, so a change that keeps failing never takes new ones down
+    /// with it.
     retry: Vec<Job>,
+    retry_at: Instant,
     backoff: Duration,
-    commits_since_repack: u64,
+    /// A moving average of how long a batch takes, to skip waiters who would hear
+    /// too late.
+    batch_cost: Duration,
+    packs_written: u64,
     repack: Option<std::process::Child>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Opens the repository with object writes kept in memory until the batch is packed.
+fn open_repository(path: &Path) -> Result<gix::Repository, String> {
+    // Every batch adds a pack until the next repack folds them together, so allow for
+    // more packs than gix assumes by default.
+    let options = gix::open::Options::isolated().object_store_slots(
+        gix::odb::store::init::Slots::AsNeededByDiskState {
+            multiplier: 2.0,
+            minimum: 1024,
+        },
+    );
+    let repo = gix::open_opts(path, options).map_err(|e| error_chain(&e))?;
+    if !repo.is_bare() {
+        return Err("it is not a bare repository".to_owned());
+    }
+    let mut repo = repo.with_object_memory();
+    repo.object_cache_size_if_unset(8 * 1024 * 1024);
+    Ok(repo)
+}
+
+/// The commit and tree the branch names, or none for an unborn branch.
+fn read_tip(repo: &gix::Repository, branch: &gix::refs::FullName) -> Result<(Option<ObjectId>, ObjectId), String> {
+    match repo.try_find_reference(branch.as_ref()).map_err(|e| error_chain(&e))? {
+        Some(mut reference) => {
+            let commit = reference
+                .peel_to_commit()
+                .map_err(|e| format!("{} does not name a commit: {}", branch.as_bstr(), error_chain(&e)))?;
+            let tree = commit.tree_id().map_err(|e| error_chain(&e))?.detach();
+            Ok((Some(commit.id), tree))
+        }
+        None => Ok((None, ObjectId::empty_tree(repo.object_hash()))),
+    }
+}
+
 impl Writer {
-    fn open(
-        settings: StoreSettings,
-        rx: mpsc::Receiver<Job>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, StoreError> {
+    fn open(settings: StoreSettings, rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         let path = settings.path.clone();
         let open_error = |reason: String| StoreError::Open {
             path: path.clone(),
             reason,
         };
-        let is_empty_dir = std::fs::read_dir(&path)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        let repo = if !path.exists() || is_empty_dir {
+        let is_empty_dir = std::fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !path.exists() || is_empty_dir {
             std::fs::create_dir_all(&path).map_err(|e| open_error(e.to_string()))?;
-            let repo = gix::init_bare(&path).map_err(|e| open_error(e.to_string()))?;
+            gix::init_bare(&path).map_err(|e| open_error(error_chain(&e)))?;
             // Point HEAD at our branch so `git clone` checks it out.
-            std::fs::write(
-                path.join("HEAD"),
-                format!("ref: refs/heads/{}\n", settings.branch),
-            )
-            .map_err(|e| open_error(e.to_string()))?;
-            repo
-        } else {
-            gix::open(&path).map_err(|e| open_error(e.to_string()))?
-        };
-        if !repo.is_bare() {
-            return Err(open_error("it is not a bare repository".to_owned()));
+            std::fs::write(path.join("HEAD"), format!("ref: refs/heads/{}\n", settings.branch))
+                .map_err(|e| open_error(e.to_string()))?;
         }
-        let mut repo = repo;
-        repo.object_cache_size_if_unset(8 * 1024 * 1024);
-
+        let repo = open_repository(&path).map_err(open_error)?;
         let branch_ref = gix::refs::FullName::try_from(format!("refs/heads/{}", settings.branch))
             .map_err(|e| open_error(e.to_string()))?;
-        let (tip, tree) = match repo
-            .try_find_reference(branch_ref.as_ref())
-            .map_err(|e| open_error(e.to_string()))?
-        {
-            Some(mut reference) => {
-                let commit = reference.peel_to_commit().map_err(|e| {
-                    open_error(format!(
-                        "branch {} does not name a commit: {e}",
-                        settings.branch
-                    ))
-                })?;
-                let tree = commit
-                    .tree_id()
-                    .map_err(|e| open_error(e.to_string()))?
-                    .detach();
-                (Some(commit.id), tree)
-            }
-            None => (None, ObjectId::empty_tree(repo.object_hash())),
-        };
-        let dir = File::open(&path).map_err(|e| open_error(e.to_string()))?;
+        let (tip, tree) = read_tip(&repo, &branch_ref).map_err(open_error)?;
         tracing::info!(path = %path.display(), branch = %settings.branch, tip = ?tip, "repository open");
         Ok(Self {
             repo,
-            dir,
             settings,
             branch_ref,
             tip,
@@ -311,68 +319,77 @@ impl Writer {
             rx,
             metrics,
             retry: Vec::new(),
+            retry_at: Instant::now(),
             backoff: MIN_BACKOFF,
-            commits_since_repack: 0,
+            batch_cost: Duration::ZERO,
+            packs_written: 0,
             repack: None,
         })
     }
 
     async fn run(mut self) {
         loop {
-            let mut batch = std::mem::take(&mut self.retry);
-            if batch.is_empty() {
-                match self.rx.recv().await {
-                    Some(job) => {
-                        self.metrics.queue_depth.dec();
-                        batch.push(job);
-                    }
-                    None => break,
-                }
-            } else {
-                // Failed changes wait out the backoff, but new ones are not held back.
-                tokio::select! {
-                    job = self.rx.recv() => match job {
-                        Some(job) => { self.metrics.queue_depth.dec(); batch.push(job) }
-                        None => { self.commit_batch(batch); break; }
-                    },
-                    () = tokio::time::sleep(self.backoff) => {}
-                }
+            if !self.retry.is_empty() && Instant::now() >= self.retry_at {
+                let retry = std::mem::take(&mut self.retry);
+                self.commit_batch(retry, true);
+                continue;
             }
+            let next = if self.retry.is_empty() {
+                self.rx.recv().await
+            } else {
+                tokio::select! {
+                    job = self.rx.recv() => job,
+                    () = tokio::time::sleep_until(self.retry_at.into()) => continue,
+                }
+            };
+            let Some(first) = next else { break };
+            let mut batch = vec![first];
             while batch.len() < self.settings.max_batch {
                 match self.rx.try_recv() {
-                    Ok(job) => {
-                        self.metrics.queue_depth.dec();
-                        batch.push(job);
-                    }
+                    Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
             }
-            self.commit_batch(batch);
+            self.metrics.queue_depth.dec_by(batch.len() as i64);
+            self.commit_batch(batch, false);
             self.maintain();
         }
         if !self.retry.is_empty() {
-            tracing::error!(
-                lost = self.retry.len(),
-                "shutting down with changes that could not be committed; the reconciler restores them from the cluster"
-            );
+            // One last try before exit, without waiting out the backoff.
+            let retry = std::mem::take(&mut self.retry);
+            self.commit_batch(retry, true);
         }
         if let Some(mut child) = self.repack.take() {
             let _ = child.wait();
         }
+        if !self.retry.is_empty() {
+            tracing::error!(
+                lost = self.retry.len(),
+                "shutting down with admitted changes that could not be committed; they are only in the cluster now"
+            );
+        }
     }
 
-    fn commit_batch(&mut self, batch: Vec<Job>) {
-        let now = Instant::now();
-        let (jobs, expired): (Vec<Job>, Vec<Job>) = batch
-            .into_iter()
-            .partition(|job| job.waiter.as_ref().is_none_or(|w| w.deadline > now));
+    fn count_error(&self, reason: &'static str, by: u64) {
+        self.metrics
+            .store_errors
+            .get_or_create(&crate::metrics::ErrorLabels { reason })
+            .inc_by(by);
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Job>, is_retry: bool) {
+        // A waiter who would hear after its deadline has been denied already, or will
+        // be: committing its change would record a write that never happened.
+        let cutoff = Instant::now() + self.batch_cost * 2;
+        let (jobs, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| {
+            job.waiter
+                .as_ref()
+                .is_none_or(|w| w.deadline > cutoff && !w.reply.is_closed())
+        });
+        if !expired.is_empty() {
+            self.count_error("expired", expired.len() as u64);
+        }
         for job in expired {
-            // Nobody waits any more and the write was denied: committing it would record
-            // a change that never happened.
-            self.metrics
-                .store_errors
-                .get_or_create(&crate::metrics::ErrorLabels { reason: "expired" })
-                .inc();
             if let Some(waiter) = job.waiter {
                 let _ = waiter.reply.send(Err(StoreError::Expired));
             }
@@ -381,28 +398,40 @@ impl Writer {
             return;
         }
         self.metrics.batch_size.observe(jobs.len() as f64);
+        // Objects left in memory by a failed batch must not end up in this one's pack.
+        self.repo.objects.reset_object_memory();
 
         let started = Instant::now();
-        match self.apply(&jobs).and_then(|(outcomes, tip, tree)| {
-            self.make_durable(tip)?;
-            Ok((outcomes, tip, tree))
-        }) {
-            Ok((outcomes, tip, tree)) => {
-                let commits = outcomes
-                    .iter()
-                    .filter(|o| matches!(o, Outcome::Committed { .. }))
-                    .count();
+        let applied = match self.apply(&jobs) {
+            // A concurrent repack may have moved objects out of a pack gix still
+            // had open; a fresh view of the packs settles that.
+            Err(StoreError::Write { reason }) if self.repack.is_some() || self.packs_written == 0 => {
+                tracing::debug!(%reason, "retrying a batch on a reopened repository");
+                self.reopen();
+                self.apply(&jobs)
+            }
+            other => other,
+        };
+        let result = applied.and_then(|(outcomes, tip, tree)| {
+            self.make_durable(tip, tree)?;
+            Ok(outcomes)
+        });
+        let elapsed = started.elapsed();
+        self.batch_cost = (self.batch_cost * 4 + elapsed) / 5;
+        match result {
+            Ok(outcomes) => {
+                let commits = outcomes.iter().filter(|o| matches!(o, Outcome::Committed { .. })).count();
                 self.metrics.commits.inc_by(commits as u64);
-                self.commits_since_repack += commits as u64;
-                self.tip = tip;
-                self.tree = tree;
-                self.backoff = MIN_BACKOFF;
-                tracing::debug!(
-                    changes = jobs.len(),
-                    commits,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "batch durable"
-                );
+                if is_retry {
+                    self.backoff = MIN_BACKOFF;
+                    tracing::info!(changes = jobs.len(), commits, "retried changes committed");
+                } else if !self.retry.is_empty() {
+                    // A newer write to the same file supersedes a change still waiting
+                    // for its retry; replaying the old one later would undo it.
+                    let paths: std::collections::HashSet<&str> = jobs.iter().map(|j| j.change.path.as_str()).collect();
+                    self.retry.retain(|j| !paths.contains(j.change.path.as_str()));
+                }
+                tracing::debug!(changes = jobs.len(), commits, elapsed_us = elapsed.as_micros() as u64, "batch durable");
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     if let Some(waiter) = job.waiter {
                         let _ = waiter.reply.send(Ok(outcome));
@@ -410,12 +439,11 @@ impl Writer {
                 }
             }
             Err(error) => {
-                self.metrics
-                    .store_errors
-                    .get_or_create(&crate::metrics::ErrorLabels {
-                        reason: error.label(),
-                    })
-                    .inc();
+                self.count_error(error.label(), 1);
+                if matches!(error, StoreError::Branch { .. }) {
+                    // Someone else moved the branch: continue from where it is now.
+                    self.reload_tip();
+                }
                 let mut kept = 0;
                 for job in jobs {
                     match job.waiter {
@@ -428,9 +456,30 @@ impl Writer {
                         }
                     }
                 }
-                tracing::error!(%error, retrying = kept, backoff_ms = self.backoff.as_millis() as u64, "batch not committed");
+                let overflow = self.retry.len().saturating_sub(self.settings.queue_capacity);
+                if overflow > 0 {
+                    self.retry.drain(..overflow);
+                    self.count_error("retry_overflow", overflow as u64);
+                    tracing::error!(dropped = overflow, "too many changes waiting for a retry; the oldest are dropped and only in the cluster now");
+                }
+                self.metrics.retry_depth.set(self.retry.len() as i64);
+                tracing::error!(%error, retrying = kept, retry_in_ms = self.backoff.as_millis() as u64, "batch not committed");
+                self.retry_at = Instant::now() + self.backoff;
                 self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                return;
             }
+        }
+        self.metrics.retry_depth.set(self.retry.len() as i64);
+    }
+
+    fn reload_tip(&mut self) {
+        match read_tip(&self.repo, &self.branch_ref) {
+            Ok((tip, tree)) => {
+                tracing::warn!(tip = ?tip, "branch moved by another process; continuing from its new tip");
+                self.tip = tip;
+                self.tree = tree;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the branch after a failed update"),
         }
     }
 
@@ -443,7 +492,19 @@ impl Writer {
             reason: e.to_string(),
         };
         let repo = &self.repo;
-        let mut editor = repo.edit_tree(self.tree).map_err(|e| write_error(&e))?;
+        // gix's high-level editor checks that every entry of every tree it writes
+        // exists, across every pack: that is O(entries × packs) per commit. Our entries
+        // are blobs and trees we just wrote or read, so the plain editor does.
+        let root: gix::objs::Tree = if self.tree.is_empty_tree() {
+            gix::objs::Tree::empty()
+        } else {
+            repo.find_tree(self.tree)
+                .and_then(|t| t.decode().map(Into::into).map_err(Into::into))
+                .map_err(|e| write_error(&e))?
+        };
+        let objects = &repo.objects;
+        let mut editor = gix::objs::tree::Editor::new(root, objects, repo.object_hash());
+        let mut write_tree = |tree: &gix::objs::Tree| gix::objs::Write::write(objects, tree);
         let mut tip = self.tip;
         let mut tree = self.tree;
         let mut outcomes = Vec::with_capacity(jobs.len());
@@ -510,16 +571,17 @@ impl Writer {
                         outcomes.push(Outcome::Unchanged);
                         continue;
                     }
-                    repo.write_blob(&bytes).map_err(|e| write_error(&e))?;
+                    gix::objs::Write::write_buf_with_known_id(objects, gix::objs::Kind::Blob, &bytes, id)
+                        .map_err(|e| write_error(&e))?;
                     editor
-                        .upsert(path, EntryKind::Blob, id)
+                        .upsert(path.split('/'), EntryKind::Blob, id)
                         .map_err(|e| write_error(&e))?;
                 }
                 None => {
-                    editor.remove(path).map_err(|e| write_error(&e))?;
+                    editor.remove(path.split('/')).map_err(|e| write_error(&e))?;
                 }
             }
-            let new_tree = editor.write().map_err(|e| write_error(&e))?.detach();
+            let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
             if new_tree == tree {
                 outcomes.push(Outcome::Unchanged);
                 continue;
@@ -541,10 +603,7 @@ impl Writer {
                 message: commit_message(change, &api_version, &kind, &body).into(),
                 extra_headers: Vec::new(),
             };
-            let id = repo
-                .write_object(&commit)
-                .map_err(|e| write_error(&e))?
-                .detach();
+            let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
             tip = Some(id);
             tree = new_tree;
             outcomes.push(Outcome::Committed { commit: id });
@@ -552,61 +611,81 @@ impl Writer {
         Ok((outcomes, tip, tree))
     }
 
-    /// Syncs the new objects, moves the branch to `tip`, and syncs again.
-    fn make_durable(&self, tip: Option<ObjectId>) -> Result<(), StoreError> {
-        if tip == self.tip {
+    /// Writes the batch's objects as one pack, flushes it, moves the branch to `tip`
+    /// by compare-and-swap, and flushes the branch. Once the branch moved, `tip` and
+    /// `tree` are ours, even if the last flush fails.
+    fn make_durable(&mut self, tip: Option<ObjectId>, tree: ObjectId) -> Result<(), StoreError> {
+        let objects = self.repo.objects.reset_object_memory().unwrap_or_default();
+        let Some(tip) = tip.filter(|tip| Some(*tip) != self.tip) else {
             return Ok(());
-        }
-        let Some(tip) = tip else { return Ok(()) };
-        let sync = || {
-            rustix::fs::syncfs(&self.dir).map_err(|e| StoreError::Sync {
-                reason: e.to_string(),
-            })
         };
-        sync()?;
+        let sync_error = |e: std::io::Error| StoreError::Sync { reason: e.to_string() };
+        let written = pack::write(&self.repo.git_dir().join("objects"), &objects, self.repo.object_hash())
+            .map_err(|reason| StoreError::Write { reason })?;
+        self.packs_written += 1;
+        written.sync().map_err(sync_error)?;
         let previous = match self.tip {
             Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
             None => PreviousValue::MustNotExist,
         };
-        self.repo
-            .reference(
-                self.branch_ref.as_ref(),
-                tip,
-                previous,
-                "kubescribe: record",
-            )
+        let moved = self
+            .repo
+            .reference(self.branch_ref.as_ref(), tip, previous, "kubescribe: record")
             .map_err(|e| StoreError::Branch {
                 branch: self.settings.branch.clone(),
                 reason: error_chain(&e),
-            })?;
-        sync()
+            });
+        // Named by the branch or not, the pack needs no protection any more.
+        if let Err(e) = written.release() {
+            tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
+        }
+        moved?;
+        self.tip = Some(tip);
+        self.tree = tree;
+        let ref_file = self.repo.git_dir().join(self.branch_ref.as_bstr().to_string());
+        File::open(&ref_file)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| File::open(ref_file.parent().unwrap_or(&self.settings.path))?.sync_all())
+            .map_err(sync_error)
     }
 
-    /// Packs loose objects now and then, in the background; `git repack` is safe
-    /// next to a writer because new objects stay loose until packed.
+    /// Folds the per-batch packs together now and then with a geometric `git repack`
+    /// in the background. That is safe next to the writer: it rewrites only whole
+    /// packs, and a pack no branch names yet keeps its `.keep` until it is named.
+    /// When it ends, the repository is reopened so gix sees exactly the packs on disk.
     fn maintain(&mut self) {
         if let Some(child) = &mut self.repack {
-            if matches!(child.try_wait(), Ok(None)) {
-                return;
+            match child.try_wait() {
+                Ok(None) => return,
+                Ok(Some(status)) if !status.success() => {
+                    tracing::warn!(%status, "git repack failed; packs accumulate until the next try");
+                }
+                Ok(Some(_)) => tracing::debug!("repacked"),
+                Err(e) => tracing::warn!(error = %e, "cannot wait for git repack"),
             }
             self.repack = None;
+            self.reopen();
         }
-        if self.settings.repack_every == 0 || self.commits_since_repack < self.settings.repack_every
-        {
+        if self.settings.repack_after_packs == 0 || self.packs_written < self.settings.repack_after_packs {
             return;
         }
-        self.commits_since_repack = 0;
+        self.packs_written = 0;
         match std::process::Command::new("git")
-            .arg("-C")
+            .arg("--git-dir")
             .arg(&self.settings.path)
-            .args(["repack", "-d", "-q"])
+            .args(["repack", "-d", "-q", "--geometric=2"])
             .stdin(std::process::Stdio::null())
             .spawn()
         {
             Ok(child) => self.repack = Some(child),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start git repack; loose objects accumulate")
-            }
+            Err(e) => tracing::warn!(error = %e, "cannot run git repack; packs accumulate until the next try"),
+        }
+    }
+
+    fn reopen(&mut self) {
+        match open_repository(&self.settings.path) {
+            Ok(repo) => self.repo = repo,
+            Err(e) => tracing::error!(error = %e, "cannot reopen the repository; keeping the old handle"),
         }
     }
 }

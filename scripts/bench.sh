@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# `make bench`: every performance figure of docs/performance.md, each next to a
+# baseline measured in the same run (these machines are noisy; ratios travel, raw
+# numbers do not). Everything runs on 127.0.0.1 and stops by itself.
+#
+# Knobs (environment): REQUESTS (per latency run, default 20000), RATE (req/s for the
+# latency runs, default 1000), CONCURRENCY (connections, default 32), COMMITS (changes
+# for the commit-throughput run, default 20000), ROUNDS (alternating latency rounds,
+# default 3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-20000}
+RATE=${RATE:-1000}
+CONCURRENCY=${CONCURRENCY:-32}
+COMMITS=${COMMITS:-20000}
+ROUNDS=${ROUNDS:-3}
+OUT=target/bench
+BIN=target/release
+
+cargo build --release --locked --bins
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# Starts kubescribe with a config and waits until /readyz answers; sets $server_pid.
+# (Not run in a subshell, so the cleanup trap knows every pid.)
+start_kubescribe() {
+  local name=$1 port=$2 rules=$3
+  cat >"$OUT/$name.yaml" <<YAML
+server:
+  listen: 127.0.0.1:$port
+  devCertDir: $OUT/certs
+dataDir: $OUT/$name
+rules:
+$rules
+YAML
+  RUST_LOG=warn "$BIN/kubescribe" serve --config "$OUT/$name.yaml" >"$OUT/$name.log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  wait_ready "$port"
+  server_pid=$pid
+}
+
+wait_ready() {
+  for _ in $(seq 1 200); do
+    if curl -sf --cacert "$OUT/certs/ca.crt" "https://127.0.0.1:$1/readyz" >/dev/null 2>&1; then return 0; fi
+    sleep 0.05
+  done
+  echo "server on port $1 did not become ready" >&2
+  exit 1
+}
+
+load() { # label port rate-or-empty requests concurrency offset
+  local rate_args=()
+  [[ -n $3 ]] && rate_args=(--rate "$3")
+  "$BIN/kubescribe-load" run --addr "127.0.0.1:$2" --ca "$OUT/certs/ca.crt" --label "$1" \
+    --requests "$4" --concurrency "$5" --offset "$6" "${rate_args[@]}" | tee -a "$OUT/runs.jsonl"
+}
+
+echo "== idle RSS and wait: none latency"
+start_kubescribe none 18443 "- name: all
+  wait: none"
+none_pid=$server_pid
+sleep 2 # let the process settle before reading its idle footprint
+idle_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$none_pid/status")
+echo "{\"label\":\"idle_rss\",\"kb\":$idle_rss_kb}" | tee -a "$OUT/runs.jsonl"
+
+"$BIN/kubescribe-load" noop --listen 127.0.0.1:18444 --cert "$OUT/certs/tls.crt" --key "$OUT/certs/tls.key" &
+pids+=("$!")
+wait_ready_noop() {
+  for _ in $(seq 1 200); do
+    if curl -s --cacert "$OUT/certs/ca.crt" -o /dev/null "https://127.0.0.1:18444/validate" -d '{}' -H 'Content-Type: application/json'; then return 0; fi
+    sleep 0.05
+  done
+  exit 1
+}
+wait_ready_noop
+
+offset=0
+for round in $(seq 1 "$ROUNDS"); do
+  load "noop_paced_$round" 18444 "$RATE" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
+  load "none_paced_$round" 18443 "$RATE" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
+  offset=$((offset + REQUESTS))
+done
+load noop_max 18444 "" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
+load none_max 18443 "" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
+offset=$((offset + REQUESTS))
+
+echo "== wait: commit throughput"
+start_kubescribe commit 18445 "- name: all
+  wait: commit"
+load commit_max 18445 "" "$COMMITS" 64 0 >/dev/null
+commit_count=$(git --git-dir "$OUT/commit/repo.git" rev-list --count main)
+echo "{\"label\":\"commit_count\",\"commits\":$commit_count}" | tee -a "$OUT/runs.jsonl"
+
+echo "== git fast-import baseline ($commit_count commits)"
+"$BIN/kubescribe-load" fast-import --commits "$commit_count" >"$OUT/fast-import.stream"
+git init -q --bare "$OUT/fast-import.git"
+start=$(date +%s%N)
+git --git-dir "$OUT/fast-import.git" fast-import --quiet <"$OUT/fast-import.stream"
+sync -f "$OUT/fast-import.git" # durable, like kubescribe's answer
+end=$(date +%s%N)
+seconds=$(awk "BEGIN {print ($end - $start) / 1e9}")
+echo "{\"label\":\"fast_import\",\"commits\":$commit_count,\"seconds\":$seconds}" | tee -a "$OUT/runs.jsonl"
+
+python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"
