@@ -137,8 +137,14 @@ mod tests {
     #[test]
     fn serve_is_the_default_command_with_the_same_flags() {
         let args = serve_args(parse(&["--listen", "127.0.0.1:2"]).unwrap());
-        assert_eq!(args.config().unwrap().server.listen.to_string(), "127.0.0.1:2");
-        assert!(parse(&["--listen", "127.0.0.1:2", "serve"]).is_err(), "flags go after the subcommand");
+        assert_eq!(
+            args.config().unwrap().server.listen.to_string(),
+            "127.0.0.1:2"
+        );
+        assert!(
+            parse(&["--listen", "127.0.0.1:2", "serve"]).is_err(),
+            "flags go after the subcommand"
+        );
     }
 
     #[test]

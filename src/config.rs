@@ -159,6 +159,10 @@ pub struct StoreConfig {
     pub queue_capacity: usize,
     /// Most changes turned into commits before one sync covers them.
     pub max_batch: usize,
+    /// How long the writer gathers changes that nobody waits for (`wait: none`)
+    /// before it commits them; a waiting change is committed at once.
+    #[serde(with = "duration_str")]
+    pub linger: std::time::Duration,
 }
 
 impl Default for StoreConfig {
@@ -166,6 +170,7 @@ impl Default for StoreConfig {
         Self {
             queue_capacity: 10_000,
             max_batch: 1024,
+            linger: std::time::Duration::from_millis(100),
         }
     }
 }

@@ -55,7 +55,10 @@ impl Write {
                 .namespace
                 .clone()
                 .filter(|s| !s.is_empty())
-                .filter(|_| !(request.resource.group.is_empty() && request.resource.resource == "namespaces")),
+                .filter(|_| {
+                    !(request.resource.group.is_empty()
+                        && request.resource.resource == "namespaces")
+                }),
             name: request.name.clone(),
             user: request.user_info.username.clone().unwrap_or_default(),
             groups: request.user_info.groups.clone().unwrap_or_default(),

@@ -36,12 +36,19 @@ async fn unreadable_requests_get_their_status_and_a_readable_message() {
     let mut connection = server.connect().await;
     for endpoint in ["/validate?timeout=10s", "/mutate?timeout=10s"] {
         for (name, content_type, payload, status, message) in &cases {
-            let (got, answer) = connection.send(Method::POST, endpoint, *content_type, payload.clone()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (got, answer) = connection
+                .send(Method::POST, endpoint, *content_type, payload.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(got.as_u16(), *status, "{endpoint} {name}");
-            let answer: Value = serde_json::from_slice(&answer).unwrap_or_else(|_| panic!("{endpoint} {name}: body is not JSON"));
+            let answer: Value = serde_json::from_slice(&answer)
+                .unwrap_or_else(|_| panic!("{endpoint} {name}: body is not JSON"));
             assert_eq!(answer["status"], *status, "{endpoint} {name}");
             let text = answer["message"].as_str().unwrap_or_default();
-            assert!(text.contains(message), "{endpoint} {name}: {text:?} lacks {message:?}");
+            assert!(
+                text.contains(message),
+                "{endpoint} {name}: {text:?} lacks {message:?}"
+            );
             if got == 413 {
                 // The server may close a connection whose body it refused to read.
                 connection = server.connect().await;
@@ -49,14 +56,29 @@ async fn unreadable_requests_get_their_status_and_a_readable_message() {
         }
     }
     // Still healthy, and the refusals were counted.
-    let (status, _) = connection.send(Method::GET, "/healthz", None, Bytes::new()).await.unwrap();
+    let (status, _) = connection
+        .send(Method::GET, "/healthz", None, Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    let (status, _) = connection.send(Method::GET, "/readyz", None, Bytes::new()).await.unwrap();
+    let (status, _) = connection
+        .send(Method::GET, "/readyz", None, Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(status, 200);
-    let (_, metrics) = connection.send(Method::GET, "/metrics", None, Bytes::new()).await.unwrap();
+    let (_, metrics) = connection
+        .send(Method::GET, "/metrics", None, Bytes::new())
+        .await
+        .unwrap();
     let metrics = String::from_utf8(metrics.to_vec()).unwrap();
-    assert!(metrics.contains("kubescribe_http_rejections_total{status=\"415\"} 6"), "{metrics}");
-    assert!(server.git(&["rev-list", "--all"]).is_empty(), "nothing was recorded");
+    assert!(
+        metrics.contains("kubescribe_http_rejections_total{status=\"415\"} 6"),
+        "{metrics}"
+    );
+    assert!(
+        server.git(&["rev-list", "--all"]).is_empty(),
+        "nothing was recorded"
+    );
     server.server.shutdown().await.unwrap();
 }
 
@@ -73,7 +95,10 @@ async fn three_mib_objects_are_accepted_and_recorded_whole() {
     for review in [create, update] {
         let payload = body(&review);
         assert!(payload.len() > 3 * 1024 * 1024);
-        let (status, answer) = connection.review("/validate?timeout=10s", payload).await.unwrap();
+        let (status, answer) = connection
+            .review("/validate?timeout=10s", payload)
+            .await
+            .unwrap();
         assert_eq!(status, 200);
         assert!(recorded_sha(&answer).is_some(), "{:?}", warnings(&answer));
     }
@@ -88,7 +113,8 @@ async fn an_unknown_kind_is_recorded_like_any_object() {
     let mut review = fixture("055").review;
     let request = &mut review["request"];
     request["kind"] = json!({"group": "zoo.example.com", "version": "v1alpha1", "kind": "Gizmo"});
-    request["resource"] = json!({"group": "zoo.example.com", "version": "v1alpha1", "resource": "gizmos"});
+    request["resource"] =
+        json!({"group": "zoo.example.com", "version": "v1alpha1", "resource": "gizmos"});
     request["name"] = "g1".into();
     request["object"] = json!({
         "apiVersion": "zoo.example.com/v1alpha1", "kind": "Gizmo",
@@ -96,19 +122,27 @@ async fn an_unknown_kind_is_recorded_like_any_object() {
         "spec": {"legs": 4, "colour": "on"},
         "status": {"phase": "Ready"}
     });
-    let (status, answer) = server.connect().await.review("/validate", body(&review)).await.unwrap();
+    let (status, answer) = server
+        .connect()
+        .await
+        .review("/validate", body(&review))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     let sha = recorded_sha(&answer).expect("recorded");
     assert_eq!(
         server.git(&["show", &format!("{sha}:team-a/zoo.example.com/gizmos/g1.yaml")]),
         "apiVersion: zoo.example.com/v1alpha1\nkind: Gizmo\nmetadata:\n  name: g1\n  namespace: team-a\nspec:\n  colour: 'on'\n  legs: 4\n"
     );
-    assert!(server.git(&["log", "-1", "--format=%s", &sha]).starts_with("create zoo.example.com/v1alpha1 Gizmo team-a/g1"));
+    assert!(server
+        .git(&["log", "-1", "--format=%s", &sha])
+        .starts_with("create zoo.example.com/v1alpha1 Gizmo team-a/g1"));
     server.server.shutdown().await.unwrap();
 }
 
 /// Team-a waits for the commit; everything else is recorded without waiting.
-const SPLIT_WAITS: &str = "rules:\n- name: team-a\n  namespaces: [team-a]\n  wait: commit\n- name: rest\n";
+const SPLIT_WAITS: &str =
+    "rules:\n- name: team-a\n  namespaces: [team-a]\n  wait: commit\n- name: rest\n";
 
 /// `review` moved to namespace team-b, whose rule does not wait.
 fn in_team_b(mut review: Value) -> Value {
@@ -125,10 +159,17 @@ fn in_team_b(mut review: Value) -> Value {
 async fn eventually_committed(server: &TestServer, path: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        if server.git(&["ls-tree", "-r", "--name-only", "main"]).lines().any(|l| l == path) {
+        if server
+            .git(&["ls-tree", "-r", "--name-only", "main"])
+            .lines()
+            .any(|l| l == path)
+        {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{path} was never committed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path} was never committed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
@@ -138,20 +179,29 @@ async fn a_locked_branch_denies_waiting_writes_and_keeps_acknowledged_ones() {
     let server = TestServer::start(SPLIT_WAITS).await;
     let mut connection = server.connect().await;
     let create = fixture("009");
-    let (_, answer) = connection.review(&create.path, body(&create.review)).await.unwrap();
+    let (_, answer) = connection
+        .review(&create.path, body(&create.review))
+        .await
+        .unwrap();
     assert!(recorded_sha(&answer).is_some());
 
     // Another process holds the branch lock.
     let lock = server.repo.join("refs/heads/main.lock");
     std::fs::write(&lock, "").unwrap();
     let update = fixture("017");
-    let (status, answer) = connection.review(&update.path, body(&update.review)).await.unwrap();
+    let (status, answer) = connection
+        .review(&update.path, body(&update.review))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "a denial is an answer, not an HTTP error");
     assert_eq!(answer["response"]["allowed"], false);
     assert_eq!(answer["response"]["uid"], update.review["request"]["uid"]);
     let message = answer["response"]["status"]["message"].as_str().unwrap();
     assert!(message.contains("moving branch main failed"), "{message}");
-    assert!(message.contains("another process moved or locked the branch"), "{message}");
+    assert!(
+        message.contains("another process moved or locked the branch"),
+        "{message}"
+    );
 
     // A write that does not wait is admitted now and committed once the lock is gone.
     let other = in_team_b(fixture("009").review);
@@ -160,9 +210,17 @@ async fn a_locked_branch_denies_waiting_writes_and_keeps_acknowledged_ones() {
     std::fs::remove_file(&lock).unwrap();
     eventually_committed(&server, "team-b/core/configmaps/app-config.yaml").await;
 
-    let (_, answer) = connection.review(&update.path, body(&update.review)).await.unwrap();
-    assert!(recorded_sha(&answer).is_some(), "the retried write is recorded: {answer}");
-    assert!(server.git(&["show", "main:team-a/core/configmaps/app-config.yaml"]).contains("tier: backend"));
+    let (_, answer) = connection
+        .review(&update.path, body(&update.review))
+        .await
+        .unwrap();
+    assert!(
+        recorded_sha(&answer).is_some(),
+        "the retried write is recorded: {answer}"
+    );
+    assert!(server
+        .git(&["show", "main:team-a/core/configmaps/app-config.yaml"])
+        .contains("tier: backend"));
     server.server.shutdown().await.unwrap();
 }
 
@@ -172,7 +230,11 @@ struct SmallDisk(std::path::PathBuf);
 impl SmallDisk {
     fn mount(dir: &std::path::Path) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let output = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(dir).output().expect("mount(8) is installed");
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("mount(8) is installed");
         assert!(
             output.status.success(),
             "this test simulates a full disk with a 4 MiB tmpfs and needs root (CAP_SYS_ADMIN) to mount it: {}",
@@ -197,7 +259,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -209,12 +274,18 @@ async fn a_full_disk_denies_waiting_writes_and_keeps_acknowledged_ones() {
     let server = TestServer::start_in(dir, &config).await;
     let mut connection = server.connect().await;
     let create = fixture("009");
-    let (_, answer) = connection.review(&create.path, body(&create.review)).await.unwrap();
+    let (_, answer) = connection
+        .review(&create.path, body(&create.review))
+        .await
+        .unwrap();
     assert!(recorded_sha(&answer).is_some());
 
     let filler = disk.fill();
     let update = fixture("017");
-    let (status, answer) = connection.review(&update.path, body(&update.review)).await.unwrap();
+    let (status, answer) = connection
+        .review(&update.path, body(&update.review))
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
     let message = answer["response"]["status"]["message"].as_str().unwrap();
@@ -223,7 +294,10 @@ async fn a_full_disk_denies_waiting_writes_and_keeps_acknowledged_ones() {
 
     let other = in_team_b(fixture("009").review);
     let (_, answer) = connection.review("/validate", body(&other)).await.unwrap();
-    assert_eq!(answer["response"]["allowed"], true, "a write that does not wait is admitted");
+    assert_eq!(
+        answer["response"]["allowed"], true,
+        "a write that does not wait is admitted"
+    );
 
     std::fs::remove_file(filler).unwrap();
     eventually_committed(&server, "team-b/core/configmaps/app-config.yaml").await;
@@ -231,4 +305,61 @@ async fn a_full_disk_denies_waiting_writes_and_keeps_acknowledged_ones() {
     server.server.shutdown().await.unwrap();
     common::git(&repo, &["fsck", "--strict"]);
     drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_moved_by_another_process_is_continued_not_fought() {
+    let server = TestServer::start("rules:\n- name: all\n  wait: commit\n").await;
+    let mut connection = server.connect().await;
+    let create = fixture("009");
+    let (_, answer) = connection
+        .review(&create.path, body(&create.review))
+        .await
+        .unwrap();
+    let ours = recorded_sha(&answer).unwrap();
+
+    // Someone commits to the branch behind kubescribe's back.
+    let tree = server.git(&["rev-parse", "main^{tree}"]);
+    let theirs = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&server.repo)
+        .args([
+            "-c",
+            "user.name=op",
+            "-c",
+            "user.email=op@example.com",
+            "commit-tree",
+            tree.trim(),
+            "-p",
+            "main",
+            "-m",
+            "manual fix",
+        ])
+        .output()
+        .unwrap();
+    assert!(theirs.status.success());
+    let theirs = String::from_utf8(theirs.stdout).unwrap();
+    server.git(&["update-ref", "refs/heads/main", theirs.trim()]);
+
+    // The first write after that finds the branch moved and is denied, with advice.
+    let update = fixture("017");
+    let (_, answer) = connection
+        .review(&update.path, body(&update.review))
+        .await
+        .unwrap();
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert!(answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("another process moved or locked the branch"));
+    // The retry builds on the other commit instead of failing forever.
+    let (_, answer) = connection
+        .review(&update.path, body(&update.review))
+        .await
+        .unwrap();
+    let sha = recorded_sha(&answer).expect("recorded on the moved branch");
+    let parent = server.git(&["rev-parse", &format!("{sha}^")]);
+    assert_eq!(parent.trim(), theirs.trim());
+    assert!(server.git(&["rev-list", "main"]).contains(&ours));
+    server.server.shutdown().await.unwrap();
 }

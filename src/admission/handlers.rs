@@ -78,14 +78,23 @@ async fn validate(
         Ok(review) => review,
         Err(error) => return reject(&state, error),
     };
-    let deadline = deadline(query.as_deref(), started, state.default_timeout, state.deadline_margin);
+    let deadline = deadline(
+        query.as_deref(),
+        started,
+        state.default_timeout,
+        state.deadline_margin,
+    );
     let span = review_span(&review.write);
     let (response, decision) = answer(&state, &review.request, &review.write, deadline)
         .instrument(span.clone())
         .await;
     span.record("decision", tracing::field::debug(decision));
     span.in_scope(|| {
-        tracing::info!(allowed = response.allowed, elapsed_us = started.elapsed().as_micros() as u64, "answered");
+        tracing::info!(
+            allowed = response.allowed,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "answered"
+        );
     });
     finish(
         &state,
@@ -244,7 +253,9 @@ async fn answer(
                 state
                     .metrics
                     .store_errors
-                    .get_or_create(&crate::metrics::ErrorLabels { reason: "queue_full" })
+                    .get_or_create(&crate::metrics::ErrorLabels {
+                        reason: "queue_full",
+                    })
                     .inc();
                 warn(
                     &mut response,
@@ -315,10 +326,17 @@ mod tests {
             (None, Duration::from_millis(9_500)),
             (Some("timeout=garbage"), Duration::from_millis(9_500)),
             // Absurd values neither overflow nor wait past the apiserver's own limit.
-            (Some("timeout=3000000000000000h"), Duration::from_millis(29_500)),
+            (
+                Some("timeout=3000000000000000h"),
+                Duration::from_millis(29_500),
+            ),
         ];
         for (query, expected) in cases {
-            assert_eq!(deadline(query, start, ten, half) - start, expected, "{query:?}");
+            assert_eq!(
+                deadline(query, start, ten, half) - start,
+                expected,
+                "{query:?}"
+            );
         }
     }
 }

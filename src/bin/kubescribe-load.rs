@@ -139,10 +139,17 @@ async fn main() -> anyhow::Result<()> {
             .serve(load::noop_router().into_make_service())
             .await?;
         }
-        Command::FastImport { commits, fixtures, namespaces } => {
+        Command::FastImport {
+            commits,
+            fixtures,
+            namespaces,
+        } => {
             let fixtures = record_fixtures(&fixtures)?;
             let config = kubescribe::config::Config::default();
-            let layout = kubescribe::manifest::Layout::new(&config.repository.root, &config.repository.path_template)?;
+            let layout = kubescribe::manifest::Layout::new(
+                &config.repository.root,
+                &config.repository.path_template,
+            )?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             for i in 0..commits {
                 let fixture = &fixtures[i % fixtures.len()];
@@ -162,8 +169,15 @@ async fn main() -> anyhow::Result<()> {
                 );
                 let time = 1_700_000_000 + i;
                 writeln!(out, "commit refs/heads/main")?;
-                writeln!(out, "author {} <{}@kubernetes.local> {time} +0000", change.user, change.user)?;
-                writeln!(out, "committer kubescribe <kubescribe@localhost> {time} +0000")?;
+                writeln!(
+                    out,
+                    "author {} <{}@kubernetes.local> {time} +0000",
+                    change.user, change.user
+                )?;
+                writeln!(
+                    out,
+                    "committer kubescribe <kubescribe@localhost> {time} +0000"
+                )?;
                 writeln!(out, "data {}\n{message}", message.len())?;
                 writeln!(out, "M 100644 inline {}", change.path)?;
                 writeln!(out, "data {}", data.len())?;

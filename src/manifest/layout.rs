@@ -191,7 +191,10 @@ const MAX_COMPONENT: usize = 255;
 fn shorten(component: &str, suffix_len: usize) -> String {
     let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
     hasher.update(component.as_bytes());
-    let digest = hasher.try_finalize().map(|id| id.to_hex_with_len(16).to_string()).unwrap_or_default();
+    let digest = hasher
+        .try_finalize()
+        .map(|id| id.to_hex_with_len(16).to_string())
+        .unwrap_or_default();
     let suffix = &component[component.len() - suffix_len..];
     let mut keep = MAX_COMPONENT - 1 - digest.len() - suffix.len();
     while !component.is_char_boundary(keep) {
@@ -301,9 +304,16 @@ mod tests {
         let file_a = path_a.as_str().rsplit('/').next().unwrap();
         assert!(file_a.len() <= 255 && file_a.ends_with(".yaml"), "{file_a}");
         assert_ne!(path_a, path_b);
-        assert_eq!(layout.place(at(Some("ns"), "", &a)).unwrap(), path_a, "stable");
+        assert_eq!(
+            layout.place(at(Some("ns"), "", &a)).unwrap(),
+            path_a,
+            "stable"
+        );
         let ok = "a".repeat(250);
-        assert_eq!(layout.place(at(Some("ns"), "", &ok)).unwrap().as_str(), format!("ns/core/things/{ok}.yaml"));
+        assert_eq!(
+            layout.place(at(Some("ns"), "", &ok)).unwrap().as_str(),
+            format!("ns/core/things/{ok}.yaml")
+        );
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct StoreSettings {
     pub committer: CommitterConfig,
     pub queue_capacity: usize,
     pub max_batch: usize,
+    /// How long the writer gathers changes nobody waits for before committing them.
+    pub linger: Duration,
     /// Run a geometric `git repack` after this many new packs (one per batch); 0
     /// turns it off.
     pub repack_after_packs: u64,
@@ -147,6 +149,7 @@ impl StoreSettings {
             committer: config.committer.clone(),
             queue_capacity: config.store.queue_capacity,
             max_batch: config.store.max_batch,
+            linger: config.store.linger,
             repack_after_packs: 32,
         }
     }
@@ -167,6 +170,14 @@ impl StoreHandle {
         let thread = std::thread::Builder::new()
             .name("kubescribe-store".to_owned())
             .spawn(move || {
+                // Answers come first: under CPU pressure the batch waits a little,
+                // not the admission requests (a `wait: commit` answer waits anyway).
+                if let Err(e) = rustix::process::setpriority_process(
+                    Some(rustix::thread::gettid()),
+                    WRITER_NICENESS,
+                ) {
+                    tracing::debug!(error = %e, "cannot lower the writer thread's priority");
+                }
                 let writer = match Writer::open(settings, rx, thread_metrics) {
                     Ok(writer) => {
                         let _ = opened_tx.send(Ok(()));
@@ -218,7 +229,9 @@ impl StoreHandle {
             Ok(permit) => permit,
             Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
             // An answer that does not wait must not wait for room either.
-            Err(mpsc::error::TrySendError::Full(())) if !waits => return Err(StoreError::QueueFull),
+            Err(mpsc::error::TrySendError::Full(())) if !waits => {
+                return Err(StoreError::QueueFull)
+            }
             Err(mpsc::error::TrySendError::Full(())) => {
                 match tokio::time::timeout_at(deadline.into(), self.tx.reserve()).await {
                     Ok(Ok(permit)) => permit,
@@ -254,6 +267,9 @@ struct Writer {
     repack: Option<std::process::Child>,
 }
 
+/// Niceness of the writer thread and of `git repack`, relative to the request path.
+const WRITER_NICENESS: i32 = 5;
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -277,12 +293,22 @@ fn open_repository(path: &Path) -> Result<gix::Repository, String> {
 }
 
 /// The commit and tree the branch names, or none for an unborn branch.
-fn read_tip(repo: &gix::Repository, branch: &gix::refs::FullName) -> Result<(Option<ObjectId>, ObjectId), String> {
-    match repo.try_find_reference(branch.as_ref()).map_err(|e| error_chain(&e))? {
+fn read_tip(
+    repo: &gix::Repository,
+    branch: &gix::refs::FullName,
+) -> Result<(Option<ObjectId>, ObjectId), String> {
+    match repo
+        .try_find_reference(branch.as_ref())
+        .map_err(|e| error_chain(&e))?
+    {
         Some(mut reference) => {
-            let commit = reference
-                .peel_to_commit()
-                .map_err(|e| format!("{} does not name a commit: {}", branch.as_bstr(), error_chain(&e)))?;
+            let commit = reference.peel_to_commit().map_err(|e| {
+                format!(
+                    "{} does not name a commit: {}",
+                    branch.as_bstr(),
+                    error_chain(&e)
+                )
+            })?;
             let tree = commit.tree_id().map_err(|e| error_chain(&e))?.detach();
             Ok((Some(commit.id), tree))
         }
@@ -291,19 +317,28 @@ fn read_tip(repo: &gix::Repository, branch: &gix::refs::FullName) -> Result<(Opt
 }
 
 impl Writer {
-    fn open(settings: StoreSettings, rx: mpsc::Receiver<Job>, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+    fn open(
+        settings: StoreSettings,
+        rx: mpsc::Receiver<Job>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let path = settings.path.clone();
         let open_error = |reason: String| StoreError::Open {
             path: path.clone(),
             reason,
         };
-        let is_empty_dir = std::fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let is_empty_dir = std::fs::read_dir(&path)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
         if !path.exists() || is_empty_dir {
             std::fs::create_dir_all(&path).map_err(|e| open_error(e.to_string()))?;
             gix::init_bare(&path).map_err(|e| open_error(error_chain(&e)))?;
             // Point HEAD at our branch so `git clone` checks it out.
-            std::fs::write(path.join("HEAD"), format!("ref: refs/heads/{}\n", settings.branch))
-                .map_err(|e| open_error(e.to_string()))?;
+            std::fs::write(
+                path.join("HEAD"),
+                format!("ref: refs/heads/{}\n", settings.branch),
+            )
+            .map_err(|e| open_error(e.to_string()))?;
         }
         let repo = open_repository(&path).map_err(open_error)?;
         let branch_ref = gix::refs::FullName::try_from(format!("refs/heads/{}", settings.branch))
@@ -348,6 +383,17 @@ impl Writer {
                 match self.rx.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
+                }
+            }
+            // Nobody waits for these: gather more for a while, so a steady trickle of
+            // writes makes a few large batches instead of one pack per write. A waiting
+            // change ends the gathering at once.
+            let linger_until = Instant::now() + self.settings.linger;
+            while batch.len() < self.settings.max_batch && batch.iter().all(|j| j.waiter.is_none())
+            {
+                match tokio::time::timeout_at(linger_until.into(), self.rx.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    Ok(None) | Err(_) => break,
                 }
             }
             self.metrics.queue_depth.dec_by(batch.len() as i64);
@@ -405,7 +451,9 @@ impl Writer {
         let applied = match self.apply(&jobs) {
             // A concurrent repack may have moved objects out of a pack gix still
             // had open; a fresh view of the packs settles that.
-            Err(StoreError::Write { reason }) if self.repack.is_some() || self.packs_written == 0 => {
+            Err(StoreError::Write { reason })
+                if self.repack.is_some() || self.packs_written == 0 =>
+            {
                 tracing::debug!(%reason, "retrying a batch on a reopened repository");
                 self.reopen();
                 self.apply(&jobs)
@@ -420,7 +468,10 @@ impl Writer {
         self.batch_cost = (self.batch_cost * 4 + elapsed) / 5;
         match result {
             Ok(outcomes) => {
-                let commits = outcomes.iter().filter(|o| matches!(o, Outcome::Committed { .. })).count();
+                let commits = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Committed { .. }))
+                    .count();
                 self.metrics.commits.inc_by(commits as u64);
                 if is_retry {
                     self.backoff = MIN_BACKOFF;
@@ -428,10 +479,17 @@ impl Writer {
                 } else if !self.retry.is_empty() {
                     // A newer write to the same file supersedes a change still waiting
                     // for its retry; replaying the old one later would undo it.
-                    let paths: std::collections::HashSet<&str> = jobs.iter().map(|j| j.change.path.as_str()).collect();
-                    self.retry.retain(|j| !paths.contains(j.change.path.as_str()));
+                    let paths: std::collections::HashSet<&str> =
+                        jobs.iter().map(|j| j.change.path.as_str()).collect();
+                    self.retry
+                        .retain(|j| !paths.contains(j.change.path.as_str()));
                 }
-                tracing::debug!(changes = jobs.len(), commits, elapsed_us = elapsed.as_micros() as u64, "batch durable");
+                tracing::debug!(
+                    changes = jobs.len(),
+                    commits,
+                    elapsed_us = elapsed.as_micros() as u64,
+                    "batch durable"
+                );
                 for (job, outcome) in jobs.into_iter().zip(outcomes) {
                     if let Some(waiter) = job.waiter {
                         let _ = waiter.reply.send(Ok(outcome));
@@ -456,7 +514,10 @@ impl Writer {
                         }
                     }
                 }
-                let overflow = self.retry.len().saturating_sub(self.settings.queue_capacity);
+                let overflow = self
+                    .retry
+                    .len()
+                    .saturating_sub(self.settings.queue_capacity);
                 if overflow > 0 {
                     self.retry.drain(..overflow);
                     self.count_error("retry_overflow", overflow as u64);
@@ -499,7 +560,7 @@ impl Writer {
             gix::objs::Tree::empty()
         } else {
             repo.find_tree(self.tree)
-                .and_then(|t| t.decode().map(Into::into).map_err(Into::into))
+                .and_then(|t| t.decode().map(Into::into))
                 .map_err(|e| write_error(&e))?
         };
         let objects = &repo.objects;
@@ -571,14 +632,21 @@ impl Writer {
                         outcomes.push(Outcome::Unchanged);
                         continue;
                     }
-                    gix::objs::Write::write_buf_with_known_id(objects, gix::objs::Kind::Blob, &bytes, id)
-                        .map_err(|e| write_error(&e))?;
+                    gix::objs::Write::write_buf_with_known_id(
+                        objects,
+                        gix::objs::Kind::Blob,
+                        &bytes,
+                        id,
+                    )
+                    .map_err(|e| write_error(&e))?;
                     editor
                         .upsert(path.split('/'), EntryKind::Blob, id)
                         .map_err(|e| write_error(&e))?;
                 }
                 None => {
-                    editor.remove(path.split('/')).map_err(|e| write_error(&e))?;
+                    editor
+                        .remove(path.split('/'))
+                        .map_err(|e| write_error(&e))?;
                 }
             }
             let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
@@ -619,9 +687,17 @@ impl Writer {
         let Some(tip) = tip.filter(|tip| Some(*tip) != self.tip) else {
             return Ok(());
         };
-        let sync_error = |e: std::io::Error| StoreError::Sync { reason: e.to_string() };
-        let written = pack::write(&self.repo.git_dir().join("objects"), &objects, self.repo.object_hash())
-            .map_err(|reason| StoreError::Write { reason })?;
+        let sync_error = |e: std::io::Error| StoreError::Sync {
+            reason: e.to_string(),
+        };
+        let written = pack::write(
+            &self.repo.git_dir().join("objects"),
+            &objects,
+            self.repo.object_hash(),
+        )
+        .map_err(|e| StoreError::Write {
+            reason: e.to_string(),
+        })?;
         self.packs_written += 1;
         written.sync().map_err(sync_error)?;
         let previous = match self.tip {
@@ -630,7 +706,12 @@ impl Writer {
         };
         let moved = self
             .repo
-            .reference(self.branch_ref.as_ref(), tip, previous, "kubescribe: record")
+            .reference(
+                self.branch_ref.as_ref(),
+                tip,
+                previous,
+                "kubescribe: record",
+            )
             .map_err(|e| StoreError::Branch {
                 branch: self.settings.branch.clone(),
                 reason: error_chain(&e),
@@ -642,7 +723,10 @@ impl Writer {
         moved?;
         self.tip = Some(tip);
         self.tree = tree;
-        let ref_file = self.repo.git_dir().join(self.branch_ref.as_bstr().to_string());
+        let ref_file = self
+            .repo
+            .git_dir()
+            .join(self.branch_ref.as_bstr().to_string());
         File::open(&ref_file)
             .and_then(|f| f.sync_all())
             .and_then(|()| File::open(ref_file.parent().unwrap_or(&self.settings.path))?.sync_all())
@@ -666,26 +750,32 @@ impl Writer {
             self.repack = None;
             self.reopen();
         }
-        if self.settings.repack_after_packs == 0 || self.packs_written < self.settings.repack_after_packs {
+        if self.settings.repack_after_packs == 0
+            || self.packs_written < self.settings.repack_after_packs
+        {
             return;
         }
         self.packs_written = 0;
-        match std::process::Command::new("git")
-            .arg("--git-dir")
+        match std::process::Command::new("nice")
+            .args(["-n", "10", "git", "--git-dir"])
             .arg(&self.settings.path)
             .args(["repack", "-d", "-q", "--geometric=2"])
             .stdin(std::process::Stdio::null())
             .spawn()
         {
             Ok(child) => self.repack = Some(child),
-            Err(e) => tracing::warn!(error = %e, "cannot run git repack; packs accumulate until the next try"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run git repack; packs accumulate until the next try")
+            }
         }
     }
 
     fn reopen(&mut self) {
         match open_repository(&self.settings.path) {
             Ok(repo) => self.repo = repo,
-            Err(e) => tracing::error!(error = %e, "cannot reopen the repository; keeping the old handle"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the repository; keeping the old handle")
+            }
         }
     }
 }
