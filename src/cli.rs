@@ -15,13 +15,13 @@ use crate::config::{Config, ConfigError};
 #[command(
     name = "kubescribe",
     version,
-    about = "Record every admitted Kubernetes write as a git commit",
-    args_conflicts_with_subcommands = true
+    about = "Record every admitted Kubernetes write as a git commit"
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// With no subcommand, kubescribe serves; these are `serve`'s flags.
+    /// With no subcommand, kubescribe serves; these are `serve`'s flags, also
+    /// accepted before `serve`.
     #[command(flatten)]
     pub serve: ServeArgs,
     /// Log format.
@@ -60,7 +60,28 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+impl Cli {
+    /// The command to run; `serve` when none is given. Serve flags given before the
+    /// subcommand count too, and those after it win.
+    pub fn into_command(self) -> Command {
+        match self.command {
+            Some(Command::Serve(args)) => Command::Serve(args.or(self.serve)),
+            None => Command::Serve(self.serve),
+        }
+    }
+}
+
 impl ServeArgs {
+    fn or(self, other: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config.or(other.config),
+            listen: self.listen.or(other.listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+        }
+    }
+
     /// The config file with these arguments laid over it.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let mut config = Config::load(self.config.as_deref())?;
@@ -87,9 +108,8 @@ mod tests {
     }
 
     fn serve_args(cli: Cli) -> ServeArgs {
-        match cli.command {
-            Some(Command::Serve(args)) => args,
-            None => cli.serve,
+        match cli.into_command() {
+            Command::Serve(args) => args,
         }
     }
 
@@ -141,9 +161,24 @@ mod tests {
             args.config().unwrap().server.listen.to_string(),
             "127.0.0.1:2"
         );
-        assert!(
-            parse(&["--listen", "127.0.0.1:2", "serve"]).is_err(),
-            "flags go after the subcommand"
+        let before = serve_args(
+            parse(&["--listen", "127.0.0.1:2", "--log-format", "json", "serve"]).unwrap(),
+        );
+        assert_eq!(before.listen.unwrap().to_string(), "127.0.0.1:2");
+        let both = serve_args(
+            parse(&[
+                "--listen",
+                "127.0.0.1:2",
+                "serve",
+                "--listen",
+                "127.0.0.1:3",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            both.listen.unwrap().to_string(),
+            "127.0.0.1:3",
+            "the subcommand's flag wins"
         );
     }
 

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+    match cli.into_command() {
         Command::Serve(args) => {
             let config = args.config()?;
             let runtime = tokio::runtime::Runtime::new()?;

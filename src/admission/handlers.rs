@@ -259,9 +259,7 @@ async fn answer(
                     .inc();
                 warn(
                     &mut response,
-                    format!(
-                        "kubescribe: not recorded in git ({error}); it will be picked up later"
-                    ),
+                    format!("kubescribe: not recorded in git: {error}"),
                 );
                 (response, DecisionLabel::Unrecorded)
             }

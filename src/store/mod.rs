@@ -268,7 +268,7 @@ struct Writer {
 }
 
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
-const WRITER_NICENESS: i32 = 5;
+const WRITER_NICENESS: i32 = 19;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -389,10 +389,13 @@ impl Writer {
             // writes makes a few large batches instead of one pack per write. A waiting
             // change ends the gathering at once.
             let linger_until = Instant::now() + self.settings.linger;
-            while batch.len() < self.settings.max_batch && batch.iter().all(|j| j.waiter.is_none())
-            {
+            let mut anyone_waits = batch.iter().any(|j| j.waiter.is_some());
+            while batch.len() < self.settings.max_batch && !anyone_waits {
                 match tokio::time::timeout_at(linger_until.into(), self.rx.recv()).await {
-                    Ok(Some(job)) => batch.push(job),
+                    Ok(Some(job)) => {
+                        anyone_waits = job.waiter.is_some();
+                        batch.push(job);
+                    }
                     Ok(None) | Err(_) => break,
                 }
             }
@@ -757,7 +760,7 @@ impl Writer {
         }
         self.packs_written = 0;
         match std::process::Command::new("nice")
-            .args(["-n", "10", "git", "--git-dir"])
+            .args(["-n", "19", "git", "--git-dir"])
             .arg(&self.settings.path)
             .args(["repack", "-d", "-q", "--geometric=2"])
             .stdin(std::process::Stdio::null())
