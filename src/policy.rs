@@ -6,7 +6,7 @@
 //! turns a `Record` into a "would record" warning instead of a commit.
 
 use kube_core::admission::{AdmissionRequest, Operation};
-use kube_core::{DynamicObject, GroupVersionKind, GroupVersionResource};
+use kube_core::{GroupVersionKind, GroupVersionResource};
 use serde_json::Value;
 
 use crate::config::{Config, IgnoreConfig, Rule, SecretMode, Wait};
@@ -29,7 +29,8 @@ pub struct Write {
     pub groups: Vec<String>,
     /// Modifications will not be persisted: never write anything for it.
     pub dry_run: bool,
-    /// The new object as raw JSON; `None` for DELETE.
+    /// The new object as the JSON the apiserver sent, less `status` and
+    /// `metadata.managedFields` (never recorded); `None` for DELETE.
     pub object: Option<Value>,
     /// The previous object as raw JSON; only for UPDATE and DELETE.
     pub old_object: Option<Value>,
@@ -38,8 +39,8 @@ pub struct Write {
 impl Write {
     /// Builds a write from kube-core's request and the raw objects taken from the same
     /// body (kept raw so no field is lost to a typed round trip).
-    pub fn from_request(
-        request: &AdmissionRequest<DynamicObject>,
+    pub fn from_request<T: kube_core::Resource>(
+        request: &AdmissionRequest<T>,
         object: Option<Value>,
         old_object: Option<Value>,
     ) -> Self {

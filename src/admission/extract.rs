@@ -6,9 +6,9 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kube_core::admission::{AdmissionRequest, AdmissionReview};
-use kube_core::DynamicObject;
-use serde_json::Value;
+use kube_core::admission::AdmissionRequest;
+
+use super::object::RawObject;
 
 use super::AppState;
 use crate::policy::Write;
@@ -52,7 +52,7 @@ impl IntoResponse for ApiError {
 /// A decoded review: kube-core's typed request, plus the write with its objects kept
 /// as the raw JSON the apiserver sent.
 pub struct Review {
-    pub request: AdmissionRequest<DynamicObject>,
+    pub request: AdmissionRequest<RawObject>,
     pub write: Write,
 }
 
@@ -82,21 +82,34 @@ impl FromRequest<Arc<AppState>> for Review {
     }
 }
 
-/// Decodes a review body. The objects are taken out before kube-core's typed decode,
-/// so the body is parsed once and the objects are never re-serialised.
+/// Decodes a review body.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Review, ApiError> {
     decode_review(bytes)
 }
 
-/// Decodes an AdmissionReview v1 body exactly as the webhook does: the typed request
-/// and the write with its raw objects.
+/// The envelope, read in one pass. kube-core's `AdmissionReview` flattens its type
+/// fields, which makes serde buffer the whole body first; its `AdmissionRequest`
+/// does not, so we read that directly.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    request: Option<AdmissionRequest<RawObject>>,
+}
+
+/// Decodes an AdmissionReview v1 body exactly as the webhook does: kube-core's typed
+/// request and the write with its objects as the JSON that was sent.
 pub fn decode_review(bytes: &[u8]) -> Result<Review, ApiError> {
-    let mut value: Value = serde_json::from_slice(bytes).map_err(ApiError::NotJson)?;
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    let envelope: Envelope = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::NotAReview(format!("an invalid AdmissionReview: {e}"))
+        }
+        _ => ApiError::NotJson(e),
+    })?;
+    let (api_version, kind) = (envelope.api_version.as_str(), envelope.kind.as_str());
     if api_version != "admission.k8s.io/v1" || kind != "AdmissionReview" {
         let got = if api_version.is_empty() && kind.is_empty() {
             "a JSON document without apiVersion and kind".to_owned()
@@ -105,23 +118,22 @@ pub fn decode_review(bytes: &[u8]) -> Result<Review, ApiError> {
         };
         return Err(ApiError::NotAReview(got));
     }
-    let Some(request) = value.get_mut("request").and_then(Value::as_object_mut) else {
+    let Some(mut request) = envelope.request else {
         return Err(ApiError::NotAReview(
             "an AdmissionReview without a request".to_owned(),
         ));
     };
-    let object = request.get_mut("object").map(Value::take);
-    let old_object = request.get_mut("oldObject").map(Value::take);
-    let review: AdmissionReview<DynamicObject> = serde_json::from_value(value)
-        .map_err(|e| ApiError::NotAReview(format!("an invalid AdmissionReview: {e}")))?;
-    let request: AdmissionRequest<DynamicObject> = review
-        .try_into()
-        .map_err(|_| ApiError::NotAReview("an AdmissionReview without a request".to_owned()))?;
+    request.types = kube_core::TypeMeta {
+        api_version: envelope.api_version,
+        kind: envelope.kind,
+    };
     if request.uid.is_empty() {
         return Err(ApiError::NotAReview(
             "an AdmissionReview whose request has no uid".to_owned(),
         ));
     }
+    let object = request.object.take().map(|o| o.value);
+    let old_object = request.old_object.take().map(|o| o.value);
     let write = Write::from_request(&request, object, old_object);
     Ok(Review { request, write })
 }

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, Operation};
-use kube_core::DynamicObject;
 use tracing::{field::Empty, Instrument};
 
 use super::extract::{ApiError, Review};
@@ -195,7 +194,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// Decides and, if recording, hands the change to the store and waits as the rule says.
 async fn answer(
     state: &AppState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<super::RawObject>,
     write: &Write,
     deadline: Instant,
 ) -> (AdmissionResponse, DecisionLabel) {

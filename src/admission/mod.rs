@@ -10,6 +10,8 @@
 
 mod extract;
 mod handlers;
+mod object;
 
 pub use extract::{decode_review, ApiError, Review};
 pub use handlers::{app, AppState};
+pub use object::RawObject;
