@@ -69,8 +69,10 @@ impl Client {
         })
     }
 
-    /// Opens one keep-alive connection.
-    pub async fn connect(&self) -> Result<Connection, LoadError> {
+    /// Opens a TLS connection without HTTP on top, for tests that speak raw HTTP.
+    pub async fn connect_tls(
+        &self,
+    ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, LoadError> {
         let connect_error = |source| LoadError::Connect {
             addr: self.addr,
             source,
@@ -80,11 +82,15 @@ impl Client {
             .map_err(connect_error)?;
         tcp.set_nodelay(true).map_err(connect_error)?;
         let name = ServerName::IpAddress(self.addr.ip().into());
-        let tls = self
-            .connector
+        self.connector
             .connect(name, tcp)
             .await
-            .map_err(connect_error)?;
+            .map_err(connect_error)
+    }
+
+    /// Opens one keep-alive connection.
+    pub async fn connect(&self) -> Result<Connection, LoadError> {
+        let tls = self.connect_tls().await?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(async move {
             let _ = connection.await;

@@ -16,7 +16,6 @@ async fn unreadable_requests_get_their_status_and_a_readable_message() {
     v1beta1["apiVersion"] = "admission.k8s.io/v1beta1".into();
     let mut no_uid = fixture("009").review;
     no_uid["request"]["uid"] = "".into();
-    let too_large = Bytes::from(vec![b' '; 9 * 1024 * 1024]);
     let json = Some("application/json");
 
     let cases: Vec<(&str, Option<&str>, Bytes, u16, &str)> = vec![
@@ -25,7 +24,6 @@ async fn unreadable_requests_get_their_status_and_a_readable_message() {
         ("wrong content type", Some("text/plain"), review.clone(), 415, "Content-Type must be application/json"),
         ("no content type", None, review.clone(), 415, "Content-Type must be application/json"),
         ("yaml content type", Some("application/yaml"), review.clone(), 415, "application/yaml"),
-        ("too large", json, too_large, 413, "larger than 8388608 bytes"),
         ("JSON that is not a review", json, Bytes::from_static(b"{\"hello\": \"world\"}"), 400, "expected an admission.k8s.io/v1 AdmissionReview"),
         ("a JSON array", json, Bytes::from_static(b"[1, 2]"), 400, "expected an admission.k8s.io/v1 AdmissionReview"),
         ("v1beta1 review", json, body(&v1beta1), 400, "admission.k8s.io/v1beta1"),
@@ -49,10 +47,6 @@ async fn unreadable_requests_get_their_status_and_a_readable_message() {
                 text.contains(message),
                 "{endpoint} {name}: {text:?} lacks {message:?}"
             );
-            if got == 413 {
-                // The server may close a connection whose body it refused to read.
-                connection = server.connect().await;
-            }
         }
     }
     // Still healthy, and the refusals were counted.
@@ -80,6 +74,55 @@ async fn unreadable_requests_get_their_status_and_a_readable_message() {
         "nothing was recorded"
     );
     server.server.shutdown().await.unwrap();
+}
+
+/// Too large, checked on the router itself (`oneshot`, as production builds it): over
+/// a socket the server's early close races the client's upload of the rest of the
+/// body, so whether a client sees the 413 or a reset depends on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_with_a_message() {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubescribe::config::Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    let metrics = std::sync::Arc::new(kubescribe::metrics::Metrics::new());
+    let (store, writer) = kubescribe::store::StoreHandle::open(
+        kubescribe::store::StoreSettings::from_config(&config),
+        metrics.clone(),
+    )
+    .unwrap();
+    let state = std::sync::Arc::new(kubescribe::admission::AppState {
+        policy: kubescribe::policy::Policy::new(&config),
+        layout: kubescribe::manifest::Layout::new("", &config.repository.path_template).unwrap(),
+        store,
+        metrics,
+        ready: true.into(),
+        max_body_bytes: config.server.max_body_bytes,
+        default_timeout: config.server.default_timeout,
+        deadline_margin: config.server.deadline_margin,
+    });
+    let app = kubescribe::admission::app(state);
+    for endpoint in ["/validate", "/mutate"] {
+        let request = axum::http::Request::post(endpoint)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(vec![b' '; 9 * 1024 * 1024]))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 413, "{endpoint}");
+        let answer: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(answer["status"], 413);
+        assert_eq!(answer["message"], "request body is larger than 8388608 bytes; raise server.maxBodyBytes if the apiserver really sends objects this large");
+    }
+    drop(app);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
