@@ -3,18 +3,18 @@
 # baseline measured in the same run (these machines are noisy; ratios travel, raw
 # numbers do not). Everything runs on 127.0.0.1 and stops by itself.
 #
-# Knobs (environment): REQUESTS (per latency run, default 20000), RATE (req/s for the
+# Knobs (environment): REQUESTS (per latency run, default 8000), RATE (req/s for the
 # latency runs, default 1000), CONCURRENCY (connections, default 32), COMMITS (changes
 # for the commit-throughput run, default 20000), ROUNDS (alternating latency rounds,
-# default 3).
+# default 7: the VM is noisy, so many short alternating rounds and their median).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-REQUESTS=${REQUESTS:-20000}
+REQUESTS=${REQUESTS:-8000}
 RATE=${RATE:-1000}
 CONCURRENCY=${CONCURRENCY:-32}
 COMMITS=${COMMITS:-20000}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-7}
 OUT=target/bench
 BIN=target/release
 
@@ -80,15 +80,29 @@ wait_ready_noop() {
 }
 wait_ready_noop
 
+# The wait: none server keeps committing (and repacking) briefly after a round; let it
+# finish so it does not slow down the baseline's next round.
+settle() {
+  sleep 0.5
+  while pgrep -f "$OUT/none/repo.git repack" >/dev/null; do sleep 0.1; done
+}
+
 offset=0
 for round in $(seq 1 "$ROUNDS"); do
+  settle
   load "noop_paced_$round" 18444 "$RATE" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
   load "none_paced_$round" 18443 "$RATE" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
   offset=$((offset + REQUESTS))
 done
+settle
 load noop_max 18444 "" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
 load none_max 18443 "" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
 offset=$((offset + REQUESTS))
+
+# Stop the latency servers first: the wait: none server may still be committing or
+# repacking its backlog, which would compete with the next run.
+cleanup
+pids=()
 
 echo "== wait: commit throughput"
 start_kubescribe commit 18445 "- name: all

@@ -7,6 +7,7 @@ need=()
 command -v git >/dev/null || need+=(git)
 command -v mount >/dev/null || need+=(mount)
 command -v curl >/dev/null || need+=(curl)
+command -v pgrep >/dev/null || need+=(procps)
 command -v rustfmt >/dev/null || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 

@@ -93,8 +93,9 @@ impl Server {
         let listener = std::net::TcpListener::bind(listen).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        let server = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(tls_config))
-            .map_err(bind_error)?;
+        let server = axum_server::from_tcp(listener)
+            .map_err(bind_error)?
+            .acceptor(tls_acceptor(tls_config));
         let handle = axum_server::Handle::new();
         let router = app(state.clone());
         let task = tokio::spawn(
@@ -137,6 +138,15 @@ impl Server {
         tracing::info!("stopped");
         served
     }
+}
+
+/// TLS on accepted connections, with `TCP_NODELAY`: an answer split over TLS records
+/// must not sit behind Nagle's algorithm waiting for a delayed ACK (a 40 ms stall).
+pub fn tls_acceptor(
+    config: std::sync::Arc<rustls::ServerConfig>,
+) -> axum_server::tls_rustls::RustlsAcceptor<axum_server::accept::NoDelayAcceptor> {
+    axum_server::tls_rustls::RustlsAcceptor::new(RustlsConfig::from_config(config))
+        .acceptor(axum_server::accept::NoDelayAcceptor::new())
 }
 
 async fn shutdown_signal() {

@@ -132,12 +132,10 @@ async fn main() -> anyhow::Result<()> {
             let listener = std::net::TcpListener::bind(listen)
                 .with_context(|| format!("listen on {listen}"))?;
             listener.set_nonblocking(true)?;
-            axum_server::from_tcp_rustls(
-                listener,
-                axum_server::tls_rustls::RustlsConfig::from_config(tls),
-            )?
-            .serve(load::noop_router().into_make_service())
-            .await?;
+            axum_server::from_tcp(listener)?
+                .acceptor(kubescribe::serve::tls_acceptor(tls))
+                .serve(load::noop_router().into_make_service())
+                .await?;
         }
         Command::FastImport {
             commits,
