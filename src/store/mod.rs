@@ -5,13 +5,16 @@
 //! - Exactly one writer thread owns the repository and the branch. It commits with the
 //!   tip it last wrote as parent and moves the branch with compare-and-swap, so a
 //!   second writer becomes an error, never a lost update. History stays linear.
-//! - A waiter hears "committed" only after the batch's objects and then the branch
-//!   ref were synced to disk (`syncfs`): objects first, so a crash can never leave the
-//!   branch naming an object that is not there.
+//! - A waiter hears "committed" only after the batch's objects (one pack, see
+//!   [`pack`]) and then the branch ref were fsync'ed: objects first, so a crash can
+//!   never leave the branch naming an object that is not there. One such durability
+//!   point covers a whole batch (group commit).
 //! - A change that leaves its file byte-identical makes no commit.
-//! - A change the webhook already let through (`wait: none`) is never dropped on an
-//!   error: it stays queued and is retried with backoff. A change someone waits for
-//!   is answered with the error instead, so that write is denied and not recorded.
+//! - A change the webhook already let through (`wait: none`) is not dropped on an
+//!   error: it is retried with backoff, in batches of its own, until it commits or a
+//!   newer write to the same file supersedes it (bounded by `store.queueCapacity`).
+//!   A change someone waits for is answered with the error instead, so that write is
+//!   denied and not recorded.
 //!
 //! The writer never decides what to record; it only applies [`Change`]s.
 
