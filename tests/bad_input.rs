@@ -222,10 +222,7 @@ async fn a_locked_branch_denies_waiting_writes_and_keeps_acknowledged_ones() {
     let server = TestServer::start(SPLIT_WAITS).await;
     let mut connection = server.connect().await;
     let create = fixture("009");
-    let (_, answer) = connection
-        .review(&create.path, body(&create.review))
-        .await
-        .unwrap();
+    let answer = server.send(&create).await;
     assert!(recorded_sha(&answer).is_some());
 
     // Another process holds the branch lock.
@@ -253,10 +250,7 @@ async fn a_locked_branch_denies_waiting_writes_and_keeps_acknowledged_ones() {
     std::fs::remove_file(&lock).unwrap();
     eventually_committed(&server, "team-b/core/configmaps/app-config.yaml").await;
 
-    let (_, answer) = connection
-        .review(&update.path, body(&update.review))
-        .await
-        .unwrap();
+    let answer = server.send(&update).await;
     assert!(
         recorded_sha(&answer).is_some(),
         "the retried write is recorded: {answer}"
@@ -317,10 +311,7 @@ async fn a_full_disk_denies_waiting_writes_and_keeps_acknowledged_ones() {
     let server = TestServer::start_in(dir, &config).await;
     let mut connection = server.connect().await;
     let create = fixture("009");
-    let (_, answer) = connection
-        .review(&create.path, body(&create.review))
-        .await
-        .unwrap();
+    let answer = server.send(&create).await;
     assert!(recorded_sha(&answer).is_some());
 
     let filler = disk.fill();
@@ -353,12 +344,8 @@ async fn a_full_disk_denies_waiting_writes_and_keeps_acknowledged_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_branch_moved_by_another_process_is_continued_not_fought() {
     let server = TestServer::start("rules:\n- name: all\n  wait: commit\n").await;
-    let mut connection = server.connect().await;
     let create = fixture("009");
-    let (_, answer) = connection
-        .review(&create.path, body(&create.review))
-        .await
-        .unwrap();
+    let answer = server.send(&create).await;
     let ours = recorded_sha(&answer).unwrap();
 
     // Someone commits to the branch behind kubescribe's back.
@@ -386,20 +373,14 @@ async fn a_branch_moved_by_another_process_is_continued_not_fought() {
 
     // The first write after that finds the branch moved and is denied, with advice.
     let update = fixture("017");
-    let (_, answer) = connection
-        .review(&update.path, body(&update.review))
-        .await
-        .unwrap();
+    let answer = server.send(&update).await;
     assert_eq!(answer["response"]["allowed"], false, "{answer}");
     assert!(answer["response"]["status"]["message"]
         .as_str()
         .unwrap()
         .contains("another process moved or locked the branch"));
     // The retry builds on the other commit instead of failing forever.
-    let (_, answer) = connection
-        .review(&update.path, body(&update.review))
-        .await
-        .unwrap();
+    let answer = server.send(&update).await;
     let sha = recorded_sha(&answer).expect("recorded on the moved branch");
     let parent = server.git(&["rev-parse", &format!("{sha}^")]);
     assert_eq!(parent.trim(), theirs.trim());

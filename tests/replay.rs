@@ -402,11 +402,7 @@ async fn writes_acknowledged_without_waiting_are_committed_before_shutdown_ends(
 async fn redacted_secrets_keep_their_keys_and_never_their_values() {
     let server = TestServer::start("secrets: redact\nrules:\n- name: all\n  wait: commit\n").await;
     let fixture = common::fixture("027");
-    let mut connection = server.connect().await;
-    let (_, answer) = connection
-        .review(&fixture.path, body(&fixture.review))
-        .await
-        .unwrap();
+    let answer = server.send(&fixture).await;
     let sha = recorded_sha(&answer).expect("recorded");
     let file = server.git(&["show", &format!("{sha}:team-a/core/secrets/db-creds.yaml")]);
     assert!(file.contains("password: '<redacted>'"), "{file}");
@@ -428,34 +424,19 @@ async fn a_restarted_server_continues_the_same_branch() {
     );
     let first = TestServer::start(&config).await;
     let fixture = common::fixture("009");
-    let (_, answer) = first
-        .connect()
-        .await
-        .review(&fixture.path, body(&fixture.review))
-        .await
-        .unwrap();
+    let answer = first.send(&fixture).await;
     let first_sha = recorded_sha(&answer).unwrap();
     first.server.shutdown().await.unwrap();
 
     let second = TestServer::start(&config).await;
     // The same write again is byte-identical: no new commit.
-    let (_, again) = second
-        .connect()
-        .await
-        .review(&fixture.path, body(&fixture.review))
-        .await
-        .unwrap();
+    let again = second.send(&fixture).await;
     assert_eq!(
         warnings(&again),
         vec!["unchanged team-a/core/configmaps/app-config.yaml".to_owned()]
     );
     let update = common::fixture("017");
-    let (_, answer) = second
-        .connect()
-        .await
-        .review(&update.path, body(&update.review))
-        .await
-        .unwrap();
+    let answer = second.send(&update).await;
     let second_sha = recorded_sha(&answer).unwrap();
     let parent = second.git(&["rev-parse", &format!("{second_sha}^")]);
     assert!(

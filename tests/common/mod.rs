@@ -46,6 +46,18 @@ impl TestServer {
         }
     }
 
+    /// Sends one fixture's review on a fresh connection; the answer must be HTTP 200.
+    pub async fn send(&self, fixture: &Fixture) -> Value {
+        let (status, answer) = self
+            .connect()
+            .await
+            .review(&fixture.path, body(&fixture.review))
+            .await
+            .expect("the review is answered");
+        assert_eq!(status, 200, "{}", fixture.file);
+        answer
+    }
+
     pub async fn connect(&self) -> Connection {
         self.client
             .connect()
