@@ -318,17 +318,34 @@ pub fn render(object: &Value) -> String {
     yaml::render(object)
 }
 
+/// A recorded manifest with a new `spec.replicas`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rescaled {
+    pub bytes: Vec<u8>,
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    /// `spec.replicas` before the edit, if it was set.
+    pub previous: Option<Value>,
+}
+
 /// Sets `spec.replicas` in a recorded manifest and renders it again. Returns `None`
 /// when the file is not a YAML object we can edit.
-pub fn set_replicas(manifest: &[u8], replicas: i64) -> Option<(Vec<u8>, Value)> {
+pub fn set_replicas(manifest: &[u8], replicas: i64) -> Option<Rescaled> {
     let mut value: Value = serde_yaml_ng::from_slice(manifest).ok()?;
     let object = value.as_object_mut()?;
+    let text = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
     let spec = object
         .entry("spec")
         .or_insert_with(|| Value::Object(Map::new()))
         .as_object_mut()?;
-    spec.insert("replicas".to_owned(), Value::from(replicas));
-    Some((yaml::render(&value).into_bytes(), value))
+    let previous = spec.insert("replicas".to_owned(), Value::from(replicas));
+    Some(Rescaled {
+        bytes: yaml::render(&value).into_bytes(),
+        api_version,
+        kind,
+        previous,
+    })
 }
 
 #[cfg(test)]
@@ -410,10 +427,12 @@ mod tests {
         let before = yaml::render(
             &json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2, "template": {}}}),
         );
-        let (after, _) = set_replicas(before.as_bytes(), 3).unwrap();
+        let after = set_replicas(before.as_bytes(), 3).unwrap();
         assert_eq!(
-            String::from_utf8(after).unwrap(),
+            String::from_utf8(after.bytes).unwrap(),
             before.replace("replicas: 2", "replicas: 3")
         );
+        assert_eq!(after.previous, Some(Value::from(2)));
+        assert_eq!(after.kind.as_deref(), Some("Deployment"));
     }
 }

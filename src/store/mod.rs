@@ -597,21 +597,15 @@ impl Writer {
                     Some(id) => {
                         let blob = repo.find_blob(id).map_err(|e| write_error(&e))?;
                         match manifest::set_replicas(&blob.data, *replicas) {
-                            Some((bytes, parent)) => {
-                                let old =
-                                    serde_yaml_ng::from_slice::<serde_json::Value>(&blob.data)
-                                        .ok()
-                                        .and_then(|v| v.pointer("/spec/replicas").cloned());
-                                let old = old.map_or_else(|| "unset".to_owned(), |v| v.to_string());
+                            Some(rescaled) => {
+                                let old = rescaled
+                                    .previous
+                                    .map_or_else(|| "unset".to_owned(), |v| v.to_string());
                                 body =
                                     format!("Scaled spec.replicas from {old} to {replicas}.\n\n");
-                                if let Some(v) = parent.get("apiVersion").and_then(|v| v.as_str()) {
-                                    api_version = v.to_owned();
-                                }
-                                if let Some(k) = parent.get("kind").and_then(|v| v.as_str()) {
-                                    kind = k.to_owned();
-                                }
-                                Some(Some(bytes))
+                                api_version = rescaled.api_version.unwrap_or(api_version);
+                                kind = rescaled.kind.unwrap_or(kind);
+                                Some(Some(rescaled.bytes))
                             }
                             None => {
                                 tracing::warn!(
@@ -861,40 +855,6 @@ fn commit_message(change: &Change, api_version: &str, kind: &str, body: &str) ->
         groups = one_line(&change.groups.join(", ")),
         uid = one_line(&change.uid),
     )
-}
-
-/// Reads the bytes of `path` at the branch tip; for tests and the offline check.
-pub fn read_file(
-    repo_path: &Path,
-    branch: &str,
-    path: &str,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let open_error = |e: &dyn std::fmt::Display| StoreError::Open {
-        path: repo_path.to_owned(),
-        reason: e.to_string(),
-    };
-    let repo = gix::open(repo_path).map_err(|e| open_error(&e))?;
-    let Some(mut reference) = repo
-        .try_find_reference(format!("refs/heads/{branch}").as_str())
-        .map_err(|e| open_error(&e))?
-    else {
-        return Ok(None);
-    };
-    let tree = reference
-        .peel_to_commit()
-        .map_err(|e| open_error(&e))?
-        .tree_id()
-        .map_err(|e| open_error(&e))?
-        .detach();
-    match lookup(&repo, tree, path).map_err(|e| open_error(&e))? {
-        Some(id) => Ok(Some(
-            repo.find_blob(id)
-                .map_err(|e| open_error(&e))?
-                .data
-                .to_vec(),
-        )),
-        None => Ok(None),
-    }
 }
 
 #[cfg(test)]
