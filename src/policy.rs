@@ -69,7 +69,8 @@ impl Write {
         }
     }
 
-    fn live_object(&self) -> Option<&Value> {
+    /// The object as it is after the write: `oldObject` for a DELETE.
+    pub(crate) fn live_object(&self) -> Option<&Value> {
         match self.operation {
             Operation::Delete => self.old_object.as_ref(),
             _ => self.object.as_ref(),

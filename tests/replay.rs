@@ -294,18 +294,8 @@ async fn replaying_every_fixture_records_exactly_the_intended_commits() {
         assert!(!history.contains(banned), "{banned} leaked into git");
     }
 
-    let fsck = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(&server.repo)
-        .args(["fsck", "--strict", "--no-dangling"])
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success() && fsck.stdout.is_empty(),
-        "git fsck: {}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
+    let fsck = server.git(&["fsck", "--strict", "--no-dangling"]);
+    assert!(fsck.is_empty(), "git fsck: {fsck}");
 
     // Metrics saw it all.
     let (status, metrics) = connection

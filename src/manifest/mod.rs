@@ -94,10 +94,7 @@ impl Change {
 
 /// Plans the change for a write that policy decided to record.
 pub fn plan(write: &Write, layout: &Layout, secrets: SecretMode) -> Result<Change, ManifestError> {
-    let live = match write.operation {
-        Operation::Delete => write.old_object.as_ref(),
-        _ => write.object.as_ref(),
-    };
+    let live = write.live_object();
     let name = live
         .and_then(|o| o.pointer("/metadata/name"))
         .and_then(Value::as_str)

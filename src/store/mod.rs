@@ -18,6 +18,7 @@
 //!
 //! The writer never decides what to record; it only applies [`Change`]s.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -587,7 +588,7 @@ impl Writer {
             let mut api_version = change.api_version.clone();
             let mut kind = change.kind.clone();
             let edit = match &change.action {
-                Action::Put(bytes) => Some(Some(bytes.clone())),
+                Action::Put(bytes) => Some(Some(Cow::Borrowed(bytes.as_slice()))),
                 Action::Remove => current.map(|_| None),
                 Action::SetReplicas(replicas) => match current {
                     None => {
@@ -605,7 +606,7 @@ impl Writer {
                                     format!("Scaled spec.replicas from {old} to {replicas}.\n\n");
                                 api_version = rescaled.api_version.unwrap_or(api_version);
                                 kind = rescaled.kind.unwrap_or(kind);
-                                Some(Some(rescaled.bytes))
+                                Some(Some(Cow::Owned(rescaled.bytes)))
                             }
                             None => {
                                 tracing::warn!(
