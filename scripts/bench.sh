@@ -6,7 +6,9 @@
 # Knobs (environment): REQUESTS (per latency run, default 8000), RATE (req/s for the
 # latency runs, default 1000), CONCURRENCY (connections, default 32), COMMITS (changes
 # for the commit-throughput run, default 20000), ROUNDS (alternating latency rounds,
-# default 7: the VM is noisy, so many short alternating rounds and their median).
+# default 7: the VM is noisy, so many short alternating rounds and their median),
+# NONE_RULES (the rules of the `wait: none` server, to measure the request path
+# alone), LATENCY_ONLY=1 (stop after the latency rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,8 +64,8 @@ load() { # label port rate-or-empty requests concurrency offset
 }
 
 echo "== idle RSS and wait: none latency"
-start_kubescribe none 18443 "- name: all
-  wait: none"
+start_kubescribe none 18443 "${NONE_RULES:-- name: all
+  wait: none}"
 none_pid=$server_pid
 sleep 2 # let the process settle before reading its idle footprint
 idle_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$none_pid/status")
@@ -104,6 +106,7 @@ offset=$((offset + REQUESTS))
 cleanup
 pids=()
 
+if [[ -n ${LATENCY_ONLY:-} ]]; then exit 0; fi # the latency rounds only (runs.jsonl)
 echo "== wait: commit throughput"
 start_kubescribe commit 18445 "- name: all
   wait: commit"
