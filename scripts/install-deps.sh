@@ -8,6 +8,18 @@ command -v git >/dev/null || need+=(git)
 command -v mount >/dev/null || need+=(mount)
 command -v curl >/dev/null || need+=(curl)
 command -v pgrep >/dev/null || need+=(procps)
+# Real loopback git servers for the push tests (tests/common/remotes.rs): `git daemon`
+# and `git http-backend` ship with git; smart HTTP runs under lighttpd (CGI + basic
+# auth, optionally TLS), ssh under sshd with git-shell as the forced command.
+git_core=$(git --exec-path 2>/dev/null || echo /usr/lib/git-core)
+[[ -x $git_core/git-daemon && -x $git_core/git-http-backend ]] || need+=(git)
+command -v git-shell >/dev/null || [[ -x $git_core/git-shell ]] || need+=(git)
+command -v lighttpd >/dev/null || [[ -x /usr/sbin/lighttpd ]] || need+=(lighttpd)
+[[ -e /usr/lib/lighttpd/mod_openssl.so ]] || need+=(lighttpd-mod-openssl) # HTTPS variant
+command -v sshd >/dev/null || [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v ssh-keyscan >/dev/null \
+  || need+=(openssh-client)
+command -v openssl >/dev/null || need+=(openssl)
 command -v rustfmt >/dev/null || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
@@ -17,5 +29,7 @@ if ((${#need[@]})); then
     exit 1
   fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  # The tests run their own lighttpd/sshd on loopback; the system services the
+  # packages ship are never used (and policy-rc.d keeps them from starting in a container).
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// Serving private key (PEM).
     #[arg(long, env = "KUBESCRIBE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Git remote the default repository's branch is pushed to (credentials go in
+    /// the config file's repository.remote).
+    #[arg(long, env = "KUBESCRIBE_REMOTE")]
+    pub remote: Option<String>,
+    /// Branch of the default repository [default: main].
+    #[arg(long, env = "KUBESCRIBE_BRANCH")]
+    pub branch: Option<String>,
 }
 
 impl Cli {
@@ -79,12 +86,27 @@ impl ServeArgs {
             data_dir: self.data_dir.or(other.data_dir),
             tls_cert: self.tls_cert.or(other.tls_cert),
             tls_key: self.tls_key.or(other.tls_key),
+            remote: self.remote.or(other.remote),
+            branch: self.branch.or(other.branch),
         }
     }
 
     /// The config file with these arguments laid over it.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let mut config = Config::load(self.config.as_deref())?;
+        if let Some(url) = &self.remote {
+            config
+                .repository
+                .remote
+                .get_or_insert_with(Default::default)
+                .url = url.clone();
+        }
+        if let Some(branch) = &self.branch {
+            config.repository.branch = branch.clone();
+        }
+        if self.remote.is_some() || self.branch.is_some() {
+            config.validate()?;
+        }
         if let Some(listen) = self.listen {
             config.server.listen = listen;
         }
@@ -111,6 +133,23 @@ mod tests {
         match cli.into_command() {
             Command::Serve(args) => args,
         }
+    }
+
+    #[test]
+    fn remote_and_branch_flags_set_the_default_repository() {
+        let config =
+            serve_args(parse(&["--remote", "file:///srv/r.git", "--branch", "cluster-a"]).unwrap())
+                .config()
+                .unwrap();
+        assert_eq!(config.repository.branch, "cluster-a");
+        assert_eq!(
+            config.repository.remote.map(|r| r.url).as_deref(),
+            Some("file:///srv/r.git")
+        );
+        let err = serve_args(parse(&["--branch", "a..b"]).unwrap())
+            .config()
+            .unwrap_err();
+        assert!(err.to_string().contains("branch"), "{err}");
     }
 
     #[test]

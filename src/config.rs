@@ -36,7 +36,11 @@ pub struct Config {
     pub server: ServerConfig,
     /// Where kubescribe keeps its state; the repository is `<dataDir>/repo.git`.
     pub data_dir: PathBuf,
+    /// The default repository: rules without `repository:` record here.
     pub repository: RepositoryConfig,
+    /// More repositories (or branches) that rules can send writes to by name. Each
+    /// gets its own local repository, writer and pusher.
+    pub repositories: std::collections::BTreeMap<String, RepositoryConfig>,
     pub author: AuthorConfig,
     pub committer: CommitterConfig,
     pub store: StoreConfig,
@@ -51,6 +55,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             data_dir: PathBuf::from("data"),
             repository: RepositoryConfig::default(),
+            repositories: std::collections::BTreeMap::new(),
             author: AuthorConfig::default(),
             committer: CommitterConfig::default(),
             store: StoreConfig::default(),
@@ -98,7 +103,8 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RepositoryConfig {
-    /// Bare repository; defaults to `<dataDir>/repo.git`.
+    /// Local bare repository; defaults to `<dataDir>/repo.git` for the default
+    /// repository and `<dataDir>/<name>.git` for a named one.
     pub path: Option<PathBuf>,
     pub branch: String,
     /// Directory inside the repository under which every file is placed.
@@ -106,6 +112,8 @@ pub struct RepositoryConfig {
     /// Placeholders: `{namespace}` (`_cluster` when cluster-scoped), `{group}` (`core`
     /// for the core group), `{resource}`, `{name}`.
     pub path_template: String,
+    /// Where the branch is pushed. Without it, commits stay in the local repository.
+    pub remote: Option<RemoteConfig>,
 }
 
 impl Default for RepositoryConfig {
@@ -115,7 +123,91 @@ impl Default for RepositoryConfig {
             branch: "main".to_owned(),
             root: String::new(),
             path_template: "{namespace}/{group}/{resource}/{name}.yaml".to_owned(),
+            remote: None,
         }
+    }
+}
+
+/// A git remote and how to authenticate to it. Credentials are read from files (a
+/// mounted Secret) at every push and fetch, so a rotated Secret is used without a
+/// restart, and they never appear on a command line or in a log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// `ssh://git@host/org/repo.git`, `git@host:org/repo.git`, `https://host/repo.git`,
+    /// `http://`, `git://` or `file:///path/repo.git`. Never put a password in it.
+    pub url: String,
+    /// ssh: the private key.
+    pub ssh_key_file: Option<PathBuf>,
+    /// ssh: the host keys to trust (required for ssh; an unknown host key fails).
+    pub known_hosts_file: Option<PathBuf>,
+    /// https: the user name for basic auth (default `kubescribe`, which GitHub,
+    /// GitLab and Gitea accept with a token).
+    pub username: Option<String>,
+    pub username_file: Option<PathBuf>,
+    /// https: the password or access token.
+    pub password_file: Option<PathBuf>,
+    /// https: the same as `passwordFile`, for a token.
+    pub token_file: Option<PathBuf>,
+    /// https: CA bundle (PEM) to verify the server with, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Longest a single push or fetch may take.
+    #[serde(with = "duration_str")]
+    pub timeout: std::time::Duration,
+    /// Longest pause between retries of a failing push.
+    #[serde(with = "duration_str")]
+    pub max_backoff: std::time::Duration,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            ssh_key_file: None,
+            known_hosts_file: None,
+            username: None,
+            username_file: None,
+            password_file: None,
+            token_file: None,
+            ca_file: None,
+            timeout: std::time::Duration::from_secs(30),
+            max_backoff: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+impl RemoteConfig {
+    /// Whether git reaches this URL over ssh (so known_hosts applies).
+    pub fn is_ssh(&self) -> bool {
+        let url = self.url.as_str();
+        if url.starts_with("ssh://") || url.starts_with("git+ssh://") {
+            return true;
+        }
+        // scp-like `user@host:path`: a colon before any slash, and no scheme.
+        !url.contains("://")
+            && url
+                .find(':')
+                .is_some_and(|colon| !url[..colon].contains('/'))
+    }
+
+    /// The URL with any user info's password removed, for messages and logs.
+    pub fn display_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Drops a password from `scheme://user:password@host/...`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -250,6 +342,12 @@ pub struct Rule {
     pub namespaces: Vec<String>,
     pub exclude_namespaces: Vec<String>,
     pub wait: Wait,
+    /// What happens to the write once the wait is over: `allow` (the default), or
+    /// `deny`, only with `wait: push`: the change is recorded and pushed, and the
+    /// write is denied, so the cluster changes only through the GitOps tool.
+    pub then: Then,
+    /// Name of an entry in `repositories`; the default repository when unset.
+    pub repository: Option<String>,
 }
 
 impl Default for Rule {
@@ -261,6 +359,8 @@ impl Default for Rule {
             namespaces: vec!["*".to_owned()],
             exclude_namespaces: Vec::new(),
             wait: Wait::None,
+            then: Then::Allow,
+            repository: None,
         }
     }
 }
@@ -273,6 +373,28 @@ pub enum Wait {
     None,
     /// Answer once the commit is durable on disk; deny if that fails in time.
     Commit,
+    /// Answer once the remote accepted the commit; deny if that fails in time.
+    Push,
+}
+
+/// What a rule does with the write after its wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Then {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// The name of the default repository (the `repository` section).
+pub const DEFAULT_REPOSITORY: &str = "default";
+
+/// One repository and branch writes can be sent to, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub path: PathBuf,
+    pub repository: RepositoryConfig,
 }
 
 impl Config {
@@ -308,7 +430,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "set both server.tlsCert and server.tlsKey, or neither for a dev certificate"
@@ -320,24 +442,123 @@ impl Config {
                 "store.queueCapacity and store.maxBatch must be at least 1".to_owned(),
             ));
         }
-        if gix::refs::FullName::try_from(format!("refs/heads/{}", self.repository.branch)).is_err()
-        {
+        if self.repositories.contains_key(DEFAULT_REPOSITORY) {
             return Err(ConfigError::Invalid(format!(
-                "repository.branch {:?} is not a valid branch name",
-                self.repository.branch
+                "repositories.{DEFAULT_REPOSITORY}: that name is the `repository` section; pick another"
             )));
         }
-        crate::manifest::Layout::new(&self.repository.root, &self.repository.path_template)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let targets = self.targets();
+        for target in &targets {
+            let field = if target.name == DEFAULT_REPOSITORY {
+                "repository".to_owned()
+            } else {
+                format!("repositories.{}", target.name)
+            };
+            let repo = &target.repository;
+            if gix::refs::FullName::try_from(format!("refs/heads/{}", repo.branch)).is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "{field}.branch {:?} is not a valid branch name",
+                    repo.branch
+                )));
+            }
+            crate::manifest::Layout::new(&repo.root, &repo.path_template)
+                .map_err(|e| ConfigError::Invalid(format!("{field}: {e}")))?;
+            if let Some(remote) = &repo.remote {
+                validate_remote(remote)
+                    .map_err(|e| ConfigError::Invalid(format!("{field}.remote: {e}")))?;
+            }
+            if targets.iter().filter(|t| t.path == target.path).count() > 1 {
+                return Err(ConfigError::Invalid(format!(
+                    "{field}: local path {} is used by another repository; give each its own path",
+                    target.path.display()
+                )));
+            }
+        }
+        for rule in &self.rules {
+            let target = match &rule.repository {
+                None => &targets[0],
+                Some(name) => targets.iter().find(|t| &t.name == name).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "rule {:?}: repository {name:?} is not defined under `repositories`",
+                        rule.name
+                    ))
+                })?,
+            };
+            if rule.then == Then::Deny && rule.wait != Wait::Push {
+                return Err(ConfigError::Invalid(format!(
+                    "rule {:?}: `then: deny` needs `wait: push`, so the change is in git before the write is refused",
+                    rule.name
+                )));
+            }
+            if rule.wait == Wait::Push && target.repository.remote.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "rule {:?}: `wait: push` needs a remote on repository {:?}",
+                    rule.name, target.name
+                )));
+            }
+        }
         Ok(())
     }
 
+    /// The default repository's local path.
     pub fn repository_path(&self) -> PathBuf {
         self.repository
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("repo.git"))
     }
+
+    /// Every repository writes can go to: the default first, then the named ones.
+    pub fn targets(&self) -> Vec<Target> {
+        let mut targets = vec![Target {
+            name: DEFAULT_REPOSITORY.to_owned(),
+            path: self.repository_path(),
+            repository: self.repository.clone(),
+        }];
+        for (name, repository) in &self.repositories {
+            targets.push(Target {
+                name: name.clone(),
+                path: repository
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join(format!("{name}.git"))),
+                repository: repository.clone(),
+            });
+        }
+        targets
+    }
+}
+
+fn validate_remote(remote: &RemoteConfig) -> Result<(), String> {
+    if remote.url.is_empty() {
+        return Err("url is empty".to_owned());
+    }
+    if redact_url(&remote.url) != remote.url {
+        return Err(
+            "the url carries a password; put it in passwordFile or tokenFile instead".to_owned(),
+        );
+    }
+    if remote.is_ssh() {
+        if remote.known_hosts_file.is_none() {
+            return Err(
+                "an ssh remote needs knownHostsFile: kubescribe never trusts an unknown host key"
+                    .to_owned(),
+            );
+        }
+        if remote.ssh_key_file.is_none() {
+            return Err("an ssh remote needs sshKeyFile".to_owned());
+        }
+    }
+    if remote.password_file.is_some() && remote.token_file.is_some() {
+        return Err("set passwordFile or tokenFile, not both".to_owned());
+    }
+    if remote.username.is_some() && remote.username_file.is_some() {
+        return Err("set username or usernameFile, not both".to_owned());
+    }
+    if remote.timeout.is_zero() {
+        return Err("timeout must be more than 0".to_owned());
+    }
+    Ok(())
 }
 
 /// Go-style durations (`10s`, `500ms`, `1m30s`), as Kubernetes writes them.
@@ -449,6 +670,67 @@ mod tests {
     fn half_a_tls_pair_is_refused() {
         let err = Config::from_yaml("server:\n  tlsCert: /x.crt\n").unwrap_err();
         assert!(err.to_string().contains("tlsKey"), "{err}");
+    }
+
+    #[test]
+    fn remote_settings_that_cannot_work_are_refused_with_the_fix() {
+        let cases = [
+            (
+                "rules:\n- name: x\n  wait: push\n",
+                "`wait: push` needs a remote",
+            ),
+            (
+                "repository:\n  remote:\n    url: file:///r.git\nrules:\n- name: x\n  wait: commit\n  then: deny\n",
+                "`then: deny` needs `wait: push`",
+            ),
+            (
+                "repository:\n  remote:\n    url: git@github.com:org/repo.git\n    sshKeyFile: /k\n",
+                "knownHostsFile",
+            ),
+            (
+                "repository:\n  remote:\n    url: https://bob:hunter2@git.example/r.git\n",
+                "passwordFile",
+            ),
+            (
+                "rules:\n- name: x\n  repository: nowhere\n",
+                "\"nowhere\" is not defined",
+            ),
+            (
+                "repositories:\n  other:\n    path: data/repo.git\n",
+                "used by another repository",
+            ),
+            ("repositories:\n  default: {}\n", "pick another"),
+        ];
+        for (yaml, expected) in cases {
+            let err = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{yaml}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn named_repositories_get_their_own_local_path() {
+        let config = Config::from_yaml(
+            "repositories:\n  staging:\n    branch: staging\n    remote:\n      url: file:///r.git\nrules:\n- name: s\n  repository: staging\n  wait: push\n",
+        )
+        .unwrap();
+        let targets = config.targets();
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[1].path, PathBuf::from("data/staging.git"));
+        assert_eq!(targets[1].repository.branch, "staging");
+    }
+
+    #[test]
+    fn ssh_urls_are_recognised_in_both_spellings() {
+        let remote = |url: &str| RemoteConfig {
+            url: url.to_owned(),
+            ..Default::default()
+        };
+        assert!(remote("git@github.com:org/repo.git").is_ssh());
+        assert!(remote("ssh://git@host:2222/repo.git").is_ssh());
+        assert!(!remote("https://host/repo.git").is_ssh());
+        assert!(!remote("file:///srv/repo.git").is_ssh());
+        assert!(!remote("/srv/repo.git").is_ssh());
     }
 
     #[test]

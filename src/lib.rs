@@ -10,6 +10,7 @@ pub mod load;
 pub mod manifest;
 pub mod metrics;
 pub mod policy;
+pub mod push;
 pub mod serve;
 pub mod store;
 pub mod tls;

@@ -33,6 +33,10 @@ pub enum DecisionLabel {
     Unrecorded,
     /// Passed through the mutating webhook, which never records.
     Mutate,
+    /// Committed and pushed before the answer (`wait: push`).
+    Pushed,
+    /// Committed and pushed, then denied so GitOps applies it (`then: deny`).
+    GitOps,
 }
 
 /// Label values are the snake_case of the variant, as Prometheus users expect.
@@ -57,6 +61,8 @@ snake_case_label!(DecisionLabel {
     Denied => "denied",
     Unrecorded => "unrecorded",
     Mutate => "mutate",
+    Pushed => "pushed",
+    GitOps => "gitops",
 });
 snake_case_label!(EndpointLabel { Validate => "validate", Mutate => "mutate" });
 
@@ -87,8 +93,27 @@ pub struct RejectionLabels {
     pub status: u16,
 }
 
+/// One repository (and branch) writes go to, by its name in the config.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RepositoryLabels {
+    pub repository: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushFailureLabels {
+    pub repository: String,
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub push_duration: Family<RepositoryLabels, Histogram>,
+    pub push_failures: Family<PushFailureLabels, Counter>,
+    pub unpushed: Family<RepositoryLabels, Gauge>,
+    seconds_since_push: Family<RepositoryLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// When each repository last pushed (or its pusher started), for
+    /// `seconds_since_last_push`, which is computed at scrape time.
+    last_push: std::sync::Mutex<Vec<(String, std::time::Instant)>>,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram>,
     pub rejected: Family<RejectionLabels, Counter>,
@@ -158,8 +183,40 @@ impl Metrics {
             "Batches or changes the writer could not commit, by reason",
             store_errors.clone(),
         );
+        let push_duration = Family::<RepositoryLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 14))
+        });
+        registry.register(
+            "push_duration_seconds",
+            "Time a successful git push took, by repository",
+            push_duration.clone(),
+        );
+        let push_failures = Family::<PushFailureLabels, Counter>::default();
+        registry.register(
+            "push_failures",
+            "Failed git pushes, by repository and reason (auth, host_key, unreachable, rejected, conflict, timeout, credentials, other)",
+            push_failures.clone(),
+        );
+        let unpushed = Family::<RepositoryLabels, Gauge>::default();
+        registry.register(
+            "unpushed_commits",
+            "Local commits the remote does not have yet",
+            unpushed.clone(),
+        );
+        let seconds_since_push =
+            Family::<RepositoryLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "seconds_since_last_push",
+            "Seconds since the last successful push (or since kubescribe started)",
+            seconds_since_push.clone(),
+        );
         Self {
             registry,
+            push_duration,
+            push_failures,
+            unpushed,
+            seconds_since_push,
+            last_push: std::sync::Mutex::new(Vec::new()),
             requests,
             latency,
             rejected,
@@ -171,8 +228,30 @@ impl Metrics {
         }
     }
 
+    /// Notes a successful push (or a pusher's start) for `seconds_since_last_push`.
+    pub fn pushed(&self, repository: &str) {
+        let mut last = self.last_push.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match last.iter_mut().find(|(name, _)| name == repository) {
+            Some(entry) => entry.1 = now,
+            None => last.push((repository.to_owned(), now)),
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
+        for (repository, at) in self
+            .last_push
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            self.seconds_since_push
+                .get_or_create(&RepositoryLabels {
+                    repository: repository.clone(),
+                })
+                .set(at.elapsed().as_secs_f64());
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

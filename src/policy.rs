@@ -9,7 +9,7 @@ use kube_core::admission::{AdmissionRequest, Operation};
 use kube_core::{GroupVersionKind, GroupVersionResource};
 use serde_json::Value;
 
-use crate::config::{Config, IgnoreConfig, Rule, SecretMode, Wait};
+use crate::config::{Config, IgnoreConfig, Rule, SecretMode, Then, Wait};
 
 /// One attempted write, as the apiserver described it to us.
 #[derive(Debug, Clone)]
@@ -82,8 +82,14 @@ impl Write {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub enum Decision {
-    /// Record the write; the answer waits for `wait`.
-    Record { rule: String, wait: Wait },
+    /// Record the write in target `target` (an index into [`Config::targets`]); the
+    /// answer waits for `wait`, then does `then`.
+    Record {
+        rule: String,
+        wait: Wait,
+        then: Then,
+        target: usize,
+    },
     /// Let the write through without recording it.
     Skip(SkipReason),
 }
@@ -142,7 +148,8 @@ impl std::fmt::Display for SkipReason {
 /// The compiled policy: the rules and ignore lists of a [`Config`].
 #[derive(Debug, Clone)]
 pub struct Policy {
-    rules: Vec<Rule>,
+    /// Each rule with the index of the target it records to.
+    rules: Vec<(Rule, usize)>,
     ignore: IgnoreConfig,
     noise: Vec<(String, String)>,
     pub secrets: SecretMode,
@@ -150,6 +157,7 @@ pub struct Policy {
 
 impl Policy {
     pub fn new(config: &Config) -> Self {
+        let targets = config.targets();
         let noise = config
             .ignore
             .resources
@@ -160,7 +168,18 @@ impl Policy {
             })
             .collect();
         Self {
-            rules: config.rules.clone(),
+            rules: config
+                .rules
+                .iter()
+                .map(|rule| {
+                    let target = rule
+                        .repository
+                        .as_ref()
+                        .and_then(|name| targets.iter().position(|t| &t.name == name))
+                        .unwrap_or(0);
+                    (rule.clone(), target)
+                })
+                .collect(),
             ignore: config.ignore.clone(),
             noise,
             secrets: config.secrets,
@@ -206,10 +225,12 @@ pub fn decide(write: &Write, policy: &Policy) -> Decision {
     if group.is_empty() && resource == "secrets" && policy.secrets == SecretMode::Omit {
         return Decision::Skip(SkipReason::SecretOmitted);
     }
-    match policy.rules.iter().find(|rule| matches(rule, write)) {
-        Some(rule) => Decision::Record {
+    match policy.rules.iter().find(|(rule, _)| matches(rule, write)) {
+        Some((rule, target)) => Decision::Record {
             rule: rule.name.clone(),
             wait: rule.wait,
+            then: rule.then,
+            target: *target,
         },
         None => Decision::Skip(SkipReason::NoRule),
     }
@@ -302,6 +323,8 @@ mod tests {
         let record = Decision::Record {
             rule: "default".into(),
             wait: Wait::None,
+            then: Then::Allow,
+            target: 0,
         };
         let cases = [
             (write("", "configmaps", Some("a"), "alice"), record.clone()),
@@ -380,14 +403,18 @@ mod tests {
             decide_for(Some("prod"), "", "configmaps"),
             Decision::Record {
                 rule: "prod".into(),
-                wait: Wait::Commit
+                wait: Wait::Commit,
+                then: Then::Allow,
+                target: 0,
             }
         );
         assert_eq!(
             decide_for(Some("dev"), "apps", "deployments"),
             Decision::Record {
                 rule: "apps".into(),
-                wait: Wait::None
+                wait: Wait::None,
+                then: Then::Allow,
+                target: 0,
             }
         );
         assert_eq!(
@@ -402,7 +429,9 @@ mod tests {
             decide_for(None, "apps", "deployments"),
             Decision::Record {
                 rule: "apps".into(),
-                wait: Wait::None
+                wait: Wait::None,
+                then: Then::Allow,
+                target: 0,
             }
         );
     }

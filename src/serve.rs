@@ -2,8 +2,9 @@
 //!
 //! Start-up order is what `/readyz` promises: the certificate is loaded and the
 //! repository open before the first connection is accepted. Shutdown stops accepting,
-//! lets open requests finish, then waits for the writer to commit its queue, so a
-//! change that was acknowledged before SIGTERM is not dropped.
+//! lets open requests finish, then waits for the writers to commit their queues and
+//! the pushers to try a last push, so a change that was acknowledged before SIGTERM
+//! is not dropped (what a pusher could not push is pushed at the next start).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,11 +14,12 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 
-use crate::admission::{app, AppState};
+use crate::admission::{app, AppState, TargetState};
 use crate::config::Config;
 use crate::manifest::Layout;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::push::{Pusher, PusherTask, Remote};
 use crate::store::{StoreError, StoreHandle, StoreSettings, WriterThread};
 use crate::tls::{self, TlsError};
 
@@ -43,7 +45,8 @@ pub struct Server {
     addr: SocketAddr,
     handle: axum_server::Handle<SocketAddr>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
-    writer: WriterThread,
+    writers: Vec<WriterThread>,
+    pushers: Vec<PusherTask>,
     /// The dev CA, when the server made or used one.
     pub dev_ca: Option<PathBuf>,
 }
@@ -68,16 +71,61 @@ impl Server {
         };
         let tls_config = tls::server_config(&cert, &key)?;
 
-        let layout = Layout::new(&config.repository.root, &config.repository.path_template)
-            .map_err(|e| ServeError::Config(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
-        let (store, writer) =
-            StoreHandle::open(StoreSettings::from_config(config), metrics.clone())?;
+        let mut targets = Vec::new();
+        let mut writers = Vec::new();
+        let mut pushers = Vec::new();
+        for target in config.targets() {
+            let layout = Layout::new(&target.repository.root, &target.repository.path_template)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            crate::store::init_repository(&target.path, &target.repository.branch)?;
+            let remote = target.repository.remote.clone().map(|remote| Remote {
+                config: remote,
+                branch: target.repository.branch.clone(),
+                git_dir: target.path.clone(),
+            });
+            if let Some(remote) = &remote {
+                // Start from what the remote has; when it cannot be reached, commit
+                // locally and replay onto it once it can.
+                match remote.fetch().await {
+                    Ok(tip) => {
+                        tracing::info!(repository = %target.name, remote = %remote.display_url(), branch = %remote.branch, tip = ?tip, "fetched the remote branch")
+                    }
+                    Err(error) => {
+                        tracing::warn!(repository = %target.name, %error, advice = error.advice(), "cannot fetch the remote branch at start; committing locally until it can be reached")
+                    }
+                }
+            }
+            let settings = StoreSettings::from_config(config, &target);
+            let outbox = settings.outbox.clone();
+            let (store, writer) = StoreHandle::open(settings, metrics.clone())?;
+            writers.push(writer);
+            let push = match (remote, outbox) {
+                (Some(remote), Some(outbox)) => {
+                    let pusher = Pusher::new(
+                        target.name.clone(),
+                        remote,
+                        outbox,
+                        store.replayer(),
+                        metrics.clone(),
+                    );
+                    let handle = pusher.handle();
+                    pushers.push(pusher.spawn());
+                    Some(handle)
+                }
+                _ => None,
+            };
+            targets.push(TargetState {
+                name: target.name.clone(),
+                layout,
+                store,
+                push,
+            });
+        }
 
         let state = Arc::new(AppState {
             policy: Policy::new(config),
-            layout,
-            store,
+            targets,
             metrics,
             ready: AtomicBool::new(false),
             max_body_bytes: config.server.max_body_bytes,
@@ -110,7 +158,8 @@ impl Server {
             addr,
             handle,
             task,
-            writer,
+            writers,
+            pushers,
             dev_ca,
         })
     }
@@ -133,8 +182,16 @@ impl Server {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
         };
-        let writer = self.writer;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let writers = self.writers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for writer in writers {
+                writer.join();
+            }
+        })
+        .await;
+        for pusher in self.pushers {
+            pusher.stop().await;
+        }
         tracing::info!("stopped");
         served
     }

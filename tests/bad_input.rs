@@ -91,14 +91,19 @@ async fn oversized_bodies_get_413_with_a_message() {
     };
     let metrics = std::sync::Arc::new(kubescribe::metrics::Metrics::new());
     let (store, writer) = kubescribe::store::StoreHandle::open(
-        kubescribe::store::StoreSettings::from_config(&config),
+        kubescribe::store::StoreSettings::from_config(&config, &config.targets()[0]),
         metrics.clone(),
     )
     .unwrap();
     let state = std::sync::Arc::new(kubescribe::admission::AppState {
         policy: kubescribe::policy::Policy::new(&config),
-        layout: kubescribe::manifest::Layout::new("", &config.repository.path_template).unwrap(),
-        store,
+        targets: vec![kubescribe::admission::TargetState {
+            name: "default".to_owned(),
+            layout: kubescribe::manifest::Layout::new("", &config.repository.path_template)
+                .unwrap(),
+            store,
+            push: None,
+        }],
         metrics,
         ready: true.into(),
         max_body_bytes: config.server.max_body_bytes,

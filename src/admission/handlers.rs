@@ -13,20 +13,30 @@ use kube_core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use tracing::{field::Empty, Instrument};
 
 use super::extract::{ApiError, Review};
-use crate::config::Wait;
+use crate::config::{Then, Wait};
 use crate::manifest::{self, Layout};
 use crate::metrics::{
     DecisionLabel, EndpointLabel, EndpointLabels, Metrics, OperationLabel, RejectionLabels,
     RequestLabels,
 };
 use crate::policy::{self, Decision, Policy, SkipReason, Write};
+use crate::push::{PushHandle, Pushed};
 use crate::store::{Outcome, StoreError, StoreHandle};
+
+/// One repository (and branch) writes are recorded to.
+pub struct TargetState {
+    pub name: String,
+    pub layout: Layout,
+    pub store: StoreHandle,
+    /// Present when the branch has a remote.
+    pub push: Option<PushHandle>,
+}
 
 /// Everything a request needs; shared by every connection.
 pub struct AppState {
     pub policy: Policy,
-    pub layout: Layout,
-    pub store: StoreHandle,
+    /// In the order of [`crate::config::Config::targets`]: the default first.
+    pub targets: Vec<TargetState>,
     pub metrics: Arc<Metrics>,
     /// Set once the repository is open and the certificate loaded.
     pub ready: AtomicBool,
@@ -214,10 +224,14 @@ async fn answer(
             }
             return (response, DecisionLabel::Skipped);
         }
-        Decision::Record { wait, .. } => wait,
+        Decision::Record {
+            wait, then, target, ..
+        } => (wait, then, target),
     };
+    let (wait, then, target) = wait;
+    let target = &state.targets[target];
 
-    let change = match manifest::plan(write, &state.layout, state.policy.secrets) {
+    let change = match manifest::plan(write, &target.layout, state.policy.secrets) {
         Ok(change) => change,
         Err(error) => {
             tracing::warn!(%error, "cannot turn the write into a file");
@@ -226,7 +240,7 @@ async fn answer(
                     warn(&mut response, format!("kubescribe: not recorded: {error}"));
                     (response, DecisionLabel::Unrecorded)
                 }
-                Wait::Commit => (
+                Wait::Commit | Wait::Push => (
                     response.deny(format!("kubescribe must record this write before it is applied, but cannot: {error}")),
                     DecisionLabel::Denied,
                 ),
@@ -244,7 +258,7 @@ async fn answer(
     }
 
     match wait {
-        Wait::None => match state.store.submit(change, None, deadline).await {
+        Wait::None => match target.store.submit(change, None, false, deadline).await {
             Ok(_) => (response, DecisionLabel::Queued),
             Err(error) => {
                 // The rule does not hold writes, so the write goes through unrecorded.
@@ -263,32 +277,50 @@ async fn answer(
                 (response, DecisionLabel::Unrecorded)
             }
         },
-        Wait::Commit => {
-            let outcome = match state.store.submit(change, Some(deadline), deadline).await {
-                Ok(Some(receiver)) => {
-                    match tokio::time::timeout_at(deadline.into(), receiver).await {
+        Wait::Commit | Wait::Push => {
+            let push = match (wait, &target.push) {
+                (Wait::Push, Some(push)) => Some((push, change.clone())),
+                _ => None,
+            };
+            let mut pushed = None;
+            let outcome = match target
+                .store
+                .submit(change, Some(deadline), push.is_some(), deadline)
+                .await
+            {
+                Ok(Some(receipt)) => {
+                    pushed = receipt.pushed;
+                    match tokio::time::timeout_at(deadline.into(), receipt.committed).await {
                         Ok(Ok(result)) => result,
                         Ok(Err(_)) => Err(StoreError::Closed),
                         Err(_) => Err(StoreError::Expired),
                     }
                 }
-                Ok(None) => unreachable!("a waiting submit always returns a receiver"),
+                Ok(None) => unreachable!("a waiting submit always returns a receipt"),
                 Err(error) => Err(error),
             };
             match outcome {
-                Ok(Outcome::Committed { commit }) => {
-                    let short = commit.to_hex_with_len(12);
-                    warn(&mut response, format!("recorded {short} {path}"));
-                    (response, DecisionLabel::Recorded)
-                }
-                Ok(Outcome::Unchanged) => {
-                    warn(&mut response, format!("unchanged {path}"));
-                    (response, DecisionLabel::Unchanged)
-                }
                 Ok(Outcome::ParentMissing) => {
                     warn(&mut response, format!("kubescribe: {path} is not recorded yet, so this scale change is not either"));
                     (response, DecisionLabel::Unrecorded)
                 }
+                Ok(outcome) => match (push, pushed) {
+                    (Some((push, change)), Some(pushed)) => {
+                        let result = tokio::time::timeout_at(deadline.into(), pushed).await;
+                        answer_push(response, push, target, change, outcome, result, then)
+                    }
+                    _ => match outcome {
+                        Outcome::Committed { commit } => {
+                            let short = commit.to_hex_with_len(12);
+                            warn(&mut response, format!("recorded {short} {path}"));
+                            (response, DecisionLabel::Recorded)
+                        }
+                        _ => {
+                            warn(&mut response, format!("unchanged {path}"));
+                            (response, DecisionLabel::Unchanged)
+                        }
+                    },
+                },
                 Err(error) => {
                     tracing::error!(%error, %path, "write denied: not committed");
                     let message = format!(
@@ -298,6 +330,68 @@ async fn answer(
                     (response.deny(message), DecisionLabel::Denied)
                 }
             }
+        }
+    }
+}
+
+/// The answer of a `wait: push` rule once the commit is durable: allowed (or, with
+/// `then: deny`, refused in favour of GitOps) when the remote has it; denied, and
+/// the commit reverted, when it did not get there before the deadline.
+fn answer_push(
+    response: AdmissionResponse,
+    push: &PushHandle,
+    target: &TargetState,
+    change: manifest::Change,
+    outcome: Outcome,
+    result: Result<
+        Result<Pushed, tokio::sync::oneshot::error::RecvError>,
+        tokio::time::error::Elapsed,
+    >,
+    then: Then,
+) -> (AdmissionResponse, DecisionLabel) {
+    let mut response = response;
+    match result {
+        Ok(Ok(Pushed { commit })) => {
+            let text = format!(
+                "pushed {} to {} {}",
+                commit.to_hex_with_len(12),
+                push.remote,
+                push.branch
+            );
+            match then {
+                Then::Allow => {
+                    warn(&mut response, text);
+                    (response, DecisionLabel::Pushed)
+                }
+                Then::Deny => (
+                    response.deny(format!(
+                        "kubescribe recorded this change in git ({text}); this cluster changes only through GitOps, so it is not applied directly: your GitOps tool applies it from git"
+                    )),
+                    DecisionLabel::GitOps,
+                ),
+            }
+        }
+        Ok(Err(_)) | Err(_) => {
+            let reason = match push.outbox.last_error() {
+                Some(error) => format!("{error} ({})", error.advice()),
+                None => "the push is still running".to_owned(),
+            };
+            tracing::error!(path = %change.path, remote = %push.remote, %reason, "write denied: not pushed in time");
+            if let Outcome::Committed { commit } = outcome {
+                target.store.revert(
+                    change,
+                    commit,
+                    format!(
+                        "The write was denied because its commit did not reach {} before the apiserver's deadline: {reason}.",
+                        push.remote
+                    ),
+                );
+            }
+            let message = format!(
+                "kubescribe could not push this change to {} {} before the apiserver's deadline, so it was not applied: {reason}. Retry the write once the remote is reachable.",
+                push.remote, push.branch
+            );
+            (response.deny(message), DecisionLabel::Denied)
         }
     }
 }

@@ -13,5 +13,5 @@ mod handlers;
 mod object;
 
 pub use extract::{decode_review, ApiError, Review};
-pub use handlers::{app, AppState};
+pub use handlers::{app, AppState, TargetState};
 pub use object::RawObject;

@@ -32,9 +32,10 @@ use tokio::sync::{mpsc, oneshot};
 
 mod pack;
 
-use crate::config::{CommitterConfig, Config};
+use crate::config::{CommitterConfig, Config, Target};
 use crate::manifest::{self, Action, Change};
 use crate::metrics::Metrics;
+use crate::push::{tracking_ref, Outbox, PushWaiter, Unpushed};
 
 /// Why a change could not be committed. Every variant is worth retrying once the
 /// cause (disk, lock, load) is gone; [`StoreError::advice`] says what to do.
@@ -107,13 +108,43 @@ struct Job {
     change: Change,
     /// `None` when the admission answer did not wait (`wait: none`).
     waiter: Option<Waiter>,
+    /// Told once the remote has the commit (`wait: push`).
+    push_waiter: Option<PushWaiter>,
+    /// Undo this commit's change to `change.path` instead of applying `change`.
+    revert: Option<Revert>,
+}
+
+/// A recorded change whose write was denied after all (its push did not land in
+/// time): the file goes back to what it was before, unless a newer change replaced
+/// it meanwhile.
+struct Revert {
+    commit: ObjectId,
+    reason: String,
+}
+
+/// Work for the writer that is not a change.
+enum Control {
+    /// Replay the outbox's commits onto `onto` (the remote's tip, fetched; `None`
+    /// for an empty remote) and move the branch there.
+    Replay {
+        onto: Option<ObjectId>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// The sending side: cheap to clone, shared by every request.
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Job>,
+    control: mpsc::UnboundedSender<Control>,
     metrics: Arc<Metrics>,
+}
+
+/// The receivers for one waiting change; see [`StoreHandle::submit`].
+pub struct Receipt {
+    pub committed: oneshot::Receiver<Result<Outcome, StoreError>>,
+    /// Present when asked for: answered once the remote has the commit.
+    pub pushed: Option<oneshot::Receiver<crate::push::Pushed>>,
 }
 
 /// Waits for the writer thread to finish its queue; see [`StoreHandle::open`].
@@ -131,6 +162,8 @@ impl WriterThread {
 /// Settings the writer needs, taken from [`Config`].
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
+    /// The repository's name in the config, for logs.
+    pub name: String,
     pub path: PathBuf,
     pub branch: String,
     pub email_domain: String,
@@ -142,19 +175,27 @@ pub struct StoreSettings {
     /// Run a geometric `git repack` after this many new packs (one per batch); 0
     /// turns it off.
     pub repack_after_packs: u64,
+    /// Where durable commits go for the pusher, when the branch has a remote.
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 impl StoreSettings {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, target: &Target) -> Self {
         Self {
-            path: config.repository_path(),
-            branch: config.repository.branch.clone(),
+            name: target.name.clone(),
+            path: target.path.clone(),
+            branch: target.repository.branch.clone(),
             email_domain: config.author.email_domain.clone(),
             committer: config.committer.clone(),
             queue_capacity: config.store.queue_capacity,
             max_batch: config.store.max_batch,
             linger: config.store.linger,
             repack_after_packs: 32,
+            outbox: target
+                .repository
+                .remote
+                .as_ref()
+                .map(|_| Arc::new(Outbox::default())),
         }
     }
 }
@@ -167,6 +208,7 @@ impl StoreHandle {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, WriterThread), StoreError> {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let (control, control_rx) = mpsc::unbounded_channel();
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         let thread_metrics = metrics.clone();
         // gix's Repository is not Send without its `parallel` feature, so the writer
@@ -182,7 +224,7 @@ impl StoreHandle {
                 ) {
                     tracing::debug!(error = %e, "cannot lower the writer thread's priority");
                 }
-                let writer = match Writer::open(settings, rx, thread_metrics) {
+                let writer = match Writer::open(settings, rx, control_rx, thread_metrics) {
                     Ok(writer) => {
                         let _ = opened_tx.send(Ok(()));
                         writer
@@ -203,7 +245,14 @@ impl StoreHandle {
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
         match opened_rx.recv() {
-            Ok(Ok(())) => Ok((Self { tx, metrics }, WriterThread(thread))),
+            Ok(Ok(())) => Ok((
+                Self {
+                    tx,
+                    control,
+                    metrics,
+                },
+                WriterThread(thread),
+            )),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Open {
                 path: PathBuf::new(),
@@ -212,23 +261,32 @@ impl StoreHandle {
         }
     }
 
-    /// Queues `change` and, for a waiter, returns the receiver of its outcome. Waits
-    /// for room in the queue until `deadline`.
+    /// Queues `change` and, for a waiter, returns the receivers of its outcome (and
+    /// of its push, with `push`). Waits for room in the queue until `deadline`.
     pub async fn submit(
         &self,
         change: Change,
         wait_until: Option<Instant>,
+        push: bool,
         deadline: Instant,
-    ) -> Result<Option<oneshot::Receiver<Result<Outcome, StoreError>>>, StoreError> {
-        let (waiter, receiver) = match wait_until {
-            Some(deadline) => {
-                let (reply, rx) = oneshot::channel();
-                (Some(Waiter { reply, deadline }), Some(rx))
-            }
-            None => (None, None),
+    ) -> Result<Option<Receipt>, StoreError> {
+        let mut job = Job {
+            change,
+            waiter: None,
+            push_waiter: None,
+            revert: None,
         };
-        let waits = waiter.is_some();
-        let job = Job { change, waiter };
+        let receipt = wait_until.map(|deadline| {
+            let (reply, committed) = oneshot::channel();
+            job.waiter = Some(Waiter { reply, deadline });
+            let pushed = push.then(|| {
+                let (tx, rx) = oneshot::channel();
+                job.push_waiter = Some(tx);
+                rx
+            });
+            Receipt { committed, pushed }
+        });
+        let waits = job.waiter.is_some();
         let permit = match self.tx.try_reserve() {
             Ok(permit) => permit,
             Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
@@ -246,7 +304,50 @@ impl StoreHandle {
         };
         self.metrics.queue_depth.inc();
         permit.send(job);
-        Ok(receiver)
+        Ok(receipt)
+    }
+
+    /// Queues the undoing of `commit`'s change to `change.path` (its write was denied
+    /// after it was committed). Nobody waits for it.
+    pub fn revert(&self, change: Change, commit: ObjectId, reason: String) {
+        let job = Job {
+            change,
+            waiter: None,
+            push_waiter: None,
+            revert: Some(Revert { commit, reason }),
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_depth.inc();
+            }
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                tracing::error!(path = %job.change.path, %commit, "cannot queue the revert of a denied write; git keeps a change the cluster does not have until the next write of this object");
+            }
+        }
+    }
+
+    /// What a pusher needs to ask for replays; it does not keep the writer alive.
+    pub fn replayer(&self) -> Replayer {
+        Replayer {
+            control: self.control.clone(),
+        }
+    }
+}
+
+/// Asks the writer to replay its unpushed commits (see [`crate::push`]). Holding it
+/// does not keep the writer running: the writer stops once every [`StoreHandle`] is
+/// gone.
+pub struct Replayer {
+    control: mpsc::UnboundedSender<Control>,
+}
+
+impl Replayer {
+    pub(crate) async fn replay(&self, onto: Option<ObjectId>) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Replay { onto, reply })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -257,6 +358,7 @@ struct Writer {
     tip: Option<ObjectId>,
     tree: ObjectId,
     rx: mpsc::Receiver<Job>,
+    control: mpsc::UnboundedReceiver<Control>,
     metrics: Arc<Metrics>,
     /// `wait: none` changes whose batch failed, oldest first. They are retried in
     /// batches of their own, so a change that keeps failing never takes new ones down
@@ -324,6 +426,7 @@ impl Writer {
     fn open(
         settings: StoreSettings,
         rx: mpsc::Receiver<Job>,
+        control: mpsc::UnboundedReceiver<Control>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let path = settings.path.clone();
@@ -331,23 +434,42 @@ impl Writer {
             path: path.clone(),
             reason,
         };
-        let is_empty_dir = std::fs::read_dir(&path)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        if !path.exists() || is_empty_dir {
-            std::fs::create_dir_all(&path).map_err(|e| open_error(e.to_string()))?;
-            gix::init_bare(&path).map_err(|e| open_error(error_chain(&e)))?;
-            // Point HEAD at our branch so `git clone` checks it out.
-            std::fs::write(
-                path.join("HEAD"),
-                format!("ref: refs/heads/{}\n", settings.branch),
-            )
-            .map_err(|e| open_error(e.to_string()))?;
-        }
+        init_repository(&path, &settings.branch)?;
         let repo = open_repository(&path).map_err(open_error)?;
         let branch_ref = gix::refs::FullName::try_from(format!("refs/heads/{}", settings.branch))
             .map_err(|e| open_error(e.to_string()))?;
-        let (tip, tree) = read_tip(&repo, &branch_ref).map_err(open_error)?;
+        let (mut tip, mut tree) = read_tip(&repo, &branch_ref).map_err(open_error)?;
+        if let Some(outbox) = &settings.outbox {
+            if tip.is_none() {
+                // A fresh local repository starts from what the remote has (fetched
+                // before the writer starts), like a clone.
+                let tracking = gix::refs::FullName::try_from(tracking_ref(&settings.branch))
+                    .map_err(|e| open_error(e.to_string()))?;
+                let (remote_tip, remote_tree) = read_tip(&repo, &tracking).map_err(open_error)?;
+                if let Some(commit) = remote_tip {
+                    repo.reference(
+                        branch_ref.as_ref(),
+                        commit,
+                        PreviousValue::MustNotExist,
+                        "kubescribe: start from the remote",
+                    )
+                    .map_err(|e| open_error(error_chain(&e)))?;
+                    (tip, tree) = (Some(commit), remote_tree);
+                }
+            }
+            let unpushed = unpushed_commits(&path, &settings.branch).map_err(open_error)?;
+            if !unpushed.is_empty() {
+                tracing::info!(repository = %settings.name, commits = unpushed.len(), "unpushed commits from an earlier run; pushing them");
+            }
+            let commits = unpushed
+                .into_iter()
+                .map(|commit| Unpushed {
+                    commit,
+                    waiters: Vec::new(),
+                })
+                .collect();
+            outbox.append(commits, Vec::new(), tip);
+        }
         tracing::info!(path = %path.display(), branch = %settings.branch, tip = ?tip, "repository open");
         Ok(Self {
             repo,
@@ -356,6 +478,7 @@ impl Writer {
             tip,
             tree,
             rx,
+            control,
             metrics,
             retry: Vec::new(),
             retry_at: Instant::now(),
@@ -368,18 +491,23 @@ impl Writer {
 
     async fn run(mut self) {
         loop {
+            while let Ok(control) = self.control.try_recv() {
+                self.handle(control);
+            }
             if !self.retry.is_empty() && Instant::now() >= self.retry_at {
                 let retry = std::mem::take(&mut self.retry);
                 self.commit_batch(retry, true);
                 continue;
             }
-            let next = if self.retry.is_empty() {
-                self.rx.recv().await
-            } else {
-                tokio::select! {
-                    job = self.rx.recv() => job,
-                    () = tokio::time::sleep_until(self.retry_at.into()) => continue,
+            let retry_at = (!self.retry.is_empty()).then_some(self.retry_at);
+            let next = tokio::select! {
+                biased;
+                Some(control) = self.control.recv() => {
+                    self.handle(control);
+                    continue;
                 }
+                job = self.rx.recv() => job,
+                () = sleep_until_some(retry_at) => continue,
             };
             let Some(first) = next else { break };
             let mut batch = vec![first];
@@ -420,6 +548,18 @@ impl Writer {
                 lost = self.retry.len(),
                 "shutting down with admitted changes that could not be committed; they are only in the cluster now"
             );
+        }
+    }
+
+    fn handle(&mut self, control: Control) {
+        match control {
+            Control::Replay { onto, reply } => {
+                let result = self.replay(onto);
+                if let Err(error) = &result {
+                    self.count_error(error.label(), 1);
+                }
+                let _ = reply.send(result);
+            }
         }
     }
 
@@ -497,7 +637,31 @@ impl Writer {
                     elapsed_us = elapsed.as_micros() as u64,
                     "batch durable"
                 );
-                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                let mut jobs_outcomes: Vec<(Job, Outcome)> =
+                    jobs.into_iter().zip(outcomes).collect();
+                if let Some(outbox) = &self.settings.outbox {
+                    // Every commit goes to the remote, waited for or not.
+                    let mut commits = Vec::new();
+                    let mut tip_waiters = Vec::new();
+                    for (job, outcome) in &mut jobs_outcomes {
+                        match outcome {
+                            Outcome::Committed { commit } => commits.push(Unpushed {
+                                commit: *commit,
+                                waiters: job.push_waiter.take().into_iter().collect(),
+                            }),
+                            Outcome::Unchanged => tip_waiters.extend(job.push_waiter.take()),
+                            Outcome::ParentMissing => {}
+                        }
+                    }
+                    outbox.append(commits, tip_waiters, self.tip);
+                    self.metrics
+                        .unpushed
+                        .get_or_create(&crate::metrics::RepositoryLabels {
+                            repository: self.settings.name.clone(),
+                        })
+                        .set(outbox.len() as i64);
+                }
+                for (job, outcome) in jobs_outcomes {
                     if let Some(waiter) = job.waiter {
                         let _ = waiter.reply.send(Ok(outcome));
                     }
@@ -587,6 +751,44 @@ impl Writer {
             let mut body = String::new();
             let mut api_version = change.api_version.clone();
             let mut kind = change.kind.clone();
+            if let Some(revert) = &job.revert {
+                let (wrote, before) =
+                    revert_edit(repo, revert.commit, path).map_err(|e| write_error(&e))?;
+                if current != wrote {
+                    // A newer change to this file replaced the denied one.
+                    outcomes.push(Outcome::Unchanged);
+                    continue;
+                }
+                match before {
+                    Some(id) => editor.upsert(path.split('/'), EntryKind::Blob, id),
+                    None => editor.remove(path.split('/')),
+                }
+                .map_err(|e| write_error(&e))?;
+                let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
+                if new_tree == tree {
+                    outcomes.push(Outcome::Unchanged);
+                    continue;
+                }
+                let us = signature(
+                    &self.settings.committer.name,
+                    &self.settings.committer.email,
+                    now,
+                );
+                let commit = gix::objs::Commit {
+                    tree: new_tree,
+                    parents: tip.into_iter().collect(),
+                    author: us.clone(),
+                    committer: us,
+                    encoding: None,
+                    message: revert_message(change, revert).into(),
+                    extra_headers: Vec::new(),
+                };
+                let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
+                tip = Some(id);
+                tree = new_tree;
+                outcomes.push(Outcome::Committed { commit: id });
+                continue;
+            }
             let edit = match &change.action {
                 Action::Put(bytes) => Some(Some(Cow::Borrowed(bytes.as_slice()))),
                 Action::Remove => current.map(|_| None),
@@ -691,16 +893,22 @@ impl Writer {
         let sync_error = |e: std::io::Error| StoreError::Sync {
             reason: e.to_string(),
         };
-        let written = pack::write(
-            &self.repo.git_dir().join("objects"),
-            &objects,
-            self.repo.object_hash(),
-        )
-        .map_err(|e| StoreError::Write {
-            reason: e.to_string(),
-        })?;
-        self.packs_written += 1;
-        written.sync().map_err(sync_error)?;
+        // A replay onto the remote's tip with nothing of ours left writes no objects.
+        let written = if objects.is_empty() {
+            None
+        } else {
+            let written = pack::write(
+                &self.repo.git_dir().join("objects"),
+                &objects,
+                self.repo.object_hash(),
+            )
+            .map_err(|e| StoreError::Write {
+                reason: e.to_string(),
+            })?;
+            self.packs_written += 1;
+            written.sync().map_err(sync_error)?;
+            Some(written)
+        };
         let previous = match self.tip {
             Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
             None => PreviousValue::MustNotExist,
@@ -718,7 +926,7 @@ impl Writer {
                 reason: error_chain(&e),
             });
         // Named by the branch or not, the pack needs no protection any more.
-        if let Err(e) = written.release() {
+        if let Some(Err(e)) = written.map(|w| w.release()) {
             tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
         }
         moved?;
@@ -771,6 +979,129 @@ impl Writer {
         }
     }
 
+    /// Replays the outbox's commits onto `onto`, the remote's tip: each commit's file
+    /// changes are applied again, with its author and message, and the branch moves
+    /// to the result. Commits whose changes the remote already has disappear.
+    fn replay(&mut self, onto: Option<ObjectId>) -> Result<(), StoreError> {
+        let Some(outbox) = self.settings.outbox.clone() else {
+            return Ok(());
+        };
+        // The fetch added a pack gix has not seen yet.
+        self.reopen();
+        self.repo.objects.reset_object_memory();
+        let pending = outbox.take();
+        let commits: Vec<ObjectId> = pending.iter().map(|u| u.commit).collect();
+        let result = self
+            .rebuild(&commits, onto)
+            .and_then(|(renamed, tip, tree)| {
+                let tip = tip.or(self.tip);
+                self.make_durable(tip, tree)?;
+                Ok(renamed)
+            });
+        match result {
+            Ok(renamed) => {
+                let replayed = renamed
+                    .into_iter()
+                    .zip(pending)
+                    .map(|(commit, u)| (commit, u.waiters))
+                    .collect();
+                outbox.replace(replayed, onto);
+                tracing::info!(repository = %self.settings.name, onto = ?onto, commits = commits.len(), tip = ?self.tip, "replayed local commits onto the remote's branch");
+                Ok(())
+            }
+            Err(error) => {
+                self.repo.objects.reset_object_memory();
+                let unchanged = pending
+                    .into_iter()
+                    .map(|u| (Some(u.commit), u.waiters))
+                    .collect();
+                outbox.replace(unchanged, onto);
+                Err(error)
+            }
+        }
+    }
+
+    /// New commits on `onto` with the changes of `commits`; for each, its new id, or
+    /// `None` when it changed nothing there.
+    #[allow(clippy::type_complexity)]
+    fn rebuild(
+        &self,
+        commits: &[ObjectId],
+        onto: Option<ObjectId>,
+    ) -> Result<(Vec<Option<ObjectId>>, Option<ObjectId>, ObjectId), StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let repo = &self.repo;
+        let empty = ObjectId::empty_tree(repo.object_hash());
+        let tree_of = |commit: ObjectId| -> Result<ObjectId, StoreError> {
+            repo.find_commit(commit)
+                .map_err(|e| write_error(&e))?
+                .tree_id()
+                .map(|id| id.detach())
+                .map_err(|e| write_error(&e))
+        };
+        let mut tip = onto;
+        let mut tree = match onto {
+            Some(commit) => tree_of(commit)?,
+            None => empty,
+        };
+        let root: gix::objs::Tree = if tree.is_empty_tree() {
+            gix::objs::Tree::empty()
+        } else {
+            repo.find_tree(tree)
+                .and_then(|t| t.decode().map(Into::into))
+                .map_err(|e| write_error(&e))?
+        };
+        let objects = &repo.objects;
+        let mut editor = gix::objs::tree::Editor::new(root, objects, repo.object_hash());
+        let mut write_tree = |tree: &gix::objs::Tree| gix::objs::Write::write(objects, tree);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut renamed = Vec::with_capacity(commits.len());
+        for &id in commits {
+            let found = repo.find_commit(id).map_err(|e| write_error(&e))?;
+            let decoded = found.decode().map_err(|e| write_error(&e))?;
+            let parent_tree = match decoded.parents().next() {
+                Some(parent) => tree_of(parent)?,
+                None => empty,
+            };
+            let original = gix::objs::Commit::try_from(decoded).map_err(|e| write_error(&e))?;
+            let mut changes = Vec::new();
+            diff_trees(repo, parent_tree, original.tree, "", &mut changes)
+                .map_err(|e| write_error(&e))?;
+            for (path, entry) in changes {
+                match entry {
+                    Some((kind, blob)) => editor.upsert(path.split('/'), kind, blob),
+                    None => editor.remove(path.split('/')),
+                }
+                .map_err(|e| write_error(&e))?;
+            }
+            let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
+            if new_tree == tree {
+                renamed.push(None);
+                continue;
+            }
+            let commit = gix::objs::Commit {
+                tree: new_tree,
+                parents: tip.into_iter().collect(),
+                committer: signature(
+                    &self.settings.committer.name,
+                    &self.settings.committer.email,
+                    now,
+                ),
+                extra_headers: Vec::new(),
+                ..original
+            };
+            let new_id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
+            tip = Some(new_id);
+            tree = new_tree;
+            renamed.push(Some(new_id));
+        }
+        Ok((renamed, tip, tree))
+    }
+
     fn reopen(&mut self) {
         match open_repository(&self.settings.path) {
             Ok(repo) => self.repo = repo,
@@ -779,6 +1110,163 @@ impl Writer {
             }
         }
     }
+}
+
+/// Creates the bare repository at `path` unless there is one, with HEAD naming
+/// `branch` so `git clone` checks it out.
+pub fn init_repository(path: &Path, branch: &str) -> Result<(), StoreError> {
+    let open_error = |reason: String| StoreError::Open {
+        path: path.to_owned(),
+        reason,
+    };
+    let is_empty_dir = std::fs::read_dir(path)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if !path.exists() || is_empty_dir {
+        std::fs::create_dir_all(path).map_err(|e| open_error(e.to_string()))?;
+        gix::init_bare(path).map_err(|e| open_error(error_chain(&e)))?;
+        std::fs::write(path.join("HEAD"), format!("ref: refs/heads/{branch}\n"))
+            .map_err(|e| open_error(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The local commits past the remote-tracking ref, oldest first (all of them when
+/// the remote was never reached).
+fn unpushed_commits(git_dir: &Path, branch: &str) -> Result<Vec<ObjectId>, String> {
+    let local = format!("refs/heads/{branch}");
+    let tracking = tracking_ref(branch);
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run git: {e}"))
+    };
+    let has = |name: &str| -> Result<bool, String> {
+        Ok(git(&["rev-parse", "--verify", "--quiet", name])?
+            .status
+            .success())
+    };
+    if !has(&local)? {
+        return Ok(Vec::new());
+    }
+    let range = if has(&tracking)? {
+        format!("{tracking}..{local}")
+    } else {
+        local
+    };
+    let output = git(&["rev-list", "--reverse", "--first-parent", &range])?;
+    if !output.status.success() {
+        return Err(format!(
+            "git rev-list {range} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            line.parse::<ObjectId>()
+                .map_err(|e| format!("git rev-list printed {line:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The blobs `path` had in `commit` and in its parent.
+#[allow(clippy::type_complexity)]
+fn revert_edit(
+    repo: &gix::Repository,
+    commit: ObjectId,
+    path: &str,
+) -> Result<(Option<ObjectId>, Option<ObjectId>), Box<dyn std::error::Error + Send + Sync>> {
+    let found = repo.find_commit(commit)?;
+    let wrote = lookup(repo, found.tree_id()?.detach(), path)?;
+    let before = match found.parent_ids().next() {
+        Some(parent) => {
+            let parent_tree = repo.find_commit(parent)?.tree_id()?.detach();
+            lookup(repo, parent_tree, path)?
+        }
+        None => None,
+    };
+    Ok((wrote, before))
+}
+
+type TreeChange = (String, Option<(EntryKind, ObjectId)>);
+
+/// The files that differ between two trees: the new entry, or `None` for a removal.
+fn diff_trees(
+    repo: &gix::Repository,
+    old: ObjectId,
+    new: ObjectId,
+    prefix: &str,
+    out: &mut Vec<TreeChange>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use std::collections::BTreeMap;
+    if old == new {
+        return Ok(());
+    }
+    let entries = |id: ObjectId| -> Result<
+        BTreeMap<BString, (gix::objs::tree::EntryMode, ObjectId)>,
+        Box<dyn std::error::Error + Send + Sync>,
+    > {
+        if id.is_empty_tree() {
+            return Ok(BTreeMap::new());
+        }
+        let tree = repo.find_tree(id)?;
+        let decoded = tree.decode()?;
+        Ok(decoded
+            .entries
+            .iter()
+            .map(|e| (e.filename.to_owned(), (e.mode, e.oid.to_owned())))
+            .collect())
+    };
+    let empty = ObjectId::empty_tree(repo.object_hash());
+    let old_entries = entries(old)?;
+    let new_entries = entries(new)?;
+    let names: std::collections::BTreeSet<&BString> =
+        old_entries.keys().chain(new_entries.keys()).collect();
+    for name in names {
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let before = old_entries.get(name).copied();
+        let after = new_entries.get(name).copied();
+        if before == after {
+            continue;
+        }
+        let old_sub = before
+            .filter(|(m, _)| m.is_tree())
+            .map_or(empty, |(_, id)| id);
+        let new_sub = after
+            .filter(|(m, _)| m.is_tree())
+            .map_or(empty, |(_, id)| id);
+        if old_sub != new_sub {
+            diff_trees(repo, old_sub, new_sub, &path, out)?;
+        }
+        match after {
+            Some((mode, id)) if !mode.is_tree() => out.push((path, Some((mode.kind(), id)))),
+            _ => {
+                if before.is_some_and(|(m, _)| !m.is_tree()) {
+                    out.push((path, None));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn lookup(
@@ -854,6 +1342,20 @@ fn commit_message(change: &Change, api_version: &str, kind: &str, body: &str) ->
         object = change.object_ref(),
         user = one_line(&change.user),
         groups = one_line(&change.groups.join(", ")),
+        uid = one_line(&change.uid),
+    )
+}
+
+/// `revert update v1 ConfigMap team-a/web`, why, and the trailers.
+fn revert_message(change: &Change, revert: &Revert) -> String {
+    format!(
+        "revert {verb} {api_version} {kind} {object}\n\n{reason}\n\nReverts: {commit}\nAdmission-Uid: {uid}\n",
+        verb = change.verb.as_str(),
+        api_version = change.api_version,
+        kind = change.kind,
+        object = change.object_ref(),
+        reason = revert.reason,
+        commit = revert.commit,
         uid = one_line(&change.uid),
     )
 }

@@ -6,6 +6,8 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub mod remotes;
+
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;

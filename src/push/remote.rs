@@ -1,0 +1,414 @@
+//! Talking to a git remote with the `git` command (gix cannot push yet).
+//!
+//! Invariants: credentials are read from their files at every call (a rotated
+//! Secret is used without a restart) and reach git only through its environment,
+//! never its command line, so `ps` cannot show them; git never prompts and never
+//! reads the user's or the system's git config; an ssh host key must be in the
+//! configured known_hosts. Error texts are classified into [`PushError`] and have any
+//! password stripped from URLs.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use base64::Engine as _;
+use gix::hash::ObjectId;
+
+use crate::config::{redact_url, RemoteConfig};
+
+/// Why a push or fetch failed. The texts name the remote (without credentials) and
+/// [`PushError::advice`] says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("authentication to {remote} failed: {detail}")]
+    Auth { remote: String, detail: String },
+    #[error("the ssh host key of {remote} is not the one in known_hosts: {detail}")]
+    HostKey { remote: String, detail: String },
+    #[error("{remote} is unreachable: {detail}")]
+    Unreachable { remote: String, detail: String },
+    #[error("{remote} rejected the push: {detail}")]
+    Rejected { remote: String, detail: String },
+    /// The remote branch has commits we do not have; fetch and replay.
+    #[error("{remote} has newer commits on the branch")]
+    Conflict { remote: String },
+    #[error("talking to {remote} took longer than {timeout:?}")]
+    Timeout { remote: String, timeout: Duration },
+    #[error("cannot read the git credentials: {detail}")]
+    Credentials { detail: String },
+    #[error("git failed for {remote}: {detail}")]
+    Other { remote: String, detail: String },
+}
+
+impl PushError {
+    /// A metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            PushError::Auth { .. } => "auth",
+            PushError::HostKey { .. } => "host_key",
+            PushError::Unreachable { .. } => "unreachable",
+            PushError::Rejected { .. } => "rejected",
+            PushError::Conflict { .. } => "conflict",
+            PushError::Timeout { .. } => "timeout",
+            PushError::Credentials { .. } => "credentials",
+            PushError::Other { .. } => "other",
+        }
+    }
+
+    pub fn advice(&self) -> &'static str {
+        match self {
+            PushError::Auth { .. } => "check the git credentials Secret (key, token or password) and that it may push to the branch",
+            PushError::HostKey { .. } => "check knownHostsFile: it must list the git server's current host key (ssh-keyscan shows it)",
+            PushError::Unreachable { .. } | PushError::Timeout { .. } => "check that the git server is up and reachable from kubescribe; commits are kept and pushed when it is back",
+            PushError::Rejected { .. } => "check the branch's protection rules and server-side hooks",
+            PushError::Conflict { .. } => "kubescribe replays its commits on the remote's new tip and pushes again",
+            PushError::Credentials { .. } => "check that the credentials Secret is mounted where the config says",
+            PushError::Other { .. } => "see kubescribe's logs",
+        }
+    }
+}
+
+/// One remote branch and the local bare repository that feeds it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub config: RemoteConfig,
+    pub branch: String,
+    /// The local bare repository.
+    pub git_dir: PathBuf,
+}
+
+/// Where the last commit the remote is known to have is kept, in the local
+/// repository: `git log origin/<branch>..<branch>` lists what is not pushed yet.
+pub fn tracking_ref(branch: &str) -> String {
+    format!("refs/remotes/origin/{branch}")
+}
+
+impl Remote {
+    pub fn display_url(&self) -> String {
+        redact_url(&self.config.url)
+    }
+
+    /// `git push` of exactly `commit` to the remote branch. Never forced.
+    pub async fn push(&self, commit: ObjectId) -> Result<(), PushError> {
+        let refspec = format!("{commit}:refs/heads/{}", self.branch);
+        let output = self
+            .run(&[
+                "push",
+                "--porcelain",
+                "--quiet",
+                "--",
+                &self.config.url,
+                &refspec,
+            ])
+            .await?;
+        if output.success {
+            return Ok(());
+        }
+        Err(self.classify(&output, true))
+    }
+
+    /// Fetches the remote branch into the tracking ref; `None` when the remote has no
+    /// such branch yet (an empty remote).
+    pub async fn fetch(&self) -> Result<Option<ObjectId>, PushError> {
+        let tracking = tracking_ref(&self.branch);
+        let refspec = format!("+refs/heads/{}:{tracking}", self.branch);
+        let output = self
+            .run(&[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+                &self.config.url,
+                &refspec,
+            ])
+            .await?;
+        if !output.success {
+            if output.stderr.contains("couldn't find remote ref") {
+                return Ok(None);
+            }
+            return Err(self.classify(&output, false));
+        }
+        self.read_ref(&tracking).await
+    }
+
+    /// Points the tracking ref at `commit`, after the remote accepted it.
+    pub async fn set_tracking(&self, commit: ObjectId) -> Result<(), PushError> {
+        let output = self
+            .local(&[
+                "update-ref",
+                &tracking_ref(&self.branch),
+                &commit.to_string(),
+            ])
+            .await?;
+        if output.success {
+            Ok(())
+        } else {
+            Err(PushError::Other {
+                remote: self.display_url(),
+                detail: format!("cannot update the tracking ref: {}", output.stderr.trim()),
+            })
+        }
+    }
+
+    async fn read_ref(&self, name: &str) -> Result<Option<ObjectId>, PushError> {
+        let output = self
+            .local(&[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{name}^{{commit}}"),
+            ])
+            .await?;
+        Ok(output
+            .stdout
+            .trim()
+            .parse::<ObjectId>()
+            .ok()
+            .filter(|_| output.success))
+    }
+
+    /// Runs a git command on the local repository only (no credentials needed).
+    async fn local(&self, args: &[&str]) -> Result<Output, PushError> {
+        let mut command = tokio::process::Command::new("git");
+        command.arg("--git-dir").arg(&self.git_dir).args(args);
+        isolate(&mut command);
+        self.finish(command).await
+    }
+
+    /// Runs a git command that talks to the remote, with the credentials in its
+    /// environment.
+    async fn run(&self, args: &[&str]) -> Result<Output, PushError> {
+        let mut command = tokio::process::Command::new("git");
+        command.arg("--git-dir").arg(&self.git_dir).args(args);
+        isolate(&mut command);
+        for (key, value) in self.credentials_env()? {
+            command.env(key, value);
+        }
+        self.finish(command).await
+    }
+
+    async fn finish(&self, mut command: tokio::process::Command) -> Result<Output, PushError> {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let child = command.spawn().map_err(|e| PushError::Other {
+            remote: self.display_url(),
+            detail: format!("cannot run git: {e}"),
+        })?;
+        match tokio::time::timeout(self.config.timeout, child.wait_with_output()).await {
+            Ok(Ok(output)) => Ok(Output {
+                success: output.status.success(),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }),
+            Ok(Err(e)) => Err(PushError::Other {
+                remote: self.display_url(),
+                detail: format!("waiting for git failed: {e}"),
+            }),
+            Err(_) => Err(PushError::Timeout {
+                remote: self.display_url(),
+                timeout: self.config.timeout,
+            }),
+        }
+    }
+
+    /// The environment that carries the credentials to git and ssh.
+    fn credentials_env(&self) -> Result<Vec<(String, String)>, PushError> {
+        let config = &self.config;
+        let read = |path: &Path| {
+            std::fs::read_to_string(path)
+                .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+                .map_err(|e| PushError::Credentials {
+                    detail: format!("{}: {e}", path.display()),
+                })
+        };
+        let mut env = Vec::new();
+        let mut git_config = Vec::new();
+        if config.is_ssh() {
+            let mut ssh = String::from(
+                "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o GlobalKnownHostsFile=/dev/null -o IdentitiesOnly=yes -o IdentityAgent=none -o ConnectTimeout=10",
+            );
+            if let Some(key) = &config.ssh_key_file {
+                std::fs::metadata(key).map_err(|e| PushError::Credentials {
+                    detail: format!("{}: {e}", key.display()),
+                })?;
+                ssh.push_str(" -i ");
+                ssh.push_str(&shell_quote(&key.to_string_lossy()));
+            }
+            if let Some(known_hosts) = &config.known_hosts_file {
+                std::fs::metadata(known_hosts).map_err(|e| PushError::Credentials {
+                    detail: format!("{}: {e}", known_hosts.display()),
+                })?;
+                ssh.push_str(" -o UserKnownHostsFile=");
+                ssh.push_str(&shell_quote(&known_hosts.to_string_lossy()));
+            }
+            env.push(("GIT_SSH_COMMAND".to_owned(), ssh));
+        } else {
+            let password = match (&config.password_file, &config.token_file) {
+                (Some(path), _) | (None, Some(path)) => Some(read(path)?),
+                (None, None) => None,
+            };
+            if let Some(password) = password {
+                let username = match (&config.username, &config.username_file) {
+                    (Some(name), _) => name.clone(),
+                    (None, Some(path)) => read(path)?,
+                    (None, None) => "kubescribe".to_owned(),
+                };
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{username}:{password}"));
+                git_config.push((
+                    "http.extraHeader".to_owned(),
+                    format!("Authorization: Basic {basic}"),
+                ));
+            }
+            if let Some(ca) = &config.ca_file {
+                // The variable, not `http.sslCAInfo`: a GIT_SSL_CAINFO already in
+                // the environment would win over the config.
+                env.push(("GIT_SSL_CAINFO".to_owned(), ca.to_string_lossy().into()));
+            }
+        }
+        env.push(("GIT_CONFIG_COUNT".to_owned(), git_config.len().to_string()));
+        for (i, (key, value)) in git_config.into_iter().enumerate() {
+            env.push((format!("GIT_CONFIG_KEY_{i}"), key));
+            env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
+        }
+        Ok(env)
+    }
+
+    /// Turns git's complaint into a [`PushError`].
+    fn classify(&self, output: &Output, pushing: bool) -> PushError {
+        let remote = self.display_url();
+        let text = format!("{}\n{}", output.stdout, output.stderr);
+        let detail = summary(&output.stderr, &output.stdout);
+        let has = |needle: &str| text.contains(needle);
+        if has("Host key verification failed")
+            || has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+            || has("host key for")
+        {
+            return PushError::HostKey { remote, detail };
+        }
+        if has("Permission denied")
+            || has("Authentication failed")
+            || has("could not read Username")
+            || has("could not read Password")
+            || has("The requested URL returned error: 401")
+            || has("The requested URL returned error: 403")
+            || has("UNPROTECTED PRIVATE KEY FILE")
+            || has("Load key")
+        {
+            return PushError::Auth { remote, detail };
+        }
+        if pushing
+            && (has("[rejected]") && (has("fetch first") || has("non-fast-forward"))
+                || has("(stale info)"))
+        {
+            return PushError::Conflict { remote };
+        }
+        if has("[remote rejected]") || has("[rejected]") || has("pre-receive hook declined") {
+            return PushError::Rejected { remote, detail };
+        }
+        if has("Connection refused")
+            || has("Could not resolve host")
+            || has("Could not resolve hostname")
+            || has("unable to connect")
+            || has("Failed to connect")
+            || has("Connection timed out")
+            || has("Connection reset")
+            || has("Connection closed")
+            || has("No route to host")
+            || has("does not appear to be a git repository")
+            || has("Could not read from remote repository")
+            || has("The requested URL returned error: 5")
+            || has("unable to access")
+        {
+            return PushError::Unreachable { remote, detail };
+        }
+        PushError::Other { remote, detail }
+    }
+}
+
+struct Output {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Keeps git away from the user's and the system's configuration (credential
+/// helpers, insteadOf rewrites) and from any prompt.
+fn isolate(command: &mut tokio::process::Command) {
+    command
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_ASKPASS", "")
+        .env("SSH_ASKPASS", "")
+        .env("LC_ALL", "C")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_SSH")
+        .env_remove("GIT_SSH_COMMAND");
+}
+
+/// The lines of git's output worth showing to a person: errors and rejections,
+/// without URLs' passwords, at most a few hundred bytes.
+fn summary(stderr: &str, stdout: &str) -> String {
+    let lines: Vec<String> = stderr
+        .lines()
+        .chain(stdout.lines().filter(|l| l.starts_with('!')))
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("To ") && *l != "Done")
+        .map(redact_words)
+        .collect();
+    let mut text = lines.join("; ");
+    if text.is_empty() {
+        text = "git gave no reason".to_owned();
+    }
+    if text.len() > 400 {
+        let mut end = 400;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+fn redact_words(line: &str) -> String {
+    line.split(' ')
+        .map(|word| {
+            let trimmed = word.trim_matches(['\'', '"', '(', ')']);
+            if trimmed.contains("://") {
+                word.replace(trimmed, &redact_url(trimmed))
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_never_show_a_password_from_a_url() {
+        let text = summary(
+            "fatal: unable to access 'https://bob:hunter2@git.example/repo.git/': Failed to connect",
+            "",
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("bob@git.example"), "{text}");
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes_in_paths() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+    }
+}
