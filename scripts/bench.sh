@@ -8,7 +8,9 @@
 # for the commit-throughput run, default 20000), ROUNDS (alternating latency rounds,
 # default 7: the VM is noisy, so many short alternating rounds and their median),
 # NONE_RULES (the rules of the `wait: none` server, to measure the request path
-# alone), LATENCY_ONLY=1 (stop after the latency rounds).
+# alone), LATENCY_ONLY=1 (stop after the latency rounds), PUSH_ONLY=1 (only the
+# push figures), PUSH_REQUESTS (wait: push writes per run, default 3000), NAIVE
+# (writes of the one-push-per-write baseline, default 40).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,6 +65,10 @@ load() { # label port rate-or-empty requests concurrency offset
     --requests "$4" --concurrency "$5" --offset "$6" "${rate_args[@]}" | tee -a "$OUT/runs.jsonl"
 }
 
+PUSH_REQUESTS=${PUSH_REQUESTS:-3000}
+NAIVE=${NAIVE:-40}
+
+if [[ -z ${PUSH_ONLY:-} ]]; then
 echo "== idle RSS and wait: none latency"
 start_kubescribe none 18443 "${NONE_RULES:-- name: all
   wait: none}"
@@ -123,5 +129,90 @@ sync -f "$OUT/fast-import.git" # durable, like kubescribe's answer
 end=$(date +%s%N)
 seconds=$(awk "BEGIN {print ($end - $start) / 1e9}")
 echo "{\"label\":\"fast_import\",\"commits\":$commit_count,\"seconds\":$seconds}" | tee -a "$OUT/runs.jsonl"
+
+fi # PUSH_ONLY
+
+echo "== wait: push against smart HTTP (git http-backend behind lighttpd, basic auth)"
+# The remote: lighttpd running git http-backend as CGI, basic auth, on loopback.
+http_root="$OUT/http"
+mkdir -p "$http_root/htdocs" "$http_root/uploads"
+git init -q --bare -b main "$http_root/remote.git"
+git --git-dir "$http_root/remote.git" config http.receivepack true
+echo "kube:s3cret-token" >"$http_root/users"
+printf 's3cret-token' >"$OUT/git-token"
+cat >"$http_root/lighttpd.conf" <<CONF
+server.document-root = "$PWD/$http_root/htdocs"
+server.bind = "127.0.0.1"
+server.port = 18450
+server.upload-dirs = ( "$PWD/$http_root/uploads" )
+server.modules = ( "mod_alias", "mod_setenv", "mod_auth", "mod_authn_file", "mod_cgi" )
+auth.backend = "plain"
+auth.backend.plain.userfile = "$PWD/$http_root/users"
+auth.require = ( "" => ( "method" => "basic", "realm" => "bench", "require" => "valid-user" ) )
+alias.url = ( "/git/" => "$(git --exec-path)/git-http-backend/" )
+\$HTTP["url"] =~ "^/git/" {
+  cgi.assign = ( "" => "" )
+  setenv.set-environment = ( "GIT_PROJECT_ROOT" => "$PWD/$http_root", "GIT_HTTP_EXPORT_ALL" => "1" )
+}
+CONF
+lighttpd -D -f "$http_root/lighttpd.conf" >"$OUT/lighttpd.log" 2>&1 &
+pids+=("$!")
+remote_url="http://127.0.0.1:18450/git/remote.git"
+auth_header="Authorization: Basic $(printf 'kube:s3cret-token' | base64)"
+for _ in $(seq 1 100); do
+  git -c "http.extraHeader=$auth_header" ls-remote "$remote_url" >/dev/null 2>&1 && break
+  sleep 0.05
+done
+
+# Baseline: the naive loop, one commit and one push per write, as a script would do
+# it. Each push's own time is the single push round trip.
+naive="$OUT/naive"
+git clone -q -c "http.extraHeader=$auth_header" "$remote_url" "$naive" 2>/dev/null
+git -C "$naive" checkout -q -b main 2>/dev/null || true
+push_ms=()
+naive_start=$(date +%s%N)
+for i in $(seq 1 "$NAIVE"); do
+  echo "value: $i" >"$naive/naive-$i.yaml"
+  git -C "$naive" add "naive-$i.yaml"
+  git -C "$naive" -c user.name=bench -c user.email=bench@x commit -qm "naive $i"
+  t0=$(date +%s%N)
+  git -C "$naive" -c "http.extraHeader=$auth_header" push -q origin HEAD:refs/heads/naive
+  t1=$(date +%s%N)
+  push_ms+=("$(awk "BEGIN {print ($t1 - $t0) / 1e6}")")
+done
+naive_end=$(date +%s%N)
+naive_seconds=$(awk "BEGIN {print ($naive_end - $naive_start) / 1e9}")
+push_median=$(printf '%s\n' "${push_ms[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "{\"label\":\"naive_push\",\"writes\":$NAIVE,\"seconds\":$naive_seconds,\"push_median_ms\":$push_median}" | tee -a "$OUT/runs.jsonl"
+
+push_rules="- name: all
+  wait: push"
+cat >"$OUT/push-remote.yaml" <<YAML
+repository:
+  remote:
+    url: $remote_url
+    username: kube
+    tokenFile: $PWD/$OUT/git-token
+YAML
+start_push_server() { # name port
+  cat >"$OUT/$1.yaml" <<YAML
+server:
+  listen: 127.0.0.1:$2
+  devCertDir: $OUT/certs
+dataDir: $OUT/$1
+$(cat "$OUT/push-remote.yaml")
+rules:
+$push_rules
+YAML
+  RUST_LOG=warn "$BIN/kubescribe" serve --config "$OUT/$1.yaml" >"$OUT/$1.log" 2>&1 &
+  pids+=("$!")
+  wait_ready "$2"
+}
+start_push_server push 18451
+# Enough connections that 200 writes/s are sent even while each waits for a push.
+load push_paced 18451 200 "$PUSH_REQUESTS" 128 0 >/dev/null
+load push_max 18451 "" "$PUSH_REQUESTS" 256 "$PUSH_REQUESTS" >/dev/null
+pushed=$(git --git-dir "$http_root/remote.git" rev-list --count main)
+echo "{\"label\":\"push_count\",\"commits\":$pushed}" | tee -a "$OUT/runs.jsonl"
 
 python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"

@@ -558,6 +558,12 @@ fn validate_remote(remote: &RemoteConfig) -> Result<(), String> {
     if remote.timeout.is_zero() {
         return Err("timeout must be more than 0".to_owned());
     }
+    if remote.max_backoff < std::time::Duration::from_millis(250) {
+        return Err(
+            "maxBackoff must be at least 250ms, or a failing remote is retried in a busy loop"
+                .to_owned(),
+        );
+    }
     Ok(())
 }
 

@@ -270,6 +270,14 @@ async fn then_deny_records_and_pushes_but_refuses_the_write() {
         remote.display()
     );
     let server = TestServer::start(&config).await;
+    // A server-side dry run gets the verdict the real write gets, and writes nothing.
+    let mut dry = common::fixture("009").review;
+    dry["request"]["dryRun"] = Value::Bool(true);
+    let answer = send_review(&server, &dry, "10s").await;
+    assert!(!allowed(&answer), "{answer}");
+    assert!(message(&answer).contains("dry run"), "{answer}");
+    assert!(git(&remote, &["for-each-ref"]).is_empty());
+
     let answer = server.send(&common::fixture("009")).await;
     assert!(!allowed(&answer), "{answer}");
     let text = message(&answer);

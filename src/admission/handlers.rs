@@ -250,6 +250,15 @@ async fn answer(
     let path = change.path.clone();
 
     if write.dry_run {
+        // The same verdict the real write would get.
+        if then == Then::Deny {
+            return (
+                response.deny(format!(
+                    "kubescribe: dry run: would record {path} and push it; this cluster changes only through GitOps, so the write itself would be refused"
+                )),
+                DecisionLabel::DryRun,
+            );
+        }
         warn(
             &mut response,
             format!("kubescribe: dry run: would record {path}"),
@@ -352,12 +361,18 @@ fn answer_push(
     let mut response = response;
     match result {
         Ok(Ok(Pushed { commit })) => {
-            let text = format!(
-                "pushed {} to {} {}",
-                commit.to_hex_with_len(12),
-                push.remote,
-                push.branch
-            );
+            let text = match commit {
+                Some(commit) => format!(
+                    "pushed {} to {} {}",
+                    commit.to_hex_with_len(12),
+                    push.remote,
+                    push.branch
+                ),
+                None => format!(
+                    "unchanged {}: nothing to push to {} {}",
+                    change.path, push.remote, push.branch
+                ),
+            };
             match then {
                 Then::Allow => {
                     warn(&mut response, text);

@@ -29,10 +29,11 @@ use crate::metrics::{Metrics, PushFailureLabels, RepositoryLabels};
 use crate::store::Replayer;
 
 /// The answer to a `wait: push` waiter: the commit as the remote has it (its id
-/// changes if it was replayed onto newer remote commits).
+/// changes if it was replayed onto newer remote commits); `None` when the change
+/// made no commit and the branch has none yet (a delete of a file never recorded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
-    pub commit: ObjectId,
+    pub commit: Option<ObjectId>,
 }
 
 pub(crate) type PushWaiter = oneshot::Sender<Pushed>;
@@ -45,6 +46,8 @@ pub struct Outbox {
     inner: Mutex<OutboxInner>,
     /// The writer appended commits.
     more: Notify,
+    /// A push ended (either way): the writer stops gathering `wait: push` changes.
+    ended: Notify,
 }
 
 #[derive(Default)]
@@ -86,10 +89,8 @@ impl Outbox {
         match inner.unpushed.back_mut() {
             Some(last) => last.waiters.extend(tip_waiters),
             None => {
-                if let Some(commit) = tip {
-                    for waiter in tip_waiters {
-                        let _ = waiter.send(Pushed { commit });
-                    }
+                for waiter in tip_waiters {
+                    let _ = waiter.send(Pushed { commit: tip });
                 }
             }
         }
@@ -118,10 +119,8 @@ impl Outbox {
                 (Some(commit), _) => fresh.push_back(Unpushed { commit, waiters }),
                 (None, Some(previous)) => previous.waiters.extend(waiters),
                 (None, None) => {
-                    if let Some(commit) = onto {
-                        for waiter in waiters {
-                            let _ = waiter.send(Pushed { commit });
-                        }
+                    for waiter in waiters {
+                        let _ = waiter.send(Pushed { commit: onto });
                     }
                 }
             }
@@ -144,6 +143,11 @@ impl Outbox {
         self.lock().last_error.clone()
     }
 
+    /// Resolves once the push in flight ends.
+    pub(crate) async fn push_ended(&self) {
+        self.ended.notified().await;
+    }
+
     fn newest(&self) -> Option<ObjectId> {
         self.lock().unpushed.back().map(|u| u.commit)
     }
@@ -158,7 +162,7 @@ impl Outbox {
         for done in inner.unpushed.drain(..=index) {
             for waiter in done.waiters {
                 let _ = waiter.send(Pushed {
-                    commit: done.commit,
+                    commit: Some(done.commit),
                 });
             }
         }
@@ -261,6 +265,7 @@ impl Pusher {
             };
             let started = Instant::now();
             let result = self.remote.push(target).await;
+            self.outbox.ended.notify_one();
             match result {
                 Ok(()) => {
                     self.metrics
@@ -268,10 +273,10 @@ impl Pusher {
                         .get_or_create(&self.labels())
                         .observe(started.elapsed().as_secs_f64());
                     self.metrics.pushed(&self.name);
-                    if let Err(e) = self.remote.set_tracking(target).await {
-                        tracing::warn!(error = %e, "pushed, but cannot record it locally; the next start pushes again (a no-op)");
-                    }
+                    // Waiters first; the writer records the remote's new tip (in
+                    // process, no git child on the way to the next push).
                     let left = self.outbox.pushed(target);
+                    self.store.pushed(target);
                     self.metrics
                         .unpushed
                         .get_or_create(&self.labels())

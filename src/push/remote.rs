@@ -131,25 +131,6 @@ impl Remote {
         self.read_ref(&tracking).await
     }
 
-    /// Points the tracking ref at `commit`, after the remote accepted it.
-    pub async fn set_tracking(&self, commit: ObjectId) -> Result<(), PushError> {
-        let output = self
-            .local(&[
-                "update-ref",
-                &tracking_ref(&self.branch),
-                &commit.to_string(),
-            ])
-            .await?;
-        if output.success {
-            Ok(())
-        } else {
-            Err(PushError::Other {
-                remote: self.display_url(),
-                detail: format!("cannot update the tracking ref: {}", output.stderr.trim()),
-            })
-        }
-    }
-
     async fn read_ref(&self, name: &str) -> Result<Option<ObjectId>, PushError> {
         let output = self
             .local(&[
@@ -290,6 +271,9 @@ impl Remote {
             return PushError::HostKey { remote, detail };
         }
         if has("Permission denied")
+            || has("Permission to")
+            || has("Repository not found")
+            || has("repository not found")
             || has("Authentication failed")
             || has("could not read Username")
             || has("could not read Password")
@@ -405,6 +389,37 @@ mod tests {
         );
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("bob@git.example"), "{text}");
+    }
+
+    #[test]
+    fn git_complaints_are_classified_for_people_and_metrics() {
+        let remote = Remote {
+            config: RemoteConfig {
+                url: "https://git.example/r.git".to_owned(),
+                ..Default::default()
+            },
+            branch: "main".to_owned(),
+            git_dir: PathBuf::from("/nowhere"),
+        };
+        let cases = [
+            ("Host key verification failed.\nfatal: Could not read from remote repository.", "", "host_key"),
+            ("git@127.0.0.1: Permission denied (publickey).\nfatal: Could not read from remote repository.", "", "auth"),
+            ("ERROR: Permission to org/repo.git denied to deploy-key.", "", "auth"),
+            ("fatal: Authentication failed for 'https://git.example/r.git/'", "", "auth"),
+            ("fatal: could not read Username for 'https://git.example': terminal prompts disabled", "", "auth"),
+            ("fatal: unable to access 'https://git.example/r.git/': Failed to connect to git.example port 443: Connection refused", "", "unreachable"),
+            ("error: failed to push some refs", "!\trefs/heads/main:refs/heads/main\t[rejected] (fetch first)", "conflict"),
+            ("error: failed to push some refs", "!\tabc:refs/heads/main\t[remote rejected] (pre-receive hook declined)", "rejected"),
+            ("fatal: something new", "", "other"),
+        ];
+        for (stderr, stdout, label) in cases {
+            let output = Output {
+                success: false,
+                stdout: stdout.to_owned(),
+                stderr: stderr.to_owned(),
+            };
+            assert_eq!(remote.classify(&output, true).label(), label, "{stderr}");
+        }
     }
 
     #[test]

@@ -130,6 +130,8 @@ enum Control {
         onto: Option<ObjectId>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// The remote accepted `commit`: point the tracking ref at it.
+    Pushed { commit: ObjectId },
 }
 
 /// The sending side: cheap to clone, shared by every request.
@@ -342,6 +344,13 @@ pub struct Replayer {
 }
 
 impl Replayer {
+    /// Records that the remote has `commit` (and everything before it), so a restart
+    /// knows what is left to push. Losing this on a crash only means pushing again,
+    /// which the remote answers with "up to date".
+    pub(crate) fn pushed(&self, commit: ObjectId) {
+        let _ = self.control.send(Control::Pushed { commit });
+    }
+
     pub(crate) async fn replay(&self, onto: Option<ObjectId>) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
         self.control
@@ -518,17 +527,36 @@ impl Writer {
                 }
             }
             // Nobody waits for these: gather more for a while, so a steady trickle of
-            // writes makes a few large batches instead of one pack per write. A waiting
-            // change ends the gathering at once.
+            // writes makes a few large batches instead of one pack per write. A change
+            // waiting for its commit ends the gathering at once. One waiting for its
+            // push does too when the pusher is idle; while a push is in flight it
+            // could only ride on the next one anyway, so gathering goes on until that
+            // push ends, and the next push carries the whole batch.
             let linger_until = Instant::now() + self.settings.linger;
-            let mut anyone_waits = batch.iter().any(|j| j.waiter.is_some());
+            let outbox = self.settings.outbox.clone();
+            let urgent = |job: &Job| {
+                job.waiter.is_some()
+                    && (job.push_waiter.is_none() || outbox.as_ref().is_none_or(|o| o.is_empty()))
+            };
+            let mut anyone_waits = batch.iter().any(urgent);
             while batch.len() < self.settings.max_batch && !anyone_waits {
-                match tokio::time::timeout_at(linger_until.into(), self.rx.recv()).await {
-                    Ok(Some(job)) => {
-                        anyone_waits = job.waiter.is_some();
-                        batch.push(job);
+                let push_ended = async {
+                    match &outbox {
+                        Some(outbox) if batch.iter().any(|j| j.push_waiter.is_some()) => {
+                            outbox.push_ended().await
+                        }
+                        _ => std::future::pending().await,
                     }
-                    Ok(None) | Err(_) => break,
+                };
+                tokio::select! {
+                    next = tokio::time::timeout_at(linger_until.into(), self.rx.recv()) => match next {
+                        Ok(Some(job)) => {
+                            anyone_waits = urgent(&job);
+                            batch.push(job);
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    () = push_ended => break,
                 }
             }
             self.metrics.queue_depth.dec_by(batch.len() as i64);
@@ -559,6 +587,17 @@ impl Writer {
                     self.count_error(error.label(), 1);
                 }
                 let _ = reply.send(result);
+            }
+            Control::Pushed { commit } => {
+                let tracking = tracking_ref(&self.settings.branch);
+                if let Err(e) = self.repo.reference(
+                    tracking.as_str(),
+                    commit,
+                    PreviousValue::Any,
+                    "kubescribe: pushed",
+                ) {
+                    tracing::warn!(error = %error_chain(&e), "pushed, but cannot record it in the tracking ref; a restart pushes again (a no-op)");
+                }
             }
         }
     }
