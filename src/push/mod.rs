@@ -46,8 +46,6 @@ pub struct Outbox {
     inner: Mutex<OutboxInner>,
     /// The writer appended commits.
     more: Notify,
-    /// A push ended (either way): the writer stops gathering `wait: push` changes.
-    ended: Notify,
 }
 
 #[derive(Default)]
@@ -141,11 +139,6 @@ impl Outbox {
     /// Why the last push failed, if it did.
     pub fn last_error(&self) -> Option<PushError> {
         self.lock().last_error.clone()
-    }
-
-    /// Resolves once the push in flight ends.
-    pub(crate) async fn push_ended(&self) {
-        self.ended.notified().await;
     }
 
     fn newest(&self) -> Option<ObjectId> {
@@ -265,7 +258,6 @@ impl Pusher {
             };
             let started = Instant::now();
             let result = self.remote.push(target).await;
-            self.outbox.ended.notify_one();
             match result {
                 Ok(()) => {
                     self.metrics

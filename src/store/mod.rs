@@ -527,36 +527,19 @@ impl Writer {
                 }
             }
             // Nobody waits for these: gather more for a while, so a steady trickle of
-            // writes makes a few large batches instead of one pack per write. A change
-            // waiting for its commit ends the gathering at once. One waiting for its
-            // push does too when the pusher is idle; while a push is in flight it
-            // could only ride on the next one anyway, so gathering goes on until that
-            // push ends, and the next push carries the whole batch.
+            // writes makes a few large batches instead of one pack per write. A waiting
+            // change ends the gathering at once, `wait: push` included: committing it
+            // while a push is in flight means the next push can start the moment this
+            // one ends (gathering until then measured slower: docs/performance.md).
             let linger_until = Instant::now() + self.settings.linger;
-            let outbox = self.settings.outbox.clone();
-            let urgent = |job: &Job| {
-                job.waiter.is_some()
-                    && (job.push_waiter.is_none() || outbox.as_ref().is_none_or(|o| o.is_empty()))
-            };
-            let mut anyone_waits = batch.iter().any(urgent);
+            let mut anyone_waits = batch.iter().any(|j| j.waiter.is_some());
             while batch.len() < self.settings.max_batch && !anyone_waits {
-                let push_ended = async {
-                    match &outbox {
-                        Some(outbox) if batch.iter().any(|j| j.push_waiter.is_some()) => {
-                            outbox.push_ended().await
-                        }
-                        _ => std::future::pending().await,
+                match tokio::time::timeout_at(linger_until.into(), self.rx.recv()).await {
+                    Ok(Some(job)) => {
+                        anyone_waits = job.waiter.is_some();
+                        batch.push(job);
                     }
-                };
-                tokio::select! {
-                    next = tokio::time::timeout_at(linger_until.into(), self.rx.recv()) => match next {
-                        Ok(Some(job)) => {
-                            anyone_waits = urgent(&job);
-                            batch.push(job);
-                        }
-                        Ok(None) | Err(_) => break,
-                    },
-                    () = push_ended => break,
+                    Ok(None) | Err(_) => break,
                 }
             }
             self.metrics.queue_depth.dec_by(batch.len() as i64);
