@@ -39,6 +39,9 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the admission webhook (the default).
     Serve(ServeArgs),
+    /// Show what the webhook would answer for manifests or AdmissionReviews, offline.
+    /// Exit code: 0 all allowed, 1 a write is denied, 2 bad input or usage.
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -73,6 +76,7 @@ impl Cli {
     pub fn into_command(self) -> Command {
         match self.command {
             Some(Command::Serve(args)) => Command::Serve(args.or(self.serve)),
+            Some(other) => other,
             None => Command::Serve(self.serve),
         }
     }
@@ -132,6 +136,7 @@ mod tests {
     fn serve_args(cli: Cli) -> ServeArgs {
         match cli.into_command() {
             Command::Serve(args) => args,
+            Command::Check(_) => panic!("not serve"),
         }
     }
 

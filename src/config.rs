@@ -46,6 +46,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub secrets: SecretMode,
     pub ignore: IgnoreConfig,
+    pub guard_rails: GuardRails,
     pub rules: Vec<Rule>,
 }
 
@@ -61,6 +62,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             secrets: SecretMode::Omit,
             ignore: IgnoreConfig::default(),
+            guard_rails: GuardRails::default(),
             rules: vec![Rule::default()],
         }
     }
@@ -275,6 +277,80 @@ pub enum SecretMode {
     Omit,
     /// Recorded with every key kept and every value replaced by `<redacted>`.
     Redact,
+    /// Secret writes are refused: Secrets belong in git encrypted (SOPS, sealed
+    /// secrets), not written to the cluster directly.
+    Deny,
+}
+
+/// Checks that can refuse a write, each `off`, `audit` (allow, with a warning) or
+/// `enforce` (deny), as Kyverno's validationFailureAction.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GuardRails {
+    pub gitops_managed: GitopsManaged,
+    pub max_object_bytes: MaxObjectBytes,
+    pub require_recording: RequireRecording,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RailMode {
+    #[default]
+    Off,
+    Audit,
+    Enforce,
+}
+
+/// Direct writes to objects a GitOps tool manages (Flux labels, Argo CD's instance
+/// label or tracking annotation) by anyone but the tool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct GitopsManaged {
+    pub mode: RailMode,
+    /// Users allowed to write managed objects (`*` globs): the GitOps controllers.
+    pub allow_users: Vec<String>,
+    pub allow_groups: Vec<String>,
+}
+
+impl Default for GitopsManaged {
+    fn default() -> Self {
+        Self {
+            mode: RailMode::Off,
+            allow_users: [
+                "system:serviceaccount:flux-system:*",
+                "system:serviceaccount:argocd:*",
+                "system:serviceaccount:openshift-gitops:*",
+            ]
+            .map(String::from)
+            .to_vec(),
+            allow_groups: Vec::new(),
+        }
+    }
+}
+
+/// Objects larger than `limit` bytes (as JSON, without status and managedFields).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MaxObjectBytes {
+    pub mode: RailMode,
+    pub limit: usize,
+}
+
+impl Default for MaxObjectBytes {
+    fn default() -> Self {
+        Self {
+            mode: RailMode::Off,
+            limit: 1024 * 1024,
+        }
+    }
+}
+
+/// A write a rule records, but which cannot be recorded right now (the repository is
+/// unavailable, the queue is full, the object cannot be turned into a file).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RequireRecording {
+    pub mode: RailMode,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,6 +4,7 @@
 //! The flow is admission → policy → manifest → store; each is a module here.
 
 pub mod admission;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod load;
@@ -14,3 +15,4 @@ pub mod push;
 pub mod serve;
 pub mod store;
 pub mod tls;
+pub mod verdict;

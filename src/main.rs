@@ -6,7 +6,18 @@ use clap::Parser;
 use kubescribe::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Usage errors are exit 2 (clap's own code), help and version are 0.
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+        }
+    };
+    if let Some(Command::Check(args)) = &cli.command {
+        // No logging: stdout is the report.
+        return check(args);
+    }
     init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -18,8 +29,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// `kubescribe check`: the report on stdout, the exit code from the report.
+fn check(args: &kubescribe::check::CheckArgs) -> ExitCode {
+    use kubescribe::check::{self, OutputFormat};
+    match check::run(args, &mut std::io::stdin()) {
+        Ok(report) => {
+            let text = match args.output {
+                OutputFormat::Text => check::render_text(&report),
+                OutputFormat::Json => check::render_json(&report),
+                OutputFormat::Junit => check::render_junit(&report),
+            };
+            print!("{text}");
+            ExitCode::from(report.exit_code())
+        }
+        Err(error) => {
+            eprintln!(
+                "error: {}",
+                anyhow::Error::from(error)
+                    .chain()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(": ")
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.into_command() {
+        Command::Check(_) => unreachable!("handled in main"),
         Command::Serve(args) => {
             let config = args.config()?;
             let runtime = tokio::runtime::Runtime::new()?;

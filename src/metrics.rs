@@ -42,6 +42,13 @@ pub enum DecisionLabel {
 /// Label values are the snake_case of the variant, as Prometheus users expect.
 macro_rules! snake_case_label {
     ($ty:ty { $($variant:ident => $text:literal),* $(,)? }) => {
+        impl $ty {
+            /// The label value.
+            pub fn as_str(&self) -> &'static str {
+                match self { $(Self::$variant => $text),* }
+            }
+        }
+
         impl EncodeLabelValue for $ty {
             fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
                 use std::fmt::Write;

@@ -9,7 +9,7 @@ use kube_core::admission::{AdmissionRequest, Operation};
 use kube_core::{GroupVersionKind, GroupVersionResource};
 use serde_json::Value;
 
-use crate::config::{Config, IgnoreConfig, Rule, SecretMode, Then, Wait};
+use crate::config::{Config, GuardRails, IgnoreConfig, RailMode, Rule, SecretMode, Then, Wait};
 
 /// One attempted write, as the apiserver described it to us.
 #[derive(Debug, Clone)]
@@ -153,6 +153,7 @@ pub struct Policy {
     ignore: IgnoreConfig,
     noise: Vec<(String, String)>,
     pub secrets: SecretMode,
+    pub guard_rails: GuardRails,
 }
 
 impl Policy {
@@ -183,6 +184,7 @@ impl Policy {
             ignore: config.ignore.clone(),
             noise,
             secrets: config.secrets,
+            guard_rails: config.guard_rails.clone(),
         }
     }
 }
@@ -222,7 +224,7 @@ pub fn decide(write: &Write, policy: &Policy) -> Decision {
             return Decision::Skip(owner);
         }
     }
-    if group.is_empty() && resource == "secrets" && policy.secrets == SecretMode::Omit {
+    if group.is_empty() && resource == "secrets" && policy.secrets != SecretMode::Redact {
         return Decision::Skip(SkipReason::SecretOmitted);
     }
     match policy.rules.iter().find(|(rule, _)| matches(rule, write)) {
@@ -234,6 +236,122 @@ pub fn decide(write: &Write, policy: &Policy) -> Decision {
         },
         None => Decision::Skip(SkipReason::NoRule),
     }
+}
+
+/// What a guard rail found about a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The guard rail's name in the config (`gitopsManaged`, ...).
+    pub rail: &'static str,
+    /// `Audit` or `Enforce`; never `Off`.
+    pub mode: RailMode,
+    pub message: String,
+}
+
+/// The guard rails' findings for `write`, in config order. They apply to every write
+/// a person or a non-GitOps controller makes; CONNECT, status-like subresources and
+/// ignored users and groups are exempt, like they are from recording.
+pub fn guard(write: &Write, decision: &Decision, policy: &Policy) -> Vec<Finding> {
+    if let Decision::Skip(
+        SkipReason::Connect
+        | SkipReason::IgnoredUser(_)
+        | SkipReason::IgnoredGroup(_)
+        | SkipReason::Subresource(_),
+    ) = decision
+    {
+        return Vec::new();
+    }
+    let rails = &policy.guard_rails;
+    let mut findings = Vec::new();
+    let gitops = &rails.gitops_managed;
+    if gitops.mode != RailMode::Off {
+        let allowed = gitops.allow_users.iter().any(|p| glob(p, &write.user))
+            || write
+                .groups
+                .iter()
+                .any(|g| gitops.allow_groups.iter().any(|p| glob(p, g)));
+        // The object as it is now decides who manages it: a write cannot take an
+        // object away from its GitOps tool by dropping the labels.
+        let current = write.old_object.as_ref().or(write.object.as_ref());
+        if let (false, Some(source)) = (allowed, current.and_then(gitops_source)) {
+            findings.push(Finding {
+                rail: "gitopsManaged",
+                mode: gitops.mode,
+                message: format!(
+                    "{} is managed by {source}: change it in git, where that source reads it, not in the cluster",
+                    object_name(write)
+                ),
+            });
+        }
+    }
+    let max = &rails.max_object_bytes;
+    if max.mode != RailMode::Off {
+        let size = write
+            .live_object()
+            .map_or(0, |o| serde_json::to_vec(o).map_or(0, |b| b.len()));
+        if size > max.limit {
+            findings.push(Finding {
+                rail: "maxObjectBytes",
+                mode: max.mode,
+                message: format!(
+                    "{} is {size} bytes, more than maxObjectBytes ({}): split it, or move bulk data out of the object",
+                    object_name(write),
+                    max.limit
+                ),
+            });
+        }
+    }
+    if policy.secrets == SecretMode::Deny
+        && write.resource.group.is_empty()
+        && write.resource.resource == "secrets"
+    {
+        findings.push(Finding {
+            rail: "secrets",
+            mode: RailMode::Enforce,
+            message: format!(
+                "{} is a Secret, and Secret writes are refused (secrets: deny): keep Secrets encrypted in git (SOPS, sealed secrets) and let GitOps apply them",
+                object_name(write)
+            ),
+        });
+    }
+    findings
+}
+
+fn object_name(write: &Write) -> String {
+    match &write.namespace {
+        Some(ns) => format!("{} {ns}/{}", write.kind.kind, write.name),
+        None => format!("{} {}", write.kind.kind, write.name),
+    }
+}
+
+/// Which GitOps tool manages `object`, as a person would name it, from the labels and
+/// annotations Flux and Argo CD put on what they apply.
+fn gitops_source(object: &Value) -> Option<String> {
+    let meta = object.get("metadata")?;
+    let label = |key: &str| {
+        meta.pointer(&format!("/labels/{}", key.replace('/', "~1")))
+            .and_then(Value::as_str)
+    };
+    let annotation = |key: &str| {
+        meta.pointer(&format!("/annotations/{}", key.replace('/', "~1")))
+            .and_then(Value::as_str)
+    };
+    if let Some(name) = label("kustomize.toolkit.fluxcd.io/name") {
+        let ns = label("kustomize.toolkit.fluxcd.io/namespace").unwrap_or("flux-system");
+        return Some(format!("the Flux Kustomization {ns}/{name}"));
+    }
+    if let Some(name) = label("helm.toolkit.fluxcd.io/name") {
+        let ns = label("helm.toolkit.fluxcd.io/namespace").unwrap_or("flux-system");
+        return Some(format!("the Flux HelmRelease {ns}/{name}"));
+    }
+    if let Some(app) = label("argocd.argoproj.io/instance") {
+        return Some(format!("the Argo CD Application {app}"));
+    }
+    if let Some(id) = annotation("argocd.argoproj.io/tracking-id") {
+        let app = id.split(':').next().unwrap_or(id);
+        return Some(format!("the Argo CD Application {app}"));
+    }
+    None
 }
 
 fn controller_owner(object: Option<&Value>) -> Option<SkipReason> {
@@ -447,6 +565,58 @@ mod tests {
             decide(&w, &p),
             Decision::Skip(SkipReason::Subresource("status".into()))
         );
+    }
+
+    #[test]
+    fn gitops_sources_are_named_from_flux_and_argo_cd_markers() {
+        let object = |meta: Value| serde_json::json!({ "metadata": meta });
+        let cases = [
+            (
+                serde_json::json!({"labels": {"kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace": "flux-system"}}),
+                Some("the Flux Kustomization flux-system/apps"),
+            ),
+            (
+                serde_json::json!({"labels": {"helm.toolkit.fluxcd.io/name": "redis", "helm.toolkit.fluxcd.io/namespace": "data"}}),
+                Some("the Flux HelmRelease data/redis"),
+            ),
+            (
+                serde_json::json!({"labels": {"argocd.argoproj.io/instance": "guestbook"}}),
+                Some("the Argo CD Application guestbook"),
+            ),
+            (
+                serde_json::json!({"annotations": {"argocd.argoproj.io/tracking-id": "guestbook:apps/Deployment:default/web"}}),
+                Some("the Argo CD Application guestbook"),
+            ),
+            (serde_json::json!({"labels": {"app": "web"}}), None),
+        ];
+        for (meta, expected) in cases {
+            assert_eq!(
+                gitops_source(&object(meta.clone())).as_deref(),
+                expected,
+                "{meta}"
+            );
+        }
+    }
+
+    #[test]
+    fn guard_rails_spare_ignored_users_and_name_what_they_found() {
+        let p = policy(
+            "secrets: deny\nguardRails:\n  gitopsManaged:\n    mode: enforce\n  maxObjectBytes:\n    mode: audit\n    limit: 10\n",
+        );
+        let mut w = write("", "secrets", Some("a"), "alice");
+        w.object = Some(serde_json::json!({"metadata": {"name": "s", "labels": {"argocd.argoproj.io/instance": "app"}}}));
+        let found = guard(&w, &decide(&w, &p), &p);
+        let rails: Vec<_> = found.iter().map(|f| (f.rail, f.mode)).collect();
+        assert_eq!(
+            rails,
+            vec![
+                ("gitopsManaged", RailMode::Enforce),
+                ("maxObjectBytes", RailMode::Audit),
+                ("secrets", RailMode::Enforce)
+            ]
+        );
+        let controller = write("", "secrets", Some("a"), "system:serviceaccount:kube-system:x");
+        assert!(guard(&controller, &decide(&controller, &p), &p).is_empty());
     }
 
     #[test]

@@ -13,13 +13,13 @@ use kube_core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use tracing::{field::Empty, Instrument};
 
 use super::extract::{ApiError, Review};
-use crate::config::{Then, Wait};
+use crate::config::{RailMode, Then, Wait};
 use crate::manifest::{self, Layout};
 use crate::metrics::{
     DecisionLabel, EndpointLabel, EndpointLabels, Metrics, OperationLabel, RejectionLabels,
     RequestLabels,
 };
-use crate::policy::{self, Decision, Policy, SkipReason, Write};
+use crate::policy::{Policy, Write};
 use crate::push::{PushHandle, Pushed};
 use crate::store::{Outcome, StoreError, StoreHandle};
 
@@ -209,105 +209,106 @@ async fn answer(
     deadline: Instant,
 ) -> (AdmissionResponse, DecisionLabel) {
     let mut response = AdmissionResponse::from(request);
-    let wait = match policy::decide(write, &state.policy) {
-        Decision::Skip(reason) => {
-            tracing::debug!(reason = reason.label(), "not recorded");
-            if write.dry_run {
-                warn(
-                    &mut response,
-                    format!("kubescribe: dry run: would not record: {reason}"),
-                );
-                return (response, DecisionLabel::DryRun);
-            }
-            if reason == SkipReason::SecretOmitted {
-                warn(&mut response, format!("kubescribe: {reason}"));
-            }
-            return (response, DecisionLabel::Skipped);
+    let verdict = crate::verdict::evaluate(write, &state.policy, |i| &state.targets[i].layout);
+    for warning in verdict.warnings {
+        warn(&mut response, warning);
+    }
+    let Some(recording) = verdict.record else {
+        if !verdict.findings.is_empty() {
+            tracing::info!(findings = ?verdict.findings, "guard rails");
         }
-        Decision::Record {
-            wait, then, target, ..
-        } => (wait, then, target),
+        if let Some(message) = verdict.message {
+            response = response.deny(message);
+        }
+        return (response, verdict.label);
     };
-    let (wait, then, target) = wait;
+    let crate::verdict::Recording {
+        change,
+        wait,
+        then,
+        target,
+        require_recording,
+    } = recording;
     let target = &state.targets[target];
-
-    let change = match manifest::plan(write, &target.layout, state.policy.secrets) {
-        Ok(change) => change,
-        Err(error) => {
-            tracing::warn!(%error, "cannot turn the write into a file");
-            return match wait {
-                Wait::None => {
-                    warn(&mut response, format!("kubescribe: not recorded: {error}"));
-                    (response, DecisionLabel::Unrecorded)
-                }
-                Wait::Commit | Wait::Push => (
-                    response.deny(format!("kubescribe must record this write before it is applied, but cannot: {error}")),
-                    DecisionLabel::Denied,
-                ),
-            };
-        }
-    };
     let path = change.path.clone();
 
-    if write.dry_run {
-        // The same verdict the real write would get.
-        if then == Then::Deny {
-            return (
-                response.deny(format!(
-                    "kubescribe: dry run: would record {path} and push it; this cluster changes only through GitOps, so the write itself would be refused"
-                )),
-                DecisionLabel::DryRun,
-            );
-        }
-        warn(
-            &mut response,
-            format!("kubescribe: dry run: would record {path}"),
-        );
-        return (response, DecisionLabel::DryRun);
-    }
-
     match wait {
-        Wait::None => match target.store.submit(change, None, false, deadline).await {
-            Ok(_) => (response, DecisionLabel::Queued),
-            Err(error) => {
-                // The rule does not hold writes, so the write goes through unrecorded.
-                tracing::error!(%error, %path, "write admitted without a record");
-                state
-                    .metrics
-                    .store_errors
-                    .get_or_create(&crate::metrics::ErrorLabels {
-                        reason: "queue_full",
-                    })
-                    .inc();
-                warn(
-                    &mut response,
-                    format!("kubescribe: not recorded in git: {error}"),
-                );
-                (response, DecisionLabel::Unrecorded)
+        Wait::None => {
+            let unavailable = match require_recording {
+                RailMode::Off => None,
+                _ => target.store.unavailable(),
+            };
+            if unavailable.is_some() && require_recording == RailMode::Enforce {
+                // The repository failed its last batch: this answer waits for the
+                // commit, as under `wait: commit`, so the write is denied unless it
+                // is recorded, and a repository that is back lets it through.
+                let (outcome, _) = commit_and_wait(&target.store, change, false, deadline).await;
+                return match outcome {
+                    Ok(_) => (response, DecisionLabel::Recorded),
+                    Err(error) => {
+                        tracing::error!(%error, %path, "write denied: cannot be recorded (requireRecording)");
+                        (
+                            response.deny(format!(
+                                "kubescribe: requireRecording: this write must be recorded in git, and cannot be right now: {error}; {}",
+                                error.advice()
+                            )),
+                            DecisionLabel::Denied,
+                        )
+                    }
+                };
             }
-        },
+            let submitted = target
+                .store
+                .submit(change, None, false, deadline)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e}; {}", e.advice()));
+            match (submitted, require_recording) {
+                (Ok(()), RailMode::Audit) if unavailable.is_some() => {
+                    warn(
+                        &mut response,
+                        format!(
+                            "kubescribe: audit: requireRecording: the repository is unavailable ({}); the change is queued and retried",
+                            unavailable.unwrap_or_default()
+                        ),
+                    );
+                    (response, DecisionLabel::Queued)
+                }
+                (Ok(()), _) => (response, DecisionLabel::Queued),
+                (Err(error), RailMode::Enforce) => {
+                    tracing::error!(%error, %path, "write denied: cannot be recorded (requireRecording)");
+                    (
+                        response.deny(format!(
+                            "kubescribe: requireRecording: this write must be recorded in git, and cannot be right now: {error}"
+                        )),
+                        DecisionLabel::Denied,
+                    )
+                }
+                (Err(error), _) => {
+                    // The rule does not hold writes, so the write goes through unrecorded.
+                    tracing::error!(%error, %path, "write admitted without a record");
+                    state
+                        .metrics
+                        .store_errors
+                        .get_or_create(&crate::metrics::ErrorLabels {
+                            reason: "queue_full",
+                        })
+                        .inc();
+                    warn(
+                        &mut response,
+                        format!("kubescribe: not recorded in git: {error}"),
+                    );
+                    (response, DecisionLabel::Unrecorded)
+                }
+            }
+        }
         Wait::Commit | Wait::Push => {
             let push = match (wait, &target.push) {
                 (Wait::Push, Some(push)) => Some((push, change.clone())),
                 _ => None,
             };
-            let mut pushed = None;
-            let outcome = match target
-                .store
-                .submit(change, Some(deadline), push.is_some(), deadline)
-                .await
-            {
-                Ok(Some(receipt)) => {
-                    pushed = receipt.pushed;
-                    match tokio::time::timeout_at(deadline.into(), receipt.committed).await {
-                        Ok(Ok(result)) => result,
-                        Ok(Err(_)) => Err(StoreError::Closed),
-                        Err(_) => Err(StoreError::Expired),
-                    }
-                }
-                Ok(None) => unreachable!("a waiting submit always returns a receipt"),
-                Err(error) => Err(error),
-            };
+            let (outcome, pushed) =
+                commit_and_wait(&target.store, change, push.is_some(), deadline).await;
             match outcome {
                 Ok(Outcome::ParentMissing) => {
                     warn(&mut response, format!("kubescribe: {path} is not recorded yet, so this scale change is not either"));
@@ -340,6 +341,31 @@ async fn answer(
                 }
             }
         }
+    }
+}
+
+/// Queues a change whose answer waits, and waits for its commit until `deadline`;
+/// also returns the receiver of its push when `push` is set.
+async fn commit_and_wait(
+    store: &StoreHandle,
+    change: manifest::Change,
+    push: bool,
+    deadline: Instant,
+) -> (
+    Result<Outcome, StoreError>,
+    Option<tokio::sync::oneshot::Receiver<Pushed>>,
+) {
+    match store.submit(change, Some(deadline), push, deadline).await {
+        Ok(Some(receipt)) => {
+            let outcome = match tokio::time::timeout_at(deadline.into(), receipt.committed).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(StoreError::Closed),
+                Err(_) => Err(StoreError::Expired),
+            };
+            (outcome, receipt.pushed)
+        }
+        Ok(None) => unreachable!("a waiting submit always returns a receipt"),
+        Err(error) => (Err(error), None),
     }
 }
 

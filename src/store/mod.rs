@@ -140,6 +140,8 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Job>,
     control: mpsc::UnboundedSender<Control>,
     metrics: Arc<Metrics>,
+    /// Why the last batch failed, until one succeeds.
+    failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The receivers for one waiting change; see [`StoreHandle::submit`].
@@ -211,6 +213,8 @@ impl StoreHandle {
     ) -> Result<(Self, WriterThread), StoreError> {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let (control, control_rx) = mpsc::unbounded_channel();
+        let failing = Arc::new(std::sync::Mutex::new(None));
+        let writer_failing = failing.clone();
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         let thread_metrics = metrics.clone();
         // gix's Repository is not Send without its `parallel` feature, so the writer
@@ -227,7 +231,8 @@ impl StoreHandle {
                     tracing::debug!(error = %e, "cannot lower the writer thread's priority");
                 }
                 let writer = match Writer::open(settings, rx, control_rx, thread_metrics) {
-                    Ok(writer) => {
+                    Ok(mut writer) => {
+                        writer.failing = writer_failing;
                         let _ = opened_tx.send(Ok(()));
                         writer
                     }
@@ -252,6 +257,7 @@ impl StoreHandle {
                     tx,
                     control,
                     metrics,
+                    failing,
                 },
                 WriterThread(thread),
             )),
@@ -328,6 +334,15 @@ impl StoreHandle {
         }
     }
 
+    /// Why the repository cannot take changes right now (its last batch failed), or
+    /// `None` when it can.
+    pub fn unavailable(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// What a pusher needs to ask for replays; it does not keep the writer alive.
     pub fn replayer(&self) -> Replayer {
         Replayer {
@@ -380,6 +395,8 @@ struct Writer {
     batch_cost: Duration,
     packs_written: u64,
     repack: Option<std::process::Child>,
+    /// Shared with [`StoreHandle::unavailable`].
+    failing: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
@@ -495,6 +512,7 @@ impl Writer {
             batch_cost: Duration::ZERO,
             packs_written: 0,
             repack: None,
+            failing: Arc::default(),
         })
     }
 
@@ -635,6 +653,10 @@ impl Writer {
         });
         let elapsed = started.elapsed();
         self.batch_cost = (self.batch_cost * 4 + elapsed) / 5;
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = result
+            .as_ref()
+            .err()
+            .map(|e| format!("{e}; {}", e.advice()));
         match result {
             Ok(outcomes) => {
                 let commits = outcomes

@@ -1,0 +1,697 @@
+//! `kubescribe check`: what the webhook would answer for manifests or raw
+//! AdmissionReviews, offline, for CI.
+//!
+//! Invariant: the verdict comes from [`crate::verdict::evaluate`], the function the
+//! server calls, with the server's config file; there is no second implementation.
+//! What is specific to here is only turning files into writes (a manifest becomes the
+//! CREATE, UPDATE or DELETE a person with `--as` would send) and printing the results.
+//! A file that cannot be read or parsed is an input error (exit 2), named with its
+//! line, and never stops the other files from being checked.
+
+use std::path::{Path, PathBuf};
+
+use kube_core::admission::Operation;
+use kube_core::{GroupVersionKind, GroupVersionResource};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::manifest::{self, Action, Layout};
+use crate::policy::{Policy, Write};
+use crate::verdict::{self, Verdict};
+
+/// The operation a manifest is checked as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckOperation {
+    Create,
+    Update,
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+    Junit,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Manifests: a file, a directory (read recursively: *.yaml, *.yml, *.json) or
+    /// `-` for standard input. Multi-document YAML, JSON and `List` kinds.
+    #[arg(short = 'f', long = "filename")]
+    pub files: Vec<PathBuf>,
+    /// Raw AdmissionReview files to evaluate as the webhook would, as they are.
+    #[arg(long)]
+    pub review: Vec<PathBuf>,
+    /// The user making the writes.
+    #[arg(long = "as", default_value = "kubescribe-check")]
+    pub user: String,
+    /// A group of that user; repeat for more.
+    #[arg(long = "as-group")]
+    pub groups: Vec<String>,
+    #[arg(long, value_enum, default_value_t = CheckOperation::Create)]
+    pub operation: CheckOperation,
+    /// The server's config file.
+    #[arg(long, env = "KUBESCRIBE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A checkout or bare repository of the recorded files: show the diff each write
+    /// would commit.
+    #[arg(long)]
+    pub repo: Option<PathBuf>,
+    #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Why the check could not run at all (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("nothing to check: give -f FILE|DIR|- or --review FILE")]
+    NoInput,
+    #[error("invalid layout in the config: {0}")]
+    Layout(String),
+    #[error("cannot open the repository {path}: {reason}")]
+    Repo { path: PathBuf, reason: String },
+}
+
+/// One checked object (or review).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// `file:line` of the document (or the review file).
+    pub source: String,
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub operation: String,
+    pub allowed: bool,
+    pub message: Option<String>,
+    pub warnings: Vec<String>,
+    /// queued (would be recorded), skipped, dry_run, denied, unrecorded.
+    pub decision: String,
+    pub rule: Option<String>,
+    /// The file in the repository the write is recorded in.
+    pub path: Option<String>,
+    pub findings: Vec<FindingOut>,
+    /// The unified diff the commit would make (with `--repo`); empty when unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FindingOut {
+    pub rail: String,
+    pub mode: String,
+    pub message: String,
+}
+
+/// A file or document that could not be checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct InputError {
+    pub source: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Every write allowed and every input read.
+    pub allowed: bool,
+    pub results: Vec<CheckResult>,
+    pub errors: Vec<InputError>,
+}
+
+impl Report {
+    /// 0 when everything is allowed, 1 when a write is denied, 2 for bad input.
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            2
+        } else if self.results.iter().any(|r| !r.allowed) {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Runs the check; `stdin` is read for `-f -`.
+pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, CheckError> {
+    if args.files.is_empty() && args.review.is_empty() {
+        return Err(CheckError::NoInput);
+    }
+    let config = Config::load(args.config.as_deref())?;
+    let policy = Policy::new(&config);
+    let layouts = config
+        .targets()
+        .iter()
+        .map(|t| Layout::new(&t.repository.root, &t.repository.path_template))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CheckError::Layout(e.to_string()))?;
+    let repo = match &args.repo {
+        Some(path) => Some(gix::open(path).map_err(|e| CheckError::Repo {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?),
+        None => None,
+    };
+    let mut report = Report {
+        allowed: true,
+        results: Vec::new(),
+        errors: Vec::new(),
+    };
+
+    let mut documents = Vec::new();
+    for file in &args.files {
+        if file == Path::new("-") {
+            let mut text = String::new();
+            match stdin.read_to_string(&mut text) {
+                Ok(_) => parse_documents("-", &text, &mut documents, &mut report.errors),
+                Err(e) => report.errors.push(InputError {
+                    source: "-".to_owned(),
+                    message: format!("cannot read standard input: {e}"),
+                }),
+            }
+        } else {
+            for path in manifest_files(file, &mut report.errors) {
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => parse_documents(
+                        &path.display().to_string(),
+                        &text,
+                        &mut documents,
+                        &mut report.errors,
+                    ),
+                    Err(e) => report.errors.push(InputError {
+                        source: path.display().to_string(),
+                        message: format!("cannot read: {e}"),
+                    }),
+                }
+            }
+        }
+    }
+    for (n, (source, object)) in documents.into_iter().enumerate() {
+        match manifest_write(&object, args, n) {
+            Ok(write) => {
+                let verdict = verdict::evaluate(&write, &policy, |i| &layouts[i]);
+                let diff = match (&repo, &verdict.record) {
+                    (Some(repo), Some(recording)) => Some(diff(repo, &recording.change)),
+                    _ => None,
+                };
+                report.results.push(result(source, &write, verdict, diff));
+            }
+            Err(message) => report.errors.push(InputError { source, message }),
+        }
+    }
+    for path in &args.review {
+        let source = path.display().to_string();
+        let parsed = std::fs::read(path)
+            .map_err(|e| format!("cannot read: {e}"))
+            .and_then(|bytes| crate::admission::decode_review(&bytes).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(review) => {
+                let verdict = verdict::evaluate(&review.write, &policy, |i| &layouts[i]);
+                report
+                    .results
+                    .push(result(source, &review.write, verdict, None));
+            }
+            Err(message) => report.errors.push(InputError { source, message }),
+        }
+    }
+    report.allowed = report.exit_code() == 0;
+    Ok(report)
+}
+
+/// The files under `path`: itself, or every manifest file below it, sorted.
+fn manifest_files(path: &Path, errors: &mut Vec<InputError>) -> Vec<PathBuf> {
+    if !path.is_dir() {
+        return vec![path.to_owned()];
+    }
+    let mut found = Vec::new();
+    let mut pending = vec![path.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                errors.push(InputError {
+                    source: dir.display().to_string(),
+                    message: format!("cannot list: {e}"),
+                });
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Splits multi-document YAML (or JSON) into objects, each with `file:line`; `List`
+/// kinds are expanded into their items.
+fn parse_documents(
+    name: &str,
+    text: &str,
+    out: &mut Vec<(String, Value)>,
+    errors: &mut Vec<InputError>,
+) {
+    // Documents are split here, not by the parser, so each keeps its line number and
+    // one broken document does not hide the others.
+    let mut starts = vec![0usize];
+    let mut offset = 0;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let mut line_starts = Vec::with_capacity(lines.len());
+    for line in &lines {
+        line_starts.push(offset);
+        offset += line.len();
+    }
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_end();
+        if i > 0 && (trimmed == "---" || trimmed.starts_with("--- ")) {
+            starts.push(i);
+        }
+    }
+    for (k, &first) in starts.iter().enumerate() {
+        let last = starts.get(k + 1).copied().unwrap_or(lines.len());
+        let body = &text[line_starts.get(first).copied().unwrap_or(text.len())
+            ..line_starts.get(last).copied().unwrap_or(text.len())];
+        let body_trimmed = body.trim_start_matches("---");
+        if body_trimmed
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            continue;
+        }
+        let source = format!("{name}:{}", first + 1);
+        match serde_yaml_ng::from_str::<Value>(body) {
+            Ok(Value::Null) => {}
+            Ok(value) => expand(source, value, out, errors),
+            Err(e) => {
+                let line = e.location().map_or(first + 1, |l| first + l.line());
+                errors.push(InputError {
+                    source: format!("{name}:{line}"),
+                    message: format!("invalid YAML: {e}"),
+                });
+            }
+        }
+    }
+}
+
+fn expand(
+    source: String,
+    value: Value,
+    out: &mut Vec<(String, Value)>,
+    errors: &mut Vec<InputError>,
+) {
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k == "List" || k.ends_with("List"))
+        && value.get("items").is_some_and(Value::is_array);
+    if !is_list {
+        out.push((source, value));
+        return;
+    }
+    if let Some(Value::Array(items)) = value.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            if item.is_object() {
+                out.push((format!("{source}[{i}]"), item.clone()));
+            } else {
+                errors.push(InputError {
+                    source: format!("{source}[{i}]"),
+                    message: "a List item is not an object".to_owned(),
+                });
+            }
+        }
+    }
+}
+
+/// The write a person would send for `object` with the given identity and operation.
+fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, String> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("not a Kubernetes object: apiVersion is missing")?;
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("not a Kubernetes object: kind is missing")?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let (resource, namespaced) = resource_of(group, kind);
+    let namespace = namespaced.then(|| {
+        object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_owned()
+    });
+    let mut object = object.clone();
+    if let (Some(ns), Some(meta)) = (&namespace, object.get_mut("metadata")) {
+        if let Some(meta) = meta.as_object_mut() {
+            meta.entry("namespace")
+                .or_insert_with(|| Value::String(ns.clone()));
+        }
+    }
+    let operation = match args.operation {
+        CheckOperation::Create => Operation::Create,
+        CheckOperation::Update => Operation::Update,
+        CheckOperation::Delete => Operation::Delete,
+    };
+    let (new, old) = match operation {
+        Operation::Delete => (None, Some(object)),
+        Operation::Update => (Some(object.clone()), Some(object)),
+        _ => (Some(object), None),
+    };
+    Ok(Write {
+        uid: format!("kubescribe-check-{n}"),
+        operation,
+        kind: GroupVersionKind::gvk(group, version, kind),
+        resource: GroupVersionResource::gvr(group, version, &resource),
+        sub_resource: None,
+        namespace,
+        name,
+        user: args.user.clone(),
+        groups: args.groups.clone(),
+        dry_run: false,
+        object: new,
+        old_object: old,
+    })
+}
+
+/// The resource (plural) of a kind and whether it is namespaced, as discovery would
+/// say for the built-in kinds; other kinds are taken as namespaced with the usual
+/// English plural, which is how CRDs are nearly always named.
+fn resource_of(group: &str, kind: &str) -> (String, bool) {
+    const CLUSTER_SCOPED: &[(&str, &str)] = &[
+        ("", "Namespace"),
+        ("", "Node"),
+        ("", "PersistentVolume"),
+        ("", "ComponentStatus"),
+        ("rbac.authorization.k8s.io", "ClusterRole"),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+        ("apiextensions.k8s.io", "CustomResourceDefinition"),
+        ("apiregistration.k8s.io", "APIService"),
+        (
+            "admissionregistration.k8s.io",
+            "ValidatingWebhookConfiguration",
+        ),
+        (
+            "admissionregistration.k8s.io",
+            "MutatingWebhookConfiguration",
+        ),
+        ("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+        (
+            "admissionregistration.k8s.io",
+            "ValidatingAdmissionPolicyBinding",
+        ),
+        ("storage.k8s.io", "StorageClass"),
+        ("storage.k8s.io", "CSIDriver"),
+        ("storage.k8s.io", "CSINode"),
+        ("storage.k8s.io", "VolumeAttachment"),
+        ("scheduling.k8s.io", "PriorityClass"),
+        ("node.k8s.io", "RuntimeClass"),
+        ("networking.k8s.io", "IngressClass"),
+        ("certificates.k8s.io", "CertificateSigningRequest"),
+        ("flowcontrol.apiserver.k8s.io", "FlowSchema"),
+        ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"),
+    ];
+    const IRREGULAR: &[(&str, &str)] = &[("Endpoints", "endpoints")];
+    let namespaced = !CLUSTER_SCOPED
+        .iter()
+        .any(|(g, k)| *g == group && *k == kind);
+    if let Some((_, plural)) = IRREGULAR.iter().find(|(k, _)| *k == kind) {
+        return ((*plural).to_owned(), namespaced);
+    }
+    let lower = kind.to_ascii_lowercase();
+    let plural = if lower.ends_with('s')
+        || lower.ends_with('x')
+        || lower.ends_with("ch")
+        || lower.ends_with("sh")
+    {
+        format!("{lower}es")
+    } else if lower.ends_with('y')
+        && !lower.ends_with("ay")
+        && !lower.ends_with("ey")
+        && !lower.ends_with("oy")
+    {
+        format!("{}ies", &lower[..lower.len() - 1])
+    } else {
+        format!("{lower}s")
+    };
+    (plural, namespaced)
+}
+
+/// The unified diff committing `change` would make against `repo`'s HEAD.
+fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
+    let path = change.path.as_str();
+    let current: Option<Vec<u8>> = repo
+        .head_commit()
+        .ok()
+        .and_then(|c| c.tree().ok())
+        .and_then(|mut tree| tree.peel_to_entry_by_path(path).ok().flatten())
+        .and_then(|entry| entry.object().ok().map(|o| o.data.clone()))
+        .or_else(|| {
+            // A checkout's working tree wins over its HEAD: what a person is about
+            // to commit is what they check.
+            repo.workdir()
+                .and_then(|dir| std::fs::read(dir.join(path)).ok())
+        });
+    let old = current
+        .as_deref()
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default()
+        .into_owned();
+    let new = match &change.action {
+        Action::Put(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Action::Remove => String::new(),
+        Action::SetReplicas(replicas) => manifest::set_replicas(old.as_bytes(), *replicas)
+            .map(|r| String::from_utf8_lossy(&r.bytes).into_owned())
+            .unwrap_or_else(|| old.clone()),
+    };
+    if old == new {
+        return String::new();
+    }
+    let from = if current.is_some() {
+        format!("a/{path}")
+    } else {
+        "/dev/null".to_owned()
+    };
+    let to = if new.is_empty() {
+        "/dev/null".to_owned()
+    } else {
+        format!("b/{path}")
+    };
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .header(&from, &to)
+        .to_string()
+}
+
+fn result(source: String, write: &Write, verdict: Verdict, diff: Option<String>) -> CheckResult {
+    let operation = match write.operation {
+        Operation::Create => "create",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+        Operation::Connect => "connect",
+    };
+    let decision = verdict.label.as_str().to_owned();
+    CheckResult {
+        source,
+        api_version: if write.kind.group.is_empty() {
+            write.kind.version.clone()
+        } else {
+            format!("{}/{}", write.kind.group, write.kind.version)
+        },
+        kind: write.kind.kind.clone(),
+        namespace: write.namespace.clone(),
+        name: write.name.clone(),
+        operation: operation.to_owned(),
+        allowed: verdict.allowed,
+        message: verdict.message,
+        warnings: verdict.warnings,
+        decision,
+        rule: verdict.rule,
+        path: verdict.path,
+        findings: verdict
+            .findings
+            .into_iter()
+            .map(|f| FindingOut {
+                rail: f.rail.to_owned(),
+                mode: format!("{:?}", f.mode).to_ascii_lowercase(),
+                message: f.message,
+            })
+            .collect(),
+        diff,
+    }
+}
+
+/// The report as text for a CI log: one line per object, details indented under it.
+pub fn render_text(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for r in &report.results {
+        let object = match &r.namespace {
+            Some(ns) => format!("{} {ns}/{}", r.kind, r.name),
+            None => format!("{} {}", r.kind, r.name),
+        };
+        let verdict = if r.allowed { "ALLOW" } else { "DENY " };
+        let place = match (&r.path, r.decision.as_str()) {
+            (Some(path), "queued") => format!("records {path}"),
+            (Some(path), _) => path.clone(),
+            (None, _) => r.decision.replace('_', " "),
+        };
+        let _ = writeln!(out, "{verdict} {object}: {place}  ({})", r.source);
+        if let Some(message) = &r.message {
+            let _ = writeln!(out, "  denied: {message}");
+        }
+        for warning in &r.warnings {
+            let _ = writeln!(out, "  warning: {warning}");
+        }
+        if let Some(diff) = r.diff.as_deref().filter(|d| !d.is_empty()) {
+            for line in diff.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+    for e in &report.errors {
+        let _ = writeln!(out, "ERROR {}: {}", e.source, e.message);
+    }
+    let denied = report.results.iter().filter(|r| !r.allowed).count();
+    let _ = writeln!(
+        out,
+        "{} checked, {} allowed, {denied} denied, {} input errors",
+        report.results.len(),
+        report.results.len() - denied,
+        report.errors.len()
+    );
+    out
+}
+
+/// The report as JSON (schema in docs/ci.md).
+pub fn render_json(report: &Report) -> String {
+    let mut text = serde_json::to_string_pretty(report).expect("a report always serializes");
+    text.push('\n');
+    text
+}
+
+/// The report as JUnit XML: one test case per object, a failure per denial, an error
+/// per unreadable input.
+pub fn render_junit(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let denied = report.results.iter().filter(|r| !r.allowed).count();
+    let tests = report.results.len() + report.errors.len();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"kubescribe check\" tests=\"{tests}\" failures=\"{denied}\" errors=\"{}\">",
+        report.errors.len()
+    );
+    let _ = writeln!(
+        out,
+        "  <testsuite name=\"kubescribe check\" tests=\"{tests}\" failures=\"{denied}\" errors=\"{}\" skipped=\"0\">",
+        report.errors.len()
+    );
+    for r in &report.results {
+        let object = match &r.namespace {
+            Some(ns) => format!("{} {ns}/{}", r.kind, r.name),
+            None => format!("{} {}", r.kind, r.name),
+        };
+        let file = r
+            .source
+            .rsplit_once(':')
+            .map_or(r.source.as_str(), |(f, _)| f);
+        let _ = write!(
+            out,
+            "    <testcase classname=\"{}\" name=\"{}\"",
+            xml(file),
+            xml(&format!("{} {object} ({})", r.operation, r.source))
+        );
+        let mut body = String::new();
+        if let Some(message) = &r.message {
+            let _ = writeln!(
+                body,
+                "      <failure type=\"denied\" message=\"{}\">{}</failure>",
+                xml(message),
+                xml(message)
+            );
+        }
+        let mut details = Vec::new();
+        if let Some(path) = &r.path {
+            details.push(format!("path: {path}"));
+        }
+        details.extend(r.warnings.iter().map(|w| format!("warning: {w}")));
+        if let Some(diff) = r.diff.as_deref().filter(|d| !d.is_empty()) {
+            details.push(diff.to_owned());
+        }
+        if !details.is_empty() {
+            let _ = writeln!(
+                body,
+                "      <system-out>{}</system-out>",
+                xml(&details.join("\n"))
+            );
+        }
+        if body.is_empty() {
+            out.push_str("/>\n");
+        } else {
+            out.push_str(">\n");
+            out.push_str(&body);
+            out.push_str("    </testcase>\n");
+        }
+    }
+    for e in &report.errors {
+        let file = e
+            .source
+            .rsplit_once(':')
+            .map_or(e.source.as_str(), |(f, _)| f);
+        let _ = writeln!(
+            out,
+            "    <testcase classname=\"{}\" name=\"{}\">\n      <error type=\"input\" message=\"{}\">{}</error>\n    </testcase>",
+            xml(file),
+            xml(&e.source),
+            xml(&e.message),
+            xml(&e.message)
+        );
+    }
+    out.push_str("  </testsuite>\n</testsuites>\n");
+    out
+}
+
+/// Escapes text for XML attributes and content; drops characters XML 1.0 forbids.
+fn xml(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\n' => out.push_str("&#10;"),
+            '\t' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 => {}
+            c => out.push(c),
+        }
+    }
+    out
+}

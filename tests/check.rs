@@ -1,0 +1,294 @@
+//! `kubescribe check`: parity with the live webhook on every recorded request, golden
+//! outputs (text, JSON, JUnit) for a directory of manifests against a small repository,
+//! and the exit codes of the real binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{fixtures, warnings, TestServer};
+use kubescribe::check::{self, CheckArgs, CheckOperation, OutputFormat};
+use serde_json::Value;
+
+fn args() -> CheckArgs {
+    CheckArgs {
+        files: Vec::new(),
+        review: Vec::new(),
+        user: "alice".to_owned(),
+        groups: vec!["system:authenticated".to_owned()],
+        operation: CheckOperation::Create,
+        config: None,
+        repo: None,
+        output: OutputFormat::Text,
+    }
+}
+
+fn check_dir() -> PathBuf {
+    // Relative, so the sources in the goldens do not depend on where the tree is.
+    PathBuf::from("tests/fixtures/check")
+}
+
+/// Compares with (or, with UPDATE_GOLDEN=1, rewrites) tests/golden/check/<name>.
+fn golden(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/check")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+    assert_eq!(actual, expected, "{name} differs from its golden file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_review_agrees_with_the_live_webhook_on_every_fixture() {
+    let server = TestServer::start("").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut compared = 0;
+    for fixture in fixtures() {
+        // Every recorded request, mutating ones included, asked of /validate.
+        let (status, live) = server
+            .connect()
+            .await
+            .review("/validate", common::body(&fixture.review))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{}", fixture.file);
+        // The fixture files wrap the review with the path it was sent to.
+        let review = dir.path().join(&fixture.file);
+        std::fs::write(&review, serde_json::to_vec(&fixture.review).unwrap()).unwrap();
+        let mut args = args();
+        args.review = vec![review];
+        let report = check::run(&args, &mut std::io::empty()).unwrap();
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        let offline = &report.results[0];
+        let response = &live["response"];
+        assert_eq!(
+            offline.allowed,
+            response["allowed"] == true,
+            "{}: allowed",
+            fixture.file
+        );
+        assert_eq!(
+            offline.message.as_deref(),
+            response["status"]["message"].as_str(),
+            "{}: message",
+            fixture.file
+        );
+        assert_eq!(
+            offline.warnings,
+            warnings(&live),
+            "{}: warnings",
+            fixture.file
+        );
+        compared += 1;
+    }
+    assert!(compared >= 40, "every fixture was compared: {compared}");
+    server.server.shutdown().await.unwrap();
+}
+
+/// A bare repository holding tests/fixtures/check/repo as its one commit.
+fn small_repo(dir: &Path) -> PathBuf {
+    let work = dir.join("work");
+    let copy = |from: &Path, to: &Path| {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    copy(&check_dir().join("repo"), &work);
+    let git = |args: &[&str]| {
+        let status = Command::new("git")
+            .args(args)
+            .current_dir(&work)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@x",
+        "commit",
+        "-qm",
+        "recorded",
+    ]);
+    let bare = dir.join("repo.git");
+    let status = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(&bare)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bare
+}
+
+fn golden_report(dir: &Path) -> check::Report {
+    let mut args = args();
+    args.files = vec![check_dir().join("manifests")];
+    args.config = Some(check_dir().join("config.yaml"));
+    args.repo = Some(small_repo(dir));
+    check::run(&args, &mut std::io::empty()).unwrap()
+}
+
+#[test]
+fn a_directory_of_manifests_gives_the_golden_text_json_and_junit() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = golden_report(dir.path());
+
+    // What the goldens must show, asserted here too so a regenerated golden cannot
+    // quietly accept a wrong verdict.
+    let by_name = |name: &str| {
+        report
+            .results
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no result for {name}"))
+    };
+    assert!(!by_name("web").allowed, "Flux-managed: denied");
+    assert!(by_name("web")
+        .message
+        .as_deref()
+        .unwrap()
+        .contains("Flux Kustomization flux-system/apps"));
+    assert!(!by_name("oversized").allowed, "oversized: denied");
+    assert!(!by_name("db-password").allowed, "secrets: deny");
+    assert!(by_name("reader").allowed, "List item");
+    assert!(by_name("team-b").allowed, "List item");
+    let settings = by_name("settings");
+    assert!(settings.allowed);
+    let diff = settings.diff.as_deref().unwrap();
+    assert!(
+        diff.contains("-  color: red") && diff.contains("+  color: blue"),
+        "{diff}"
+    );
+    assert!(by_name("fresh")
+        .diff
+        .as_deref()
+        .unwrap()
+        .contains("--- /dev/null"));
+    assert_eq!(report.errors.len(), 1);
+    assert!(
+        report.errors[0].source.ends_with("broken.yaml:6"),
+        "{:?}",
+        report.errors
+    );
+    assert_eq!(report.exit_code(), 2);
+
+    golden("text.txt", &check::render_text(&report));
+    golden("report.json", &check::render_json(&report));
+    golden("junit.xml", &check::render_junit(&report));
+}
+
+#[test]
+fn the_junit_output_reads_back_with_a_junit_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = golden_report(dir.path());
+    let xml = check::render_junit(&report);
+    let suites =
+        junit_parser::from_reader(std::io::Cursor::new(xml.as_bytes())).expect("valid JUnit XML");
+    let suite = &suites.suites[0];
+    assert_eq!(
+        suite.cases.len(),
+        report.results.len() + report.errors.len()
+    );
+    let failures = suite.cases.iter().filter(|c| c.status.is_failure()).count();
+    let errors = suite.cases.iter().filter(|c| c.status.is_error()).count();
+    assert_eq!(failures, 3, "Flux-managed, oversized, Secret");
+    assert_eq!(errors, 1, "the broken file");
+    assert_eq!(suite.failures, 3);
+    let web = suite
+        .cases
+        .iter()
+        .find(|c| c.name.contains("Deployment team-a/web"))
+        .unwrap();
+    assert!(web
+        .status
+        .failure_as_ref()
+        .message
+        .contains("gitopsManaged"));
+}
+
+fn kubescribe(args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubescribe"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn exit_codes_are_zero_allowed_one_denied_two_bad_input() {
+    let config = check_dir().join("config.yaml");
+    let config = config.to_str().unwrap();
+    let configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: team-a\ndata:\n  k: v\n";
+    let (code, out, _) = kubescribe(&["check", "-f", "-", "--config", config], configmap);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ALLOW ConfigMap team-a/a: records team-a/core/configmaps/a.yaml"),
+        "{out}"
+    );
+
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\n  namespace: team-a\n";
+    let (code, out, _) = kubescribe(
+        &["check", "-f", "-", "--config", config, "-o", "json"],
+        secret,
+    );
+    assert_eq!(code, 1, "{out}");
+    let report: Value = serde_json::from_str(&out).expect("JSON output");
+    assert_eq!(report["allowed"], false);
+    assert_eq!(report["results"][0]["findings"][0]["rail"], "secrets");
+
+    let (code, out, _) = kubescribe(&["check", "-f", "-"], "kind: [\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("ERROR -:") && out.contains("invalid YAML"),
+        "{out}"
+    );
+
+    let (code, _, err) = kubescribe(&["check"], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("nothing to check"), "{err}");
+
+    let (code, _, err) = kubescribe(&["check", "--operation", "patch", "-f", "-"], "");
+    assert_eq!(code, 2, "a usage error");
+    assert!(err.contains("patch"), "{err}");
+}
+
+#[test]
+fn delete_and_update_are_checked_as_asked() {
+    let mut args = args();
+    args.files = vec![check_dir().join("manifests/configmaps.yaml")];
+    args.operation = CheckOperation::Delete;
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    assert!(report.results.iter().all(|r| r.operation == "delete"));
+    assert_eq!(
+        report.results[0].path.as_deref(),
+        Some("team-a/core/configmaps/settings.yaml")
+    );
+}
