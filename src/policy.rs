@@ -604,7 +604,9 @@ mod tests {
             "secrets: deny\nguardRails:\n  gitopsManaged:\n    mode: enforce\n  maxObjectBytes:\n    mode: audit\n    limit: 10\n",
         );
         let mut w = write("", "secrets", Some("a"), "alice");
-        w.object = Some(serde_json::json!({"metadata": {"name": "s", "labels": {"argocd.argoproj.io/instance": "app"}}}));
+        w.object = Some(
+            serde_json::json!({"metadata": {"name": "s", "labels": {"argocd.argoproj.io/instance": "app"}}}),
+        );
         let found = guard(&w, &decide(&w, &p), &p);
         let rails: Vec<_> = found.iter().map(|f| (f.rail, f.mode)).collect();
         assert_eq!(
@@ -615,7 +617,12 @@ mod tests {
                 ("secrets", RailMode::Enforce)
             ]
         );
-        let controller = write("", "secrets", Some("a"), "system:serviceaccount:kube-system:x");
+        let controller = write(
+            "",
+            "secrets",
+            Some("a"),
+            "system:serviceaccount:kube-system:x",
+        );
         assert!(guard(&controller, &decide(&controller, &p), &p).is_empty());
     }
 
