@@ -99,6 +99,9 @@ pub struct CheckResult {
     /// The unified diff the commit would make (with `--repo`); empty when unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<String>,
+    /// The JSON Patch `/mutate` would return (with `annotate: true`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +152,13 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         .map(|t| Layout::new(&t.repository.root, &t.repository.path_template))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CheckError::Layout(e.to_string()))?;
+    let repos: Option<Vec<String>> = config.annotate.then(|| {
+        config
+            .targets()
+            .iter()
+            .map(Config::repository_label)
+            .collect()
+    });
     let repo = match &args.repo {
         Some(path) => Some(gix::open(path).map_err(|e| CheckError::Repo {
             path: path.clone(),
@@ -198,7 +208,9 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
                     (Some(repo), Some(recording)) => Some(diff(repo, &recording.change)),
                     _ => None,
                 };
-                report.results.push(result(source, &write, verdict, diff));
+                report
+                    .results
+                    .push(result(source, &write, verdict, diff, repos.as_deref()));
             }
             Err(message) => report.errors.push(InputError { source, message }),
         }
@@ -211,9 +223,13 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         match parsed {
             Ok(review) => {
                 let verdict = verdict::evaluate(&review.write, &policy, |i| &layouts[i]);
-                report
-                    .results
-                    .push(result(source, &review.write, verdict, None));
+                report.results.push(result(
+                    source,
+                    &review.write,
+                    verdict,
+                    None,
+                    repos.as_deref(),
+                ));
             }
             Err(message) => report.errors.push(InputError { source, message }),
         }
@@ -508,7 +524,19 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
         .to_string()
 }
 
-fn result(source: String, write: &Write, verdict: Verdict, diff: Option<String>) -> CheckResult {
+fn result(
+    source: String,
+    write: &Write,
+    verdict: Verdict,
+    diff: Option<String>,
+    repos: Option<&[String]>,
+) -> CheckResult {
+    let patch = match (repos, &verdict.path, verdict.target) {
+        (Some(repos), Some(path), Some(target)) if verdict.allowed => {
+            verdict::annotation_patch(write, path, &repos[target])
+        }
+        _ => None,
+    };
     let operation = match write.operation {
         Operation::Create => "create",
         Operation::Update => "update",
@@ -543,6 +571,7 @@ fn result(source: String, write: &Write, verdict: Verdict, diff: Option<String>)
             })
             .collect(),
         diff,
+        patch,
     }
 }
 
@@ -572,6 +601,9 @@ pub fn render_text(report: &Report) -> String {
             for line in diff.lines() {
                 let _ = writeln!(out, "  {line}");
             }
+        }
+        if let Some(patch) = &r.patch {
+            let _ = writeln!(out, "  /mutate patch: {patch}");
         }
     }
     for e in &report.errors {
@@ -643,6 +675,9 @@ pub fn render_junit(report: &Report) -> String {
         details.extend(r.warnings.iter().map(|w| format!("warning: {w}")));
         if let Some(diff) = r.diff.as_deref().filter(|d| !d.is_empty()) {
             details.push(diff.to_owned());
+        }
+        if let Some(patch) = &r.patch {
+            details.push(format!("/mutate patch: {patch}"));
         }
         if !details.is_empty() {
             let _ = writeln!(

@@ -47,6 +47,9 @@ pub struct Config {
     pub secrets: SecretMode,
     pub ignore: IgnoreConfig,
     pub guard_rails: GuardRails,
+    /// `/mutate` stamps recorded objects with `kubescribe.io/git-path` and
+    /// `kubescribe.io/git-repo` (never recorded in git themselves).
+    pub annotate: bool,
     pub rules: Vec<Rule>,
 }
 
@@ -63,6 +66,7 @@ impl Default for Config {
             secrets: SecretMode::Omit,
             ignore: IgnoreConfig::default(),
             guard_rails: GuardRails::default(),
+            annotate: false,
             rules: vec![Rule::default()],
         }
     }
@@ -585,6 +589,15 @@ impl Config {
     }
 
     /// Every repository writes can go to: the default first, then the named ones.
+    /// How a target's repository is named in the `kubescribe.io/git-repo`
+    /// annotation: its remote's URL (without a password), else its local path.
+    pub fn repository_label(target: &Target) -> String {
+        match &target.repository.remote {
+            Some(remote) => remote.display_url(),
+            None => target.path.display().to_string(),
+        }
+    }
+
     pub fn targets(&self) -> Vec<Target> {
         let mut targets = vec![Target {
             name: DEFAULT_REPOSITORY.to_owned(),

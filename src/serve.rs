@@ -117,6 +117,7 @@ impl Server {
             };
             targets.push(TargetState {
                 name: target.name.clone(),
+                repo: Config::repository_label(&target),
                 layout,
                 store,
                 push,
@@ -125,6 +126,7 @@ impl Server {
 
         let state = Arc::new(AppState {
             policy: Policy::new(config),
+            annotate: config.annotate,
             targets,
             metrics,
             ready: AtomicBool::new(false),

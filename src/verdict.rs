@@ -23,8 +23,10 @@ pub struct Verdict {
     pub label: DecisionLabel,
     /// The rule that matched, if one did.
     pub rule: Option<String>,
-    /// The file the write is (or would be) recorded in.
+    /// The file the write is (or would be) recorded in, and the target (index into
+    /// [`crate::config::Config::targets`]) it is recorded to.
     pub path: Option<String>,
+    pub target: Option<usize>,
     pub findings: Vec<Finding>,
     /// Present when the write is to be recorded before answering (not a dry run).
     pub record: Option<Recording>,
@@ -66,6 +68,7 @@ pub fn evaluate<'a>(
         label: DecisionLabel::Skipped,
         rule,
         path: None,
+        target: None,
         findings: Vec::new(),
         record: None,
     };
@@ -132,6 +135,7 @@ pub fn evaluate<'a>(
     };
     let path = change.path.to_string();
     verdict.path = Some(path.clone());
+    verdict.target = Some(target);
 
     if write.dry_run {
         verdict.label = DecisionLabel::DryRun;
@@ -156,4 +160,46 @@ pub fn evaluate<'a>(
         require_recording,
     });
     verdict
+}
+
+/// The annotations `/mutate` stamps on a recorded object (with `annotate: true`).
+pub const GIT_PATH_ANNOTATION: &str = "kubescribe.io/git-path";
+pub const GIT_REPO_ANNOTATION: &str = "kubescribe.io/git-repo";
+
+/// The JSON Patch that stamps `path` and `repo` on the write's object, or `None` when
+/// there is nothing to do: the object already carries both (so a reinvocation
+/// changes nothing), it is a DELETE, or it has no name yet (a `generateName` create:
+/// the path is not known at mutation time).
+pub fn annotation_patch(write: &Write, path: &str, repo: &str) -> Option<serde_json::Value> {
+    use serde_json::{json, Value};
+    if write.name.is_empty() {
+        return None;
+    }
+    let object = write.object.as_ref()?;
+    let wanted = [(GIT_PATH_ANNOTATION, path), (GIT_REPO_ANNOTATION, repo)];
+    let annotations = object.pointer("/metadata/annotations");
+    let mut ops = Vec::new();
+    match annotations.and_then(Value::as_object) {
+        None => {
+            object.get("metadata").filter(|m| m.is_object())?;
+            let value: serde_json::Map<String, Value> = wanted
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+                .collect();
+            ops.push(json!({"op": "add", "path": "/metadata/annotations", "value": value}));
+        }
+        Some(existing) => {
+            for (key, value) in wanted {
+                if existing.get(key).and_then(Value::as_str) != Some(value) {
+                    // RFC 6901: `/` in a key is written `~1`.
+                    let pointer = format!(
+                        "/metadata/annotations/{}",
+                        key.replace('~', "~0").replace('/', "~1")
+                    );
+                    ops.push(json!({"op": "add", "path": pointer, "value": value}));
+                }
+            }
+        }
+    }
+    (!ops.is_empty()).then(|| Value::Array(ops))
 }

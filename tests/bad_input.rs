@@ -97,8 +97,10 @@ async fn oversized_bodies_get_413_with_a_message() {
     .unwrap();
     let state = std::sync::Arc::new(kubescribe::admission::AppState {
         policy: kubescribe::policy::Policy::new(&config),
+        annotate: false,
         targets: vec![kubescribe::admission::TargetState {
             name: "default".to_owned(),
+            repo: "repo".to_owned(),
             layout: kubescribe::manifest::Layout::new("", &config.repository.path_template)
                 .unwrap(),
             store,

@@ -26,6 +26,8 @@ use crate::store::{Outcome, StoreError, StoreHandle};
 /// One repository (and branch) writes are recorded to.
 pub struct TargetState {
     pub name: String,
+    /// For the `kubescribe.io/git-repo` annotation.
+    pub repo: String,
     pub layout: Layout,
     pub store: StoreHandle,
     /// Present when the branch has a remote.
@@ -35,6 +37,8 @@ pub struct TargetState {
 /// Everything a request needs; shared by every connection.
 pub struct AppState {
     pub policy: Policy,
+    /// `/mutate` stamps recorded objects with their git path and repository.
+    pub annotate: bool,
     /// In the order of [`crate::config::Config::targets`]: the default first.
     pub targets: Vec<TargetState>,
     pub metrics: Arc<Metrics>,
@@ -128,7 +132,57 @@ async fn mutate(State(state): State<Arc<AppState>>, review: Result<Review, ApiEr
         DecisionLabel::Mutate,
         started,
     );
-    Json(AdmissionResponse::from(&review.request).into_review()).into_response()
+    let response = AdmissionResponse::from(&review.request);
+    let patch = if state.annotate {
+        annotation(&state, &review.write)
+    } else {
+        None
+    };
+    let Some(patch) = patch else {
+        return Json(response.into_review()).into_response();
+    };
+    // The apiserver reads `patch` as Go's []byte: a base64 string. kube-core would
+    // write the bytes as a JSON array of numbers, which the apiserver rejects, so the
+    // JSON Patch (built and checked with json-patch) is put in as base64 here.
+    let patch = match serde_json::from_value::<json_patch::Patch>(patch)
+        .and_then(|patch| serde_json::to_vec(&patch))
+    {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            // Never block a write over an annotation.
+            tracing::warn!(%error, "cannot build the annotation patch");
+            return Json(response.into_review()).into_response();
+        }
+    };
+    let mut review = match serde_json::to_value(response.into_review()) {
+        Ok(review) => review,
+        Err(error) => {
+            tracing::error!(%error, "cannot encode the answer");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    if let Some(answer) = review.get_mut("response").and_then(|r| r.as_object_mut()) {
+        use base64::Engine as _;
+        answer.insert(
+            "patch".to_owned(),
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
+        );
+        answer.insert(
+            "patchType".to_owned(),
+            serde_json::Value::String("JSONPatch".to_owned()),
+        );
+    }
+    Json(review).into_response()
+}
+
+/// The annotation patch for a write the validating webhook would record.
+fn annotation(state: &AppState, write: &Write) -> Option<serde_json::Value> {
+    let verdict = crate::verdict::evaluate(write, &state.policy, |i| &state.targets[i].layout);
+    if !verdict.allowed {
+        return None;
+    }
+    let target = &state.targets[verdict.target?];
+    crate::verdict::annotation_patch(write, verdict.path.as_deref()?, &target.repo)
 }
 
 fn reject(state: &AppState, error: ApiError) -> Response {
