@@ -201,5 +201,5 @@ pub fn annotation_patch(write: &Write, path: &str, repo: &str) -> Option<serde_j
             }
         }
     }
-    (!ops.is_empty()).then(|| Value::Array(ops))
+    (!ops.is_empty()).then_some(Value::Array(ops))
 }
