@@ -41,7 +41,10 @@ async fn recorded_objects_are_stamped_once_and_the_stamp_never_reaches_git() {
     let expected = format!(
         r#"[{{"op":"add","path":"/metadata/annotations","value":{{"kubescribe.io/git-path":"team-a/core/configmaps/app-config.yaml","kubescribe.io/git-repo":"{repo}"}}}}]"#
     );
-    assert_eq!(patch_bytes(&answer).expect(&answer.to_string()), expected);
+    assert_eq!(
+        patch_bytes(&answer).unwrap_or_else(|| panic!("{answer}")),
+        expected
+    );
 
     // Applied as the apiserver would, then asked again (reinvocation): no patch.
     let patch: json_patch::Patch = serde_json::from_str(&expected).unwrap();
