@@ -90,6 +90,9 @@ pub struct ServerConfig {
     /// Kept free at the end of the apiserver's deadline so our answer arrives in time.
     #[serde(with = "duration_str")]
     pub deadline_margin: std::time::Duration,
+    /// How often the certificate and key files are checked for a rotated pair.
+    #[serde(with = "duration_str")]
+    pub cert_reload_interval: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             dev_cert_dir: PathBuf::from("certs/dev"),
             default_timeout: std::time::Duration::from_secs(10),
             deadline_margin: std::time::Duration::from_millis(500),
+            cert_reload_interval: std::time::Duration::from_secs(10),
         }
     }
 }

@@ -112,8 +112,14 @@ pub struct PushFailureLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    certificate_reloads: Family<ResultLabels, Counter>,
     pub push_duration: Family<RepositoryLabels, Histogram>,
     pub push_failures: Family<PushFailureLabels, Counter>,
     pub unpushed: Family<RepositoryLabels, Gauge>,
@@ -217,8 +223,15 @@ impl Metrics {
             "Seconds since the last successful push (or since kubescribe started)",
             seconds_since_push.clone(),
         );
+        let certificate_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "certificate_reloads",
+            "Serving certificate changes on disk: ok (now in use) or error (refused, the previous pair stays)",
+            certificate_reloads.clone(),
+        );
         Self {
             registry,
+            certificate_reloads,
             push_duration,
             push_failures,
             unpushed,
@@ -233,6 +246,15 @@ impl Metrics {
             batch_size,
             store_errors,
         }
+    }
+
+    /// Counts a reload of the serving certificate (`ok`) or a refused one (`error`).
+    pub fn certificate_reloaded(&self, ok: bool) {
+        self.certificate_reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
     }
 
     /// Notes a successful push (or a pusher's start) for `seconds_since_last_push`.

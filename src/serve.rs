@@ -69,9 +69,13 @@ impl Server {
                 (paths.cert, paths.key, Some(paths.ca_cert))
             }
         };
-        let tls_config = tls::server_config(&cert, &key)?;
+        let certs = tls::CertStore::load(&cert, &key)?;
+        let tls_config = tls::reloading_server_config(certs.clone())?;
 
         let metrics = Arc::new(Metrics::new());
+        if !config.server.cert_reload_interval.is_zero() {
+            certs.watch(config.server.cert_reload_interval, metrics.clone());
+        }
         let mut targets = Vec::new();
         let mut writers = Vec::new();
         let mut pushers = Vec::new();

@@ -208,3 +208,149 @@ mod tests {
         assert!(err.to_string().contains("nope.key"), "{err}");
     }
 }
+
+/// The serving certificate and key, re-read from their files now and then, so a
+/// rotated pair (cert-manager renewing it, kubelet swapping the Secret volume's
+/// `..data` symlink) is used for new connections without a restart.
+///
+/// Invariant: the pair in use is always a valid one. A new pair that cannot be read
+/// or parsed, or whose key does not belong to its certificate, is refused with an
+/// error log, and the previous pair stays in use; the next change to the files is
+/// tried again.
+#[derive(Debug)]
+pub struct CertStore {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    /// The bytes the current pair was made from, to notice a change.
+    loaded: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl CertStore {
+    /// Loads the pair; an unusable one is an error here (at start there is no old one).
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+        let (cert, key) = read_pair(cert_path, key_path)?;
+        let certified = certified_key(cert_path, &cert, key_path, &key)?;
+        Ok(Arc::new(Self {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            current: std::sync::RwLock::new(Arc::new(certified)),
+            loaded: std::sync::Mutex::new((cert, key)),
+        }))
+    }
+
+    /// Re-reads the files; says whether a new pair is now in use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (cert, key) = read_pair(&self.cert_path, &self.key_path)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.0 == cert && loaded.1 == key {
+            return Ok(false);
+        }
+        let certified = certified_key(&self.cert_path, &cert, &self.key_path, &key)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(certified);
+        *loaded = (cert, key);
+        Ok(true)
+    }
+
+    /// Checks the files every `every` on the runtime, until the process ends.
+    pub fn watch(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) {
+        let store = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                match store.reload() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        metrics.certificate_reloaded(true);
+                        tracing::info!(cert = %store.cert_path.display(), "serving certificate reloaded; new connections use it");
+                    }
+                    Err(error) => {
+                        metrics.certificate_reloaded(false);
+                        tracing::error!(error = %error_chain(&error), cert = %store.cert_path.display(), key = %store.key_path.display(), "the new serving certificate or key is unusable; still serving the previous pair");
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertStore {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// The server's TLS configuration, serving whatever `store` holds.
+pub fn reloading_server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| TlsError::Read {
+            path: path.to_owned(),
+            source: rustls_pki_types::pem::Error::Io(e),
+        })
+    };
+    Ok((read(cert_path)?, read(key_path)?))
+}
+
+fn certified_key(
+    cert_path: &Path,
+    cert: &[u8],
+    key_path: &Path,
+    key: &[u8],
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Read {
+            path: cert_path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert_path.to_owned(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|source| TlsError::Read {
+        path: key_path.to_owned(),
+        source,
+    })?;
+    // Checks that the key belongs to the certificate.
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(TlsError::Config)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
