@@ -258,8 +258,14 @@ fn manifest_files(path: &Path, errors: &mut Vec<InputError>) -> Vec<PathBuf> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
+            // Hidden directories (.git, .github) hold no manifests; symlinks to
+            // directories are not followed, so a loop cannot hang the check.
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir {
+                if !hidden {
+                    pending.push(path);
+                }
             } else if path
                 .extension()
                 .and_then(|e| e.to_str())
@@ -270,6 +276,12 @@ fn manifest_files(path: &Path, errors: &mut Vec<InputError>) -> Vec<PathBuf> {
         }
     }
     found.sort();
+    if found.is_empty() {
+        errors.push(InputError {
+            source: path.display().to_string(),
+            message: "no *.yaml, *.yml or *.json files in this directory".to_owned(),
+        });
+    }
     found
 }
 
@@ -383,6 +395,13 @@ fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, S
             .to_owned()
     });
     let mut object = object.clone();
+    // The apiserver's request never carries these to kubescribe's decisions either.
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
+            meta.remove("managedFields");
+        }
+    }
     if let (Some(ns), Some(meta)) = (&namespace, object.get_mut("metadata")) {
         if let Some(meta) = meta.as_object_mut() {
             meta.entry("namespace")
@@ -488,8 +507,8 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
         .and_then(|mut tree| tree.peel_to_entry_by_path(path).ok().flatten())
         .and_then(|entry| entry.object().ok().map(|o| o.data.clone()))
         .or_else(|| {
-            // A checkout's working tree wins over its HEAD: what a person is about
-            // to commit is what they check.
+            // What HEAD records; in a checkout, a file HEAD does not have yet is
+            // read from the working tree (recorded but not committed there yet).
             repo.workdir()
                 .and_then(|dir| std::fs::read(dir.join(path)).ok())
         });
@@ -531,6 +550,20 @@ fn result(
     diff: Option<String>,
     repos: Option<&[String]>,
 ) -> CheckResult {
+    let mut verdict = verdict;
+    if let Some(recording) = verdict
+        .record
+        .as_ref()
+        .filter(|r| r.then == crate::config::Then::Deny)
+    {
+        // The webhook records and pushes first; its denial then names the pushed
+        // commit, which only the live server knows.
+        verdict.allowed = false;
+        verdict.message = Some(format!(
+            "kubescribe would record {} and push it, then refuse the write: this cluster changes only through GitOps",
+            recording.change.path
+        ));
+    }
     let patch = match (repos, &verdict.path, verdict.target) {
         (Some(repos), Some(path), Some(target)) if verdict.allowed => {
             verdict::annotation_patch(write, path, &repos[target])

@@ -42,6 +42,32 @@ pub enum Command {
     /// Show what the webhook would answer for manifests or AdmissionReviews, offline.
     /// Exit code: 0 all allowed, 1 a write is denied, 2 bad input or usage.
     Check(crate::check::CheckArgs),
+    /// Print the ValidatingWebhookConfiguration and MutatingWebhookConfiguration for
+    /// a config file (YAML on stdout).
+    WebhookConfig(crate::webhook::WebhookConfigArgs),
+    /// Make a CA and a serving certificate, and print the caBundle.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertsArgs {
+    /// DNS names for the serving certificate; repeat for more. With none: the
+    /// Service names of `--service` in `--namespace`.
+    #[arg(long = "dns")]
+    pub dns: Vec<String>,
+    /// IP addresses for the serving certificate; repeat for more.
+    #[arg(long = "ip")]
+    pub ips: Vec<std::net::IpAddr>,
+    #[arg(long, default_value = "kubescribe")]
+    pub service: String,
+    #[arg(long, default_value = "kubescribe")]
+    pub namespace: String,
+    /// Where ca.crt, ca.key, tls.crt and tls.key are written.
+    #[arg(long, default_value = "certs")]
+    pub out: PathBuf,
+    /// Replace files that are already there.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -136,7 +162,7 @@ mod tests {
     fn serve_args(cli: Cli) -> ServeArgs {
         match cli.into_command() {
             Command::Serve(args) => args,
-            Command::Check(_) => panic!("not serve"),
+            _ => panic!("not serve"),
         }
     }
 

@@ -592,7 +592,6 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("repo.git"))
     }
 
-    /// Every repository writes can go to: the default first, then the named ones.
     /// How a target's repository is named in the `kubescribe.io/git-repo`
     /// annotation: its remote's URL (without a password), else its local path.
     pub fn repository_label(target: &Target) -> String {
@@ -602,6 +601,7 @@ impl Config {
         }
     }
 
+    /// Every repository writes can go to: the default first, then the named ones.
     pub fn targets(&self) -> Vec<Target> {
         let mut targets = vec![Target {
             name: DEFAULT_REPOSITORY.to_owned(),

@@ -16,3 +16,4 @@ pub mod serve;
 pub mod store;
 pub mod tls;
 pub mod verdict;
+pub mod webhook;

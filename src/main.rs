@@ -59,6 +59,32 @@ fn check(args: &kubescribe::check::CheckArgs) -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.into_command() {
         Command::Check(_) => unreachable!("handled in main"),
+        Command::WebhookConfig(args) => {
+            print!("{}", kubescribe::webhook::render(&args)?);
+            Ok(())
+        }
+        Command::Certs(args) => {
+            use base64::Engine as _;
+            let mut names = args.dns.clone();
+            if names.is_empty() {
+                let (svc, ns) = (&args.service, &args.namespace);
+                names = vec![
+                    svc.clone(),
+                    format!("{svc}.{ns}"),
+                    format!("{svc}.{ns}.svc"),
+                    format!("{svc}.{ns}.svc.cluster.local"),
+                ];
+            }
+            names.extend(args.ips.iter().map(ToString::to_string));
+            let ca = kubescribe::tls::write_new_certificates(&args.out, &names, args.force)?;
+            eprintln!(
+                "kubescribe: wrote ca.crt, ca.key, tls.crt and tls.key to {} for {}; the caBundle follows",
+                args.out.display(),
+                names.join(", ")
+            );
+            println!("{}", base64::engine::general_purpose::STANDARD.encode(ca));
+            Ok(())
+        }
         Command::Serve(args) => {
             let config = args.config()?;
             let runtime = tokio::runtime::Runtime::new()?;

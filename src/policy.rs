@@ -285,7 +285,8 @@ pub fn guard(write: &Write, decision: &Decision, policy: &Policy) -> Vec<Finding
         }
     }
     let max = &rails.max_object_bytes;
-    if max.mode != RailMode::Off {
+    // A DELETE makes nothing bigger: an object already over the limit can go.
+    if max.mode != RailMode::Off && write.operation != Operation::Delete {
         let size = write
             .live_object()
             .map_or(0, |o| serde_json::to_vec(o).map_or(0, |b| b.len()));

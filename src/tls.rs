@@ -116,6 +116,37 @@ pub fn ensure_dev_certificates(
     Ok((paths, true))
 }
 
+/// Writes a fresh CA and serving pair for `names` into `dir` (keys 0600), refusing to
+/// replace existing files unless `force`; returns the CA certificate's PEM.
+pub fn write_new_certificates(
+    dir: &Path,
+    names: &[String],
+    force: bool,
+) -> Result<String, TlsError> {
+    let files = ["ca.crt", "ca.key", "tls.crt", "tls.key"].map(|f| dir.join(f));
+    if !force {
+        if let Some(existing) = files.iter().find(|f| f.exists()) {
+            return Err(TlsError::Write {
+                path: existing.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "already exists; pass --force to replace it",
+                ),
+            });
+        }
+    }
+    let generated = generate(names)?;
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    write_file(&files[0], &generated.ca_cert, false)?;
+    write_file(&files[1], &generated.ca_key, true)?;
+    write_file(&files[2], &generated.cert, false)?;
+    write_file(&files[3], &generated.key, true)?;
+    Ok(generated.ca_cert)
+}
+
 /// PEM text of a fresh CA and a serving certificate it signed.
 pub struct Generated {
     pub ca_cert: String,

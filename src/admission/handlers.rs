@@ -157,8 +157,9 @@ async fn mutate(State(state): State<Arc<AppState>>, review: Result<Review, ApiEr
     let mut review = match serde_json::to_value(response.into_review()) {
         Ok(review) => review,
         Err(error) => {
-            tracing::error!(%error, "cannot encode the answer");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            // Never block a write over an annotation: answer without it.
+            tracing::error!(%error, "cannot encode the answer with a patch");
+            return Json(AdmissionResponse::from(&review.request).into_review()).into_response();
         }
     };
     if let Some(answer) = review.get_mut("response").and_then(|r| r.as_object_mut()) {
@@ -270,6 +271,12 @@ async fn answer(
     let Some(recording) = verdict.record else {
         if !verdict.findings.is_empty() {
             tracing::info!(findings = ?verdict.findings, "guard rails");
+        }
+        match verdict.label {
+            DecisionLabel::Unrecorded => {
+                tracing::warn!(warnings = ?response.warnings, "cannot turn the write into a file");
+            }
+            label => tracing::debug!(decision = label.as_str(), "not recorded"),
         }
         if let Some(message) = verdict.message {
             response = response.deny(message);

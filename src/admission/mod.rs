@@ -5,7 +5,8 @@
 //! echoes its uid (a denial is `allowed: false`, never an HTTP error, which a
 //! `failurePolicy: Ignore` webhook would turn into an admit). Only unreadable
 //! requests get 400/413/415, always as JSON `{"message","status"}`. `/mutate` never
-//! records and never patches (yet). Every wait is bounded by the apiserver's
+//! records and never denies; with `annotate: true` it only adds a JSON Patch that
+//! stamps the git path (see [`crate::verdict::annotation_patch`]). Every wait is bounded by the apiserver's
 //! `?timeout=` minus a margin. Request bodies are never logged: they carry Secrets.
 
 mod extract;

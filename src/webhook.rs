@@ -1,0 +1,304 @@
+//! `kubescribe webhook-config`: the ValidatingWebhookConfiguration and
+//! MutatingWebhookConfiguration for a config file, so what the apiserver sends and
+//! what kubescribe records can never disagree.
+//!
+//! Invariants: one webhook entry per rule, selecting that rule's groups, resources
+//! (plus `<resource>/scale`, since a scale write edits the parent's file) and
+//! namespaces; kube-system and kubescribe's own namespace are never sent. A rule that
+//! does not wait gets `failurePolicy: Ignore` (kubescribe being down never blocks the
+//! cluster); only rules that wait for a commit or a push get `Fail`. Every entry is
+//! `sideEffects: NoneOnDryRun` with `admissionReviewVersions: [v1]`.
+
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::config::{Config, Rule, Wait};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WebhookConfigArgs {
+    /// The server's config file.
+    #[arg(long, env = "KUBESCRIBE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Namespace kubescribe runs in (never sent to the webhook).
+    #[arg(long, default_value = "kubescribe")]
+    pub namespace: String,
+    /// The Service in front of kubescribe.
+    #[arg(long, default_value = "kubescribe")]
+    pub service: String,
+    #[arg(long, default_value_t = 443)]
+    pub port: u16,
+    /// Call kubescribe at this base URL instead of through the Service.
+    #[arg(long, conflicts_with = "service")]
+    pub url: Option<String>,
+    /// The CA (PEM) that signed kubescribe's serving certificate, for `caBundle`.
+    /// Leave it out when cert-manager injects it.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Name of both configurations.
+    #[arg(long, default_value = "kubescribe")]
+    pub name: String,
+    /// Annotations for both configurations, as KEY=VALUE (for example
+    /// cert-manager.io/inject-ca-from=kubescribe/kubescribe-serving).
+    #[arg(long = "annotation")]
+    pub annotations: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookConfigError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot read the CA bundle {path}: {source}")]
+    CaBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--annotation {0:?} is not KEY=VALUE")]
+    Annotation(String),
+}
+
+/// Both configurations as YAML documents.
+pub fn render(args: &WebhookConfigArgs) -> Result<String, WebhookConfigError> {
+    let config = Config::load(args.config.as_deref())?;
+    let ca_bundle = match &args.ca_bundle {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map(|pem| base64::engine::general_purpose::STANDARD.encode(pem))
+                .map_err(|source| WebhookConfigError::CaBundle {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let mut annotations = serde_json::Map::new();
+    for pair in &args.annotations {
+        let (key, value) = pair
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .ok_or_else(|| WebhookConfigError::Annotation(pair.clone()))?;
+        annotations.insert(key.to_owned(), Value::String(value.to_owned()));
+    }
+    let (validating, mutating) = configurations(&config, args, ca_bundle.as_deref(), annotations);
+    Ok(format!(
+        "{}---\n{}",
+        crate::manifest::render(&validating),
+        crate::manifest::render(&mutating)
+    ))
+}
+
+/// The two configurations as JSON values.
+pub fn configurations(
+    config: &Config,
+    args: &WebhookConfigArgs,
+    ca_bundle: Option<&str>,
+    annotations: serde_json::Map<String, Value>,
+) -> (Value, Value) {
+    let client = |path: &str| {
+        let mut client = match &args.url {
+            Some(url) => json!({ "url": format!("{}{path}", url.trim_end_matches('/')) }),
+            None => json!({
+                "service": {
+                    "namespace": args.namespace,
+                    "name": args.service,
+                    "path": path,
+                    "port": args.port,
+                }
+            }),
+        };
+        if let Some(bundle) = ca_bundle {
+            client["caBundle"] = Value::String(bundle.to_owned());
+        }
+        client
+    };
+    let metadata = |name: &str| {
+        let mut meta = json!({
+            "name": name,
+            "labels": { "app.kubernetes.io/name": "kubescribe" },
+        });
+        if !annotations.is_empty() {
+            meta["annotations"] = Value::Object(annotations.clone());
+        }
+        meta
+    };
+    let mut validating = Vec::new();
+    let mut mutating_rules = Vec::new();
+    let mut claimed: Vec<String> = Vec::new();
+    for rule in &config.rules {
+        let rules = webhook_rules(rule, &["CREATE", "UPDATE", "DELETE"]);
+        let selector = namespace_selector(rule, &args.namespace, &claimed);
+        let waits = rule.wait != Wait::None;
+        validating.push(json!({
+            "name": format!("{}.{}.kubescribe.io", dns_label(&rule.name), if waits { "hold" } else { "record" }),
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "NoneOnDryRun",
+            "failurePolicy": if waits { "Fail" } else { "Ignore" },
+            "matchPolicy": "Equivalent",
+            // Waiting rules may hold a write while its commit (or push) lands;
+            // kubescribe answers before this, denying when it cannot make it.
+            "timeoutSeconds": match rule.wait { Wait::None => 5, Wait::Commit => 10, Wait::Push => 15 },
+            "clientConfig": client("/validate"),
+            "rules": rules,
+            "namespaceSelector": selector,
+        }));
+        if config.annotate {
+            mutating_rules.push((
+                rule,
+                webhook_rules(rule, &["CREATE", "UPDATE"]),
+                namespace_selector(rule, &args.namespace, &claimed),
+            ));
+        }
+        if !rule.namespaces.iter().any(|n| n == "*") {
+            claimed.extend(rule.namespaces.iter().cloned());
+        }
+    }
+    let mutating: Vec<Value> = mutating_rules
+        .into_iter()
+        .map(|(rule, rules, selector)| {
+            json!({
+                "name": format!("{}.annotate.kubescribe.io", dns_label(&rule.name)),
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "NoneOnDryRun",
+                // Annotating is a convenience: never block a write over it.
+                "failurePolicy": "Ignore",
+                "matchPolicy": "Equivalent",
+                "reinvocationPolicy": "IfNeeded",
+                "timeoutSeconds": 5,
+                "clientConfig": client("/mutate"),
+                "rules": rules,
+                "namespaceSelector": selector,
+            })
+        })
+        .collect();
+    (
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": metadata(&args.name),
+            "webhooks": validating,
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": metadata(&args.name),
+            "webhooks": mutating,
+        }),
+    )
+}
+
+/// The `rules` of a webhook entry for one kubescribe rule.
+fn webhook_rules(rule: &Rule, operations: &[&str]) -> Value {
+    let mut resources: Vec<String> = Vec::new();
+    for resource in &rule.resources {
+        resources.push(resource.clone());
+        // A scale write edits spec.replicas in the parent's file.
+        if !resource.contains('/') {
+            resources.push(format!("{resource}/scale"));
+        }
+    }
+    json!([{
+        "apiGroups": rule.groups,
+        "apiVersions": ["*"],
+        "operations": operations,
+        "resources": resources,
+        "scope": "*",
+    }])
+}
+
+/// Never kube-system or kubescribe's own namespace; a rule's namespaces, or for a
+/// rule on every namespace, all but those an earlier rule names (first match wins,
+/// so those never reach this rule).
+fn namespace_selector(rule: &Rule, own: &str, claimed: &[String]) -> Value {
+    let key = "kubernetes.io/metadata.name";
+    let mut excluded: Vec<String> = vec!["kube-system".to_owned(), own.to_owned()];
+    excluded.extend(rule.exclude_namespaces.iter().cloned());
+    let mut expressions = Vec::new();
+    if rule.namespaces.iter().any(|n| n == "*") {
+        excluded.extend(claimed.iter().cloned());
+    } else {
+        expressions.push(json!({ "key": key, "operator": "In", "values": rule.namespaces }));
+    }
+    excluded.sort();
+    excluded.dedup();
+    expressions.push(json!({ "key": key, "operator": "NotIn", "values": excluded }));
+    json!({ "matchExpressions": expressions })
+}
+
+/// A rule name as a DNS label for the webhook's name.
+fn dns_label(name: &str) -> String {
+    let label: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let label = label.trim_matches('-');
+    if label.is_empty() {
+        "rule".to_owned()
+    } else {
+        label.chars().take(40).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> WebhookConfigArgs {
+        WebhookConfigArgs {
+            config: None,
+            namespace: "kubescribe".to_owned(),
+            service: "kubescribe".to_owned(),
+            port: 443,
+            url: None,
+            ca_bundle: None,
+            name: "kubescribe".to_owned(),
+            annotations: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn waiting_rules_fail_closed_and_the_rest_fail_open() {
+        let config = Config::from_yaml(
+            "annotate: true\nrules:\n- name: Prod\n  namespaces: [prod]\n  resources: [deployments, configmaps]\n  wait: commit\n- name: rest\n",
+        )
+        .unwrap();
+        let (validating, mutating) =
+            configurations(&config, &args(), Some("Q0E="), serde_json::Map::new());
+        let hooks = validating["webhooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0]["name"], "prod.hold.kubescribe.io");
+        assert_eq!(hooks[0]["failurePolicy"], "Fail");
+        assert_eq!(hooks[1]["name"], "rest.record.kubescribe.io");
+        assert_eq!(hooks[1]["failurePolicy"], "Ignore");
+        assert_eq!(
+            hooks[0]["rules"][0]["resources"],
+            json!([
+                "deployments",
+                "deployments/scale",
+                "configmaps",
+                "configmaps/scale"
+            ])
+        );
+        assert_eq!(hooks[1]["rules"][0]["resources"], json!(["*", "*/scale"]));
+        assert_eq!(
+            hooks[0]["namespaceSelector"]["matchExpressions"][0],
+            json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["prod"]})
+        );
+        // The catch-all rule leaves prod to the first rule, and never sees kube-system.
+        assert_eq!(
+            hooks[1]["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["kube-system", "kubescribe", "prod"])
+        );
+        for hook in hooks.iter().chain(mutating["webhooks"].as_array().unwrap()) {
+            assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+            assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+            assert_eq!(hook["clientConfig"]["caBundle"], "Q0E=");
+        }
+        let mutating = mutating["webhooks"].as_array().unwrap();
+        assert_eq!(mutating[0]["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(mutating[0]["failurePolicy"], "Ignore");
+        assert_eq!(mutating[0]["clientConfig"]["service"]["path"], "/mutate");
+    }
+}
