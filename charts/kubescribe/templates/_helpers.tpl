@@ -1,0 +1,103 @@
+{{/* Names and labels shared by every template. */}}
+{{- define "kubescribe.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubescribe.labels" -}}
+app.kubernetes.io/name: kubescribe
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "kubescribe.selectorLabels" -}}
+app.kubernetes.io/name: kubescribe
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kubescribe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubescribe.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubescribe.tlsSecret" -}}
+{{- if .Values.certManager.enabled -}}
+{{- printf "%s-serving" (include "kubescribe.fullname" .) -}}
+{{- else -}}
+{{- required "tls.existingSecret is required when certManager.enabled is false" .Values.tls.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The webhook entries for one configuration, mirroring `kubescribe webhook-config`
+(src/webhook.rs): one entry per rule, `<resource>/scale` next to each resource,
+kube-system and the release namespace never sent, a catch-all rule leaving the
+namespaces an earlier rule names to that rule, Fail only for rules that wait.
+Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
+*/}}
+{{- define "kubescribe.webhooks" -}}
+{{- $root := .root -}}
+{{- $rules := $root.Values.config.rules | default (list (dict "name" "default")) -}}
+{{- $claimed := list -}}
+{{- range $rule := $rules }}
+{{- $wait := $rule.wait | default "none" -}}
+{{- $namespaces := $rule.namespaces | default (list "*") -}}
+{{- $label := regexReplaceAll "[^a-z0-9]" (lower $rule.name) "-" | trimAll "-" | trunc 40 | default "rule" -}}
+{{- $resources := list -}}
+{{- range $r := ($rule.resources | default (list "*")) -}}
+{{- $resources = append $resources $r -}}
+{{- if and (not (contains "/" $r)) (not $.mutating) -}}
+{{- $resources = append $resources (printf "%s/scale" $r) -}}
+{{- end -}}
+{{- end -}}
+{{- $excluded := concat (list "kube-system" $root.Release.Namespace) ($rule.excludeNamespaces | default list) $root.Values.webhook.excludeNamespaces -}}
+{{- if has "*" $namespaces -}}
+{{- $excluded = concat $excluded $claimed -}}
+{{- end }}
+- name: {{ printf "%s.%s.kubescribe.io" $label (ternary "annotate" (ternary "record" "hold" (eq $wait "none")) $.mutating) }}
+  admissionReviewVersions: [v1]
+  sideEffects: NoneOnDryRun
+  failurePolicy: {{ ternary "Ignore" (ternary "Ignore" "Fail" (eq $wait "none")) $.mutating }}
+  matchPolicy: Equivalent
+  {{- if $.mutating }}
+  reinvocationPolicy: IfNeeded
+  {{- end }}
+  timeoutSeconds: {{ ternary 5 (get (dict "none" 5 "commit" 10 "push" 15) $wait) $.mutating }}
+  clientConfig:
+    service:
+      namespace: {{ $root.Release.Namespace }}
+      name: {{ include "kubescribe.fullname" $root }}
+      path: {{ $.path }}
+      port: {{ $root.Values.service.port }}
+    {{- if not $root.Values.certManager.enabled }}
+    caBundle: {{ required "tls.caBundle is required when certManager.enabled is false" $root.Values.tls.caBundle }}
+    {{- end }}
+  rules:
+  - apiGroups: {{ $rule.groups | default (list "*") | toJson }}
+    apiVersions: ["*"]
+    operations: {{ ternary (list "CREATE" "UPDATE") (list "CREATE" "UPDATE" "DELETE") $.mutating | toJson }}
+    resources: {{ $resources | toJson }}
+    scope: "*"
+  namespaceSelector:
+    matchExpressions:
+    {{- if not (has "*" $namespaces) }}
+    - key: kubernetes.io/metadata.name
+      operator: In
+      values: {{ $namespaces | toJson }}
+    {{- end }}
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values: {{ $excluded | uniq | sortAlpha | toJson }}
+{{- if not (has "*" $namespaces) -}}
+{{- $claimed = concat $claimed $namespaces -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}

