@@ -44,8 +44,9 @@ LABEL org.opencontainers.image.title="kubescribe" \
 # openssh-client: git's transport for ssh remotes (git@host:org/repo.git).
 # ca-certificates: git checks https remotes against the system CA store.
 # kubescribe's own TLS (rustls) needs no system library.
+# tini: PID 1 that reaps orphans (see ENTRYPOINT).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates git openssh-client \
+    && apt-get install -y --no-install-recommends ca-certificates git openssh-client tini \
     && rm -rf /var/lib/apt/lists/*
 
 # A named user, not just a number in USER: ssh stops with "No user exists for uid"
@@ -75,9 +76,8 @@ WORKDIR /var/lib/kubescribe
 USER 65532:65532
 EXPOSE 8443
 
-# kubescribe handles SIGTERM itself (it commits its queue and pushes once before it
-# exits), so it runs as PID 1 with no init in front. It does not reap orphans: when a
-# push outlives remote.timeout, git is killed and its ssh child becomes a zombie of
-# PID 1. A few of those are harmless. If they matter, run with `docker run --init`.
-ENTRYPOINT ["/usr/local/bin/kubescribe"]
+# tini forwards SIGTERM to kubescribe (which commits its queue and pushes once before
+# it exits) and reaps orphans: when a push outlives remote.timeout, git is killed and
+# its ssh child would otherwise stay a zombie of PID 1.
+ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/kubescribe"]
 CMD ["serve"]
