@@ -558,7 +558,15 @@ impl Config {
                 )));
             }
         }
+        let mut names = std::collections::HashSet::new();
         for rule in &self.rules {
+            // Rule names become webhook names, which must differ.
+            if !names.insert(rule.name.to_ascii_lowercase()) {
+                return Err(ConfigError::Invalid(format!(
+                    "rule name {:?} is used twice (names are compared ignoring case); give each rule its own",
+                    rule.name
+                )));
+            }
             let target = match &rule.repository {
                 None => &targets[0],
                 Some(name) => targets.iter().find(|t| &t.name == name).ok_or_else(|| {
@@ -799,6 +807,7 @@ mod tests {
                 "used by another repository",
             ),
             ("repositories:\n  default: {}\n", "pick another"),
+            ("rules:\n- name: prod\n- name: Prod\n", "used twice"),
         ];
         for (yaml, expected) in cases {
             let err = Config::from_yaml(yaml).unwrap_err().to_string();

@@ -18,7 +18,11 @@ fn main() -> ExitCode {
         // No logging: stdout is the report.
         return check(args);
     }
-    init_tracing(cli.log_format);
+    // Only the server logs; the other subcommands' stdout is their output (YAML, a
+    // caBundle) and errors go to stderr.
+    if matches!(cli.command, None | Some(Command::Serve(_))) {
+        init_tracing(cli.log_format);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

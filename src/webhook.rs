@@ -157,7 +157,11 @@ pub fn configurations(
                 namespace_selector(rule, &args.namespace, &args.exclude_namespaces, &claimed),
             ));
         }
-        if !rule.namespaces.iter().any(|n| n == "*") {
+        // Only a rule that takes every write in its namespaces hides them from the
+        // rules after it; one for some resources leaves the rest to later rules.
+        let every_write =
+            rule.groups.iter().any(|g| g == "*") && rule.resources.iter().any(|r| r == "*");
+        if every_write && !rule.namespaces.iter().any(|n| n == "*") {
             claimed.extend(rule.namespaces.iter().cloned());
         }
     }
@@ -197,6 +201,13 @@ pub fn configurations(
 
 /// The `rules` of a webhook entry for one kubescribe rule.
 fn webhook_rules(rule: &Rule, operations: &[&str], scale: bool) -> Value {
+    // A rule for some namespaces never takes a cluster-scoped write, so its entry
+    // must not be called for one (a `Fail` entry would block them while down).
+    let scope = if rule.namespaces.iter().any(|n| n == "*") {
+        "*"
+    } else {
+        "Namespaced"
+    };
     let mut resources: Vec<String> = Vec::new();
     for resource in &rule.resources {
         resources.push(resource.clone());
@@ -210,7 +221,7 @@ fn webhook_rules(rule: &Rule, operations: &[&str], scale: bool) -> Value {
         "apiVersions": ["*"],
         "operations": operations,
         "resources": resources,
-        "scope": "*",
+        "scope": scope,
     }])
 }
 
@@ -219,7 +230,12 @@ fn webhook_rules(rule: &Rule, operations: &[&str], scale: bool) -> Value {
 /// so those never reach this rule).
 fn namespace_selector(rule: &Rule, own: &str, more: &[String], claimed: &[String]) -> Value {
     let key = "kubernetes.io/metadata.name";
-    let mut excluded: Vec<String> = vec!["kube-system".to_owned(), own.to_owned()];
+    // kube-node-lease: every node's heartbeat, never worth a call.
+    let mut excluded: Vec<String> = vec![
+        "kube-system".to_owned(),
+        "kube-node-lease".to_owned(),
+        own.to_owned(),
+    ];
     excluded.extend(rule.exclude_namespaces.iter().cloned());
     excluded.extend(more.iter().cloned());
     let mut expressions = Vec::new();
@@ -295,10 +311,22 @@ mod tests {
             hooks[0]["namespaceSelector"]["matchExpressions"][0],
             json!({"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["prod"]})
         );
-        // The catch-all rule leaves prod to the first rule, and never sees kube-system.
+        // The first rule takes only deployments and configmaps in prod, so the
+        // catch-all still gets prod's other writes; neither sees kube-system.
         assert_eq!(
             hooks[1]["namespaceSelector"]["matchExpressions"][0]["values"],
-            json!(["kube-system", "kubescribe", "prod"])
+            json!(["kube-node-lease", "kube-system", "kubescribe"])
+        );
+        assert_eq!(hooks[0]["rules"][0]["scope"], "Namespaced");
+        assert_eq!(hooks[1]["rules"][0]["scope"], "*");
+        // A rule taking every write in its namespaces leaves them out of later ones.
+        let config =
+            Config::from_yaml("rules:\n- name: prod\n  namespaces: [prod]\n- name: rest\n")
+                .unwrap();
+        let (validating, _) = configurations(&config, &args(), None, serde_json::Map::new());
+        assert_eq!(
+            validating["webhooks"][1]["namespaceSelector"]["matchExpressions"][0]["values"],
+            json!(["kube-node-lease", "kube-system", "kubescribe", "prod"])
         );
         for hook in hooks.iter().chain(mutating["webhooks"].as_array().unwrap()) {
             assert_eq!(hook["sideEffects"], "NoneOnDryRun");

@@ -62,6 +62,7 @@ const RULES: &str = r#"config={"annotate":true,"rules":[{"name":"prod","namespac
 
 #[test]
 fn defaults_render_a_locked_down_deployment_and_cert_manager_webhooks() {
+    // (kube-node-lease carries only node heartbeats: never sent.)
     let objects = render(&[]);
     assert_eq!(
         kinds(&objects),
@@ -110,7 +111,7 @@ fn defaults_render_a_locked_down_deployment_and_cert_manager_webhooks() {
     assert_eq!(hook["sideEffects"], "NoneOnDryRun");
     assert_eq!(
         hook["namespaceSelector"]["matchExpressions"][0]["values"],
-        serde_json::json!(["git-record", "kube-system"])
+        serde_json::json!(["git-record", "kube-node-lease", "kube-system"])
     );
     assert!(
         hook["clientConfig"].get("caBundle").is_none(),
@@ -140,6 +141,18 @@ fn rules_that_wait_fail_closed_on_their_own_entries() {
     assert_eq!(hooks[1]["failurePolicy"], "Ignore");
     let mutating = find(&objects, "MutatingWebhookConfiguration").unwrap();
     assert_eq!(mutating["webhooks"][0]["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(
+        hooks[0]["rules"][0]["scope"], "Namespaced",
+        "prod never gets cluster-scoped writes"
+    );
+
+    // An empty list is not "unset" for the chart either: no rules, no entries.
+    let objects = render(&["--set-json", r#"config={"rules":[]}"#]);
+    let hooks = &find(&objects, "ValidatingWebhookConfiguration").unwrap()["webhooks"];
+    assert!(
+        hooks.is_null() || hooks.as_array().is_some_and(Vec::is_empty),
+        "{hooks}"
+    );
 }
 
 #[test]

@@ -71,10 +71,16 @@ fn webhook_config_follows_the_config_file() {
         std::fs::read(&ca).unwrap()
     );
     let not_in = &hooks[1]["namespaceSelector"]["matchExpressions"][0]["values"];
+    // The prod rule takes every write in prod, so the apps rule never gets prod.
     assert_eq!(
         *not_in,
-        serde_json::json!(["git-record", "kube-system", "prod"])
+        serde_json::json!(["git-record", "kube-node-lease", "kube-system", "prod"])
     );
+    assert_eq!(
+        hooks[0]["rules"][0]["scope"], "Namespaced",
+        "prod is namespaced"
+    );
+    assert_eq!(hooks[1]["rules"][0]["scope"], "*");
     for hook in hooks {
         assert_eq!(hook["sideEffects"], "NoneOnDryRun");
     }

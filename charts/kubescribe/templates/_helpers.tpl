@@ -45,20 +45,23 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
 */}}
 {{- define "kubescribe.webhooks" -}}
 {{- $root := .root -}}
-{{- $rules := $root.Values.config.rules | default (list (dict "name" "default")) -}}
+{{- /* An empty list is not "unset": kubescribe reads it as no rules. */ -}}
+{{- $rules := ternary $root.Values.config.rules (list (dict "name" "default")) (hasKey $root.Values.config "rules") -}}
 {{- $claimed := list -}}
 {{- range $rule := $rules }}
 {{- $wait := $rule.wait | default "none" -}}
-{{- $namespaces := $rule.namespaces | default (list "*") -}}
+{{- $namespaces := ternary $rule.namespaces (list "*") (hasKey $rule "namespaces") -}}
+{{- $groups := ternary $rule.groups (list "*") (hasKey $rule "groups") -}}
+{{- $ruleResources := ternary $rule.resources (list "*") (hasKey $rule "resources") -}}
 {{- $label := regexReplaceAll "[^a-z0-9]" (lower $rule.name) "-" | trimAll "-" | trunc 40 | default "rule" -}}
 {{- $resources := list -}}
-{{- range $r := ($rule.resources | default (list "*")) -}}
+{{- range $r := $ruleResources -}}
 {{- $resources = append $resources $r -}}
 {{- if and (not (contains "/" $r)) (not $.mutating) -}}
 {{- $resources = append $resources (printf "%s/scale" $r) -}}
 {{- end -}}
 {{- end -}}
-{{- $excluded := concat (list "kube-system" $root.Release.Namespace) ($rule.excludeNamespaces | default list) $root.Values.webhook.excludeNamespaces -}}
+{{- $excluded := concat (list "kube-system" "kube-node-lease" $root.Release.Namespace) ($rule.excludeNamespaces | default list) $root.Values.webhook.excludeNamespaces -}}
 {{- if has "*" $namespaces -}}
 {{- $excluded = concat $excluded $claimed -}}
 {{- end }}
@@ -81,11 +84,11 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
     caBundle: {{ required "tls.caBundle is required when certManager.enabled is false" $root.Values.tls.caBundle }}
     {{- end }}
   rules:
-  - apiGroups: {{ $rule.groups | default (list "*") | toJson }}
+  - apiGroups: {{ $groups | toJson }}
     apiVersions: ["*"]
     operations: {{ ternary (list "CREATE" "UPDATE") (list "CREATE" "UPDATE" "DELETE") $.mutating | toJson }}
     resources: {{ $resources | toJson }}
-    scope: "*"
+    scope: {{ ternary "*" "Namespaced" (has "*" $namespaces) | quote }}
   namespaceSelector:
     matchExpressions:
     {{- if not (has "*" $namespaces) }}
@@ -96,7 +99,7 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
     - key: kubernetes.io/metadata.name
       operator: NotIn
       values: {{ $excluded | uniq | sortAlpha | toJson }}
-{{- if not (has "*" $namespaces) -}}
+{{- if and (not (has "*" $namespaces)) (has "*" $groups) (has "*" $ruleResources) -}}
 {{- $claimed = concat $claimed $namespaces -}}
 {{- end -}}
 {{- end -}}
