@@ -102,6 +102,16 @@ impl Cli {
     pub fn into_command(self) -> Command {
         match self.command {
             Some(Command::Serve(args)) => Command::Serve(args.or(self.serve)),
+            // `kubescribe --config f check ...` means the same config file as
+            // `kubescribe check --config f ...`.
+            Some(Command::Check(mut args)) => {
+                args.config = args.config.or(self.serve.config);
+                Command::Check(args)
+            }
+            Some(Command::WebhookConfig(mut args)) => {
+                args.config = args.config.or(self.serve.config);
+                Command::WebhookConfig(args)
+            }
             Some(other) => other,
             None => Command::Serve(self.serve),
         }
@@ -163,6 +173,20 @@ mod tests {
         match cli.into_command() {
             Command::Serve(args) => args,
             _ => panic!("not serve"),
+        }
+    }
+
+    #[test]
+    fn a_config_flag_before_check_is_checks_config() {
+        let cli = parse(&["--config", "/etc/k.yaml", "check", "-f", "x.yaml"]).unwrap();
+        match cli.into_command() {
+            Command::Check(args) => {
+                assert_eq!(
+                    args.config.as_deref(),
+                    Some(std::path::Path::new("/etc/k.yaml"))
+                )
+            }
+            other => panic!("{other:?}"),
         }
     }
 

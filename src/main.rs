@@ -14,16 +14,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
         }
     };
-    if let Some(Command::Check(args)) = &cli.command {
-        // No logging: stdout is the report.
-        return check(args);
-    }
-    // Only the server logs; the other subcommands' stdout is their output (YAML, a
-    // caBundle) and errors go to stderr.
+    // Only the server logs; the other subcommands' stdout is their output (a report,
+    // YAML, a caBundle) and errors go to stderr.
     if matches!(cli.command, None | Some(Command::Serve(_))) {
         init_tracing(cli.log_format);
     }
-    match run(cli) {
+    let command = cli.into_command();
+    if let Command::Check(args) = &command {
+        return check(args);
+    }
+    match run(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
@@ -60,8 +60,8 @@ fn check(args: &kubescribe::check::CheckArgs) -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.into_command() {
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Check(_) => unreachable!("handled in main"),
         Command::WebhookConfig(args) => {
             print!("{}", kubescribe::webhook::render(&args)?);
