@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod policy;
 pub mod push;
+pub mod reconcile;
 pub mod serve;
 pub mod store;
 pub mod tls;

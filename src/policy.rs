@@ -189,6 +189,24 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Whether some write to `resource` in `group` can be recorded: it is not noise,
+    /// not a Secret under `omit` or `deny`, and a rule selects it. Namespaces, users
+    /// and owners decide per object.
+    pub fn records_resource(&self, group: &str, resource: &str) -> bool {
+        if self.noise.iter().any(|(g, r)| g == group && r == resource) {
+            return false;
+        }
+        if group.is_empty() && resource == "secrets" && self.secrets != SecretMode::Redact {
+            return false;
+        }
+        let any = |list: &[String], value: &str| list.iter().any(|p| p == "*" || p == value);
+        self.rules
+            .iter()
+            .any(|(rule, _)| any(&rule.groups, group) && any(&rule.resources, resource))
+    }
+}
+
 /// Decides what happens to `write`. The first matching skip reason wins, then the
 /// first matching rule.
 pub fn decide(write: &Write, policy: &Policy) -> Decision {

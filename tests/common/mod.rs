@@ -6,6 +6,7 @@
     reason = "each test binary uses a different part of this module"
 )]
 
+pub mod apiserver;
 pub mod remotes;
 
 use std::path::{Path, PathBuf};
