@@ -106,3 +106,80 @@ async fn lists_are_read_a_page_at_a_time_with_continue_tokens() {
     assert_eq!(pages[1].len(), 1);
     assert!(listed.resource_version.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_into_an_empty_repository_writes_every_recorded_object_once() {
+    let api = common::apiserver::ApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
+        .await
+        .unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let policy = Policy::new(&config);
+    let target = &config.targets()[0];
+    let layout = kubescribe::manifest::Layout::new(
+        &target.repository.root,
+        &target.repository.path_template,
+    )
+    .unwrap();
+    let metrics = std::sync::Arc::new(kubescribe::metrics::Metrics::new());
+    let (store, writer) = kubescribe::store::StoreHandle::open(
+        kubescribe::store::StoreSettings::from_config(&config, target),
+        metrics,
+    )
+    .unwrap();
+    let stores = [store];
+    let layouts = [layout];
+
+    let report = reconcile::snapshot(&client, &policy, &layouts, &stores, 2)
+        .await
+        .unwrap();
+    assert!(report.resources >= 5, "{report:?}");
+    assert!(report.recorded >= 5, "{report:?}");
+    let repo = target.path.clone();
+    let files = common::git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
+    for expected in [
+        "team-a/core/configmaps/c1.yaml",
+        "team-a/apps/deployments/web.yaml",
+        "_cluster/rbac.authorization.k8s.io/clusterroles/admin.yaml",
+    ] {
+        assert!(
+            files.lines().any(|f| f == expected),
+            "{expected} in\n{files}"
+        );
+    }
+    assert!(
+        files
+            .lines()
+            .any(|f| f.starts_with("team-a/example.com/widgets/")),
+        "{files}"
+    );
+    let commits = common::git(&repo, &["log", "--format=%an|%s", "main"]);
+    assert!(
+        commits
+            .lines()
+            .all(|c| c.starts_with("kubescribe|reconcile: snapshot of ")),
+        "{commits}"
+    );
+    assert_eq!(commits.lines().count(), report.commits);
+    // The files are what admission would write: sanitised, no status or managedFields.
+    let c1 = common::git(&repo, &["show", "main:team-a/core/configmaps/c1.yaml"]);
+    assert!(
+        !c1.contains("managedFields") && !c1.contains("resourceVersion"),
+        "{c1}"
+    );
+
+    // A second snapshot of the same cluster changes nothing.
+    let again = reconcile::snapshot(&client, &policy, &layouts, &stores, 2)
+        .await
+        .unwrap();
+    assert_eq!(again.commits, 0, "{again:?}");
+    drop(stores);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
+}

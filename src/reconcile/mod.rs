@@ -26,6 +26,8 @@ pub enum ReconcileError {
     Discovery(String),
     #[error("listing {resource} failed: {reason}")]
     List { resource: String, reason: String },
+    #[error("cannot write the snapshot: {0}")]
+    Store(String),
 }
 
 /// A client for the cluster: from `kubeconfig` when given, else inferred (the pod's
@@ -142,40 +144,184 @@ pub async fn list_pages(
     limit: u32,
     mut on_page: impl FnMut(Page),
 ) -> Result<Listed, ReconcileError> {
-    let ar = resource.api_resource();
-    let api: kube::Api<kube::api::DynamicObject> = match (namespace, resource.namespaced) {
-        (Some(ns), true) => kube::Api::namespaced_with(client.clone(), ns, &ar),
-        _ => kube::Api::all_with(client.clone(), &ar),
-    };
-    let mut params = kube::api::ListParams::default().limit(limit);
+    let mut pager = Pager::new(client, resource, namespace, limit);
     let mut listed = Listed {
         objects: 0,
         pages: 0,
         resource_version: None,
     };
-    loop {
-        let list = api.list(&params).await.map_err(|e| {
-            ReconcileError::Discovery(format!("listing {}: {e}", resource.resource))
-        })?;
+    while let Some(page) = pager.next().await? {
         listed.pages += 1;
-        listed.objects += list.items.len();
-        listed.resource_version = list.metadata.resource_version.clone();
-        let page = list
-            .items
-            .into_iter()
-            .map(|mut object| {
-                // The kind is on the list, not on its items.
-                object.types = Some(kube::api::TypeMeta {
-                    api_version: ar.api_version.clone(),
-                    kind: ar.kind.clone(),
-                });
-                serde_json::to_value(object).unwrap_or(serde_json::Value::Null)
-            })
-            .collect();
+        listed.objects += page.len();
         on_page(page);
-        match list.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(listed),
+    }
+    listed.resource_version = pager.resource_version;
+    Ok(listed)
+}
+
+/// What a snapshot did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotReport {
+    pub resources: usize,
+    pub objects: usize,
+    /// Objects the rules record (the others are noise, controller-owned, ...).
+    pub recorded: usize,
+    pub commits: usize,
+}
+
+/// Who the snapshot's writes are attributed to when the policy decides on them.
+const RECONCILE_USER: &str = "system:kubescribe:reconcile";
+
+/// Lists every recorded resource, a page at a time, and writes each object's file as
+/// admission would have, one commit per page and repository, authored by kubescribe
+/// itself. Files already equal make no commit. `layouts` and `stores` are in
+/// [`crate::config::Config::targets`] order.
+pub async fn snapshot(
+    client: &kube::Client,
+    policy: &Policy,
+    layouts: &[crate::manifest::Layout],
+    stores: &[crate::store::StoreHandle],
+    page_size: u32,
+) -> Result<SnapshotReport, ReconcileError> {
+    let mut report = SnapshotReport::default();
+    for resource in recorded_resources(client, policy).await? {
+        report.resources += 1;
+        // One page in memory at a time: each is written before the next is asked for.
+        let mut pager = Pager::new(client, &resource, None, page_size);
+        while let Some(page) = pager.next().await? {
+            report.objects += page.len();
+            let mut by_target: Vec<Vec<crate::manifest::Change>> = vec![Vec::new(); stores.len()];
+            for object in page {
+                let write = write_for(&resource, object);
+                if let crate::policy::Decision::Record { target, .. } =
+                    crate::policy::decide(&write, policy)
+                {
+                    match crate::manifest::plan(&write, &layouts[target], policy.secrets) {
+                        Ok(change) => {
+                            report.recorded += 1;
+                            by_target[target].push(change);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, resource = %resource.resource, name = %write.name, "cannot turn a listed object into a file")
+                        }
+                    }
+                }
+            }
+            for (target, changes) in by_target.into_iter().enumerate() {
+                if changes.is_empty() {
+                    continue;
+                }
+                let message = format!(
+                    "reconcile: snapshot of {} ({} objects)\n\nKubescribe-Reconcile: snapshot\n",
+                    resource.resource,
+                    changes.len()
+                );
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                match stores[target]
+                    .commit_bundle(changes, message, deadline)
+                    .await
+                {
+                    Ok(crate::store::Outcome::Committed { .. }) => report.commits += 1,
+                    Ok(_) => {}
+                    Err(error) => {
+                        return Err(ReconcileError::Store(format!(
+                            "{error}; {}",
+                            error.advice()
+                        )))
+                    }
+                }
+            }
         }
+    }
+    Ok(report)
+}
+
+/// The write admission would have seen for a listed object.
+fn write_for(resource: &Recorded, object: serde_json::Value) -> crate::policy::Write {
+    use kube_core::{GroupVersionKind, GroupVersionResource};
+    let meta = |key: &str| {
+        object
+            .pointer(&format!("/metadata/{key}"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let namespace = resource.namespaced.then(|| meta("namespace"));
+    crate::policy::Write {
+        uid: format!("reconcile-{}", meta("uid")),
+        operation: kube_core::admission::Operation::Create,
+        kind: GroupVersionKind::gvk(&resource.group, &resource.version, &resource.kind),
+        resource: GroupVersionResource::gvr(&resource.group, &resource.version, &resource.resource),
+        sub_resource: None,
+        namespace,
+        name: meta("name"),
+        user: RECONCILE_USER.to_owned(),
+        groups: Vec::new(),
+        dry_run: false,
+        object: Some(object),
+        old_object: None,
+    }
+}
+
+/// Pages through a list with `limit` and `continue`.
+pub struct Pager<'a> {
+    api: kube::Api<kube::api::DynamicObject>,
+    resource: &'a Recorded,
+    params: Option<kube::api::ListParams>,
+    /// The list's resourceVersion so far, where a watch continues from.
+    pub resource_version: Option<String>,
+}
+
+impl<'a> Pager<'a> {
+    pub fn new(
+        client: &kube::Client,
+        resource: &'a Recorded,
+        namespace: Option<&str>,
+        limit: u32,
+    ) -> Self {
+        let ar = resource.api_resource();
+        let api = match (namespace, resource.namespaced) {
+            (Some(ns), true) => kube::Api::namespaced_with(client.clone(), ns, &ar),
+            _ => kube::Api::all_with(client.clone(), &ar),
+        };
+        Self {
+            api,
+            resource,
+            params: Some(kube::api::ListParams::default().limit(limit)),
+            resource_version: None,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Page>, ReconcileError> {
+        let Some(params) = self.params.take() else {
+            return Ok(None);
+        };
+        let list = self
+            .api
+            .list(&params)
+            .await
+            .map_err(|e| ReconcileError::List {
+                resource: self.resource.resource.clone(),
+                reason: e.to_string(),
+            })?;
+        self.resource_version = list.metadata.resource_version.clone();
+        if let Some(token) = list.metadata.continue_.filter(|c| !c.is_empty()) {
+            self.params = Some(params.continue_token(&token));
+        }
+        let ar = self.resource.api_resource();
+        Ok(Some(
+            list.items
+                .into_iter()
+                .map(|mut object| {
+                    // The kind is on the list, not on its items.
+                    object.types = Some(kube::api::TypeMeta {
+                        api_version: ar.api_version.clone(),
+                        kind: ar.kind.clone(),
+                    });
+                    serde_json::to_value(object).unwrap_or(serde_json::Value::Null)
+                })
+                .collect(),
+        ))
     }
 }

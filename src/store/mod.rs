@@ -112,6 +112,15 @@ struct Job {
     push_waiter: Option<PushWaiter>,
     /// Undo this commit's change to `change.path` instead of applying `change`.
     revert: Option<Revert>,
+    /// Apply all of these in one commit by kubescribe instead (a reconcile batch);
+    /// `change` is then the first of them.
+    bundle: Option<Bundle>,
+}
+
+/// Many file changes made as one commit, authored by the committer identity.
+struct Bundle {
+    changes: Vec<Change>,
+    message: String,
 }
 
 /// A recorded change whose write was denied after all (its push did not land in
@@ -283,6 +292,7 @@ impl StoreHandle {
             waiter: None,
             push_waiter: None,
             revert: None,
+            bundle: None,
         };
         let receipt = wait_until.map(|deadline| {
             let (reply, committed) = oneshot::channel();
@@ -323,6 +333,7 @@ impl StoreHandle {
             waiter: None,
             push_waiter: None,
             revert: Some(Revert { commit, reason }),
+            bundle: None,
         };
         match self.tx.try_send(job) {
             Ok(()) => {
@@ -341,6 +352,39 @@ impl StoreHandle {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Commits `changes` (Put and Remove; scale edits are not for bundles) as one
+    /// commit with `message`, authored by kubescribe, and waits for it until
+    /// `deadline`. `Unchanged` when git already had every file as given.
+    pub async fn commit_bundle(
+        &self,
+        changes: Vec<Change>,
+        message: String,
+        deadline: Instant,
+    ) -> Result<Outcome, StoreError> {
+        let Some(first) = changes.first().cloned() else {
+            return Ok(Outcome::Unchanged);
+        };
+        let (reply, committed) = oneshot::channel();
+        let job = Job {
+            change: first,
+            waiter: Some(Waiter { reply, deadline }),
+            push_waiter: None,
+            revert: None,
+            bundle: Some(Bundle { changes, message }),
+        };
+        let permit = tokio::time::timeout_at(deadline.into(), self.tx.reserve())
+            .await
+            .map_err(|_| StoreError::QueueFull)?
+            .map_err(|_| StoreError::Closed)?;
+        self.metrics.queue_depth.inc();
+        permit.send(job);
+        match tokio::time::timeout_at(deadline.into(), committed).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Expired),
+        }
     }
 
     /// What a pusher needs to ask for replays; it does not keep the writer alive.
@@ -789,6 +833,65 @@ impl Writer {
             .map_or(0, |d| d.as_secs() as i64);
 
         for job in jobs {
+            if let Some(bundle) = &job.bundle {
+                for change in &bundle.changes {
+                    let path = change.path.as_str();
+                    let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
+                    match &change.action {
+                        Action::Put(bytes) => {
+                            let id = gix::objs::compute_hash(
+                                repo.object_hash(),
+                                gix::objs::Kind::Blob,
+                                bytes,
+                            )
+                            .map_err(|e| write_error(&e))?;
+                            if current == Some(id) {
+                                continue;
+                            }
+                            gix::objs::Write::write_buf_with_known_id(
+                                objects,
+                                gix::objs::Kind::Blob,
+                                bytes,
+                                id,
+                            )
+                            .map_err(|e| write_error(&e))?;
+                            editor
+                                .upsert(path.split('/'), EntryKind::Blob, id)
+                                .map_err(|e| write_error(&e))?;
+                        }
+                        Action::Remove if current.is_some() => {
+                            editor
+                                .remove(path.split('/'))
+                                .map_err(|e| write_error(&e))?;
+                        }
+                        Action::Remove | Action::SetReplicas(_) => {}
+                    }
+                }
+                let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
+                if new_tree == tree {
+                    outcomes.push(Outcome::Unchanged);
+                    continue;
+                }
+                let us = signature(
+                    &self.settings.committer.name,
+                    &self.settings.committer.email,
+                    now,
+                );
+                let commit = gix::objs::Commit {
+                    tree: new_tree,
+                    parents: tip.into_iter().collect(),
+                    author: us.clone(),
+                    committer: us,
+                    encoding: None,
+                    message: bundle.message.clone().into(),
+                    extra_headers: Vec::new(),
+                };
+                let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
+                tip = Some(id);
+                tree = new_tree;
+                outcomes.push(Outcome::Committed { commit: id });
+                continue;
+            }
             let change = &job.change;
             let path = change.path.as_str();
             let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;

@@ -1,7 +1,8 @@
 //! A replay Kubernetes API server on 127.0.0.1: it answers the discovery and list
 //! requests recorded from a real kube-apiserver v1.19 (tests/fixtures/api/k8s-1.19,
 //! copied from the shared fixtures), byte for byte. Group versions that were not
-//! recorded answer an empty resource list, as a group with nothing in it would.
+//! recorded answer an empty resource list, as a group with nothing in it would, and
+//! lists that were not recorded answer an empty list.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,9 @@ fn recorded(path: &str, query: &str) -> Option<&'static str> {
         "/api/v1/namespaces/team-a/configmaps" => "list_configmaps_team-a_page1.json",
         "/apis/apps/v1/deployments" => "list_deployments_all.json",
         "/apis/example.com/v1/widgets" => "list_widgets_all.json",
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles" if !has("continue=") => {
+            "list_clusterroles_page1.json"
+        }
         _ => return None,
     })
 }
@@ -64,6 +68,16 @@ async fn answer(request: Request<Body>) -> Response<Body> {
             r#"{{"kind":"APIResourceList","apiVersion":"v1","groupVersion":"{group_version}","resources":[]}}"#
         );
         return json(StatusCode::OK, empty.into_bytes());
+    }
+    // Scenario built from the recordings: lists that were not recorded (and the rest
+    // of the cluster roles after the recorded first page) are empty, at the
+    // recordings' resourceVersion.
+    if !query.contains("watch=") {
+        return json(
+            StatusCode::OK,
+            br#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"367"},"items":[]}"#
+                .to_vec(),
+        );
     }
     json(
         StatusCode::NOT_FOUND,
