@@ -44,6 +44,7 @@ pub struct Config {
     pub author: AuthorConfig,
     pub committer: CommitterConfig,
     pub store: StoreConfig,
+    pub reconcile: ReconcileConfig,
     pub secrets: SecretMode,
     pub ignore: IgnoreConfig,
     pub guard_rails: GuardRails,
@@ -63,6 +64,7 @@ impl Default for Config {
             author: AuthorConfig::default(),
             committer: CommitterConfig::default(),
             store: StoreConfig::default(),
+            reconcile: ReconcileConfig::default(),
             secrets: SecretMode::Omit,
             ignore: IgnoreConfig::default(),
             guard_rails: GuardRails::default(),
@@ -273,6 +275,28 @@ impl Default for StoreConfig {
             queue_capacity: 10_000,
             max_batch: 1024,
             linger: std::time::Duration::from_millis(100),
+        }
+    }
+}
+
+/// The reconciler: at start, a snapshot of every recorded resource from the cluster
+/// (docs/architecture.md). Off by default: kubescribe then needs no API access.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    pub enabled: bool,
+    /// A kubeconfig; without one, the pod's service account (or `$KUBECONFIG`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Objects per list page (and at most per snapshot commit).
+    pub page_size: u32,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            kubeconfig: None,
+            page_size: 500,
         }
     }
 }

@@ -157,7 +157,50 @@ impl Server {
                 .handle(handle.clone())
                 .serve(router.into_make_service()),
         );
-        state.ready.store(true, Ordering::Release);
+        if config.reconcile.enabled {
+            // Ready once git holds the cluster's state: the snapshot runs first.
+            let reconcile = config.reconcile.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                let layouts: Vec<Layout> = state.targets.iter().map(|t| t.layout.clone()).collect();
+                let stores: Vec<StoreHandle> =
+                    state.targets.iter().map(|t| t.store.clone()).collect();
+                let started = std::time::Instant::now();
+                let result = match crate::reconcile::client(reconcile.kubeconfig.as_deref()).await {
+                    Ok(client) => {
+                        crate::reconcile::snapshot(
+                            &client,
+                            &state.policy,
+                            &layouts,
+                            &stores,
+                            reconcile.page_size,
+                        )
+                        .await
+                    }
+                    Err(error) => Err(error),
+                };
+                match result {
+                    Ok(report) => {
+                        tracing::info!(
+                            resources = report.resources,
+                            objects = report.objects,
+                            recorded = report.recorded,
+                            commits = report.commits,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "initial snapshot done; ready"
+                        );
+                        state.ready.store(true, Ordering::Release);
+                    }
+                    Err(error) => {
+                        // Not ready: the apiserver keeps using the webhook's
+                        // failurePolicy; a restart retries.
+                        tracing::error!(%error, "initial snapshot failed; /readyz stays not ready until a restart succeeds");
+                    }
+                }
+            });
+        } else {
+            state.ready.store(true, Ordering::Release);
+        }
         drop(state);
         tracing::info!(%addr, "kubescribe is serving");
         Ok(Self {

@@ -183,3 +183,42 @@ async fn a_snapshot_into_an_empty_repository_writes_every_recorded_object_once()
         .unwrap();
     common::git(&repo, &["fsck", "--strict"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_is_ready_only_after_its_initial_snapshot() {
+    let api = common::apiserver::ApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let server = common::TestServer::start(&format!(
+        "reconcile:\n  enabled: true\n  kubeconfig: {}\n  pageSize: 2\n",
+        kubeconfig.display()
+    ))
+    .await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, _) = server
+            .connect()
+            .await
+            .send(
+                axum::http::Method::GET,
+                "/readyz",
+                None,
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "not ready yet is 503");
+        assert!(std::time::Instant::now() < until, "never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Ready means the snapshot's commits are in the branch.
+    let files = server.git(&["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        files.contains("team-a/apps/deployments/web.yaml"),
+        "{files}"
+    );
+    server.server.shutdown().await.unwrap();
+}
