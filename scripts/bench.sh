@@ -11,7 +11,8 @@
 # alone), LATENCY_ONLY=1 (stop after the latency rounds), PUSH_ONLY=1 (only the
 # push figures), PUSH_REQUESTS (wait: push writes per run, default 3000), NAIVE
 # (writes of the one-push-per-write baseline, default 40), CHECK_FILES (manifests for
-# the check timing, default 1000), CHECK_ONLY=1 (only that).
+# the check timing, default 1000), CHECK_ONLY=1 (only that), SNAPSHOT_OBJECTS (objects
+# of the reconcile snapshot, default 10000), SNAPSHOT_ONLY=1 (only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,6 +71,60 @@ PUSH_REQUESTS=${PUSH_REQUESTS:-3000}
 NAIVE=${NAIVE:-40}
 
 CHECK_FILES=${CHECK_FILES:-1000}
+SNAPSHOT_OBJECTS=${SNAPSHOT_OBJECTS:-10000}
+
+echo "== reconcile snapshot of $SNAPSHOT_OBJECTS objects"
+# A synthetic cluster (recorded core discovery, N ConfigMaps made from a recorded one,
+# paged like kube-apiserver) on plain HTTP; kubescribe lists it at start and is ready
+# once every file is committed.
+"$BIN/kubescribe-load" cluster --listen 127.0.0.1:18470 --objects "$SNAPSHOT_OBJECTS" &
+pids+=("$!")
+cat >"$OUT/kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters: [{name: bench, cluster: {server: "http://127.0.0.1:18470"}}]
+contexts: [{name: bench, context: {cluster: bench, user: bench}}]
+current-context: bench
+users: [{name: bench, user: {}}]
+KCFG
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18470/version >/dev/null && break; sleep 0.05; done
+# Baseline: reading the same pages (500 objects each) and parsing them, nothing else.
+list_s=$(python3 - <<'PY'
+import json, time, urllib.request
+start, token = time.time(), ""
+while True:
+    url = "http://127.0.0.1:18470/api/v1/configmaps?limit=500" + ("&continue=" + token if token else "")
+    page = json.load(urllib.request.urlopen(url))
+    token = page["metadata"].get("continue", "")
+    if not token:
+        break
+print("%.3f" % (time.time() - start))
+PY
+)
+cat >"$OUT/snapshot.yaml" <<YAML
+server:
+  listen: 127.0.0.1:18471
+  devCertDir: $OUT/certs
+dataDir: $OUT/snapshot
+reconcile:
+  enabled: true
+  kubeconfig: $PWD/$OUT/kubeconfig
+YAML
+t0=$(date +%s%N)
+RUST_LOG=info "$BIN/kubescribe" serve --config "$OUT/snapshot.yaml" >"$OUT/snapshot.log" 2>&1 &
+snapshot_pid=$!
+pids+=("$snapshot_pid")
+until curl -sf --cacert "$OUT/certs/ca.crt" https://127.0.0.1:18471/readyz >/dev/null 2>&1; do
+  kill -0 "$snapshot_pid" 2>/dev/null || { echo "kubescribe (snapshot) exited" >&2; exit 1; }
+  sleep 0.02
+done
+t1=$(date +%s%N)
+peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$snapshot_pid/status")
+files=$(git --git-dir "$OUT/snapshot/repo.git" ls-tree -r --name-only main | wc -l)
+ready_s=$(awk "BEGIN {print ($t1 - $t0) / 1e9}")
+echo "{\"label\":\"snapshot\",\"objects\":$SNAPSHOT_OBJECTS,\"files\":$files,\"seconds\":$ready_s,\"list_seconds\":$list_s,\"peak_kb\":$peak_kb}" | tee -a "$OUT/runs.jsonl"
+kill "$snapshot_pid"
+if [[ -n ${SNAPSHOT_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
 
 echo "== kubescribe check on $CHECK_FILES manifests"
 # The same manifests for both: the tests' check fixtures (ConfigMaps, a Flux-managed

@@ -62,6 +62,12 @@ if "push_paced" in runs:
         "%.1f writes/s (naive: commit + push per write)" % naive_rate,
         "%.0f×" % (top["throughput"] / naive_rate), "≥ 20×")
 
+if "snapshot" in runs:
+    c = runs["snapshot"]
+    row("reconcile snapshot of %d objects from a paged API (start to ready; %d files committed)" % (c["objects"], c["files"]),
+        "%.2f s (peak RSS %.1f MB)" % (c["seconds"], c["peak_kb"] / 1024),
+        "%.2f s (python3 reading and parsing the same pages)" % c["list_seconds"],
+        "%.1f×" % (c["seconds"] / c["list_seconds"]), "≤ 5 s")
 if "check" in runs:
     c = runs["check"]
     row("`kubescribe check` on %d manifest files (fastest of 5)" % c["files"],

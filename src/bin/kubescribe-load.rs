@@ -4,7 +4,10 @@
 //!   a JSON report (throughput, p50/p99/max);
 //! - `noop` serves the no-op axum + rustls baseline responder;
 //! - `fast-import` writes a `git fast-import` stream of N one-file commits, the
-//!   baseline for commit throughput.
+//!   baseline for commit throughput;
+//! - `cluster` serves a synthetic cluster over plain HTTP for the reconcile snapshot:
+//!   the recorded v1.19 core discovery, and N ConfigMaps made from a recorded one,
+//!   paged with `limit`/`continue` like kube-apiserver.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -57,6 +60,15 @@ enum Command {
         cert: PathBuf,
         #[arg(long)]
         key: PathBuf,
+    },
+    /// Serve a synthetic cluster of `objects` ConfigMaps until killed.
+    Cluster {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        objects: usize,
+        #[arg(long, default_value = "tests/fixtures/api/k8s-1.19")]
+        fixtures: PathBuf,
     },
     /// Write a fast-import stream of the same commits a `run` with the same
     /// --requests and --namespaces records: same paths, same file bytes.
@@ -137,6 +149,11 @@ async fn main() -> anyhow::Result<()> {
                 .serve(load::noop_router().into_make_service())
                 .await?;
         }
+        Command::Cluster {
+            listen,
+            objects,
+            fixtures,
+        } => cluster(listen, objects, &fixtures).await?,
         Command::FastImport {
             commits,
             fixtures,
@@ -185,5 +202,78 @@ async fn main() -> anyhow::Result<()> {
             out.flush()?;
         }
     }
+    Ok(())
+}
+
+/// The synthetic cluster behind the snapshot benchmark: core discovery as recorded
+/// (no API groups, so only core resources are discovered), `objects` ConfigMaps
+/// spread over 16 namespaces, every other list empty.
+async fn cluster(
+    listen: SocketAddr,
+    objects: usize,
+    fixtures: &std::path::Path,
+) -> anyhow::Result<()> {
+    use axum::http::{header, Uri};
+    use axum::response::IntoResponse;
+    let read = |name: &str| -> anyhow::Result<Bytes> {
+        Ok(Bytes::from(
+            std::fs::read(fixtures.join(name)).with_context(|| format!("read {name}"))?,
+        ))
+    };
+    let version = read("disc_version.json")?;
+    let api = read("disc_api.json")?;
+    let api_v1 = read("disc_api_v1.json")?;
+    let list: serde_json::Value = serde_json::from_slice(&read("list_configmaps_all.json")?)?;
+    let template = list["items"][0].clone();
+    let state = Arc::new((version, api, api_v1, template, objects));
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let state = state.clone();
+        async move {
+            let (version, api, api_v1, template, objects) = &*state;
+            let json = |body: Bytes| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+            let query = uri.query().unwrap_or_default();
+            let param = |key: &str| {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(key))
+                    .and_then(|v| v.parse::<usize>().ok())
+            };
+            match uri.path() {
+                "/version" => json(version.clone()),
+                "/api" => json(api.clone()),
+                "/api/v1" => json(api_v1.clone()),
+                "/apis" => json(Bytes::from_static(br#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#)),
+                "/api/v1/configmaps" => {
+                    let start = param("continue=").unwrap_or(0);
+                    let limit = param("limit=").unwrap_or(*objects).max(1);
+                    let end = (start + limit).min(*objects);
+                    let items: Vec<serde_json::Value> = (start..end)
+                        .map(|i| {
+                            let mut item = template.clone();
+                            item["metadata"]["name"] = format!("cm-{i:05}").into();
+                            item["metadata"]["namespace"] = format!("team-{}", i % 16).into();
+                            item["metadata"]["uid"] = format!("00000000-0000-0000-0000-{i:012}").into();
+                            item["data"] = serde_json::json!({ "index": i.to_string(), "payload": "x".repeat(200) });
+                            item
+                        })
+                        .collect();
+                    let mut metadata = serde_json::json!({ "resourceVersion": "367" });
+                    if end < *objects {
+                        metadata["continue"] = end.to_string().into();
+                        metadata["remainingItemCount"] = (*objects - end).into();
+                    }
+                    let body = serde_json::json!({
+                        "kind": "ConfigMapList", "apiVersion": "v1", "metadata": metadata, "items": items,
+                    });
+                    json(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()))
+                }
+                _ => json(Bytes::from_static(
+                    br#"{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"367"},"items":[]}"#,
+                )),
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await?;
     Ok(())
 }
