@@ -47,6 +47,7 @@ pub struct Server {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     writers: Vec<WriterThread>,
     pushers: Vec<PusherTask>,
+    reconcilers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// The dev CA, when the server made or used one.
     pub dev_ca: Option<PathBuf>,
 }
@@ -157,17 +158,23 @@ impl Server {
                 .handle(handle.clone())
                 .serve(router.into_make_service()),
         );
+        // The reconciler's tasks hold store handles: shutdown aborts them before it
+        // waits for the writers.
+        let reconcilers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
         if config.reconcile.enabled {
-            // Ready once git holds the cluster's state: the snapshot runs first.
+            // Ready once git holds the cluster's state: the snapshot runs first, then
+            // one watch per resource keeps following it.
             let reconcile = config.reconcile.clone();
             let state = state.clone();
-            tokio::spawn(async move {
-                let layouts: Vec<Layout> = state.targets.iter().map(|t| t.layout.clone()).collect();
-                let stores: Vec<StoreHandle> =
-                    state.targets.iter().map(|t| t.store.clone()).collect();
+            let tasks = reconcilers.clone();
+            let snapshot = tokio::spawn(async move {
                 let started = std::time::Instant::now();
                 let result = match crate::reconcile::client(reconcile.kubeconfig.as_deref()).await {
                     Ok(client) => {
+                        let layouts: Vec<Layout> =
+                            state.targets.iter().map(|t| t.layout.clone()).collect();
+                        let stores: Vec<StoreHandle> =
+                            state.targets.iter().map(|t| t.store.clone()).collect();
                         crate::reconcile::snapshot(
                             &client,
                             &state.policy,
@@ -176,11 +183,12 @@ impl Server {
                             reconcile.page_size,
                         )
                         .await
+                        .map(|report| (client, report))
                     }
                     Err(error) => Err(error),
                 };
                 match result {
-                    Ok(report) => {
+                    Ok((client, report)) => {
                         tracing::info!(
                             resources = report.resources,
                             objects = report.objects,
@@ -190,6 +198,16 @@ impl Server {
                             "initial snapshot done; ready"
                         );
                         state.ready.store(true, Ordering::Release);
+                        let mut tasks = tasks.lock().unwrap_or_else(|e| e.into_inner());
+                        for (resource, version) in report.watch_from {
+                            tasks.push(tokio::spawn(crate::reconcile::follow_forever(
+                                client.clone(),
+                                state.clone(),
+                                resource,
+                                version,
+                                reconcile.page_size,
+                            )));
+                        }
                     }
                     Err(error) => {
                         // Not ready: the apiserver keeps using the webhook's
@@ -198,6 +216,10 @@ impl Server {
                     }
                 }
             });
+            reconcilers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(snapshot);
         } else {
             state.ready.store(true, Ordering::Release);
         }
@@ -209,6 +231,7 @@ impl Server {
             task,
             writers,
             pushers,
+            reconcilers,
             dev_ca,
         })
     }
@@ -231,6 +254,21 @@ impl Server {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        // The reconciler's tasks hold store handles; they stop here, so the writers
+        // can finish their queues and stop.
+        // (Again until none is left: the snapshot task may start the watches while
+        // it is being stopped.)
+        loop {
+            let tasks =
+                std::mem::take(&mut *self.reconcilers.lock().unwrap_or_else(|e| e.into_inner()));
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks {
+                task.abort();
+                let _ = task.await;
+            }
+        }
         let writers = self.writers;
         let _ = tokio::task::spawn_blocking(move || {
             for writer in writers {

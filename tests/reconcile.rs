@@ -222,3 +222,95 @@ async fn the_server_is_ready_only_after_its_initial_snapshot() {
     );
     server.server.shutdown().await.unwrap();
 }
+
+/// A store on a fresh repository, with the default layout.
+fn store(
+    dir: &std::path::Path,
+) -> (
+    Config,
+    kubescribe::manifest::Layout,
+    kubescribe::store::StoreHandle,
+    kubescribe::store::WriterThread,
+) {
+    let config = Config {
+        data_dir: dir.join("data"),
+        ..Config::default()
+    };
+    let target = &config.targets()[0];
+    let layout = kubescribe::manifest::Layout::new(
+        &target.repository.root,
+        &target.repository.path_template,
+    )
+    .unwrap();
+    let (handle, writer) = kubescribe::store::StoreHandle::open(
+        kubescribe::store::StoreSettings::from_config(&config, target),
+        std::sync::Arc::new(kubescribe::metrics::Metrics::new()),
+    )
+    .unwrap();
+    (config, layout, handle, writer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for_a_relist() {
+    let api = common::apiserver::ApiServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
+        .await
+        .unwrap();
+    let (config, layout, store, writer) = store(dir.path());
+    let policy = Policy::new(&config);
+    let configmaps = reconcile::recorded_resources(&client, &policy)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.group.is_empty() && r.resource == "configmaps")
+        .unwrap();
+    let layouts = [layout];
+    let stores = [store];
+    let repo = config.targets()[0].path.clone();
+
+    // The recorded watch: `watched` created (a=1), patched (a=2), labelled, deleted,
+    // then two bookmarks. None of it went through admission here.
+    let followed = reconcile::follow(&client, &policy, &layouts, &stores, &configmaps, "358", 12)
+        .await
+        .unwrap();
+    assert_eq!(followed.written, 4, "{followed:?}");
+    assert_eq!(followed.bookmarks, 2, "{followed:?}");
+    assert_ne!(followed.resource_version, "358");
+    let log = common::git(&repo, &["log", "--reverse", "--format=%an|%s", "main"]);
+    let subjects: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        subjects,
+        [
+            "kubescribe|reconcile: create v1 ConfigMap team-a/watched",
+            "kubescribe|reconcile: update v1 ConfigMap team-a/watched",
+            "kubescribe|reconcile: update v1 ConfigMap team-a/watched",
+            "kubescribe|reconcile: delete v1 ConfigMap team-a/watched",
+        ]
+    );
+    let second = common::git(
+        &repo,
+        &["show", "main~2:team-a/core/configmaps/watched.yaml"],
+    );
+    assert!(
+        second.contains("a: '2'") || second.contains("a: \"2\""),
+        "{second}"
+    );
+    // Deleted behind admission's back: the file is gone.
+    assert!(common::git(&repo, &["ls-tree", "-r", "--name-only", "main"]).is_empty());
+
+    // Too old a resourceVersion: 410 Gone, which means relist.
+    let expired = reconcile::follow(&client, &policy, &layouts, &stores, &configmaps, "1", 12)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(expired, reconcile::ReconcileError::Expired { .. }),
+        "{expired}"
+    );
+
+    drop(stores);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
+}

@@ -28,6 +28,9 @@ pub enum ReconcileError {
     List { resource: String, reason: String },
     #[error("cannot write the snapshot: {0}")]
     Store(String),
+    /// 410 Gone: the watch's resourceVersion is too old; list again.
+    #[error("the watch of {resource} expired (410 Gone): relist")]
+    Expired { resource: String },
 }
 
 /// A client for the cluster: from `kubeconfig` when given, else inferred (the pod's
@@ -167,6 +170,8 @@ pub struct SnapshotReport {
     /// Objects the rules record (the others are noise, controller-owned, ...).
     pub recorded: usize,
     pub commits: usize,
+    /// Each listed resource with its list's resourceVersion, where its watch starts.
+    pub watch_from: Vec<(Recorded, String)>,
 }
 
 /// Who the snapshot's writes are attributed to when the policy decides on them.
@@ -185,55 +190,144 @@ pub async fn snapshot(
 ) -> Result<SnapshotReport, ReconcileError> {
     let mut report = SnapshotReport::default();
     for resource in recorded_resources(client, policy).await? {
+        let version = snapshot_resource(
+            client,
+            policy,
+            layouts,
+            stores,
+            &resource,
+            page_size,
+            &mut report,
+        )
+        .await?;
         report.resources += 1;
-        // One page in memory at a time: each is written before the next is asked for.
-        let mut pager = Pager::new(client, &resource, None, page_size);
-        while let Some(page) = pager.next().await? {
-            report.objects += page.len();
-            let mut by_target: Vec<Vec<crate::manifest::Change>> = vec![Vec::new(); stores.len()];
-            for object in page {
-                let write = write_for(&resource, object);
-                if let crate::policy::Decision::Record { target, .. } =
-                    crate::policy::decide(&write, policy)
-                {
-                    match crate::manifest::plan(&write, &layouts[target], policy.secrets) {
-                        Ok(change) => {
-                            report.recorded += 1;
-                            by_target[target].push(change);
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, resource = %resource.resource, name = %write.name, "cannot turn a listed object into a file")
-                        }
+        report.watch_from.push((resource, version));
+    }
+    Ok(report)
+}
+
+/// Lists and writes one resource (see [`snapshot`]); returns the list's
+/// resourceVersion, where its watch starts.
+pub async fn snapshot_resource(
+    client: &kube::Client,
+    policy: &Policy,
+    layouts: &[crate::manifest::Layout],
+    stores: &[crate::store::StoreHandle],
+    resource: &Recorded,
+    page_size: u32,
+    report: &mut SnapshotReport,
+) -> Result<String, ReconcileError> {
+    // One page in memory at a time: each is written before the next is asked for.
+    let mut pager = Pager::new(client, resource, None, page_size);
+    while let Some(page) = pager.next().await? {
+        report.objects += page.len();
+        let mut by_target: Vec<Vec<crate::manifest::Change>> = vec![Vec::new(); stores.len()];
+        for object in page {
+            let write = write_for(resource, object);
+            if let crate::policy::Decision::Record { target, .. } =
+                crate::policy::decide(&write, policy)
+            {
+                match crate::manifest::plan(&write, &layouts[target], policy.secrets) {
+                    Ok(change) => {
+                        report.recorded += 1;
+                        by_target[target].push(change);
                     }
-                }
-            }
-            for (target, changes) in by_target.into_iter().enumerate() {
-                if changes.is_empty() {
-                    continue;
-                }
-                let message = format!(
-                    "reconcile: snapshot of {} ({} objects)\n\nKubescribe-Reconcile: snapshot\n",
-                    resource.resource,
-                    changes.len()
-                );
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-                match stores[target]
-                    .commit_bundle(changes, message, deadline)
-                    .await
-                {
-                    Ok(crate::store::Outcome::Committed { .. }) => report.commits += 1,
-                    Ok(_) => {}
                     Err(error) => {
-                        return Err(ReconcileError::Store(format!(
-                            "{error}; {}",
-                            error.advice()
-                        )))
+                        tracing::warn!(%error, resource = %resource.resource, name = %write.name, "cannot turn a listed object into a file")
                     }
                 }
             }
         }
+        for (target, changes) in by_target.into_iter().enumerate() {
+            if changes.is_empty() {
+                continue;
+            }
+            let message = format!(
+                "reconcile: snapshot of {} ({} objects)\n\nKubescribe-Reconcile: snapshot\n",
+                resource.resource,
+                changes.len()
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            match stores[target]
+                .commit_bundle(changes, message, deadline)
+                .await
+            {
+                Ok(crate::store::Outcome::Committed { .. }) => report.commits += 1,
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(ReconcileError::Store(format!(
+                        "{error}; {}",
+                        error.advice()
+                    )))
+                }
+            }
+        }
     }
-    Ok(report)
+    Ok(pager.resource_version.unwrap_or_default())
+}
+
+/// Keeps git following the cluster after the snapshot: watches every resource from
+/// where its list ended, relisting one whose watch expired (410), and retrying
+/// after a pause on other errors. Runs until the task is aborted.
+pub async fn follow_forever(
+    client: kube::Client,
+    state: std::sync::Arc<crate::admission::AppState>,
+    resource: Recorded,
+    mut version: String,
+    page_size: u32,
+) {
+    let layouts: Vec<crate::manifest::Layout> =
+        state.targets.iter().map(|t| t.layout.clone()).collect();
+    let stores: Vec<crate::store::StoreHandle> =
+        state.targets.iter().map(|t| t.store.clone()).collect();
+    loop {
+        let started = std::time::Instant::now();
+        match follow(
+            &client,
+            &state.policy,
+            &layouts,
+            &stores,
+            &resource,
+            &version,
+            290,
+        )
+        .await
+        {
+            Ok(followed) => {
+                let idle = followed.written + followed.confirmed + followed.bookmarks == 0;
+                version = followed.resource_version;
+                // A server that ends watches at once must not make this spin.
+                if idle && started.elapsed() < std::time::Duration::from_secs(1) {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+            Err(ReconcileError::Expired { .. }) => {
+                tracing::info!(resource = %resource.resource, "watch expired (410); relisting");
+                let mut report = SnapshotReport::default();
+                match snapshot_resource(
+                    &client,
+                    &state.policy,
+                    &layouts,
+                    &stores,
+                    &resource,
+                    page_size,
+                    &mut report,
+                )
+                .await
+                {
+                    Ok(relisted) => version = relisted,
+                    Err(error) => {
+                        tracing::warn!(%error, resource = %resource.resource, "relist failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, resource = %resource.resource, "watch failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    }
 }
 
 /// The write admission would have seen for a listed object.
@@ -324,4 +418,118 @@ impl<'a> Pager<'a> {
                 .collect(),
         ))
     }
+}
+
+/// What following a watch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// Changes git did not have yet, committed as `reconcile:` commits.
+    pub written: usize,
+    /// Changes git already had (admission recorded them): confirmed.
+    pub confirmed: usize,
+    pub bookmarks: usize,
+    /// Where to watch from next.
+    pub resource_version: String,
+}
+
+/// Watches `resource` from `resource_version` (with bookmarks) until the server ends
+/// the watch, writing every change git does not have yet: objects created or changed
+/// without an admission record (kubescribe was down, the webhook failed open), and
+/// deletions behind its back (garbage collection). Each is its own commit, authored
+/// by kubescribe, saying so. `Expired` (410 Gone) means the caller must relist.
+pub async fn follow(
+    client: &kube::Client,
+    policy: &Policy,
+    layouts: &[crate::manifest::Layout],
+    stores: &[crate::store::StoreHandle],
+    resource: &Recorded,
+    resource_version: &str,
+    timeout_seconds: u32,
+) -> Result<Followed, ReconcileError> {
+    use futures::TryStreamExt as _;
+    use kube::api::WatchEvent;
+    let ar = resource.api_resource();
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
+    // Bookmarks are on by default.
+    let params = kube::api::WatchParams::default().timeout(timeout_seconds);
+    let watch_error = |e: &dyn std::fmt::Display| ReconcileError::List {
+        resource: resource.resource.clone(),
+        reason: format!("watch: {e}"),
+    };
+    let stream = api
+        .watch(&params, resource_version)
+        .await
+        .map_err(|e| watch_error(&e))?;
+    futures::pin_mut!(stream);
+    let mut followed = Followed {
+        resource_version: resource_version.to_owned(),
+        ..Followed::default()
+    };
+    while let Some(event) = stream.try_next().await.map_err(|e| watch_error(&e))? {
+        use kube_core::admission::Operation;
+        let (object, operation) = match event {
+            WatchEvent::Added(object) => (object, Operation::Create),
+            WatchEvent::Modified(object) => (object, Operation::Update),
+            WatchEvent::Deleted(object) => (object, Operation::Delete),
+            WatchEvent::Bookmark(bookmark) => {
+                followed.bookmarks += 1;
+                followed.resource_version = bookmark.metadata.resource_version;
+                continue;
+            }
+            WatchEvent::Error(status) if status.code == 410 => {
+                return Err(ReconcileError::Expired {
+                    resource: resource.resource.clone(),
+                });
+            }
+            WatchEvent::Error(status) => return Err(watch_error(&status.message)),
+        };
+        if let Some(version) = object.metadata.resource_version.clone() {
+            followed.resource_version = version;
+        }
+        let mut object = object;
+        object.types = Some(kube::api::TypeMeta {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        });
+        let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
+        let mut write = write_for(resource, json);
+        write.operation = operation.clone();
+        if operation == Operation::Delete {
+            write.old_object = write.object.take();
+        }
+        let crate::policy::Decision::Record { target, .. } = crate::policy::decide(&write, policy)
+        else {
+            continue;
+        };
+        let change = match crate::manifest::plan(&write, &layouts[target], policy.secrets) {
+            Ok(change) => change,
+            Err(error) => {
+                tracing::warn!(%error, name = %write.name, "cannot turn a watched object into a file");
+                continue;
+            }
+        };
+        let message = format!(
+            "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not: admission never recorded it (kubescribe was down, the webhook failed open, or the change came from inside the cluster, such as garbage collection).\n\nKubescribe-Reconcile: watch\nResource-Version: {rv}\n",
+            verb = change.verb.as_str(),
+            api_version = change.api_version,
+            kind = change.kind,
+            object = change.object_ref(),
+            rv = followed.resource_version,
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        match stores[target]
+            .commit_bundle(vec![change], message, deadline)
+            .await
+        {
+            Ok(crate::store::Outcome::Committed { .. }) => followed.written += 1,
+            Ok(_) => followed.confirmed += 1,
+            Err(error) => {
+                return Err(ReconcileError::Store(format!(
+                    "{error}; {}",
+                    error.advice()
+                )))
+            }
+        }
+    }
+    Ok(followed)
 }

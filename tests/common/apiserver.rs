@@ -54,6 +54,25 @@ async fn answer(request: Request<Body>) -> Response<Body> {
             .body(Body::from(body))
             .unwrap()
     };
+    if query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
+    {
+        // The recorded watch of team-a's ConfigMaps (served for the cluster-wide
+        // watch too), or the recorded 410 for a resourceVersion that old.
+        let file = if query.split('&').any(|p| p == "resourceVersion=1") {
+            "watch_too_old.txt"
+        } else {
+            "watch_configmaps_team-a.txt"
+        };
+        let raw = std::fs::read_to_string(fixtures().join(file)).unwrap();
+        let body = raw
+            .split_once("\r\n\r\n")
+            .or_else(|| raw.split_once("\n\n"))
+            .map_or("", |(_, body)| body)
+            .to_owned();
+        return json(StatusCode::OK, body.into_bytes());
+    }
     if let Some(file) = recorded(&path, &query) {
         return json(
             StatusCode::OK,
