@@ -832,32 +832,24 @@ impl Writer {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
 
+        let us = || {
+            signature(
+                &self.settings.committer.name,
+                &self.settings.committer.email,
+                now,
+            )
+        };
+
         for job in jobs {
-            if let Some(bundle) = &job.bundle {
+            // Stage the job's edits in the editor; then either commit them, with this
+            // author and message, or answer without a commit.
+            let staged = if let Some(bundle) = &job.bundle {
                 for change in &bundle.changes {
                     let path = change.path.as_str();
                     let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
                     match &change.action {
                         Action::Put(bytes) => {
-                            let id = gix::objs::compute_hash(
-                                repo.object_hash(),
-                                gix::objs::Kind::Blob,
-                                bytes,
-                            )
-                            .map_err(|e| write_error(&e))?;
-                            if current == Some(id) {
-                                continue;
-                            }
-                            gix::objs::Write::write_buf_with_known_id(
-                                objects,
-                                gix::objs::Kind::Blob,
-                                bytes,
-                                id,
-                            )
-                            .map_err(|e| write_error(&e))?;
-                            editor
-                                .upsert(path.split('/'), EntryKind::Blob, id)
-                                .map_err(|e| write_error(&e))?;
+                            put_blob(repo, &mut editor, path, bytes, current)?;
                         }
                         Action::Remove if current.is_some() => {
                             editor
@@ -867,138 +859,44 @@ impl Writer {
                         Action::Remove | Action::SetReplicas(_) => {}
                     }
                 }
-                let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
-                if new_tree == tree {
-                    outcomes.push(Outcome::Unchanged);
-                    continue;
-                }
-                let us = signature(
-                    &self.settings.committer.name,
-                    &self.settings.committer.email,
-                    now,
-                );
-                let commit = gix::objs::Commit {
-                    tree: new_tree,
-                    parents: tip.into_iter().collect(),
-                    author: us.clone(),
-                    committer: us,
-                    encoding: None,
-                    message: bundle.message.clone().into(),
-                    extra_headers: Vec::new(),
-                };
-                let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
-                tip = Some(id);
-                tree = new_tree;
-                outcomes.push(Outcome::Committed { commit: id });
-                continue;
-            }
-            let change = &job.change;
-            let path = change.path.as_str();
-            let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
-            let mut body = String::new();
-            let mut api_version = change.api_version.clone();
-            let mut kind = change.kind.clone();
-            if let Some(revert) = &job.revert {
-                let (wrote, before) =
-                    revert_edit(repo, revert.commit, path).map_err(|e| write_error(&e))?;
-                if current != wrote {
-                    // A newer change to this file replaced the denied one.
-                    outcomes.push(Outcome::Unchanged);
-                    continue;
-                }
-                match before {
-                    Some(id) => editor.upsert(path.split('/'), EntryKind::Blob, id),
-                    None => editor.remove(path.split('/')),
-                }
-                .map_err(|e| write_error(&e))?;
-                let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
-                if new_tree == tree {
-                    outcomes.push(Outcome::Unchanged);
-                    continue;
-                }
-                let us = signature(
-                    &self.settings.committer.name,
-                    &self.settings.committer.email,
-                    now,
-                );
-                let commit = gix::objs::Commit {
-                    tree: new_tree,
-                    parents: tip.into_iter().collect(),
-                    author: us.clone(),
-                    committer: us,
-                    encoding: None,
-                    message: revert_message(change, revert).into(),
-                    extra_headers: Vec::new(),
-                };
-                let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
-                tip = Some(id);
-                tree = new_tree;
-                outcomes.push(Outcome::Committed { commit: id });
-                continue;
-            }
-            let edit = match &change.action {
-                Action::Put(bytes) => Some(Some(Cow::Borrowed(bytes.as_slice()))),
-                Action::Remove => current.map(|_| None),
-                Action::SetReplicas(replicas) => match current {
-                    None => {
-                        outcomes.push(Outcome::ParentMissing);
-                        continue;
-                    }
-                    Some(id) => {
-                        let blob = repo.find_blob(id).map_err(|e| write_error(&e))?;
-                        match manifest::set_replicas(&blob.data, *replicas) {
-                            Some(rescaled) => {
-                                let old = rescaled
-                                    .previous
-                                    .map_or_else(|| "unset".to_owned(), |v| v.to_string());
-                                body =
-                                    format!("Scaled spec.replicas from {old} to {replicas}.\n\n");
-                                api_version = rescaled.api_version.unwrap_or(api_version);
-                                kind = rescaled.kind.unwrap_or(kind);
-                                Some(Some(Cow::Owned(rescaled.bytes)))
-                            }
-                            None => {
-                                tracing::warn!(
-                                    path,
-                                    "recorded file is not a YAML object; scale write not applied"
-                                );
-                                outcomes.push(Outcome::ParentMissing);
-                                continue;
-                            }
+                Ok((us(), bundle.message.clone()))
+            } else {
+                let change = &job.change;
+                let path = change.path.as_str();
+                let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
+                if let Some(revert) = &job.revert {
+                    let (wrote, before) =
+                        revert_edit(repo, revert.commit, path).map_err(|e| write_error(&e))?;
+                    if current == wrote {
+                        match before {
+                            Some(id) => editor.upsert(path.split('/'), EntryKind::Blob, id),
+                            None => editor.remove(path.split('/')),
                         }
-                    }
-                },
-            };
-            let Some(edit) = edit else {
-                outcomes.push(Outcome::Unchanged);
-                continue;
-            };
-            match edit {
-                Some(bytes) => {
-                    let id =
-                        gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, &bytes)
-                            .map_err(|e| write_error(&e))?;
-                    if current == Some(id) {
-                        outcomes.push(Outcome::Unchanged);
-                        continue;
-                    }
-                    gix::objs::Write::write_buf_with_known_id(
-                        objects,
-                        gix::objs::Kind::Blob,
-                        &bytes,
-                        id,
-                    )
-                    .map_err(|e| write_error(&e))?;
-                    editor
-                        .upsert(path.split('/'), EntryKind::Blob, id)
                         .map_err(|e| write_error(&e))?;
+                        Ok((us(), revert_message(change, revert)))
+                    } else {
+                        // A newer change to this file replaced the denied one.
+                        Err(Outcome::Unchanged)
+                    }
+                } else {
+                    self.stage(change, current, &mut editor)?
+                        .map(|(api_version, kind, body)| {
+                            let author = signature(
+                                &change.user,
+                                &author_email(&change.user, &self.settings.email_domain),
+                                now,
+                            );
+                            (author, commit_message(change, &api_version, &kind, &body))
+                        })
                 }
-                None => {
-                    editor
-                        .remove(path.split('/'))
-                        .map_err(|e| write_error(&e))?;
+            };
+            let (author, message) = match staged {
+                Ok(commit) => commit,
+                Err(outcome) => {
+                    outcomes.push(outcome);
+                    continue;
                 }
-            }
+            };
             let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
             if new_tree == tree {
                 outcomes.push(Outcome::Unchanged);
@@ -1007,18 +905,10 @@ impl Writer {
             let commit = gix::objs::Commit {
                 tree: new_tree,
                 parents: tip.into_iter().collect(),
-                author: signature(
-                    &change.user,
-                    &author_email(&change.user, &self.settings.email_domain),
-                    now,
-                ),
-                committer: signature(
-                    &self.settings.committer.name,
-                    &self.settings.committer.email,
-                    now,
-                ),
+                author,
+                committer: us(),
                 encoding: None,
-                message: commit_message(change, &api_version, &kind, &body).into(),
+                message: message.into(),
                 extra_headers: Vec::new(),
             };
             let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
@@ -1027,6 +917,61 @@ impl Writer {
             outcomes.push(Outcome::Committed { commit: id });
         }
         Ok((outcomes, tip, tree))
+    }
+
+    /// Stages one admitted change; `Ok(Ok((apiVersion, kind, body)))` for its commit
+    /// message, or `Ok(Err(outcome))` when it makes no commit.
+    #[allow(clippy::type_complexity)]
+    fn stage(
+        &self,
+        change: &Change,
+        current: Option<ObjectId>,
+        editor: &mut gix::objs::tree::Editor<'_>,
+    ) -> Result<Result<(String, String, String), Outcome>, StoreError> {
+        let path = change.path.as_str();
+        let mut api_version = change.api_version.clone();
+        let mut kind = change.kind.clone();
+        let mut body = String::new();
+        let bytes = match &change.action {
+            Action::Put(bytes) => Cow::Borrowed(bytes.as_slice()),
+            Action::Remove => {
+                if current.is_none() {
+                    return Ok(Err(Outcome::Unchanged));
+                }
+                editor
+                    .remove(path.split('/'))
+                    .map_err(|e| StoreError::Write {
+                        reason: e.to_string(),
+                    })?;
+                return Ok(Ok((api_version, kind, body)));
+            }
+            Action::SetReplicas(replicas) => {
+                let Some(id) = current else {
+                    return Ok(Err(Outcome::ParentMissing));
+                };
+                let blob = self.repo.find_blob(id).map_err(|e| StoreError::Write {
+                    reason: e.to_string(),
+                })?;
+                let Some(rescaled) = manifest::set_replicas(&blob.data, *replicas) else {
+                    tracing::warn!(
+                        path,
+                        "recorded file is not a YAML object; scale write not applied"
+                    );
+                    return Ok(Err(Outcome::ParentMissing));
+                };
+                let old = rescaled
+                    .previous
+                    .map_or_else(|| "unset".to_owned(), |v| v.to_string());
+                body = format!("Scaled spec.replicas from {old} to {replicas}.\n\n");
+                api_version = rescaled.api_version.unwrap_or(api_version);
+                kind = rescaled.kind.unwrap_or(kind);
+                Cow::Owned(rescaled.bytes)
+            }
+        };
+        if !put_blob(&self.repo, editor, path, &bytes, current)? {
+            return Ok(Err(Outcome::Unchanged));
+        }
+        Ok(Ok((api_version, kind, body)))
     }
 
     /// Writes the batch's objects as one pack, flushes it, moves the branch to `tip`
@@ -1276,6 +1221,31 @@ pub fn init_repository(path: &Path, branch: &str) -> Result<(), StoreError> {
             .map_err(|e| open_error(e.to_string()))?;
     }
     Ok(())
+}
+
+/// Writes a blob into the batch's objects and puts it at `path`; false when the file
+/// already has exactly these bytes.
+fn put_blob(
+    repo: &gix::Repository,
+    editor: &mut gix::objs::tree::Editor<'_>,
+    path: &str,
+    bytes: &[u8],
+    current: Option<ObjectId>,
+) -> Result<bool, StoreError> {
+    let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+        reason: e.to_string(),
+    };
+    let id = gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, bytes)
+        .map_err(|e| write_error(&e))?;
+    if current == Some(id) {
+        return Ok(false);
+    }
+    gix::objs::Write::write_buf_with_known_id(&repo.objects, gix::objs::Kind::Blob, bytes, id)
+        .map_err(|e| write_error(&e))?;
+    editor
+        .upsert(path.split('/'), EntryKind::Blob, id)
+        .map_err(|e| write_error(&e))?;
+    Ok(true)
 }
 
 /// Sleeps until `at`, or forever without one.
