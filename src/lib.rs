@@ -18,3 +18,18 @@ pub mod store;
 pub mod tls;
 pub mod verdict;
 pub mod webhook;
+
+/// An error with its sources, `a: b: c`, each cause once (gix repeats them).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -39,32 +39,10 @@ pub enum TlsError {
     },
 }
 
-/// A rustls server configuration from PEM files (the chain, then the key).
+/// A rustls server configuration from PEM files (the chain, then the key), served
+/// through a [`CertStore`] like the server's (nobody reloads this one).
 pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(cert_path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsError::Read {
-            path: cert_path.to_owned(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: cert_path.to_owned(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|source| TlsError::Read {
-        path: key_path.to_owned(),
-        source,
-    })?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TlsError::Config)?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(TlsError::Config)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    reloading_server_config(CertStore::load(cert_path, key_path)?)
 }
 
 /// Paths of a dev CA and the serving pair it signed.
@@ -305,7 +283,7 @@ impl CertStore {
                     }
                     Err(error) => {
                         metrics.certificate_reloaded(false);
-                        tracing::error!(error = %error_chain(&error), cert = %store.cert_path.display(), key = %store.key_path.display(), "the new serving certificate or key is unusable; still serving the previous pair");
+                        tracing::error!(error = %crate::error_chain(&error), cert = %store.cert_path.display(), key = %store.key_path.display(), "the new serving certificate or key is unusable; still serving the previous pair");
                     }
                 }
             }
@@ -373,15 +351,4 @@ fn certified_key(
     // Checks that the key belongs to the certificate.
     rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
         .map_err(TlsError::Config)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 mod pack;
 
 use crate::config::{CommitterConfig, Config, Target};
+use crate::error_chain;
 use crate::manifest::{self, Action, Change};
 use crate::metrics::Metrics;
 use crate::push::{tracking_ref, Outbox, PushWaiter, Unpushed};
@@ -1397,20 +1398,6 @@ fn lookup(
     let mut tree = repo.find_tree(tree)?;
     let entry = tree.peel_to_entry_by_path(Path::new(path))?;
     Ok(entry.filter(|e| e.mode().is_blob()).map(|e| e.object_id()))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn signature(name: &str, email: &str, seconds: i64) -> gix::actor::Signature {
