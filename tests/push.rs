@@ -132,13 +132,7 @@ async fn smart_http_with_basic_auth_gets_every_recorded_commit_and_refuses_a_bad
     std::fs::write(&password, "wrong-password\n").unwrap();
     let server = TestServer::start(&config).await;
     let review = kubescribe::load::unique_review(&common::fixture("009").review, 1);
-    let (status, answer) = server
-        .connect()
-        .await
-        .review("/validate?timeout=3s", body(&review))
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    let answer = send_review(&server, &review, "3s").await;
     assert!(!allowed(&answer), "{answer}");
     let text = message(&answer);
     assert!(text.contains("authentication"), "{text}");
@@ -164,13 +158,7 @@ async fn denial(remote: &str) -> String {
     let server = TestServer::start(&push_config(remote)).await;
     let review = kubescribe::load::unique_review(&common::fixture("009").review, 7);
     let started = Instant::now();
-    let (status, answer) = server
-        .connect()
-        .await
-        .review("/validate?timeout=3s", body(&review))
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
+    let answer = send_review(&server, &review, "3s").await;
     assert!(!allowed(&answer), "{answer}");
     assert!(
         started.elapsed() < Duration::from_secs(3),

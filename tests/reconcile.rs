@@ -7,12 +7,22 @@ use kubescribe::config::Config;
 use kubescribe::policy::Policy;
 use kubescribe::reconcile;
 
-async fn discovered(config: &str) -> Vec<String> {
+/// A replay API server, a temp dir holding its kubeconfig, and a client for it.
+async fn replay_client() -> (
+    common::apiserver::ApiServer,
+    tempfile::TempDir,
+    kube::Client,
+) {
     let api = common::apiserver::ApiServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
         .await
         .unwrap();
+    (api, dir, client)
+}
+
+async fn discovered(config: &str) -> Vec<String> {
+    let (_api, _dir, client) = replay_client().await;
     let policy = Policy::new(&Config::from_yaml(config).unwrap());
     reconcile::recorded_resources(&client, &policy)
         .await
@@ -75,11 +85,7 @@ async fn discovery_follows_the_rules_groups_and_resources() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_are_read_a_page_at_a_time_with_continue_tokens() {
-    let api = common::apiserver::ApiServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
-        .await
-        .unwrap();
+    let (_api, _dir, client) = replay_client().await;
     let policy = Policy::new(&Config::default());
     let configmaps = reconcile::recorded_resources(&client, &policy)
         .await
@@ -109,28 +115,10 @@ async fn lists_are_read_a_page_at_a_time_with_continue_tokens() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_into_an_empty_repository_writes_every_recorded_object_once() {
-    let api = common::apiserver::ApiServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
-        .await
-        .unwrap();
-    let config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
+    let (_api, dir, client) = replay_client().await;
+    let (config, layout, store, writer) = store(dir.path());
     let policy = Policy::new(&config);
     let target = &config.targets()[0];
-    let layout = kubescribe::manifest::Layout::new(
-        &target.repository.root,
-        &target.repository.path_template,
-    )
-    .unwrap();
-    let metrics = std::sync::Arc::new(kubescribe::metrics::Metrics::new());
-    let (store, writer) = kubescribe::store::StoreHandle::open(
-        kubescribe::store::StoreSettings::from_config(&config, target),
-        metrics,
-    )
-    .unwrap();
     let stores = [store];
     let layouts = [layout];
 
@@ -252,11 +240,7 @@ fn store(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for_a_relist() {
-    let api = common::apiserver::ApiServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
-        .await
-        .unwrap();
+    let (_api, dir, client) = replay_client().await;
     let (config, layout, store, writer) = store(dir.path());
     let policy = Policy::new(&config);
     let configmaps = reconcile::recorded_resources(&client, &policy)
