@@ -289,6 +289,13 @@ pub struct ReconcileConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Objects per list page (and at most per snapshot commit).
     pub page_size: u32,
+    /// How long an admitted change may go without the watch confirming it was
+    /// persisted before the cluster's object is read back (a phantom check).
+    #[serde(with = "duration_str")]
+    pub confirm_window: std::time::Duration,
+    /// How often discovery runs again, to follow CRDs added or removed.
+    #[serde(with = "duration_str")]
+    pub discovery_interval: std::time::Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -297,6 +304,8 @@ impl Default for ReconcileConfig {
             enabled: false,
             kubeconfig: None,
             page_size: 500,
+            confirm_window: std::time::Duration::from_secs(60),
+            discovery_interval: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -456,6 +465,9 @@ pub struct Rule {
     pub then: Then,
     /// Name of an entry in `repositories`; the default repository when unset.
     pub repository: Option<String>,
+    /// What the reconciler does with a file this rule records whose object is gone
+    /// from a full list.
+    pub prune: Prune,
 }
 
 impl Default for Rule {
@@ -469,8 +481,20 @@ impl Default for Rule {
             wait: Wait::None,
             then: Then::Allow,
             repository: None,
+            prune: Prune::Never,
         }
     }
+}
+
+/// Files with no live object, found after a full list (a snapshot or a relist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Prune {
+    /// Keep them: the repository may hold files kubescribe did not write.
+    #[default]
+    Never,
+    /// Remove them: the repository mirrors the cluster.
+    Always,
 }
 
 /// What the admission answer waits for.

@@ -135,6 +135,67 @@ pub struct Metrics {
     pub retry_depth: Gauge,
     pub batch_size: Histogram,
     pub store_errors: Family<ErrorLabels, Counter>,
+    pub reconcile: ReconcileMetrics,
+}
+
+/// The reconciler's progress (issue #6).
+#[derive(Default)]
+pub struct ReconcileMetrics {
+    pub objects_listed: Counter,
+    pub files_written: Counter,
+    pub files_pruned: Counter,
+    /// By reason: `expired` (410, relisted) or `error` (retried).
+    pub watch_restarts: Family<ErrorLabels, Counter>,
+    pub phantoms: Counter,
+    pub confirmed: Counter,
+    pub pending: Gauge,
+    pub resources: Gauge,
+}
+
+impl ReconcileMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("reconcile");
+        r.register(
+            "objects_listed",
+            "Objects read by reconcile lists (the snapshot and relists)",
+            self.objects_listed.clone(),
+        );
+        r.register(
+            "files_written",
+            "Files written or removed by reconcile commits",
+            self.files_written.clone(),
+        );
+        r.register(
+            "files_pruned",
+            "Files removed because no live object matched them after a full list (prune: always)",
+            self.files_pruned.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Watches started again, by reason: expired (410 Gone, relisted) or error (retried)",
+            self.watch_restarts.clone(),
+        );
+        r.register(
+            "phantoms",
+            "Admitted changes the cluster never persisted, reverted to the cluster's object",
+            self.phantoms.clone(),
+        );
+        r.register(
+            "confirmed",
+            "Admitted changes the watch (or a read back) showed were persisted",
+            self.confirmed.clone(),
+        );
+        r.register(
+            "pending_confirmations",
+            "Admitted changes waiting for the watch to confirm them",
+            self.pending.clone(),
+        );
+        r.register(
+            "resources",
+            "Resources listed and watched",
+            self.resources.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -229,8 +290,11 @@ impl Metrics {
             "Serving certificate changes on disk: ok (now in use) or error (refused, the previous pair stays)",
             certificate_reloads.clone(),
         );
+        let reconcile = ReconcileMetrics::default();
+        reconcile.register(&mut registry);
         Self {
             registry,
+            reconcile,
             certificate_reloads,
             push_duration,
             push_failures,

@@ -205,6 +205,14 @@ impl Policy {
             .iter()
             .any(|(rule, _)| any(&rule.groups, group) && any(&rule.resources, resource))
     }
+
+    /// The prune policy of the rule named `rule` (`never` for a name no rule has).
+    pub fn prune(&self, rule: &str) -> crate::config::Prune {
+        self.rules
+            .iter()
+            .find(|(r, _)| r.name == rule)
+            .map_or(crate::config::Prune::Never, |(r, _)| r.prune)
+    }
 }
 
 /// Decides what happens to `write`. The first matching skip reason wins, then the

@@ -131,6 +131,12 @@ impl Server {
 
         let state = Arc::new(AppState {
             policy: Policy::new(config),
+            confirmations: config.reconcile.enabled.then(|| {
+                Arc::new(crate::reconcile::Confirmations::new(
+                    config.reconcile.confirm_window,
+                    metrics.clone(),
+                ))
+            }),
             annotate: config.annotate,
             targets,
             metrics,
@@ -167,47 +173,47 @@ impl Server {
             let reconcile = config.reconcile.clone();
             let state = state.clone();
             let tasks = reconcilers.clone();
-            let snapshot = tokio::spawn(async move {
+            let run = tokio::spawn(async move {
                 let started = std::time::Instant::now();
-                let result = match crate::reconcile::client(reconcile.kubeconfig.as_deref()).await {
-                    Ok(client) => {
-                        let layouts: Vec<Layout> =
-                            state.targets.iter().map(|t| t.layout.clone()).collect();
-                        let stores: Vec<StoreHandle> =
-                            state.targets.iter().map(|t| t.store.clone()).collect();
-                        crate::reconcile::snapshot(
-                            &client,
-                            &state.policy,
-                            &layouts,
-                            &stores,
-                            reconcile.page_size,
-                        )
-                        .await
-                        .map(|report| (client, report))
+                let client = match crate::reconcile::client(reconcile.kubeconfig.as_deref()).await {
+                    Ok(client) => client,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot reach the Kubernetes API; /readyz stays not ready until a restart succeeds");
+                        return;
                     }
-                    Err(error) => Err(error),
                 };
-                match result {
-                    Ok((client, report)) => {
+                let mut reconciler = crate::reconcile::Reconciler::new(
+                    client,
+                    state.policy.clone(),
+                    state
+                        .targets
+                        .iter()
+                        .map(|t| (t.layout.clone(), t.store.clone()))
+                        .collect(),
+                    state.metrics.clone(),
+                    reconcile.page_size,
+                );
+                if let Some(confirmations) = &state.confirmations {
+                    reconciler = reconciler.with_confirmations(confirmations.clone());
+                }
+                let reconciler = Arc::new(reconciler);
+                match reconciler.snapshot().await {
+                    Ok(report) => {
                         tracing::info!(
                             resources = report.resources,
                             objects = report.objects,
                             recorded = report.recorded,
                             commits = report.commits,
+                            pruned = report.pruned,
+                            forbidden = ?report.forbidden,
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "initial snapshot done; ready"
                         );
                         state.ready.store(true, Ordering::Release);
-                        let mut tasks = tasks.lock().unwrap_or_else(|e| e.into_inner());
-                        for (resource, version) in report.watch_from {
-                            tasks.push(tokio::spawn(crate::reconcile::follow_forever(
-                                client.clone(),
-                                state.clone(),
-                                resource,
-                                version,
-                                reconcile.page_size,
-                            )));
-                        }
+                        drop(state);
+                        reconciler
+                            .run(report, reconcile.discovery_interval, tasks)
+                            .await;
                     }
                     Err(error) => {
                         // Not ready: the apiserver keeps using the webhook's
@@ -219,7 +225,7 @@ impl Server {
             reconcilers
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(snapshot);
+                .push(run);
         } else {
             state.ready.store(true, Ordering::Release);
         }

@@ -97,6 +97,7 @@ async fn oversized_bodies_get_413_with_a_message() {
     .unwrap();
     let state = std::sync::Arc::new(kubescribe::admission::AppState {
         policy: kubescribe::policy::Policy::new(&config),
+        confirmations: None,
         annotate: false,
         targets: vec![kubescribe::admission::TargetState {
             name: "default".to_owned(),

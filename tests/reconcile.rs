@@ -86,13 +86,7 @@ async fn discovery_follows_the_rules_groups_and_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_are_read_a_page_at_a_time_with_continue_tokens() {
     let (_api, _dir, client) = replay_client().await;
-    let policy = Policy::new(&Config::default());
-    let configmaps = reconcile::recorded_resources(&client, &policy)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.group.is_empty() && r.resource == "configmaps")
-        .unwrap();
+    let configmaps = configmaps(&client).await;
     let mut pages = Vec::new();
     let listed = reconcile::list_pages(&client, &configmaps, Some("team-a"), 2, |page| {
         pages.push(
@@ -116,18 +110,12 @@ async fn lists_are_read_a_page_at_a_time_with_continue_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_into_an_empty_repository_writes_every_recorded_object_once() {
     let (_api, dir, client) = replay_client().await;
-    let (config, layout, store, writer) = store(dir.path());
-    let policy = Policy::new(&config);
-    let target = &config.targets()[0];
-    let stores = [store];
-    let layouts = [layout];
+    let (reconciler, repo, writer) = reconciler(client, dir.path(), "");
 
-    let report = reconcile::snapshot(&client, &policy, &layouts, &stores, 2)
-        .await
-        .unwrap();
+    let report = reconciler.snapshot().await.unwrap();
     assert!(report.resources >= 5, "{report:?}");
     assert!(report.recorded >= 5, "{report:?}");
-    let repo = target.path.clone();
+    assert_eq!(report.pruned, 0);
     let files = common::git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
     for expected in [
         "team-a/core/configmaps/c1.yaml",
@@ -161,11 +149,9 @@ async fn a_snapshot_into_an_empty_repository_writes_every_recorded_object_once()
     );
 
     // A second snapshot of the same cluster changes nothing.
-    let again = reconcile::snapshot(&client, &policy, &layouts, &stores, 2)
-        .await
-        .unwrap();
+    let again = reconciler.snapshot().await.unwrap();
     assert_eq!(again.commits, 0, "{again:?}");
-    drop(stores);
+    drop(reconciler);
     tokio::task::spawn_blocking(move || writer.join())
         .await
         .unwrap();
@@ -211,18 +197,20 @@ async fn the_server_is_ready_only_after_its_initial_snapshot() {
     server.server.shutdown().await.unwrap();
 }
 
-/// A store on a fresh repository, with the default layout.
-fn store(
+/// A reconciler over a store on a fresh repository under `dir`, with `config` (YAML);
+/// also the repository's path and its writer.
+fn reconciler(
+    client: kube::Client,
     dir: &std::path::Path,
+    config: &str,
 ) -> (
-    Config,
-    kubescribe::manifest::Layout,
-    kubescribe::store::StoreHandle,
+    reconcile::Reconciler,
+    std::path::PathBuf,
     kubescribe::store::WriterThread,
 ) {
     let config = Config {
         data_dir: dir.join("data"),
-        ..Config::default()
+        ..Config::from_yaml(config).unwrap()
     };
     let target = &config.targets()[0];
     let layout = kubescribe::manifest::Layout::new(
@@ -230,37 +218,49 @@ fn store(
         &target.repository.path_template,
     )
     .unwrap();
+    let metrics = std::sync::Arc::new(kubescribe::metrics::Metrics::new());
     let (handle, writer) = kubescribe::store::StoreHandle::open(
         kubescribe::store::StoreSettings::from_config(&config, target),
-        std::sync::Arc::new(kubescribe::metrics::Metrics::new()),
+        metrics.clone(),
     )
     .unwrap();
-    (config, layout, handle, writer)
+    let reconciler = reconcile::Reconciler::new(
+        client,
+        Policy::new(&config),
+        vec![(layout, handle)],
+        metrics,
+        2,
+    );
+    (reconciler, target.path.clone(), writer)
+}
+
+/// The recorded resource for core ConfigMaps.
+async fn configmaps(client: &kube::Client) -> reconcile::Recorded {
+    reconcile::recorded_resources(client, &Policy::new(&Config::default()))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.group.is_empty() && r.resource == "configmaps")
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for_a_relist() {
     let (_api, dir, client) = replay_client().await;
-    let (config, layout, store, writer) = store(dir.path());
-    let policy = Policy::new(&config);
-    let configmaps = reconcile::recorded_resources(&client, &policy)
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|r| r.group.is_empty() && r.resource == "configmaps")
-        .unwrap();
-    let layouts = [layout];
-    let stores = [store];
-    let repo = config.targets()[0].path.clone();
+    let configmaps = configmaps(&client).await;
+    let (reconciler, repo, writer) = reconciler(client, dir.path(), "");
+    let mut known = vec![std::collections::HashSet::new()];
 
     // The recorded watch: `watched` created (a=1), patched (a=2), labelled, deleted,
     // then two bookmarks. None of it went through admission here.
-    let followed = reconcile::follow(&client, &policy, &layouts, &stores, &configmaps, "358", 12)
+    let followed = reconciler
+        .follow(&configmaps, "358", 12, &mut known)
         .await
         .unwrap();
     assert_eq!(followed.written, 4, "{followed:?}");
     assert_eq!(followed.bookmarks, 2, "{followed:?}");
     assert_ne!(followed.resource_version, "358");
+    assert!(known[0].is_empty(), "created, then deleted: {known:?}");
     let log = common::git(&repo, &["log", "--reverse", "--format=%an|%s", "main"]);
     let subjects: Vec<&str> = log.lines().collect();
     assert_eq!(
@@ -284,7 +284,8 @@ async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for
     assert!(common::git(&repo, &["ls-tree", "-r", "--name-only", "main"]).is_empty());
 
     // Too old a resourceVersion: 410 Gone, which means relist.
-    let expired = reconcile::follow(&client, &policy, &layouts, &stores, &configmaps, "1", 12)
+    let expired = reconciler
+        .follow(&configmaps, "1", 12, &mut known)
         .await
         .unwrap_err();
     assert!(
@@ -292,7 +293,7 @@ async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for
         "{expired}"
     );
 
-    drop(stores);
+    drop(reconciler);
     tokio::task::spawn_blocking(move || writer.join())
         .await
         .unwrap();

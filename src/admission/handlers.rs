@@ -37,6 +37,9 @@ pub struct TargetState {
 /// Everything a request needs; shared by every connection.
 pub struct AppState {
     pub policy: Policy,
+    /// With the reconciler on: admitted changes wait here for the watch to show
+    /// they were persisted (see [`crate::reconcile::Confirmations`]).
+    pub confirmations: Option<Arc<crate::reconcile::Confirmations>>,
     /// `/mutate` stamps recorded objects with their git path and repository.
     pub annotate: bool,
     /// In the order of [`crate::config::Config::targets`]: the default first.
@@ -290,8 +293,21 @@ async fn answer(
         target,
         require_recording,
     } = recording;
+    let target_index = target;
     let target = &state.targets[target];
     let path = change.path.clone();
+    // With the reconciler on, an allowed change waits for the watch to confirm it.
+    let expected = state.confirmations.as_ref().map(|c| (c, change.clone()));
+    let expect = || {
+        if let Some((confirmations, change)) = &expected {
+            confirmations.expect(
+                target_index,
+                change,
+                &write.resource.group,
+                &write.resource.resource,
+            );
+        }
+    };
 
     match wait {
         Wait::None => {
@@ -305,7 +321,12 @@ async fn answer(
                 // is recorded, and a repository that is back lets it through.
                 let (outcome, _) = commit_and_wait(&target.store, change, false, deadline).await;
                 return match outcome {
-                    Ok(_) => (response, DecisionLabel::Recorded),
+                    Ok(outcome) => {
+                        if let Outcome::Committed { .. } = outcome {
+                            expect();
+                        }
+                        (response, DecisionLabel::Recorded)
+                    }
                     Err(error) => {
                         tracing::error!(%error, %path, "write denied: cannot be recorded (requireRecording)");
                         (
@@ -324,6 +345,9 @@ async fn answer(
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("{e}; {}", e.advice()));
+            if submitted.is_ok() {
+                expect();
+            }
             match (submitted, require_recording) {
                 (Ok(()), RailMode::Audit) if unavailable.is_some() => {
                     warn(
@@ -378,10 +402,16 @@ async fn answer(
                 Ok(outcome) => match (push, pushed) {
                     (Some((push, change)), Some(pushed)) => {
                         let result = tokio::time::timeout_at(deadline.into(), pushed).await;
-                        answer_push(response, push, target, change, outcome, result, then)
+                        let answer =
+                            answer_push(response, push, target, change, outcome, result, then);
+                        if answer.1 == DecisionLabel::Pushed {
+                            expect();
+                        }
+                        answer
                     }
                     _ => match outcome {
                         Outcome::Committed { commit } => {
+                            expect();
                             let short = commit.to_hex_with_len(12);
                             warn(&mut response, format!("recorded {short} {path}"));
                             (response, DecisionLabel::Recorded)

@@ -122,6 +122,11 @@ impl Layout {
         })
     }
 
+    /// The root every path starts with: `""`, or `clusters/prod/` (with the slash).
+    pub fn root(&self) -> String {
+        self.root.iter().map(|part| format!("{part}/")).collect()
+    }
+
     /// The repository path of the object at `at`.
     pub(crate) fn place(&self, at: Coordinates<'_>) -> Result<RepoPath, LayoutError> {
         let mut path = String::with_capacity(96);

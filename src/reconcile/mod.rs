@@ -9,9 +9,20 @@
 //! by some rule ([`crate::policy::Policy::records_resource`]), so admission and
 //! reconcile never disagree on what belongs in git.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod confirm;
 
 use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
+
+pub use confirm::{Confirmations, Pending};
+
+use crate::manifest::{Action, Change, Layout};
+use crate::metrics::Metrics;
+use crate::store::{Outcome, StoreHandle};
 
 use crate::policy::Policy;
 
@@ -28,6 +39,9 @@ pub enum ReconcileError {
     List { resource: String, reason: String },
     #[error("cannot write the snapshot: {0}")]
     Store(String),
+    /// 403: kubescribe's RBAC does not allow it.
+    #[error("kubescribe may not list {resource} (403 Forbidden): grant get, list and watch on it")]
+    Forbidden { resource: String },
     /// 410 Gone: the watch's resourceVersion is too old; list again.
     #[error("the watch of {resource} expired (410 Gone): relist")]
     Expired { resource: String },
@@ -162,172 +176,636 @@ pub async fn list_pages(
     Ok(listed)
 }
 
+/// The files of live objects, by target ([`crate::config::Config::targets`] order).
+pub type Live = Vec<HashSet<String>>;
+
+/// Where a resource's watch starts: its list's resourceVersion, and the files its
+/// objects had then (a relist after a 410 removes those whose object went away).
+#[derive(Debug, Clone)]
+pub struct WatchFrom {
+    pub resource: Recorded,
+    pub resource_version: String,
+    pub known: Live,
+}
+
 /// What a snapshot did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct SnapshotReport {
     pub resources: usize,
     pub objects: usize,
     /// Objects the rules record (the others are noise, controller-owned, ...).
     pub recorded: usize,
     pub commits: usize,
-    /// Each listed resource with its list's resourceVersion, where its watch starts.
-    pub watch_from: Vec<(Recorded, String)>,
+    /// Files removed because no live object matched them (`prune: always`).
+    pub pruned: usize,
+    /// Resources kubescribe may not list (RBAC): skipped, with an error logged.
+    pub forbidden: Vec<String>,
+    /// Each listed resource, where its watch starts.
+    pub watch_from: Vec<WatchFrom>,
 }
 
-/// Who the snapshot's writes are attributed to when the policy decides on them.
+/// Who the reconciler's writes are attributed to when the policy decides on them.
 const RECONCILE_USER: &str = "system:kubescribe:reconcile";
 
-/// Lists every recorded resource, a page at a time, and writes each object's file as
-/// admission would have, one commit per page and repository, authored by kubescribe
-/// itself. Files already equal make no commit. `layouts` and `stores` are in
-/// [`crate::config::Config::targets`] order.
-pub async fn snapshot(
-    client: &kube::Client,
-    policy: &Policy,
-    layouts: &[crate::manifest::Layout],
-    stores: &[crate::store::StoreHandle],
+/// How long a reconcile commit may wait for the writer.
+const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Pause before a watch that failed (not expired) is tried again.
+const RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+/// What the reconciler's tasks share: the client, the policy, each target's layout
+/// and store ([`crate::config::Config::targets`] order), and the admitted changes
+/// waiting for the watch to confirm them.
+pub struct Reconciler {
+    client: kube::Client,
+    policy: Policy,
+    targets: Vec<(Layout, StoreHandle)>,
+    confirmations: Option<Arc<Confirmations>>,
+    metrics: Arc<Metrics>,
     page_size: u32,
-) -> Result<SnapshotReport, ReconcileError> {
-    let mut report = SnapshotReport::default();
-    for resource in recorded_resources(client, policy).await? {
-        let version = snapshot_resource(
-            client,
-            policy,
-            layouts,
-            stores,
-            &resource,
-            page_size,
-            &mut report,
-        )
-        .await?;
-        report.resources += 1;
-        report.watch_from.push((resource, version));
-    }
-    Ok(report)
 }
 
-/// Lists and writes one resource (see [`snapshot`]); returns the list's
-/// resourceVersion, where its watch starts.
-pub async fn snapshot_resource(
-    client: &kube::Client,
-    policy: &Policy,
-    layouts: &[crate::manifest::Layout],
-    stores: &[crate::store::StoreHandle],
-    resource: &Recorded,
-    page_size: u32,
-    report: &mut SnapshotReport,
-) -> Result<String, ReconcileError> {
-    // One page in memory at a time: each is written before the next is asked for.
-    let mut pager = Pager::new(client, resource, None, page_size);
-    while let Some(page) = pager.next().await? {
-        report.objects += page.len();
-        let mut by_target: Vec<Vec<crate::manifest::Change>> = vec![Vec::new(); stores.len()];
-        for object in page {
-            let write = write_for(resource, object);
-            if let crate::policy::Decision::Record { target, .. } =
-                crate::policy::decide(&write, policy)
-            {
-                match crate::manifest::plan(&write, &layouts[target], policy.secrets) {
-                    Ok(change) => {
-                        report.recorded += 1;
-                        by_target[target].push(change);
+impl Reconciler {
+    pub fn new(
+        client: kube::Client,
+        policy: Policy,
+        targets: Vec<(Layout, StoreHandle)>,
+        metrics: Arc<Metrics>,
+        page_size: u32,
+    ) -> Self {
+        Self {
+            client,
+            policy,
+            targets,
+            confirmations: None,
+            metrics,
+            page_size,
+        }
+    }
+
+    /// Admitted changes are confirmed against what the watch shows (phantoms).
+    pub fn with_confirmations(mut self, confirmations: Arc<Confirmations>) -> Self {
+        self.confirmations = Some(confirmations);
+        self
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// Lists every recorded resource, a page at a time, and writes each object's file
+    /// as admission would have, one commit per page and repository, authored by
+    /// kubescribe itself; files already equal make no commit. Then prunes, where a
+    /// rule says `prune: always`, files whose object no list showed.
+    pub async fn snapshot(&self) -> Result<SnapshotReport, ReconcileError> {
+        let mut report = SnapshotReport::default();
+        let mut live: Live = vec![HashSet::new(); self.targets.len()];
+        let mut listed = Vec::new();
+        for resource in recorded_resources(&self.client, &self.policy).await? {
+            match self.list(&resource, &mut report).await {
+                Ok((resource_version, known)) => {
+                    for (all, these) in live.iter_mut().zip(&known) {
+                        all.extend(these.iter().cloned());
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, resource = %resource.resource, name = %write.name, "cannot turn a listed object into a file")
-                    }
+                    report.resources += 1;
+                    listed.push(resource.clone());
+                    report.watch_from.push(WatchFrom {
+                        resource,
+                        resource_version,
+                        known,
+                    });
+                }
+                Err(ReconcileError::Forbidden { resource }) => {
+                    tracing::error!(%resource, "not allowed to list; it is not reconciled (grant get, list and watch on it)");
+                    report.forbidden.push(resource);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        report.pruned = self.remove_gone(&listed, &live, None).await?;
+        self.metrics
+            .reconcile
+            .resources
+            .set(report.resources as i64);
+        Ok(report)
+    }
+
+    /// Lists and writes one resource (see [`Self::snapshot`]); returns the list's
+    /// resourceVersion and the files of its live objects.
+    pub async fn list(
+        &self,
+        resource: &Recorded,
+        report: &mut SnapshotReport,
+    ) -> Result<(String, Live), ReconcileError> {
+        let mut live: Live = vec![HashSet::new(); self.targets.len()];
+        // One page in memory at a time: each is written before the next is asked for.
+        let mut pager = Pager::new(&self.client, resource, None, self.page_size);
+        while let Some(page) = pager.next().await? {
+            report.objects += page.len();
+            self.metrics
+                .reconcile
+                .objects_listed
+                .inc_by(page.len() as u64);
+            let mut by_target: Vec<Vec<Change>> = vec![Vec::new(); self.targets.len()];
+            for object in page {
+                let Some((target, _, change)) = self.plan(&write_for(resource, object)) else {
+                    continue;
+                };
+                report.recorded += 1;
+                if change.action != Action::Remove {
+                    live[target].insert(change.path.as_str().to_owned());
+                }
+                if self.may_write(target, &change) {
+                    by_target[target].push(change);
+                }
+            }
+            for (target, changes) in by_target.into_iter().enumerate() {
+                if changes.is_empty() {
+                    continue;
+                }
+                let message = format!(
+                    "reconcile: snapshot of {} ({} objects)\n\nKubescribe-Reconcile: snapshot\n",
+                    resource.resource,
+                    changes.len()
+                );
+                if self.commit(target, changes, message).await? {
+                    report.commits += 1;
                 }
             }
         }
-        for (target, changes) in by_target.into_iter().enumerate() {
-            if changes.is_empty() {
+        tracing::info!(resource = %resource.resource, objects = report.objects, "listed");
+        Ok((pager.resource_version.unwrap_or_default(), live))
+    }
+
+    /// The target, rule and change admission would have made for `write`.
+    fn plan(&self, write: &crate::policy::Write) -> Option<(usize, String, Change)> {
+        let crate::policy::Decision::Record { target, rule, .. } =
+            crate::policy::decide(write, &self.policy)
+        else {
+            return None;
+        };
+        match crate::manifest::plan(write, &self.targets[target].0, self.policy.secrets) {
+            Ok(change) => Some((target, rule, change)),
+            Err(error) => {
+                tracing::warn!(%error, resource = %write.resource.resource, name = %write.name, "cannot turn the cluster's object into a file");
+                None
+            }
+        }
+    }
+
+    /// Whether the cluster's state may be written to the change's file now: not
+    /// while an admitted change to it waits for confirmation (see [`confirm`]).
+    fn may_write(&self, target: usize, change: &Change) -> bool {
+        self.confirmations
+            .as_ref()
+            .is_none_or(|c| c.observe(target, change.path.as_str(), &change.action))
+    }
+
+    /// Commits `changes` as one commit by kubescribe; whether a commit was made.
+    async fn commit(
+        &self,
+        target: usize,
+        changes: Vec<Change>,
+        message: String,
+    ) -> Result<bool, ReconcileError> {
+        let deadline = Instant::now() + COMMIT_DEADLINE;
+        match self.targets[target]
+            .1
+            .commit_bundle(changes, message, deadline)
+            .await
+        {
+            Ok(Outcome::Committed { .. }) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(error) => Err(ReconcileError::Store(format!(
+                "{error}; {}",
+                error.advice()
+            ))),
+        }
+    }
+
+    /// After full lists of `listed` that showed `live`: removes the files (under each
+    /// target's root) of those resources' objects that are gone. A file goes when its
+    /// rule says `prune: always`, or when `known` (the files the lists before showed
+    /// live) has it: its object was deleted while no watch ran. Files of other kinds,
+    /// files that are not manifests, files not at their object's path and files with
+    /// an admitted change waiting for confirmation are kept. Returns how many went.
+    async fn remove_gone(
+        &self,
+        listed: &[Recorded],
+        live: &Live,
+        known: Option<&Live>,
+    ) -> Result<usize, ReconcileError> {
+        let mut removed = 0;
+        for (target, (layout, store)) in self.targets.iter().enumerate() {
+            let mut gone = Vec::new();
+            let root = layout.root();
+            let scan = tokio::task::block_in_place(|| {
+                store.for_each_file(&root, |path, bytes| {
+                    if live[target].contains(path)
+                        || self
+                            .confirmations
+                            .as_ref()
+                            .is_some_and(|c| c.is_pending(target, path))
+                    {
+                        return;
+                    }
+                    let was_live = known.is_some_and(|k| k[target].contains(path));
+                    if let Some(change) = self.removal(listed, target, path, bytes, was_live) {
+                        gone.push(change);
+                    }
+                })
+            });
+            scan.map_err(|e| ReconcileError::Store(format!("{e}; {}", e.advice())))?;
+            for chunk in gone.chunks(self.page_size.max(1) as usize) {
+                let mut message = format!(
+                    "reconcile: remove {} files with no live object\n\nA full list of the cluster no longer shows these objects:\n\n",
+                    chunk.len()
+                );
+                for change in chunk {
+                    message.push_str(&format!("- {}\n", change.path));
+                }
+                message.push_str("\nKubescribe-Reconcile: prune\n");
+                if self.commit(target, chunk.to_vec(), message).await? {
+                    removed += chunk.len();
+                    self.metrics
+                        .reconcile
+                        .files_pruned
+                        .inc_by(chunk.len() as u64);
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed files with no live object");
+        }
+        Ok(removed)
+    }
+
+    /// The removal of the file at `path` of `target`, if it holds an object of a
+    /// listed resource that belongs there and may go (see [`Self::remove_gone`]).
+    fn removal(
+        &self,
+        listed: &[Recorded],
+        target: usize,
+        path: &str,
+        bytes: &[u8],
+        was_live: bool,
+    ) -> Option<Change> {
+        let object: serde_json::Value = serde_yaml_ng::from_slice(bytes).ok()?;
+        let group = object
+            .get("apiVersion")
+            .and_then(serde_json::Value::as_str)?
+            .rsplit_once('/')
+            .map_or("", |(group, _)| group);
+        let kind = object.get("kind").and_then(serde_json::Value::as_str)?;
+        let resource = listed.iter().find(|r| r.group == group && r.kind == kind)?;
+        let mut write = write_for(resource, object);
+        write.operation = kube_core::admission::Operation::Delete;
+        write.old_object = write.object.take();
+        let (planned, rule, change) = self.plan(&write)?;
+        let prune = self.policy.prune(&rule) == crate::config::Prune::Always;
+        (planned == target && change.path.as_str() == path && (prune || was_live)).then_some(change)
+    }
+
+    /// Keeps git following the cluster: watches `from.resource` from where its list
+    /// ended, relisting when the watch expires (410) and retrying after a pause on
+    /// other errors. Runs until the task is aborted.
+    pub async fn follow_forever(self: Arc<Self>, from: WatchFrom) {
+        let WatchFrom {
+            resource,
+            mut resource_version,
+            mut known,
+        } = from;
+        loop {
+            let started = Instant::now();
+            match self
+                .follow(&resource, &resource_version, 290, &mut known)
+                .await
+            {
+                Ok(followed) => {
+                    let idle = followed.written + followed.confirmed + followed.bookmarks == 0;
+                    resource_version = followed.resource_version;
+                    // A server that ends watches at once must not make this spin.
+                    if idle && started.elapsed() < Duration::from_secs(1) {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Err(ReconcileError::Expired { .. }) => {
+                    self.restarted("expired");
+                    tracing::info!(resource = %resource.resource, "watch expired (410); relisting");
+                    match self.relist(&resource, &known).await {
+                        Ok((relisted, live)) => {
+                            resource_version = relisted;
+                            known = live;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, resource = %resource.resource, "relist failed; retrying");
+                            tokio::time::sleep(RETRY_PAUSE).await;
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.restarted("error");
+                    tracing::warn!(%error, resource = %resource.resource, "watch failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    fn restarted(&self, reason: &'static str) {
+        self.metrics
+            .reconcile
+            .watch_restarts
+            .get_or_create(&crate::metrics::ErrorLabels { reason })
+            .inc();
+    }
+
+    /// Lists `resource` again after its watch expired: writes what changed meanwhile
+    /// and removes the files of objects deleted meanwhile (those in `known` that the
+    /// list no longer shows), so nothing is lost and, as files already equal make no
+    /// commit, nothing is written twice.
+    pub async fn relist(
+        &self,
+        resource: &Recorded,
+        known: &Live,
+    ) -> Result<(String, Live), ReconcileError> {
+        let mut report = SnapshotReport::default();
+        let (resource_version, live) = self.list(resource, &mut report).await?;
+        self.remove_gone(std::slice::from_ref(resource), &live, Some(known))
+            .await?;
+        Ok((resource_version, live))
+    }
+
+    /// Watches `resource` from `resource_version` (with bookmarks) until the server
+    /// ends the watch, writing every change git does not have yet: objects created or
+    /// changed without an admission record (kubescribe was down, the webhook failed
+    /// open), and deletions behind its back (garbage collection). Each is its own
+    /// commit, authored by kubescribe, saying so. Admitted changes the watch shows are
+    /// confirmed. `known` follows the files of live objects. `Expired` (410 Gone)
+    /// means the caller must relist.
+    pub async fn follow(
+        &self,
+        resource: &Recorded,
+        resource_version: &str,
+        timeout_seconds: u32,
+        known: &mut Live,
+    ) -> Result<Followed, ReconcileError> {
+        use futures::TryStreamExt as _;
+        use kube::api::WatchEvent;
+        use kube_core::admission::Operation;
+        let ar = resource.api_resource();
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::all_with(self.client.clone(), &ar);
+        // Bookmarks are on by default.
+        let params = kube::api::WatchParams::default().timeout(timeout_seconds);
+        let watch_error = |e: &dyn std::fmt::Display| ReconcileError::List {
+            resource: resource.resource.clone(),
+            reason: format!("watch: {e}"),
+        };
+        let stream = api
+            .watch(&params, resource_version)
+            .await
+            .map_err(|e| watch_error(&e))?;
+        futures::pin_mut!(stream);
+        let mut followed = Followed {
+            resource_version: resource_version.to_owned(),
+            ..Followed::default()
+        };
+        while let Some(event) = stream.try_next().await.map_err(|e| watch_error(&e))? {
+            let (object, operation) = match event {
+                WatchEvent::Added(object) => (object, Operation::Create),
+                WatchEvent::Modified(object) => (object, Operation::Update),
+                WatchEvent::Deleted(object) => (object, Operation::Delete),
+                WatchEvent::Bookmark(bookmark) => {
+                    followed.bookmarks += 1;
+                    followed.resource_version = bookmark.metadata.resource_version;
+                    continue;
+                }
+                WatchEvent::Error(status) if status.code == 410 => {
+                    return Err(ReconcileError::Expired {
+                        resource: resource.resource.clone(),
+                    });
+                }
+                WatchEvent::Error(status) => return Err(watch_error(&status.message)),
+            };
+            if let Some(version) = object.metadata.resource_version.clone() {
+                followed.resource_version = version;
+            }
+            let mut object = object;
+            object.types = Some(kube::api::TypeMeta {
+                api_version: ar.api_version.clone(),
+                kind: ar.kind.clone(),
+            });
+            let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
+            let mut write = write_for(resource, json);
+            write.operation = operation.clone();
+            if operation == Operation::Delete {
+                write.old_object = write.object.take();
+            }
+            let Some((target, _, change)) = self.plan(&write) else {
+                continue;
+            };
+            let path = change.path.as_str().to_owned();
+            if change.action == Action::Remove {
+                known[target].remove(&path);
+            } else {
+                known[target].insert(path);
+            }
+            if !self.may_write(target, &change) {
+                followed.held += 1;
                 continue;
             }
             let message = format!(
-                "reconcile: snapshot of {} ({} objects)\n\nKubescribe-Reconcile: snapshot\n",
-                resource.resource,
-                changes.len()
+                "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not: admission never recorded it (kubescribe was down, the webhook failed open, or the change came from inside the cluster, such as garbage collection).\n\nKubescribe-Reconcile: watch\nResource-Version: {rv}\n",
+                verb = change.verb.as_str(),
+                api_version = change.api_version,
+                kind = change.kind,
+                object = change.object_ref(),
+                rv = followed.resource_version,
             );
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            match stores[target]
-                .commit_bundle(changes, message, deadline)
-                .await
-            {
-                Ok(crate::store::Outcome::Committed { .. }) => report.commits += 1,
-                Ok(_) => {}
-                Err(error) => {
-                    return Err(ReconcileError::Store(format!(
-                        "{error}; {}",
-                        error.advice()
-                    )))
-                }
+            if self.commit(target, vec![change], message).await? {
+                followed.written += 1;
+            } else {
+                followed.confirmed += 1;
             }
         }
+        Ok(followed)
     }
-    Ok(pager.resource_version.unwrap_or_default())
-}
 
-/// Keeps git following the cluster after the snapshot: watches every resource from
-/// where its list ended, relisting one whose watch expired (410), and retrying
-/// after a pause on other errors. Runs until the task is aborted.
-pub async fn follow_forever(
-    client: kube::Client,
-    state: std::sync::Arc<crate::admission::AppState>,
-    resource: Recorded,
-    mut version: String,
-    page_size: u32,
-) {
-    let layouts: Vec<crate::manifest::Layout> =
-        state.targets.iter().map(|t| t.layout.clone()).collect();
-    let stores: Vec<crate::store::StoreHandle> =
-        state.targets.iter().map(|t| t.store.clone()).collect();
-    loop {
-        let started = std::time::Instant::now();
-        match follow(
-            &client,
-            &state.policy,
-            &layouts,
-            &stores,
-            &resource,
-            &version,
-            290,
-        )
-        .await
-        {
-            Ok(followed) => {
-                let idle = followed.written + followed.confirmed + followed.bookmarks == 0;
-                version = followed.resource_version;
-                // A server that ends watches at once must not make this spin.
-                if idle && started.elapsed() < std::time::Duration::from_secs(1) {
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
-            }
-            Err(ReconcileError::Expired { .. }) => {
-                tracing::info!(resource = %resource.resource, "watch expired (410); relisting");
-                let mut report = SnapshotReport::default();
-                match snapshot_resource(
-                    &client,
-                    &state.policy,
-                    &layouts,
-                    &stores,
-                    &resource,
-                    page_size,
-                    &mut report,
-                )
-                .await
-                {
-                    Ok(relisted) => version = relisted,
-                    Err(error) => {
-                        tracing::warn!(%error, resource = %resource.resource, "relist failed; retrying");
-                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    /// Reads back every admitted change whose confirmation window ended: if the
+    /// cluster shows it, it is confirmed; if not, it never landed (a phantom), and
+    /// the cluster's object is committed back, naming the admission uid. Returns how
+    /// many phantoms were found.
+    pub async fn check_unconfirmed(&self, resources: &[Recorded]) -> Result<usize, ReconcileError> {
+        let Some(confirmations) = &self.confirmations else {
+            return Ok(0);
+        };
+        let mut phantoms = 0;
+        for (target, pending) in confirmations.take_due(Instant::now()) {
+            let Some(resource) = resources
+                .iter()
+                .find(|r| r.group == pending.group && r.resource == pending.resource)
+            else {
+                // Not a resource the reconciler lists (or not any more): nothing to
+                // read back.
+                continue;
+            };
+            let ar = resource.api_resource();
+            let api: kube::Api<kube::api::DynamicObject> =
+                match (&pending.change.namespace, resource.namespaced) {
+                    (Some(ns), true) => kube::Api::namespaced_with(self.client.clone(), ns, &ar),
+                    _ => kube::Api::all_with(self.client.clone(), &ar),
+                };
+            let found =
+                api.get_opt(&pending.change.name)
+                    .await
+                    .map_err(|e| ReconcileError::List {
+                        resource: resource.resource.clone(),
+                        reason: format!("read back {}: {e}", pending.change.object_ref()),
+                    })?;
+            let truth = match found {
+                Some(mut object) => {
+                    object.types = Some(kube::api::TypeMeta {
+                        api_version: ar.api_version.clone(),
+                        kind: ar.kind.clone(),
+                    });
+                    let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
+                    let mut write = write_for(resource, json);
+                    write.operation = kube_core::admission::Operation::Update;
+                    match self.plan(&write) {
+                        Some((planned, _, change)) if planned == target => change,
+                        // The object no longer belongs in this repository.
+                        _ => continue,
                     }
                 }
+                None => Change {
+                    action: Action::Remove,
+                    verb: crate::manifest::Verb::Delete,
+                    ..pending.change.clone()
+                },
+            };
+            if pending.shown_by(&truth.action) {
+                self.metrics.reconcile.confirmed.inc();
+                continue;
             }
-            Err(error) => {
-                tracing::warn!(%error, resource = %resource.resource, "watch failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            phantoms += 1;
+            self.metrics.reconcile.phantoms.inc();
+            let path = truth.path.as_str().to_owned();
+            tracing::warn!(uid = %pending.change.uid, %path, user = %pending.change.user, "admitted change never landed (phantom); restoring the cluster's object");
+            if confirmations.is_pending(target, &path) {
+                // A newer admitted change to the file is on its way; it is checked in
+                // its turn.
+                continue;
+            }
+            let message = format!(
+                "reconcile: revert {verb} {api_version} {kind} {object}, which never landed\n\nAdmission recorded this change by {user} (uid {uid}), but the cluster did not persist it within {window:?}: another admission webhook or a quota denied it, it conflicted, or the apiserver timed out. This commit puts back what the cluster has.\n\nKubescribe-Reconcile: phantom\nReverts-Admission-Uid: {uid}\n",
+                verb = pending.change.verb.as_str(),
+                api_version = pending.change.api_version,
+                kind = pending.change.kind,
+                object = pending.change.object_ref(),
+                user = pending.change.user,
+                uid = pending.change.uid,
+                window = confirmations.window,
+            );
+            self.commit(target, vec![truth], message).await?;
+        }
+        Ok(phantoms)
+    }
+
+    /// The reconciler's life after its snapshot: one watch per resource, phantom
+    /// checks, and discovery again every `discovery_interval`, which lists and
+    /// watches resources that appeared (a CRD was added) and stops watching those
+    /// that went. Each watch task is pushed to `tasks`, so shutdown can stop them.
+    pub async fn run(
+        self: Arc<Self>,
+        report: SnapshotReport,
+        discovery_interval: Duration,
+        tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    ) {
+        let mut watched: Vec<(Recorded, tokio::task::AbortHandle)> = Vec::new();
+        let spawn = |from: WatchFrom, watched: &mut Vec<(Recorded, tokio::task::AbortHandle)>| {
+            let resource = from.resource.clone();
+            let task = tokio::spawn(self.clone().follow_forever(from));
+            watched.push((resource, task.abort_handle()));
+            tasks.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        };
+        for from in report.watch_from {
+            spawn(from, &mut watched);
+        }
+        let check_every = (self
+            .confirmations
+            .as_ref()
+            .map_or(Duration::from_secs(1), |c| c.window / 4))
+        .clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut check = tokio::time::interval(check_every);
+        let mut discover = tokio::time::interval(discovery_interval);
+        discover.tick().await;
+        loop {
+            tokio::select! {
+                _ = check.tick() => {
+                    let resources: Vec<Recorded> = watched.iter().map(|(r, _)| r.clone()).collect();
+                    if let Err(error) = self.check_unconfirmed(&resources).await {
+                        tracing::warn!(%error, "phantom check failed; retrying");
+                    }
+                }
+                _ = discover.tick() => {
+                    let found = match recorded_resources(&self.client, &self.policy).await {
+                        Ok(found) => found,
+                        Err(error) => {
+                            tracing::warn!(%error, "discovery failed; retrying");
+                            continue;
+                        }
+                    };
+                    watched.retain(|(resource, task)| {
+                        let keep = found.iter().any(|f| same_resource(f, resource));
+                        if !keep {
+                            tracing::info!(resource = %resource.resource, group = %resource.group, "resource went away; no longer watched");
+                            task.abort();
+                        }
+                        keep
+                    });
+                    for resource in found {
+                        if watched.iter().any(|(w, _)| same_resource(w, &resource)) {
+                            continue;
+                        }
+                        tracing::info!(resource = %resource.resource, group = %resource.group, "new resource; listing and watching it");
+                        let mut report = SnapshotReport::default();
+                        match self.list(&resource, &mut report).await {
+                            Ok((resource_version, known)) => {
+                                let live = known.clone();
+                                if let Err(error) = self.remove_gone(std::slice::from_ref(&resource), &live, None).await {
+                                    tracing::warn!(%error, "prune failed");
+                                }
+                                spawn(WatchFrom { resource, resource_version, known }, &mut watched);
+                            }
+                            Err(error) => tracing::warn!(%error, "listing a new resource failed; retrying at the next discovery"),
+                        }
+                    }
+                    self.metrics.reconcile.resources.set(watched.len() as i64);
+                }
             }
         }
     }
+}
+
+/// The same resource, whatever version discovery prefers now.
+fn same_resource(a: &Recorded, b: &Recorded) -> bool {
+    a.group == b.group && a.resource == b.resource
+}
+
+/// What following a watch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Followed {
+    /// Changes git did not have yet, committed as `reconcile:` commits.
+    pub written: usize,
+    /// Changes git already had (admission recorded them): confirmed.
+    pub confirmed: usize,
+    /// Changes not written because an admitted change to the same file waits for
+    /// its confirmation.
+    pub held: usize,
+    pub bookmarks: usize,
+    /// Where to watch from next.
+    pub resource_version: String,
 }
 
 /// The write admission would have seen for a listed object.
@@ -391,14 +869,15 @@ impl<'a> Pager<'a> {
         let Some(params) = self.params.take() else {
             return Ok(None);
         };
-        let list = self
-            .api
-            .list(&params)
-            .await
-            .map_err(|e| ReconcileError::List {
+        let list = self.api.list(&params).await.map_err(|e| match e {
+            kube::Error::Api(status) if status.code == 403 => ReconcileError::Forbidden {
+                resource: self.resource.resource.clone(),
+            },
+            e => ReconcileError::List {
                 resource: self.resource.resource.clone(),
                 reason: e.to_string(),
-            })?;
+            },
+        })?;
         self.resource_version = list.metadata.resource_version.clone();
         if let Some(token) = list.metadata.continue_.filter(|c| !c.is_empty()) {
             self.params = Some(params.continue_token(&token));
@@ -418,118 +897,4 @@ impl<'a> Pager<'a> {
                 .collect(),
         ))
     }
-}
-
-/// What following a watch did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Followed {
-    /// Changes git did not have yet, committed as `reconcile:` commits.
-    pub written: usize,
-    /// Changes git already had (admission recorded them): confirmed.
-    pub confirmed: usize,
-    pub bookmarks: usize,
-    /// Where to watch from next.
-    pub resource_version: String,
-}
-
-/// Watches `resource` from `resource_version` (with bookmarks) until the server ends
-/// the watch, writing every change git does not have yet: objects created or changed
-/// without an admission record (kubescribe was down, the webhook failed open), and
-/// deletions behind its back (garbage collection). Each is its own commit, authored
-/// by kubescribe, saying so. `Expired` (410 Gone) means the caller must relist.
-pub async fn follow(
-    client: &kube::Client,
-    policy: &Policy,
-    layouts: &[crate::manifest::Layout],
-    stores: &[crate::store::StoreHandle],
-    resource: &Recorded,
-    resource_version: &str,
-    timeout_seconds: u32,
-) -> Result<Followed, ReconcileError> {
-    use futures::TryStreamExt as _;
-    use kube::api::WatchEvent;
-    let ar = resource.api_resource();
-    let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(client.clone(), &ar);
-    // Bookmarks are on by default.
-    let params = kube::api::WatchParams::default().timeout(timeout_seconds);
-    let watch_error = |e: &dyn std::fmt::Display| ReconcileError::List {
-        resource: resource.resource.clone(),
-        reason: format!("watch: {e}"),
-    };
-    let stream = api
-        .watch(&params, resource_version)
-        .await
-        .map_err(|e| watch_error(&e))?;
-    futures::pin_mut!(stream);
-    let mut followed = Followed {
-        resource_version: resource_version.to_owned(),
-        ..Followed::default()
-    };
-    while let Some(event) = stream.try_next().await.map_err(|e| watch_error(&e))? {
-        use kube_core::admission::Operation;
-        let (object, operation) = match event {
-            WatchEvent::Added(object) => (object, Operation::Create),
-            WatchEvent::Modified(object) => (object, Operation::Update),
-            WatchEvent::Deleted(object) => (object, Operation::Delete),
-            WatchEvent::Bookmark(bookmark) => {
-                followed.bookmarks += 1;
-                followed.resource_version = bookmark.metadata.resource_version;
-                continue;
-            }
-            WatchEvent::Error(status) if status.code == 410 => {
-                return Err(ReconcileError::Expired {
-                    resource: resource.resource.clone(),
-                });
-            }
-            WatchEvent::Error(status) => return Err(watch_error(&status.message)),
-        };
-        if let Some(version) = object.metadata.resource_version.clone() {
-            followed.resource_version = version;
-        }
-        let mut object = object;
-        object.types = Some(kube::api::TypeMeta {
-            api_version: ar.api_version.clone(),
-            kind: ar.kind.clone(),
-        });
-        let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
-        let mut write = write_for(resource, json);
-        write.operation = operation.clone();
-        if operation == Operation::Delete {
-            write.old_object = write.object.take();
-        }
-        let crate::policy::Decision::Record { target, .. } = crate::policy::decide(&write, policy)
-        else {
-            continue;
-        };
-        let change = match crate::manifest::plan(&write, &layouts[target], policy.secrets) {
-            Ok(change) => change,
-            Err(error) => {
-                tracing::warn!(%error, name = %write.name, "cannot turn a watched object into a file");
-                continue;
-            }
-        };
-        let message = format!(
-            "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not: admission never recorded it (kubescribe was down, the webhook failed open, or the change came from inside the cluster, such as garbage collection).\n\nKubescribe-Reconcile: watch\nResource-Version: {rv}\n",
-            verb = change.verb.as_str(),
-            api_version = change.api_version,
-            kind = change.kind,
-            object = change.object_ref(),
-            rv = followed.resource_version,
-        );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        match stores[target]
-            .commit_bundle(vec![change], message, deadline)
-            .await
-        {
-            Ok(crate::store::Outcome::Committed { .. }) => followed.written += 1,
-            Ok(_) => followed.confirmed += 1,
-            Err(error) => {
-                return Err(ReconcileError::Store(format!(
-                    "{error}; {}",
-                    error.advice()
-                )))
-            }
-        }
-    }
-    Ok(followed)
 }

@@ -152,6 +152,8 @@ pub struct StoreHandle {
     metrics: Arc<Metrics>,
     /// Why the last batch failed, until one succeeds.
     failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// The repository's path and branch, for readers beside the writer.
+    location: Arc<(PathBuf, String)>,
 }
 
 /// The receivers for one waiting change; see [`StoreHandle::submit`].
@@ -222,6 +224,7 @@ impl StoreHandle {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, WriterThread), StoreError> {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let location = Arc::new((settings.path.clone(), settings.branch.clone()));
         let (control, control_rx) = mpsc::unbounded_channel();
         let failing = Arc::new(std::sync::Mutex::new(None));
         let writer_failing = failing.clone();
@@ -268,6 +271,7 @@ impl StoreHandle {
                     control,
                     metrics,
                     failing,
+                    location,
                 },
                 WriterThread(thread),
             )),
@@ -386,6 +390,16 @@ impl StoreHandle {
             Ok(Err(_)) => Err(StoreError::Closed),
             Err(_) => Err(StoreError::Expired),
         }
+    }
+
+    /// Calls `each` with every file under `under` on the branch as it is now (see
+    /// [`for_each_file`]); blocking, so call it from a blocking thread.
+    pub fn for_each_file(
+        &self,
+        under: &str,
+        each: impl FnMut(&str, &[u8]),
+    ) -> Result<(), StoreError> {
+        for_each_file(&self.location.0, &self.location.1, under, each)
     }
 
     /// What a pusher needs to ask for replays; it does not keep the writer alive.
@@ -844,18 +858,20 @@ impl Writer {
         for job in jobs {
             // Stage the job's edits in the editor; then either commit them, with this
             // author and message, or answer without a commit.
+            let mut files = 0;
             let staged = if let Some(bundle) = &job.bundle {
                 for change in &bundle.changes {
                     let path = change.path.as_str();
                     let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
                     match &change.action {
                         Action::Put(bytes) => {
-                            put_blob(repo, &mut editor, path, bytes, current)?;
+                            files += u64::from(put_blob(repo, &mut editor, path, bytes, current)?);
                         }
                         Action::Remove if current.is_some() => {
                             editor
                                 .remove(path.split('/'))
                                 .map_err(|e| write_error(&e))?;
+                            files += 1;
                         }
                         Action::Remove | Action::SetReplicas(_) => {}
                     }
@@ -915,6 +931,8 @@ impl Writer {
             let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
             tip = Some(id);
             tree = new_tree;
+            // Bundles are the reconciler's commits.
+            self.metrics.reconcile.files_written.inc_by(files);
             outcomes.push(Outcome::Committed { commit: id });
         }
         Ok((outcomes, tip, tree))
@@ -1247,6 +1265,48 @@ fn put_blob(
         .upsert(path.split('/'), EntryKind::Blob, id)
         .map_err(|e| write_error(&e))?;
     Ok(true)
+}
+
+/// Calls `each` with every file under `under` (a root, `""` or ending in `/`) on
+/// `branch` of the bare repository at `path`, with its bytes, one at a time. It
+/// reads the branch as it is now and never writes, so it runs beside the writer.
+pub fn for_each_file(
+    path: &Path,
+    branch: &str,
+    under: &str,
+    mut each: impl FnMut(&str, &[u8]),
+) -> Result<(), StoreError> {
+    let read_error = |e: &dyn std::fmt::Display| StoreError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| read_error(&e))?;
+    let Some(mut reference) = repo
+        .try_find_reference(format!("refs/heads/{branch}").as_str())
+        .map_err(|e| read_error(&e))?
+    else {
+        return Ok(());
+    };
+    let tree = reference
+        .peel_to_commit()
+        .and_then(|c| c.tree())
+        .map_err(|e| read_error(&e))?;
+    let mut files = gix::traverse::tree::Recorder::default();
+    tree.traverse()
+        .breadthfirst(&mut files)
+        .map_err(|e| read_error(&e))?;
+    for entry in files.records {
+        if !entry.mode.is_blob() {
+            continue;
+        }
+        let file = entry.filepath.to_string();
+        if !file.starts_with(under) {
+            continue;
+        }
+        let blob = repo.find_blob(entry.oid).map_err(|e| read_error(&e))?;
+        each(&file, &blob.data);
+    }
+    Ok(())
 }
 
 /// Sleeps until `at`, or forever without one.

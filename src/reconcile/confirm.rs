@@ -1,0 +1,244 @@
+//! Confirmations: admission sees attempts, so every change it recorded waits here
+//! until the watch shows the cluster persisted it. A change is confirmed when the
+//! watch (or a list) shows the object as recorded; an earlier change to the same
+//! file is then superseded. One that is still unconfirmed when its window ends is
+//! read back from the cluster: if the cluster does not have it, it was a phantom
+//! (another webhook or a quota denied it, it conflicted, the apiserver timed out),
+//! and the reconciler commits the cluster's object back.
+//!
+//! Invariants: while a file has unconfirmed changes, the reconciler writes nothing
+//! to it from the watch or a list (an event may predate the admitted write), so a
+//! recorded change is never overwritten by an older state; the read back settles
+//! it. Only content hashes are kept, never whole files, so memory is bounded by the
+//! number of changes in one window.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::manifest::{Action, Change};
+use crate::metrics::Metrics;
+
+/// What the file should look like once the change is persisted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    /// The blob id of the recorded bytes.
+    Put(gix::ObjectId),
+    Remove,
+    Replicas(i64),
+}
+
+impl Expect {
+    fn of(action: &Action) -> Self {
+        match action {
+            Action::Put(bytes) => Expect::Put(blob_id(bytes)),
+            Action::Remove => Expect::Remove,
+            Action::SetReplicas(n) => Expect::Replicas(*n),
+        }
+    }
+
+    /// Whether the cluster's object, rendered as the reconciler would write it,
+    /// shows this change.
+    fn shown_by(&self, seen: &Action) -> bool {
+        match (self, seen) {
+            (Expect::Put(id), Action::Put(bytes)) => *id == blob_id(bytes),
+            (Expect::Remove, Action::Remove) => true,
+            (Expect::Replicas(n), Action::Put(bytes)) => {
+                serde_yaml_ng::from_slice::<serde_json::Value>(bytes)
+                    .ok()
+                    .and_then(|v| v.pointer("/spec/replicas").and_then(|r| r.as_i64()))
+                    == Some(*n)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn blob_id(bytes: &[u8]) -> gix::ObjectId {
+    gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, bytes)
+        .unwrap_or_else(|_| gix::ObjectId::null(gix::hash::Kind::Sha1))
+}
+
+/// One admitted change waiting for its confirmation.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The recorded change, without its bytes.
+    pub change: Change,
+    /// API group and plural of the object the file holds (the parent, for a scale).
+    pub group: String,
+    pub resource: String,
+    expect: Expect,
+    due: Instant,
+}
+
+impl Pending {
+    /// Whether `seen` (the cluster's object as the reconciler renders it, or
+    /// `Remove` when it is gone) shows this change.
+    pub fn shown_by(&self, seen: &Action) -> bool {
+        self.expect.shown_by(seen)
+    }
+}
+
+type Key = (usize, String);
+
+/// Admitted changes not yet confirmed, by target and file, oldest first.
+pub struct Confirmations {
+    pending: Mutex<HashMap<Key, VecDeque<Pending>>>,
+    pub window: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Confirmations {
+    pub fn new(window: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            pending: Mutex::new(HashMap::new()),
+            window,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, VecDeque<Pending>>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes a change admission recorded (and allowed) to `target`, for `group` and
+    /// `resource` (the parent's, for a scale write).
+    pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str) {
+        let expect = Expect::of(&change.action);
+        let mut change = change.clone();
+        // Only the hash is kept.
+        change.action = Action::Remove;
+        let key = (target, change.path.as_str().to_owned());
+        let pending = Pending {
+            change,
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+            expect,
+            due: Instant::now() + self.window,
+        };
+        self.lock().entry(key).or_default().push_back(pending);
+        self.metrics.reconcile.pending.inc();
+    }
+
+    /// The watch or a list shows `path` of `target` as `seen`. Confirms the change
+    /// that shows (and supersedes every earlier one). Returns whether the reconciler
+    /// may write `seen`: only when no change to the file is left unconfirmed.
+    pub fn observe(&self, target: usize, path: &str, seen: &Action) -> bool {
+        let mut pending = self.lock();
+        let key = (target, path.to_owned());
+        let Some(queue) = pending.get_mut(&key) else {
+            return true;
+        };
+        if let Some(i) = queue.iter().position(|p| p.expect.shown_by(seen)) {
+            queue.drain(..=i);
+            self.metrics.reconcile.confirmed.inc();
+            self.metrics.reconcile.pending.dec_by(i as i64 + 1);
+        }
+        if queue.is_empty() {
+            pending.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// Whether `path` of `target` has a change waiting for confirmation.
+    pub fn is_pending(&self, target: usize, path: &str) -> bool {
+        self.lock().contains_key(&(target, path.to_owned()))
+    }
+
+    /// Takes every change whose window has ended. A change with a later one to the
+    /// same file is superseded (the later one is checked in its turn) and dropped;
+    /// the rest are returned with their target, for a read back.
+    pub fn take_due(&self, now: Instant) -> Vec<(usize, Pending)> {
+        let mut pending = self.lock();
+        let mut due = Vec::new();
+        let mut taken = 0;
+        pending.retain(|(target, _), queue| {
+            let mut last = None;
+            while queue.front().is_some_and(|p| p.due <= now) {
+                last = queue.pop_front();
+                taken += 1;
+            }
+            match last {
+                Some(last) if queue.is_empty() => {
+                    due.push((*target, last));
+                    false
+                }
+                _ => !queue.is_empty(),
+            }
+        });
+        self.metrics.reconcile.pending.dec_by(taken);
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(action: Action) -> Change {
+        let write = crate::policy::Write {
+            uid: "u1".into(),
+            operation: kube_core::admission::Operation::Create,
+            kind: kube_core::GroupVersionKind::gvk("", "v1", "ConfigMap"),
+            resource: kube_core::GroupVersionResource::gvr("", "v1", "configmaps"),
+            sub_resource: None,
+            namespace: Some("team-a".into()),
+            name: "c".into(),
+            user: "alice".into(),
+            groups: Vec::new(),
+            dry_run: false,
+            object: Some(
+                serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","namespace":"team-a"},"data":{"a":"1"}}),
+            ),
+            old_object: None,
+        };
+        let layout = crate::manifest::Layout::new("", "{namespace}/{group}/{resource}/{name}.yaml")
+            .expect("default layout");
+        let mut change = crate::manifest::plan(&write, &layout, crate::config::SecretMode::Omit)
+            .expect("a plan");
+        change.action = action;
+        change
+    }
+
+    #[test]
+    fn the_change_that_shows_confirms_itself_and_supersedes_earlier_ones() {
+        let c = Confirmations::new(Duration::from_secs(60), Arc::new(Metrics::new()));
+        let one = change(Action::Put(b"one".to_vec()));
+        let two = change(Action::Put(b"two".to_vec()));
+        let path = one.path.as_str().to_owned();
+        c.expect(0, &one, "", "configmaps");
+        c.expect(0, &two, "", "configmaps");
+        // An older state, or one of another target: held, nothing confirmed.
+        assert!(!c.observe(0, &path, &Action::Put(b"zero".to_vec())));
+        assert!(c.observe(1, &path, &Action::Put(b"zero".to_vec())));
+        assert!(!c.observe(0, &path, &Action::Put(b"one".to_vec())));
+        assert!(c.is_pending(0, &path));
+        assert!(c.observe(0, &path, &Action::Put(b"two".to_vec())));
+        assert!(!c.is_pending(0, &path));
+        assert!(c
+            .take_due(Instant::now() + Duration::from_secs(61))
+            .is_empty());
+    }
+
+    #[test]
+    fn only_the_last_unconfirmed_change_of_a_file_is_read_back() {
+        let c = Confirmations::new(Duration::from_secs(1), Arc::new(Metrics::new()));
+        let one = change(Action::Put(b"one".to_vec()));
+        let gone = change(Action::Remove);
+        c.expect(0, &one, "", "configmaps");
+        c.expect(0, &gone, "", "configmaps");
+        assert!(c.take_due(Instant::now()).is_empty(), "not due yet");
+        let due = c.take_due(Instant::now() + Duration::from_secs(2));
+        assert_eq!(due.len(), 1);
+        assert!(due[0].1.shown_by(&Action::Remove));
+        assert!(!due[0].1.shown_by(&Action::Put(b"one".to_vec())));
+    }
+
+    #[test]
+    fn a_scale_is_shown_by_the_replicas_of_the_parent() {
+        let expect = Expect::of(&Action::SetReplicas(3));
+        assert!(expect.shown_by(&Action::Put(b"spec:\n  replicas: 3\n".to_vec())));
+        assert!(!expect.shown_by(&Action::Put(b"spec:\n  replicas: 2\n".to_vec())));
+    }
+}
