@@ -195,16 +195,6 @@ async fn ssh_refuses_a_wrong_host_key_and_an_unknown_client_key() {
     );
 }
 
-/// Polls `check` every 50 ms until it holds or `limit` passes; the remote gets
-/// pushes in the background, so there is no event to wait for from outside.
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !check() {
-        assert!(Instant::now() < until, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn remote_files(repo: &Path, branch: &str) -> Vec<String> {
     let output = std::process::Command::new("git")
         .arg("--git-dir")
@@ -216,26 +206,6 @@ fn remote_files(repo: &Path, branch: &str) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-/// The value of one sample of the server's /metrics.
-async fn metric(server: &TestServer, sample: &str) -> f64 {
-    let (_, text) = server
-        .connect()
-        .await
-        .send(
-            axum::http::Method::GET,
-            "/metrics",
-            None,
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8(text.to_vec()).unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {sample} in\n{text}"))
 }
 
 async fn send_review(server: &TestServer, review: &Value, timeout: &str) -> Value {
@@ -327,7 +297,7 @@ async fn two_servers_pushing_to_one_branch_keep_every_change_in_a_linear_history
         "every change arrived"
     );
     assert_eq!(git(&remote, &["rev-list", "--count", "main"]).trim(), "121");
-    let conflicts = metric(
+    let conflicts = common::metric(
         &b,
         "kubescribe_push_failures_total{repository=\"default\",reason=\"conflict\"}",
     )
@@ -464,7 +434,7 @@ async fn a_restart_pushes_commits_left_unpushed() {
     daemon.restart();
     let server = TestServer::start(&config).await;
     let remote = daemon.repo();
-    eventually(
+    common::eventually(
         Duration::from_secs(30),
         "the remote has the 5 commits",
         || remote_files(&remote, "main").len() == 5,
@@ -540,7 +510,7 @@ async fn a_remote_outage_under_load_loses_nothing_and_denies_waiting_writes_in_t
 
     daemon.restart();
     let remote = daemon.repo();
-    eventually(
+    common::eventually(
         Duration::from_secs(60),
         "the backlog reaches the remote",
         || {

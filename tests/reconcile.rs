@@ -168,26 +168,7 @@ async fn the_server_is_ready_only_after_its_initial_snapshot() {
         kubeconfig.display()
     ))
     .await;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (status, _) = server
-            .connect()
-            .await
-            .send(
-                axum::http::Method::GET,
-                "/readyz",
-                None,
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap();
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503, "not ready yet is 503");
-        assert!(std::time::Instant::now() < until, "never became ready");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_ready(&server).await;
     // Ready means the snapshot's commits are in the branch.
     let files = server.git(&["ls-tree", "-r", "--name-only", "main"]);
     assert!(
@@ -298,4 +279,396 @@ async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for
         .await
         .unwrap();
     common::git(&repo, &["fsck", "--strict"]);
+}
+
+/// Waits for `/readyz` to answer 200 (the initial snapshot is done); 503 before.
+async fn until_ready(server: &common::TestServer) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, _) = server
+            .connect()
+            .await
+            .send(
+                axum::http::Method::GET,
+                "/readyz",
+                None,
+                bytes::Bytes::new(),
+            )
+            .await
+            .unwrap();
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 503, "not ready yet is 503");
+        assert!(std::time::Instant::now() < until, "never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the server's metric `sample` reaches `at_least` (the reconciler works
+/// in the background: there is no event to await from outside).
+async fn until_metric(server: &common::TestServer, sample: &str, at_least: f64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while common::sample_of(server, sample).await.0.unwrap_or(0.0) < at_least {
+        assert!(
+            std::time::Instant::now() < until,
+            "{sample} never reached {at_least}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+use common::apiserver::{ApiServer, ScenarioHandle};
+
+const CONFIGMAPS: &str = "/api/v1/configmaps";
+const APP_CONFIG: &str = "/api/v1/namespaces/team-a/configmaps/app-config";
+
+/// The object of an admission fixture, as the API would serve it at `rv`.
+fn admitted_object(prefix: &str, rv: &str) -> serde_json::Value {
+    let mut object = common::fixture(prefix).review["request"]["object"].clone();
+    object["metadata"]["resourceVersion"] = rv.into();
+    object
+}
+
+/// A recorded ConfigMap (c1 or c2 of team-a), renamed, with `data` and at `rv`.
+fn configmap(recorded: &str, name: &str, data: serde_json::Value, rv: &str) -> serde_json::Value {
+    let list: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/api/k8s-1.19/list_configmaps_all.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut object = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["metadata"]["name"] == recorded)
+        .unwrap()
+        .clone();
+    object["apiVersion"] = "v1".into();
+    object["kind"] = "ConfigMap".into();
+    object["metadata"]["name"] = name.into();
+    object["metadata"]["resourceVersion"] = rv.into();
+    object["metadata"]["uid"] = format!("uid-{name}").into();
+    object["data"] = data;
+    object
+}
+
+/// A server recording ConfigMaps (plus `rules` extras) with the reconciler on
+/// against `api`, once ready.
+async fn reconciling_server(api: &ApiServer, rule: &str, reconcile: &str) -> common::TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let server = common::TestServer::start_in(
+        dir,
+        &format!(
+            "rules:\n- name: configmaps\n  groups: [\"\"]\n  resources: [configmaps]\n  wait: commit\n{rule}reconcile:\n  enabled: true\n  kubeconfig: {}\n  pageSize: 2\n{reconcile}",
+            kubeconfig.display()
+        ),
+    )
+    .await;
+    until_ready(&server).await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_change_the_cluster_never_persisted_is_reverted_to_the_cluster_object() {
+    let scenario = ScenarioHandle::default();
+    scenario.list(CONFIGMAPS, "500", &[admitted_object("009", "500")]);
+    // Nothing to read back yet: a change the watch does not confirm would be a phantom.
+    scenario.object(APP_CONFIG, None);
+    let api = ApiServer::scenario(scenario.clone()).await;
+    let server = reconciling_server(&api, "", "  confirmWindow: 1s\n").await;
+    let file = "main:team-a/core/configmaps/app-config.yaml";
+    assert!(server.git(&["show", file]).contains("LOG_LEVEL: info"));
+
+    // alice labels it; the watch shows the label: confirmed, no reconcile commit.
+    server.send(&common::fixture("017")).await;
+    let labelled = admitted_object("017", "501");
+    scenario.event(CONFIGMAPS, "MODIFIED", &labelled);
+    until_metric(&server, "kubescribe_reconcile_confirmed_total ", 1.0).await;
+    assert_eq!(
+        common::metric(&server, "kubescribe_reconcile_pending_confirmations ").await,
+        0.0
+    );
+
+    // alice sets LOG_LEVEL=debug: admitted and recorded, but another webhook denies
+    // it, so the cluster keeps the labelled object, which the watch shows again.
+    let debug = common::fixture("019");
+    let uid = debug.review["request"]["uid"].as_str().unwrap().to_owned();
+    server.send(&debug).await;
+    assert!(server.git(&["show", file]).contains("LOG_LEVEL: debug"));
+    let persisted = admitted_object("017", "502");
+    scenario.object(APP_CONFIG, Some(&persisted));
+    scenario.event(CONFIGMAPS, "MODIFIED", &persisted);
+
+    until_metric(&server, "kubescribe_reconcile_phantoms_total ", 1.0).await;
+    let log = server.git(&["log", "--format=%an|%s", "main"]);
+    let subjects: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        subjects[..3],
+        [
+            "kubescribe|reconcile: revert update v1 ConfigMap team-a/app-config, which never landed",
+            "alice|update v1 ConfigMap team-a/app-config",
+            "alice|update v1 ConfigMap team-a/app-config",
+        ],
+        "{log}"
+    );
+    let message = server.git(&["log", "-1", "--format=%B", "main"]);
+    assert!(
+        message.contains(&format!("Reverts-Admission-Uid: {uid}")),
+        "{message}"
+    );
+    let now = server.git(&["show", file]);
+    assert!(
+        now.contains("LOG_LEVEL: info") && now.contains("tier: backend"),
+        "{now}"
+    );
+    assert_eq!(
+        common::metric(&server, "kubescribe_reconcile_phantoms_total ").await,
+        1.0,
+        "the confirmed label was no phantom"
+    );
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_in_the_middle_of_a_watch_relists_losing_nothing_and_writing_nothing_twice() {
+    let scenario = ScenarioHandle::default();
+    let c1 = configmap("c1", "c1", serde_json::json!({"a": "1"}), "500");
+    let c2 = configmap("c2", "c2", serde_json::json!({"b": "2"}), "500");
+    scenario.list(CONFIGMAPS, "500", &[c1.clone(), c2]);
+    let api = ApiServer::scenario(scenario.clone()).await;
+    let server = reconciling_server(&api, "", "").await;
+
+    // Created while admission was not looking: the watch brings it.
+    let c3 = configmap("c1", "c3", serde_json::json!({"c": "3"}), "501");
+    scenario.event(CONFIGMAPS, "ADDED", &c3);
+    let c3_path = "team-a/core/configmaps/c3.yaml";
+    common::eventually(std::time::Duration::from_secs(20), "c3 is written", || {
+        server
+            .git(&["ls-tree", "-r", "--name-only", "main"])
+            .contains(c3_path)
+    })
+    .await;
+
+    // Then the watch expires. Meanwhile c1 changed, c4 was created and c2 deleted.
+    let c1_changed = configmap("c1", "c1", serde_json::json!({"a": "9"}), "590");
+    let c4 = configmap("c2", "c4", serde_json::json!({"d": "4"}), "595");
+    scenario.list(CONFIGMAPS, "600", &[c1_changed, c3, c4]);
+    let expired: serde_json::Value = serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 501 (590)","reason":"Expired","code":410});
+    scenario.event(CONFIGMAPS, "ERROR", &expired);
+    until_metric(
+        &server,
+        "kubescribe_reconcile_watch_restarts_total{reason=\"expired\"} ",
+        1.0,
+    )
+    .await;
+    common::eventually(std::time::Duration::from_secs(20), "c2 is removed", || {
+        !server
+            .git(&["ls-tree", "-r", "--name-only", "main"])
+            .contains("c2.yaml")
+    })
+    .await;
+
+    let files = server.git(&["ls-tree", "-r", "--name-only", "main"]);
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        [
+            "team-a/core/configmaps/c1.yaml",
+            "team-a/core/configmaps/c3.yaml",
+            "team-a/core/configmaps/c4.yaml",
+        ]
+    );
+    assert!(server
+        .git(&["show", "main:team-a/core/configmaps/c1.yaml"])
+        .contains("a: '9'"));
+    // c3 came once, from the watch; the relist wrote only what changed.
+    let c3_commits = server.git(&["log", "--format=%s", "main", "--", c3_path]);
+    assert_eq!(c3_commits.lines().count(), 1, "{c3_commits}");
+    let log = server.git(&["log", "--reverse", "--format=%s", "--name-status", "main"]);
+    let log: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        log,
+        [
+            "reconcile: snapshot of configmaps (2 objects)",
+            "A\tteam-a/core/configmaps/c1.yaml",
+            "A\tteam-a/core/configmaps/c2.yaml",
+            "reconcile: create v1 ConfigMap team-a/c3",
+            "A\tteam-a/core/configmaps/c3.yaml",
+            // The relist's one page: c3 is listed, and unchanged.
+            "reconcile: snapshot of configmaps (3 objects)",
+            "M\tteam-a/core/configmaps/c1.yaml",
+            "A\tteam-a/core/configmaps/c4.yaml",
+            "reconcile: remove 1 files with no live object",
+            "D\tteam-a/core/configmaps/c2.yaml",
+        ]
+    );
+    let repo = server.repo.clone();
+    server.server.shutdown().await.unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crd_added_while_running_is_listed_and_watched() {
+    let scenario = ScenarioHandle::default();
+    scenario.list(CONFIGMAPS, "500", &[]);
+    let api = ApiServer::scenario(scenario.clone()).await;
+    let server = reconciling_server(
+        &api,
+        "- name: gadgets\n  groups: [example.org]\n  resources: [gadgets]\n",
+        "  discoveryInterval: 200ms\n",
+    )
+    .await;
+    assert_eq!(
+        common::metric(&server, "kubescribe_reconcile_resources ").await,
+        1.0
+    );
+
+    // A CRD for example.org gadgets is created, with one gadget (built from the
+    // recorded Widget).
+    let widgets: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/api/k8s-1.19/list_widgets_all.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let gadget = |name: &str| {
+        let mut object = widgets["items"][0].clone();
+        object["apiVersion"] = "example.org/v1".into();
+        object["kind"] = "Gadget".into();
+        object["metadata"]["name"] = name.into();
+        object["metadata"]["annotations"] = serde_json::json!({});
+        object
+    };
+    scenario.list("/apis/example.org/v1/gadgets", "700", &[gadget("g1")]);
+    scenario.group(
+        "example.org",
+        "v1",
+        serde_json::json!([{
+            "name": "gadgets", "singularName": "gadget", "namespaced": true, "kind": "Gadget",
+            "verbs": ["delete","deletecollection","get","list","patch","create","update","watch"],
+        }]),
+    );
+    until_metric(&server, "kubescribe_reconcile_resources ", 2.0).await;
+    common::eventually(std::time::Duration::from_secs(20), "g1 is written", || {
+        server
+            .git(&["ls-tree", "-r", "--name-only", "main"])
+            .contains("team-a/example.org/gadgets/g1.yaml")
+    })
+    .await;
+    assert_eq!(
+        server.git(&["log", "-1", "--format=%an|%s", "main"]).trim(),
+        "kubescribe|reconcile: snapshot of gadgets (1 objects)"
+    );
+
+    // And it is watched from then on.
+    scenario.event("/apis/example.org/v1/gadgets", "ADDED", &gadget("g2"));
+    common::eventually(std::time::Duration::from_secs(20), "g2 is written", || {
+        server
+            .git(&["ls-tree", "-r", "--name-only", "main"])
+            .contains("team-a/example.org/gadgets/g2.yaml")
+    })
+    .await;
+    server.server.shutdown().await.unwrap();
+}
+
+/// A repository that drifted from the replayed cluster: c1 has old data, `gone` has
+/// no live object, and two files are not kubescribe's to remove (a README, and a
+/// kind nothing lists).
+fn stale_repository(repo: &std::path::Path) {
+    let work = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=human",
+                "-c",
+                "user.email=human@example.com",
+            ])
+            .args(args)
+            .current_dir(work.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    run(&["init", "-q", "-b", "main", "."]);
+    let put = |path: &str, text: &str| {
+        let path = work.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let cm = |name: &str, data: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: team-a\ndata:\n  {data}\n")
+    };
+    put("team-a/core/configmaps/c1.yaml", &cm("c1", "a: old"));
+    put("team-a/core/configmaps/gone.yaml", &cm("gone", "x: y"));
+    put("README.md", "# cluster state\n");
+    put(
+        "team-a/example.net/things/t.yaml",
+        "apiVersion: example.net/v1\nkind: Thing\nmetadata:\n  name: t\n  namespace: team-a\n",
+    );
+    run(&["add", "."]);
+    run(&["commit", "-q", "-m", "hand-written state"]);
+    std::fs::create_dir_all(repo).unwrap();
+    let status = std::process::Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(repo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    run(&["push", "-q", repo.to_str().unwrap(), "main"]);
+}
+
+async fn snapshot_into_stale_repository(
+    prune: &str,
+) -> (reconcile::SnapshotReport, Vec<String>, String) {
+    let (_api, dir, client) = replay_client().await;
+    stale_repository(&dir.path().join("data/repo.git"));
+    let (reconciler, repo, writer) = reconciler(
+        client,
+        dir.path(),
+        &format!("rules:\n- name: everything\n  prune: {prune}\n"),
+    );
+    let report = reconciler.snapshot().await.unwrap();
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
+    let files = common::git(&repo, &["ls-tree", "-r", "--name-only", "main"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let c1 = common::git(&repo, &["show", "main:team-a/core/configmaps/c1.yaml"]);
+    (report, files, c1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_into_a_stale_repository_fixes_drift_and_prunes_orphans_only_under_always() {
+    let (report, files, c1) = snapshot_into_stale_repository("always").await;
+    assert_eq!(report.pruned, 1, "{report:?}");
+    assert!(c1.contains("a: '1'"), "drift fixed: {c1}");
+    assert!(!files.iter().any(|f| f.ends_with("gone.yaml")), "{files:?}");
+    for kept in [
+        "README.md",
+        "team-a/example.net/things/t.yaml",
+        "team-a/core/configmaps/c2.yaml",
+    ] {
+        assert!(files.iter().any(|f| f == kept), "{kept} in {files:?}");
+    }
+
+    let (report, files, c1) = snapshot_into_stale_repository("never").await;
+    assert_eq!(report.pruned, 0, "{report:?}");
+    assert!(c1.contains("a: '1'"), "drift fixed: {c1}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f == "team-a/core/configmaps/gone.yaml"),
+        "kept under never: {files:?}"
+    );
 }

@@ -3,12 +3,172 @@
 //! copied from the shared fixtures), byte for byte. Group versions that were not
 //! recorded answer an empty resource list, as a group with nothing in it would, and
 //! lists that were not recorded answer an empty list.
+//!
+//! [`ApiServer::scenario`] adds scenarios built from the recordings: lists the test
+//! sets (each list takes the next one set), watch events the test feeds while the
+//! watch is open, objects to read back, and API groups added while running (a CRD).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
 use axum::body::Body;
+use axum::extract::State;
 use axum::http::{Request, Response, StatusCode};
+
+/// What a scenario serves on top of the recordings.
+#[derive(Default)]
+pub struct Scenario {
+    /// List bodies by path: a list answers the last one set.
+    lists: HashMap<String, String>,
+    /// Watch events (one JSON line each) by path, sent to whichever watch is open.
+    events: HashMap<String, VecDeque<String>>,
+    /// Objects for GET by path; `None` answers 404.
+    objects: HashMap<String, Option<String>>,
+    /// Extra group versions: (group, version, APIResourceList JSON).
+    groups: Vec<(String, String, String)>,
+}
+
+/// The test's side of a scenario.
+#[derive(Clone, Default)]
+pub struct ScenarioHandle(Arc<Mutex<Scenario>>);
+
+impl ScenarioHandle {
+    fn with<T>(&self, f: impl FnOnce(&mut Scenario) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+
+    /// What lists of `path` answer from now on: `items` at `resource_version`.
+    pub fn list(&self, path: &str, resource_version: &str, items: &[serde_json::Value]) {
+        let body = serde_json::json!({
+            "kind": "List",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": resource_version},
+            "items": items,
+        })
+        .to_string();
+        self.with(|s| s.lists.insert(path.to_owned(), body));
+    }
+
+    /// Sends a watch event (`ADDED`, `MODIFIED`, `DELETED`, `ERROR`) on `path`.
+    pub fn event(&self, path: &str, kind: &str, object: &serde_json::Value) {
+        let line = serde_json::json!({"type": kind, "object": object}).to_string();
+        self.with(|s| s.events.entry(path.to_owned()).or_default().push_back(line));
+    }
+
+    /// Whether every event sent on `path` has been taken by a watch.
+    pub fn events_delivered(&self, path: &str) -> bool {
+        self.with(|s| s.events.get(path).is_none_or(VecDeque::is_empty))
+    }
+
+    /// What a GET of `path` answers: the object, or 404 for `None`.
+    pub fn object(&self, path: &str, object: Option<&serde_json::Value>) {
+        let body = object.map(ToString::to_string);
+        self.with(|s| s.objects.insert(path.to_owned(), body));
+    }
+
+    /// Serves a new group version from now on (as a CRD's would appear).
+    pub fn group(&self, group: &str, version: &str, resources: serde_json::Value) {
+        let list = serde_json::json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": format!("{group}/{version}"),
+            "resources": resources,
+        })
+        .to_string();
+        self.with(|s| s.groups.push((group.to_owned(), version.to_owned(), list)));
+    }
+}
+
+/// A watch body that sends `path`'s events as they are fed, and ends after a second
+/// without any (as a watch's timeout would).
+fn watch_body(scenario: ScenarioHandle, path: String) -> Body {
+    let stream = futures::stream::unfold(
+        (scenario, path, std::time::Instant::now(), false),
+        |(scenario, path, idle_since, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let next = scenario.with(|s| s.events.get_mut(&path).and_then(VecDeque::pop_front));
+                if let Some(line) = next {
+                    // The stream ends after an error, as the apiserver's does.
+                    let ended = line.contains("\"type\":\"ERROR\"");
+                    let chunk = bytes::Bytes::from(format!("{line}\n"));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(chunk),
+                        (scenario, path, std::time::Instant::now(), ended),
+                    ));
+                }
+                if idle_since.elapsed() > std::time::Duration::from_secs(1) {
+                    return None;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        },
+    );
+    Body::from_stream(stream)
+}
+
+fn scenario_answer(scenario: &ScenarioHandle, path: &str, query: &str) -> Option<Response<Body>> {
+    let json = |status: StatusCode, body: String| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    if query
+        .split('&')
+        .any(|p| p == "watch=true" || p == "watch=1")
+    {
+        let watched = scenario.with(|s| s.events.contains_key(path) || s.lists.contains_key(path));
+        return watched.then(|| {
+            Response::builder()
+                .status(StatusCode::OK)
+                .header("content-type", "application/json")
+                .body(watch_body(scenario.clone(), path.to_owned()))
+                .unwrap()
+        });
+    }
+    scenario.with(|s| {
+        if path == "/apis" && !s.groups.is_empty() {
+            let mut apis: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(fixtures().join("disc_apis.json")).unwrap(),
+            )
+            .unwrap();
+            for (group, version, _) in &s.groups {
+                let gv = serde_json::json!({"groupVersion": format!("{group}/{version}"), "version": version});
+                apis["groups"].as_array_mut().unwrap().push(serde_json::json!({
+                    "name": group,
+                    "versions": [gv],
+                    "preferredVersion": gv,
+                }));
+            }
+            return Some(json(StatusCode::OK, apis.to_string()));
+        }
+        if let Some((_, _, list)) = s
+            .groups
+            .iter()
+            .find(|(g, v, _)| path == format!("/apis/{g}/{v}"))
+        {
+            return Some(json(StatusCode::OK, list.clone()));
+        }
+        if let Some(body) = s.lists.get(path) {
+            return Some(json(StatusCode::OK, body.clone()));
+        }
+        s.objects.get(path).map(|body| match body {
+            Some(body) => json(StatusCode::OK, body.clone()),
+            None => json(
+                StatusCode::NOT_FOUND,
+                r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#
+                    .to_owned(),
+            ),
+        })
+    })
+}
 
 pub struct ApiServer {
     pub addr: SocketAddr,
@@ -44,9 +204,12 @@ fn recorded(path: &str, query: &str) -> Option<&'static str> {
     })
 }
 
-async fn answer(request: Request<Body>) -> Response<Body> {
+async fn answer(State(scenario): State<ScenarioHandle>, request: Request<Body>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
+    if let Some(response) = scenario_answer(&scenario, &path, &query) {
+        return response;
+    }
     let json = |status: StatusCode, body: Vec<u8>| {
         Response::builder()
             .status(status)
@@ -107,9 +270,14 @@ async fn answer(request: Request<Body>) -> Response<Body> {
 
 impl ApiServer {
     pub async fn start() -> Self {
+        Self::scenario(ScenarioHandle::default()).await
+    }
+
+    /// The recordings, with `scenario` served first.
+    pub async fn scenario(scenario: ScenarioHandle) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = axum::Router::new().fallback(answer);
+        let app = axum::Router::new().fallback(answer).with_state(scenario);
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });

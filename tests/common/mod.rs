@@ -74,6 +74,48 @@ impl TestServer {
     }
 }
 
+/// Polls `check` every 50 ms until it holds or `limit` passes: for work a server
+/// does in the background (pushes, reconcile), which has no event to await from
+/// outside.
+pub async fn eventually(limit: std::time::Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let until = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of one sample of the server's /metrics; fails the test without it.
+pub async fn metric(server: &TestServer, sample: &str) -> f64 {
+    let (value, text) = sample_of(server, sample).await;
+    value.unwrap_or_else(|| panic!("no {sample} in\n{text}"))
+}
+
+/// The value of one sample of the server's /metrics, if it is there yet (a labelled
+/// series appears at its first count), and the whole exposition.
+pub async fn sample_of(server: &TestServer, sample: &str) -> (Option<f64>, String) {
+    let (_, text) = server
+        .connect()
+        .await
+        .send(
+            axum::http::Method::GET,
+            "/metrics",
+            None,
+            bytes::Bytes::new(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(sample))
+        .and_then(|value| value.trim().parse().ok());
+    (value, text)
+}
+
 pub fn git(repo: &Path, args: &[&str]) -> String {
     let output = std::process::Command::new("git")
         .arg("--git-dir")
