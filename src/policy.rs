@@ -206,6 +206,13 @@ impl Policy {
             .any(|(rule, _)| any(&rule.groups, group) && any(&rule.resources, resource))
     }
 
+    /// Whether some rule says `prune: always`.
+    pub fn prunes(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|(r, _)| r.prune == crate::config::Prune::Always)
+    }
+
     /// The prune policy of the rule named `rule` (`never` for a name no rule has).
     pub fn prune(&self, rule: &str) -> crate::config::Prune {
         self.rules

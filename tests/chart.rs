@@ -273,3 +273,49 @@ fn the_charts_webhooks_equal_webhook_config_for_the_same_config() {
         assert_eq!(chart, cli, "{kind}");
     }
 }
+
+#[test]
+fn the_reconciler_gets_a_token_and_a_read_only_cluster_role_only_when_enabled() {
+    let off = render(&[]);
+    assert!(find(&off, "ClusterRole").is_none());
+    let pod = &find(&off, "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+
+    let on = render(&[
+        "--set",
+        "config.reconcile.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+    ]);
+    let pod = &find(&on, "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert_eq!(
+        find(&on, "ServiceAccount").unwrap()["automountServiceAccountToken"],
+        true
+    );
+    let role = find(&on, "ClusterRole").unwrap();
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(
+            rule["verbs"],
+            serde_json::json!(["get", "list", "watch"]),
+            "read only: {rule}"
+        );
+    }
+    let binding = find(&on, "ClusterRoleBinding").unwrap();
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["name"], pod["serviceAccountName"]);
+    // The NetworkPolicy lets it reach the apiserver.
+    let egress =
+        serde_json::to_string(&find(&on, "NetworkPolicy").unwrap()["spec"]["egress"]).unwrap();
+    assert!(egress.contains("6443"), "{egress}");
+
+    // Narrowed by the operator.
+    let narrow = render(&[
+        "--set",
+        "config.reconcile.enabled=true",
+        "--set-json",
+        r#"reconcile.rbac.rules=[{"apiGroups":["apps"],"resources":["deployments"],"verbs":["get","list","watch"]}]"#,
+    ]);
+    let role = find(&narrow, "ClusterRole").unwrap();
+    assert_eq!(role["rules"][0]["apiGroups"], serde_json::json!(["apps"]));
+}

@@ -672,3 +672,48 @@ async fn a_snapshot_into_a_stale_repository_fixes_drift_and_prunes_orphans_only_
         "kept under never: {files:?}"
     );
 }
+
+#[tokio::test]
+async fn a_list_refused_by_rbac_says_which_permission_is_missing() {
+    // One call: kube's tower-test mock is enough.
+    use axum::http::{Request, Response};
+    let (mock, mut handle) =
+        tower_test::mock::pair::<Request<kube::client::Body>, Response<kube::client::Body>>();
+    let client = kube::Client::new(mock, "default");
+    let apiserver = tokio::spawn(async move {
+        let (request, send) = handle.next_request().await.expect("a list request");
+        assert_eq!(request.uri().path(), "/apis/example.com/v1/widgets");
+        assert!(request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .contains("limit=500"));
+        send.send_response(
+            Response::builder()
+                .status(403)
+                .body(kube::client::Body::from(
+                    br#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"widgets.example.com is forbidden: User \"system:serviceaccount:kubescribe:kubescribe\" cannot list resource \"widgets\"","reason":"Forbidden","code":403}"#.to_vec(),
+                ))
+                .unwrap(),
+        );
+    });
+    let widgets = reconcile::Recorded {
+        group: "example.com".into(),
+        version: "v1".into(),
+        kind: "Widget".into(),
+        resource: "widgets".into(),
+        namespaced: true,
+    };
+    let error = reconcile::list_pages(&client, &widgets, None, 500, |_| {})
+        .await
+        .unwrap_err();
+    apiserver.await.unwrap();
+    assert!(
+        matches!(error, reconcile::ReconcileError::Forbidden { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("grant get, list and watch"),
+        "{error}"
+    );
+}

@@ -395,6 +395,10 @@ impl Reconciler {
         live: &Live,
         known: Option<&Live>,
     ) -> Result<usize, ReconcileError> {
+        if known.is_none() && !self.policy.prunes() {
+            // Nothing could go: spare reading the whole tree.
+            return Ok(0);
+        }
         let mut removed = 0;
         for (target, (layout, store)) in self.targets.iter().enumerate() {
             let mut gone = Vec::new();

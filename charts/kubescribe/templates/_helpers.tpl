@@ -104,3 +104,10 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+"true" when the reconciler is on (config.reconcile.enabled), else empty.
+*/}}
+{{- define "kubescribe.reconcile" -}}
+{{- if and .Values.config.reconcile .Values.config.reconcile.enabled -}}true{{- end -}}
+{{- end }}
