@@ -12,7 +12,8 @@
 # push figures), PUSH_REQUESTS (wait: push writes per run, default 3000), NAIVE
 # (writes of the one-push-per-write baseline, default 40), CHECK_FILES (manifests for
 # the check timing, default 1000), CHECK_ONLY=1 (only that), SNAPSHOT_OBJECTS (objects
-# of the reconcile snapshot, default 10000), SNAPSHOT_ONLY=1 (only that).
+# of the reconcile snapshot, default 10000), SNAPSHOT_PRUNE=always (the snapshot
+# also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -106,6 +107,9 @@ server:
   listen: 127.0.0.1:18471
   devCertDir: $OUT/certs
 dataDir: $OUT/snapshot
+rules:
+  - name: default
+    prune: ${SNAPSHOT_PRUNE:-never}
 reconcile:
   enabled: true
   kubeconfig: $PWD/$OUT/kubeconfig
