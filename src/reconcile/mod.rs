@@ -1,13 +1,18 @@
-//! Reconcile: make git equal to what the cluster really persisted (issue #6).
+//! Reconcile: make git equal to what the cluster really persisted.
 //!
-//! Built so far: the Kubernetes client (a kubeconfig, or the pod's service account)
-//! and discovery, which resolves the config's rules to the concrete resources to
-//! list and watch, CRDs included. The snapshot, the watch and phantom detection
-//! build on these.
+//! Admission sees attempts; this module sees what landed. At start it lists every
+//! recorded resource and writes what git lacks (the snapshot), prunes files with no
+//! live object where a rule says so, then watches each resource from its list and
+//! commits the changes that never went through admission. Admitted changes wait in
+//! [`Confirmations`] until the watch shows them; one that never shows is read back
+//! and, if the cluster never persisted it, reverted. Discovery runs again on an
+//! interval, so CRDs added later are listed and watched too.
 //!
-//! Invariant: a resource is reconciled exactly when a write to it would be recorded
+//! Invariants: a resource is reconciled exactly when a write to it would be recorded
 //! by some rule ([`crate::policy::Policy::records_resource`]), so admission and
-//! reconcile never disagree on what belongs in git.
+//! reconcile never disagree on what belongs in git. Every reconcile commit is
+//! authored by kubescribe and says why in a `Kubescribe-Reconcile` trailer; the real
+//! author stays on admission's commits. One page of objects is in memory at a time.
 
 use std::collections::HashSet;
 use std::path::Path;
