@@ -332,14 +332,7 @@ fn admitted_object(prefix: &str, rv: &str) -> serde_json::Value {
 
 /// A recorded ConfigMap (c1 or c2 of team-a), renamed, with `data` and at `rv`.
 fn configmap(recorded: &str, name: &str, data: serde_json::Value, rv: &str) -> serde_json::Value {
-    let list: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/api/k8s-1.19/list_configmaps_all.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let list = common::apiserver::recorded_json("list_configmaps_all.json");
     let mut object = list["items"]
         .as_array()
         .unwrap()
@@ -529,14 +522,7 @@ async fn a_crd_added_while_running_is_listed_and_watched() {
 
     // A CRD for example.org gadgets is created, with one gadget (built from the
     // recorded Widget).
-    let widgets: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/api/k8s-1.19/list_widgets_all.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let widgets = common::apiserver::recorded_json("list_widgets_all.json");
     let gadget = |name: &str| {
         let mut object = widgets["items"][0].clone();
         object["apiVersion"] = "example.org/v1".into();

@@ -112,18 +112,27 @@ fn watch_body(scenario: ScenarioHandle, path: String) -> Body {
     Body::from_stream(stream)
 }
 
-fn scenario_answer(scenario: &ScenarioHandle, path: &str, query: &str) -> Option<Response<Body>> {
-    let json = |status: StatusCode, body: String| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap()
-    };
-    if query
+fn json(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
+fn is_watch(query: &str) -> bool {
+    query
         .split('&')
         .any(|p| p == "watch=true" || p == "watch=1")
-    {
+}
+
+/// A recorded response body, parsed (to build scenarios from).
+pub fn recorded_json(file: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join(file)).unwrap()).unwrap()
+}
+
+fn scenario_answer(scenario: &ScenarioHandle, path: &str, query: &str) -> Option<Response<Body>> {
+    if is_watch(query) {
         let watched = scenario.with(|s| s.events.contains_key(path) || s.lists.contains_key(path));
         return watched.then(|| {
             Response::builder()
@@ -135,10 +144,7 @@ fn scenario_answer(scenario: &ScenarioHandle, path: &str, query: &str) -> Option
     }
     scenario.with(|s| {
         if path == "/apis" && !s.groups.is_empty() {
-            let mut apis: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(fixtures().join("disc_apis.json")).unwrap(),
-            )
-            .unwrap();
+            let mut apis = recorded_json("disc_apis.json");
             for (group, version, _) in &s.groups {
                 let gv = serde_json::json!({"groupVersion": format!("{group}/{version}"), "version": version});
                 apis["groups"].as_array_mut().unwrap().push(serde_json::json!({
@@ -210,17 +216,7 @@ async fn answer(State(scenario): State<ScenarioHandle>, request: Request<Body>) 
     if let Some(response) = scenario_answer(&scenario, &path, &query) {
         return response;
     }
-    let json = |status: StatusCode, body: Vec<u8>| {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Body::from(body))
-            .unwrap()
-    };
-    if query
-        .split('&')
-        .any(|p| p == "watch=true" || p == "watch=1")
-    {
+    if is_watch(&query) {
         // The recorded watch of team-a's ConfigMaps (served for the cluster-wide
         // watch too), or the recorded 410 for a resourceVersion that old.
         let file = if query.split('&').any(|p| p == "resourceVersion=1") {
