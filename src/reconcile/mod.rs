@@ -408,7 +408,8 @@ impl Reconciler {
         for (target, (layout, store)) in self.targets.iter().enumerate() {
             let mut gone = Vec::new();
             let root = layout.root();
-            let scan = tokio::task::block_in_place(|| {
+            // Reading the tree blocks: off the async workers where the runtime can.
+            let scan = blocking(|| {
                 store.for_each_file(&root, |path, bytes| {
                     if live[target].contains(path)
                         || self
@@ -794,6 +795,15 @@ impl Reconciler {
                 }
             }
         }
+    }
+}
+
+/// Runs `f`, which blocks, telling a multi-threaded runtime to move other tasks off
+/// this worker meanwhile (a current-thread runtime has nowhere to move them).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
