@@ -179,6 +179,9 @@ impl Server {
                     Ok(client) => client,
                     Err(error) => {
                         tracing::error!(%error, "cannot reach the Kubernetes API; /readyz stays not ready until a restart succeeds");
+                        if let Some(confirmations) = &state.confirmations {
+                            confirmations.close();
+                        }
                         return;
                     }
                 };
@@ -219,6 +222,9 @@ impl Server {
                         // Not ready: the apiserver keeps using the webhook's
                         // failurePolicy; a restart retries.
                         tracing::error!(%error, "initial snapshot failed; /readyz stays not ready until a restart succeeds");
+                        if let Some(confirmations) = &state.confirmations {
+                            confirmations.close();
+                        }
                     }
                 }
             });

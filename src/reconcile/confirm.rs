@@ -84,6 +84,9 @@ type Key = (usize, String);
 /// Admitted changes not yet confirmed, by target and file, oldest first.
 pub struct Confirmations {
     pending: Mutex<HashMap<Key, VecDeque<Pending>>>,
+    /// Set when the reconciler could not start: nothing would ever confirm or read
+    /// back a change, so none is kept.
+    closed: std::sync::atomic::AtomicBool,
     pub window: Duration,
     metrics: Arc<Metrics>,
 }
@@ -92,6 +95,7 @@ impl Confirmations {
     pub fn new(window: Duration, metrics: Arc<Metrics>) -> Self {
         Self {
             pending: Mutex::new(HashMap::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
             window,
             metrics,
         }
@@ -104,6 +108,9 @@ impl Confirmations {
     /// Notes a change admission recorded (and allowed) to `target`, for `group` and
     /// `resource` (the parent's, for a scale write).
     pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str) {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let expect = Expect::of(&change.action);
         let mut change = change.clone();
         // Only the hash is kept.
@@ -118,6 +125,14 @@ impl Confirmations {
         };
         self.lock().entry(key).or_default().push_back(pending);
         self.metrics.reconcile.pending.inc();
+    }
+
+    /// Stops keeping changes (the reconciler is not running) and drops those kept.
+    pub fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let dropped: usize = self.lock().drain().map(|(_, queue)| queue.len()).sum();
+        self.metrics.reconcile.pending.dec_by(dropped as i64);
     }
 
     /// The watch or a list shows `path` of `target` as `seen`. Confirms the change
@@ -240,5 +255,16 @@ mod tests {
         let expect = Expect::of(&Action::SetReplicas(3));
         assert!(expect.shown_by(&Action::Put(b"spec:\n  replicas: 3\n".to_vec())));
         assert!(!expect.shown_by(&Action::Put(b"spec:\n  replicas: 2\n".to_vec())));
+    }
+
+    #[test]
+    fn a_closed_registry_keeps_nothing() {
+        let c = Confirmations::new(Duration::from_secs(1), Arc::new(Metrics::new()));
+        let one = change(Action::Put(b"one".to_vec()));
+        c.expect(0, &one, "", "configmaps");
+        c.close();
+        assert!(!c.is_pending(0, one.path.as_str()));
+        c.expect(0, &one, "", "configmaps");
+        assert!(!c.is_pending(0, one.path.as_str()));
     }
 }
