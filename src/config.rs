@@ -574,6 +574,15 @@ impl Config {
                 "store.queueCapacity and store.maxBatch must be at least 1".to_owned(),
             ));
         }
+        let reconcile = &self.reconcile;
+        if reconcile.page_size == 0
+            || reconcile.confirm_window < std::time::Duration::from_millis(100)
+            || reconcile.discovery_interval < std::time::Duration::from_millis(100)
+        {
+            return Err(ConfigError::Invalid(
+                "reconcile.pageSize must be at least 1, and reconcile.confirmWindow and reconcile.discoveryInterval at least 100ms (confirmWindow should exceed the apiserver's request timeout, 60s by default)".to_owned(),
+            ));
+        }
         if self.repositories.contains_key(DEFAULT_REPOSITORY) {
             return Err(ConfigError::Invalid(format!(
                 "repositories.{DEFAULT_REPOSITORY}: that name is the `repository` section; pick another"
@@ -893,5 +902,26 @@ mod tests {
     fn a_bad_branch_name_is_refused() {
         let err = Config::from_yaml("repository:\n  branch: 'a..b'\n").unwrap_err();
         assert!(err.to_string().contains("branch"), "{err}");
+    }
+
+    #[test]
+    fn reconcile_intervals_of_zero_are_refused() {
+        for yaml in [
+            "reconcile:\n  discoveryInterval: 0s\n",
+            "reconcile:\n  confirmWindow: 0s\n",
+            "reconcile:\n  pageSize: 0\n",
+        ] {
+            let err = Config::from_yaml(yaml).unwrap_err();
+            assert!(err.to_string().contains("at least"), "{yaml}: {err}");
+        }
+        let ok = Config::from_yaml(
+            "rules:\n- name: a\n  prune: always\nreconcile:\n  confirmWindow: 90s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.reconcile.confirm_window,
+            std::time::Duration::from_secs(90)
+        );
+        assert_eq!(ok.rules[0].prune, Prune::Always);
     }
 }

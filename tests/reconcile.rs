@@ -373,7 +373,7 @@ async fn an_admitted_change_the_cluster_never_persisted_is_reverted_to_the_clust
     // Nothing to read back yet: a change the watch does not confirm would be a phantom.
     scenario.object(APP_CONFIG, None);
     let api = ApiServer::scenario(scenario.clone()).await;
-    let server = reconciling_server(&api, "", "  confirmWindow: 1s\n").await;
+    let server = reconciling_server(&api, "", "  confirmWindow: 2s\n").await;
     let file = "main:team-a/core/configmaps/app-config.yaml";
     assert!(server.git(&["show", file]).contains("LOG_LEVEL: info"));
 
@@ -701,5 +701,34 @@ async fn a_list_refused_by_rbac_says_which_permission_is_missing() {
     assert!(
         error.to_string().contains("grant get, list and watch"),
         "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_then_deny_rules_are_never_written_over_by_the_cluster() {
+    // Under `then: deny` git is ahead of the cluster by design (the GitOps tool
+    // applies it): the reconciler must leave those files alone.
+    let (_api, dir, client) = replay_client().await;
+    stale_repository(&dir.path().join("data/repo.git"));
+    let (reconciler, repo, writer) = reconciler(
+        client,
+        dir.path(),
+        "repository:\n  remote:\n    url: file:///nonexistent.git\nrules:\n- name: gitops\n  wait: push\n  then: deny\n  prune: always\n",
+    );
+    let report = reconciler.snapshot().await.unwrap();
+    assert_eq!(
+        (report.recorded, report.commits, report.pruned),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    let c1 = common::git(&repo, &["show", "main:team-a/core/configmaps/c1.yaml"]);
+    assert!(c1.contains("a: old"), "{c1}");
+    assert_eq!(
+        common::git(&repo, &["rev-list", "--count", "main"]).trim(),
+        "1"
     );
 }

@@ -296,19 +296,20 @@ async fn answer(
     let target_index = target;
     let target = &state.targets[target];
     let path = change.path.clone();
-    // With the reconciler on, an allowed change waits for the watch to confirm it.
-    let expected = state.confirmations.as_ref().map(|c| (c, change.clone()));
-    let expect = || {
-        if let Some((confirmations, change)) = &expected {
-            confirmations.expect(
-                target_index,
-                change,
-                &write.resource.group,
-                &write.resource.resource,
-            );
+    // With the reconciler on, the change waits for the watch to confirm it. It is
+    // noted before it is committed, so the reconciler never writes an older state
+    // over it meanwhile, and withdrawn unless the write is allowed and recorded.
+    let mut expected = match (&state.confirmations, then) {
+        (Some(confirmations), Then::Allow) => {
+            Some(Expected::new(confirmations, target_index, &change, write))
+        }
+        _ => None,
+    };
+    let mut expect = || {
+        if let Some(expected) = expected.as_mut() {
+            expected.kept = true;
         }
     };
-
     match wait {
         Wait::None => {
             let unavailable = match require_recording {
@@ -431,6 +432,48 @@ async fn answer(
                     (response.deny(message), DecisionLabel::Denied)
                 }
             }
+        }
+    }
+}
+
+/// An admitted change noted for confirmation; withdrawn when dropped unless kept
+/// (the write was allowed and recorded).
+struct Expected<'a> {
+    confirmations: &'a crate::reconcile::Confirmations,
+    target: usize,
+    path: String,
+    uid: String,
+    kept: bool,
+}
+
+impl<'a> Expected<'a> {
+    fn new(
+        confirmations: &'a crate::reconcile::Confirmations,
+        target: usize,
+        change: &manifest::Change,
+        write: &Write,
+    ) -> Self {
+        confirmations.expect(
+            target,
+            change,
+            &write.resource.group,
+            &write.resource.resource,
+        );
+        Self {
+            confirmations,
+            target,
+            path: change.path.as_str().to_owned(),
+            uid: change.uid.clone(),
+            kept: false,
+        }
+    }
+}
+
+impl Drop for Expected<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.confirmations
+                .withdraw(self.target, &self.path, &self.uid);
         }
     }
 }

@@ -69,6 +69,8 @@ pub struct Pending {
     pub resource: String,
     expect: Expect,
     due: Instant,
+    /// Read backs that failed so far.
+    attempts: u32,
 }
 
 impl Pending {
@@ -80,6 +82,9 @@ impl Pending {
 }
 
 type Key = (usize, String);
+
+/// Read backs of one change before it is given up.
+const MAX_ATTEMPTS: u32 = 5;
 
 /// Admitted changes not yet confirmed, by target and file, oldest first.
 pub struct Confirmations {
@@ -108,9 +113,6 @@ impl Confirmations {
     /// Notes a change admission recorded (and allowed) to `target`, for `group` and
     /// `resource` (the parent's, for a scale write).
     pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str) {
-        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
         let expect = Expect::of(&change.action);
         let mut change = change.clone();
         // Only the hash is kept.
@@ -122,16 +124,42 @@ impl Confirmations {
             resource: resource.to_owned(),
             expect,
             due: Instant::now() + self.window,
+            attempts: 0,
         };
-        self.lock().entry(key).or_default().push_back(pending);
+        let mut all = self.lock();
+        // Checked under the lock, so a change is never kept after `close`.
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        all.entry(key).or_default().push_back(pending);
         self.metrics.reconcile.pending.inc();
+    }
+
+    /// Forgets the change of admission `uid` to `path` of `target`: its write was
+    /// denied, or could not be recorded, so there is nothing to confirm.
+    pub fn withdraw(&self, target: usize, path: &str, uid: &str) {
+        let mut all = self.lock();
+        let key = (target, path.to_owned());
+        let Some(queue) = all.get_mut(&key) else {
+            return;
+        };
+        let before = queue.len();
+        queue.retain(|p| p.change.uid != uid);
+        self.metrics
+            .reconcile
+            .pending
+            .dec_by((before - queue.len()) as i64);
+        if queue.is_empty() {
+            all.remove(&key);
+        }
     }
 
     /// Stops keeping changes (the reconciler is not running) and drops those kept.
     pub fn close(&self) {
+        let mut all = self.lock();
         self.closed
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let dropped: usize = self.lock().drain().map(|(_, queue)| queue.len()).sum();
+        let dropped: usize = all.drain().map(|(_, queue)| queue.len()).sum();
         self.metrics.reconcile.pending.dec_by(dropped as i64);
     }
 
@@ -154,6 +182,26 @@ impl Confirmations {
             return true;
         }
         false
+    }
+
+    /// Puts back a change [`Self::take_due`] handed out whose read back failed, to be
+    /// due again `after` from now, before any later change to its file. After
+    /// [`MAX_ATTEMPTS`] it is given up, so a read back that keeps failing (no `get`
+    /// permission) does not hold its file forever.
+    pub fn retry(&self, target: usize, mut pending: Pending, after: Duration) {
+        pending.attempts += 1;
+        if pending.attempts >= MAX_ATTEMPTS {
+            tracing::error!(uid = %pending.change.uid, path = %pending.change.path, "cannot check whether an admitted change landed; giving up on it");
+            return;
+        }
+        pending.due = Instant::now() + after;
+        let key = (target, pending.change.path.as_str().to_owned());
+        let mut all = self.lock();
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        all.entry(key).or_default().push_front(pending);
+        self.metrics.reconcile.pending.inc();
     }
 
     /// Whether `path` of `target` has a change waiting for confirmation.
@@ -266,5 +314,17 @@ mod tests {
         assert!(!c.is_pending(0, one.path.as_str()));
         c.expect(0, &one, "", "configmaps");
         assert!(!c.is_pending(0, one.path.as_str()));
+    }
+
+    #[test]
+    fn a_withdrawn_change_is_not_waited_for() {
+        let c = Confirmations::new(Duration::from_secs(1), Arc::new(Metrics::new()));
+        let one = change(Action::Put(b"one".to_vec()));
+        c.expect(0, &one, "", "configmaps");
+        c.withdraw(0, one.path.as_str(), "another uid");
+        assert!(c.is_pending(0, one.path.as_str()));
+        c.withdraw(0, one.path.as_str(), &one.uid);
+        assert!(!c.is_pending(0, one.path.as_str()));
+        assert!(c.observe(0, one.path.as_str(), &Action::Remove));
     }
 }

@@ -343,12 +343,20 @@ impl Reconciler {
     }
 
     /// The target, rule and change admission would have made for `write`.
+    /// `None` for objects the reconciler leaves alone: those no rule records, and
+    /// those of `then: deny` rules, whose files are ahead of the cluster by design
+    /// (written first, then applied by the GitOps tool), so the cluster's older
+    /// state must never be written over them.
     fn plan(&self, write: &crate::policy::Write) -> Option<(usize, String, Change)> {
-        let crate::policy::Decision::Record { target, rule, .. } =
-            crate::policy::decide(write, &self.policy)
+        let crate::policy::Decision::Record {
+            target, rule, then, ..
+        } = crate::policy::decide(write, &self.policy)
         else {
             return None;
         };
+        if then == crate::config::Then::Deny {
+            return None;
+        }
         match crate::manifest::plan(write, &self.targets[target].0, self.policy.secrets) {
             Ok(change) => Some((target, rule, change)),
             Err(error) => {
@@ -400,7 +408,13 @@ impl Reconciler {
         live: &Live,
         known: Option<&Live>,
     ) -> Result<usize, ReconcileError> {
-        if known.is_none() && !self.policy.prunes() {
+        let vanished = known.is_some_and(|known| {
+            known
+                .iter()
+                .zip(live)
+                .any(|(known, live)| known.iter().any(|path| !live.contains(path)))
+        });
+        if !vanished && !self.policy.prunes() {
             // Nothing could go: spare reading the whole tree.
             return Ok(0);
         }
@@ -644,15 +658,16 @@ impl Reconciler {
 
     /// Reads back every admitted change whose confirmation window ended: if the
     /// cluster shows it, it is confirmed; if not, it never landed (a phantom), and
-    /// the cluster's object is committed back, naming the admission uid. Returns how
-    /// many phantoms were found.
-    pub async fn check_unconfirmed(&self, resources: &[Recorded]) -> Result<usize, ReconcileError> {
+    /// the cluster's object is committed back, naming the admission uid. A change
+    /// whose read back fails is tried again a few times, then given up (logged).
+    /// Returns how many phantoms were reverted.
+    pub async fn check_unconfirmed(&self, resources: &[Recorded]) -> usize {
         let Some(confirmations) = &self.confirmations else {
-            return Ok(0);
+            return 0;
         };
         let mut phantoms = 0;
         for (target, pending) in confirmations.take_due(Instant::now()) {
-            let Some(resource) = resources
+            let Some(watched) = resources
                 .iter()
                 .find(|r| r.group == pending.group && r.resource == pending.resource)
             else {
@@ -660,66 +675,116 @@ impl Reconciler {
                 // read back.
                 continue;
             };
-            let ar = resource.api_resource();
-            let api: kube::Api<kube::api::DynamicObject> =
-                match (&pending.change.namespace, resource.namespaced) {
-                    (Some(ns), true) => kube::Api::namespaced_with(self.client.clone(), ns, &ar),
-                    _ => kube::Api::all_with(self.client.clone(), &ar),
-                };
-            let found =
-                api.get_opt(&pending.change.name)
-                    .await
-                    .map_err(|e| ReconcileError::List {
-                        resource: resource.resource.clone(),
-                        reason: format!("read back {}: {e}", pending.change.object_ref()),
-                    })?;
-            let truth = match found {
-                Some(mut object) => {
-                    object.types = Some(kube::api::TypeMeta {
-                        api_version: ar.api_version.clone(),
-                        kind: ar.kind.clone(),
-                    });
-                    let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
-                    let mut write = write_for(resource, json);
-                    write.operation = kube_core::admission::Operation::Update;
-                    match self.plan(&write) {
-                        Some((planned, _, change)) if planned == target => change,
-                        // The object no longer belongs in this repository.
-                        _ => continue,
+            // Read back at the version admission recorded, so the rendering compares
+            // like with like (a client may write at a version that is not preferred).
+            let mut resource = watched.clone();
+            if let Some(version) = pending
+                .change
+                .api_version
+                .strip_prefix(&format!("{}/", resource.group))
+                .or_else(|| {
+                    resource
+                        .group
+                        .is_empty()
+                        .then_some(pending.change.api_version.as_str())
+                })
+                .filter(|v| !v.contains('/'))
+            {
+                resource.version = version.to_owned();
+            }
+            match self.read_back(&resource, target, &pending).await {
+                Ok(Some(truth)) => {
+                    if pending.shown_by(&truth.action) {
+                        self.metrics.reconcile.confirmed.inc();
+                        continue;
+                    }
+                    let path = truth.path.as_str().to_owned();
+                    if confirmations.is_pending(target, &path) {
+                        // A newer admitted change to the file is on its way; it is
+                        // checked in its turn.
+                        continue;
+                    }
+                    tracing::warn!(uid = %pending.change.uid, %path, user = %pending.change.user, "admitted change never landed (phantom); restoring the cluster's object");
+                    let message = format!(
+                        "reconcile: revert {verb} {api_version} {kind} {object}, which never landed\n\nAdmission recorded this change by {user} (uid {uid}), but the cluster did not persist it within {window:?}: another admission webhook or a quota denied it, it conflicted, or the apiserver timed out. This commit puts back what the cluster has.\n\nKubescribe-Reconcile: phantom\nReverts-Admission-Uid: {uid}\n",
+                        verb = pending.change.verb.as_str(),
+                        api_version = pending.change.api_version,
+                        kind = pending.change.kind,
+                        object = pending.change.object_ref(),
+                        user = pending.change.user,
+                        uid = pending.change.uid,
+                        window = confirmations.window,
+                    );
+                    match self.commit(target, vec![truth], message).await {
+                        Ok(_) => {
+                            phantoms += 1;
+                            self.metrics.reconcile.phantoms.inc();
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot commit the cluster's object back; retrying");
+                            confirmations.retry(target, pending, RETRY_PAUSE);
+                        }
                     }
                 }
-                None => Change {
+                // The object no longer belongs in this repository.
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, object = %pending.change.object_ref(), "cannot read back an admitted change; retrying");
+                    confirmations.retry(target, pending, RETRY_PAUSE);
+                }
+            }
+        }
+        phantoms
+    }
+
+    /// The change that makes git show what the cluster has for `pending`'s object:
+    /// its file, or its removal when the object does not exist. `None` when the
+    /// object is no longer recorded to `target`.
+    async fn read_back(
+        &self,
+        resource: &Recorded,
+        target: usize,
+        pending: &Pending,
+    ) -> Result<Option<Change>, ReconcileError> {
+        let ar = resource.api_resource();
+        let api: kube::Api<kube::api::DynamicObject> =
+            match (&pending.change.namespace, resource.namespaced) {
+                (Some(ns), true) => kube::Api::namespaced_with(self.client.clone(), ns, &ar),
+                _ => kube::Api::all_with(self.client.clone(), &ar),
+            };
+        let name = &pending.change.name;
+        let mut object = match api.get(name).await {
+            Ok(object) => object,
+            // Only a 404 about this very object means it does not exist; a 404 for
+            // the resource type (a version no longer served) is an error.
+            Err(kube::Error::Api(status))
+                if status.code == 404
+                    && status.details.as_ref().is_some_and(|d| &d.name == name) =>
+            {
+                return Ok(Some(Change {
                     action: Action::Remove,
                     verb: crate::manifest::Verb::Delete,
                     ..pending.change.clone()
-                },
-            };
-            if pending.shown_by(&truth.action) {
-                self.metrics.reconcile.confirmed.inc();
-                continue;
+                }));
             }
-            phantoms += 1;
-            self.metrics.reconcile.phantoms.inc();
-            let path = truth.path.as_str().to_owned();
-            tracing::warn!(uid = %pending.change.uid, %path, user = %pending.change.user, "admitted change never landed (phantom); restoring the cluster's object");
-            if confirmations.is_pending(target, &path) {
-                // A newer admitted change to the file is on its way; it is checked in
-                // its turn.
-                continue;
+            Err(error) => {
+                return Err(ReconcileError::List {
+                    resource: resource.resource.clone(),
+                    reason: format!("read back {}: {error}", pending.change.object_ref()),
+                })
             }
-            let message = format!(
-                "reconcile: revert {verb} {api_version} {kind} {object}, which never landed\n\nAdmission recorded this change by {user} (uid {uid}), but the cluster did not persist it within {window:?}: another admission webhook or a quota denied it, it conflicted, or the apiserver timed out. This commit puts back what the cluster has.\n\nKubescribe-Reconcile: phantom\nReverts-Admission-Uid: {uid}\n",
-                verb = pending.change.verb.as_str(),
-                api_version = pending.change.api_version,
-                kind = pending.change.kind,
-                object = pending.change.object_ref(),
-                user = pending.change.user,
-                uid = pending.change.uid,
-                window = confirmations.window,
-            );
-            self.commit(target, vec![truth], message).await?;
-        }
-        Ok(phantoms)
+        };
+        object.types = Some(kube::api::TypeMeta {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        });
+        let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
+        let mut write = write_for(resource, json);
+        write.operation = kube_core::admission::Operation::Update;
+        Ok(self
+            .plan(&write)
+            .filter(|(planned, _, _)| *planned == target)
+            .map(|(_, _, change)| change))
     }
 
     /// The reconciler's life after its snapshot: one watch per resource, phantom
@@ -754,9 +819,7 @@ impl Reconciler {
             tokio::select! {
                 _ = check.tick() => {
                     let resources: Vec<Recorded> = watched.iter().map(|(r, _)| r.clone()).collect();
-                    if let Err(error) = self.check_unconfirmed(&resources).await {
-                        tracing::warn!(%error, "phantom check failed; retrying");
-                    }
+                    self.check_unconfirmed(&resources).await;
                 }
                 _ = discover.tick() => {
                     let found = match recorded_resources(&self.client, &self.policy).await {
@@ -766,6 +829,10 @@ impl Reconciler {
                             continue;
                         }
                     };
+                    tasks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|task| !task.is_finished());
                     watched.retain(|(resource, task)| {
                         let keep = found.iter().any(|f| same_resource(f, resource));
                         if !keep {
@@ -807,9 +874,10 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The same resource, whatever version discovery prefers now.
+/// The same resource at the same version: when discovery prefers another version
+/// (the old one may stop being served), the resource is listed and watched anew.
 fn same_resource(a: &Recorded, b: &Recorded) -> bool {
-    a.group == b.group && a.resource == b.resource
+    a.group == b.group && a.resource == b.resource && a.version == b.version
 }
 
 /// What following a watch did.

@@ -729,8 +729,14 @@ impl Writer {
                 } else if !self.retry.is_empty() {
                     // A newer write to the same file supersedes a change still waiting
                     // for its retry; replaying the old one later would undo it.
-                    let paths: std::collections::HashSet<&str> =
-                        jobs.iter().map(|j| j.change.path.as_str()).collect();
+                    let paths: std::collections::HashSet<&str> = jobs
+                        .iter()
+                        .flat_map(|j| match &j.bundle {
+                            Some(bundle) => bundle.changes.iter().collect::<Vec<_>>(),
+                            None => vec![&j.change],
+                        })
+                        .map(|change| change.path.as_str())
+                        .collect();
                     self.retry
                         .retain(|j| !paths.contains(j.change.path.as_str()));
                 }

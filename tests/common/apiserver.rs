@@ -5,7 +5,7 @@
 //! lists that were not recorded answer an empty list.
 //!
 //! [`ApiServer::scenario`] adds scenarios built from the recordings: lists the test
-//! sets (each list takes the next one set), watch events the test feeds while the
+//! sets (a list answers the last one set), watch events the test feeds while the
 //! watch is open, objects to read back, and API groups added while running (a CRD).
 
 use std::net::SocketAddr;
@@ -167,11 +167,20 @@ fn scenario_answer(scenario: &ScenarioHandle, path: &str, query: &str) -> Option
         }
         s.objects.get(path).map(|body| match body {
             Some(body) => json(StatusCode::OK, body.clone()),
-            None => json(
-                StatusCode::NOT_FOUND,
-                r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#
-                    .to_owned(),
-            ),
+            // As kube-apiserver says it: the details name the missing object.
+            None => {
+                let mut parts = path.rsplit('/');
+                let (name, kind) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("{kind} \"{name}\" not found"), "reason": "NotFound",
+                        "details": {"name": name, "kind": kind}, "code": 404,
+                    })
+                    .to_string(),
+                )
+            }
         })
     })
 }
@@ -217,6 +226,12 @@ async fn answer(State(scenario): State<ScenarioHandle>, request: Request<Body>) 
         return response;
     }
     if is_watch(&query) {
+        if !path.ends_with("/configmaps") {
+            // Nothing was recorded for other watches: an idle watch that the
+            // server ends after a second, as a short timeout would.
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            return json(StatusCode::OK, Vec::new());
+        }
         // The recorded watch of team-a's ConfigMaps (served for the cluster-wide
         // watch too), or the recorded 410 for a resourceVersion that old.
         let file = if query.split('&').any(|p| p == "resourceVersion=1") {
