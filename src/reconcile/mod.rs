@@ -303,6 +303,7 @@ impl Reconciler {
         report: &mut SnapshotReport,
     ) -> Result<(String, Live), ReconcileError> {
         let mut live: Live = vec![HashSet::new(); self.targets.len()];
+        let (objects_before, commits_before) = (report.objects, report.commits);
         // One page in memory at a time: each is written before the next is asked for.
         let mut pager = Pager::new(&self.client, resource, None, self.page_size);
         while let Some(page) = pager.next().await? {
@@ -338,7 +339,13 @@ impl Reconciler {
                 }
             }
         }
-        tracing::info!(resource = %resource.resource, objects = report.objects, "listed");
+        tracing::info!(
+            group = %resource.group,
+            resource = %resource.resource,
+            objects = report.objects - objects_before,
+            commits = report.commits - commits_before,
+            "listed"
+        );
         Ok((pager.resource_version.unwrap_or_default(), live))
     }
 
