@@ -305,7 +305,7 @@ async fn answer(
         }
         _ => None,
     };
-    let mut expect = || {
+    let mut keep_expected = || {
         if let Some(expected) = expected.as_mut() {
             expected.kept = true;
         }
@@ -324,7 +324,7 @@ async fn answer(
                 return match outcome {
                     Ok(outcome) => {
                         if let Outcome::Committed { .. } = outcome {
-                            expect();
+                            keep_expected();
                         }
                         (response, DecisionLabel::Recorded)
                     }
@@ -347,7 +347,7 @@ async fn answer(
                 .map(|_| ())
                 .map_err(|e| format!("{e}; {}", e.advice()));
             if submitted.is_ok() {
-                expect();
+                keep_expected();
             }
             match (submitted, require_recording) {
                 (Ok(()), RailMode::Audit) if unavailable.is_some() => {
@@ -406,13 +406,13 @@ async fn answer(
                         let answer =
                             answer_push(response, push, target, change, outcome, result, then);
                         if answer.1 == DecisionLabel::Pushed {
-                            expect();
+                            keep_expected();
                         }
                         answer
                     }
                     _ => match outcome {
                         Outcome::Committed { commit } => {
-                            expect();
+                            keep_expected();
                             let short = commit.to_hex_with_len(12);
                             warn(&mut response, format!("recorded {short} {path}"));
                             (response, DecisionLabel::Recorded)

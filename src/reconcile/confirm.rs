@@ -114,9 +114,19 @@ impl Confirmations {
     /// `resource` (the parent's, for a scale write).
     pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str) {
         let expect = Expect::of(&change.action);
-        let mut change = change.clone();
-        // Only the hash is kept.
-        change.action = Action::Remove;
+        // Only the hash of the content is kept, not the content.
+        let change = Change {
+            path: change.path.clone(),
+            action: Action::Remove,
+            verb: change.verb,
+            api_version: change.api_version.clone(),
+            kind: change.kind.clone(),
+            namespace: change.namespace.clone(),
+            name: change.name.clone(),
+            user: change.user.clone(),
+            groups: change.groups.clone(),
+            uid: change.uid.clone(),
+        };
         let key = (target, change.path.as_str().to_owned());
         let pending = Pending {
             change,

@@ -25,6 +25,8 @@ use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
 
 pub use confirm::{Confirmations, Pending};
 
+use kube_core::admission::Operation;
+
 use crate::manifest::{Action, Change, Layout};
 use crate::metrics::Metrics;
 use crate::store::{Outcome, StoreHandle};
@@ -90,16 +92,23 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn api_resource(&self) -> ApiResource {
-        ApiResource {
-            group: self.group.clone(),
-            version: self.version.clone(),
-            api_version: if self.group.is_empty() {
-                self.version.clone()
-            } else {
-                format!("{}/{}", self.group, self.version)
-            },
-            kind: self.kind.clone(),
-            plural: self.resource.clone(),
+        ApiResource::from_gvk_with_plural(
+            &kube_core::GroupVersionKind::gvk(&self.group, &self.version, &self.kind),
+            &self.resource,
+        )
+    }
+
+    /// The API of this resource in `namespace` (ignored for a cluster-scoped one),
+    /// or across every namespace.
+    fn api(
+        &self,
+        client: &kube::Client,
+        namespace: Option<&str>,
+    ) -> kube::Api<kube::api::DynamicObject> {
+        let ar = self.api_resource();
+        match (namespace, self.namespaced) {
+            (Some(ns), true) => kube::Api::namespaced_with(client.clone(), ns, &ar),
+            _ => kube::Api::all_with(client.clone(), &ar),
         }
     }
 }
@@ -254,10 +263,6 @@ impl Reconciler {
         self
     }
 
-    pub fn client(&self) -> &kube::Client {
-        &self.client
-    }
-
     /// Lists every recorded resource, a page at a time, and writes each object's file
     /// as admission would have, one commit per page and repository, authored by
     /// kubescribe itself; files already equal make no commit. Then prunes, where a
@@ -314,7 +319,9 @@ impl Reconciler {
                 .inc_by(page.len() as u64);
             let mut by_target: Vec<Vec<Change>> = vec![Vec::new(); self.targets.len()];
             for object in page {
-                let Some((target, _, change)) = self.plan(&write_for(resource, object)) else {
+                let Some((target, _, change)) =
+                    self.plan(&write_for(resource, object, Operation::Create))
+                else {
                     continue;
                 };
                 report.recorded += 1;
@@ -485,14 +492,12 @@ impl Reconciler {
         let group = object
             .get("apiVersion")
             .and_then(serde_json::Value::as_str)?
-            .rsplit_once('/')
-            .map_or("", |(group, _)| group);
+            .parse::<kube_core::GroupVersion>()
+            .ok()?
+            .group;
         let kind = object.get("kind").and_then(serde_json::Value::as_str)?;
         let resource = listed.iter().find(|r| r.group == group && r.kind == kind)?;
-        let mut write = write_for(resource, object);
-        write.operation = kube_core::admission::Operation::Delete;
-        write.old_object = write.object.take();
-        let (planned, rule, change) = self.plan(&write)?;
+        let (planned, rule, change) = self.plan(&write_for(resource, object, Operation::Delete))?;
         let prune = self.policy.prune(&rule) == crate::config::Prune::Always;
         (planned == target && change.path.as_str() == path && (prune || was_live)).then_some(change)
     }
@@ -583,10 +588,8 @@ impl Reconciler {
     ) -> Result<Followed, ReconcileError> {
         use futures::TryStreamExt as _;
         use kube::api::WatchEvent;
-        use kube_core::admission::Operation;
         let ar = resource.api_resource();
-        let api: kube::Api<kube::api::DynamicObject> =
-            kube::Api::all_with(self.client.clone(), &ar);
+        let api = resource.api(&self.client, None);
         // Bookmarks are on by default.
         let params = kube::api::WatchParams::default().timeout(timeout_seconds);
         let watch_error = |e: &dyn std::fmt::Display| ReconcileError::List {
@@ -622,17 +625,7 @@ impl Reconciler {
             if let Some(version) = object.metadata.resource_version.clone() {
                 followed.resource_version = version;
             }
-            let mut object = object;
-            object.types = Some(kube::api::TypeMeta {
-                api_version: ar.api_version.clone(),
-                kind: ar.kind.clone(),
-            });
-            let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
-            let mut write = write_for(resource, json);
-            write.operation = operation.clone();
-            if operation == Operation::Delete {
-                write.old_object = write.object.take();
-            }
+            let write = write_for(resource, object_json(object, &ar), operation);
             let Some((target, _, change)) = self.plan(&write) else {
                 continue;
             };
@@ -685,19 +678,17 @@ impl Reconciler {
             // Read back at the version admission recorded, so the rendering compares
             // like with like (a client may write at a version that is not preferred).
             let mut resource = watched.clone();
-            if let Some(version) = pending
+            match pending
                 .change
                 .api_version
-                .strip_prefix(&format!("{}/", resource.group))
-                .or_else(|| {
-                    resource
-                        .group
-                        .is_empty()
-                        .then_some(pending.change.api_version.as_str())
-                })
-                .filter(|v| !v.contains('/'))
+                .parse::<kube_core::GroupVersion>()
             {
-                resource.version = version.to_owned();
+                Ok(recorded) if recorded.group == resource.group => {
+                    resource.version = recorded.version;
+                }
+                // A scale write records the Scale's apiVersion: read the parent back
+                // at its preferred version.
+                _ => {}
             }
             match self.read_back(&resource, target, &pending).await {
                 Ok(Some(truth)) => {
@@ -754,13 +745,9 @@ impl Reconciler {
         pending: &Pending,
     ) -> Result<Option<Change>, ReconcileError> {
         let ar = resource.api_resource();
-        let api: kube::Api<kube::api::DynamicObject> =
-            match (&pending.change.namespace, resource.namespaced) {
-                (Some(ns), true) => kube::Api::namespaced_with(self.client.clone(), ns, &ar),
-                _ => kube::Api::all_with(self.client.clone(), &ar),
-            };
+        let api = resource.api(&self.client, pending.change.namespace.as_deref());
         let name = &pending.change.name;
-        let mut object = match api.get(name).await {
+        let object = match api.get(name).await {
             Ok(object) => object,
             // Only a 404 about this very object means it does not exist; a 404 for
             // the resource type (a version no longer served) is an error.
@@ -781,13 +768,7 @@ impl Reconciler {
                 })
             }
         };
-        object.types = Some(kube::api::TypeMeta {
-            api_version: ar.api_version.clone(),
-            kind: ar.kind.clone(),
-        });
-        let json = serde_json::to_value(object).unwrap_or(serde_json::Value::Null);
-        let mut write = write_for(resource, json);
-        write.operation = kube_core::admission::Operation::Update;
+        let write = write_for(resource, object_json(object, &ar), Operation::Update);
         Ok(self
             .plan(&write)
             .filter(|(planned, _, _)| *planned == target)
@@ -902,8 +883,13 @@ pub struct Followed {
     pub resource_version: String,
 }
 
-/// The write admission would have seen for a listed object.
-fn write_for(resource: &Recorded, object: serde_json::Value) -> crate::policy::Write {
+/// The write admission would have seen for `object` of `resource`: for a DELETE the
+/// object is the old one, as in an admission request.
+fn write_for(
+    resource: &Recorded,
+    object: serde_json::Value,
+    operation: Operation,
+) -> crate::policy::Write {
     use kube_core::{GroupVersionKind, GroupVersionResource};
     let meta = |key: &str| {
         object
@@ -913,20 +899,35 @@ fn write_for(resource: &Recorded, object: serde_json::Value) -> crate::policy::W
             .to_owned()
     };
     let namespace = resource.namespaced.then(|| meta("namespace"));
+    let (uid, name) = (format!("reconcile-{}", meta("uid")), meta("name"));
+    let (object, old_object) = match operation {
+        Operation::Delete => (None, Some(object)),
+        _ => (Some(object), None),
+    };
     crate::policy::Write {
-        uid: format!("reconcile-{}", meta("uid")),
-        operation: kube_core::admission::Operation::Create,
+        uid,
+        operation,
         kind: GroupVersionKind::gvk(&resource.group, &resource.version, &resource.kind),
         resource: GroupVersionResource::gvr(&resource.group, &resource.version, &resource.resource),
         sub_resource: None,
         namespace,
-        name: meta("name"),
+        name,
         user: RECONCILE_USER.to_owned(),
         groups: Vec::new(),
         dry_run: false,
-        object: Some(object),
-        old_object: None,
+        object,
+        old_object,
     }
+}
+
+/// An object from the API as JSON, with the apiVersion and kind it was served at
+/// (list items and watch events do not carry them).
+fn object_json(mut object: kube::api::DynamicObject, ar: &ApiResource) -> serde_json::Value {
+    object.types = Some(kube::api::TypeMeta {
+        api_version: ar.api_version.clone(),
+        kind: ar.kind.clone(),
+    });
+    serde_json::to_value(object).unwrap_or(serde_json::Value::Null)
 }
 
 /// Pages through a list with `limit` and `continue`.
@@ -945,11 +946,7 @@ impl<'a> Pager<'a> {
         namespace: Option<&str>,
         limit: u32,
     ) -> Self {
-        let ar = resource.api_resource();
-        let api = match (namespace, resource.namespaced) {
-            (Some(ns), true) => kube::Api::namespaced_with(client.clone(), ns, &ar),
-            _ => kube::Api::all_with(client.clone(), &ar),
-        };
+        let api = resource.api(client, namespace);
         Self {
             api,
             resource,
@@ -980,14 +977,7 @@ impl<'a> Pager<'a> {
         Ok(Some(
             list.items
                 .into_iter()
-                .map(|mut object| {
-                    // The kind is on the list, not on its items.
-                    object.types = Some(kube::api::TypeMeta {
-                        api_version: ar.api_version.clone(),
-                        kind: ar.kind.clone(),
-                    });
-                    serde_json::to_value(object).unwrap_or(serde_json::Value::Null)
-                })
+                .map(|object| object_json(object, &ar))
                 .collect(),
         ))
     }
