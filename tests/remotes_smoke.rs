@@ -4,11 +4,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::remotes::{git_command, output_within, GitDaemon, SmartHttp, Sshd, DEFAULT_BRANCH};
+use common::remotes::{
+    git_command, output_within, GitDaemon, Served, SmartHttp, Sshd, DEFAULT_BRANCH,
+};
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -106,23 +108,16 @@ fn assert_refused(output: &Output, what: &str, expected: &[&str]) {
     );
 }
 
-/// What the shared part of the tests needs from a server.
-trait Remote {
+/// What the shared part of the tests needs from a server: its URL, and what every
+/// server has ([`Served`]: repository, log, stop, restart).
+trait Remote: std::ops::DerefMut<Target = Served> {
     fn url(&self) -> String;
-    fn repo(&self) -> PathBuf;
-    fn log(&self) -> String;
-    fn stop(&mut self);
-    fn restart(&mut self);
 }
 
 macro_rules! remote {
     ($($server:ty),*) => {$(
         impl Remote for $server {
             fn url(&self) -> String { <$server>::url(self) }
-            fn repo(&self) -> PathBuf { <$server>::repo(self) }
-            fn log(&self) -> String { <$server>::log(self) }
-            fn stop(&mut self) { <$server>::stop(self) }
-            fn restart(&mut self) { <$server>::restart(self) }
         }
     )*};
 }

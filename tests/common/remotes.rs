@@ -36,8 +36,7 @@ pub const DEFAULT_BRANCH: &str = "main";
 
 /// `git daemon` with receive-pack enabled and no authentication at all.
 pub struct GitDaemon {
-    process: Process,
-    dir: TempDir,
+    served: Served,
 }
 
 impl GitDaemon {
@@ -78,36 +77,14 @@ impl GitDaemon {
                 move |port| git_daemon_answers(port, &format!("/{REPO_NAME}")),
             )
         });
-        Self { process, dir }
+        Self {
+            served: Served { process, dir },
+        }
     }
 
     /// `git://127.0.0.1:<port>/repo.git`
     pub fn url(&self) -> String {
         format!("git://127.0.0.1:{}/{REPO_NAME}", self.process.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.process.port
-    }
-
-    /// The served bare repository, for `git --git-dir`.
-    pub fn repo(&self) -> PathBuf {
-        self.dir.path().join(REPO_NAME)
-    }
-
-    /// The daemon's own output, for diagnosing a failed test.
-    pub fn log(&self) -> String {
-        read_log(&self.process.log)
-    }
-
-    /// Kills the daemon; connections to its port are refused once this returns.
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    /// Stops the daemon if it runs, then starts it again on the same port.
-    pub fn restart(&mut self) {
-        self.process.restart();
     }
 }
 
@@ -156,8 +133,7 @@ fn git_daemon_answers(port: u16, path: &str) -> bool {
 /// ([`SmartHttp::username`] / [`SmartHttp::password`]). Plain HTTP from
 /// [`SmartHttp::start`], HTTPS with a throwaway CA from [`SmartHttp::start_tls`].
 pub struct SmartHttp {
-    process: Process,
-    dir: TempDir,
+    served: Served,
     tls: bool,
 }
 
@@ -242,7 +218,10 @@ impl SmartHttp {
                 ready,
             )
         });
-        Self { process, dir, tls }
+        Self {
+            served: Served { process, dir },
+            tls,
+        }
     }
 
     /// `http://127.0.0.1:<port>/git/repo.git` (or `https://` from `start_tls`); no
@@ -250,10 +229,6 @@ impl SmartHttp {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}/git/{REPO_NAME}", self.process.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.process.port
     }
 
     pub fn username() -> &'static str {
@@ -292,23 +267,6 @@ impl SmartHttp {
             "ca_file() is only there for SmartHttp::start_tls()"
         );
         self.dir.path().join("ca.pem")
-    }
-
-    pub fn repo(&self) -> PathBuf {
-        self.dir.path().join(REPO_NAME)
-    }
-
-    /// lighttpd's error log and the CGI's stderr.
-    pub fn log(&self) -> String {
-        read_log(&self.process.log)
-    }
-
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    pub fn restart(&mut self) {
-        self.process.restart();
     }
 }
 
@@ -446,8 +404,7 @@ fn make_tls_files(root: &Path) {
 /// sshd on loopback accepting exactly one key ([`Sshd::identity_file`]), whose
 /// sessions can only run `git-shell` (so only git-upload-pack / git-receive-pack).
 pub struct Sshd {
-    process: Process,
-    dir: TempDir,
+    served: Served,
     user: String,
 }
 
@@ -516,7 +473,10 @@ impl Sshd {
                 ssh_banner_answers,
             )
         });
-        Self { process, dir, user }
+        Self {
+            served: Served { process, dir },
+            user,
+        }
     }
 
     /// `ssh://<user>@127.0.0.1:<port>/<absolute path>/repo.git`
@@ -527,10 +487,6 @@ impl Sshd {
             self.process.port,
             self.repo().display()
         )
-    }
-
-    pub fn port(&self) -> u16 {
-        self.process.port
     }
 
     /// The account sessions log in as: the user running the tests.
@@ -573,23 +529,6 @@ impl Sshd {
             identity.display(),
             known_hosts.display()
         )
-    }
-
-    pub fn repo(&self) -> PathBuf {
-        self.dir.path().join(REPO_NAME)
-    }
-
-    /// sshd's log (LogLevel VERBOSE): accepted/failed keys, sessions.
-    pub fn log(&self) -> String {
-        read_log(&self.process.log)
-    }
-
-    pub fn stop(&mut self) {
-        self.process.stop();
-    }
-
-    pub fn restart(&mut self) {
-        self.process.restart();
     }
 }
 
@@ -825,6 +764,60 @@ fn free_port() -> u16 {
 
 /// A foreground server process on a fixed port, with a way to (re)launch it and a
 /// protocol-level probe that says when it serves.
+/// What every server here has: its process on a loopback port, and a temporary
+/// directory holding the served repository, its configuration and its log (the
+/// daemon's output; lighttpd's error log and the CGI's stderr; sshd's VERBOSE log).
+/// Each server derefs to it.
+pub struct Served {
+    process: Process,
+    dir: TempDir,
+}
+
+impl Served {
+    pub fn port(&self) -> u16 {
+        self.process.port
+    }
+
+    /// The served bare repository, for `git --git-dir`.
+    pub fn repo(&self) -> PathBuf {
+        self.dir.path().join(REPO_NAME)
+    }
+
+    /// The server's own output, for diagnosing a failed test.
+    pub fn log(&self) -> String {
+        read_log(&self.process.log)
+    }
+
+    /// Kills the server; connections to its port are refused once this returns.
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Stops the server if it runs, then starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.process.restart();
+    }
+}
+
+macro_rules! served {
+    ($($server:ty),*) => {$(
+        impl std::ops::Deref for $server {
+            type Target = Served;
+            fn deref(&self) -> &Served {
+                &self.served
+            }
+        }
+
+        impl std::ops::DerefMut for $server {
+            fn deref_mut(&mut self) -> &mut Served {
+                &mut self.served
+            }
+        }
+    )*};
+}
+
+served!(GitDaemon, SmartHttp, Sshd);
+
 struct Process {
     what: &'static str,
     port: u16,
