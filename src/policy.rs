@@ -320,9 +320,7 @@ pub fn guard(write: &Write, decision: &Decision, policy: &Policy) -> Vec<Finding
     let max = &rails.max_object_bytes;
     // A DELETE makes nothing bigger: an object already over the limit can go.
     if max.mode != RailMode::Off && write.operation != Operation::Delete {
-        let size = write
-            .live_object()
-            .map_or(0, |o| serde_json::to_vec(o).map_or(0, |b| b.len()));
+        let size = write.live_object().map_or(0, serialized_len);
         if size > max.limit {
             findings.push(Finding {
                 rail: "maxObjectBytes",
@@ -358,18 +356,28 @@ fn object_name(write: &Write) -> String {
     }
 }
 
+/// The length of `value` as compact JSON, counted without building it.
+fn serialized_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
+}
+
 /// Which GitOps tool manages `object`, as a person would name it, from the labels and
 /// annotations Flux and Argo CD put on what they apply.
 fn gitops_source(object: &Value) -> Option<String> {
     let meta = object.get("metadata")?;
-    let label = |key: &str| {
-        meta.pointer(&format!("/labels/{}", key.replace('/', "~1")))
-            .and_then(Value::as_str)
-    };
-    let annotation = |key: &str| {
-        meta.pointer(&format!("/annotations/{}", key.replace('/', "~1")))
-            .and_then(Value::as_str)
-    };
+    let label = |key: &str| meta.get("labels")?.get(key)?.as_str();
+    let annotation = |key: &str| meta.get("annotations")?.get(key)?.as_str();
     if let Some(name) = label("kustomize.toolkit.fluxcd.io/name") {
         let ns = label("kustomize.toolkit.fluxcd.io/namespace").unwrap_or("flux-system");
         return Some(format!("the Flux Kustomization {ns}/{name}"));

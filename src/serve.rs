@@ -121,7 +121,6 @@ impl Server {
                 _ => None,
             };
             targets.push(TargetState {
-                name: target.name.clone(),
                 repo: Config::repository_label(&target),
                 layout,
                 store,

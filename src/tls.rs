@@ -82,15 +82,8 @@ pub fn ensure_dev_certificates(
     if paths.exist() {
         return Ok((paths, false));
     }
-    let generated = generate(names)?;
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
-    write_file(&dir.join("ca.key"), &generated.ca_key, true)?;
-    write_file(&paths.ca_cert, &generated.ca_cert, false)?;
-    write_file(&paths.key, &generated.key, true)?;
-    write_file(&paths.cert, &generated.cert, false)?;
+    // Some file is missing: a whole new set, so the pair always matches its CA.
+    write_new_certificates(dir, names, true)?;
     Ok((paths, true))
 }
 

@@ -100,7 +100,6 @@ async fn oversized_bodies_get_413_with_a_message() {
         confirmations: None,
         annotate: false,
         targets: vec![kubescribe::admission::TargetState {
-            name: "default".to_owned(),
             repo: "repo".to_owned(),
             layout: kubescribe::manifest::Layout::new("", &config.repository.path_template)
                 .unwrap(),

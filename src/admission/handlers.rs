@@ -25,7 +25,6 @@ use crate::store::{Outcome, StoreError, StoreHandle};
 
 /// One repository (and branch) writes are recorded to.
 pub struct TargetState {
-    pub name: String,
     /// For the `kubescribe.io/git-repo` annotation.
     pub repo: String,
     pub layout: Layout,
@@ -329,14 +328,7 @@ async fn answer(
                         (response, DecisionLabel::Recorded)
                     }
                     Err(error) => {
-                        tracing::error!(%error, %path, "write denied: cannot be recorded (requireRecording)");
-                        (
-                            response.deny(format!(
-                                "kubescribe: requireRecording: this write must be recorded in git, and cannot be right now: {error}; {}",
-                                error.advice()
-                            )),
-                            DecisionLabel::Denied,
-                        )
+                        deny_unrecorded(response, &path, &format!("{error}; {}", error.advice()))
                     }
                 };
             }
@@ -361,15 +353,7 @@ async fn answer(
                     (response, DecisionLabel::Queued)
                 }
                 (Ok(()), _) => (response, DecisionLabel::Queued),
-                (Err(error), RailMode::Enforce) => {
-                    tracing::error!(%error, %path, "write denied: cannot be recorded (requireRecording)");
-                    (
-                        response.deny(format!(
-                            "kubescribe: requireRecording: this write must be recorded in git, and cannot be right now: {error}"
-                        )),
-                        DecisionLabel::Denied,
-                    )
-                }
+                (Err(error), RailMode::Enforce) => deny_unrecorded(response, &path, &error),
                 (Err(error), _) => {
                     // The rule does not hold writes, so the write goes through unrecorded.
                     tracing::error!(%error, %path, "write admitted without a record");
@@ -390,7 +374,8 @@ async fn answer(
         }
         Wait::Commit | Wait::Push => {
             let push = match (wait, &target.push) {
-                (Wait::Push, Some(push)) => Some((push, change.clone())),
+                // Kept to name the change (and revert it): the bytes are not needed.
+                (Wait::Push, Some(push)) => Some((push, change.without_body())),
                 _ => None,
             };
             let (outcome, pushed) =
@@ -434,6 +419,22 @@ async fn answer(
             }
         }
     }
+}
+
+/// The denial of a write `requireRecording: enforce` needs recorded, and cannot be
+/// (`error` says why and what to do).
+fn deny_unrecorded(
+    response: AdmissionResponse,
+    path: &manifest::RepoPath,
+    error: &str,
+) -> (AdmissionResponse, DecisionLabel) {
+    tracing::error!(%error, %path, "write denied: cannot be recorded (requireRecording)");
+    (
+        response.deny(format!(
+            "kubescribe: requireRecording: this write must be recorded in git, and cannot be right now: {error}"
+        )),
+        DecisionLabel::Denied,
+    )
 }
 
 /// An admitted change noted for confirmation; withdrawn when dropped unless kept

@@ -83,6 +83,23 @@ pub struct Change {
 }
 
 impl Change {
+    /// The same change without its file's bytes (the action becomes `Remove`), for
+    /// whoever keeps it only to say which change it was.
+    pub fn without_body(&self) -> Change {
+        Change {
+            path: self.path.clone(),
+            action: Action::Remove,
+            verb: self.verb,
+            api_version: self.api_version.clone(),
+            kind: self.kind.clone(),
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            user: self.user.clone(),
+            groups: self.groups.clone(),
+            uid: self.uid.clone(),
+        }
+    }
+
     /// `team-a/web`, or just `reader` for a cluster-scoped object.
     pub fn object_ref(&self) -> String {
         match &self.namespace {

@@ -115,18 +115,7 @@ impl Confirmations {
     pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str) {
         let expect = Expect::of(&change.action);
         // Only the hash of the content is kept, not the content.
-        let change = Change {
-            path: change.path.clone(),
-            action: Action::Remove,
-            verb: change.verb,
-            api_version: change.api_version.clone(),
-            kind: change.kind.clone(),
-            namespace: change.namespace.clone(),
-            name: change.name.clone(),
-            user: change.user.clone(),
-            groups: change.groups.clone(),
-            uid: change.uid.clone(),
-        };
+        let change = change.without_body();
         let key = (target, change.path.as_str().to_owned());
         let pending = Pending {
             change,
