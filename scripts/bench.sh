@@ -281,20 +281,19 @@ echo "{\"label\":\"naive_push\",\"writes\":$NAIVE,\"seconds\":$naive_seconds,\"p
 
 push_rules="- name: all
   wait: push"
-cat >"$OUT/push-remote.yaml" <<YAML
-repository:
-  remote:
-    url: $remote_url
-    username: kube
-    tokenFile: $PWD/$OUT/git-token
-YAML
-start_push_server() { # name port
+start_push_server() { # name port branch transport
   cat >"$OUT/$1.yaml" <<YAML
 server:
   listen: 127.0.0.1:$2
   devCertDir: $OUT/certs
 dataDir: $OUT/$1
-$(cat "$OUT/push-remote.yaml")
+repository:
+  branch: $3
+  remote:
+    url: $remote_url
+    username: kube
+    tokenFile: $PWD/$OUT/git-token
+    transport: $4
 rules:
 $push_rules
 YAML
@@ -302,11 +301,25 @@ YAML
   pids+=("$!")
   wait_ready "$2"
 }
-start_push_server push 18451
+start_push_server push 18451 main builtin
 # Enough connections that 200 writes/s are sent even while each waits for a push.
+# The mean time of one push under load, from the server's own histogram.
+push_mean() { # port label
+  curl -s --cacert "$OUT/certs/ca.crt" "https://127.0.0.1:$1/metrics" | awk -v label="$2" '
+    /^kubescribe_push_duration_seconds_sum/ {sum = $2}
+    /^kubescribe_push_duration_seconds_count/ {count = $2}
+    END {printf "{\"label\":\"%s\",\"pushes\":%d,\"mean_ms\":%.1f}\n", label, count, 1000 * sum / count}' |
+    tee -a "$OUT/runs.jsonl"
+}
 load push_paced 18451 200 "$PUSH_REQUESTS" 128 0 >/dev/null
+push_mean 18451 push_mean
 load push_max 18451 "" "$PUSH_REQUESTS" 256 "$PUSH_REQUESTS" >/dev/null
 pushed=$(git --git-dir "$http_root/remote.git" rev-list --count main)
 echo "{\"label\":\"push_count\",\"commits\":$pushed}" | tee -a "$OUT/runs.jsonl"
+# The same paced run with `git push` doing every push (`transport: git`), to its own
+# branch of the same remote: what the builtin transport saves.
+start_push_server push-git 18453 git-cli git
+load push_paced_git 18453 200 "$PUSH_REQUESTS" 128 $((2 * PUSH_REQUESTS)) >/dev/null
+push_mean 18453 push_mean_git
 
 python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"

@@ -56,6 +56,16 @@ if "push_paced" in runs:
         "%.1f ms (p50 %.1f, max %.1f)" % (paced["p99_ms"], paced["p50_ms"], paced["max_ms"]),
         "%.1f ms (one `git push` round trip, median of %d)" % (rtt, naive["writes"]),
         "%.2f×" % (paced["p99_ms"] / rtt), "≤ 2×, at 200 writes/s")
+    if "push_mean" in runs:
+        row("one push under that load (mean, from `kubescribe_push_duration_seconds`)",
+            "%.1f ms (%d pushes)" % (runs["push_mean"]["mean_ms"], runs["push_mean"]["pushes"]),
+            "%.1f ms (one `git push` round trip)" % rtt, "%.2f×" % (runs["push_mean"]["mean_ms"] / rtt), "")
+    if "push_paced_git" in runs:
+        git_paced = runs["push_paced_git"]
+        git_mean = runs.get("push_mean_git", {})
+        row("the same with `transport: git` (every push a `git push`)",
+            "p99 %.1f ms (p50 %.1f); one push %.1f ms" % (git_paced["p99_ms"], git_paced["p50_ms"], git_mean.get("mean_ms", float("nan"))),
+            "%.1f ms" % rtt, "%.2f×" % (git_paced["p99_ms"] / rtt), "")
     top = runs["push_max"]
     row("`wait: push` throughput (closed loop, 256 connections; every answer = pushed)",
         "%.0f writes/s (p99 %.1f ms)" % (top["throughput"], top["p99_ms"]),

@@ -169,6 +169,19 @@ pub struct RemoteConfig {
     /// Longest pause between retries of a failing push.
     #[serde(with = "duration_str")]
     pub max_backoff: std::time::Duration,
+    /// How an http(s) remote is pushed to: `builtin` (kubescribe speaks git's smart
+    /// HTTP protocol itself, on one kept-alive connection) or `git` (the `git` CLI,
+    /// as for ssh, git:// and file:// remotes).
+    pub transport: Transport,
+}
+
+/// See [`RemoteConfig::transport`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Transport {
+    #[default]
+    Builtin,
+    Git,
 }
 
 impl Default for RemoteConfig {
@@ -184,6 +197,7 @@ impl Default for RemoteConfig {
             ca_file: None,
             timeout: std::time::Duration::from_secs(30),
             max_backoff: std::time::Duration::from_secs(30),
+            transport: Transport::Builtin,
         }
     }
 }
@@ -896,6 +910,24 @@ mod tests {
         assert!(!remote("https://host/repo.git").is_ssh());
         assert!(!remote("file:///srv/repo.git").is_ssh());
         assert!(!remote("/srv/repo.git").is_ssh());
+    }
+
+    #[test]
+    fn the_push_transport_is_builtin_unless_git_is_asked_for() {
+        let remote = |extra: &str| {
+            Config::from_yaml(&format!(
+                "repository:\n  remote:\n    url: https://git.example/r.git\n{extra}"
+            ))
+        };
+        let transport = |config: Config| config.repository.remote.unwrap().transport;
+        assert_eq!(transport(remote("").unwrap()), Transport::Builtin);
+        assert_eq!(
+            transport(remote("    transport: git\n").unwrap()),
+            Transport::Git
+        );
+        let err = remote("    transport: ftp\n").unwrap_err();
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert!(text.contains("builtin") && text.contains("git"), "{text}");
     }
 
     #[test]

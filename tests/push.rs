@@ -126,6 +126,24 @@ async fn smart_http_with_basic_auth_gets_every_recorded_commit_and_refuses_a_bad
         password.display()
     ));
     replay_arrives(&config, &http.repo()).await;
+    // kubescribe pushed in process: one ref discovery, then each push a single
+    // request on the kept-alive connection (`git push` would make two).
+    let requests = http.requests();
+    let count = |prefix: &str| {
+        requests
+            .iter()
+            .filter(|r| r.starts_with(prefix) && r.contains("kubescribe/"))
+            .count()
+    };
+    let discoveries = count("GET /repo.git/info/refs?service=git-receive-pack");
+    let posts = count("POST /repo.git/git-receive-pack");
+    assert!(posts >= 3 && discoveries < posts, "{requests:?}");
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("receive-pack") && !r.contains("kubescribe/")),
+        "no push fell back to git: {requests:?}"
+    );
 
     // The Secret is rotated to a wrong password: the next write is denied, saying
     // why, and the password appears nowhere in the answer.
@@ -139,6 +157,39 @@ async fn smart_http_with_basic_auth_gets_every_recorded_commit_and_refuses_a_bad
     assert!(!text.contains("wrong-password"), "{text}");
     assert!(!answer.to_string().contains("wrong-password"));
     server.server.shutdown().await.unwrap();
+}
+
+/// `transport: git` makes every push a `git push`, even to smart HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_git_pushes_to_smart_http_with_the_git_cli() {
+    let http = SmartHttp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, SmartHttp::password()).unwrap();
+    let server = TestServer::start(&push_config(&format!(
+        "    url: {}\n    username: {}\n    tokenFile: {}\n    transport: git\n",
+        http.url(),
+        SmartHttp::username(),
+        token.display()
+    )))
+    .await;
+    for n in 0..2 {
+        let review = kubescribe::load::unique_review(&common::fixture("009").review, n);
+        let answer = send_review(&server, &review, "10s").await;
+        assert!(pushed_sha(&answer).is_some(), "{answer}");
+    }
+    server.server.shutdown().await.unwrap();
+    let pushes: Vec<String> = http
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("POST /repo.git/git-receive-pack"))
+        .collect();
+    assert!(pushes.len() >= 2, "{pushes:?}");
+    assert!(
+        pushes.iter().all(|r| !r.contains("kubescribe/")),
+        "{pushes:?}"
+    );
+    assert_eq!(remote_files(&http.repo(), "main").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,8 +303,47 @@ async fn then_deny_records_and_pushes_but_refuses_the_write() {
 async fn two_servers_pushing_to_one_branch_keep_every_change_in_a_linear_history() {
     let daemon = GitDaemon::start();
     let config = push_config(&format!("    url: {}\n", daemon.url()));
-    let a = TestServer::start(&config).await;
-    let b = TestServer::start(&config).await;
+    two_writers_one_branch(&config, &daemon.repo()).await;
+}
+
+/// The same race over smart HTTP, where kubescribe pushes in process and learns of
+/// the other writer only from the server's refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_pushing_over_builtin_smart_http_keep_every_change() {
+    let http = SmartHttp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, SmartHttp::password()).unwrap();
+    let config = push_config(&format!(
+        "    url: {}\n    username: {}\n    passwordFile: {}\n",
+        http.url(),
+        SmartHttp::username(),
+        password.display()
+    ));
+    two_writers_one_branch(&config, &http.repo()).await;
+    // Every push was kubescribe's own (no fall back to `git push`), and most went
+    // without a ref discovery first.
+    let requests = http.requests();
+    let ours = |prefix: &str| {
+        requests
+            .iter()
+            .filter(|r| r.starts_with(prefix) && r.contains("kubescribe/"))
+            .count()
+    };
+    let posts = ours("POST /repo.git/git-receive-pack");
+    let discoveries = ours("GET /repo.git/info/refs?service=git-receive-pack");
+    assert!(posts >= 10 && discoveries < posts, "{requests:?}");
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("receive-pack") && !r.contains("kubescribe/")),
+        "{requests:?}"
+    );
+}
+
+async fn two_writers_one_branch(config: &str, remote: &Path) {
+    let a = TestServer::start(config).await;
+    let b = TestServer::start(config).await;
     let template = common::fixture("009").review;
     // `a` pushes first, so `b`'s first push certainly meets a remote that moved.
     let first = send_review(&a, &kubescribe::load::unique_review(&template, 5000), "10s").await;
@@ -284,28 +374,24 @@ async fn two_servers_pushing_to_one_branch_keep_every_change_in_a_linear_history
         for answer in task.await.unwrap() {
             assert!(allowed(&answer), "{answer}");
             let sha = pushed_sha(&answer).expect("every write waits for its push");
-            git(
-                &daemon.repo(),
-                &["merge-base", "--is-ancestor", &sha, "main"],
-            );
+            git(remote, &["merge-base", "--is-ancestor", &sha, "main"]);
         }
     }
-    let remote = daemon.repo();
     assert_eq!(
-        remote_files(&remote, "main").len(),
+        remote_files(remote, "main").len(),
         121,
         "every change arrived"
     );
-    assert_eq!(git(&remote, &["rev-list", "--count", "main"]).trim(), "121");
+    assert_eq!(git(remote, &["rev-list", "--count", "main"]).trim(), "121");
     let conflicts = common::metric(
         &b,
         "kubescribe_push_failures_total{repository=\"default\",reason=\"conflict\"}",
     )
     .await;
     assert!(conflicts >= 1.0, "b replayed onto a's commits: {conflicts}");
-    assert!(git(&remote, &["rev-list", "--merges", "main"]).is_empty());
+    assert!(git(remote, &["rev-list", "--merges", "main"]).is_empty());
     assert_eq!(
-        git(&remote, &["log", "--format=%an", "main"])
+        git(remote, &["log", "--format=%an", "main"])
             .lines()
             .filter(|a| *a != "alice")
             .count(),
@@ -314,7 +400,7 @@ async fn two_servers_pushing_to_one_branch_keep_every_change_in_a_linear_history
     );
     a.server.shutdown().await.unwrap();
     b.server.shutdown().await.unwrap();
-    git(&remote, &["fsck", "--strict"]);
+    git(remote, &["fsck", "--strict"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,9 +21,12 @@ use std::time::{Duration, Instant};
 use gix::hash::ObjectId;
 use tokio::sync::{oneshot, Notify};
 
+mod http;
 mod remote;
 
 pub use remote::{tracking_ref, PushError, Remote};
+
+use http::{Attempt, SmartHttp};
 
 use crate::metrics::{Metrics, PushFailureLabels, RepositoryLabels};
 use crate::store::Replayer;
@@ -179,6 +182,8 @@ pub struct PushHandle {
 pub struct Pusher {
     name: String,
     remote: Remote,
+    /// Pushes to an http(s) remote in process; `None` when `git push` does.
+    builtin: Option<SmartHttp>,
     outbox: Arc<Outbox>,
     store: Replayer,
     metrics: Arc<Metrics>,
@@ -197,6 +202,7 @@ impl Pusher {
     ) -> Self {
         Self {
             name,
+            builtin: SmartHttp::for_remote(&remote),
             remote,
             outbox,
             store,
@@ -238,13 +244,34 @@ impl Pusher {
             .inc();
     }
 
-    async fn run(self) {
+    /// Pushes `target` in process when the remote allows, else with `git push`.
+    async fn push(&mut self, target: ObjectId) -> Result<(), PushError> {
+        if let Some(builtin) = &mut self.builtin {
+            match builtin.push(target).await {
+                Attempt::Done(result) => return result,
+                Attempt::UseGit(why) => {
+                    tracing::debug!(repository = %self.name, why, "pushing with git instead");
+                }
+            }
+        }
+        let result = self.remote.push(target).await;
+        if result.is_ok() {
+            if let Some(builtin) = &mut self.builtin {
+                builtin.remote_has(Some(target));
+            }
+        }
+        result
+    }
+
+    async fn run(mut self) {
         self.metrics.pushed(&self.name);
         let mut backoff = MIN_BACKOFF;
         let mut conflicts = 0u32;
         let mut stopping = false;
+        // Its own handle, so the wake-up below does not borrow `self`.
+        let outbox = self.outbox.clone();
         loop {
-            let more = self.outbox.more.notified();
+            let more = outbox.more.notified();
             tokio::pin!(more);
             more.as_mut().enable();
             let Some(target) = self.outbox.newest() else {
@@ -257,7 +284,7 @@ impl Pusher {
                 }
             };
             let started = Instant::now();
-            let result = self.remote.push(target).await;
+            let result = self.push(target).await;
             match result {
                 Ok(()) => {
                     self.metrics
@@ -323,8 +350,11 @@ impl Pusher {
         }
     }
 
-    async fn replay(&self) -> Result<(), PushError> {
+    async fn replay(&mut self) -> Result<(), PushError> {
         let onto = self.remote.fetch().await?;
+        if let Some(builtin) = &mut self.builtin {
+            builtin.remote_has(onto);
+        }
         self.store.replay(onto).await.map_err(|e| PushError::Other {
             remote: self.remote.display_url(),
             detail: format!("replaying local commits failed: {e}"),

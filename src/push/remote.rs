@@ -198,13 +198,6 @@ impl Remote {
     /// The environment that carries the credentials to git and ssh.
     fn credentials_env(&self) -> Result<Vec<(String, String)>, PushError> {
         let config = &self.config;
-        let read = |path: &Path| {
-            std::fs::read_to_string(path)
-                .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
-                .map_err(|e| PushError::Credentials {
-                    detail: format!("{}: {e}", path.display()),
-                })
-        };
         let mut env = Vec::new();
         let mut git_config = Vec::new();
         if config.is_ssh() {
@@ -227,21 +220,10 @@ impl Remote {
             }
             env.push(("GIT_SSH_COMMAND".to_owned(), ssh));
         } else {
-            let password = match (&config.password_file, &config.token_file) {
-                (Some(path), _) | (None, Some(path)) => Some(read(path)?),
-                (None, None) => None,
-            };
-            if let Some(password) = password {
-                let username = match (&config.username, &config.username_file) {
-                    (Some(name), _) => name.clone(),
-                    (None, Some(path)) => read(path)?,
-                    (None, None) => "kubescribe".to_owned(),
-                };
-                let basic = base64::engine::general_purpose::STANDARD
-                    .encode(format!("{username}:{password}"));
+            if let Some(authorization) = authorization(config)? {
                 git_config.push((
                     "http.extraHeader".to_owned(),
-                    format!("Authorization: Basic {basic}"),
+                    format!("Authorization: {authorization}"),
                 ));
             }
             if let Some(ca) = &config.ca_file {
@@ -311,6 +293,29 @@ impl Remote {
         }
         PushError::Other { remote, detail }
     }
+}
+
+/// The `Authorization` header value for an http(s) remote (basic auth from the
+/// credential files, read now), or `None` when no password or token is configured.
+pub(crate) fn authorization(config: &RemoteConfig) -> Result<Option<String>, PushError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| PushError::Credentials {
+                detail: format!("{}: {e}", path.display()),
+            })
+    };
+    let password = match (&config.password_file, &config.token_file) {
+        (Some(path), _) | (None, Some(path)) => read(path)?,
+        (None, None) => return Ok(None),
+    };
+    let username = match (&config.username, &config.username_file) {
+        (Some(name), _) => name.clone(),
+        (None, Some(path)) => read(path)?,
+        (None, None) => "kubescribe".to_owned(),
+    };
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    Ok(Some(format!("Basic {basic}")))
 }
 
 struct Output {

@@ -30,7 +30,10 @@ use gix::objs::tree::EntryKind;
 use gix::refs::transaction::PreviousValue;
 use tokio::sync::{mpsc, oneshot};
 
+mod outgoing;
 mod pack;
+
+pub(crate) use outgoing::{Outgoing, PackSource};
 
 use crate::config::{CommitterConfig, Config, Target};
 use crate::error_chain;

@@ -107,6 +107,11 @@ struct Entry {
     crc32: u32,
 }
 
+/// The bytes of a pack holding `objects`, without an index: what a push sends.
+pub(super) fn bytes(objects: &Storage, hash: gix::hash::Kind) -> std::io::Result<Vec<u8>> {
+    encode(objects, hash).map(|(pack, _, _)| pack)
+}
+
 /// A version 2 pack: header, one zlib stream per object, then the checksum.
 fn encode(
     objects: &Storage,

@@ -184,6 +184,25 @@ impl SmartHttp {
         if tls {
             make_tls_files(&root);
         }
+        // The CGI is a wrapper that notes each request before running the backend:
+        // lighttpd's own access log is flushed only every few seconds.
+        let backend = {
+            let wrapper = root.join("cgi").join("git-http-backend");
+            fs::create_dir(root.join("cgi")).expect("cgi dir in the temp dir");
+            fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh
+printf '%s %s?%s %s\\n' \"$REQUEST_METHOD\" \"$PATH_INFO\" \"$QUERY_STRING\" \"$HTTP_USER_AGENT\" >>'{}'\nexec '{}'\n",
+                    root.join("requests.log").display(),
+                    backend.display()
+                ),
+            )
+            .expect("CGI wrapper");
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
+            wrapper
+        };
         let name = if tls { "lighttpd (https)" } else { "lighttpd" };
         let log = root.join("lighttpd.log");
         let process = start_on_free_port(name, |port| {
@@ -222,6 +241,18 @@ impl SmartHttp {
             served: Served { process, dir },
             tls,
         }
+    }
+
+    /// The requests that reached `git http-backend` so far, each as method, path,
+    /// query and the client's User-Agent (`POST /repo.git/git-receive-pack? git/2.0
+    /// (kubescribe/0.1.0)`), for telling which requests a push made, and who made
+    /// them.
+    pub fn requests(&self) -> Vec<String> {
+        fs::read_to_string(self.served.dir.path().join("requests.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// `http://127.0.0.1:<port>/git/repo.git` (or `https://` from `start_tls`); no
