@@ -192,6 +192,36 @@ async fn transport_git_pushes_to_smart_http_with_the_git_cli() {
     assert_eq!(remote_files(&http.repo(), "main").len(), 2);
 }
 
+/// A refusal the builtin transport cannot explain (a hook) goes to `git push`, whose
+/// answer is the one the write is denied with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_refusal_over_smart_http_is_confirmed_by_git_and_denied_as_rejected() {
+    let http = SmartHttp::start();
+    let hook = http.repo().join("hooks").join("pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'protected branch' >&2\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, SmartHttp::password()).unwrap();
+    let text = denial(&format!(
+        "    url: {}\n    username: {}\n    tokenFile: {}\n",
+        http.url(),
+        SmartHttp::username(),
+        token.display()
+    ))
+    .await;
+    assert!(text.contains("rejected"), "{text}");
+    let requests = http.requests();
+    let posts = |ours: bool| {
+        requests.iter().any(|r| {
+            r.starts_with("POST /repo.git/git-receive-pack") && r.contains("kubescribe/") == ours
+        })
+    };
+    assert!(posts(true) && posts(false), "{requests:?}");
+    assert!(git(&http.repo(), &["for-each-ref"]).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sshd_with_git_shell_gets_every_recorded_commit() {
     let sshd = Sshd::start();

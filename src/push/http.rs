@@ -33,6 +33,12 @@ use super::remote::{authorization, PushError, Remote};
 use crate::config::{RemoteConfig, Transport};
 use crate::store::{Outgoing, PackSource};
 
+impl From<PushError> for Attempt {
+    fn from(error: PushError) -> Self {
+        Attempt::Done(Err(error))
+    }
+}
+
 /// What a builtin push came to.
 #[derive(Debug)]
 pub(crate) enum Attempt {
@@ -80,6 +86,10 @@ impl Endpoint {
             return None;
         }
         let uri: hyper::Uri = format!("http://{authority}/").parse().ok()?;
+        // Every request path must be a valid URI path as it is.
+        format!("{path}/info/refs?service=git-receive-pack")
+            .parse::<hyper::Uri>()
+            .ok()?;
         let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
         Some(Self {
             tls,
@@ -185,13 +195,15 @@ impl SmartHttp {
             let (base, discovered) = match guess.take() {
                 Some(base) => (base, false),
                 None => match self.discover(authorization.as_deref()).await {
-                    Ok(Ok(base)) => (base, true),
-                    Ok(Err(use_git)) => return use_git,
-                    Err(e) => return Attempt::Done(Err(e)),
+                    Ok(base) => (base, true),
+                    Err(attempt) => return attempt,
                 },
             };
             if base == Some(tip) {
-                return Attempt::Done(Ok(()));
+                if discovered {
+                    return Attempt::Done(Ok(()));
+                }
+                continue;
             }
             let pack = match self.packs.build(base, tip).await {
                 Ok(Outgoing::Pack { bytes, commits }) => {
@@ -200,7 +212,7 @@ impl SmartHttp {
                 }
                 Ok(Outgoing::NotOnTop) if !discovered => continue,
                 Ok(Outgoing::NotOnTop) => return Attempt::Done(Err(self.conflict())),
-                Ok(Outgoing::TooMany) => {
+                Ok(Outgoing::TooLarge) => {
                     return Attempt::UseGit("more commits than one pack in memory holds".into())
                 }
                 Err(e) => return Attempt::UseGit(format!("cannot build the pack: {e}")),
@@ -209,30 +221,33 @@ impl SmartHttp {
                 .send_pack(base, tip, pack, authorization.as_deref())
                 .await
             {
-                Ok(Ok(report)) => report,
-                Ok(Err(use_git)) => return use_git,
-                Err(e) => return Attempt::Done(Err(e)),
+                Ok(report) => report,
+                Err(attempt) => return attempt,
             };
             return match report {
                 Report::Ok => Attempt::Done(Ok(())),
                 Report::Refused(reason) if is_stale(&reason) => Attempt::Done(Err(self.conflict())),
                 Report::Refused(_) if !discovered => continue,
                 Report::Refused(reason) => {
-                    // Refused although the base was just discovered: either the branch
-                    // moved in between, or the server will not take the update.
+                    // Refused although the base was just discovered: the update landed
+                    // already (a resent request), the branch moved in between, or the
+                    // server will not take it; git says which in the last case.
                     match self.discover(authorization.as_deref()).await {
-                        Ok(Ok(now)) if now != base => Attempt::Done(Err(self.conflict())),
-                        Ok(_) => Attempt::Done(Err(PushError::Rejected {
-                            remote: self.display.clone(),
-                            detail: reason,
-                        })),
-                        Err(e) => Attempt::Done(Err(e)),
+                        Ok(now) if now == Some(tip) => Attempt::Done(Ok(())),
+                        Ok(now) if now != base => Attempt::Done(Err(self.conflict())),
+                        Ok(_) => {
+                            if reason.contains("missing necessary objects") {
+                                tracing::warn!(remote = %self.display, reason, "the server found our pack incomplete; pushing with git");
+                            }
+                            Attempt::UseGit(format!("the server refused the update: {reason}"))
+                        }
+                        Err(attempt) => attempt,
                     }
                 }
-                Report::Unpack(reason) => Attempt::Done(Err(PushError::Rejected {
-                    remote: self.display.clone(),
-                    detail: format!("the server could not store the pack: {reason}"),
-                })),
+                Report::Unpack(reason) => {
+                    tracing::warn!(remote = %self.display, reason, "the server could not store our pack; pushing with git");
+                    Attempt::UseGit(format!("the server could not store the pack: {reason}"))
+                }
             };
         }
     }
@@ -244,43 +259,34 @@ impl SmartHttp {
     }
 
     /// Ref discovery: the branch's tip on the remote, after checking the server
-    /// takes what we send. `Ok(Err(_))` hands the push to git.
-    async fn discover(
-        &mut self,
-        authorization: Option<&str>,
-    ) -> Result<Result<Option<ObjectId>, Attempt>, PushError> {
+    /// takes what we send.
+    async fn discover(&mut self, authorization: Option<&str>) -> Result<Option<ObjectId>, Attempt> {
         let path = format!("{}/info/refs?service=git-receive-pack", self.endpoint.path);
         let request = self
             .request(Method::GET, &path, authorization)
             .body(Full::new(Bytes::new()))
             .map_err(|e| self.other(e))?;
         let (status, content_type, body) = self.send(request, MAX_ADVERTISEMENT).await?;
-        if let Some(failure) = self.status_failure(status) {
-            return Ok(Err(failure));
-        }
+        self.check_status(status)?;
         if content_type != "application/x-git-receive-pack-advertisement" {
-            return Ok(Err(Attempt::UseGit(format!(
+            return Err(Attempt::UseGit(format!(
                 "the server answered ref discovery with {content_type:?}, not git's smart protocol"
-            ))));
+            )));
         }
-        match parse_advertisement(&body, &self.refname) {
-            Ok(tip) => {
-                self.discovered = true;
-                self.known = Some(tip);
-                Ok(Ok(tip))
-            }
-            Err(why) => Ok(Err(Attempt::UseGit(why))),
-        }
+        let tip = parse_advertisement(&body, &self.refname).map_err(Attempt::UseGit)?;
+        self.discovered = true;
+        self.known = Some(tip);
+        Ok(tip)
     }
 
-    /// Sends the update request with `pack`; `Ok(Err(_))` hands the push to git.
+    /// Sends the update request with `pack`.
     async fn send_pack(
         &mut self,
         base: Option<ObjectId>,
         tip: ObjectId,
         pack: Vec<u8>,
         authorization: Option<&str>,
-    ) -> Result<Result<Report, Attempt>, PushError> {
+    ) -> Result<Report, Attempt> {
         let old = base.unwrap_or_else(|| ObjectId::null(tip.kind()));
         let command = format!("{old} {tip} {}\0report-status\n", self.refname);
         let mut body = Vec::with_capacity(command.len() + 8 + pack.len());
@@ -288,6 +294,7 @@ impl SmartHttp {
         body.extend_from_slice(command.as_bytes());
         body.extend_from_slice(b"0000");
         body.extend_from_slice(&pack);
+        drop(pack);
         let path = format!("{}/git-receive-pack", self.endpoint.path);
         let request = self
             .request(Method::POST, &path, authorization)
@@ -302,15 +309,13 @@ impl SmartHttp {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| self.other(e))?;
         let (status, content_type, answer) = self.send(request, MAX_REPORT).await?;
-        if let Some(failure) = self.status_failure(status) {
-            return Ok(Err(failure));
-        }
+        self.check_status(status)?;
         if content_type != "application/x-git-receive-pack-result" {
-            return Ok(Err(Attempt::UseGit(format!(
+            return Err(Attempt::UseGit(format!(
                 "the server answered the push with {content_type:?}"
-            ))));
+            )));
         }
-        Ok(parse_report(&answer, &self.refname).map_err(Attempt::UseGit))
+        parse_report(&answer, &self.refname).map_err(Attempt::UseGit)
     }
 
     fn request(
@@ -331,14 +336,14 @@ impl SmartHttp {
         request
     }
 
-    /// Failures named by the HTTP status, as git names them; `None` for 200.
-    fn status_failure(&self, status: StatusCode) -> Option<Attempt> {
+    /// Failures named by the HTTP status, as git names them.
+    fn check_status(&self, status: StatusCode) -> Result<(), Attempt> {
         let remote = self.display.clone();
         let detail = format!("the server answered HTTP {status}");
-        Some(match status.as_u16() {
-            200 => return None,
-            401 | 403 | 404 => Attempt::Done(Err(PushError::Auth { remote, detail })),
-            500..=599 => Attempt::Done(Err(PushError::Unreachable { remote, detail })),
+        Err(match status.as_u16() {
+            200 => return Ok(()),
+            401 | 403 | 404 => PushError::Auth { remote, detail }.into(),
+            500..=599 => PushError::Unreachable { remote, detail }.into(),
             _ => Attempt::UseGit(detail),
         })
     }
@@ -349,7 +354,7 @@ impl SmartHttp {
         &mut self,
         request: Request<Full<Bytes>>,
         limit: usize,
-    ) -> Result<(StatusCode, String, Bytes), PushError> {
+    ) -> Result<(StatusCode, String, Bytes), Attempt> {
         let reused = self.connection.as_ref().is_some_and(|c| !c.is_closed());
         // Kept for a second try: an update names the tip it replaces, so sending it
         // twice cannot apply it twice.
@@ -361,7 +366,7 @@ impl SmartHttp {
                 let retry = retry.expect("checked");
                 self.send_once(retry).await?
             }
-            Err(e) => return Err(e),
+            Err(attempt) => return Err(attempt),
         };
         let status = response.status();
         let content_type = response
@@ -384,7 +389,7 @@ impl SmartHttp {
     async fn send_once(
         &mut self,
         request: Request<Full<Bytes>>,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, PushError> {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Attempt> {
         if self.connection.as_ref().is_none_or(|c| c.is_closed()) {
             self.connection = Some(self.connect().await?);
         }
@@ -395,27 +400,29 @@ impl SmartHttp {
         };
         sent.await.map_err(|e| {
             self.connection = None;
-            self.unreachable(e.to_string())
+            self.unreachable(e.to_string()).into()
         })
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, PushError> {
+    /// Connects; a TLS failure hands the push to git, whose TLS library is the
+    /// reference for which certificates are good.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, Attempt> {
         let endpoint = &self.endpoint;
         let tcp = tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|e| self.unreachable(format!("cannot connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         if !endpoint.tls {
-            return self.handshake(tcp).await;
+            return Ok(self.handshake(tcp).await?);
         }
         let config = self.tls_config()?;
         let name = ServerName::try_from(endpoint.host.clone())
-            .map_err(|e| self.unreachable(format!("bad host name: {e}")))?;
+            .map_err(|e| Attempt::UseGit(format!("host name for TLS: {e}")))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
-            .map_err(|e| self.unreachable(format!("TLS: {e}")))?;
-        self.handshake(tls).await
+            .map_err(|e| Attempt::UseGit(format!("TLS: {e}")))?;
+        Ok(self.handshake(tls).await?)
     }
 
     async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, PushError>
@@ -506,6 +513,7 @@ fn pkt_lines(mut body: &[u8]) -> Result<Vec<Option<&[u8]>>, String> {
     while !body.is_empty() {
         let length = body
             .get(..4)
+            .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
             .and_then(|hex| std::str::from_utf8(hex).ok())
             .and_then(|hex| usize::from_str_radix(hex, 16).ok())
             .ok_or("the answer is not in git's pkt-line format")?;
@@ -640,6 +648,7 @@ mod tests {
             "https://user@host/repo.git",
             "https://host/repo.git?x=1",
             "https:///repo.git",
+            "https://host/a repo.git",
         ] {
             assert_eq!(Endpoint::parse(url), None, "{url}");
         }

@@ -7,10 +7,13 @@
 //! reader sees every object of a commit once the branch names it.
 //!
 //! Invariants: only a linear run of commits on top of `base` is packed (what the
-//! writer makes); anything else, a merge, a `base` that is not an ancestor or more
-//! than [`MAX_COMMITS`] commits, is left to the `git` CLI. The pack holds each
-//! commit, then every tree and blob it adds to its parent's tree, undeltified;
-//! objects the remote may already have are harmless.
+//! writer makes); anything else, a merge, a `base` that is not an ancestor, or more
+//! than [`MAX_COMMITS`] commits or [`MAX_BYTES`] of objects, is left to the `git`
+//! CLI. The pack holds each commit, then every tree and blob it adds to its parent's
+//! tree, undeltified; objects the remote may already have are harmless. Commits are
+//! taken oldest first, so every tree already in the pack has everything below it
+//! either in the pack or on the remote: that is what lets a tree met again (a later
+//! commit going back to an earlier state) be skipped whole.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,10 @@ use tokio::sync::oneshot;
 /// pack instead of building it in memory.
 pub(crate) const MAX_COMMITS: usize = 5_000;
 
+/// More object bytes than this go through `git push` too: the builtin transport
+/// holds the whole pack in memory.
+pub(crate) const MAX_BYTES: usize = 16 << 20;
+
 /// What [`Outgoing::build`] found.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
@@ -32,8 +39,8 @@ pub(crate) enum Outgoing {
     /// `base` is not below `tip` on a linear history (the remote moved, or history
     /// here has a merge).
     NotOnTop,
-    /// More than [`MAX_COMMITS`] commits.
-    TooMany,
+    /// More than [`MAX_COMMITS`] commits or [`MAX_BYTES`] of objects.
+    TooLarge,
 }
 
 struct Request {
@@ -116,7 +123,7 @@ fn build(
     let mut at = tip;
     while Some(at) != base {
         if commits.len() == MAX_COMMITS {
-            return Ok(Outgoing::TooMany);
+            return Ok(Outgoing::TooLarge);
         }
         let commit = repo.find_commit(at)?;
         let tree = commit.tree_id()?.detach();
@@ -137,9 +144,14 @@ fn build(
         }
     }
     let mut objects = Storage::default();
-    for (commit, tree, parent_tree) in &commits {
-        add(repo, *commit, &mut objects)?;
-        add_tree(repo, *tree, *parent_tree, &mut objects)?;
+    let mut size = 0;
+    // Oldest first: see the invariants above.
+    for (commit, tree, parent_tree) in commits.iter().rev() {
+        add(repo, *commit, &mut objects, &mut size)?;
+        add_tree(repo, *tree, *parent_tree, &mut objects, &mut size)?;
+        if size > MAX_BYTES {
+            return Ok(Outgoing::TooLarge);
+        }
     }
     let bytes = super::pack::bytes(&objects, repo.object_hash())?;
     Ok(Outgoing::Pack {
@@ -148,21 +160,28 @@ fn build(
     })
 }
 
-fn add(repo: &gix::Repository, id: ObjectId, objects: &mut Storage) -> Result<(), BoxError> {
+fn add(
+    repo: &gix::Repository,
+    id: ObjectId,
+    objects: &mut Storage,
+    size: &mut usize,
+) -> Result<(), BoxError> {
     if !objects.contains_key(&id) {
         let object = repo.find_object(id)?.detach();
+        *size += object.data.len();
         objects.insert(id, (object.kind, object.data));
     }
     Ok(())
 }
 
 /// Adds `tree` and whatever it holds that `before` (the same place in the parent
-/// commit) does not.
+/// commit, whose objects are all on the remote or in `objects`) does not.
 fn add_tree(
     repo: &gix::Repository,
     tree: ObjectId,
     before: Option<ObjectId>,
     objects: &mut Storage,
+    size: &mut usize,
 ) -> Result<(), BoxError> {
     if Some(tree) == before || objects.contains_key(&tree) {
         return Ok(());
@@ -191,11 +210,12 @@ fn add_tree(
             let previous_tree = previous
                 .filter(|(mode, _)| mode.is_tree())
                 .map(|(_, id)| *id);
-            add_tree(repo, id, previous_tree, objects)?;
+            add_tree(repo, id, previous_tree, objects, size)?;
         } else if !entry.mode.is_commit() {
-            add(repo, id, objects)?;
+            add(repo, id, objects, size)?;
         }
     }
+    *size += data.len();
     objects.insert(tree, (Kind::Tree, data));
     Ok(())
 }
@@ -296,11 +316,44 @@ mod tests {
         );
         git(&remote, &["fsck", "--strict", "--no-dangling"]);
 
+        // A later commit going back to an earlier tree (create, create, delete): the
+        // blob of the first create is still sent.
+        let again = commit(&work, "f/one.yaml", "f one\n");
+        commit(&work, "f/two.yaml", "f two\n");
+        std::fs::remove_file(work.join("f/two.yaml")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "remove f/two.yaml"]);
+        let back: ObjectId = git(&work, &["rev-parse", "HEAD"]).parse().unwrap();
+        assert_eq!(
+            git(&work, &["rev-parse", "HEAD^{tree}"]),
+            git(&work, &["rev-parse", &format!("{again}^{{tree}}")])
+        );
+        let Outgoing::Pack { bytes, commits } = source.build(Some(tip), back).await.unwrap() else {
+            panic!("packed");
+        };
+        assert_eq!(commits, 3);
+        let mut index = Command::new("git")
+            .arg("--git-dir")
+            .arg(&remote)
+            .args(["index-pack", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        index.stdin.take().unwrap().write_all(&bytes).unwrap();
+        assert!(index.wait().unwrap().success());
+        git(
+            &remote,
+            &["update-ref", "refs/heads/main", &back.to_string()],
+        );
+        git(&remote, &["fsck", "--strict", "--no-dangling"]);
+        let tip = back;
+
         // From nothing: the whole history.
         let Outgoing::Pack { commits, .. } = source.build(None, tip).await.unwrap() else {
             panic!("a new branch gets every commit");
         };
-        assert_eq!(commits, 5);
+        assert_eq!(commits, 8);
         // A base that is not below the tip, or unknown here.
         let other = commit(&work, "e.yaml", "e\n");
         git(&work, &["reset", "-q", "--hard", &tip.to_string()]);
