@@ -11,7 +11,8 @@
 # alone), LATENCY_ONLY=1 (stop after the latency rounds), PUSH_ONLY=1 (only the
 # push figures), PUSH_REQUESTS (wait: push writes per run, default 3000), NAIVE
 # (writes of the one-push-per-write baseline, default 40), CHECK_FILES (manifests for
-# the check timing, default 1000), CHECK_ONLY=1 (only that), SNAPSHOT_OBJECTS (objects
+# the check timing, default 1000), CHECK_ONLY=1 (only that), REMOTE_TUNED=1 (the push
+# remote keeps pushes as packs and runs no gc on pushes), SNAPSHOT_OBJECTS (objects
 # of the reconcile snapshot, default 10000), SNAPSHOT_PRUNE=always (the snapshot
 # also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that).
 set -euo pipefail
@@ -232,6 +233,11 @@ http_root="$OUT/http"
 mkdir -p "$http_root/htdocs" "$http_root/uploads"
 git init -q --bare -b main "$http_root/remote.git"
 git --git-dir "$http_root/remote.git" config http.receivepack true
+if [[ -n ${REMOTE_TUNED:-} ]]; then
+  # As busy git servers are set up: pushes stay packs, housekeeping off the push path.
+  git --git-dir "$http_root/remote.git" config receive.unpackLimit 1
+  git --git-dir "$http_root/remote.git" config receive.autogc false
+fi
 echo "kube:s3cret-token" >"$http_root/users"
 printf 's3cret-token' >"$OUT/git-token"
 cat >"$http_root/lighttpd.conf" <<CONF
