@@ -61,7 +61,14 @@ pub(crate) struct SmartHttp {
     known: Option<Option<ObjectId>>,
     /// Ref discovery has shown the server speaks what we send.
     discovered: bool,
+    /// Ref discovery handed the push to git (a redirect, a server without the smart
+    /// protocol, TLS that only git accepts): git pushes alone until then, rather
+    /// than every push asking first.
+    resting: Option<(std::time::Instant, String)>,
 }
+
+/// How long git pushes alone after ref discovery handed a push to it.
+const REST: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Endpoint {
@@ -112,7 +119,7 @@ impl Endpoint {
     }
 }
 
-/// Proxy variables git (libcurl) would honour; with any set, pushes go through git.
+/// Proxy variables git (libcurl) would honour.
 const PROXY_VARIABLES: [&str; 6] = [
     "http_proxy",
     "https_proxy",
@@ -121,6 +128,26 @@ const PROXY_VARIABLES: [&str; 6] = [
     "ALL_PROXY",
     "HTTP_PROXY",
 ];
+
+/// Whether git would reach `host` through a proxy: a proxy variable is set and
+/// `no_proxy` does not exempt the host (libcurl's rules: `*`, the host itself, or a
+/// domain it is in). The builtin transport speaks to servers directly, so such
+/// pushes are left to git.
+fn proxied(host: &str, env: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+    if !PROXY_VARIABLES.iter().any(|name| set(name).is_some()) {
+        return false;
+    }
+    let exempt = set("no_proxy")
+        .or_else(|| set("NO_PROXY"))
+        .unwrap_or_default();
+    let host = host.to_ascii_lowercase();
+    !exempt.split(',').map(str::trim).any(|entry| {
+        let entry = entry.trim_start_matches('.').to_ascii_lowercase();
+        entry == "*"
+            || (!entry.is_empty() && (host == entry || host.ends_with(&format!(".{entry}"))))
+    })
+}
 
 /// Longest answers read: a push's status report, and a ref advertisement.
 const MAX_REPORT: usize = 1 << 20;
@@ -132,14 +159,13 @@ impl SmartHttp {
     /// The builtin pusher for `remote`, or `None` when the `git` CLI pushes to it
     /// (not http(s), `transport: git`, credentials in the URL, or a proxy set).
     pub(crate) fn for_remote(remote: &Remote) -> Option<Self> {
-        if remote.config.transport != Transport::Builtin
-            || PROXY_VARIABLES
-                .iter()
-                .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
-        {
+        if remote.config.transport != Transport::Builtin {
             return None;
         }
         let endpoint = Endpoint::parse(&remote.config.url)?;
+        if proxied(&endpoint.host, |name| std::env::var(name).ok()) {
+            return None;
+        }
         let packs = match PackSource::start(&remote.git_dir) {
             Ok(packs) => packs,
             Err(e) => {
@@ -156,6 +182,7 @@ impl SmartHttp {
             connection: None,
             known: None,
             discovered: false,
+            resting: None,
         })
     }
 
@@ -166,6 +193,12 @@ impl SmartHttp {
 
     /// Pushes exactly `tip` to the branch. Never forced.
     pub(crate) async fn push(&mut self, tip: ObjectId) -> Attempt {
+        if let Some((until, why)) = &self.resting {
+            if std::time::Instant::now() < *until {
+                return Attempt::UseGit(format!("since the last ref discovery: {why}"));
+            }
+            self.resting = None;
+        }
         let attempt = tokio::time::timeout(self.config.timeout, self.try_push(tip)).await;
         let attempt = attempt.unwrap_or_else(|_| {
             Attempt::Done(Err(PushError::Timeout {
@@ -196,6 +229,10 @@ impl SmartHttp {
                 Some(base) => (base, false),
                 None => match self.discover(authorization.as_deref()).await {
                     Ok(base) => (base, true),
+                    Err(Attempt::UseGit(why)) => {
+                        self.resting = Some((std::time::Instant::now() + REST, why.clone()));
+                        return Attempt::UseGit(why);
+                    }
                     Err(attempt) => return attempt,
                 },
             };
@@ -652,6 +689,89 @@ mod tests {
         ] {
             assert_eq!(Endpoint::parse(url), None, "{url}");
         }
+    }
+
+    /// A server that is not git's (here: HTML for everything) sends the push to
+    /// git, and the next pushes go to git without asking it again.
+    #[tokio::test]
+    async fn a_server_without_the_smart_protocol_is_left_to_git_for_a_while() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 4096];
+                    while let Ok(n) = stream.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let page = "<html>hello</html>";
+                        let answer = format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}", page.len());
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let remote = Remote {
+            config: RemoteConfig {
+                url: format!("http://127.0.0.1:{port}/repo.git"),
+                ..Default::default()
+            },
+            branch: "main".to_owned(),
+            git_dir: dir.path().to_owned(),
+        };
+        let mut http = SmartHttp::for_remote(&remote).expect("an http URL is ours");
+        let tip = ObjectId::from_hex(TIP.as_bytes()).unwrap();
+        let Attempt::UseGit(why) = http.push(tip).await else {
+            panic!("not a git server");
+        };
+        assert!(why.contains("text/html"), "{why}");
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let Attempt::UseGit(again) = http.push(tip).await else {
+            panic!("still git's");
+        };
+        assert!(again.contains("text/html"), "{again}");
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "not asked again"
+        );
+    }
+
+    #[test]
+    fn pushes_that_git_would_proxy_are_left_to_git() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert!(!proxied("git.example", env(&[])));
+        assert!(proxied(
+            "git.example",
+            env(&[("HTTPS_PROXY", "http://proxy:3128")])
+        ));
+        let exempt = env(&[
+            ("https_proxy", "http://proxy:3128"),
+            ("NO_PROXY", "localhost, 127.0.0.1,.corp.example"),
+        ]);
+        assert!(!proxied("127.0.0.1", exempt));
+        assert!(!proxied("git.corp.example", exempt));
+        assert!(proxied("github.com", exempt));
+        assert!(!proxied(
+            "github.com",
+            env(&[("ALL_PROXY", "socks5://p"), ("no_proxy", "*")])
+        ));
     }
 
     const TIP: &str = "a4791771299b657e29803b103644bbe33523ac71";
