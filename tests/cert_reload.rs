@@ -3,6 +3,8 @@
 //! rename. A real TLS client must trust the new CA after the swap and fail with the
 //! old one; a broken new pair is refused and the old one keeps serving.
 
+mod common;
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -81,12 +83,7 @@ async fn metric(server: &Server, dir: &Path, ca: &str, sample: &str) -> f64 {
         )
         .await
         .unwrap();
-    String::from_utf8(text.to_vec())
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(sample))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    common::sample_in(std::str::from_utf8(&text).unwrap(), sample).unwrap_or(0.0)
 }
 
 /// Polls `check` (the server re-reads its files on a timer; nothing to await).

@@ -128,22 +128,8 @@ async fn smart_http_with_basic_auth_gets_every_recorded_commit_and_refuses_a_bad
     replay_arrives(&config, &http.repo()).await;
     // kubescribe pushed in process: one ref discovery, then each push a single
     // request on the kept-alive connection (`git push` would make two).
-    let requests = http.requests();
-    let count = |prefix: &str| {
-        requests
-            .iter()
-            .filter(|r| r.starts_with(prefix) && r.contains("kubescribe/"))
-            .count()
-    };
-    let discoveries = count("GET /repo.git/info/refs?service=git-receive-pack");
-    let posts = count("POST /repo.git/git-receive-pack");
-    assert!(posts >= 3 && discoveries < posts, "{requests:?}");
-    assert!(
-        !requests
-            .iter()
-            .any(|r| r.contains("receive-pack") && !r.contains("kubescribe/")),
-        "no push fell back to git: {requests:?}"
-    );
+    let (posts, discoveries) = builtin_pushes(&http);
+    assert!(posts >= 3 && discoveries < posts, "{posts} {discoveries}");
 
     // The Secret is rotated to a wrong password: the next write is denied, saying
     // why, and the password appears nowhere in the answer.
@@ -353,22 +339,30 @@ async fn two_servers_pushing_over_builtin_smart_http_keep_every_change() {
     two_writers_one_branch(&config, &http.repo()).await;
     // Every push was kubescribe's own (no fall back to `git push`), and most went
     // without a ref discovery first.
+    let (posts, discoveries) = builtin_pushes(&http);
+    assert!(posts >= 10 && discoveries < posts, "{posts} {discoveries}");
+}
+
+/// kubescribe's pushes and ref discoveries that `http` served, once it is checked
+/// that no receive-pack request came from `git push` (nothing fell back to git).
+fn builtin_pushes(http: &SmartHttp) -> (usize, usize) {
     let requests = http.requests();
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r.contains("receive-pack") && !r.contains("kubescribe/")),
+        "no push fell back to git: {requests:?}"
+    );
     let ours = |prefix: &str| {
         requests
             .iter()
             .filter(|r| r.starts_with(prefix) && r.contains("kubescribe/"))
             .count()
     };
-    let posts = ours("POST /repo.git/git-receive-pack");
-    let discoveries = ours("GET /repo.git/info/refs?service=git-receive-pack");
-    assert!(posts >= 10 && discoveries < posts, "{requests:?}");
-    assert!(
-        !requests
-            .iter()
-            .any(|r| r.contains("receive-pack") && !r.contains("kubescribe/")),
-        "{requests:?}"
-    );
+    (
+        ours("POST /repo.git/git-receive-pack"),
+        ours("GET /repo.git/info/refs?service=git-receive-pack"),
+    )
 }
 
 async fn two_writers_one_branch(config: &str, remote: &Path) {

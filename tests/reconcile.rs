@@ -285,17 +285,7 @@ async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for
 async fn until_ready(server: &common::TestServer) {
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (status, _) = server
-            .connect()
-            .await
-            .send(
-                axum::http::Method::GET,
-                "/readyz",
-                None,
-                bytes::Bytes::new(),
-            )
-            .await
-            .unwrap();
+        let (status, _) = server.get("/readyz").await;
         if status == 200 {
             return;
         }

@@ -251,6 +251,24 @@ mod tests {
         git(dir, &["rev-parse", "HEAD"]).parse().unwrap()
     }
 
+    /// What `receive-pack` does with a pushed pack: `index-pack` checks every
+    /// entry, the branch moves to `tip`, and `fsck` finds nothing missing.
+    fn receive(remote: &Path, pack: &[u8], tip: ObjectId) {
+        use std::io::Write as _;
+        let mut index = Command::new("git")
+            .arg("--git-dir")
+            .arg(remote)
+            .args(["index-pack", "--stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        index.stdin.take().unwrap().write_all(pack).unwrap();
+        assert!(index.wait().unwrap().success());
+        git(remote, &["update-ref", "refs/heads/main", &tip.to_string()]);
+        git(remote, &["fsck", "--strict", "--no-dangling"]);
+    }
+
     /// The real git takes the pack: `index-pack` checks every entry, and the
     /// remote's `fsck` that nothing the new commits need is missing.
     #[tokio::test]
@@ -299,22 +317,7 @@ mod tests {
             panic!("a linear run on top of the base is packed");
         };
         assert_eq!(commits, 3);
-        let mut index = Command::new("git")
-            .arg("--git-dir")
-            .arg(&remote)
-            .args(["index-pack", "--stdin", "--fix-thin"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        index.stdin.take().unwrap().write_all(&bytes).unwrap();
-        assert!(index.wait().unwrap().success());
-        git(
-            &remote,
-            &["update-ref", "refs/heads/main", &tip.to_string()],
-        );
-        git(&remote, &["fsck", "--strict", "--no-dangling"]);
+        receive(&remote, &bytes, tip);
 
         // A later commit going back to an earlier tree (create, create, delete): the
         // blob of the first create is still sent.
@@ -332,21 +335,7 @@ mod tests {
             panic!("packed");
         };
         assert_eq!(commits, 3);
-        let mut index = Command::new("git")
-            .arg("--git-dir")
-            .arg(&remote)
-            .args(["index-pack", "--stdin"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        index.stdin.take().unwrap().write_all(&bytes).unwrap();
-        assert!(index.wait().unwrap().success());
-        git(
-            &remote,
-            &["update-ref", "refs/heads/main", &back.to_string()],
-        );
-        git(&remote, &["fsck", "--strict", "--no-dangling"]);
+        receive(&remote, &bytes, back);
         let tip = back;
 
         // From nothing: the whole history.

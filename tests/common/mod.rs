@@ -68,6 +68,15 @@ impl TestServer {
             .expect("TLS connection to the test server")
     }
 
+    /// A GET of `path` (`/metrics`, `/readyz`) on a new connection.
+    pub async fn get(&self, path: &str) -> (axum::http::StatusCode, Bytes) {
+        self.connect()
+            .await
+            .send(axum::http::Method::GET, path, None, Bytes::new())
+            .await
+            .unwrap()
+    }
+
     /// Runs `git` in the repository and returns its stdout; fails the test on error.
     pub fn git(&self, args: &[&str]) -> String {
         git(&self.repo, args)
@@ -97,23 +106,17 @@ pub async fn metric(server: &TestServer, sample: &str) -> f64 {
 /// The value of one sample of the server's /metrics, if it is there yet (a labelled
 /// series appears at its first count), and the whole exposition.
 pub async fn sample_of(server: &TestServer, sample: &str) -> (Option<f64>, String) {
-    let (_, text) = server
-        .connect()
-        .await
-        .send(
-            axum::http::Method::GET,
-            "/metrics",
-            None,
-            bytes::Bytes::new(),
-        )
-        .await
-        .unwrap();
+    let (_, text) = server.get("/metrics").await;
     let text = String::from_utf8(text.to_vec()).unwrap();
-    let value = text
-        .lines()
-        .find_map(|line| line.strip_prefix(sample))
-        .and_then(|value| value.trim().parse().ok());
+    let value = sample_in(&text, sample);
     (value, text)
+}
+
+/// The value of `sample` (name and labels, as exposed) in a /metrics text.
+pub fn sample_in(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 pub fn git(repo: &Path, args: &[&str]) -> String {
