@@ -18,6 +18,7 @@ bench: deps
 
 deps:
 	scripts/install-deps.sh
+	scripts/install-envtest.sh
 
 build:
 	$(CARGO) build --release --locked

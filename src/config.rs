@@ -310,6 +310,10 @@ pub struct ReconcileConfig {
     /// How often discovery runs again, to follow CRDs added or removed.
     #[serde(with = "duration_str")]
     pub discovery_interval: std::time::Duration,
+    /// How long one watch request lasts (its `timeoutSeconds`) before it is resumed
+    /// from its last resourceVersion.
+    #[serde(with = "duration_str")]
+    pub watch_timeout: std::time::Duration,
 }
 
 impl Default for ReconcileConfig {
@@ -320,6 +324,9 @@ impl Default for ReconcileConfig {
             page_size: 500,
             confirm_window: std::time::Duration::from_secs(60),
             discovery_interval: std::time::Duration::from_secs(60),
+            // Under the apiserver's own cap (`--min-request-timeout`, 30 min, and a
+            // random share more), and under the idle timeouts of most proxies.
+            watch_timeout: std::time::Duration::from_secs(290),
         }
     }
 }
@@ -592,9 +599,10 @@ impl Config {
         if reconcile.page_size == 0
             || reconcile.confirm_window < std::time::Duration::from_millis(100)
             || reconcile.discovery_interval < std::time::Duration::from_millis(100)
+            || reconcile.watch_timeout < std::time::Duration::from_secs(1)
         {
             return Err(ConfigError::Invalid(
-                "reconcile.pageSize must be at least 1, and reconcile.confirmWindow and reconcile.discoveryInterval at least 100ms (confirmWindow should exceed the apiserver's request timeout, 60s by default)".to_owned(),
+                "reconcile.pageSize must be at least 1, reconcile.confirmWindow and reconcile.discoveryInterval at least 100ms (confirmWindow should exceed the apiserver's request timeout, 60s by default), and reconcile.watchTimeout at least 1s".to_owned(),
             ));
         }
         if self.repositories.contains_key(DEFAULT_REPOSITORY) {

@@ -194,7 +194,8 @@ impl Server {
                         .collect(),
                     state.metrics.clone(),
                     reconcile.page_size,
-                );
+                )
+                .with_watch_timeout(reconcile.watch_timeout);
                 if let Some(confirmations) = &state.confirmations {
                     reconciler = reconciler.with_confirmations(confirmations.clone());
                 }

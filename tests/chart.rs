@@ -212,6 +212,42 @@ fn persistence_service_monitor_network_policy_and_git_credentials_are_opt_in() {
 }
 
 #[test]
+fn every_namespaced_object_names_the_release_namespace() {
+    // `helm template | kubectl apply -f -` (and GitOps tools that render charts)
+    // put an object without a namespace wherever the client points; the Service
+    // the webhooks call must be in the release's namespace.
+    let objects = render(&[
+        "--set",
+        "persistence.enabled=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+        "--set-json",
+        r#"config={"reconcile":{"enabled":true},"rules":[{"name":"all"}]}"#,
+    ]);
+    let cluster_scoped = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+    ];
+    for object in &objects {
+        let kind = object["kind"].as_str().unwrap();
+        let namespace = &object["metadata"]["namespace"];
+        if cluster_scoped.contains(&kind) {
+            assert!(namespace.is_null(), "{kind} is cluster-scoped: {object}");
+        } else {
+            assert_eq!(
+                namespace, "git-record",
+                "{kind} {}",
+                object["metadata"]["name"]
+            );
+        }
+    }
+}
+
+#[test]
 fn helm_lint_is_clean_and_a_bad_values_file_is_refused_readably() {
     let lint = Command::new(helm())
         .args(["lint", "--strict"])

@@ -237,6 +237,8 @@ pub struct Reconciler {
     confirmations: Option<Arc<Confirmations>>,
     metrics: Arc<Metrics>,
     page_size: u32,
+    /// `timeoutSeconds` of each watch request.
+    watch_timeout: u32,
 }
 
 impl Reconciler {
@@ -254,7 +256,15 @@ impl Reconciler {
             confirmations: None,
             metrics,
             page_size,
+            watch_timeout: 290,
         }
+    }
+
+    /// Each watch request asks the apiserver to end it after `timeout` (whole
+    /// seconds, at least 1); the watch then resumes from its last resourceVersion.
+    pub fn with_watch_timeout(mut self, timeout: Duration) -> Self {
+        self.watch_timeout = timeout.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+        self
     }
 
     /// Admitted changes are confirmed against what the watch shows (phantoms).
@@ -514,7 +524,7 @@ impl Reconciler {
         loop {
             let started = Instant::now();
             match self
-                .follow(&resource, &resource_version, 290, &mut known)
+                .follow(&resource, &resource_version, self.watch_timeout, &mut known)
                 .await
             {
                 Ok(followed) => {

@@ -1,0 +1,16 @@
+//! End-to-end scenarios against a real kube-apiserver (tests/envtest): kubectl as
+//! several users, the real `kubescribe serve` registered through its own rendered
+//! webhook configurations, and git compared with the live objects after each
+//! scenario. One control plane serves every test here; each test has its own
+//! namespace, kubescribe and webhook configurations.
+
+#[path = "../common/mod.rs"]
+#[allow(unused)]
+mod common;
+#[path = "../envtest/mod.rs"]
+mod envtest;
+
+mod chart;
+mod crd;
+mod kubectl;
+mod wait;
