@@ -382,3 +382,166 @@ async fn generated_names_are_recorded_under_the_name_the_apiserver_chose() {
     let client = plane.client(crate::envtest::ADMIN).await;
     assert_git_matches_cluster(&scribe.repo, "main", &client, &[obj]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_apply_and_forced_replace_are_recorded_as_the_cluster_keeps_them() {
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace("ssa");
+    let n = ns.as_str();
+    let scribe = Kubescribe::start(plane, "ssa", &commit_rule(n));
+    scribe.await_webhook(n);
+
+    // Server-side apply: the apiserver merges and keeps managedFields, which never
+    // reach git.
+    ok(
+        &scribe,
+        ALICE,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=alice-cli",
+            "-f",
+            "-",
+        ],
+        Some(&deployment(n, "nginx:1.25", 1)),
+    );
+    let web = Obj::namespaced("apps/v1", "deployments", n, "web");
+    let text = scribe.file(&web.path()).expect("the Deployment's file");
+    assert!(
+        !text.contains("managedFields") && !text.contains("alice-cli"),
+        "{text}"
+    );
+    // A second manager takes over the image with force-conflicts.
+    let mut image_only = deployment(n, "nginx:1.26", 1);
+    image_only = image_only.replace("  replicas: 1\n", "");
+    ok(
+        &scribe,
+        CI,
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ci",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(&image_only),
+    );
+    assert_eq!(
+        author_of(&scribe, &web.path()),
+        "system:serviceaccount:ci:deployer"
+    );
+    assert!(scribe
+        .file(&web.path())
+        .unwrap()
+        .contains("image: nginx:1.26"));
+
+    // replace --force is a delete and a create: two commits, the file back at the end.
+    ok(
+        &scribe,
+        ALICE,
+        &[
+            "create",
+            "configmap",
+            "forced",
+            "-n",
+            n,
+            "--from-literal=v=1",
+        ],
+        None,
+    );
+    let forced = Obj::namespaced("v1", "configmaps", n, "forced");
+    let before = scribe.commit_count();
+    let replacement = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: forced\n  namespace: {n}\ndata:\n  v: \"2\"\n");
+    ok(
+        &scribe,
+        BOB,
+        &["replace", "--force", "-f", "-"],
+        Some(&replacement),
+    );
+    assert_eq!(
+        scribe.commit_count(),
+        before + 2,
+        "{}",
+        scribe.git(&["log", "-3", "--format=%an %s", "main"])
+    );
+    let log = scribe.git(&["log", "-2", "--format=%an %s", "main"]);
+    assert!(
+        log.starts_with("bob create v1 ConfigMap") && log.contains("bob delete v1 ConfigMap"),
+        "{log}"
+    );
+
+    let client = plane.client(crate::envtest::ADMIN).await;
+    assert_git_matches_cluster(&scribe.repo, "main", &client, &[web, forced]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotate_stamps_live_objects_through_the_mutating_webhook_and_never_records_the_stamp() {
+    let plane = ControlPlane::shared();
+    let ns = plane.namespace("stamp");
+    let n = ns.as_str();
+    let scribe = Kubescribe::start(
+        plane,
+        "stamp",
+        &format!("annotate: true\n{}", commit_rule(n)),
+    );
+    let rendered = std::fs::read_to_string(scribe.dir.join("webhooks.yaml")).unwrap();
+    assert!(
+        rendered.contains("kind: MutatingWebhookConfiguration"),
+        "{rendered}"
+    );
+    scribe.await_webhook(n);
+
+    ok(
+        &scribe,
+        ALICE,
+        &[
+            "create",
+            "configmap",
+            "stamped",
+            "-n",
+            n,
+            "--from-literal=v=1",
+        ],
+        None,
+    );
+    let stamped = Obj::namespaced("v1", "configmaps", n, "stamped");
+    let client = plane.client(crate::envtest::ADMIN).await;
+    let live = crate::envtest::fidelity::live(&client, &stamped, "v1")
+        .await
+        .expect("created");
+    let annotations = &live["metadata"]["annotations"];
+    assert_eq!(
+        annotations["kubescribe.io/git-path"],
+        stamped.path(),
+        "{live}"
+    );
+    assert_eq!(
+        annotations["kubescribe.io/git-repo"],
+        scribe.repo.display().to_string(),
+        "{live}"
+    );
+    let text = scribe.file(&stamped.path()).unwrap();
+    assert!(
+        !text.contains("kubescribe.io/"),
+        "the stamp never reaches git: {text}"
+    );
+    // An update keeps the stamp (the patch is idempotent) and changes only the data.
+    ok(
+        &scribe,
+        BOB,
+        &[
+            "patch",
+            "configmap",
+            "stamped",
+            "-n",
+            n,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"v":"2"}}"#,
+        ],
+        None,
+    );
+    assert_git_matches_cluster(&scribe.repo, "main", &client, &[stamped]).await;
+}

@@ -281,6 +281,43 @@ async fn controller_manager_writes_are_not_recorded_as_people_s() {
     );
     let client = plane.client(ADMIN).await;
     assert_git_matches_cluster(&scribe.repo, "main", &client, &[web]).await;
+
+    // Foreground deletion: the DELETE marks the Deployment, the garbage collector
+    // removes the ReplicaSet, then the finalizer, then the object. The file goes with
+    // the person's DELETE and never comes back.
+    plane.kubectl_ok(
+        ALICE,
+        &[
+            "delete",
+            "deployment",
+            "web",
+            "-n",
+            n,
+            "--cascade=foreground",
+            "--wait=true",
+        ],
+        None,
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the Deployment and its ReplicaSet are gone",
+        || {
+            plane
+                .kubectl(
+                    ADMIN,
+                    &["get", "deployment,replicaset", "-n", n, "-o", "name"],
+                    None,
+                )
+                .stdout
+                .is_empty()
+        },
+    );
+    let log = scribe.git(&["log", "-1", "--format=%an %s", "main"]);
+    assert!(
+        log.starts_with("alice@example.com delete apps/v1 Deployment"),
+        "{log}"
+    );
+    assert_git_matches_cluster(&scribe.repo, "main", &client, &[web]).await;
 }
 
 /// `data.count` of a recorded ConfigMap.
@@ -409,4 +446,50 @@ async fn without_the_reconciler_a_phantom_stays_until_the_object_is_written_agai
         None,
     );
     assert_git_matches_cluster(&scribe.repo, "main", &client, &[phantom]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_a_non_preferred_version_is_confirmed_without_a_second_commit() {
+    let plane = plane();
+    let ns = plane.namespace("versions");
+    let n = ns.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let config = reconcile_config(plane, dir.path(), n).replace(
+        "  discoveryInterval: 5s\n",
+        "  discoveryInterval: 5s\n  confirmWindow: 2s\n",
+    );
+    let scribe = Kubescribe::start(
+        plane,
+        "versions",
+        &config.replace("prune: always\n", "prune: always\n  wait: commit\n"),
+    );
+    scribe.await_webhook(n);
+    // autoscaling/v2beta2 is served, autoscaling/v1 is the preferred version the
+    // reconciler watches.
+    let hpa = format!(
+        "apiVersion: autoscaling/v2beta2\nkind: HorizontalPodAutoscaler\nmetadata:\n  name: web\n  namespace: {n}\nspec:\n  scaleTargetRef:\n    apiVersion: apps/v1\n    kind: Deployment\n    name: web\n  minReplicas: 1\n  maxReplicas: 4\n  metrics:\n  - type: Resource\n    resource:\n      name: cpu\n      target:\n        type: Utilization\n        averageUtilization: 70\n"
+    );
+    plane.kubectl_ok(ALICE, &["create", "-f", "-"], Some(&hpa));
+    plane.kubectl_ok(ALICE, &["create", "configmap", "marker", "-n", n], None);
+    let hpa_obj = Obj::namespaced("autoscaling/v2beta2", "horizontalpodautoscalers", n, "web");
+    let path = hpa_obj.path();
+    // The watch (in autoscaling/v1) confirms both writes; a commit the confirmation
+    // queued is in before the next waited-for write's commit (one writer, in order).
+    eventually(Duration::from_secs(60), "both writes are confirmed", || {
+        scribe
+            .metric("kubescribe_reconcile_confirmed_total ")
+            .unwrap_or(0.0)
+            >= 2.0
+    });
+    plane.kubectl_ok(ALICE, &["create", "configmap", "after", "-n", n], None);
+    let history = scribe.git(&["log", "--format=%an %s", "main", "--", &path]);
+    let text = scribe.file(&path).unwrap();
+    assert_eq!(
+        history.lines().count(),
+        1,
+        "{history}\n{text}\n{}",
+        scribe.log()
+    );
+    let client = plane.client(ADMIN).await;
+    assert_git_matches_cluster(&scribe.repo, "main", &client, &[hpa_obj]).await;
 }

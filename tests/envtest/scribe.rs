@@ -185,6 +185,21 @@ impl Kubescribe {
         std::fs::read_to_string(self.dir.join("kubescribe.log")).unwrap_or_default()
     }
 
+    /// The value of one sample (name and labels, as exposed) of kubescribe's
+    /// /metrics, if it is there.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5", "--cacert"])
+            .arg(self.certs.join("ca.crt"))
+            .arg(format!("https://127.0.0.1:{}/metrics", self.port))
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
     /// `git --git-dir <repo> <args>`; fails the test on error.
     pub fn git(&self, args: &[&str]) -> String {
         git(&self.repo, args)
