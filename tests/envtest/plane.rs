@@ -218,13 +218,7 @@ impl ControlPlane {
         let peer_port = process::free_port();
         // etcd fsyncs every write; on tmpfs that costs nothing and the data is
         // thrown away anyway.
-        let etcd_data = if Path::new("/dev/shm").is_dir() {
-            let d = PathBuf::from(format!("/dev/shm/kubescribe-envtest-etcd-{}", etcd_port));
-            let _ = std::fs::remove_dir_all(&d);
-            d
-        } else {
-            dir.join("etcd")
-        };
+        let etcd_data = process::memory_dir(&format!("etcd-{etcd_port}")).join("data");
         let mut etcd_cmd = Command::new(&assets.etcd);
         etcd_cmd
             .arg("--name=envtest")

@@ -187,14 +187,31 @@ pub fn wait_ready(proc: &mut Proc, limit: Duration, mut ready: impl FnMut() -> b
 }
 
 /// A fresh directory for one control plane or one kubescribe, under
-/// `$TMPDIR/kubescribe-envtest/<pid>-<n>`. Directories left by test processes that
-/// no longer run are removed first (a shared control plane lives in a static, which
-/// is never dropped, so its directory outlives the process).
+/// `$TMPDIR/kubescribe-envtest/<pid>-<name>`.
 pub fn work_dir(name: &str) -> PathBuf {
-    static CLEANED: OnceLock<()> = OnceLock::new();
-    let root = std::env::temp_dir().join("kubescribe-envtest");
-    CLEANED.get_or_init(|| {
-        if let Ok(entries) = std::fs::read_dir(&root) {
+    fresh_dir(&std::env::temp_dir().join("kubescribe-envtest"), name)
+}
+
+/// A fresh directory in memory (`/dev/shm/kubescribe-envtest/<pid>-<name>`) where
+/// there is a tmpfs, else [`work_dir`]: for etcd, which fsyncs every write.
+pub fn memory_dir(name: &str) -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        fresh_dir(&shm.join("kubescribe-envtest"), name)
+    } else {
+        work_dir(name)
+    }
+}
+
+/// `<root>/<pid>-<name>`, empty. The first call for a root removes what test
+/// processes that no longer run left there: a shared control plane lives in a
+/// static, which is never dropped, so its directories outlive the process (and
+/// etcd's take over 100 MB each).
+fn fresh_dir(root: &Path, name: &str) -> PathBuf {
+    static CLEANED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    let mut cleaned = CLEANED.lock().unwrap_or_else(|e| e.into_inner());
+    if !cleaned.iter().any(|r| r == root) {
+        if let Ok(entries) = std::fs::read_dir(root) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 let pid = name.split('-').next().unwrap_or_default();
@@ -203,7 +220,8 @@ pub fn work_dir(name: &str) -> PathBuf {
                 }
             }
         }
-    });
+        cleaned.push(root.to_owned());
+    }
     let dir = root.join(format!("{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the envtest work dir");
