@@ -292,6 +292,9 @@ start_push_server() { # name port branch transport
 server:
   listen: 127.0.0.1:$2
   devCertDir: $OUT/certs
+  # The load generator is the only caller, on loopback; it presents no credentials.
+  clientAuth:
+    allowUnauthenticated: true
 dataDir: $OUT/$1
 repository:
   branch: $3

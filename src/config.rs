@@ -95,6 +95,33 @@ pub struct ServerConfig {
     /// How often the certificate and key files are checked for a rotated pair.
     #[serde(with = "duration_str")]
     pub cert_reload_interval: std::time::Duration,
+    /// Who may call `/validate` and `/mutate` (docs/security.md).
+    pub client_auth: ClientAuthConfig,
+    /// Serve `/metrics` (and `/healthz`, `/readyz`) over plain HTTP on this address
+    /// instead of on the webhook's port.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How callers of the recording endpoints prove they are the apiserver: a client
+/// certificate signed by `caFile`, or the bearer token in `tokenFile`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ClientAuthConfig {
+    /// PEM bundle of the CAs that sign the apiserver's client certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Accepted certificate names (CN or DNS SAN); empty: any certificate the CA signed.
+    pub allowed_names: Vec<String>,
+    /// A file holding the bearer token the apiserver sends.
+    pub token_file: Option<PathBuf>,
+    /// Serve a configuration that can change the cluster through git (a remote, or a
+    /// `then: deny` rule) without authenticating callers. Logged at every start.
+    pub allow_unauthenticated: bool,
+}
+
+impl ClientAuthConfig {
+    pub fn authenticates(&self) -> bool {
+        self.ca_file.is_some() || self.token_file.is_some()
+    }
 }
 
 impl Default for ServerConfig {
@@ -108,6 +135,8 @@ impl Default for ServerConfig {
             default_timeout: std::time::Duration::from_secs(10),
             deadline_margin: std::time::Duration::from_millis(500),
             cert_reload_interval: std::time::Duration::from_secs(10),
+            client_auth: ClientAuthConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -593,6 +622,13 @@ impl Config {
         if self.store.queue_capacity == 0 || self.store.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "store.queueCapacity and store.maxBatch must be at least 1".to_owned(),
+            ));
+        }
+        if !self.server.client_auth.allowed_names.is_empty()
+            && self.server.client_auth.ca_file.is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "server.clientAuth.allowedNames needs server.clientAuth.caFile: names are checked on client certificates that CA signed".to_owned(),
             ));
         }
         let reconcile = &self.reconcile;

@@ -4,6 +4,7 @@
 //! The flow is admission → policy → manifest → store; each is a module here.
 
 pub mod admission;
+pub mod caller;
 pub mod check;
 pub mod cli;
 pub mod config;

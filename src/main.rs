@@ -82,7 +82,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             names.extend(args.ips.iter().map(ToString::to_string));
             let ca = kubescribe::tls::write_new_certificates(&args.out, &names, args.force)?;
             eprintln!(
-                "kubescribe: wrote ca.crt, ca.key, tls.crt and tls.key to {} for {}; the caBundle follows",
+                "kubescribe: wrote ca.crt, ca.key, tls.crt and tls.key to {} for {}, and client.crt and client.key for the apiserver to present (server.clientAuth); the caBundle follows",
                 args.out.display(),
                 names.join(", ")
             );

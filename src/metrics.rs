@@ -117,9 +117,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     certificate_reloads: Family<ResultLabels, Counter>,
+    callers_refused: Family<ReasonLabels, Counter>,
     pub push_duration: Family<RepositoryLabels, Histogram>,
     pub push_failures: Family<PushFailureLabels, Counter>,
     pub unpushed: Family<RepositoryLabels, Gauge>,
@@ -290,12 +296,19 @@ impl Metrics {
             "Serving certificate changes on disk: ok (now in use) or error (refused, the previous pair stays)",
             certificate_reloads.clone(),
         );
+        let callers_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "callers_refused",
+            "Calls to /validate or /mutate refused with 401: no_credentials, no_certificate, name_not_allowed or wrong_token",
+            callers_refused.clone(),
+        );
         let reconcile = ReconcileMetrics::default();
         reconcile.register(&mut registry);
         Self {
             registry,
             reconcile,
             certificate_reloads,
+            callers_refused,
             push_duration,
             push_failures,
             unpushed,
@@ -318,6 +331,13 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 result: if ok { "ok" } else { "error" },
             })
+            .inc();
+    }
+
+    /// Counts a call refused for want of credentials.
+    pub fn caller_refused(&self, reason: &'static str) {
+        self.callers_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

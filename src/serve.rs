@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
 
-use crate::admission::{app, AppState, TargetState};
+use crate::admission::{routes, AppState, TargetState};
 use crate::config::Config;
 use crate::manifest::Layout;
 use crate::metrics::Metrics;
@@ -38,6 +38,8 @@ pub enum ServeError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("cannot authenticate callers")]
+    Caller(#[from] crate::caller::CallerError),
 }
 
 /// A running webhook server.
@@ -48,6 +50,8 @@ pub struct Server {
     writers: Vec<WriterThread>,
     pushers: Vec<PusherTask>,
     reconcilers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// The plain-HTTP listener of `server.metricsListen`.
+    probes: Option<tokio::task::JoinHandle<()>>,
     /// The dev CA, when the server made or used one.
     pub dev_ca: Option<PathBuf>,
 }
@@ -70,12 +74,22 @@ impl Server {
                 (paths.cert, paths.key, Some(paths.ca_cert))
             }
         };
-        let certs = tls::CertStore::load(&cert, &key)?;
-        let tls_config = tls::reloading_server_config(certs.clone())?;
-
+        check_callers_are_authenticated(config)?;
         let metrics = Arc::new(Metrics::new());
+        let callers = Arc::new(crate::caller::CallerPolicy::load(
+            &config.server.client_auth,
+            metrics.clone(),
+        )?);
+        let certs = tls::CertStore::load(&cert, &key)?;
+        let tls_config = tls::server_config_with_clients(
+            certs.clone(),
+            callers
+                .client_ca()
+                .map(|ca| ca as Arc<dyn rustls::server::danger::ClientCertVerifier>),
+        )?;
         if !config.server.cert_reload_interval.is_zero() {
             certs.watch(config.server.cert_reload_interval, metrics.clone());
+            callers.watch(config.server.cert_reload_interval);
         }
         let mut targets = Vec::new();
         let mut writers = Vec::new();
@@ -155,14 +169,38 @@ impl Server {
         let addr = listener.local_addr().map_err(bind_error)?;
         let server = axum_server::from_tcp(listener)
             .map_err(bind_error)?
-            .acceptor(tls_acceptor(tls_config));
+            .acceptor(crate::caller::PeerAcceptor::new(tls_config));
         let handle = axum_server::Handle::new();
-        let router = app(state.clone());
+        let metrics_listen = config.server.metrics_listen;
+        let router = routes(
+            state.clone(),
+            callers.authenticates().then_some(callers),
+            metrics_listen.is_none(),
+        );
         let task = tokio::spawn(
             server
                 .handle(handle.clone())
                 .serve(router.into_make_service()),
         );
+        let probes_task = match metrics_listen {
+            Some(listen) => {
+                let bind_error = |source| ServeError::Bind {
+                    addr: listen,
+                    source,
+                };
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(bind_error)?;
+                tracing::info!(addr = %listener.local_addr().map_err(bind_error)?, "serving /metrics, /healthz and /readyz over plain HTTP");
+                let router = crate::admission::probes(state.clone());
+                Some(tokio::spawn(async move {
+                    if let Err(error) = axum::serve(listener, router).await {
+                        tracing::error!(%error, "the metrics listener stopped");
+                    }
+                }))
+            }
+            None => None,
+        };
         // The reconciler's tasks hold store handles: shutdown aborts them before it
         // waits for the writers.
         let reconcilers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
@@ -244,6 +282,7 @@ impl Server {
             writers,
             pushers,
             reconcilers,
+            probes: probes_task,
             dev_ca,
         })
     }
@@ -266,6 +305,9 @@ impl Server {
             Ok(result) => result,
             Err(e) => Err(std::io::Error::other(e)),
         };
+        if let Some(probes) = self.probes {
+            probes.abort();
+        }
         // The reconciler's tasks hold store handles; they stop here, so the writers
         // can finish their queues and stop.
         // (Again until none is left: the snapshot task may start the watches while
@@ -321,4 +363,33 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+}
+
+/// A configuration whose commits can change the cluster must know its callers:
+/// commits that leave the machine for a remote (every `then: deny` rule has one) are
+/// what a GitOps tool applies, with its own, usually cluster-admin, rights, so anyone
+/// who can reach the port could otherwise change the cluster under any name.
+fn check_callers_are_authenticated(config: &Config) -> Result<(), ServeError> {
+    let auth = &config.server.client_auth;
+    let Some(why) = config.targets().iter().find_map(|t| {
+        t.repository
+            .remote
+            .as_ref()
+            .map(|r| format!("repository {} pushes to {}", t.name, r.display_url()))
+    }) else {
+        return Ok(());
+    };
+    if auth.authenticates() {
+        return Ok(());
+    }
+    if auth.allow_unauthenticated {
+        tracing::warn!(
+            %why,
+            "server.clientAuth.allowUnauthenticated: anyone who can reach this port can write to git under any name, and a GitOps tool may apply it; set server.clientAuth.caFile or tokenFile"
+        );
+        return Ok(());
+    }
+    Err(ServeError::Config(format!(
+        "{why}, so what kubescribe records can reach the cluster through a GitOps tool, yet any caller may send it admission reviews: set server.clientAuth.caFile (the CA of the apiserver's client certificate) or server.clientAuth.tokenFile (docs/security.md), or, knowing the risk, server.clientAuth.allowUnauthenticated: true"
+    )))
 }

@@ -87,14 +87,24 @@ pub fn ensure_dev_certificates(
     Ok((paths, true))
 }
 
-/// Writes a fresh CA and serving pair for `names` into `dir` (keys 0600), refusing to
-/// replace existing files unless `force`; returns the CA certificate's PEM.
+/// Writes a fresh CA, a serving pair for `names` and a client pair for the apiserver
+/// (`client.crt`, `client.key`, CN `kube-apiserver`; see `server.clientAuth`) into
+/// `dir` (keys 0600), refusing to replace existing files unless `force`; returns the
+/// CA certificate's PEM.
 pub fn write_new_certificates(
     dir: &Path,
     names: &[String],
     force: bool,
 ) -> Result<String, TlsError> {
-    let files = ["ca.crt", "ca.key", "tls.crt", "tls.key"].map(|f| dir.join(f));
+    let files = [
+        "ca.crt",
+        "ca.key",
+        "tls.crt",
+        "tls.key",
+        "client.crt",
+        "client.key",
+    ]
+    .map(|f| dir.join(f));
     if !force {
         if let Some(existing) = files.iter().find(|f| f.exists()) {
             return Err(TlsError::Write {
@@ -115,16 +125,25 @@ pub fn write_new_certificates(
     write_file(&files[1], &generated.ca_key, true)?;
     write_file(&files[2], &generated.cert, false)?;
     write_file(&files[3], &generated.key, true)?;
+    write_file(&files[4], &generated.client_cert, false)?;
+    write_file(&files[5], &generated.client_key, true)?;
     Ok(generated.ca_cert)
 }
 
-/// PEM text of a fresh CA and a serving certificate it signed.
+/// PEM text of a fresh CA, a serving certificate it signed, and a client certificate
+/// it signed for the apiserver to present.
 pub struct Generated {
     pub ca_cert: String,
     pub ca_key: String,
     pub cert: String,
     pub key: String,
+    pub client_cert: String,
+    pub client_key: String,
 }
+
+/// The name `kubescribe certs` gives the apiserver's client certificate (its CN and
+/// DNS SAN), for `server.clientAuth.allowedNames`.
+pub const APISERVER_CLIENT_NAME: &str = "kube-apiserver";
 
 /// Makes a CA and a serving certificate for `names` (DNS names or IP addresses).
 pub fn generate(names: &[String]) -> Result<Generated, TlsError> {
@@ -156,11 +175,25 @@ pub fn generate(names: &[String]) -> Result<Generated, TlsError> {
     let cert = params
         .signed_by(&key, &issuer)
         .map_err(TlsError::Generate)?;
+
+    let client_key = KeyPair::generate().map_err(TlsError::Generate)?;
+    let mut client = CertificateParams::new(vec![APISERVER_CLIENT_NAME.to_owned()])
+        .map_err(TlsError::Generate)?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, APISERVER_CLIENT_NAME);
+    client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let client_cert = client
+        .signed_by(&client_key, &issuer)
+        .map_err(TlsError::Generate)?;
     Ok(Generated {
         ca_cert: ca_cert.pem(),
         ca_key: ca_key.serialize_pem(),
         cert: cert.pem(),
         key: key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
     })
 }
 
@@ -300,12 +333,24 @@ impl rustls::server::ResolvesServerCert for CertStore {
 
 /// The server's TLS configuration, serving whatever `store` holds.
 pub fn reloading_server_config(store: Arc<CertStore>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config =
+    server_config_with_clients(store, None)
+}
+
+/// [`reloading_server_config`] that asks for client certificates and verifies them
+/// with `clients` (see [`crate::caller`]).
+pub fn server_config_with_clients(
+    store: Arc<CertStore>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder =
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(TlsError::Config)?
-            .with_no_client_auth()
-            .with_cert_resolver(store);
+            .map_err(TlsError::Config)?;
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -355,3 +355,102 @@ fn the_reconciler_gets_a_token_and_a_read_only_cluster_role_only_when_enabled() 
     let role = find(&narrow, "ClusterRole").unwrap();
     assert_eq!(role["rules"][0]["apiGroups"], serde_json::json!(["apps"]));
 }
+
+#[test]
+fn client_auth_values_become_server_client_auth_and_the_files_it_reads() {
+    let remote = r#"config={"repository":{"remote":{"url":"https://git.example.com/ops.git"}},"rules":[{"name":"all"}]}"#;
+    let config_of = |objects: &[Value]| -> kubescribe::config::Config {
+        let text = find(objects, "ConfigMap").unwrap()["data"]["config.yaml"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        kubescribe::config::Config::from_yaml(&text).expect("kubescribe reads the chart's config")
+    };
+
+    // cert-manager makes the apiserver's client certificate; kubescribe verifies it
+    // with the CA in the serving Secret.
+    let objects = render(&["--set", "clientAuth.certificate=true", "--set-json", remote]);
+    let client = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Certificate" && o["metadata"]["name"] == "ks-kubescribe-apiserver-client"
+        })
+        .expect("the client Certificate");
+    assert_eq!(client["spec"]["commonName"], "kube-apiserver");
+    assert_eq!(
+        client["spec"]["usages"],
+        serde_json::json!(["digital signature", "client auth"])
+    );
+    assert_eq!(client["spec"]["issuerRef"]["name"], "ks-kubescribe-ca");
+    let auth = config_of(&objects).server.client_auth;
+    assert_eq!(
+        auth.ca_file.unwrap(),
+        PathBuf::from("/etc/kubescribe/tls/ca.crt")
+    );
+    assert_eq!(auth.allowed_names, vec!["kube-apiserver"]);
+
+    // A token from a Secret, mounted read-only.
+    let objects = render(&[
+        "--set",
+        "clientAuth.tokenSecret=apiserver-token",
+        "--set-json",
+        remote,
+    ]);
+    let auth = config_of(&objects).server.client_auth;
+    assert_eq!(
+        auth.token_file.unwrap(),
+        PathBuf::from("/etc/kubescribe/caller/token")
+    );
+    let pod = &find(&objects, "Deployment").unwrap()["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "caller")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "apiserver-token");
+    assert_eq!(volume["secret"]["defaultMode"], 0o400);
+
+    // Managed clusters: explicit.
+    let objects = render(&[
+        "--set",
+        "clientAuth.allowUnauthenticated=true",
+        "--set-json",
+        remote,
+    ]);
+    assert!(config_of(&objects).server.client_auth.allow_unauthenticated);
+    // Nothing asked: nothing added, and `config.server.clientAuth` wins when given.
+    let objects = render(&["--set-json", remote]);
+    assert!(!config_of(&objects).server.client_auth.authenticates());
+    let objects = render(&[
+        "--set",
+        "clientAuth.certificate=true",
+        "--set-json",
+        r#"config={"server":{"clientAuth":{"tokenFile":"/own/token"}},"rules":[{"name":"all"}]}"#,
+    ]);
+    let auth = config_of(&objects).server.client_auth;
+    assert_eq!(auth.token_file.unwrap(), PathBuf::from("/own/token"));
+    assert!(auth.ca_file.is_none());
+
+    // The client certificate needs cert-manager's CA.
+    let output = Command::new(helm())
+        .args(["template", "ks", "--namespace", "git-record"])
+        .arg(chart())
+        .args([
+            "--set",
+            "clientAuth.certificate=true",
+            "--set",
+            "certManager.enabled=false",
+        ])
+        .args([
+            "--set",
+            "tls.existingSecret=s",
+            "--set",
+            "tls.caBundle=Q0E=",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("clientAuth.certificate needs certManager.enabled"));
+}

@@ -51,16 +51,45 @@ pub struct AppState {
     pub deadline_margin: Duration,
 }
 
-/// The webhook's router. Production and every test build it here.
+/// The webhook's router with every caller accepted and `/metrics` on it.
 pub fn app(state: Arc<AppState>) -> Router {
+    routes(state, None, true)
+}
+
+/// The webhook's router. Production and every test build it here. With `callers`,
+/// `/validate` and `/mutate` refuse callers that do not prove they are the
+/// apiserver ([`crate::caller::require_caller`]); the probes stay open. Without
+/// `with_metrics`, `/metrics` is served elsewhere ([`probes`]).
+pub fn routes(
+    state: Arc<AppState>,
+    callers: Option<Arc<crate::caller::CallerPolicy>>,
+    with_metrics: bool,
+) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    let mut router = Router::new()
         .route("/validate", post(validate))
-        .route("/mutate", post(mutate))
+        .route("/mutate", post(mutate));
+    if let Some(callers) = callers {
+        router = router.route_layer(axum::middleware::from_fn_with_state(
+            callers,
+            crate::caller::require_caller,
+        ));
+    }
+    router = router
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz));
+    if with_metrics {
+        router = router.route("/metrics", get(metrics));
+    }
+    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
+}
+
+/// `/metrics`, `/healthz` and `/readyz` alone, for `server.metricsListen`.
+pub fn probes(state: Arc<AppState>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 

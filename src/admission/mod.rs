@@ -14,5 +14,5 @@ mod handlers;
 mod object;
 
 pub use extract::{decode_review, ApiError, Review};
-pub use handlers::{app, AppState, TargetState};
+pub use handlers::{app, probes, routes, AppState, TargetState};
 pub use object::RawObject;

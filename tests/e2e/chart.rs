@@ -139,6 +139,8 @@ async fn the_chart_with_cert_manager_is_accepted_by_the_apiserver() {
             "networkPolicy.enabled=true",
             "--set",
             "persistence.enabled=true",
+            "--set",
+            "clientAuth.certificate=true",
             "--set-json",
             r#"config={"reconcile":{"enabled":true},"rules":[{"name":"prod","namespaces":["prod"],"wait":"commit"},{"name":"rest"}]}"#,
         ],
@@ -159,6 +161,8 @@ async fn the_chart_without_cert_manager_is_accepted_by_the_apiserver() {
             "tls.existingSecret=kubescribe-tls",
             "--set",
             &format!("tls.caBundle={ca}"),
+            "--set",
+            "clientAuth.tokenSecret=apiserver-token",
         ],
     );
 }

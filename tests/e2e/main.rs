@@ -10,6 +10,7 @@ mod common;
 #[path = "../envtest/mod.rs"]
 mod envtest;
 
+mod callers;
 mod chart;
 mod crd;
 mod kubectl;

@@ -174,6 +174,17 @@ pub struct ControlPlane {
     pub kubeconfig: PathBuf,
     /// The service-account signing key, for kube-controller-manager.
     pub sa_key: PathBuf,
+    /// The CA of the client certificate the apiserver presents to webhooks (its
+    /// AdmissionConfiguration kubeconfig), for `server.clientAuth.caFile`; the
+    /// certificate's name is `kube-apiserver`.
+    pub webhook_client_ca: PathBuf,
+    /// That pair, and a second pair signed by the same CA, named `kube-apiserver`
+    /// too, that a forger could hold: tests present them with curl.
+    pub webhook_client_cert: PathBuf,
+    pub webhook_client_key: PathBuf,
+    /// A file holding the bearer token the apiserver also sends to every webhook,
+    /// for `server.clientAuth.tokenFile`.
+    pub webhook_token_file: PathBuf,
     etcd: Proc,
     apiserver: Proc,
 }
@@ -196,6 +207,7 @@ impl ControlPlane {
         let dir = process::work_dir("plane");
         let pki = dir.join("pki");
         make_pki(&pki);
+        let admission = write_admission_config(&dir);
         let tokens = dir.join("tokens.csv");
         std::fs::write(
             &tokens,
@@ -270,6 +282,10 @@ impl ControlPlane {
             ))
             .arg("--allow-privileged=true")
             .arg(format!(
+                "--admission-control-config-file={}",
+                admission.config.display()
+            ))
+            .arg(format!(
                 "--etcd-compaction-interval={}s",
                 options.compaction_interval.as_secs().max(1)
             ))
@@ -298,6 +314,10 @@ impl ControlPlane {
             ca: pki.join("ca.crt"),
             kubeconfig,
             sa_key: pki.join("sa.key"),
+            webhook_client_ca: admission.client_ca,
+            webhook_client_cert: admission.client_cert,
+            webhook_client_key: admission.client_key,
+            webhook_token_file: admission.token_file,
             assets,
             etcd,
             apiserver,
@@ -529,4 +549,67 @@ fn write_kubeconfig(path: &Path, url: &str, ca: &Path) {
     }
     text.push_str("current-context: admin\n");
     std::fs::write(path, text).unwrap();
+}
+
+/// The token the apiserver sends to every webhook (with its client certificate).
+pub const WEBHOOK_TOKEN: &str = "e2e-webhook-caller-token";
+
+struct AdmissionFiles {
+    config: PathBuf,
+    client_ca: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    token_file: PathBuf,
+}
+
+/// An AdmissionConfiguration whose webhook kubeconfig makes the apiserver present a
+/// client certificate (from `kubescribe certs`, CN `kube-apiserver`) and a bearer
+/// token to every webhook, as docs/security.md tells operators to set it up.
+fn write_admission_config(dir: &Path) -> AdmissionFiles {
+    let pki = dir.join("webhook-client");
+    let out = Command::new(env!("CARGO_BIN_EXE_kubescribe"))
+        .args(["certs", "--dns", "unused.invalid", "--out"])
+        .arg(&pki)
+        .output()
+        .expect("kubescribe certs runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubeconfig = dir.join("webhook-kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nusers:\n- name: \"*\"\n  user:\n    client-certificate: {}\n    client-key: {}\n    token: {WEBHOOK_TOKEN}\n",
+            pki.join("client.crt").display(),
+            pki.join("client.key").display()
+        ),
+    )
+    .unwrap();
+    let config = dir.join("admission.yaml");
+    let plugin = |name: &str| {
+        format!(
+            "- name: {name}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+            kubeconfig.display()
+        )
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+            plugin("ValidatingAdmissionWebhook"),
+            plugin("MutatingAdmissionWebhook")
+        ),
+    )
+    .unwrap();
+    let token_file = dir.join("webhook-token");
+    std::fs::write(&token_file, format!("{WEBHOOK_TOKEN}\n")).unwrap();
+    AdmissionFiles {
+        config,
+        client_ca: pki.join("ca.crt"),
+        client_cert: pki.join("client.crt"),
+        client_key: pki.join("client.key"),
+        token_file,
+    }
 }

@@ -47,7 +47,7 @@ impl Kubescribe {
     ) -> Self {
         let dir = process::work_dir(&format!("kubescribe-{name}"));
         let config = dir.join("kubescribe.yaml");
-        std::fs::write(&config, config_yaml).unwrap();
+        std::fs::write(&config, with_client_auth(plane, config_yaml)).unwrap();
         let certs = dir.join("certs");
         run_ok(
             Command::new(binary())
@@ -166,6 +166,16 @@ impl Kubescribe {
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
+    }
+
+    /// The CA of kubescribe's serving certificate (for curl's `--cacert`).
+    pub fn serving_ca(&self) -> PathBuf {
+        self.certs.join("ca.crt")
+    }
+
+    /// `https://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     /// Fails the test if kubescribe has exited.
@@ -289,4 +299,27 @@ pub fn file_at(repo: &Path, rev: &str, path: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+/// `config_yaml` with `server.clientAuth` set, unless it sets it itself, to what a
+/// production install uses: the apiserver's client certificate (its CA, the name
+/// `kube-apiserver`). So every scenario runs with callers authenticated.
+fn with_client_auth(plane: &ControlPlane, config_yaml: &str) -> String {
+    let mut config: serde_json::Value = if config_yaml.trim().is_empty() {
+        serde_json::json!({})
+    } else {
+        serde_yaml_ng::from_str(config_yaml).expect("the test's config is YAML")
+    };
+    let server = config
+        .as_object_mut()
+        .expect("the test's config is a mapping")
+        .entry("server")
+        .or_insert_with(|| serde_json::json!({}));
+    if server.get("clientAuth").is_none() {
+        server["clientAuth"] = serde_json::json!({
+            "caFile": plane.webhook_client_ca,
+            "allowedNames": [kubescribe::tls::APISERVER_CLIENT_NAME],
+        });
+    }
+    serde_yaml_ng::to_string(&config).unwrap()
 }

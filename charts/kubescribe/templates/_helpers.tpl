@@ -111,3 +111,33 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
 {{- define "kubescribe.reconcile" -}}
 {{- if and .Values.config.reconcile .Values.config.reconcile.enabled -}}true{{- end -}}
 {{- end }}
+
+{{/*
+The kubescribe config: .Values.config, with server.clientAuth from .Values.clientAuth
+(the files the chart mounts) unless config sets it itself.
+*/}}
+{{- define "kubescribe.config" -}}
+{{- $config := deepCopy .Values.config -}}
+{{- $auth := dict -}}
+{{- if .Values.clientAuth.certificate -}}
+{{- if not .Values.certManager.enabled -}}
+{{- fail "clientAuth.certificate needs certManager.enabled; without cert-manager, make the pair with `kubescribe certs` and set config.server.clientAuth.caFile" -}}
+{{- end -}}
+{{- $_ := set $auth "caFile" "/etc/kubescribe/tls/ca.crt" -}}
+{{- $_ := set $auth "allowedNames" .Values.clientAuth.allowedNames -}}
+{{- end -}}
+{{- if .Values.clientAuth.tokenSecret -}}
+{{- $_ := set $auth "tokenFile" "/etc/kubescribe/caller/token" -}}
+{{- end -}}
+{{- if .Values.clientAuth.allowUnauthenticated -}}
+{{- $_ := set $auth "allowUnauthenticated" true -}}
+{{- end -}}
+{{- if $auth -}}
+{{- $server := deepCopy (default (dict) $config.server) -}}
+{{- if not (hasKey $server "clientAuth") -}}
+{{- $_ := set $server "clientAuth" $auth -}}
+{{- end -}}
+{{- $_ := set $config "server" $server -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
