@@ -131,9 +131,10 @@ impl ServeArgs {
         }
     }
 
-    /// The config file with these arguments laid over it.
+    /// The config file with these arguments laid over it, checked once every source
+    /// is applied (flag > environment > file).
     pub fn config(&self) -> Result<Config, ConfigError> {
-        let mut config = Config::load(self.config.as_deref())?;
+        let mut config = Config::load_unchecked(self.config.as_deref())?;
         if let Some(url) = &self.remote {
             config
                 .repository
@@ -143,9 +144,6 @@ impl ServeArgs {
         }
         if let Some(branch) = &self.branch {
             config.repository.branch = branch.clone();
-        }
-        if self.remote.is_some() || self.branch.is_some() {
-            config.validate()?;
         }
         if let Some(listen) = self.listen {
             config.server.listen = listen;
@@ -157,6 +155,7 @@ impl ServeArgs {
             config.server.tls_cert = Some(cert.clone());
             config.server.tls_key = Some(key.clone());
         }
+        config.validate()?;
         Ok(config)
     }
 }
@@ -205,6 +204,78 @@ mod tests {
             .config()
             .unwrap_err();
         assert!(err.to_string().contains("branch"), "{err}");
+    }
+
+    #[test]
+    fn a_file_may_rely_on_a_flag_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        // `wait: push` needs a remote, which the flag (or KUBESCRIBE_REMOTE) gives.
+        let push = write("push.yaml", "rules:\n- name: all\n  wait: push\n");
+        let config = serve_args(
+            parse(&["serve", "--config", &push, "--remote", "file:///srv/r.git"]).unwrap(),
+        )
+        .config()
+        .expect("the flag completes the file");
+        assert_eq!(config.rules[0].wait, crate::config::Wait::Push);
+        let err = serve_args(parse(&["serve", "--config", &push]).unwrap())
+            .config()
+            .unwrap_err();
+        assert!(err.to_string().contains("needs a remote"), "{err}");
+        // A file with half of a TLS pair, the flags giving both.
+        let half = write("half.yaml", "server:\n  tlsCert: /file.crt\n");
+        let config = serve_args(
+            parse(&[
+                "serve",
+                "--config",
+                &half,
+                "--tls-cert",
+                "/a.crt",
+                "--tls-key",
+                "/a.key",
+            ])
+            .unwrap(),
+        )
+        .config()
+        .expect("the flags complete the pair");
+        assert_eq!(config.server.tls_cert.unwrap(), PathBuf::from("/a.crt"));
+        // A remote section without a url, completed by --remote.
+        let section = write(
+            "section.yaml",
+            "repository:\n  remote:\n    timeout: 5s\nrules:\n- name: all\n  wait: push\n",
+        );
+        let config = serve_args(
+            parse(&[
+                "serve",
+                "--config",
+                &section,
+                "--remote",
+                "https://git.example.com/x.git",
+            ])
+            .unwrap(),
+        )
+        .config()
+        .unwrap();
+        let remote = config.repository.remote.unwrap();
+        assert_eq!(remote.url, "https://git.example.com/x.git");
+        // A flag that breaks the file is caught after it is applied.
+        let err = serve_args(
+            parse(&[
+                "serve",
+                "--config",
+                &section,
+                "--remote",
+                "https://tok3n@git.example.com/x.git",
+            ])
+            .unwrap(),
+        )
+        .config()
+        .unwrap_err();
+        assert!(err.to_string().contains("user name"), "{err}");
     }
 
     #[test]

@@ -251,6 +251,13 @@ impl RemoteConfig {
     }
 }
 
+/// The user info of `scheme://user@host/...`, if any.
+fn url_user(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest[..authority_end].rfind('@').map(|at| &rest[..at])
+}
+
 /// Drops a password from `scheme://user:password@host/...`.
 pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -580,8 +587,17 @@ pub struct Target {
 }
 
 impl Config {
-    /// Reads `path`, or returns the defaults when there is none.
+    /// Reads `path`, or returns the defaults when there is none, and checks it.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let config = Self::load_unchecked(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Self::load`] without the checks, for a caller that lays flags over the file
+    /// first and then calls [`Self::validate`] on the result: a file may rely on a
+    /// flag (`wait: push` with the remote from `--remote`).
+    pub fn load_unchecked(path: Option<&Path>) -> Result<Self, ConfigError> {
         let Some(path) = path else {
             return Ok(Self::default());
         };
@@ -589,7 +605,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_yaml(&text).map_err(|source| match source {
+        Self::parse(&text).map_err(|source| match source {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 source,
@@ -599,20 +615,24 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        // An empty file means "all defaults", which serde_yaml would call an error.
-        let config: Config = if text.trim().is_empty() {
-            Config::default()
-        } else {
-            serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
-                path: PathBuf::new(),
-                source,
-            })?
-        };
+        let config = Self::parse(text)?;
         config.validate()?;
         Ok(config)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    fn parse(text: &str) -> Result<Self, ConfigError> {
+        // An empty file means "all defaults", which serde_yaml would call an error.
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source,
+        })
+    }
+
+    /// Every check at start (docs/configuration.md, "Checks at start").
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "set both server.tlsCert and server.tlsKey, or neither for a dev certificate"
@@ -752,6 +772,14 @@ fn validate_remote(remote: &RemoteConfig) -> Result<(), String> {
     if redact_url(&remote.url) != remote.url {
         return Err(
             "the url carries a password; put it in passwordFile or tokenFile instead".to_owned(),
+        );
+    }
+    // Over http(s) the user name goes in `username`: a token pasted there (as some
+    // forges suggest) would be shown wherever the URL is, in logs, denial messages
+    // and the git-repo annotation. ssh keeps its `git@` user.
+    if !remote.is_ssh() && url_user(&remote.url).is_some() {
+        return Err(
+            "the url carries a user name; put it in username or usernameFile (a token goes in tokenFile), so the url can be shown safely".to_owned(),
         );
     }
     if remote.is_ssh() {
@@ -914,6 +942,10 @@ mod tests {
                 "passwordFile",
             ),
             (
+                "repository:\n  remote:\n    url: https://ghp_hunter2@git.example/r.git\n",
+                "put it in username or usernameFile",
+            ),
+            (
                 "rules:\n- name: x\n  repository: nowhere\n",
                 "\"nowhere\" is not defined",
             ),
@@ -929,6 +961,12 @@ mod tests {
             assert!(err.contains(expected), "{yaml}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
+        // ssh keeps its user; a user name over https goes in `username`.
+        Config::from_yaml("repository:\n  remote:\n    url: ssh://git@github.com/o/r.git\n    sshKeyFile: /k\n    knownHostsFile: /h\n").unwrap();
+        Config::from_yaml(
+            "repository:\n  remote:\n    url: https://git.example/r.git?x=a@b\n    username: bob\n",
+        )
+        .unwrap();
     }
 
     #[test]
