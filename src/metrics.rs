@@ -122,10 +122,16 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeftoverLabels {
+    pub leftover: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     certificate_reloads: Family<ResultLabels, Counter>,
     callers_refused: Family<ReasonLabels, Counter>,
+    store_recovered: Family<LeftoverLabels, Counter>,
     pub push_duration: Family<RepositoryLabels, Histogram>,
     pub push_failures: Family<PushFailureLabels, Counter>,
     pub unpushed: Family<RepositoryLabels, Gauge>,
@@ -302,9 +308,16 @@ impl Metrics {
             "Calls to /validate or /mutate refused with 401: no_credentials, no_certificate, name_not_allowed or wrong_token",
             callers_refused.clone(),
         );
+        let store_recovered = Family::<LeftoverLabels, Counter>::default();
+        registry.register(
+            "store_recovered",
+            "Files an abrupt stop left in a repository, removed at start: ref_lock, keep, pack_without_index, temporary",
+            store_recovered.clone(),
+        );
         let reconcile = ReconcileMetrics::default();
         reconcile.register(&mut registry);
         Self {
+            store_recovered,
             registry,
             reconcile,
             certificate_reloads,
@@ -332,6 +345,15 @@ impl Metrics {
                 result: if ok { "ok" } else { "error" },
             })
             .inc();
+    }
+
+    /// Counts files an abrupt stop left behind, removed at start.
+    pub fn store_recovered(&self, leftover: &'static str, count: u64) {
+        if count > 0 {
+            self.store_recovered
+                .get_or_create(&LeftoverLabels { leftover })
+                .inc_by(count);
+        }
     }
 
     /// Counts a call refused for want of credentials.

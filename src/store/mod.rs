@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod outgoing;
 mod pack;
+mod recovery;
 
 pub(crate) use outgoing::{Outgoing, PackSource};
 
@@ -523,6 +524,20 @@ impl Writer {
             reason,
         };
         init_repository(&path, &settings.branch)?;
+        let recovered = recovery::recover(&path);
+        if !recovered.is_empty() {
+            tracing::warn!(
+                path = %path.display(),
+                ref_locks = ?recovered.ref_locks,
+                keeps = ?recovered.keeps,
+                packs_without_index = ?recovered.broken_packs,
+                temporaries = ?recovered.temporaries,
+                "removed what an earlier run left behind when it stopped abruptly"
+            );
+            for (leftover, count) in recovered.counts() {
+                metrics.store_recovered(leftover, count as u64);
+            }
+        }
         let repo = open_repository(&path).map_err(open_error)?;
         let branch_ref = gix::refs::FullName::try_from(format!("refs/heads/{}", settings.branch))
             .map_err(|e| open_error(e.to_string()))?;
@@ -1085,13 +1100,25 @@ impl Writer {
             return;
         }
         self.packs_written = 0;
-        match std::process::Command::new("nice")
+        let mut repack = std::process::Command::new("nice");
+        repack
             .args(["-n", "19", "git", "--git-dir"])
             .arg(&self.settings.path)
             .args(["repack", "-d", "-q", "--geometric=2"])
-            .stdin(std::process::Stdio::null())
-            .spawn()
-        {
+            .stdin(std::process::Stdio::null());
+        // A repack never outlives this writer: SIGTERM (git then removes its
+        // temporary packs) when the writer's thread ends, however the process ends.
+        // SAFETY: prctl is async-signal-safe and allocates nothing.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            repack.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        match repack.spawn() {
             Ok(child) => self.repack = Some(child),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot run git repack; packs accumulate until the next try")
