@@ -75,6 +75,11 @@ pub fn routes(
             crate::caller::require_caller,
         ));
     }
+    // Outermost: every answer, the early ones too, comes once the body is in.
+    router = router.route_layer(axum::middleware::from_fn_with_state(
+        limit,
+        super::extract::settle_body,
+    ));
     router = router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
