@@ -55,7 +55,9 @@ pub enum CallerError {
 /// The CAs client certificates must chain to, re-read from `caFile` on change.
 pub struct ClientCa {
     path: PathBuf,
-    loaded: Mutex<Vec<u8>>,
+    /// The bundle in use, and the last one refused (so it is logged once, not at
+    /// every check).
+    loaded: Mutex<(Vec<u8>, Option<Vec<u8>>)>,
     verifier: RwLock<Arc<dyn ClientCertVerifier>>,
 }
 
@@ -73,7 +75,7 @@ impl ClientCa {
         let verifier = verifier(path, &pem)?;
         Ok(Arc::new(Self {
             path: path.to_owned(),
-            loaded: Mutex::new(pem),
+            loaded: Mutex::new((pem, None)),
             verifier: RwLock::new(verifier),
         }))
     }
@@ -82,15 +84,24 @@ impl ClientCa {
     pub fn reload(&self) -> Result<bool, CallerError> {
         let pem = read(&self.path)?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if *loaded == pem {
+        if loaded.0 == pem || loaded.1.as_ref() == Some(&pem) {
             return Ok(false);
         }
-        let verifier = verifier(&self.path, &pem)?;
+        let verifier = match verifier(&self.path, &pem) {
+            Ok(verifier) => verifier,
+            Err(error) => {
+                loaded.1 = Some(pem);
+                return Err(error);
+            }
+        };
         *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = verifier;
-        *loaded = pem;
+        *loaded = (pem, None);
         Ok(true)
     }
 
+    // Looked up per call, so a reload between the certificate check and the
+    // signature check of one handshake may use two verifiers: harmless, since
+    // webpki's signature checks do not depend on the roots.
     fn current(&self) -> Arc<dyn ClientCertVerifier> {
         self.verifier
             .read()
@@ -202,8 +213,17 @@ impl TokenFile {
         }))
     }
 
+    /// Re-reads the file. A deleted file revokes the token (no token is accepted
+    /// until the file is back); an empty or unreadable one keeps the previous token.
     pub fn reload(&self) -> Result<bool, CallerError> {
-        let token = read_token(&self.path)?;
+        let token = match read_token(&self.path) {
+            Err(CallerError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Vec::new()
+            }
+            other => other?,
+        };
         let mut current = self.token.write().unwrap_or_else(|e| e.into_inner());
         if *current == token {
             return Ok(false);
@@ -217,7 +237,7 @@ impl TokenFile {
     fn matches(&self, presented: &[u8]) -> bool {
         use subtle::ConstantTimeEq;
         let token = self.token.read().unwrap_or_else(|e| e.into_inner());
-        bool::from(token.as_slice().ct_eq(presented))
+        !token.is_empty() && bool::from(token.as_slice().ct_eq(presented))
     }
 }
 
@@ -252,7 +272,9 @@ impl Peer {
             return Self(None);
         };
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
-            // Verified by rustls, so it parses; an empty name list never matches.
+            // Verified by rustls, so it parses. If not: no names, which matches no
+            // `allowedNames` (and passes without them, as any certificate the CA
+            // signed does).
             return Self(Some(Arc::from(Vec::new())));
         };
         let mut names: Vec<String> = cert
@@ -416,17 +438,25 @@ impl CallerPolicy {
         let peer = request.extensions().get::<Peer>().and_then(|p| p.0.clone());
         if self.client_ca.is_some() {
             if let Some(names) = &peer {
+                // Names compare without case, as DNS names do.
                 if self.allowed_names.is_empty()
-                    || names.iter().any(|n| self.allowed_names.contains(n))
+                    || names.iter().any(|n| {
+                        self.allowed_names
+                            .iter()
+                            .any(|allowed| allowed.eq_ignore_ascii_case(n))
+                    })
                 {
                     return None;
                 }
             }
         }
+        // The scheme's name is case-insensitive (RFC 7235).
         let bearer = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| &v[7..]);
         if let (Some(token), Some(presented)) = (&self.token, bearer) {
             if token.matches(presented.trim_ascii()) {
                 return None;
@@ -536,10 +566,13 @@ mod tests {
         std::fs::write(&path, "other").unwrap();
         assert!(token.reload().unwrap());
         assert!(token.matches(b"other") && !token.matches(b"s3cret"));
-        // An emptied file keeps the previous token.
+        // An emptied file keeps the previous token; a deleted one revokes it.
         std::fs::write(&path, "\n").unwrap();
         assert!(token.reload().unwrap_err().to_string().contains("empty"));
         assert!(token.matches(b"other"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(token.reload().unwrap());
+        assert!(!token.matches(b"other") && !token.matches(b""));
     }
 
     #[test]

@@ -346,11 +346,20 @@ pub fn server_config_with_clients(
         ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(TlsError::Config)?;
+    let authenticates = clients.is_some();
     let builder = match clients {
         Some(verifier) => builder.with_client_cert_verifier(verifier),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(store);
+    if authenticates {
+        // A resumed session carries the client certificate of the handshake that
+        // made it, unverified again: after the client CA rotates (or the certificate
+        // expires) a resumption would still count as authenticated. The apiserver
+        // does not resume anyway, so there is nothing to resume.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

@@ -98,3 +98,121 @@ async fn allow_unauthenticated_is_explicit_and_metrics_can_move_to_their_own_por
         "{answer}"
     );
 }
+
+/// Runs `openssl s_client` against `port` with one HTTP/1.1 request on stdin; its
+/// whole output (session details and the answer).
+fn s_client(port: u16, ca: &std::path::Path, args: &[&str], request: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_3",
+            "-ign_eof",
+            "-CAfile",
+        ])
+        .arg(ca)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs (scripts/install-deps.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_on_every_connection_and_compared_as_http_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let made = Command::new(env!("CARGO_BIN_EXE_kubescribe"))
+        .args(["certs", "--out"])
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let server = common::TestServer::start(&format!(
+        "server:\n  clientAuth:\n    caFile: {}\n    allowedNames: [KUBE-APISERVER]\n    tokenFile: {}\n",
+        pki.join("ca.crt").display(),
+        token.display()
+    ))
+    .await;
+    let port = server.server.local_addr().port();
+    let ca = server.server.dev_ca.clone().unwrap();
+    let empty_post = |extra: &str| {
+        format!("POST /validate HTTP/1.1\r\nHost: kubescribe\r\nContent-Type: application/json\r\nContent-Length: 0\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let cert = pki.join("client.crt");
+    let key = pki.join("client.key");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let sessions = dir.path().join("session.pem");
+    let session = sessions.to_str().unwrap();
+
+    // The certificate passes (names compare without case); the request then reaches
+    // the handler, which finds no review in an empty body: 400, not 401.
+    let first = s_client(
+        port,
+        &ca,
+        &["-cert", cert, "-key", key, "-sess_out", session],
+        &empty_post(""),
+    );
+    assert!(first.contains("HTTP/1.1 400"), "{first}");
+    // No session to resume: a resumed session would carry the first handshake's
+    // certificate, not checked again (against a rotated CA, or past its expiry).
+    // So either no ticket was issued, or offering it without the certificate
+    // proves nothing.
+    if sessions.exists() {
+        let second = s_client(port, &ca, &["-sess_in", session], &empty_post(""));
+        assert!(
+            !second.contains("Reused,"),
+            "a session was resumed:\n{second}"
+        );
+        assert!(second.contains("HTTP/1.1 401"), "{second}");
+    }
+    // The bearer scheme's name is case-insensitive; the token is not.
+    let lower = s_client(
+        port,
+        &ca,
+        &[],
+        &empty_post("authorization: bearer s3cret\r\n"),
+    );
+    assert!(lower.contains("HTTP/1.1 400"), "{lower}");
+    let wrong = s_client(
+        port,
+        &ca,
+        &[],
+        &empty_post("Authorization: Bearer S3CRET\r\n"),
+    );
+    assert!(wrong.contains("HTTP/1.1 401"), "{wrong}");
+    // Only the exact routes exist; variants are not a way round the check.
+    for path in ["//validate", "/validate/", "/VALIDATE", "/%76alidate"] {
+        let answer = s_client(
+            port,
+            &ca,
+            &[],
+            &empty_post("").replacen("/validate", path, 1),
+        );
+        assert!(answer.contains("HTTP/1.1 404"), "{path}: {answer}");
+    }
+    // The probes need nothing.
+    let probe = s_client(
+        port,
+        &ca,
+        &[],
+        "GET /healthz HTTP/1.1\r\nHost: k\r\nConnection: close\r\n\r\n",
+    );
+    assert!(probe.contains("HTTP/1.1 200"), "{probe}");
+}

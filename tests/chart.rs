@@ -419,7 +419,8 @@ fn client_auth_values_become_server_client_auth_and_the_files_it_reads() {
         remote,
     ]);
     assert!(config_of(&objects).server.client_auth.allow_unauthenticated);
-    // Nothing asked: nothing added, and `config.server.clientAuth` wins when given.
+    // Nothing asked: nothing added; keys `config.server.clientAuth` sets win, the
+    // chart's fill in the rest.
     let objects = render(&["--set-json", remote]);
     assert!(!config_of(&objects).server.client_auth.authenticates());
     let objects = render(&[
@@ -430,7 +431,19 @@ fn client_auth_values_become_server_client_auth_and_the_files_it_reads() {
     ]);
     let auth = config_of(&objects).server.client_auth;
     assert_eq!(auth.token_file.unwrap(), PathBuf::from("/own/token"));
-    assert!(auth.ca_file.is_none());
+    assert_eq!(
+        auth.ca_file.unwrap(),
+        PathBuf::from("/etc/kubescribe/tls/ca.crt")
+    );
+    let objects = render(&[
+        "--set",
+        "clientAuth.certificate=true",
+        "--set-json",
+        r#"config={"server":{"clientAuth":{"allowedNames":["apiserver-a"]}},"rules":[{"name":"all"}]}"#,
+    ]);
+    let auth = config_of(&objects).server.client_auth;
+    assert_eq!(auth.allowed_names, vec!["apiserver-a"]);
+    assert!(auth.ca_file.is_some());
 
     // The client certificate needs cert-manager's CA.
     let output = Command::new(helm())
@@ -453,4 +466,16 @@ fn client_auth_values_become_server_client_auth_and_the_files_it_reads() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr)
         .contains("clientAuth.certificate needs certManager.enabled"));
+    let output = Command::new(helm())
+        .args(["template", "ks", "--namespace", "git-record"])
+        .arg(chart())
+        .args([
+            "--set",
+            "clientAuth.certificate=true",
+            "--set-json",
+            "clientAuth.allowedNames=[]",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("needs clientAuth.allowedNames"));
 }

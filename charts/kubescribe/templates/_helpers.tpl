@@ -113,8 +113,8 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
 {{- end }}
 
 {{/*
-The kubescribe config: .Values.config, with server.clientAuth from .Values.clientAuth
-(the files the chart mounts) unless config sets it itself.
+The kubescribe config: .Values.config, with server.clientAuth filled in from
+.Values.clientAuth (the files the chart mounts); keys config sets itself win.
 */}}
 {{- define "kubescribe.config" -}}
 {{- $config := deepCopy .Values.config -}}
@@ -122,6 +122,9 @@ The kubescribe config: .Values.config, with server.clientAuth from .Values.clien
 {{- if .Values.clientAuth.certificate -}}
 {{- if not .Values.certManager.enabled -}}
 {{- fail "clientAuth.certificate needs certManager.enabled; without cert-manager, make the pair with `kubescribe certs` and set config.server.clientAuth.caFile" -}}
+{{- end -}}
+{{- if not .Values.clientAuth.allowedNames -}}
+{{- fail "clientAuth.certificate needs clientAuth.allowedNames: the name of the client certificate the chart makes, and the only one kubescribe accepts" -}}
 {{- end -}}
 {{- $_ := set $auth "caFile" "/etc/kubescribe/tls/ca.crt" -}}
 {{- $_ := set $auth "allowedNames" .Values.clientAuth.allowedNames -}}
@@ -134,9 +137,8 @@ The kubescribe config: .Values.config, with server.clientAuth from .Values.clien
 {{- end -}}
 {{- if $auth -}}
 {{- $server := deepCopy (default (dict) $config.server) -}}
-{{- if not (hasKey $server "clientAuth") -}}
-{{- $_ := set $server "clientAuth" $auth -}}
-{{- end -}}
+{{- /* The keys config.server.clientAuth sets itself win; the chart's fill in the rest. */ -}}
+{{- $_ := set $server "clientAuth" (merge (deepCopy (default (dict) $server.clientAuth)) $auth) -}}
 {{- $_ := set $config "server" $server -}}
 {{- end -}}
 {{- toYaml $config -}}
