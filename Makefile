@@ -15,6 +15,7 @@ lint:
 
 bench: deps
 	scripts/bench.sh
+	scripts/bench-memory.sh
 
 deps:
 	scripts/install-deps.sh

@@ -318,17 +318,35 @@ where
     }
 }
 
-/// TLS (with `TCP_NODELAY`), then the handshake's [`Peer`] attached to the
-/// connection's requests.
+type Inner = axum_server::tls_rustls::RustlsAcceptor<
+    crate::limits::ConnectionLimit<axum_server::accept::NoDelayAcceptor>,
+>;
+
+/// A slot of `maxConnections` and `TCP_NODELAY`, TLS within `handshake_timeout`,
+/// then the handshake's [`Peer`] attached to the connection's requests.
 #[derive(Clone)]
 pub struct PeerAcceptor {
-    inner: axum_server::tls_rustls::RustlsAcceptor<axum_server::accept::NoDelayAcceptor>,
+    inner: Inner,
 }
 
 impl PeerAcceptor {
-    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+    pub fn new(
+        config: Arc<rustls::ServerConfig>,
+        handshake_timeout: std::time::Duration,
+        max_connections: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let limit = crate::limits::ConnectionLimit::new(
+            axum_server::accept::NoDelayAcceptor::new(),
+            max_connections,
+            metrics,
+        );
         Self {
-            inner: crate::serve::tls_acceptor(config),
+            inner: axum_server::tls_rustls::RustlsAcceptor::new(
+                axum_server::tls_rustls::RustlsConfig::from_config(config),
+            )
+            .handshake_timeout(handshake_timeout)
+            .acceptor(limit),
         }
     }
 }
@@ -338,7 +356,7 @@ where
     S: Send + 'static,
 {
     type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Service = WithPeer<S>;
+    type Service = WithPeer<crate::limits::Slotted<S>>;
     type Future =
         futures::future::BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
 

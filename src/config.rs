@@ -97,6 +97,22 @@ pub struct ServerConfig {
     pub cert_reload_interval: std::time::Duration,
     /// Who may call `/validate` and `/mutate` (docs/security.md).
     pub client_auth: ClientAuthConfig,
+    /// How long a client has for the TLS handshake.
+    #[serde(with = "duration_str")]
+    pub handshake_timeout: std::time::Duration,
+    /// HTTP/1.1: how long a client has to send a request's headers.
+    #[serde(with = "duration_str")]
+    pub header_read_timeout: std::time::Duration,
+    /// How long a request's body may take to arrive once its headers are in.
+    #[serde(with = "duration_str")]
+    pub request_timeout: std::time::Duration,
+    /// Open client connections; more are closed before their handshake.
+    pub max_connections: usize,
+    /// `/validate` and `/mutate` requests handled at once; more wait, then 503.
+    pub max_in_flight: usize,
+    /// The memory those requests may take together, estimated as 16 times each
+    /// body's length; more wait, then 503.
+    pub max_in_flight_bytes: usize,
     /// Serve `/metrics` (and `/healthz`, `/readyz`) over plain HTTP on this address
     /// instead of on the webhook's port.
     pub metrics_listen: Option<SocketAddr>,
@@ -136,6 +152,16 @@ impl Default for ServerConfig {
             deadline_margin: std::time::Duration::from_millis(500),
             cert_reload_interval: std::time::Duration::from_secs(10),
             client_auth: ClientAuthConfig::default(),
+            handshake_timeout: std::time::Duration::from_secs(10),
+            header_read_timeout: std::time::Duration::from_secs(10),
+            // The apiserver waits at most 30 s for a webhook.
+            request_timeout: std::time::Duration::from_secs(30),
+            // The apiserver multiplexes its calls over a few HTTP/2 connections.
+            max_connections: 1024,
+            max_in_flight: 64,
+            // Half the chart's 256 Mi limit: one maximum-size (8 MiB) body at a
+            // time, hundreds of ordinary ones. docs/performance.md has the figures.
+            max_in_flight_bytes: 128 << 20,
             metrics_listen: None,
         }
     }
@@ -311,6 +337,9 @@ pub struct StoreConfig {
     /// Changes waiting for the writer. When it is full, admission waits for room until
     /// its deadline.
     pub queue_capacity: usize,
+    /// The file bytes the queue may hold together: a change waits for room (or,
+    /// when nobody waits for it, is not queued) like for a place in the queue.
+    pub queue_bytes: usize,
     /// Most changes turned into commits before one sync covers them.
     pub max_batch: usize,
     /// How long the writer gathers changes that nobody waits for (`wait: none`)
@@ -323,6 +352,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 10_000,
+            // 16 changes of the largest object the apiserver stores (~3 MiB as YAML).
+            queue_bytes: 48 << 20,
             max_batch: 1024,
             linger: std::time::Duration::from_millis(100),
         }
@@ -639,9 +670,24 @@ impl Config {
                     .to_owned(),
             ));
         }
-        if self.store.queue_capacity == 0 || self.store.max_batch == 0 {
+        if self.store.queue_capacity == 0
+            || self.store.max_batch == 0
+            || self.store.queue_bytes == 0
+        {
             return Err(ConfigError::Invalid(
                 "store.queueCapacity and store.maxBatch must be at least 1".to_owned(),
+            ));
+        }
+        let server = &self.server;
+        if server.max_connections == 0
+            || server.max_in_flight == 0
+            || server.max_in_flight_bytes < server.max_body_bytes
+            || server.handshake_timeout.is_zero()
+            || server.header_read_timeout.is_zero()
+            || server.request_timeout.is_zero()
+        {
+            return Err(ConfigError::Invalid(
+                "server.maxConnections, maxInFlight, handshakeTimeout, headerReadTimeout and requestTimeout must be more than 0, and maxInFlightBytes at least maxBodyBytes".to_owned(),
             ));
         }
         if !self.server.client_auth.allowed_names.is_empty()

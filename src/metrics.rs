@@ -145,6 +145,9 @@ pub struct Metrics {
     pub commits: Counter,
     pub queue_depth: Gauge,
     pub retry_depth: Gauge,
+    pub connections_open: Gauge,
+    pub requests_in_flight: Gauge,
+    overload_refused: Family<ReasonLabels, Counter>,
     pub batch_size: Histogram,
     pub store_errors: Family<ErrorLabels, Counter>,
     pub reconcile: ReconcileMetrics,
@@ -251,6 +254,24 @@ impl Metrics {
             "Changes waiting for the writer",
             queue_depth.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Open client connections (at most server.maxConnections)",
+            connections_open.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "/validate and /mutate requests being handled (at most server.maxInFlight)",
+            requests_in_flight.clone(),
+        );
+        let overload_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "overload_refused",
+            "Connections and requests refused to bound resources: connections (maxConnections), in_flight (maxInFlight, 503), body_timeout (requestTimeout, 408)",
+            overload_refused.clone(),
+        );
         let retry_depth = Gauge::default();
         registry.register(
             "store_retry_depth",
@@ -317,6 +338,9 @@ impl Metrics {
         let reconcile = ReconcileMetrics::default();
         reconcile.register(&mut registry);
         Self {
+            connections_open,
+            requests_in_flight,
+            overload_refused,
             store_recovered,
             registry,
             reconcile,
@@ -344,6 +368,13 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 result: if ok { "ok" } else { "error" },
             })
+            .inc();
+    }
+
+    /// Counts a connection or request refused to bound resources.
+    pub fn overload_refused(&self, reason: &'static str) {
+        self.overload_refused
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

@@ -142,6 +142,7 @@ impl Server {
             });
         }
 
+        let metrics_handle = metrics.clone();
         let state = Arc::new(AppState {
             policy: Policy::new(config),
             confirmations: config.reconcile.enabled.then(|| {
@@ -167,15 +168,42 @@ impl Server {
         let listener = std::net::TcpListener::bind(listen).map_err(bind_error)?;
         listener.set_nonblocking(true).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
-        let server = axum_server::from_tcp(listener)
+        let mut server = axum_server::from_tcp(listener)
             .map_err(bind_error)?
-            .acceptor(crate::caller::PeerAcceptor::new(tls_config));
+            .acceptor(crate::caller::PeerAcceptor::new(
+                tls_config,
+                config.server.handshake_timeout,
+                config.server.max_connections,
+                metrics_handle.clone(),
+            ));
+        server
+            .http_builder()
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(config.server.header_read_timeout);
+        // What an HTTP/2 client may send before kubescribe reads it: per connection,
+        // since a request waiting for an in-flight slot has not read its body yet
+        // (hyper's default is 1 MiB per stream and connection).
+        server
+            .http_builder()
+            .http2()
+            .initial_stream_window_size(H2_WINDOW)
+            .initial_connection_window_size(H2_WINDOW);
         let handle = axum_server::Handle::new();
         let metrics_listen = config.server.metrics_listen;
         let router = routes(
             state.clone(),
             callers.authenticates().then_some(callers),
             metrics_listen.is_none(),
+            crate::limits::InFlight::new(
+                config.server.max_in_flight,
+                config.server.max_in_flight_bytes,
+                config.server.max_body_bytes,
+                config.server.default_timeout,
+                config.server.deadline_margin,
+                metrics_handle.clone(),
+            ),
+            config.server.request_timeout,
         );
         let task = tokio::spawn(
             server
@@ -364,6 +392,9 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+/// The HTTP/2 flow-control window, per stream and per connection.
+const H2_WINDOW: u32 = 256 * 1024;
 
 /// A configuration whose commits can change the cluster must know its callers:
 /// commits that leave the machine for a remote (every `then: deny` rule has one) are

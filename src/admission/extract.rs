@@ -51,7 +51,7 @@ impl IntoResponse for ApiError {
 
 /// How much of an oversized body is read and thrown away so that the 413 reaches the
 /// client, as a multiple of `server.maxBodyBytes`; past it the stream is reset.
-const DRAIN_FACTOR: usize = 4;
+pub(crate) const DRAIN_FACTOR: usize = 4;
 
 /// Reads the request body (at most `limit` bytes) before anything answers, so every
 /// answer, an early refusal (401, 413, 415) included, comes after the client has
@@ -60,12 +60,55 @@ const DRAIN_FACTOR: usize = 4;
 /// framing error instead of the answer. An oversized body is read and dropped up to
 /// [`DRAIN_FACTOR`] times the limit, then answered 413.
 pub(crate) async fn settle_body(
-    axum::extract::State(limit): axum::extract::State<usize>,
+    axum::extract::State((limit, timeout, metrics)): axum::extract::State<(
+        usize,
+        std::time::Duration,
+        Arc<crate::metrics::Metrics>,
+    )>,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, read_bounded(&parts, body, limit)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Ok(Err(error)) => error.into_response(),
+        Err(_) => {
+            metrics.overload_refused("body_timeout");
+            let body = serde_json::json!({
+                "message": format!("the request body did not arrive within server.requestTimeout ({timeout:?})"),
+                "status": 408,
+            });
+            (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// Reads and drops up to `cap` bytes of `body`, so an early answer reaches a client
+/// still sending (see [`settle_body`]) without holding what it sent.
+pub(crate) async fn discard_body(mut body: axum::body::Body, cap: usize) {
     use http_body_util::BodyExt as _;
-    let (parts, mut body) = request.into_parts();
+    let mut read = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            read += data.len();
+            if read > cap {
+                break;
+            }
+        }
+    }
+}
+
+/// The body, at most `limit` bytes; past that, read and dropped up to
+/// [`DRAIN_FACTOR`] times the limit, then [`ApiError::TooLarge`].
+async fn read_bounded(
+    parts: &axum::http::request::Parts,
+    mut body: axum::body::Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
     let hint = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -75,10 +118,7 @@ pub(crate) async fn settle_body(
     let mut bytes = bytes::BytesMut::with_capacity(hint.min(limit));
     let mut read = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => return ApiError::Body(e.to_string()).into_response(),
-        };
+        let frame = frame.map_err(|e| ApiError::Body(e.to_string()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
@@ -93,13 +133,9 @@ pub(crate) async fn settle_body(
         }
     }
     if read > limit {
-        return ApiError::TooLarge { limit }.into_response();
+        return Err(ApiError::TooLarge { limit });
     }
-    next.run(Request::from_parts(
-        parts,
-        axum::body::Body::from(bytes.freeze()),
-    ))
-    .await
+    Ok(bytes.freeze())
 }
 
 /// A decoded review: kube-core's typed request, plus the write with its objects kept

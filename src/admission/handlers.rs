@@ -53,7 +53,15 @@ pub struct AppState {
 
 /// The webhook's router with every caller accepted and `/metrics` on it.
 pub fn app(state: Arc<AppState>) -> Router {
-    routes(state, None, true)
+    let in_flight = crate::limits::InFlight::new(
+        64,
+        128 << 20,
+        state.max_body_bytes,
+        state.default_timeout,
+        state.deadline_margin,
+        state.metrics.clone(),
+    );
+    routes(state, None, true, in_flight, Duration::from_secs(30))
 }
 
 /// The webhook's router. Production and every test build it here. With `callers`,
@@ -64,6 +72,8 @@ pub fn routes(
     state: Arc<AppState>,
     callers: Option<Arc<crate::caller::CallerPolicy>>,
     with_metrics: bool,
+    in_flight: Arc<crate::limits::InFlight>,
+    body_timeout: Duration,
 ) -> Router {
     let limit = state.max_body_bytes;
     let mut router = Router::new()
@@ -76,10 +86,15 @@ pub fn routes(
         ));
     }
     // Outermost: every answer, the early ones too, comes once the body is in.
-    router = router.route_layer(axum::middleware::from_fn_with_state(
-        limit,
-        super::extract::settle_body,
-    ));
+    router = router
+        .route_layer(axum::middleware::from_fn_with_state(
+            (limit, body_timeout, state.metrics.clone()),
+            super::extract::settle_body,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            in_flight,
+            crate::limits::limit_in_flight,
+        ));
     router = router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
@@ -120,9 +135,12 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 async fn validate(
     State(state): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
+    arrival: Option<axum::Extension<crate::limits::Arrival>>,
     review: Result<Review, ApiError>,
 ) -> Response {
-    let started = Instant::now();
+    // The deadline counts from the request's arrival, before any wait for a slot
+    // and for the body.
+    let started = arrival.map_or_else(Instant::now, |a| a.0 .0);
     let review = match review {
         Ok(review) => review,
         Err(error) => return reject(&state, error),
@@ -277,7 +295,12 @@ fn finish(
 
 /// The apiserver's deadline (`?timeout=10s`) minus our margin, so the answer
 /// arrives before the apiserver gives up on us.
-fn deadline(query: Option<&str>, started: Instant, default: Duration, margin: Duration) -> Instant {
+pub(crate) fn deadline(
+    query: Option<&str>,
+    started: Instant,
+    default: Duration,
+    margin: Duration,
+) -> Instant {
     let timeout = query
         .into_iter()
         .flat_map(|q| q.split('&'))

@@ -14,5 +14,7 @@ mod handlers;
 mod object;
 
 pub use extract::{decode_review, ApiError, Review};
+pub(crate) use extract::{discard_body, DRAIN_FACTOR};
+pub(crate) use handlers::deadline;
 pub use handlers::{app, probes, routes, AppState, TargetState};
 pub use object::RawObject;

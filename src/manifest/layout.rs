@@ -102,6 +102,13 @@ impl Layout {
                     if literal.contains('}') || literal.contains('\\') || literal.contains('\0') {
                         return Err(template_error(format!("bad characters in {literal:?}")));
                     }
+                    // A shortened component keeps its last literal (`.yaml`) beside
+                    // a hash; a literal this long would leave no room.
+                    if literal.len() > MAX_LITERAL {
+                        return Err(template_error(format!(
+                            "{literal:?} is longer than {MAX_LITERAL} bytes; path components must fit in {MAX_COMPONENT}"
+                        )));
+                    }
                     pieces.push(Piece::Literal(literal.to_owned()));
                     rest = &rest[end..];
                 }
@@ -170,7 +177,9 @@ impl Layout {
                 value: path[start..].to_owned(),
                 reason,
             })?;
-            if path.len() - start > MAX_COMPONENT {
+            // A component with a `~` is always written hashed, so a name can
+            // never spell another object's shortened file name (`<cut>~<hash>`).
+            if path.len() - start > MAX_COMPONENT || path[start..].contains('~') {
                 let suffix = match segment.last() {
                     Some(Piece::Literal(text)) => text.len(),
                     _ => 0,
@@ -191,6 +200,9 @@ impl Layout {
 /// `.yaml` is already over, and a checkout of the repository would fail on it.
 const MAX_COMPONENT: usize = 255;
 
+/// The longest literal a path template may hold in one component.
+const MAX_LITERAL: usize = 64;
+
 /// `component` cut to fit, keeping its last `suffix_len` bytes (the extension) and
 /// adding a hash of the whole, so distinct long names stay distinct files.
 fn shorten(component: &str, suffix_len: usize) -> String {
@@ -200,12 +212,19 @@ fn shorten(component: &str, suffix_len: usize) -> String {
         .try_finalize()
         .map(|id| id.to_hex_with_len(16).to_string())
         .unwrap_or_default();
-    let suffix = &component[component.len() - suffix_len..];
-    let mut keep = MAX_COMPONENT - 1 - digest.len() - suffix.len();
+    // A template's literals are at most MAX_LITERAL bytes (checked when the layout
+    // is made), so the suffix always fits; saturating all the same.
+    let suffix = &component[component.len().saturating_sub(suffix_len)..];
+    let mut keep = MAX_COMPONENT
+        .saturating_sub(1 + digest.len() + suffix.len())
+        .min(component.len() - suffix.len());
     while !component.is_char_boundary(keep) {
         keep -= 1;
     }
-    format!("{}~{digest}{suffix}", &component[..keep])
+    // The kept part has no `~` of its own, so the hash is always the text after
+    // the last one.
+    let kept = component[..keep].replace('~', "-");
+    format!("{kept}~{digest}{suffix}")
 }
 
 fn check_component(part: &str) -> Result<(), &'static str> {
@@ -319,6 +338,30 @@ mod tests {
             layout.place(at(Some("ns"), "", &ok)).unwrap().as_str(),
             format!("ns/core/things/{ok}.yaml")
         );
+        // A name spelling a shortened file name gets a file of its own: a `~`
+        // always means "hashed", and the hash is of the whole component.
+        let crafted = path_a
+            .as_str()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".yaml")
+            .to_owned();
+        let path_crafted = layout.place(at(Some("ns"), "", &crafted)).unwrap();
+        assert_ne!(path_crafted, path_a, "{crafted}");
+        assert_eq!(
+            path_crafted.as_str().matches('~').count(),
+            1,
+            "{path_crafted:?}"
+        );
+        // No template can make shortening panic: long literals are refused.
+        let long_suffix = format!("{{name}}{}", ".y".repeat(120));
+        let err = Layout::new("", &long_suffix).unwrap_err().to_string();
+        assert!(err.contains("longer than 64 bytes"), "{err}");
+        let near = format!("{{name}}{}", "x".repeat(64));
+        let near = Layout::new("", &near).unwrap();
+        let placed = near.place(at(Some("ns"), "", &a)).unwrap();
+        assert!(placed.as_str().len() <= 255, "{placed:?}");
     }
 
     #[test]

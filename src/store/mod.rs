@@ -120,6 +120,9 @@ struct Job {
     /// Apply all of these in one commit by kubescribe instead (a reconcile batch);
     /// `change` is then the first of them.
     bundle: Option<Bundle>,
+    /// This change's share of `store.queueBytes`, given back once it is committed
+    /// (or dropped).
+    _queued_bytes: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Many file changes made as one commit, authored by the committer identity.
@@ -152,6 +155,9 @@ enum Control {
 #[derive(Clone)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Job>,
+    /// `store.queueBytes` in KiB: the file bytes the queue may hold.
+    queue_bytes: Arc<tokio::sync::Semaphore>,
+    queue_units: usize,
     control: mpsc::UnboundedSender<Control>,
     metrics: Arc<Metrics>,
     /// Why the last batch failed, until one succeeds.
@@ -189,6 +195,8 @@ pub struct StoreSettings {
     pub email_domain: String,
     pub committer: CommitterConfig,
     pub queue_capacity: usize,
+    /// The file bytes queued changes may hold together.
+    pub queue_bytes: usize,
     pub max_batch: usize,
     /// How long the writer gathers changes nobody waits for before committing them.
     pub linger: Duration,
@@ -208,6 +216,7 @@ impl StoreSettings {
             email_domain: config.author.email_domain.clone(),
             committer: config.committer.clone(),
             queue_capacity: config.store.queue_capacity,
+            queue_bytes: config.store.queue_bytes,
             max_batch: config.store.max_batch,
             linger: config.store.linger,
             repack_after_packs: 32,
@@ -228,6 +237,10 @@ impl StoreHandle {
         metrics: Arc<Metrics>,
     ) -> Result<(Self, WriterThread), StoreError> {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let queue_units = settings.queue_bytes.div_ceil(1024).clamp(
+            1,
+            tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+        );
         let location = Arc::new((settings.path.clone(), settings.branch.clone()));
         let (control, control_rx) = mpsc::unbounded_channel();
         let failing = Arc::new(std::sync::Mutex::new(None));
@@ -272,6 +285,8 @@ impl StoreHandle {
             Ok(Ok(())) => Ok((
                 Self {
                     tx,
+                    queue_units,
+                    queue_bytes: Arc::new(tokio::sync::Semaphore::new(queue_units)),
                     control,
                     metrics,
                     failing,
@@ -302,6 +317,7 @@ impl StoreHandle {
             push_waiter: None,
             revert: None,
             bundle: None,
+            _queued_bytes: None,
         };
         let receipt = wait_until.map(|deadline| {
             let (reply, committed) = oneshot::channel();
@@ -314,6 +330,34 @@ impl StoreHandle {
             Receipt { committed, pushed }
         });
         let waits = job.waiter.is_some();
+        // Room in bytes first (a change of a few MiB weighs as much as thousands of
+        // ordinary ones), then a place in the queue; both like the count did before:
+        // at once for an answer that does not wait, until the deadline otherwise.
+        let units = match &job.change.action {
+            crate::manifest::Action::Put(bytes) => bytes.len().div_ceil(1024),
+            _ => 1,
+        }
+        .clamp(1, self.queue_units) as u32;
+        let bytes = match self.queue_bytes.clone().try_acquire_many_owned(units) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(StoreError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) if !waits => {
+                return Err(StoreError::QueueFull)
+            }
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout_at(
+                    deadline.into(),
+                    self.queue_bytes.clone().acquire_many_owned(units),
+                )
+                .await
+                {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(StoreError::Closed),
+                    Err(_) => return Err(StoreError::QueueFull),
+                }
+            }
+        };
+        job._queued_bytes = Some(bytes);
         let permit = match self.tx.try_reserve() {
             Ok(permit) => permit,
             Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
@@ -343,6 +387,9 @@ impl StoreHandle {
             push_waiter: None,
             revert: Some(Revert { commit, reason }),
             bundle: None,
+            // Reverts and reconcile bundles are the store's own work: not
+            // counted against queueBytes, so a full queue never blocks them.
+            _queued_bytes: None,
         };
         match self.tx.try_send(job) {
             Ok(()) => {
@@ -382,6 +429,7 @@ impl StoreHandle {
             push_waiter: None,
             revert: None,
             bundle: Some(Bundle { changes, message }),
+            _queued_bytes: None,
         };
         let permit = tokio::time::timeout_at(deadline.into(), self.tx.reserve())
             .await

@@ -1,0 +1,246 @@
+//! Bounds on what callers can make the server hold: open connections, requests in
+//! flight on the recording endpoints, and time (handshake, headers, body).
+//!
+//! Invariants: a connection over `server.maxConnections` is closed before its TLS
+//! handshake, so a slowloris client holds at most that many sockets, each for at
+//! most `handshakeTimeout` (then `headerReadTimeout` per HTTP/1.1 request); a
+//! `/validate` or `/mutate` request over `server.maxInFlight` gets 503 at once, never
+//! a queue; every refusal is counted in `kubescribe_overload_refused_total{reason}`.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+
+/// One open connection's share of `maxConnections`, released when the connection
+/// (and every request it carries) is done.
+struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.metrics.connections_open.dec();
+    }
+}
+
+/// A connection's service, holding the connection's slot while it lives.
+#[derive(Clone)]
+pub struct Slotted<S> {
+    inner: S,
+    _slot: Arc<ConnectionSlot>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Slotted<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// Takes a slot of `maxConnections` for each accepted connection, or closes it.
+#[derive(Clone)]
+pub struct ConnectionLimit<A> {
+    inner: A,
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl<A> ConnectionLimit<A> {
+    pub fn new(inner: A, max: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            slots: Arc::new(Semaphore::new(max)),
+            metrics,
+        }
+    }
+}
+
+impl<A, I, S> axum_server::accept::Accept<I, S> for ConnectionLimit<A>
+where
+    A: axum_server::accept::Accept<I, S>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = A::Stream;
+    type Service = Slotted<A::Service>;
+    type Future =
+        futures::future::BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: I, service: S) -> Self::Future {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.overload_refused("connections");
+            // Dropping the stream closes the socket.
+            drop(stream);
+            return Box::pin(std::future::ready(Err(std::io::Error::other(
+                "server.maxConnections reached",
+            ))));
+        };
+        self.metrics.connections_open.inc();
+        let slot = Arc::new(ConnectionSlot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        });
+        let accepted = self.inner.accept(stream, service);
+        Box::pin(async move {
+            let (stream, service) = accepted.await?;
+            Ok((
+                stream,
+                Slotted {
+                    inner: service,
+                    _slot: slot,
+                },
+            ))
+        })
+    }
+}
+
+/// When a request arrived, before it waited for a slot or its body: the apiserver's
+/// deadline counts from here.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival(pub std::time::Instant);
+
+/// How much memory handling a request may take, as a multiple of its body: the
+/// body, the objects' raw JSON, their parsed values (a JSON number of two bytes is
+/// a 32-byte value, so dense bodies cost most), the YAML and the blob. Measured
+/// with `scripts/bench-memory.sh` (docs/performance.md).
+const MEMORY_PER_BODY_BYTE: usize = 16;
+
+/// The budget's unit, so a semaphore's `u32` permits cover any budget.
+const UNIT: usize = 1024;
+
+/// `maxInFlight` and `maxInFlightBytes`: the recording endpoints' requests being
+/// handled at once, and the memory they may take together.
+pub struct InFlight {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// `maxInFlightBytes` in [`UNIT`]s.
+    memory: Arc<Semaphore>,
+    memory_units: usize,
+    max_body_bytes: usize,
+    default_timeout: std::time::Duration,
+    deadline_margin: std::time::Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl InFlight {
+    pub fn new(
+        max: usize,
+        max_bytes: usize,
+        max_body_bytes: usize,
+        default_timeout: std::time::Duration,
+        deadline_margin: std::time::Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let memory_units =
+            (max_bytes / UNIT).clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            memory: Arc::new(Semaphore::new(memory_units)),
+            memory_units,
+            max_body_bytes,
+            default_timeout,
+            deadline_margin,
+            metrics,
+        })
+    }
+}
+
+/// Waits for one of `maxInFlight` slots, at most until the apiserver's deadline
+/// for this request (its `?timeout=`, less the margin); past it, 503 with a JSON
+/// message. A waiting request has not read its body yet, so it holds no more than
+/// its connection's flow-control window. A `Fail` webhook then refuses the write
+/// and an `Ignore` one lets it through unrecorded, as for any webhook that cannot
+/// answer in time.
+pub async fn limit_in_flight(
+    State(limit): State<Arc<InFlight>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let arrived = std::time::Instant::now();
+    request.extensions_mut().insert(Arrival(arrived));
+    let deadline = crate::admission::deadline(
+        request.uri().query(),
+        arrived,
+        limit.default_timeout,
+        limit.deadline_margin,
+    );
+    // The memory the request may take, from its announced length (the largest body
+    // when it announces none; the body is never read past it).
+    let length = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(limit.max_body_bytes)
+        .min(limit.max_body_bytes);
+    let units = (length.saturating_mul(MEMORY_PER_BODY_BYTE) / UNIT).clamp(1, limit.memory_units);
+    let acquired = tokio::time::timeout_at(deadline.into(), async {
+        let slot = limit.slots.clone().acquire_owned().await?;
+        let memory = limit
+            .memory
+            .clone()
+            .acquire_many_owned(units as u32)
+            .await?;
+        Ok::<_, tokio::sync::AcquireError>((slot, memory))
+    })
+    .await;
+    let Ok(Ok(permit)) = acquired else {
+        limit.metrics.overload_refused("in_flight");
+        // Read (and drop) what the client is still sending, briefly, so the 503
+        // reaches it over HTTP/2 instead of a stream reset.
+        let cap = limit
+            .max_body_bytes
+            .saturating_mul(crate::admission::DRAIN_FACTOR);
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            crate::admission::discard_body(request.into_body(), cap),
+        )
+        .await;
+        let body = serde_json::json!({
+            "message": format!(
+                "kubescribe was handling server.maxInFlight ({}) requests, or server.maxInFlightBytes of them, until this one's deadline; retry the write, and raise those limits if this is the normal load",
+                limit.max
+            ),
+            "status": 503,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    };
+    limit.metrics.requests_in_flight.inc();
+    // Released however the request ends, a client that hangs up included.
+    let _slot = InFlightSlot {
+        _permit: permit,
+        metrics: limit.metrics.clone(),
+    };
+    next.run(request).await
+}
+
+struct InFlightSlot {
+    _permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for InFlightSlot {
+    fn drop(&mut self) {
+        self.metrics.requests_in_flight.dec();
+    }
+}
