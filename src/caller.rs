@@ -327,12 +327,14 @@ type Inner = axum_server::tls_rustls::RustlsAcceptor<
 #[derive(Clone)]
 pub struct PeerAcceptor {
     inner: Inner,
+    first_read: std::time::Duration,
 }
 
 impl PeerAcceptor {
     pub fn new(
         config: Arc<rustls::ServerConfig>,
         handshake_timeout: std::time::Duration,
+        first_read: std::time::Duration,
         max_connections: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -347,6 +349,7 @@ impl PeerAcceptor {
             )
             .handshake_timeout(handshake_timeout)
             .acceptor(limit),
+            first_read,
         }
     }
 }
@@ -355,18 +358,19 @@ impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for PeerAcceptor
 where
     S: Send + 'static,
 {
-    type Stream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Stream = crate::limits::FirstRead<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
     type Service = WithPeer<crate::limits::Slotted<S>>;
     type Future =
         futures::future::BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
         let handshake = self.inner.accept(stream, service);
+        let first_read = self.first_read;
         Box::pin(async move {
             let (stream, service) = handshake.await?;
             let peer = Peer::from_certificates(stream.get_ref().1.peer_certificates());
             Ok((
-                stream,
+                crate::limits::FirstRead::new(stream, first_read),
                 WithPeer {
                     inner: service,
                     peer,
@@ -537,8 +541,14 @@ impl Refusal {
     }
 }
 
-/// Middleware for the recording endpoints: 401 with a JSON message, before the
-/// body is read, for a caller that proves nothing (or the wrong thing).
+/// At most this much of a refused caller's body is read (and dropped), for at most
+/// [`DRAIN_TIME`], before the 401.
+const DRAIN_BYTES: usize = 16 << 20;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Middleware for the recording endpoints, outermost: 401 with a JSON message for a
+/// caller that proves nothing (or the wrong thing), before it takes a slot in
+/// flight or memory, and without decoding its body.
 pub async fn require_caller(
     State(policy): State<Arc<CallerPolicy>>,
     request: Request,
@@ -547,10 +557,18 @@ pub async fn require_caller(
     match policy.refusal(&request) {
         None => next.run(request).await,
         Some(refusal) => {
+            // Read (and drop) what the caller is still sending, briefly, so the 401
+            // reaches it over HTTP/2 instead of a stream reset; nothing is kept.
+            let path = request.uri().path().to_owned();
+            let _ = tokio::time::timeout(
+                DRAIN_TIME,
+                crate::admission::discard_body(request.into_body(), DRAIN_BYTES),
+            )
+            .await;
             policy.metrics.caller_refused(refusal.reason());
             tracing::warn!(
                 reason = refusal.reason(),
-                path = request.uri().path(),
+                %path,
                 "refused an unauthenticated call"
             );
             let body = serde_json::json!({

@@ -2,10 +2,13 @@
 //! flight on the recording endpoints, and time (handshake, headers, body).
 //!
 //! Invariants: a connection over `server.maxConnections` is closed before its TLS
-//! handshake, so a slowloris client holds at most that many sockets, each for at
-//! most `handshakeTimeout` (then `headerReadTimeout` per HTTP/1.1 request); a
-//! `/validate` or `/mutate` request over `server.maxInFlight` gets 503 at once, never
-//! a queue; every refusal is counted in `kubescribe_overload_refused_total{reason}`.
+//! handshake; a connection must finish the handshake within `handshakeTimeout` and
+//! send its first bytes within `headerReadTimeout` after it (then
+//! `headerReadTimeout` per HTTP/1.1 request); a `/validate` or `/mutate` request
+//! over `server.maxInFlight` or `maxInFlightBytes` waits for a slot until shortly
+//! before its deadline, then gets 503; every refusal is counted in
+//! `kubescribe_overload_refused_total{reason}`. An HTTP/2 connection that has sent
+//! its preface and then idles keeps its slot (hyper has no idle timeout for it).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::Metrics;
 
 /// One open connection's share of `maxConnections`, released when the connection
-/// (and every request it carries) is done.
+/// is closed.
 struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
@@ -116,7 +119,11 @@ where
 /// When a request arrived, before it waited for a slot or its body: the apiserver's
 /// deadline counts from here.
 #[derive(Debug, Clone, Copy)]
-pub struct Arrival(pub std::time::Instant);
+pub struct Arrival {
+    pub at: std::time::Instant,
+    /// The apiserver's deadline for this request, less the margin.
+    pub deadline: std::time::Instant,
+}
 
 /// How much memory handling a request may take, as a multiple of its body: the
 /// body, the objects' raw JSON, their parsed values (a JSON number of two bytes is
@@ -177,13 +184,22 @@ pub async fn limit_in_flight(
     next: Next,
 ) -> Response {
     let arrived = std::time::Instant::now();
-    request.extensions_mut().insert(Arrival(arrived));
     let deadline = crate::admission::deadline(
         request.uri().query(),
         arrived,
         limit.default_timeout,
         limit.deadline_margin,
     );
+    request.extensions_mut().insert(Arrival {
+        at: arrived,
+        deadline,
+    });
+    // Stop waiting a little before the deadline: the drain and the 503 must still
+    // reach the apiserver in time.
+    let wait_until = deadline
+        - limit
+            .deadline_margin
+            .min(deadline.saturating_duration_since(arrived) / 4);
     // The memory the request may take, from its announced length (the largest body
     // when it announces none; the body is never read past it).
     let length = request
@@ -194,7 +210,7 @@ pub async fn limit_in_flight(
         .unwrap_or(limit.max_body_bytes)
         .min(limit.max_body_bytes);
     let units = (length.saturating_mul(MEMORY_PER_BODY_BYTE) / UNIT).clamp(1, limit.memory_units);
-    let acquired = tokio::time::timeout_at(deadline.into(), async {
+    let acquired = tokio::time::timeout_at(wait_until.into(), async {
         let slot = limit.slots.clone().acquire_owned().await?;
         let memory = limit
             .memory
@@ -211,8 +227,8 @@ pub async fn limit_in_flight(
         let cap = limit
             .max_body_bytes
             .saturating_mul(crate::admission::DRAIN_FACTOR);
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
+        let _ = tokio::time::timeout_at(
+            deadline.into(),
             crate::admission::discard_body(request.into_body(), cap),
         )
         .await;
@@ -242,5 +258,96 @@ struct InFlightSlot {
 impl Drop for InFlightSlot {
     fn drop(&mut self) {
         self.metrics.requests_in_flight.dec();
+    }
+}
+
+/// A stream that must deliver its first bytes within a time limit: after the TLS
+/// handshake, hyper waits for the first bytes (to tell HTTP/1.1 from HTTP/2)
+/// without a timeout of its own, so an idle TLS session would keep its connection
+/// slot for ever.
+pub struct FirstRead<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstRead<S> {
+    pub fn new(inner: S, limit: std::time::Duration) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstRead<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let expired = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| std::future::Future::poll(d.as_mut(), cx).is_ready());
+                if expired {
+                    Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request within server.headerReadTimeout of the handshake",
+                    )))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstRead<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

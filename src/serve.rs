@@ -173,6 +173,7 @@ impl Server {
             .acceptor(crate::caller::PeerAcceptor::new(
                 tls_config,
                 config.server.handshake_timeout,
+                config.server.header_read_timeout,
                 config.server.max_connections,
                 metrics_handle.clone(),
             ));
@@ -184,11 +185,18 @@ impl Server {
         // What an HTTP/2 client may send before kubescribe reads it: per connection,
         // since a request waiting for an in-flight slot has not read its body yet
         // (hyper's default is 1 MiB per stream and connection).
+        // A waiting stream fills at most its own window, so the connection's window
+        // leaves room for every other stream: one waiting for a slot never stalls
+        // the admitted ones beside it on the same connection.
         server
             .http_builder()
             .http2()
-            .initial_stream_window_size(H2_WINDOW)
-            .initial_connection_window_size(H2_WINDOW);
+            .max_concurrent_streams(H2_STREAMS)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_STREAM_WINDOW * (H2_STREAMS + 1))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .timer(hyper_util::rt::TokioTimer::new());
         let handle = axum_server::Handle::new();
         let metrics_listen = config.server.metrics_listen;
         let router = routes(
@@ -393,8 +401,10 @@ async fn shutdown_signal() {
     }
 }
 
-/// The HTTP/2 flow-control window, per stream and per connection.
-const H2_WINDOW: u32 = 256 * 1024;
+/// HTTP/2: the streams one connection may have open, and the flow-control window
+/// of each (what a client may send before kubescribe reads it).
+const H2_STREAMS: u32 = 32;
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
 
 /// A configuration whose commits can change the cluster must know its callers:
 /// commits that leave the machine for a remote (every `then: deny` rule has one) are

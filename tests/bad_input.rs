@@ -463,12 +463,14 @@ async fn every_refusal_arrives_over_http2_and_http1() {
             401,
             "only from the apiserver",
         ),
+        // A caller that proves nothing is refused before its body counts: 401 even
+        // for an oversized one, and it arrives over HTTP/2 too.
         (
             &authenticated,
             "application/json",
             &huge,
-            413,
-            "larger than",
+            401,
+            "only from the apiserver",
         ),
     ];
     for (server, content_type, payload, status, message) in cases {

@@ -1,6 +1,6 @@
 //! Bounded resources: a client cannot hold more than `maxConnections` sockets, nor
-//! keep one past the handshake, header or body timeouts, and requests over
-//! `maxInFlight` are refused at once. Each case waits for the server's own move (a
+//! keep one past the handshake, header or body timeouts, and a request over
+//! `maxInFlight` waits for a slot until its deadline, then is refused. Each case waits for the server's own move (a
 //! closed socket, an answer), never a fixed sleep.
 
 mod common;
@@ -179,6 +179,10 @@ async fn idle_sockets_slow_headers_slow_bodies_and_requests_over_max_in_flight_a
     // A socket that never starts TLS: closed after handshakeTimeout.
     let mut idle = TcpStream::connect(server.server.local_addr()).unwrap();
     assert_closed_by_server(&mut idle, "an idle connection past handshakeTimeout");
+    // A TLS session that never sends a byte: closed after headerReadTimeout (hyper
+    // itself waits for the first bytes without a limit).
+    let mut silent = Session::open(&server);
+    silent.wait_closed();
     // Headers that never end: closed after headerReadTimeout.
     let mut slow_headers = Session::open(&server);
     slow_headers.send("POST /validate HTTP/1.1\r\nHost: k\r\n");
@@ -207,4 +211,79 @@ async fn idle_sockets_slow_headers_slow_bodies_and_requests_over_max_in_flight_a
             "{sample}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_proves_nothing_never_takes_a_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    let server = TestServer::start(&format!(
+        "server:\n  maxInFlight: 1\n  requestTimeout: 5s\n  clientAuth:\n    tokenFile: {}\n",
+        token.display()
+    ))
+    .await;
+    // The apiserver (with the token) holds the one slot with a body still arriving...
+    let mut holder = Session::open(&server);
+    holder.send(
+        "POST /validate?timeout=10s HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{",
+    );
+    wait_metric(&server, "kubescribe_requests_in_flight ", |v| v == 1.0).await;
+    // ...and a caller without it is refused at once, not queued behind it.
+    let mut outsider = Session::open(&server);
+    outsider.send(&format!("{}{{}}", post_headers(2, "3s")));
+    let status = outsider.wait_for("HTTP/1.1").expect("an answer");
+    assert!(status.contains("401"), "{status}");
+    let status = holder.wait_for("HTTP/1.1").expect("an answer");
+    assert!(status.contains("408"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_waiting_for_a_slot_never_stalls_the_admitted_one_beside_it() {
+    // Two 3 MB bodies on one HTTP/2 connection, one slot: the second waits for the
+    // first, whose body must still get through the connection's window. With a
+    // connection window no larger than a stream's, the waiting stream used it all,
+    // the first stalled until the second's deadline, and the second got 503.
+    let server = TestServer::start("server:\n  maxInFlight: 1\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, format!("{{\"x\":\"{}\"}}", "a".repeat(3_000_000))).unwrap();
+    let url = format!(
+        "https://{}/validate?timeout=10s",
+        server.server.local_addr()
+    );
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2",
+            "--parallel",
+            // Wait for the first connection so the second transfer shares it.
+            "--parallel-max",
+            "2",
+            "--max-time",
+            "30",
+            "--cacert",
+        ])
+        .arg(server.server.dev_ca.clone().unwrap())
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "-w",
+            "%{http_code}\\n",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(&url)
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(&url)
+        .output()
+        .expect("curl runs");
+    let codes = String::from_utf8_lossy(&out.stdout);
+    // Not a review: 400 for both, once each has had its turn.
+    assert_eq!(codes.lines().collect::<Vec<_>>(), ["400", "400"], "{codes}");
 }

@@ -69,7 +69,14 @@ pub(crate) async fn settle_body(
     next: axum::middleware::Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(timeout, read_bounded(&parts, body, limit)).await {
+    // No longer than the apiserver waits for this request, nor than requestTimeout.
+    let until = match parts.extensions.get::<crate::limits::Arrival>() {
+        Some(arrival) => arrival
+            .deadline
+            .min(tokio::time::Instant::now().into_std() + timeout),
+        None => std::time::Instant::now() + timeout,
+    };
+    match tokio::time::timeout_at(until.into(), read_bounded(&parts, body, limit)).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
                 .await
@@ -78,7 +85,7 @@ pub(crate) async fn settle_body(
         Err(_) => {
             metrics.overload_refused("body_timeout");
             let body = serde_json::json!({
-                "message": format!("the request body did not arrive within server.requestTimeout ({timeout:?})"),
+                "message": format!("the request body did not arrive within server.requestTimeout ({timeout:?}) or before the apiserver's deadline"),
                 "status": 408,
             });
             (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()

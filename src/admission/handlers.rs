@@ -76,17 +76,12 @@ pub fn routes(
     body_timeout: Duration,
 ) -> Router {
     let limit = state.max_body_bytes;
+    // Layers run outermost first, the last added: who the caller is (headers and
+    // the handshake only), then a slot in flight, then the whole body, then the
+    // handler. So a caller that proves nothing never takes a slot or memory.
     let mut router = Router::new()
         .route("/validate", post(validate))
-        .route("/mutate", post(mutate));
-    if let Some(callers) = callers {
-        router = router.route_layer(axum::middleware::from_fn_with_state(
-            callers,
-            crate::caller::require_caller,
-        ));
-    }
-    // Outermost: every answer, the early ones too, comes once the body is in.
-    router = router
+        .route("/mutate", post(mutate))
         .route_layer(axum::middleware::from_fn_with_state(
             (limit, body_timeout, state.metrics.clone()),
             super::extract::settle_body,
@@ -95,6 +90,12 @@ pub fn routes(
             in_flight,
             crate::limits::limit_in_flight,
         ));
+    if let Some(callers) = callers {
+        router = router.route_layer(axum::middleware::from_fn_with_state(
+            callers,
+            crate::caller::require_caller,
+        ));
+    }
     router = router
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
@@ -140,7 +141,7 @@ async fn validate(
 ) -> Response {
     // The deadline counts from the request's arrival, before any wait for a slot
     // and for the body.
-    let started = arrival.map_or_else(Instant::now, |a| a.0 .0);
+    let started = arrival.map_or_else(Instant::now, |a| a.0.at);
     let review = match review {
         Ok(review) => review,
         Err(error) => return reject(&state, error),

@@ -99,7 +99,7 @@ impl Layout {
                 } else {
                     let end = rest.find('{').unwrap_or(rest.len());
                     let literal = &rest[..end];
-                    if literal.contains('}') || literal.contains('\\') || literal.contains('\0') {
+                    if literal.contains(['}', '\\', '\0', '~']) {
                         return Err(template_error(format!("bad characters in {literal:?}")));
                     }
                     // A shortened component keeps its last literal (`.yaml`) beside
@@ -210,7 +210,9 @@ fn shorten(component: &str, suffix_len: usize) -> String {
     hasher.update(component.as_bytes());
     let digest = hasher
         .try_finalize()
-        .map(|id| id.to_hex_with_len(16).to_string())
+        // The whole SHA-1: a cut of it could be matched by a crafted name with
+        // about 2^32 tries (RBAC names may hold `~`).
+        .map(|id| id.to_hex().to_string())
         .unwrap_or_default();
     // A template's literals are at most MAX_LITERAL bytes (checked when the layout
     // is made), so the suffix always fits; saturating all the same.

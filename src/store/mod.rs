@@ -856,6 +856,11 @@ impl Writer {
                         }
                         None => {
                             kept += 1;
+                            // The retry list has its own limit (queueCapacity);
+                            // keeping the queue's bytes would starve new writes
+                            // for as long as the disk fails.
+                            let mut job = job;
+                            job._queued_bytes = None;
                             self.retry.push(job);
                         }
                     }
