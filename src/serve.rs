@@ -403,8 +403,13 @@ async fn shutdown_signal() {
 
 /// HTTP/2: the streams one connection may have open, and the flow-control window
 /// of each (what a client may send before kubescribe reads it).
-const H2_STREAMS: u32 = 32;
-const H2_STREAM_WINDOW: u32 = 64 * 1024;
+///
+/// Under the memory bench's load a window took about 100 ms to come back, so the
+/// size trades large-body speed for memory: 64 KiB took 15 s for one 8 MiB body,
+/// 256 KiB about 4 s, hyper's default 1 MiB under 1 s but a peak over the chart's
+/// limit (docs/performance.md). Ordinary bodies fit one window.
+const H2_STREAMS: u32 = 16;
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
 
 /// A configuration whose commits can change the cluster must know its callers:
 /// commits that leave the machine for a remote (every `then: deny` rule has one) are
