@@ -293,11 +293,13 @@ impl Peer {
     }
 }
 
-/// A connection's service with its [`Peer`] added to every request's extensions.
-#[derive(Debug, Clone)]
+/// A connection's service: its [`Peer`] added to every request's extensions, and
+/// its slot of `maxConnections` held while it lives.
+#[derive(Clone)]
 pub struct WithPeer<S> {
     inner: S,
     peer: Peer,
+    _slot: Arc<crate::limits::ConnectionSlot>,
 }
 
 impl<S, B> tower::Service<axum::http::Request<B>> for WithPeer<S>
@@ -318,15 +320,13 @@ where
     }
 }
 
-type Inner = axum_server::tls_rustls::RustlsAcceptor<
-    crate::limits::ConnectionLimit<axum_server::accept::NoDelayAcceptor>,
->;
-
-/// A slot of `maxConnections` and `TCP_NODELAY`, TLS within `handshake_timeout`,
-/// then the handshake's [`Peer`] attached to the connection's requests.
+/// A slot of `maxConnections` (or the connection is closed), `TCP_NODELAY`, TLS
+/// within `handshake_timeout`, a deadline for the first bytes, then the
+/// handshake's [`Peer`] attached to the connection's requests.
 #[derive(Clone)]
 pub struct PeerAcceptor {
-    inner: Inner,
+    tls: axum_server::tls_rustls::RustlsAcceptor<axum_server::accept::NoDelayAcceptor>,
+    connections: crate::limits::Connections,
     first_read: std::time::Duration,
 }
 
@@ -338,17 +338,13 @@ impl PeerAcceptor {
         max_connections: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let limit = crate::limits::ConnectionLimit::new(
-            axum_server::accept::NoDelayAcceptor::new(),
-            max_connections,
-            metrics,
-        );
         Self {
-            inner: axum_server::tls_rustls::RustlsAcceptor::new(
+            tls: axum_server::tls_rustls::RustlsAcceptor::new(
                 axum_server::tls_rustls::RustlsConfig::from_config(config),
             )
             .handshake_timeout(handshake_timeout)
-            .acceptor(limit),
+            .acceptor(axum_server::accept::NoDelayAcceptor::new()),
+            connections: crate::limits::Connections::new(max_connections, metrics),
             first_read,
         }
     }
@@ -359,12 +355,19 @@ where
     S: Send + 'static,
 {
     type Stream = crate::limits::FirstRead<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
-    type Service = WithPeer<crate::limits::Slotted<S>>;
+    type Service = WithPeer<S>;
     type Future =
         futures::future::BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
 
     fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
-        let handshake = self.inner.accept(stream, service);
+        let Some(slot) = self.connections.take() else {
+            // Dropping the stream closes the socket, before any TLS work.
+            drop(stream);
+            return Box::pin(std::future::ready(Err(std::io::Error::other(
+                "server.maxConnections reached",
+            ))));
+        };
+        let handshake = self.tls.accept(stream, service);
         let first_read = self.first_read;
         Box::pin(async move {
             let (stream, service) = handshake.await?;
@@ -374,6 +377,7 @@ where
                 WithPeer {
                     inner: service,
                     peer,
+                    _slot: Arc::new(slot),
                 },
             ))
         })

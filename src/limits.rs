@@ -21,9 +21,39 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::Metrics;
 
+/// `maxConnections`: a slot per open connection, taken before its TLS handshake.
+#[derive(Clone)]
+pub struct Connections {
+    slots: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Connections {
+    pub fn new(max: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max)),
+            metrics,
+        }
+    }
+
+    /// A slot for a new connection, or `None` (counted) when all are taken: the
+    /// caller then closes the connection.
+    pub fn take(&self) -> Option<ConnectionSlot> {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.overload_refused("connections");
+            return None;
+        };
+        self.metrics.connections_open.inc();
+        Some(ConnectionSlot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
 /// One open connection's share of `maxConnections`, released when the connection
 /// is closed.
-struct ConnectionSlot {
+pub struct ConnectionSlot {
     _permit: OwnedSemaphorePermit,
     metrics: Arc<Metrics>,
 }
@@ -31,88 +61,6 @@ struct ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.metrics.connections_open.dec();
-    }
-}
-
-/// A connection's service, holding the connection's slot while it lives.
-#[derive(Clone)]
-pub struct Slotted<S> {
-    inner: S,
-    _slot: Arc<ConnectionSlot>,
-}
-
-impl<S, B> tower::Service<axum::http::Request<B>> for Slotted<S>
-where
-    S: tower::Service<axum::http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        self.inner.call(request)
-    }
-}
-
-/// Takes a slot of `maxConnections` for each accepted connection, or closes it.
-#[derive(Clone)]
-pub struct ConnectionLimit<A> {
-    inner: A,
-    slots: Arc<Semaphore>,
-    metrics: Arc<Metrics>,
-}
-
-impl<A> ConnectionLimit<A> {
-    pub fn new(inner: A, max: usize, metrics: Arc<Metrics>) -> Self {
-        Self {
-            inner,
-            slots: Arc::new(Semaphore::new(max)),
-            metrics,
-        }
-    }
-}
-
-impl<A, I, S> axum_server::accept::Accept<I, S> for ConnectionLimit<A>
-where
-    A: axum_server::accept::Accept<I, S>,
-    A::Future: Send + 'static,
-    A::Stream: Send + 'static,
-    A::Service: Send + 'static,
-{
-    type Stream = A::Stream;
-    type Service = Slotted<A::Service>;
-    type Future =
-        futures::future::BoxFuture<'static, std::io::Result<(Self::Stream, Self::Service)>>;
-
-    fn accept(&self, stream: I, service: S) -> Self::Future {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            self.metrics.overload_refused("connections");
-            // Dropping the stream closes the socket.
-            drop(stream);
-            return Box::pin(std::future::ready(Err(std::io::Error::other(
-                "server.maxConnections reached",
-            ))));
-        };
-        self.metrics.connections_open.inc();
-        let slot = Arc::new(ConnectionSlot {
-            _permit: permit,
-            metrics: self.metrics.clone(),
-        });
-        let accepted = self.inner.accept(stream, service);
-        Box::pin(async move {
-            let (stream, service) = accepted.await?;
-            Ok((
-                stream,
-                Slotted {
-                    inner: service,
-                    _slot: slot,
-                },
-            ))
-        })
     }
 }
 

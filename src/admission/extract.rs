@@ -71,9 +71,7 @@ pub(crate) async fn settle_body(
     let (parts, body) = request.into_parts();
     // No longer than the apiserver waits for this request, nor than requestTimeout.
     let until = match parts.extensions.get::<crate::limits::Arrival>() {
-        Some(arrival) => arrival
-            .deadline
-            .min(tokio::time::Instant::now().into_std() + timeout),
+        Some(arrival) => arrival.deadline.min(std::time::Instant::now() + timeout),
         None => std::time::Instant::now() + timeout,
     };
     match tokio::time::timeout_at(until.into(), read_bounded(&parts, body, limit)).await {

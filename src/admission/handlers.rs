@@ -140,18 +140,24 @@ async fn validate(
     review: Result<Review, ApiError>,
 ) -> Response {
     // The deadline counts from the request's arrival, before any wait for a slot
-    // and for the body.
-    let started = arrival.map_or_else(Instant::now, |a| a.0.at);
+    // and for the body; `limit_in_flight` worked it out then.
+    let (started, deadline) = match arrival {
+        Some(axum::Extension(arrival)) => (arrival.at, arrival.deadline),
+        None => {
+            let now = Instant::now();
+            let until = deadline(
+                query.as_deref(),
+                now,
+                state.default_timeout,
+                state.deadline_margin,
+            );
+            (now, until)
+        }
+    };
     let review = match review {
         Ok(review) => review,
         Err(error) => return reject(&state, error),
     };
-    let deadline = deadline(
-        query.as_deref(),
-        started,
-        state.default_timeout,
-        state.deadline_margin,
-    );
     let span = review_span(&review.write);
     let (response, decision) = answer(&state, &review.request, &review.write, deadline)
         .instrument(span.clone())

