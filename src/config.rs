@@ -52,6 +52,10 @@ pub struct Config {
     /// `kubescribe.io/git-repo` (never recorded in git themselves).
     pub annotate: bool,
     pub rules: Vec<Rule>,
+    /// Fault points for tests; never read from a file.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub faults: crate::fault::Faults,
 }
 
 impl Default for Config {
@@ -70,6 +74,7 @@ impl Default for Config {
             guard_rails: GuardRails::default(),
             annotate: false,
             rules: vec![Rule::default()],
+            faults: crate::fault::Faults::default(),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod caller;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod fault;
 pub mod limits;
 pub mod load;
 pub mod manifest;

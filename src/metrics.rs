@@ -143,6 +143,7 @@ pub struct Metrics {
     pub latency: Family<EndpointLabels, Histogram>,
     pub rejected: Family<RejectionLabels, Counter>,
     pub commits: Counter,
+    pub denied_reverted: Counter,
     pub queue_depth: Gauge,
     pub retry_depth: Gauge,
     pub connections_open: Gauge,
@@ -247,6 +248,12 @@ impl Metrics {
             "commits",
             "Commits written to the repository",
             commits.clone(),
+        );
+        let denied_reverted = Counter::default();
+        registry.register(
+            "denied_reverted",
+            "Commits of writes denied after they were committed (deadline passed, push late), reverted before they could be pushed without their revert",
+            denied_reverted.clone(),
         );
         let queue_depth = Gauge::default();
         registry.register(
@@ -355,6 +362,7 @@ impl Metrics {
             latency,
             rejected,
             commits,
+            denied_reverted,
             queue_depth,
             retry_depth,
             batch_size,

@@ -127,7 +127,8 @@ impl Server {
                         outbox,
                         store.replayer(),
                         metrics.clone(),
-                    );
+                    )
+                    .with_faults(config.faults.after_push.clone());
                     let handle = pusher.handle();
                     pushers.push(pusher.spawn());
                     Some(handle)

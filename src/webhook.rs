@@ -7,7 +7,10 @@
 //! namespaces; kube-system and kubescribe's own namespace are never sent. A rule that
 //! does not wait gets `failurePolicy: Ignore` (kubescribe being down never blocks the
 //! cluster); only rules that wait for a commit or a push get `Fail`. Every entry is
-//! `sideEffects: NoneOnDryRun` with `admissionReviewVersions: [v1]`.
+//! `sideEffects: NoneOnDryRun` with `admissionReviewVersions: [v1]`. An entry for
+//! every resource (`resources: ["*"]`) carries a `matchConditions` entry that keeps
+//! [`NEVER_SENT`] away from it: review resources (a TokenReview caught by a `Fail`
+//! entry would stop authentication while kubescribe is down), leases and events.
 
 use std::path::PathBuf;
 
@@ -46,6 +49,38 @@ pub struct WebhookConfigArgs {
     /// More namespaces never sent to kubescribe; repeat for more.
     #[arg(long = "exclude-namespace")]
     pub exclude_namespaces: Vec<String>,
+    /// Keep review resources, leases and events away from wildcard entries with
+    /// `matchConditions` (Kubernetes 1.28 and later; `false` for older clusters,
+    /// whose wildcard `Fail` entries then also catch TokenReviews).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub match_conditions: bool,
+}
+
+/// `group/resource` of what wildcard entries never send (core group: `/events`):
+/// resources no write persists (reviews), and the cluster's heartbeat and chatter.
+pub const NEVER_SENT: &[&str] = &[
+    "/events",
+    "events.k8s.io/events",
+    "coordination.k8s.io/leases",
+    "authentication.k8s.io/tokenreviews",
+    "authentication.k8s.io/selfsubjectreviews",
+    "authorization.k8s.io/subjectaccessreviews",
+    "authorization.k8s.io/selfsubjectaccessreviews",
+    "authorization.k8s.io/selfsubjectrulesreviews",
+    "authorization.k8s.io/localsubjectaccessreviews",
+];
+
+/// The `matchConditions` of a wildcard entry: everything but [`NEVER_SENT`].
+fn match_conditions() -> Value {
+    let list = NEVER_SENT
+        .iter()
+        .map(|r| format!("'{r}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    json!([{
+        "name": "not-reviews-leases-events",
+        "expression": format!("!(request.resource.group + '/' + request.resource.resource in [{list}])"),
+    }])
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +171,8 @@ pub fn configurations(
         let selector =
             namespace_selector(rule, &args.namespace, &args.exclude_namespaces, &claimed);
         let waits = rule.wait != Wait::None;
-        validating.push(json!({
+        let wildcard = args.match_conditions && rule.resources.iter().any(|r| r == "*");
+        let mut entry = json!({
             "name": format!("{}.{}.kubescribe.io", dns_label(&rule.name), if waits { "hold" } else { "record" }),
             "admissionReviewVersions": ["v1"],
             "sideEffects": "NoneOnDryRun",
@@ -148,7 +184,11 @@ pub fn configurations(
             "clientConfig": client("/validate"),
             "rules": rules,
             "namespaceSelector": selector,
-        }));
+        });
+        if wildcard {
+            entry["matchConditions"] = match_conditions();
+        }
+        validating.push(entry);
         if config.annotate {
             // No `/scale`: a Scale object is never annotated.
             mutating_rules.push((
@@ -168,7 +208,7 @@ pub fn configurations(
     let mutating: Vec<Value> = mutating_rules
         .into_iter()
         .map(|(rule, rules, selector)| {
-            json!({
+            let mut entry = json!({
                 "name": format!("{}.annotate.kubescribe.io", dns_label(&rule.name)),
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "NoneOnDryRun",
@@ -180,7 +220,11 @@ pub fn configurations(
                 "clientConfig": client("/mutate"),
                 "rules": rules,
                 "namespaceSelector": selector,
-            })
+            });
+            if args.match_conditions && rule.resources.iter().any(|r| r == "*") {
+                entry["matchConditions"] = match_conditions();
+            }
+            entry
         })
         .collect();
     (
@@ -280,7 +324,64 @@ mod tests {
             name: "kubescribe".to_owned(),
             annotations: Vec::new(),
             exclude_namespaces: Vec::new(),
+            match_conditions: true,
         }
+    }
+
+    /// Evaluates a wildcard entry's condition with a CEL interpreter, as the
+    /// apiserver would, for a request to `group/resource`.
+    fn sent(condition: &str, group: &str, resource: &str) -> bool {
+        let program = cel_interpreter::Program::compile(condition).expect("valid CEL");
+        let mut context = cel_interpreter::Context::default();
+        context
+            .add_variable(
+                "request",
+                json!({"resource": {"group": group, "version": "v1", "resource": resource}}),
+            )
+            .unwrap();
+        match program.execute(&context).expect("evaluates") {
+            cel_interpreter::Value::Bool(sent) => sent,
+            other => panic!("not a bool: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wildcard_entries_never_get_reviews_leases_or_events() {
+        let config = Config::from_yaml(
+            "annotate: true\nrules:\n- name: prod\n  namespaces: [prod]\n  resources: [events]\n  wait: commit\n- name: rest\n  wait: commit\n",
+        )
+        .unwrap();
+        let (validating, mutating) = configurations(&config, &args(), None, serde_json::Map::new());
+        let hooks = validating["webhooks"].as_array().unwrap();
+        assert!(
+            hooks[0].get("matchConditions").is_none(),
+            "a rule naming its resources gets exactly them"
+        );
+        for hook in [&hooks[1], &mutating["webhooks"][1]] {
+            let condition = hook["matchConditions"][0]["expression"].as_str().unwrap();
+            for never in NEVER_SENT {
+                let (group, resource) = never.split_once('/').unwrap();
+                assert!(!sent(condition, group, resource), "{never} is sent");
+            }
+            for sent_still in [
+                ("", "configmaps"),
+                ("", "secrets"),
+                ("apps", "deployments"),
+                ("events.example.com", "leases"),
+                ("authentication.k8s.io", "widgets"),
+            ] {
+                assert!(
+                    sent(condition, sent_still.0, sent_still.1),
+                    "{sent_still:?}"
+                );
+            }
+        }
+        let older = WebhookConfigArgs {
+            match_conditions: false,
+            ..args()
+        };
+        let (validating, _) = configurations(&config, &older, None, serde_json::Map::new());
+        assert!(validating["webhooks"][1].get("matchConditions").is_none());
     }
 
     #[test]

@@ -251,7 +251,18 @@ fn helm_lint_is_clean_and_a_bad_values_file_is_refused_readably() {
 
 #[test]
 fn the_charts_webhooks_equal_webhook_config_for_the_same_config() {
-    let objects = render(&["--set-json", RULES]);
+    for match_conditions in [true, false] {
+        webhooks_agree(match_conditions);
+    }
+}
+
+fn webhooks_agree(match_conditions: bool) {
+    let objects = render(&[
+        "--set-json",
+        RULES,
+        "--set",
+        &format!("webhook.matchConditions={match_conditions}"),
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
     let values: Value = serde_json::from_str(RULES.trim_start_matches("config=")).unwrap();
@@ -260,6 +271,7 @@ fn the_charts_webhooks_equal_webhook_config_for_the_same_config() {
         .args(["webhook-config", "--config"])
         .arg(&config)
         .args(["--namespace", "git-record", "--service", "ks-kubescribe"])
+        .arg(format!("--match-conditions={match_conditions}"))
         .output()
         .unwrap();
     assert!(
@@ -278,6 +290,13 @@ fn the_charts_webhooks_equal_webhook_config_for_the_same_config() {
         let chart = &find(&objects, kind).unwrap()["webhooks"];
         let cli = &find(&printed, kind).unwrap()["webhooks"];
         assert_eq!(chart, cli, "{kind}");
+        let conditions = cli
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|hook| hook.get("matchConditions").is_some())
+            .count();
+        assert_eq!(conditions > 0, match_conditions, "{kind}: {cli}");
     }
 }
 
@@ -449,4 +468,32 @@ fn client_auth_values_become_server_client_auth_and_the_files_it_reads() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("needs clientAuth.allowedNames"));
+}
+
+#[test]
+fn match_conditions_follow_the_clusters_version_unless_chosen() {
+    let conditions = |args: &[&str]| {
+        let objects = render(args);
+        let hooks = &find(&objects, "ValidatingWebhookConfiguration").unwrap()["webhooks"];
+        hooks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|hook| hook.get("matchConditions").is_some())
+    };
+    assert!(conditions(&["--kube-version", "1.28.0"]));
+    assert!(conditions(&["--kube-version", "1.31.2"]));
+    assert!(!conditions(&["--kube-version", "1.27.9"]));
+    assert!(conditions(&[
+        "--kube-version",
+        "1.27.9",
+        "--set",
+        "webhook.matchConditions=true"
+    ]));
+    assert!(!conditions(&[
+        "--kube-version",
+        "1.31.2",
+        "--set",
+        "webhook.matchConditions=false"
+    ]));
 }

@@ -20,8 +20,8 @@ use crate::metrics::{
     RequestLabels,
 };
 use crate::policy::{Policy, Write};
-use crate::push::{PushHandle, Pushed};
-use crate::store::{Outcome, StoreError, StoreHandle};
+use crate::push::{Denial, PushHandle, Pushed};
+use crate::store::{Outcome, PushReceipt, Receipt, StoreError, StoreHandle};
 
 /// One repository (and branch) writes are recorded to.
 pub struct TargetState {
@@ -159,6 +159,10 @@ async fn validate(
         Err(error) => return reject(&state, error),
     };
     let span = review_span(&review.write);
+    let deadline = Deadline {
+        soft: deadline,
+        hard: deadline + grace(state.deadline_margin, started, deadline),
+    };
     let (response, decision) = answer(&state, &review.request, &review.write, deadline)
         .instrument(span.clone())
         .await;
@@ -322,12 +326,30 @@ pub(crate) fn deadline(
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// When a waiting answer gives up.
+#[derive(Clone, Copy)]
+struct Deadline {
+    /// The apiserver's deadline less the margin: waits for a commit or a push end
+    /// here, unless the writer is committing the change already.
+    soft: Instant,
+    /// Half way through the margin: the end of the wait for a commit that is being
+    /// written (the rest of the margin carries the answer).
+    hard: Instant,
+}
+
+/// Half the margin [`deadline`] left before the apiserver's own deadline: `margin`,
+/// or a quarter of the timeout when that is less (the time to `soft` is then
+/// three quarters of it).
+fn grace(margin: Duration, started: Instant, soft: Instant) -> Duration {
+    margin.min(soft.saturating_duration_since(started) / 3) / 2
+}
+
 /// Decides and, if recording, hands the change to the store and waits as the rule says.
 async fn answer(
     state: &AppState,
     request: &AdmissionRequest<super::RawObject>,
     write: &Write,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> (AdmissionResponse, DecisionLabel) {
     let mut response = AdmissionResponse::from(request);
     let verdict = crate::verdict::evaluate(write, &state.policy, |i| &state.targets[i].layout);
@@ -398,7 +420,7 @@ async fn answer(
             }
             let submitted = target
                 .store
-                .submit(change, None, false, deadline)
+                .submit(change, None, false, deadline.soft)
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("{e}; {}", e.advice()));
@@ -444,16 +466,34 @@ async fn answer(
             };
             let (outcome, pushed) =
                 commit_and_wait(&target.store, change, push.is_some(), deadline).await;
+            let ticket = pushed.as_ref().map(|p| p.ticket);
             match outcome {
                 Ok(Outcome::ParentMissing) => {
                     warn(&mut response, format!("kubescribe: {path} is not recorded yet, so this scale change is not either"));
                     (response, DecisionLabel::Unrecorded)
                 }
                 Ok(outcome) => match (push, pushed) {
-                    (Some((push, change)), Some(pushed)) => {
-                        let result = tokio::time::timeout_at(deadline.into(), pushed).await;
-                        let answer =
-                            answer_push(response, push, target, change, outcome, result, then);
+                    (Some((push, change)), Some(mut pushed)) => {
+                        let result =
+                            match tokio::time::timeout_at(deadline.soft.into(), &mut pushed.pushed)
+                                .await
+                            {
+                                Ok(result) => result.ok(),
+                                // Closed first: from here on the pusher cannot tell this
+                                // waiter "pushed" unseen, so the answer below is exact.
+                                Err(_) => {
+                                    pushed.pushed.close();
+                                    pushed.pushed.try_recv().ok()
+                                }
+                            };
+                        let answer = answer_push(
+                            response,
+                            push,
+                            target,
+                            (change, outcome, ticket),
+                            result,
+                            then,
+                        );
                         if answer.1 == DecisionLabel::Pushed {
                             keep_expected();
                         }
@@ -545,94 +585,129 @@ impl Drop for Expected<'_> {
 
 /// Queues a change whose answer waits, and waits for its commit until `deadline`;
 /// also returns the receiver of its push when `push` is set.
+///
+/// At the soft deadline the change is abandoned, unless the writer has claimed it
+/// already: then the answer waits for the commit until the hard deadline, and a
+/// commit that lands after that is reverted by the writer before it is pushed.
 async fn commit_and_wait(
     store: &StoreHandle,
     change: manifest::Change,
     push: bool,
-    deadline: Instant,
-) -> (
-    Result<Outcome, StoreError>,
-    Option<tokio::sync::oneshot::Receiver<Pushed>>,
-) {
-    match store.submit(change, Some(deadline), push, deadline).await {
-        Ok(Some(receipt)) => {
-            let outcome = match tokio::time::timeout_at(deadline.into(), receipt.committed).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(StoreError::Closed),
-                Err(_) => Err(StoreError::Expired),
-            };
-            (outcome, receipt.pushed)
-        }
+    deadline: Deadline,
+) -> (Result<Outcome, StoreError>, Option<PushReceipt>) {
+    let receipt = match store
+        .submit(change, Some(deadline.soft), push, deadline.soft)
+        .await
+    {
+        Ok(Some(receipt)) => receipt,
         Ok(None) => unreachable!("a waiting submit always returns a receipt"),
-        Err(error) => (Err(error), None),
-    }
+        Err(error) => return (Err(error), None),
+    };
+    let Receipt {
+        mut committed,
+        claim,
+        pushed,
+    } = receipt;
+    let outcome = match tokio::time::timeout_at(deadline.soft.into(), &mut committed).await {
+        Ok(result) => result.unwrap_or(Err(StoreError::Closed)),
+        Err(_) if claim.abandon() => Err(StoreError::Expired),
+        Err(_) => match tokio::time::timeout_at(deadline.hard.into(), &mut committed).await {
+            Ok(result) => result.unwrap_or(Err(StoreError::Closed)),
+            Err(_) => {
+                // Closed first, so the writer either delivered its outcome before
+                // this line (read here) or learns that nobody heard it (and reverts).
+                committed.close();
+                committed.try_recv().unwrap_or(Err(StoreError::Late))
+            }
+        },
+    };
+    (outcome, pushed)
 }
 
 /// The answer of a `wait: push` rule once the commit is durable: allowed (or, with
 /// `then: deny`, refused in favour of GitOps) when the remote has it; denied, and
-/// the commit reverted, when it did not get there before the deadline.
+/// the commit reverted, when it did not get there before the deadline. A denied
+/// commit the push in flight does not carry is held back until its revert is
+/// appended, so the remote never gets it alone; when the push in flight carries
+/// it, the denial says the change may still reach the remote.
 fn answer_push(
     response: AdmissionResponse,
     push: &PushHandle,
     target: &TargetState,
-    change: manifest::Change,
-    outcome: Outcome,
-    result: Result<
-        Result<Pushed, tokio::sync::oneshot::error::RecvError>,
-        tokio::time::error::Elapsed,
-    >,
+    (change, outcome, ticket): (manifest::Change, Outcome, Option<u64>),
+    result: Option<Pushed>,
     then: Then,
 ) -> (AdmissionResponse, DecisionLabel) {
     let mut response = response;
-    match result {
-        Ok(Ok(Pushed { commit })) => {
-            let text = match commit {
-                Some(commit) => format!(
-                    "pushed {} to {} {}",
-                    commit.to_hex_with_len(12),
-                    push.remote,
-                    push.branch
-                ),
-                None => format!(
-                    "unchanged {}: nothing to push to {} {}",
-                    change.path, push.remote, push.branch
-                ),
-            };
-            match then {
-                Then::Allow => {
-                    warn(&mut response, text);
-                    (response, DecisionLabel::Pushed)
-                }
-                Then::Deny => (
-                    response.deny(format!(
-                        "kubescribe recorded this change in git ({text}); this cluster changes only through GitOps, so it is not applied directly: your GitOps tool applies it from git"
-                    )),
-                    DecisionLabel::GitOps,
-                ),
-            }
-        }
-        Ok(Err(_)) | Err(_) => {
-            let reason = match push.outbox.last_error() {
-                Some(error) => format!("{error} ({})", error.advice()),
-                None => "the push is still running".to_owned(),
-            };
-            tracing::error!(path = %change.path, remote = %push.remote, %reason, "write denied: not pushed in time");
-            if let Outcome::Committed { commit } = outcome {
+    let Some(Pushed { commit }) = result else {
+        let reason = match push.outbox.last_error() {
+            Some(error) => format!("{error} ({})", error.advice()),
+            None => "the push is still running".to_owned(),
+        };
+        let denial = match (outcome, ticket) {
+            (Outcome::Committed { commit }, Some(ticket)) => {
+                let denial = push.outbox.deny(ticket);
+                let current = match denial {
+                    Denial::Withheld { commit } | Denial::InFlight { commit } => commit,
+                    Denial::Gone => commit,
+                };
                 target.store.revert(
-                    change,
-                    commit,
+                    change.clone(),
+                    current,
                     format!(
                         "The write was denied because its commit did not reach {} before the apiserver's deadline: {reason}.",
                         push.remote
                     ),
+                    Some(ticket),
                 );
+                Some((denial, current))
             }
-            let message = format!(
-                "kubescribe could not push this change to {} {} before the apiserver's deadline, so it was not applied: {reason}. Retry the write once the remote is reachable.",
-                push.remote, push.branch
-            );
-            (response.deny(message), DecisionLabel::Denied)
+            _ => None,
+        };
+        let message = match denial {
+            Some((Denial::InFlight { .. } | Denial::Gone, commit)) => {
+                tracing::error!(path = %change.path, remote = %push.remote, %commit, %reason, "write denied: push outcome unknown at the deadline; its revert follows it");
+                format!(
+                    "kubescribe could not confirm the push of this change to {} {} before the apiserver's deadline, so it was not applied: {reason}. The push was sent and has not answered, so the change may still reach {}; if it does, kubescribe pushes a commit reverting it ({}) right after. Retry the write once the remote answers.",
+                    push.remote,
+                    push.branch,
+                    push.remote,
+                    commit.to_hex_with_len(12)
+                )
+            }
+            _ => {
+                tracing::error!(path = %change.path, remote = %push.remote, %reason, "write denied: not pushed in time; held back and reverted");
+                format!(
+                    "kubescribe could not push this change to {} {} before the apiserver's deadline, so it was not applied: {reason}. It will not reach the remote: kubescribe reverts it before its next push. Retry the write once the remote is reachable.",
+                    push.remote, push.branch
+                )
+            }
+        };
+        return (response.deny(message), DecisionLabel::Denied);
+    };
+    let text = match commit {
+        Some(commit) => format!(
+            "pushed {} to {} {}",
+            commit.to_hex_with_len(12),
+            push.remote,
+            push.branch
+        ),
+        None => format!(
+            "unchanged {}: nothing to push to {} {}",
+            change.path, push.remote, push.branch
+        ),
+    };
+    match then {
+        Then::Allow => {
+            warn(&mut response, text);
+            (response, DecisionLabel::Pushed)
         }
+        Then::Deny => (
+            response.deny(format!(
+                "kubescribe recorded this change in git ({text}); this cluster changes only through GitOps, so it is not applied directly: your GitOps tool applies it from git"
+            )),
+            DecisionLabel::GitOps,
+        ),
     }
 }
 

@@ -13,6 +13,11 @@
 //! - A failing remote is retried with capped exponential backoff while commits keep
 //!   being made locally; waiters are not answered until their commit is pushed, so
 //!   their admission answer times out into a denial.
+//! - A commit whose write was denied after all (its push did not land in time) is
+//!   held: no push carries it until the writer has appended the commit that reverts
+//!   it, so the remote's branch never points at a tree with the denied change. When
+//!   the push in flight already carries it, [`Outbox::deny`] says so, and the revert
+//!   follows it to the remote.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -39,7 +44,38 @@ pub struct Pushed {
     pub commit: Option<ObjectId>,
 }
 
-pub(crate) type PushWaiter = oneshot::Sender<Pushed>;
+/// Told once the remote has a commit. The ticket names the waiter in
+/// [`Outbox::deny`], whatever the commit is renamed to by a replay.
+pub(crate) struct PushWaiter {
+    pub ticket: u64,
+    pub tx: oneshot::Sender<Pushed>,
+}
+
+impl PushWaiter {
+    /// A waiter with a ticket no other waiter of this process has.
+    pub(crate) fn new() -> (Self, oneshot::Receiver<Pushed>) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let (tx, rx) = oneshot::channel();
+        let ticket = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (Self { ticket, tx }, rx)
+    }
+
+    fn send(self, pushed: Pushed) {
+        let _ = self.tx.send(pushed);
+    }
+}
+
+/// Where a denied write's commit stands; see [`Outbox::deny`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// Not pushed, and no push will carry it before its revert: it never reaches the
+    /// remote's tip.
+    Withheld { commit: ObjectId },
+    /// The push in flight carries it: the remote may take it; its revert follows.
+    InFlight { commit: ObjectId },
+    /// Nothing of this waiter's is unpushed (it was pushed meanwhile).
+    Gone,
+}
 
 /// Commits the remote does not have yet, oldest first, with who waits for them.
 /// Shared by the writer (which appends and, when replaying, renames) and the pusher
@@ -56,6 +92,11 @@ struct OutboxInner {
     unpushed: VecDeque<Unpushed>,
     /// The last push failure, for denial messages; cleared by a success.
     last_error: Option<PushError>,
+    /// The commit the push in flight carries the branch to.
+    in_flight: Option<ObjectId>,
+    /// Tickets of denied writes whose revert is not appended yet: no push goes past
+    /// the commit that carries one.
+    holds: std::collections::HashSet<u64>,
 }
 
 pub(crate) struct Unpushed {
@@ -91,12 +132,46 @@ impl Outbox {
             Some(last) => last.waiters.extend(tip_waiters),
             None => {
                 for waiter in tip_waiters {
-                    let _ = waiter.send(Pushed { commit: tip });
+                    waiter.send(Pushed { commit: tip });
                 }
             }
         }
         drop(inner);
         self.more.notify_one();
+    }
+
+    /// Adds the commits that revert denied writes (none when a newer change had
+    /// replaced them already) and lifts those writes' holds, in one step.
+    pub(crate) fn append_reverts(&self, commits: Vec<Unpushed>, released: &[u64]) {
+        let mut inner = self.lock();
+        inner.unpushed.extend(commits);
+        for ticket in released {
+            inner.holds.remove(ticket);
+        }
+        drop(inner);
+        self.more.notify_one();
+    }
+
+    /// The write of `ticket`'s waiter was denied: hold its commit back until
+    /// [`Outbox::append_reverts`] releases it, and say whether a push already carries it.
+    pub fn deny(&self, ticket: u64) -> Denial {
+        let mut inner = self.lock();
+        let Some(index) = inner
+            .unpushed
+            .iter()
+            .position(|u| u.waiters.iter().any(|w| w.ticket == ticket))
+        else {
+            return Denial::Gone;
+        };
+        let commit = inner.unpushed[index].commit;
+        inner.holds.insert(ticket);
+        let in_flight = inner
+            .in_flight
+            .and_then(|target| inner.unpushed.iter().position(|u| u.commit == target));
+        match in_flight {
+            Some(carried) if carried >= index => Denial::InFlight { commit },
+            _ => Denial::Withheld { commit },
+        }
     }
 
     /// The commits to replay, oldest first; the writer gives them back renamed
@@ -121,7 +196,7 @@ impl Outbox {
                 (None, Some(previous)) => previous.waiters.extend(waiters),
                 (None, None) => {
                     for waiter in waiters {
-                        let _ = waiter.send(Pushed { commit: onto });
+                        waiter.send(Pushed { commit: onto });
                     }
                 }
             }
@@ -144,20 +219,33 @@ impl Outbox {
         self.lock().last_error.clone()
     }
 
-    fn newest(&self) -> Option<ObjectId> {
-        self.lock().unpushed.back().map(|u| u.commit)
+    /// The newest commit a push may carry the branch to (everything before the first
+    /// held commit), noted as in flight; `None` when there is nothing to push.
+    fn start_push(&self) -> Option<ObjectId> {
+        let mut inner = self.lock();
+        let held = inner
+            .unpushed
+            .iter()
+            .position(|u| u.waiters.iter().any(|w| inner.holds.contains(&w.ticket)));
+        let pushable = held.unwrap_or(inner.unpushed.len());
+        let target = pushable
+            .checked_sub(1)
+            .map(|last| inner.unpushed[last].commit);
+        inner.in_flight = target;
+        target
     }
 
     /// The remote accepted `pushed`: it and everything before it are done.
     fn pushed(&self, pushed: ObjectId) -> usize {
         let mut inner = self.lock();
         inner.last_error = None;
+        inner.in_flight = None;
         let Some(index) = inner.unpushed.iter().position(|u| u.commit == pushed) else {
             return inner.unpushed.len();
         };
         for done in inner.unpushed.drain(..=index) {
             for waiter in done.waiters {
-                let _ = waiter.send(Pushed {
+                waiter.send(Pushed {
                     commit: Some(done.commit),
                 });
             }
@@ -166,7 +254,14 @@ impl Outbox {
     }
 
     fn failed(&self, error: PushError) {
-        self.lock().last_error = Some(error);
+        let mut inner = self.lock();
+        inner.last_error = Some(error);
+        inner.in_flight = None;
+    }
+
+    /// The push in flight ended without an answer worth keeping (a conflict).
+    fn landed_nothing(&self) {
+        self.lock().in_flight = None;
     }
 }
 
@@ -188,6 +283,8 @@ pub struct Pusher {
     store: Replayer,
     metrics: Arc<Metrics>,
     stop: Arc<Notify>,
+    /// Held after the remote accepted a push, in tests.
+    after_push: Option<crate::fault::Gate>,
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
@@ -208,7 +305,14 @@ impl Pusher {
             store,
             metrics,
             stop: Arc::new(Notify::new()),
+            after_push: None,
         }
+    }
+
+    /// Holds the pusher at `after_push` (see [`crate::fault::Faults`]).
+    pub fn with_faults(mut self, after_push: Option<crate::fault::Gate>) -> Self {
+        self.after_push = after_push;
+        self
     }
 
     pub fn handle(&self) -> PushHandle {
@@ -274,7 +378,7 @@ impl Pusher {
             let more = outbox.more.notified();
             tokio::pin!(more);
             more.as_mut().enable();
-            let Some(target) = self.outbox.newest() else {
+            let Some(target) = self.outbox.start_push() else {
                 if stopping {
                     return;
                 }
@@ -285,6 +389,9 @@ impl Pusher {
             };
             let started = Instant::now();
             let result = self.push(target).await;
+            if let (Ok(()), Some(gate)) = (&result, &self.after_push) {
+                gate.pass_async().await;
+            }
             match result {
                 Ok(()) => {
                     self.metrics
@@ -305,6 +412,7 @@ impl Pusher {
                     conflicts = 0;
                 }
                 Err(PushError::Conflict { .. }) => {
+                    self.outbox.landed_nothing();
                     self.count_failure(&PushError::Conflict {
                         remote: String::new(),
                     });
@@ -373,5 +481,123 @@ impl PusherTask {
     pub async fn stop(self) {
         self.stop.notify_one();
         let _ = self.task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> ObjectId {
+        ObjectId::from_bytes_or_panic(&[n; 20])
+    }
+
+    /// An outbox with commits 1..=n, each with one waiter; returns their tickets.
+    fn outbox(n: u8) -> (Outbox, Vec<(u64, oneshot::Receiver<Pushed>)>) {
+        let outbox = Outbox::default();
+        let mut waiters = Vec::new();
+        let commits = (1..=n)
+            .map(|i| {
+                let (waiter, rx) = PushWaiter::new();
+                waiters.push((waiter.ticket, rx));
+                Unpushed {
+                    commit: id(i),
+                    waiters: vec![waiter],
+                }
+            })
+            .collect();
+        outbox.append(commits, Vec::new(), None);
+        (outbox, waiters)
+    }
+
+    #[test]
+    fn a_denied_commit_no_push_carries_is_held_until_its_revert() {
+        let (outbox, waiters) = outbox(3);
+        let ticket = waiters[1].0;
+        assert_eq!(outbox.deny(ticket), Denial::Withheld { commit: id(2) });
+        assert_eq!(
+            outbox.start_push(),
+            Some(id(1)),
+            "a push stops before the held commit"
+        );
+        assert_eq!(outbox.pushed(id(1)), 2);
+        assert_eq!(
+            outbox.start_push(),
+            None,
+            "nothing pushable until the revert"
+        );
+        outbox.append_reverts(
+            vec![Unpushed {
+                commit: id(9),
+                waiters: Vec::new(),
+            }],
+            &[ticket],
+        );
+        assert_eq!(
+            outbox.start_push(),
+            Some(id(9)),
+            "the revert goes with the denied commit"
+        );
+    }
+
+    #[test]
+    fn a_denied_commit_the_push_in_flight_carries_is_reported_in_flight() {
+        let (outbox, waiters) = outbox(3);
+        assert_eq!(outbox.start_push(), Some(id(3)));
+        assert_eq!(
+            outbox.deny(waiters[1].0),
+            Denial::InFlight { commit: id(2) }
+        );
+        // That push fails: the next one stops before the held commit.
+        outbox.failed(PushError::Other {
+            remote: "r".into(),
+            detail: "d".into(),
+        });
+        assert_eq!(outbox.start_push(), Some(id(1)));
+    }
+
+    #[test]
+    fn a_commit_after_the_push_in_flight_is_withheld() {
+        let (outbox, waiters) = outbox(2);
+        assert_eq!(outbox.start_push(), Some(id(2)));
+        outbox.append(
+            vec![Unpushed {
+                commit: id(3),
+                waiters: Vec::new(),
+            }],
+            Vec::new(),
+            None,
+        );
+        let (waiter, _rx) = PushWaiter::new();
+        let ticket = waiter.ticket;
+        outbox.append(Vec::new(), vec![waiter], None);
+        assert_eq!(outbox.deny(ticket), Denial::Withheld { commit: id(3) });
+        assert_eq!(
+            outbox.deny(waiters[0].0),
+            Denial::InFlight { commit: id(1) }
+        );
+        assert_eq!(outbox.pushed(id(2)), 1);
+        assert_eq!(outbox.deny(waiters[0].0), Denial::Gone);
+    }
+
+    #[test]
+    fn holds_follow_a_replay_that_renames_commits() {
+        let (outbox, waiters) = outbox(2);
+        assert_eq!(
+            outbox.deny(waiters[1].0),
+            Denial::Withheld { commit: id(2) }
+        );
+        let taken = outbox.take();
+        let renamed = taken
+            .into_iter()
+            .zip([id(7), id(8)])
+            .map(|(u, new)| (Some(new), u.waiters))
+            .collect();
+        outbox.replace(renamed, None);
+        assert_eq!(outbox.start_push(), Some(id(7)));
+        assert_eq!(
+            outbox.deny(waiters[1].0),
+            Denial::Withheld { commit: id(8) }
+        );
     }
 }

@@ -56,6 +56,8 @@ pub enum StoreError {
     Sync { reason: String },
     #[error("the commit was not made before the apiserver's deadline")]
     Expired,
+    #[error("the commit was still being written to disk at the apiserver's deadline; if it lands, kubescribe reverts it before it is pushed")]
+    Late,
     #[error("the change queue is full")]
     QueueFull,
     #[error("kubescribe is shutting down")]
@@ -76,6 +78,9 @@ impl StoreError {
             StoreError::Expired | StoreError::QueueFull => {
                 "kubescribe is overloaded or its disk is slow; retry the write, and check kubescribe's logs and metrics"
             }
+            StoreError::Late => {
+                "kubescribe's disk is slow (see kubescribe_batch_duration_seconds); retry the write, and check the data volume"
+            }
             StoreError::Closed => "retry the write once kubescribe is back",
         }
     }
@@ -87,6 +92,7 @@ impl StoreError {
             StoreError::Branch { .. } => "branch",
             StoreError::Sync { .. } => "sync",
             StoreError::Expired => "expired",
+            StoreError::Late => "late",
             StoreError::QueueFull => "queue_full",
             StoreError::Closed => "closed",
         }
@@ -107,6 +113,38 @@ pub enum Outcome {
 struct Waiter {
     reply: oneshot::Sender<Result<Outcome, StoreError>>,
     deadline: Instant,
+    claim: Claim,
+}
+
+/// Decides, once, between the writer and a waiting caller, whether the caller's
+/// change is committed: the writer claims it when it takes it into a batch, the
+/// caller abandons it at its deadline. Whoever is first wins, so a change whose
+/// caller gave up is never committed, and a caller whose change is being committed
+/// waits for the outcome (a little past its deadline, see the handler).
+#[derive(Clone, Default)]
+pub struct Claim(Arc<std::sync::atomic::AtomicU8>);
+
+impl Claim {
+    const WAITING: u8 = 0;
+    const CLAIMED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    fn switch(&self, to: u8) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .compare_exchange(Self::WAITING, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The writer takes the change; false when its caller gave up on it.
+    fn take(&self) -> bool {
+        self.switch(Self::CLAIMED)
+    }
+
+    /// The caller gives up on its change; false when the writer is committing it.
+    pub fn abandon(&self) -> bool {
+        self.switch(Self::ABANDONED)
+    }
 }
 
 struct Job {
@@ -134,9 +172,20 @@ struct Bundle {
 /// A recorded change whose write was denied after all (its push did not land in
 /// time): the file goes back to what it was before, unless a newer change replaced
 /// it meanwhile.
+#[derive(Clone)]
 struct Revert {
     commit: ObjectId,
     reason: String,
+}
+
+/// A revert the writer owes: committed before any later commit is given to the
+/// outbox, retried like a failed batch until it is.
+struct PendingRevert {
+    /// The denied change, without its body (the revert restores the file before it).
+    change: Change,
+    revert: Revert,
+    /// The outbox hold to lift once the revert is appended.
+    ticket: Option<u64>,
 }
 
 /// Work for the writer that is not a change.
@@ -149,6 +198,8 @@ enum Control {
     },
     /// The remote accepted `commit`: point the tracking ref at it.
     Pushed { commit: ObjectId },
+    /// A write denied after its commit was made (its push did not land in time).
+    Revert(Box<PendingRevert>),
 }
 
 /// The sending side: cheap to clone, shared by every request.
@@ -169,8 +220,16 @@ pub struct StoreHandle {
 /// The receivers for one waiting change; see [`StoreHandle::submit`].
 pub struct Receipt {
     pub committed: oneshot::Receiver<Result<Outcome, StoreError>>,
+    pub claim: Claim,
     /// Present when asked for: answered once the remote has the commit.
-    pub pushed: Option<oneshot::Receiver<crate::push::Pushed>>,
+    pub pushed: Option<PushReceipt>,
+}
+
+/// The receiving side of a `wait: push` waiter.
+pub struct PushReceipt {
+    pub pushed: oneshot::Receiver<crate::push::Pushed>,
+    /// Names this waiter to [`crate::push::Outbox::deny`].
+    pub ticket: u64,
 }
 
 /// Waits for the writer thread to finish its queue; see [`StoreHandle::open`].
@@ -205,6 +264,8 @@ pub struct StoreSettings {
     pub repack_after_packs: u64,
     /// Where durable commits go for the pusher, when the branch has a remote.
     pub outbox: Option<Arc<Outbox>>,
+    /// Held before a batch is made durable, in tests.
+    pub before_durable: Option<crate::fault::Gate>,
 }
 
 impl StoreSettings {
@@ -225,6 +286,7 @@ impl StoreSettings {
                 .remote
                 .as_ref()
                 .map(|_| Arc::new(Outbox::default())),
+            before_durable: config.faults.before_durable.clone(),
         }
     }
 }
@@ -321,13 +383,23 @@ impl StoreHandle {
         };
         let receipt = wait_until.map(|deadline| {
             let (reply, committed) = oneshot::channel();
-            job.waiter = Some(Waiter { reply, deadline });
-            let pushed = push.then(|| {
-                let (tx, rx) = oneshot::channel();
-                job.push_waiter = Some(tx);
-                rx
+            let claim = Claim::default();
+            job.waiter = Some(Waiter {
+                reply,
+                deadline,
+                claim: claim.clone(),
             });
-            Receipt { committed, pushed }
+            let pushed = push.then(|| {
+                let (waiter, pushed) = PushWaiter::new();
+                let ticket = waiter.ticket;
+                job.push_waiter = Some(waiter);
+                PushReceipt { pushed, ticket }
+            });
+            Receipt {
+                committed,
+                claim,
+                pushed,
+            }
         });
         let waits = job.waiter.is_some();
         // Room in bytes first (a change of a few MiB weighs as much as thousands of
@@ -378,26 +450,19 @@ impl StoreHandle {
         Ok(receipt)
     }
 
-    /// Queues the undoing of `commit`'s change to `change.path` (its write was denied
-    /// after it was committed). Nobody waits for it.
-    pub fn revert(&self, change: Change, commit: ObjectId, reason: String) {
-        let job = Job {
-            change,
-            waiter: None,
-            push_waiter: None,
-            revert: Some(Revert { commit, reason }),
-            bundle: None,
-            // Reverts and reconcile bundles are the store's own work: not
-            // counted against queueBytes, so a full queue never blocks them.
-            _queued_bytes: None,
-        };
-        match self.tx.try_send(job) {
-            Ok(()) => {
-                self.metrics.queue_depth.inc();
-            }
-            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
-                tracing::error!(path = %job.change.path, %commit, "cannot queue the revert of a denied write; git keeps a change the cluster does not have until the next write of this object");
-            }
+    /// Undoes `commit`'s change to `change.path`: its write was denied after it was
+    /// committed. With `ticket`, the outbox holds that waiter's commit back until
+    /// the revert is appended. Nobody waits for it; it never waits for room (the
+    /// control channel is unbounded: a revert must not be lost to a full queue).
+    pub fn revert(&self, change: Change, commit: ObjectId, reason: String, ticket: Option<u64>) {
+        let path = change.path.clone();
+        let control = Control::Revert(Box::new(PendingRevert {
+            change: change.without_body(),
+            revert: Revert { commit, reason },
+            ticket,
+        }));
+        if self.control.send(control).is_err() {
+            tracing::error!(%path, %commit, "kubescribe is stopping and cannot revert a denied write; git keeps a change the cluster does not have until the next write of this object");
         }
     }
 
@@ -422,10 +487,15 @@ impl StoreHandle {
         let Some(first) = changes.first().cloned() else {
             return Ok(Outcome::Unchanged);
         };
-        let (reply, committed) = oneshot::channel();
+        let (reply, mut committed) = oneshot::channel();
+        let claim = Claim::default();
         let job = Job {
             change: first,
-            waiter: Some(Waiter { reply, deadline }),
+            waiter: Some(Waiter {
+                reply,
+                deadline,
+                claim: claim.clone(),
+            }),
             push_waiter: None,
             revert: None,
             bundle: Some(Bundle { changes, message }),
@@ -437,10 +507,13 @@ impl StoreHandle {
             .map_err(|_| StoreError::Closed)?;
         self.metrics.queue_depth.inc();
         permit.send(job);
-        match tokio::time::timeout_at(deadline.into(), committed).await {
+        match tokio::time::timeout_at(deadline.into(), &mut committed).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::Expired),
+            Err(_) if claim.abandon() => Err(StoreError::Expired),
+            // Being committed: nobody outside waits on the reconciler's deadline, so
+            // hear how it ends rather than guess.
+            Err(_) => committed.await.unwrap_or(Err(StoreError::Closed)),
         }
     }
 
@@ -508,6 +581,12 @@ struct Writer {
     repack: Option<std::process::Child>,
     /// Shared with [`StoreHandle::unavailable`].
     failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// Reverts of denied writes not committed yet (their commit failed); retried
+    /// with `retry_at`. While there are any, new commits wait in `withheld`.
+    reverts: Vec<PendingRevert>,
+    /// Commits made while a revert is pending, oldest first: the outbox gets them
+    /// together with the revert, so no push carries a denied change without it.
+    withheld: Vec<Unpushed>,
 }
 
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
@@ -638,6 +717,8 @@ impl Writer {
             packs_written: 0,
             repack: None,
             failing: Arc::default(),
+            reverts: Vec::new(),
+            withheld: Vec::new(),
         })
     }
 
@@ -646,12 +727,16 @@ impl Writer {
             while let Ok(control) = self.control.try_recv() {
                 self.handle(control);
             }
+            if !self.reverts.is_empty() && Instant::now() >= self.retry_at {
+                self.settle_reverts();
+            }
             if !self.retry.is_empty() && Instant::now() >= self.retry_at {
                 let retry = std::mem::take(&mut self.retry);
                 self.commit_batch(retry, true);
                 continue;
             }
-            let retry_at = (!self.retry.is_empty()).then_some(self.retry_at);
+            let retry_at =
+                (!self.retry.is_empty() || !self.reverts.is_empty()).then_some(self.retry_at);
             let next = tokio::select! {
                 biased;
                 Some(control) = self.control.recv() => {
@@ -694,6 +779,13 @@ impl Writer {
             let retry = std::mem::take(&mut self.retry);
             self.commit_batch(retry, true);
         }
+        if !self.reverts.is_empty() && !self.settle_reverts() {
+            tracing::error!(
+                reverts = self.reverts.len(),
+                withheld = self.withheld.len(),
+                "shutting down with denied writes not reverted; their commits stay local and unpushed, and are pushed after the next start unless reverted by hand"
+            );
+        }
         if let Some(mut child) = self.repack.take() {
             let _ = child.wait();
         }
@@ -725,6 +817,99 @@ impl Writer {
                     tracing::warn!(error = %error_chain(&e), "pushed, but cannot record it in the tracking ref; a restart pushes again (a no-op)");
                 }
             }
+            Control::Revert(revert) => {
+                self.reverts.push(*revert);
+                self.settle_reverts();
+            }
+        }
+    }
+
+    /// Commits the pending reverts as one batch, then gives the outbox what was
+    /// withheld and the reverts, lifting their holds. False when it failed (retried
+    /// at `retry_at`, like a failed batch).
+    fn settle_reverts(&mut self) -> bool {
+        if self.reverts.is_empty() {
+            return true;
+        }
+        let jobs: Vec<Job> = self
+            .reverts
+            .iter()
+            .map(|pending| Job {
+                change: pending.change.clone(),
+                waiter: None,
+                push_waiter: None,
+                revert: Some(pending.revert.clone()),
+                bundle: None,
+                _queued_bytes: None,
+            })
+            .collect();
+        self.repo.objects.reset_object_memory();
+        let result = self.apply(&jobs).and_then(|(outcomes, tip, tree)| {
+            self.make_durable(tip, tree)?;
+            Ok(outcomes)
+        });
+        let outcomes = match result {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                self.repo.objects.reset_object_memory();
+                self.count_error(error.label(), 1);
+                tracing::error!(%error, reverts = self.reverts.len(), retry_in_ms = self.backoff.as_millis() as u64, "cannot revert denied writes yet; nothing is pushed until they are");
+                self.retry_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                return false;
+            }
+        };
+        let pending = std::mem::take(&mut self.reverts);
+        let mut tickets = Vec::new();
+        let mut commits = std::mem::take(&mut self.withheld);
+        for (pending, outcome) in pending.into_iter().zip(outcomes) {
+            tickets.extend(pending.ticket);
+            self.metrics.denied_reverted.inc();
+            match outcome {
+                Outcome::Committed { commit } => {
+                    self.metrics.commits.inc();
+                    tracing::warn!(path = %pending.change.path, denied = %pending.revert.commit, revert = %commit, reason = %pending.revert.reason, "reverted a denied write");
+                    commits.push(Unpushed {
+                        commit,
+                        waiters: Vec::new(),
+                    });
+                }
+                _ => {
+                    tracing::info!(path = %pending.change.path, denied = %pending.revert.commit, "a denied write was already replaced by a newer change; nothing to revert");
+                }
+            }
+        }
+        if let Some(outbox) = &self.settings.outbox {
+            outbox.append_reverts(commits, &tickets);
+            self.count_unpushed(outbox);
+        }
+        true
+    }
+
+    fn count_unpushed(&self, outbox: &Outbox) {
+        self.metrics
+            .unpushed
+            .get_or_create(&crate::metrics::RepositoryLabels {
+                repository: self.settings.name.clone(),
+            })
+            .set(outbox.len() as i64);
+    }
+
+    /// Gives durable commits to the outbox, or keeps them back while a revert is
+    /// pending (they reach the outbox with it).
+    fn publish(&mut self, commits: Vec<Unpushed>, tip_waiters: Vec<PushWaiter>) {
+        let Some(outbox) = self.settings.outbox.clone() else {
+            return;
+        };
+        if self.reverts.is_empty() {
+            outbox.append(commits, tip_waiters, self.tip);
+            self.count_unpushed(&outbox);
+            return;
+        }
+        self.withheld.extend(commits);
+        match self.withheld.last_mut() {
+            Some(last) => last.waiters.extend(tip_waiters),
+            None => outbox.append(Vec::new(), tip_waiters, self.tip),
         }
     }
 
@@ -739,10 +924,11 @@ impl Writer {
         // A waiter who would hear after its deadline has been denied already, or will
         // be: committing its change would record a write that never happened.
         let cutoff = Instant::now() + self.batch_cost * 2;
+        // Claiming is the last check: once claimed, the caller waits for the outcome.
         let (jobs, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| {
             job.waiter
                 .as_ref()
-                .is_none_or(|w| w.deadline > cutoff && !w.reply.is_closed())
+                .is_none_or(|w| w.deadline > cutoff && !w.reply.is_closed() && w.claim.take())
         });
         if !expired.is_empty() {
             self.count_error("expired", expired.len() as u64);
@@ -773,6 +959,9 @@ impl Writer {
             other => other,
         };
         let result = applied.and_then(|(outcomes, tip, tree)| {
+            if let Some(gate) = &self.settings.before_durable {
+                gate.pass();
+            }
             self.make_durable(tip, tree)?;
             Ok(outcomes)
         });
@@ -812,35 +1001,42 @@ impl Writer {
                     elapsed_us = elapsed.as_micros() as u64,
                     "batch durable"
                 );
-                let mut jobs_outcomes: Vec<(Job, Outcome)> =
-                    jobs.into_iter().zip(outcomes).collect();
-                if let Some(outbox) = &self.settings.outbox {
-                    // Every commit goes to the remote, waited for or not.
-                    let mut commits = Vec::new();
-                    let mut tip_waiters = Vec::new();
-                    for (job, outcome) in &mut jobs_outcomes {
-                        match outcome {
-                            Outcome::Committed { commit } => commits.push(Unpushed {
-                                commit: *commit,
-                                waiters: job.push_waiter.take().into_iter().collect(),
-                            }),
-                            Outcome::Unchanged => tip_waiters.extend(job.push_waiter.take()),
-                            Outcome::ParentMissing => {}
+                // Answer first: a caller who stopped listening (it was told "denied"
+                // at its deadline while the batch ran) must not keep its commit, so
+                // its revert is owed before anything of this batch is pushed.
+                let mut commits = Vec::new();
+                let mut tip_waiters = Vec::new();
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let denied = match job.waiter {
+                        Some(waiter) => waiter.reply.send(Ok(outcome.clone())).is_err(),
+                        None => false,
+                    };
+                    match outcome {
+                        Outcome::Committed { commit } if denied && job.bundle.is_none() => {
+                            self.count_error("late", 1);
+                            self.reverts.push(PendingRevert {
+                                change: job.change.without_body(),
+                                revert: Revert {
+                                    commit,
+                                    reason: "The write was denied because this commit was not durable before the apiserver's deadline.".to_owned(),
+                                },
+                                ticket: None,
+                            });
+                            commits.push(Unpushed {
+                                commit,
+                                waiters: Vec::new(),
+                            });
                         }
-                    }
-                    outbox.append(commits, tip_waiters, self.tip);
-                    self.metrics
-                        .unpushed
-                        .get_or_create(&crate::metrics::RepositoryLabels {
-                            repository: self.settings.name.clone(),
-                        })
-                        .set(outbox.len() as i64);
-                }
-                for (job, outcome) in jobs_outcomes {
-                    if let Some(waiter) = job.waiter {
-                        let _ = waiter.reply.send(Ok(outcome));
+                        Outcome::Committed { commit } => commits.push(Unpushed {
+                            commit,
+                            waiters: job.push_waiter.into_iter().collect(),
+                        }),
+                        Outcome::Unchanged => tip_waiters.extend(job.push_waiter),
+                        Outcome::ParentMissing => {}
                     }
                 }
+                self.publish(commits, tip_waiters);
+                self.settle_reverts();
             }
             Err(error) => {
                 self.count_error(error.label(), 1);
@@ -1186,6 +1382,14 @@ impl Writer {
         let Some(outbox) = self.settings.outbox.clone() else {
             return Ok(());
         };
+        // Withheld commits sit on the branch after the outbox's: replaying only the
+        // outbox would drop them. Settle the reverts first (that empties `withheld`).
+        if !self.settle_reverts() {
+            return Err(StoreError::Write {
+                reason: "denied writes are waiting for their revert; replaying after that"
+                    .to_owned(),
+            });
+        }
         // The fetch added a pack gix has not seen yet.
         self.reopen();
         self.repo.objects.reset_object_memory();

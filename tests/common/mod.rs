@@ -33,7 +33,17 @@ impl TestServer {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config_yaml: &str) -> Self {
+        Self::start_with_faults(dir, config_yaml, kubescribe::fault::Faults::default()).await
+    }
+
+    /// [`TestServer::start_in`] with fault points a test holds and opens.
+    pub async fn start_with_faults(
+        dir: tempfile::TempDir,
+        config_yaml: &str,
+        faults: kubescribe::fault::Faults,
+    ) -> Self {
         let mut config = Config::from_yaml(config_yaml).expect("test config parses");
+        config.faults = faults;
         // These tests send reviews as a client that proves nothing, by design; the
         // tests of caller authentication set `server.clientAuth` themselves.
         if !config.server.client_auth.authenticates() {

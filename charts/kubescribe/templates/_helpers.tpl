@@ -48,6 +48,10 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
 {{- /* An empty list is not "unset": kubescribe reads it as no rules. */ -}}
 {{- $rules := ternary $root.Values.config.rules (list (dict "name" "default")) (hasKey $root.Values.config "rules") -}}
 {{- $claimed := list -}}
+{{- $conditions := $root.Values.webhook.matchConditions -}}
+{{- if eq (toString $conditions) "auto" -}}
+{{- $conditions = semverCompare ">=1.28.0-0" $root.Capabilities.KubeVersion.Version -}}
+{{- end -}}
 {{- range $rule := $rules }}
 {{- $wait := $rule.wait | default "none" -}}
 {{- $namespaces := ternary $rule.namespaces (list "*") (hasKey $rule "namespaces") -}}
@@ -89,6 +93,11 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
     operations: {{ ternary (list "CREATE" "UPDATE") (list "CREATE" "UPDATE" "DELETE") $.mutating | toJson }}
     resources: {{ $resources | toJson }}
     scope: {{ ternary "*" "Namespaced" (has "*" $namespaces) | quote }}
+  {{- if and $conditions (has "*" $ruleResources) }}
+  matchConditions:
+  - name: not-reviews-leases-events
+    expression: {{ include "kubescribe.neverSent" . | quote }}
+  {{- end }}
   namespaceSelector:
     matchExpressions:
     {{- if not (has "*" $namespaces) }}
@@ -104,6 +113,17 @@ Called with a dict: root, path ("/validate" or "/mutate"), mutating (bool).
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The CEL condition that keeps review resources, leases and events away from a
+wildcard entry; the same list as webhook::NEVER_SENT.
+*/}}
+{{- define "kubescribe.neverSent" -}}
+{{- $never := list "/events" "events.k8s.io/events" "coordination.k8s.io/leases" "authentication.k8s.io/tokenreviews" "authentication.k8s.io/selfsubjectreviews" "authorization.k8s.io/subjectaccessreviews" "authorization.k8s.io/selfsubjectaccessreviews" "authorization.k8s.io/selfsubjectrulesreviews" "authorization.k8s.io/localsubjectaccessreviews" -}}
+{{- $quoted := list -}}
+{{- range $never }}{{ $quoted = append $quoted (printf "'%s'" .) }}{{ end -}}
+!(request.resource.group + '/' + request.resource.resource in [{{ join ", " $quoted }}])
+{{- end }}
 
 {{/*
 "true" when the reconciler is on (config.reconcile.enabled), else empty.

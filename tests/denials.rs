@@ -1,0 +1,280 @@
+//! A write the caller was told was denied never stays in git and never reaches the
+//! remote's branch on its own. The disk and the remote are made slow with fault
+//! gates (`kubescribe::fault`) the tests hold and open, never with sleeps: each
+//! test knows exactly where the writer or the pusher is when the deadline passes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{body, git, TestServer};
+use kubescribe::fault::{Faults, Gate};
+use kubescribe::load::unique_review;
+use serde_json::Value;
+
+fn allowed(answer: &Value) -> bool {
+    answer["response"]["allowed"] == true
+}
+
+fn message(answer: &Value) -> String {
+    answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The n-th ConfigMap create and the file it is recorded in.
+fn write(n: usize) -> (Value, String) {
+    let review = unique_review(&common::fixture("009").review, n);
+    let request = &review["request"];
+    let path = format!(
+        "{}/core/configmaps/{}.yaml",
+        request["namespace"].as_str().unwrap(),
+        request["name"].as_str().unwrap()
+    );
+    (review, path)
+}
+
+async fn send(server: &TestServer, review: &Value, timeout: &str) -> Value {
+    let (status, answer) = server
+        .connect()
+        .await
+        .review(&format!("/validate?timeout={timeout}"), body(review))
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// Every file the branch's tip has.
+fn files(repo: &Path, branch: &str) -> Vec<String> {
+    git(repo, &["ls-tree", "-r", "--name-only", branch])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A bare remote that logs every value its `main` takes (bare repositories keep no
+/// reflog by default).
+fn logged_remote(dir: &Path) -> PathBuf {
+    let path = dir.join("remote.git");
+    git(
+        Path::new("."),
+        &["init", "-q", "--bare", "-b", "main", path.to_str().unwrap()],
+    );
+    git(&path, &["config", "core.logAllRefUpdates", "always"]);
+    path
+}
+
+/// Every commit the remote's `main` ever pointed at, newest first.
+fn remote_tips(remote: &Path) -> Vec<String> {
+    git(
+        remote,
+        &["reflog", "show", "--format=%H", "refs/heads/main"],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn gated(before_durable: Option<&Gate>, after_push: Option<&Gate>) -> Faults {
+    Faults {
+        before_durable: before_durable.cloned(),
+        after_push: after_push.cloned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_lands_after_the_deadline_is_reverted() {
+    let disk = Gate::closed();
+    let server = TestServer::start_with_faults(
+        tempfile::tempdir().unwrap(),
+        "rules:\n- name: all\n  wait: commit\n",
+        gated(Some(&disk), None),
+    )
+    .await;
+    let (late, late_path) = write(1);
+    let answer = {
+        let request = send(&server, &late, "1s");
+        tokio::pin!(request);
+        // The writer has the change and is making it durable; the disk stalls.
+        tokio::select! {
+            () = disk.arrivals(1) => {}
+            answer = &mut request => panic!("answered before the writer took it: {answer}"),
+        }
+        request.await
+    };
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("if it lands, kubescribe reverts it before it is pushed"),
+        "{text}"
+    );
+
+    disk.open();
+    // The writer answers in order: by the time this write is recorded, the late one
+    // has landed and been reverted.
+    let (next, next_path) = write(2);
+    let answer = send(&server, &next, "10s").await;
+    assert!(allowed(&answer), "{answer}");
+    let tip = files(&server.repo, "main");
+    assert!(!tip.contains(&late_path), "{tip:?}");
+    assert!(tip.contains(&next_path), "{tip:?}");
+    let history = git(&server.repo, &["log", "--format=%s", "main"]);
+    assert!(
+        history.lines().any(|s| s.starts_with("revert create")),
+        "{history}"
+    );
+    assert_eq!(
+        common::metric(&server, "kubescribe_denied_reverted_total").await,
+        1.0
+    );
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_abandoned_before_the_writer_took_it_is_never_committed() {
+    let disk = Gate::closed();
+    let server = TestServer::start_with_faults(
+        tempfile::tempdir().unwrap(),
+        "rules:\n- name: all\n  wait: commit\n",
+        gated(Some(&disk), None),
+    )
+    .await;
+    // The first write holds the writer at the disk...
+    let (first, first_path) = write(1);
+    let mut first = Box::pin({
+        let server = &server;
+        async move { send(server, &first, "10s").await }
+    });
+    tokio::select! {
+        () = disk.arrivals(1) => {}
+        answer = &mut first => panic!("answered before the writer took it: {answer}"),
+    }
+    // ...so the second waits in the queue until its deadline, and is abandoned.
+    let (second, second_path) = write(2);
+    let answer = send(&server, &second, "1s").await;
+    assert!(!allowed(&answer), "{answer}");
+    assert!(
+        message(&answer).contains("not made before the apiserver's deadline"),
+        "{answer}"
+    );
+    disk.open();
+    let answer = (&mut first).await;
+    drop(first);
+    assert!(allowed(&answer), "{answer}");
+    let (third, _) = write(3);
+    assert!(allowed(&send(&server, &third, "10s").await));
+
+    let everything = git(&server.repo, &["log", "--all", "--name-only", "--format="]);
+    assert!(everything.contains(&first_path), "{everything}");
+    assert!(
+        !everything.contains(&second_path),
+        "an abandoned change is never committed: {everything}"
+    );
+    assert_eq!(
+        common::metric(&server, "kubescribe_denied_reverted_total").await,
+        0.0
+    );
+    server.server.shutdown().await.unwrap();
+}
+
+/// The remote took the push, and its answer came after the deadline: the denial
+/// says the change may reach the remote, and its revert follows it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_remote_accepts_after_the_deadline_is_followed_by_its_revert() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = logged_remote(dir.path());
+    let answer_from_remote = Gate::closed();
+    let server = TestServer::start_with_faults(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
+            remote.display()
+        ),
+        gated(None, Some(&answer_from_remote)),
+    )
+    .await;
+    let (late, late_path) = write(1);
+    let answer = send(&server, &late, "1s").await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(text.contains("may still reach"), "{text}");
+    assert!(
+        files(&remote, "main").contains(&late_path),
+        "the remote took it"
+    );
+
+    answer_from_remote.open();
+    let (next, next_path) = write(2);
+    let answer = send(&server, &next, "10s").await;
+    assert!(allowed(&answer), "{answer}");
+    let tip = files(&remote, "main");
+    assert!(!tip.contains(&late_path), "{tip:?}");
+    assert!(tip.contains(&next_path), "{tip:?}");
+    server.server.shutdown().await.unwrap();
+    git(&remote, &["fsck", "--strict"]);
+}
+
+/// A denied commit behind the push in flight is held back: the remote's branch
+/// never points at a tree that has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_commit_behind_the_push_in_flight_never_reaches_the_remote() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = logged_remote(dir.path());
+    let answer_from_remote = Gate::closed();
+    let server = TestServer::start_with_faults(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
+            remote.display()
+        ),
+        gated(None, Some(&answer_from_remote)),
+    )
+    .await;
+    // The first write's push is in flight (the remote has it; its answer is held).
+    let (first, first_path) = write(1);
+    let mut first = Box::pin({
+        let server = &server;
+        async move { send(server, &first, "10s").await }
+    });
+    tokio::select! {
+        () = answer_from_remote.arrivals(1) => {}
+        answer = &mut first => panic!("answered before the push: {answer}"),
+    }
+    // The second is committed behind it and denied at its deadline.
+    let (second, second_path) = write(2);
+    let answer = send(&server, &second, "1s").await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(text.contains("It will not reach the remote"), "{text}");
+
+    answer_from_remote.open();
+    let answer = (&mut first).await;
+    drop(first);
+    assert!(allowed(&answer), "{answer}");
+    let (third, third_path) = write(3);
+    assert!(allowed(&send(&server, &third, "10s").await));
+    let tip = files(&remote, "main");
+    assert!(
+        tip.contains(&first_path) && tip.contains(&third_path),
+        "{tip:?}"
+    );
+    let tips = remote_tips(&remote);
+    assert!(tips.len() >= 2, "{tips:?}");
+    for commit in tips {
+        let tree = files(&remote, &commit);
+        assert!(
+            !tree.contains(&second_path),
+            "the remote's main was once {commit}, with the denied change: {tree:?}"
+        );
+    }
+    // Its commit and revert did go, together.
+    let history = git(&remote, &["log", "--format=%s", "main"]);
+    assert!(
+        history.lines().any(|s| s.starts_with("revert create")),
+        "{history}"
+    );
+    server.server.shutdown().await.unwrap();
+    git(&remote, &["fsck", "--strict"]);
+}
