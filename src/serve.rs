@@ -97,7 +97,13 @@ impl Server {
         for target in config.targets() {
             let layout = Layout::new(&target.repository.root, &target.repository.path_template)
                 .map_err(|e| ServeError::Config(e.to_string()))?;
-            crate::store::init_repository(&target.path, &target.repository.branch)?;
+            // A repository that cannot be made yet is the writer's to report (and to
+            // try again): /readyz fails with the reason, the server runs.
+            if let Err(error) =
+                crate::store::init_repository(&target.path, &target.repository.branch)
+            {
+                tracing::warn!(repository = %target.name, %error, "cannot create the repository yet");
+            }
             let remote = target.repository.remote.clone().map(|remote| Remote {
                 config: remote,
                 branch: target.repository.branch.clone(),

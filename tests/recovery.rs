@@ -77,3 +77,69 @@ async fn a_restart_removes_what_a_crash_left_and_records_again() {
         String::from_utf8_lossy(&fsck.stderr)
     );
 }
+
+/// A repository that cannot be opened (here: its parent is a file, as when a volume
+/// is not what it should be) does not stop the server: /readyz fails with the
+/// reason, waiting writes are denied with it, and once the cause is gone the writer
+/// opens the repository by itself and commits what it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_that_cannot_be_opened_fails_readyz_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("volume");
+    std::fs::write(&blocker, "not a directory").unwrap();
+    let repo = blocker.join("repo.git");
+    let config = format!(
+        "repository:\n  path: {}\nrules:\n- name: held\n  namespaces: [team-a-0]\n  wait: commit\n- name: rest\n",
+        repo.display()
+    );
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), &config).await;
+    let template = fixture("009").review;
+    let review = |n| kubescribe::load::spread_review(&template, n, 10);
+
+    let (status, body) = server.get("/readyz").await;
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("cannot open the repository") && body.contains("no restart needed"),
+        "{body}"
+    );
+
+    // Waiting: denied with the reason. Not waiting: admitted, and kept.
+    let answer = send(&server, &review(0)).await;
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot open the repository"), "{message}");
+    let answer = send(&server, &review(1)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    std::fs::remove_file(&blocker).unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    // /readyz is polled, as the kubelet does: the retry has no event to wait for.
+    while server.get("/readyz").await.0 != 200 {
+        assert!(std::time::Instant::now() < until, "never ready again");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let answer = send(&server, &review(10)).await;
+    assert!(recorded_sha(&answer).is_some(), "{answer}");
+    let files = common::git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
+    let kept = format!(
+        "team-a-1/core/configmaps/{}.yaml",
+        review(1)["request"]["name"].as_str().unwrap()
+    );
+    assert!(
+        files.contains(&kept),
+        "the admitted write was kept: {files}"
+    );
+    server.server.shutdown().await.unwrap();
+}
+
+async fn send(server: &TestServer, review: &serde_json::Value) -> serde_json::Value {
+    let (status, answer) = server
+        .connect()
+        .await
+        .review("/validate?timeout=3s", common::body(review))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    answer
+}

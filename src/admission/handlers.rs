@@ -115,6 +115,23 @@ pub fn probes(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let broken: Vec<String> = state
+        .targets
+        .iter()
+        .filter_map(|target| {
+            target
+                .store
+                .not_open()
+                .map(|why| format!("repository {}: {why}", target.repo))
+        })
+        .collect();
+    if !broken.is_empty() {
+        let text = format!(
+            "not ready: {}; kubescribe tries again every 30 s at most, no restart needed\n",
+            broken.join("; ")
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, text).into_response();
+    }
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready").into_response()
     } else {

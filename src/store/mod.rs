@@ -68,7 +68,9 @@ impl StoreError {
     /// What the person whose write was denied (or the operator) should do.
     pub fn advice(&self) -> &'static str {
         match self {
-            StoreError::Open { .. } => "check the data directory and its permissions",
+            StoreError::Open { .. } => {
+                "check that kubescribe's data volume is mounted and writable, then wait: kubescribe opens it by itself"
+            }
             StoreError::Write { .. } | StoreError::Sync { .. } => {
                 "check free space and permissions of kubescribe's data volume, then retry the write"
             }
@@ -213,6 +215,8 @@ pub struct StoreHandle {
     metrics: Arc<Metrics>,
     /// Why the last batch failed, until one succeeds.
     failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// Why the repository cannot be opened, until it can.
+    not_open: Arc<std::sync::Mutex<Option<String>>>,
     /// The repository's path and branch, for readers beside the writer.
     location: Arc<(PathBuf, String)>,
 }
@@ -307,6 +311,8 @@ impl StoreHandle {
         let (control, control_rx) = mpsc::unbounded_channel();
         let failing = Arc::new(std::sync::Mutex::new(None));
         let writer_failing = failing.clone();
+        let not_open = Arc::new(std::sync::Mutex::new(None));
+        let writer_not_open = not_open.clone();
         let (opened_tx, opened_rx) = std::sync::mpsc::channel();
         let thread_metrics = metrics.clone();
         // gix's Repository is not Send without its `parallel` feature, so the writer
@@ -322,21 +328,35 @@ impl StoreHandle {
                 ) {
                     tracing::debug!(error = %e, "cannot lower the writer thread's priority");
                 }
-                let writer = match Writer::open(settings, rx, control_rx, thread_metrics) {
-                    Ok(mut writer) => {
-                        writer.failing = writer_failing;
-                        let _ = opened_tx.send(Ok(()));
-                        writer
-                    }
-                    Err(e) => {
-                        let _ = opened_tx.send(Err(e));
-                        return;
-                    }
-                };
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build()
                     .expect("a current-thread runtime with only a timer always builds");
+                let (mut rx, mut control_rx) = (rx, control_rx);
+                // The first attempt decides nothing: a repository that cannot be
+                // opened yet (a volume not mounted, a full disk) is tried again, and
+                // meanwhile /readyz says why.
+                let first = Writer::open_repository(&settings, &thread_metrics);
+                let _ = opened_tx.send(());
+                let (opened, retry) = match first {
+                    Ok(opened) => (opened, Vec::new()),
+                    Err(error) => {
+                        let waited = runtime.block_on(wait_for_repository(
+                            &settings,
+                            &thread_metrics,
+                            error,
+                            (&mut rx, &mut control_rx),
+                            &writer_not_open,
+                        ));
+                        match waited {
+                            Some(opened) => opened,
+                            None => return,
+                        }
+                    }
+                };
+                let mut writer = Writer::new(settings, opened, rx, control_rx, thread_metrics);
+                writer.failing = writer_failing;
+                writer.retry = retry;
                 runtime.block_on(writer.run());
             })
             .map_err(|e| StoreError::Open {
@@ -344,7 +364,7 @@ impl StoreHandle {
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
         match opened_rx.recv() {
-            Ok(Ok(())) => Ok((
+            Ok(()) => Ok((
                 Self {
                     tx,
                     queue_units,
@@ -352,11 +372,11 @@ impl StoreHandle {
                     control,
                     metrics,
                     failing,
+                    not_open,
                     location,
                 },
                 WriterThread(thread),
             )),
-            Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Open {
                 path: PathBuf::new(),
                 reason: "the writer thread stopped while opening".to_owned(),
@@ -469,7 +489,18 @@ impl StoreHandle {
     /// Why the repository cannot take changes right now (its last batch failed), or
     /// `None` when it can.
     pub fn unavailable(&self) -> Option<String> {
-        self.failing
+        self.not_open().or_else(|| {
+            self.failing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
+    }
+
+    /// Why the repository cannot be opened (with what to do), or `None` once it is
+    /// open. `/readyz` fails while it is `Some`.
+    pub fn not_open(&self) -> Option<String> {
+        self.not_open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -589,6 +620,19 @@ struct Writer {
     withheld: Vec<Unpushed>,
 }
 
+/// What [`Writer::open_repository`] opened.
+struct Opened {
+    repo: gix::Repository,
+    branch_ref: gix::refs::FullName,
+    tip: Option<ObjectId>,
+    tree: ObjectId,
+}
+
+/// How long the writer waits before trying again to open a repository it could not
+/// open, at first and at most.
+const REOPEN_FIRST: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
 const WRITER_NICENESS: i32 = 19;
 
@@ -639,12 +683,9 @@ fn read_tip(
 }
 
 impl Writer {
-    fn open(
-        settings: StoreSettings,
-        rx: mpsc::Receiver<Job>,
-        control: mpsc::UnboundedReceiver<Control>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, StoreError> {
+    /// Opens (creating it if need be) the repository: everything at start that can
+    /// fail. Nothing is taken from the queues yet.
+    fn open_repository(settings: &StoreSettings, metrics: &Metrics) -> Result<Opened, StoreError> {
         let path = settings.path.clone();
         let open_error = |reason: String| StoreError::Open {
             path: path.clone(),
@@ -701,7 +742,28 @@ impl Writer {
             outbox.append(commits, Vec::new(), tip);
         }
         tracing::info!(path = %path.display(), branch = %settings.branch, tip = ?tip, "repository open");
-        Ok(Self {
+        Ok(Opened {
+            repo,
+            branch_ref,
+            tip,
+            tree,
+        })
+    }
+
+    fn new(
+        settings: StoreSettings,
+        opened: Opened,
+        rx: mpsc::Receiver<Job>,
+        control: mpsc::UnboundedReceiver<Control>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let Opened {
+            repo,
+            branch_ref,
+            tip,
+            tree,
+        } = opened;
+        Self {
             repo,
             settings,
             branch_ref,
@@ -719,7 +781,7 @@ impl Writer {
             failing: Arc::default(),
             reverts: Vec::new(),
             withheld: Vec::new(),
-        })
+        }
     }
 
     async fn run(mut self) {
@@ -1603,6 +1665,80 @@ pub fn for_each_file(
 }
 
 /// Sleeps until `at`, or forever without one.
+/// Tries to open the repository again and again, with a growing pause, and answers
+/// what arrives meanwhile: a waiting change is denied with the reason, a change
+/// nobody waits for (already admitted) is kept for the writer's retry list, up to
+/// `store.queueCapacity`. `None` when the queue closed first (shutdown).
+async fn wait_for_repository(
+    settings: &StoreSettings,
+    metrics: &Metrics,
+    mut error: StoreError,
+    (rx, control): (
+        &mut mpsc::Receiver<Job>,
+        &mut mpsc::UnboundedReceiver<Control>,
+    ),
+    not_open: &std::sync::Mutex<Option<String>>,
+) -> Option<(Opened, Vec<Job>)> {
+    let mut pause = REOPEN_FIRST;
+    let mut kept: Vec<Job> = Vec::new();
+    loop {
+        let message = format!("{error}; {}", error.advice());
+        metrics
+            .store_errors
+            .get_or_create(&crate::metrics::ErrorLabels { reason: "open" })
+            .inc();
+        tracing::error!(path = %settings.path.display(), error = %message, retry_in_ms = pause.as_millis() as u64, "cannot open the repository; /readyz fails and waiting writes are denied until it can be");
+        *not_open.lock().unwrap_or_else(|e| e.into_inner()) = Some(message);
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                job = rx.recv() => {
+                    let Some(mut job) = job else {
+                        if !kept.is_empty() {
+                            tracing::error!(lost = kept.len(), "shutting down with admitted changes that could not be committed; they are only in the cluster now");
+                        }
+                        return None;
+                    };
+                    metrics.queue_depth.dec();
+                    match job.waiter.take() {
+                        Some(waiter) => {
+                            let _ = waiter.reply.send(Err(error.clone()));
+                        }
+                        None if kept.len() < settings.queue_capacity => {
+                            job._queued_bytes = None;
+                            kept.push(job);
+                        }
+                        None => {
+                            metrics
+                                .store_errors
+                                .get_or_create(&crate::metrics::ErrorLabels { reason: "retry_overflow" })
+                                .inc();
+                        }
+                    }
+                }
+                Some(control) = control.recv() => match control {
+                    Control::Replay { reply, .. } => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    // Nothing was pushed from a repository that is not open, and a
+                    // revert is owed only for a commit made here.
+                    Control::Pushed { .. } | Control::Revert(_) => {}
+                },
+                () = tokio::time::sleep_until(until) => break,
+            }
+        }
+        match Writer::open_repository(settings, metrics) {
+            Ok(opened) => {
+                *not_open.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(path = %settings.path.display(), kept = kept.len(), "the repository opens now; ready");
+                return Some((opened, kept));
+            }
+            Err(again) => error = again,
+        }
+        pause = (pause * 2).min(REOPEN_MAX);
+    }
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
