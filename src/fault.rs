@@ -17,6 +17,8 @@ pub struct Faults {
     /// The pusher, after the remote accepted a push and before anyone is told: a
     /// remote that answers after the deadline.
     pub after_push: Option<Gate>,
+    /// The writer, before it commits the reverts of denied writes.
+    pub before_revert: Option<Gate>,
 }
 
 /// A point that holds whoever reaches it until the test opens it.

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod load;
 pub mod manifest;
 pub mod metrics;
+pub mod outbox;
 pub mod policy;
 pub mod push;
 pub mod reconcile;

@@ -81,6 +81,7 @@ fn gated(before_durable: Option<&Gate>, after_push: Option<&Gate>) -> Faults {
     Faults {
         before_durable: before_durable.cloned(),
         after_push: after_push.cloned(),
+        before_revert: None,
     }
 }
 
@@ -200,6 +201,8 @@ async fn a_push_the_remote_accepts_after_the_deadline_is_followed_by_its_revert(
     assert!(!allowed(&answer), "{answer}");
     let text = message(&answer);
     assert!(text.contains("may still reach"), "{text}");
+    // Only a push the remote accepted reaches the gate.
+    answer_from_remote.arrivals(1).await;
     assert!(
         files(&remote, "main").contains(&late_path),
         "the remote took it"
@@ -223,13 +226,18 @@ async fn a_denied_commit_behind_the_push_in_flight_never_reaches_the_remote() {
     let dir = tempfile::tempdir().unwrap();
     let remote = logged_remote(dir.path());
     let answer_from_remote = Gate::closed();
+    let revert = Gate::closed();
     let server = TestServer::start_with_faults(
         tempfile::tempdir().unwrap(),
         &format!(
             "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
             remote.display()
         ),
-        gated(None, Some(&answer_from_remote)),
+        Faults {
+            after_push: Some(answer_from_remote.clone()),
+            before_revert: Some(revert.clone()),
+            ..Faults::default()
+        },
     )
     .await;
     // The first write's push is in flight (the remote has it; its answer is held).
@@ -249,10 +257,16 @@ async fn a_denied_commit_behind_the_push_in_flight_never_reaches_the_remote() {
     let text = message(&answer);
     assert!(text.contains("It will not reach the remote"), "{text}");
 
+    // The writer is about to revert it, and is held there: the pusher, told of the
+    // first push, finds only a held commit behind it, and pushes nothing more.
+    revert.arrivals(1).await;
     answer_from_remote.open();
     let answer = (&mut first).await;
     drop(first);
     assert!(allowed(&answer), "{answer}");
+    let tip = files(&remote, "main");
+    assert!(tip.contains(&first_path), "{tip:?}");
+    revert.open();
     let (third, third_path) = write(3);
     assert!(allowed(&send(&server, &third, "10s").await));
     let tip = files(&remote, "main");

@@ -491,6 +491,19 @@ async fn answer(
                 }
                 Ok(outcome) => match (push, pushed) {
                     (Some((push, change)), Some(mut pushed)) => {
+                        // Dropped while waiting (the apiserver gave up on the request,
+                        // or the server stops): the write was not applied, so deny
+                        // and revert like at the deadline.
+                        let guard = Unanswered {
+                            push,
+                            store: &target.store,
+                            change: match outcome {
+                                Outcome::Committed { commit } => {
+                                    Some((change.clone(), commit, pushed.ticket))
+                                }
+                                _ => None,
+                            },
+                        };
                         let result =
                             match tokio::time::timeout_at(deadline.soft.into(), &mut pushed.pushed)
                                 .await
@@ -503,6 +516,7 @@ async fn answer(
                                     pushed.pushed.try_recv().ok()
                                 }
                             };
+                        guard.disarm();
                         let answer = answer_push(
                             response,
                             push,
@@ -666,7 +680,7 @@ fn answer_push(
                 let denial = push.outbox.deny(ticket);
                 let current = match denial {
                     Denial::Withheld { commit } | Denial::InFlight { commit } => commit,
-                    Denial::Gone => commit,
+                    Denial::NotYet | Denial::Gone => commit,
                 };
                 target.store.revert(
                     change.clone(),
@@ -682,17 +696,33 @@ fn answer_push(
             _ => None,
         };
         let message = match denial {
-            Some((Denial::InFlight { .. } | Denial::Gone, commit)) => {
+            Some((Denial::InFlight { .. }, commit)) => {
                 tracing::error!(path = %change.path, remote = %push.remote, %commit, %reason, "write denied: push outcome unknown at the deadline; its revert follows it");
                 format!(
-                    "kubescribe could not confirm the push of this change to {} {} before the apiserver's deadline, so it was not applied: {reason}. The push was sent and has not answered, so the change may still reach {}; if it does, kubescribe pushes a commit reverting it ({}) right after. Retry the write once the remote answers.",
+                    "kubescribe could not confirm the push of this change to {} {} before the apiserver's deadline, so it was not applied: {reason}. The push was sent and has not answered, so the change may still reach {}; if it does, kubescribe pushes a commit reverting it (it reverts {}) right after. Retry the write once the remote answers.",
                     push.remote,
                     push.branch,
                     push.remote,
                     commit.to_hex_with_len(12)
                 )
             }
-            _ => {
+            Some((Denial::Gone, commit)) => {
+                tracing::error!(path = %change.path, remote = %push.remote, %commit, "write denied: the remote accepted it just after the deadline; its revert follows it");
+                format!(
+                    "kubescribe could not confirm the push of this change to {} {} before the apiserver's deadline, so it was not applied. The remote accepted it just after; kubescribe pushes a commit reverting it (it reverts {}) next. Retry the write.",
+                    push.remote,
+                    push.branch,
+                    commit.to_hex_with_len(12)
+                )
+            }
+            None => {
+                tracing::error!(path = %change.path, remote = %push.remote, %reason, "write denied: the branch did not reach the remote in time");
+                format!(
+                    "kubescribe could not confirm that {} {} has this object's file before the apiserver's deadline, so the write was not applied: {reason}. The file was already as written, so nothing was committed for it. Retry the write once the remote is reachable.",
+                    push.remote, push.branch
+                )
+            }
+            Some((Denial::Withheld { .. } | Denial::NotYet, _)) => {
                 tracing::error!(path = %change.path, remote = %push.remote, %reason, "write denied: not pushed in time; held back and reverted");
                 format!(
                     "kubescribe could not push this change to {} {} before the apiserver's deadline, so it was not applied: {reason}. It will not reach the remote: kubescribe reverts it before its next push. Retry the write once the remote is reachable.",
@@ -725,6 +755,40 @@ fn answer_push(
             )),
             DecisionLabel::GitOps,
         ),
+    }
+}
+
+/// Denies and reverts a `wait: push` commit whose answer was never given: the request
+/// was dropped while it waited for the push (the apiserver gave up on it, which
+/// denies the write, or the server stopped). Disarmed once the answer is decided.
+struct Unanswered<'a> {
+    push: &'a PushHandle,
+    store: &'a StoreHandle,
+    change: Option<(manifest::Change, gix::hash::ObjectId, u64)>,
+}
+
+impl Unanswered<'_> {
+    fn disarm(mut self) {
+        self.change = None;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let Some((change, commit, ticket)) = self.change.take() else {
+            return;
+        };
+        let commit = match self.push.outbox.deny(ticket) {
+            Denial::Withheld { commit } | Denial::InFlight { commit } => commit,
+            Denial::NotYet | Denial::Gone => commit,
+        };
+        tracing::error!(path = %change.path, %commit, "write dropped while waiting for its push; the apiserver denies it, so it is reverted");
+        self.store.revert(
+            change,
+            commit,
+            "The write's request ended before its push was confirmed (the apiserver gave up on it), so it was not applied.".to_owned(),
+            Some(ticket),
+        );
     }
 }
 

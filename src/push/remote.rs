@@ -15,6 +15,7 @@ use base64::Engine as _;
 use gix::hash::ObjectId;
 
 use crate::config::{redact_url, RemoteConfig};
+use crate::outbox::tracking_ref;
 
 /// Why a push or fetch failed. The texts name the remote (without credentials) and
 /// [`PushError::advice`] says what to do.
@@ -74,12 +75,6 @@ pub struct Remote {
     pub branch: String,
     /// The local bare repository.
     pub git_dir: PathBuf,
-}
-
-/// Where the last commit the remote is known to have is kept, in the local
-/// repository: `git log origin/<branch>..<branch>` lists what is not pushed yet.
-pub fn tracking_ref(branch: &str) -> String {
-    format!("refs/remotes/origin/{branch}")
 }
 
 impl Remote {

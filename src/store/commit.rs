@@ -1,0 +1,252 @@
+//! Tree edits and commit objects: a batch's changes become blobs, trees and one commit
+//! each, in memory, without moving the branch.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gix::bstr::BString;
+use gix::hash::ObjectId;
+use gix::objs::tree::EntryKind;
+
+use super::*;
+use crate::manifest::{self, Action, Change};
+
+/// Writes a blob into the batch's objects and puts it at `path`; false when the file
+/// already has exactly these bytes.
+pub(super) fn put_blob(
+    repo: &gix::Repository,
+    editor: &mut gix::objs::tree::Editor<'_>,
+    path: &str,
+    bytes: &[u8],
+    current: Option<ObjectId>,
+) -> Result<bool, StoreError> {
+    let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+        reason: e.to_string(),
+    };
+    let id = gix::objs::compute_hash(repo.object_hash(), gix::objs::Kind::Blob, bytes)
+        .map_err(|e| write_error(&e))?;
+    if current == Some(id) {
+        return Ok(false);
+    }
+    gix::objs::Write::write_buf_with_known_id(&repo.objects, gix::objs::Kind::Blob, bytes, id)
+        .map_err(|e| write_error(&e))?;
+    editor
+        .upsert(path.split('/'), EntryKind::Blob, id)
+        .map_err(|e| write_error(&e))?;
+    Ok(true)
+}
+
+pub(super) fn lookup(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    path: &str,
+) -> Result<Option<ObjectId>, Box<dyn std::error::Error + Send + Sync>> {
+    if tree.is_empty_tree() {
+        return Ok(None);
+    }
+    let mut tree = repo.find_tree(tree)?;
+    let entry = tree.peel_to_entry_by_path(Path::new(path))?;
+    Ok(entry.filter(|e| e.mode().is_blob()).map(|e| e.object_id()))
+}
+
+pub(super) fn signature(name: &str, email: &str, seconds: i64) -> gix::actor::Signature {
+    gix::actor::Signature {
+        name: BString::from(one_line(name).replace(['<', '>'], "")),
+        email: BString::from(email.replace(['<', '>', '\n', ' '], "")),
+        time: gix::date::Time { seconds, offset: 0 },
+    }
+}
+
+pub(super) fn one_line(text: &str) -> String {
+    text.replace(['\n', '\r'], " ")
+}
+
+/// `update apps/v1 Deployment team-a/web`, a body, and the trailers.
+pub(super) fn commit_message(change: &Change, api_version: &str, kind: &str, body: &str) -> String {
+    format!(
+        "{verb} {api_version} {kind} {object}\n\n{body}Kubernetes-User: {user}\nKubernetes-Groups: {groups}\nAdmission-Uid: {uid}\n",
+        verb = change.verb.as_str(),
+        object = change.object_ref(),
+        user = one_line(&change.user),
+        groups = one_line(&change.groups.join(", ")),
+        uid = one_line(&change.uid),
+    )
+}
+
+impl Writer {
+    /// Writes objects and commits for every job, without moving the branch.
+    pub(super) fn apply(
+        &self,
+        jobs: &[Job],
+    ) -> Result<(Vec<Outcome>, Option<ObjectId>, ObjectId), StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let repo = &self.repo;
+        // gix's high-level editor checks that every entry of every tree it writes
+        // exists, across every pack: that is O(entries × packs) per commit. Our entries
+        // are blobs and trees we just wrote or read, so the plain editor does.
+        let root: gix::objs::Tree = if self.tree.is_empty_tree() {
+            gix::objs::Tree::empty()
+        } else {
+            repo.find_tree(self.tree)
+                .and_then(|t| t.decode().map(Into::into))
+                .map_err(|e| write_error(&e))?
+        };
+        let objects = &repo.objects;
+        let mut editor = gix::objs::tree::Editor::new(root, objects, repo.object_hash());
+        let mut write_tree = |tree: &gix::objs::Tree| gix::objs::Write::write(objects, tree);
+        let mut tip = self.tip;
+        let mut tree = self.tree;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+
+        let us = || {
+            signature(
+                &self.settings.committer.name,
+                &self.settings.committer.email,
+                now,
+            )
+        };
+
+        for job in jobs {
+            // Stage the job's edits in the editor; then either commit them, with this
+            // author and message, or answer without a commit.
+            let mut files = 0;
+            let staged = if let Some(bundle) = &job.bundle {
+                for change in &bundle.changes {
+                    let path = change.path.as_str();
+                    let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
+                    match &change.action {
+                        Action::Put(bytes) => {
+                            files += u64::from(put_blob(repo, &mut editor, path, bytes, current)?);
+                        }
+                        Action::Remove if current.is_some() => {
+                            editor
+                                .remove(path.split('/'))
+                                .map_err(|e| write_error(&e))?;
+                            files += 1;
+                        }
+                        Action::Remove | Action::SetReplicas(_) => {}
+                    }
+                }
+                Ok((us(), bundle.message.clone()))
+            } else {
+                let change = &job.change;
+                let path = change.path.as_str();
+                let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
+                if let Some(revert) = &job.revert {
+                    let (wrote, before) =
+                        revert_edit(repo, revert.commit, path).map_err(|e| write_error(&e))?;
+                    if current == wrote {
+                        match before {
+                            Some(id) => editor.upsert(path.split('/'), EntryKind::Blob, id),
+                            None => editor.remove(path.split('/')),
+                        }
+                        .map_err(|e| write_error(&e))?;
+                        Ok((us(), revert_message(change, revert)))
+                    } else {
+                        // A newer change to this file replaced the denied one.
+                        Err(Outcome::Unchanged)
+                    }
+                } else {
+                    self.stage(change, current, &mut editor)?
+                        .map(|(api_version, kind, body)| {
+                            let author = signature(
+                                &change.user,
+                                &author_email(&change.user, &self.settings.email_domain),
+                                now,
+                            );
+                            (author, commit_message(change, &api_version, &kind, &body))
+                        })
+                }
+            };
+            let (author, message) = match staged {
+                Ok(commit) => commit,
+                Err(outcome) => {
+                    outcomes.push(outcome);
+                    continue;
+                }
+            };
+            let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
+            if new_tree == tree {
+                outcomes.push(Outcome::Unchanged);
+                continue;
+            }
+            let commit = gix::objs::Commit {
+                tree: new_tree,
+                parents: tip.into_iter().collect(),
+                author,
+                committer: us(),
+                encoding: None,
+                message: message.into(),
+                extra_headers: Vec::new(),
+            };
+            let id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
+            tip = Some(id);
+            tree = new_tree;
+            // Bundles are the reconciler's commits.
+            self.metrics.reconcile.files_written.inc_by(files);
+            outcomes.push(Outcome::Committed { commit: id });
+        }
+        Ok((outcomes, tip, tree))
+    }
+
+    /// Stages one admitted change; `Ok(Ok((apiVersion, kind, body)))` for its commit
+    /// message, or `Ok(Err(outcome))` when it makes no commit.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn stage(
+        &self,
+        change: &Change,
+        current: Option<ObjectId>,
+        editor: &mut gix::objs::tree::Editor<'_>,
+    ) -> Result<Result<(String, String, String), Outcome>, StoreError> {
+        let path = change.path.as_str();
+        let mut api_version = change.api_version.clone();
+        let mut kind = change.kind.clone();
+        let mut body = String::new();
+        let bytes = match &change.action {
+            Action::Put(bytes) => Cow::Borrowed(bytes.as_slice()),
+            Action::Remove => {
+                if current.is_none() {
+                    return Ok(Err(Outcome::Unchanged));
+                }
+                editor
+                    .remove(path.split('/'))
+                    .map_err(|e| StoreError::Write {
+                        reason: e.to_string(),
+                    })?;
+                return Ok(Ok((api_version, kind, body)));
+            }
+            Action::SetReplicas(replicas) => {
+                let Some(id) = current else {
+                    return Ok(Err(Outcome::ParentMissing));
+                };
+                let blob = self.repo.find_blob(id).map_err(|e| StoreError::Write {
+                    reason: e.to_string(),
+                })?;
+                let Some(rescaled) = manifest::set_replicas(&blob.data, *replicas) else {
+                    tracing::warn!(
+                        path,
+                        "recorded file is not a YAML object; scale write not applied"
+                    );
+                    return Ok(Err(Outcome::ParentMissing));
+                };
+                let old = rescaled
+                    .previous
+                    .map_or_else(|| "unset".to_owned(), |v| v.to_string());
+                body = format!("Scaled spec.replicas from {old} to {replicas}.\n\n");
+                api_version = rescaled.api_version.unwrap_or(api_version);
+                kind = rescaled.kind.unwrap_or(kind);
+                Cow::Owned(rescaled.bytes)
+            }
+        };
+        if !put_blob(&self.repo, editor, path, &bytes, current)? {
+            return Ok(Err(Outcome::Unchanged));
+        }
+        Ok(Ok((api_version, kind, body)))
+    }
+}

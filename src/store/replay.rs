@@ -1,0 +1,209 @@
+//! Replaying unpushed commits onto the remote's tip when it moved: each commit's file
+//! changes again, with its author and message, so history stays linear.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gix::bstr::BString;
+use gix::hash::ObjectId;
+use gix::objs::tree::EntryKind;
+
+use super::*;
+
+pub(super) type TreeChange = (String, Option<(EntryKind, ObjectId)>);
+
+/// The files that differ between two trees: the new entry, or `None` for a removal.
+pub(super) fn diff_trees(
+    repo: &gix::Repository,
+    old: ObjectId,
+    new: ObjectId,
+    prefix: &str,
+    out: &mut Vec<TreeChange>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use std::collections::BTreeMap;
+    if old == new {
+        return Ok(());
+    }
+    let entries = |id: ObjectId| -> Result<
+        BTreeMap<BString, (gix::objs::tree::EntryMode, ObjectId)>,
+        Box<dyn std::error::Error + Send + Sync>,
+    > {
+        if id.is_empty_tree() {
+            return Ok(BTreeMap::new());
+        }
+        let tree = repo.find_tree(id)?;
+        let decoded = tree.decode()?;
+        Ok(decoded
+            .entries
+            .iter()
+            .map(|e| (e.filename.to_owned(), (e.mode, e.oid.to_owned())))
+            .collect())
+    };
+    let empty = ObjectId::empty_tree(repo.object_hash());
+    let old_entries = entries(old)?;
+    let new_entries = entries(new)?;
+    let names: std::collections::BTreeSet<&BString> =
+        old_entries.keys().chain(new_entries.keys()).collect();
+    for name in names {
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let before = old_entries.get(name).copied();
+        let after = new_entries.get(name).copied();
+        if before == after {
+            continue;
+        }
+        let old_sub = before
+            .filter(|(m, _)| m.is_tree())
+            .map_or(empty, |(_, id)| id);
+        let new_sub = after
+            .filter(|(m, _)| m.is_tree())
+            .map_or(empty, |(_, id)| id);
+        if old_sub != new_sub {
+            diff_trees(repo, old_sub, new_sub, &path, out)?;
+        }
+        match after {
+            Some((mode, id)) if !mode.is_tree() => out.push((path, Some((mode.kind(), id)))),
+            _ => {
+                if before.is_some_and(|(m, _)| !m.is_tree()) {
+                    out.push((path, None));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Writer {
+    /// Replays the outbox's commits onto `onto`, the remote's tip: each commit's file
+    /// changes are applied again, with its author and message, and the branch moves
+    /// to the result. Commits whose changes the remote already has disappear.
+    pub(super) fn replay(&mut self, onto: Option<ObjectId>) -> Result<(), StoreError> {
+        let Some(outbox) = self.settings.outbox.clone() else {
+            return Ok(());
+        };
+        // Withheld commits sit on the branch after the outbox's: replaying only the
+        // outbox would drop them. Settle the reverts first (that empties `withheld`).
+        if !self.settle_reverts() {
+            return Err(StoreError::Write {
+                reason: "denied writes are waiting for their revert; replaying after that"
+                    .to_owned(),
+            });
+        }
+        // The fetch added a pack gix has not seen yet.
+        self.reopen();
+        self.repo.objects.reset_object_memory();
+        let pending = outbox.take();
+        let commits: Vec<ObjectId> = pending.iter().map(|u| u.commit).collect();
+        let result = self
+            .rebuild(&commits, onto)
+            .and_then(|(renamed, tip, tree)| {
+                let tip = tip.or(self.tip);
+                self.make_durable(tip, tree)?;
+                Ok(renamed)
+            });
+        match result {
+            Ok(renamed) => {
+                let replayed = renamed
+                    .into_iter()
+                    .zip(pending)
+                    .map(|(commit, u)| (commit, u.waiters))
+                    .collect();
+                outbox.replace(replayed, onto);
+                tracing::info!(repository = %self.settings.name, onto = ?onto, commits = commits.len(), tip = ?self.tip, "replayed local commits onto the remote's branch");
+                Ok(())
+            }
+            Err(error) => {
+                self.repo.objects.reset_object_memory();
+                let unchanged = pending
+                    .into_iter()
+                    .map(|u| (Some(u.commit), u.waiters))
+                    .collect();
+                outbox.replace(unchanged, onto);
+                Err(error)
+            }
+        }
+    }
+
+    /// New commits on `onto` with the changes of `commits`; for each, its new id, or
+    /// `None` when it changed nothing there.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn rebuild(
+        &self,
+        commits: &[ObjectId],
+        onto: Option<ObjectId>,
+    ) -> Result<(Vec<Option<ObjectId>>, Option<ObjectId>, ObjectId), StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let repo = &self.repo;
+        let empty = ObjectId::empty_tree(repo.object_hash());
+        let tree_of = |commit: ObjectId| -> Result<ObjectId, StoreError> {
+            repo.find_commit(commit)
+                .map_err(|e| write_error(&e))?
+                .tree_id()
+                .map(|id| id.detach())
+                .map_err(|e| write_error(&e))
+        };
+        let mut tip = onto;
+        let mut tree = match onto {
+            Some(commit) => tree_of(commit)?,
+            None => empty,
+        };
+        let root: gix::objs::Tree = if tree.is_empty_tree() {
+            gix::objs::Tree::empty()
+        } else {
+            repo.find_tree(tree)
+                .and_then(|t| t.decode().map(Into::into))
+                .map_err(|e| write_error(&e))?
+        };
+        let objects = &repo.objects;
+        let mut editor = gix::objs::tree::Editor::new(root, objects, repo.object_hash());
+        let mut write_tree = |tree: &gix::objs::Tree| gix::objs::Write::write(objects, tree);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let mut renamed = Vec::with_capacity(commits.len());
+        for &id in commits {
+            let found = repo.find_commit(id).map_err(|e| write_error(&e))?;
+            let decoded = found.decode().map_err(|e| write_error(&e))?;
+            let parent_tree = match decoded.parents().next() {
+                Some(parent) => tree_of(parent)?,
+                None => empty,
+            };
+            let original = gix::objs::Commit::try_from(decoded).map_err(|e| write_error(&e))?;
+            let mut changes = Vec::new();
+            diff_trees(repo, parent_tree, original.tree, "", &mut changes)
+                .map_err(|e| write_error(&e))?;
+            for (path, entry) in changes {
+                match entry {
+                    Some((kind, blob)) => editor.upsert(path.split('/'), kind, blob),
+                    None => editor.remove(path.split('/')),
+                }
+                .map_err(|e| write_error(&e))?;
+            }
+            let new_tree = editor.write(&mut write_tree).map_err(|e| write_error(&e))?;
+            if new_tree == tree {
+                renamed.push(None);
+                continue;
+            }
+            let commit = gix::objs::Commit {
+                tree: new_tree,
+                parents: tip.into_iter().collect(),
+                committer: signature(
+                    &self.settings.committer.name,
+                    &self.settings.committer.email,
+                    now,
+                ),
+                extra_headers: Vec::new(),
+                ..original
+            };
+            let new_id = gix::objs::Write::write(objects, &commit).map_err(|e| write_error(&e))?;
+            tip = Some(new_id);
+            tree = new_tree;
+            renamed.push(Some(new_id));
+        }
+        Ok((renamed, tip, tree))
+    }
+}

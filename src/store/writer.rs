@@ -1,0 +1,497 @@
+//! The writer thread: takes changes from the queue in batches, commits them (see
+//! [`super::commit`]), makes each batch durable with one pack and one branch move, and
+//! answers the waiters. Owns the repository: no other code moves the branch.
+
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gix::hash::ObjectId;
+use gix::refs::transaction::PreviousValue;
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::error_chain;
+use crate::metrics::Metrics;
+use crate::outbox::{tracking_ref, Unpushed};
+
+pub(super) struct Writer {
+    pub(super) repo: gix::Repository,
+    pub(super) settings: StoreSettings,
+    pub(super) branch_ref: gix::refs::FullName,
+    pub(super) tip: Option<ObjectId>,
+    pub(super) tree: ObjectId,
+    pub(super) rx: mpsc::Receiver<Job>,
+    pub(super) control: mpsc::UnboundedReceiver<Control>,
+    pub(super) metrics: Arc<Metrics>,
+    /// `wait: none` changes whose batch failed, oldest first. They are retried in
+    /// batches of their own, so a change that keeps failing never takes new ones down
+    /// with it.
+    pub(super) retry: Vec<Job>,
+    pub(super) retry_at: Instant,
+    pub(super) backoff: Duration,
+    /// A moving average of how long a batch takes, to skip waiters who would hear
+    /// too late.
+    pub(super) batch_cost: Duration,
+    pub(super) packs_written: u64,
+    pub(super) repack: Option<std::process::Child>,
+    /// Shared with [`StoreHandle::unavailable`].
+    pub(super) failing: Arc<std::sync::Mutex<Option<String>>>,
+    /// Reverts of denied writes not committed yet (their commit failed); retried
+    /// with `retry_at`. While there are any, new commits wait in `withheld`.
+    pub(super) reverts: Vec<PendingRevert>,
+    /// Commits made while a revert is pending, oldest first: the outbox gets them
+    /// together with the revert, so no push carries a denied change without it.
+    pub(super) withheld: Vec<Unpushed>,
+}
+
+/// Niceness of the writer thread and of `git repack`, relative to the request path.
+pub(super) const WRITER_NICENESS: i32 = 19;
+
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub(super) async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Writer {
+    pub(super) fn new(
+        settings: StoreSettings,
+        opened: Opened,
+        rx: mpsc::Receiver<Job>,
+        control: mpsc::UnboundedReceiver<Control>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let Opened {
+            repo,
+            branch_ref,
+            tip,
+            tree,
+        } = opened;
+        Self {
+            repo,
+            settings,
+            branch_ref,
+            tip,
+            tree,
+            rx,
+            control,
+            metrics,
+            retry: Vec::new(),
+            retry_at: Instant::now(),
+            backoff: MIN_BACKOFF,
+            batch_cost: Duration::ZERO,
+            packs_written: 0,
+            repack: None,
+            failing: Arc::default(),
+            reverts: Vec::new(),
+            withheld: Vec::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            while let Ok(control) = self.control.try_recv() {
+                self.handle(control);
+            }
+            if !self.reverts.is_empty() && Instant::now() >= self.retry_at {
+                self.settle_reverts();
+            }
+            if !self.retry.is_empty() && Instant::now() >= self.retry_at {
+                let retry = std::mem::take(&mut self.retry);
+                self.commit_batch(retry, true);
+                continue;
+            }
+            let retry_at =
+                (!self.retry.is_empty() || !self.reverts.is_empty()).then_some(self.retry_at);
+            let next = tokio::select! {
+                biased;
+                Some(control) = self.control.recv() => {
+                    self.handle(control);
+                    continue;
+                }
+                job = self.rx.recv() => job,
+                () = sleep_until_some(retry_at) => continue,
+            };
+            let Some(first) = next else { break };
+            let mut batch = vec![first];
+            while batch.len() < self.settings.max_batch {
+                match self.rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            // Nobody waits for these: gather more for a while, so a steady trickle of
+            // writes makes a few large batches instead of one pack per write. A waiting
+            // change ends the gathering at once, `wait: push` included: committing it
+            // while a push is in flight means the next push can start the moment this
+            // one ends (gathering until then measured slower: docs/performance.md).
+            let linger_until = Instant::now() + self.settings.linger;
+            let mut anyone_waits = batch.iter().any(|j| j.waiter.is_some());
+            while batch.len() < self.settings.max_batch && !anyone_waits {
+                match tokio::time::timeout_at(linger_until.into(), self.rx.recv()).await {
+                    Ok(Some(job)) => {
+                        anyone_waits = job.waiter.is_some();
+                        batch.push(job);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.metrics.queue_depth.dec_by(batch.len() as i64);
+            self.commit_batch(batch, false);
+            self.maintain();
+        }
+        if !self.retry.is_empty() {
+            // One last try before exit, without waiting out the backoff.
+            let retry = std::mem::take(&mut self.retry);
+            self.commit_batch(retry, true);
+        }
+        if !self.reverts.is_empty() && !self.settle_reverts() {
+            tracing::error!(
+                reverts = self.reverts.len(),
+                withheld = self.withheld.len(),
+                "shutting down with denied writes not reverted; their commits stay local and unpushed, and are pushed after the next start unless reverted by hand"
+            );
+        }
+        if let Some(mut child) = self.repack.take() {
+            let _ = child.wait();
+        }
+        if !self.retry.is_empty() {
+            tracing::error!(
+                lost = self.retry.len(),
+                "shutting down with admitted changes that could not be committed; they are only in the cluster now"
+            );
+        }
+    }
+
+    pub(super) fn handle(&mut self, control: Control) {
+        match control {
+            Control::Replay { onto, reply } => {
+                let result = self.replay(onto);
+                if let Err(error) = &result {
+                    self.count_error(error.label(), 1);
+                }
+                let _ = reply.send(result);
+            }
+            Control::Pushed { commit } => {
+                let tracking = tracking_ref(&self.settings.branch);
+                if let Err(e) = self.repo.reference(
+                    tracking.as_str(),
+                    commit,
+                    PreviousValue::Any,
+                    "kubescribe: pushed",
+                ) {
+                    tracing::warn!(error = %error_chain(&e), "pushed, but cannot record it in the tracking ref; a restart pushes again (a no-op)");
+                }
+            }
+            Control::Revert(revert) => {
+                self.reverts.push(*revert);
+                self.settle_reverts();
+            }
+        }
+    }
+
+    pub(super) fn count_error(&self, reason: &'static str, by: u64) {
+        self.metrics
+            .store_errors
+            .get_or_create(&crate::metrics::ErrorLabels { reason })
+            .inc_by(by);
+    }
+
+    pub(super) fn commit_batch(&mut self, batch: Vec<Job>, is_retry: bool) {
+        // A waiter who would hear after its deadline has been denied already, or will
+        // be: committing its change would record a write that never happened.
+        let cutoff = Instant::now() + self.batch_cost * 2;
+        // Claiming is the last check: once claimed, the caller waits for the outcome.
+        let (jobs, expired): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| {
+            job.waiter
+                .as_ref()
+                .is_none_or(|w| w.deadline > cutoff && !w.reply.is_closed() && w.claim.take())
+        });
+        if !expired.is_empty() {
+            self.count_error("expired", expired.len() as u64);
+        }
+        for job in expired {
+            if let Some(waiter) = job.waiter {
+                let _ = waiter.reply.send(Err(StoreError::Expired));
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        self.metrics.batch_size.observe(jobs.len() as f64);
+        // Objects left in memory by a failed batch must not end up in this one's pack.
+        self.repo.objects.reset_object_memory();
+
+        let started = Instant::now();
+        let applied = match self.apply(&jobs) {
+            // A concurrent repack may have moved objects out of a pack gix still
+            // had open; a fresh view of the packs settles that.
+            Err(StoreError::Write { reason })
+                if self.repack.is_some() || self.packs_written == 0 =>
+            {
+                tracing::debug!(%reason, "retrying a batch on a reopened repository");
+                self.reopen();
+                self.apply(&jobs)
+            }
+            other => other,
+        };
+        let result = applied.and_then(|(outcomes, tip, tree)| {
+            if let Some(gate) = &self.settings.before_durable {
+                gate.pass();
+            }
+            self.make_durable(tip, tree)?;
+            Ok(outcomes)
+        });
+        let elapsed = started.elapsed();
+        self.batch_cost = (self.batch_cost * 4 + elapsed) / 5;
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = result
+            .as_ref()
+            .err()
+            .map(|e| format!("{e}; {}", e.advice()));
+        match result {
+            Ok(outcomes) => {
+                let commits = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::Committed { .. }))
+                    .count();
+                self.metrics.commits.inc_by(commits as u64);
+                if is_retry {
+                    self.backoff = MIN_BACKOFF;
+                    tracing::info!(changes = jobs.len(), commits, "retried changes committed");
+                } else if !self.retry.is_empty() {
+                    // A newer write to the same file supersedes a change still waiting
+                    // for its retry; replaying the old one later would undo it.
+                    let paths: std::collections::HashSet<&str> = jobs
+                        .iter()
+                        .flat_map(|j| match &j.bundle {
+                            Some(bundle) => bundle.changes.iter().collect::<Vec<_>>(),
+                            None => vec![&j.change],
+                        })
+                        .map(|change| change.path.as_str())
+                        .collect();
+                    self.retry
+                        .retain(|j| !paths.contains(j.change.path.as_str()));
+                }
+                tracing::debug!(
+                    changes = jobs.len(),
+                    commits,
+                    elapsed_us = elapsed.as_micros() as u64,
+                    "batch durable"
+                );
+                // Answer first: a caller who stopped listening (it was told "denied"
+                // at its deadline while the batch ran) must not keep its commit, so
+                // its revert is owed before anything of this batch is pushed.
+                let mut commits = Vec::new();
+                let mut tip_waiters = Vec::new();
+                for (job, outcome) in jobs.into_iter().zip(outcomes) {
+                    let denied = match job.waiter {
+                        Some(waiter) => waiter.reply.send(Ok(outcome.clone())).is_err(),
+                        None => false,
+                    };
+                    match outcome {
+                        Outcome::Committed { commit } if denied && job.bundle.is_none() => {
+                            self.count_error("late", 1);
+                            self.reverts.push(PendingRevert {
+                                change: job.change.without_body(),
+                                revert: Revert {
+                                    commit,
+                                    reason: "The write was denied because this commit was not durable before the apiserver's deadline.".to_owned(),
+                                },
+                                ticket: None,
+                            });
+                            commits.push(Unpushed {
+                                commit,
+                                waiters: Vec::new(),
+                            });
+                        }
+                        Outcome::Committed { commit } => commits.push(Unpushed {
+                            commit,
+                            waiters: job.push_waiter.into_iter().collect(),
+                        }),
+                        Outcome::Unchanged => tip_waiters.extend(job.push_waiter),
+                        Outcome::ParentMissing => {}
+                    }
+                }
+                self.publish(commits, tip_waiters);
+                self.settle_reverts();
+            }
+            Err(error) => {
+                self.count_error(error.label(), 1);
+                if matches!(error, StoreError::Branch { .. }) {
+                    // Someone else moved the branch: continue from where it is now.
+                    self.reload_tip();
+                }
+                let mut kept = 0;
+                for job in jobs {
+                    match job.waiter {
+                        Some(waiter) => {
+                            let _ = waiter.reply.send(Err(error.clone()));
+                        }
+                        None => {
+                            kept += 1;
+                            // The retry list has its own limit (queueCapacity);
+                            // keeping the queue's bytes would starve new writes
+                            // for as long as the disk fails.
+                            let mut job = job;
+                            job._queued_bytes = None;
+                            self.retry.push(job);
+                        }
+                    }
+                }
+                let overflow = self
+                    .retry
+                    .len()
+                    .saturating_sub(self.settings.queue_capacity);
+                if overflow > 0 {
+                    self.retry.drain(..overflow);
+                    self.count_error("retry_overflow", overflow as u64);
+                    tracing::error!(dropped = overflow, "too many changes waiting for a retry; the oldest are dropped and only in the cluster now");
+                }
+                self.metrics.retry_depth.set(self.retry.len() as i64);
+                tracing::error!(%error, retrying = kept, retry_in_ms = self.backoff.as_millis() as u64, "batch not committed");
+                self.retry_at = Instant::now() + self.backoff;
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                return;
+            }
+        }
+        self.metrics.retry_depth.set(self.retry.len() as i64);
+    }
+
+    pub(super) fn reload_tip(&mut self) {
+        match read_tip(&self.repo, &self.branch_ref) {
+            Ok((tip, tree)) => {
+                tracing::warn!(tip = ?tip, "branch moved by another process; continuing from its new tip");
+                self.tip = tip;
+                self.tree = tree;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot read the branch after a failed update"),
+        }
+    }
+
+    /// Writes the batch's objects as one pack, flushes it, moves the branch to `tip`
+    /// by compare-and-swap, and flushes the branch. Once the branch moved, `tip` and
+    /// `tree` are ours, even if the last flush fails.
+    pub(super) fn make_durable(
+        &mut self,
+        tip: Option<ObjectId>,
+        tree: ObjectId,
+    ) -> Result<(), StoreError> {
+        let objects = self.repo.objects.reset_object_memory().unwrap_or_default();
+        let Some(tip) = tip.filter(|tip| Some(*tip) != self.tip) else {
+            return Ok(());
+        };
+        let sync_error = |e: std::io::Error| StoreError::Sync {
+            reason: e.to_string(),
+        };
+        // A replay onto the remote's tip with nothing of ours left writes no objects.
+        let written = if objects.is_empty() {
+            None
+        } else {
+            let written = pack::write(
+                &self.repo.git_dir().join("objects"),
+                &objects,
+                self.repo.object_hash(),
+            )
+            .map_err(|e| StoreError::Write {
+                reason: e.to_string(),
+            })?;
+            self.packs_written += 1;
+            written.sync().map_err(sync_error)?;
+            Some(written)
+        };
+        let previous = match self.tip {
+            Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
+            None => PreviousValue::MustNotExist,
+        };
+        let moved = self
+            .repo
+            .reference(
+                self.branch_ref.as_ref(),
+                tip,
+                previous,
+                "kubescribe: record",
+            )
+            .map_err(|e| StoreError::Branch {
+                branch: self.settings.branch.clone(),
+                reason: error_chain(&e),
+            });
+        // Named by the branch or not, the pack needs no protection any more.
+        if let Some(Err(e)) = written.map(|w| w.release()) {
+            tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
+        }
+        moved?;
+        self.tip = Some(tip);
+        self.tree = tree;
+        let ref_file = self
+            .repo
+            .git_dir()
+            .join(self.branch_ref.as_bstr().to_string());
+        File::open(&ref_file)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| File::open(ref_file.parent().unwrap_or(&self.settings.path))?.sync_all())
+            .map_err(sync_error)
+    }
+
+    /// Folds the per-batch packs together now and then with a geometric `git repack`
+    /// in the background. That is safe next to the writer: it rewrites only whole
+    /// packs, and a pack no branch names yet keeps its `.keep` until it is named.
+    /// When it ends, the repository is reopened so gix sees exactly the packs on disk.
+    pub(super) fn maintain(&mut self) {
+        if let Some(child) = &mut self.repack {
+            match child.try_wait() {
+                Ok(None) => return,
+                Ok(Some(status)) if !status.success() => {
+                    tracing::warn!(%status, "git repack failed; packs accumulate until the next try");
+                }
+                Ok(Some(_)) => tracing::debug!("repacked"),
+                Err(e) => tracing::warn!(error = %e, "cannot wait for git repack"),
+            }
+            self.repack = None;
+            self.reopen();
+        }
+        if self.settings.repack_after_packs == 0
+            || self.packs_written < self.settings.repack_after_packs
+        {
+            return;
+        }
+        self.packs_written = 0;
+        let mut repack = std::process::Command::new("nice");
+        repack
+            .args(["-n", "19", "git", "--git-dir"])
+            .arg(&self.settings.path)
+            .args(["repack", "-d", "-q", "--geometric=2"])
+            .stdin(std::process::Stdio::null());
+        // A repack never outlives this writer: SIGTERM (git then removes its
+        // temporary packs) when the writer's thread ends, however the process ends.
+        // SAFETY: prctl is async-signal-safe and allocates nothing.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            repack.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::TERM,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        match repack.spawn() {
+            Ok(child) => self.repack = Some(child),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot run git repack; packs accumulate until the next try")
+            }
+        }
+    }
+
+    pub(super) fn reopen(&mut self) {
+        match open_repository(&self.settings.path) {
+            Ok(repo) => self.repo = repo,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen the repository; keeping the old handle")
+            }
+        }
+    }
+}
