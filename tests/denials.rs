@@ -292,3 +292,62 @@ async fn a_denied_commit_behind_the_push_in_flight_never_reaches_the_remote() {
     server.server.shutdown().await.unwrap();
     git(&remote, &["fsck", "--strict"]);
 }
+
+/// A denied write's commit is not reverted under a later write that was admitted
+/// with the same content (it found the file as it wanted, so it made no commit of
+/// its own): reverting would leave git without what the cluster has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_commit_is_kept_when_a_later_admitted_write_has_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = logged_remote(dir.path());
+    let answer_from_remote = Gate::closed();
+    let server = TestServer::start_with_faults(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
+            remote.display()
+        ),
+        gated(None, Some(&answer_from_remote)),
+    )
+    .await;
+    let (late, path) = write(1);
+    let mut again = late.clone();
+    again["request"]["uid"] = Value::String("00000000-0000-4000-8000-00000000a9a1".into());
+    let mut late_answer = Box::pin({
+        let server = &server;
+        async move { send(server, &late, "1s").await }
+    });
+    tokio::select! {
+        () = answer_from_remote.arrivals(1) => {}
+        answer = &mut late_answer => panic!("answered before the push: {answer}"),
+    }
+    // The same write again, while the first one's push has not answered: the file is
+    // already as it wants, so it waits for that push.
+    let mut again_answer = Box::pin({
+        let server = &server;
+        async move { send(server, &again, "10s").await }
+    });
+    let denied = tokio::select! {
+        answer = &mut late_answer => answer,
+        answer = &mut again_answer => panic!("answered before the push: {answer}"),
+    };
+    drop(late_answer);
+    assert!(!allowed(&denied), "{denied}");
+    answer_from_remote.open();
+    let answer = (&mut again_answer).await;
+    drop(again_answer);
+    assert!(allowed(&answer), "{answer}");
+
+    let (next, _) = write(2);
+    assert!(allowed(&send(&server, &next, "10s").await));
+    assert!(
+        files(&remote, "main").contains(&path),
+        "the admitted content stays"
+    );
+    let history = git(&remote, &["log", "--format=%s", "main"]);
+    assert!(
+        !history.lines().any(|s| s.starts_with("revert")),
+        "{history}"
+    );
+    server.server.shutdown().await.unwrap();
+}

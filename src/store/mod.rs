@@ -466,6 +466,7 @@ impl StoreHandle {
             change: change.without_body(),
             revert: Revert { commit, reason },
             ticket,
+            at: None,
         }));
         if self.control.send(control).is_err() {
             tracing::error!(%path, %commit, "kubescribe is stopping and cannot revert a denied write; git keeps a change the cluster does not have until the next write of this object");

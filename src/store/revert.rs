@@ -27,6 +27,61 @@ pub(super) struct PendingRevert {
     pub(super) revert: Revert,
     /// The outbox hold to lift once the revert is appended.
     pub(super) ticket: Option<u64>,
+    /// Where the denied change stands in [`Touches`], when the writer knows.
+    pub(super) at: Option<u64>,
+}
+
+/// What came after a commit that may be denied later: a change that found the file
+/// already as it wanted (no commit) was admitted with that content, and reverting
+/// the denied commit under it would leave git disagreeing with the cluster. (A later
+/// commit is seen by the revert itself: the file's blob differs.)
+#[derive(Default)]
+pub(super) struct Touches {
+    seq: u64,
+    /// Path → the position of its last change that made no commit.
+    unchanged: std::collections::HashMap<String, u64>,
+    /// `wait: push` ticket → the position of its commit.
+    tickets: std::collections::HashMap<u64, u64>,
+}
+
+/// Beyond this many entries a map starts over: a revert then decides by the file's
+/// content alone, as it would without these notes.
+const TOUCHES_MAX: usize = 65_536;
+
+impl Touches {
+    /// Notes one admitted change's outcome; returns its position.
+    pub(super) fn note(&mut self, path: &str, outcome: &Outcome, ticket: Option<u64>) -> u64 {
+        self.seq += 1;
+        match outcome {
+            Outcome::Unchanged => {
+                if self.unchanged.len() >= TOUCHES_MAX {
+                    self.unchanged.clear();
+                }
+                self.unchanged.insert(path.to_owned(), self.seq);
+            }
+            Outcome::Committed { .. } => {
+                if let Some(ticket) = ticket {
+                    if self.tickets.len() >= TOUCHES_MAX {
+                        self.tickets.clear();
+                    }
+                    self.tickets.insert(ticket, self.seq);
+                }
+            }
+            Outcome::ParentMissing => {}
+        }
+        self.seq
+    }
+
+    /// Whether a change admitted after `pending`'s commit left the file as it is.
+    fn kept_since(&self, pending: &PendingRevert) -> bool {
+        let at = pending
+            .at
+            .or_else(|| pending.ticket.and_then(|t| self.tickets.get(&t).copied()));
+        match (at, self.unchanged.get(pending.change.path.as_str())) {
+            (Some(at), Some(&unchanged)) => unchanged > at,
+            _ => false,
+        }
+    }
 }
 
 /// The blobs `path` had in `commit` and in its parent.
@@ -73,6 +128,25 @@ impl Writer {
         if let Some(gate) = &self.settings.before_revert {
             gate.pass();
         }
+        // A revert under a later admitted write with the same content is not owed.
+        let mut tickets = Vec::new();
+        let touches = &self.touches;
+        let (kept, owed): (Vec<PendingRevert>, Vec<PendingRevert>) =
+            std::mem::take(&mut self.reverts)
+                .into_iter()
+                .partition(|pending| touches.kept_since(pending));
+        for pending in kept {
+            tracing::info!(path = %pending.change.path, denied = %pending.revert.commit, "a later admitted write left the file as the denied one did; nothing to revert");
+            tickets.extend(pending.ticket);
+        }
+        self.reverts = owed;
+        if self.reverts.is_empty() {
+            if let Some(outbox) = &self.settings.outbox {
+                outbox.append_reverts(std::mem::take(&mut self.withheld), &tickets);
+                self.count_unpushed(outbox);
+            }
+            return true;
+        }
         // A replay since the denial renamed the commit: revert what the branch has.
         if let Some(outbox) = &self.settings.outbox {
             for pending in &mut self.reverts {
@@ -110,7 +184,6 @@ impl Writer {
             }
         };
         let pending = std::mem::take(&mut self.reverts);
-        let mut tickets = Vec::new();
         let mut commits = std::mem::take(&mut self.withheld);
         for (pending, outcome) in pending.into_iter().zip(outcomes) {
             tickets.extend(pending.ticket);

@@ -43,6 +43,8 @@ pub(super) struct Writer {
     /// Commits made while a revert is pending, oldest first: the outbox gets them
     /// together with the revert, so no push carries a denied change without it.
     pub(super) withheld: Vec<Unpushed>,
+    /// What came after commits that may be denied later; see [`Touches`].
+    pub(super) touches: Touches,
 }
 
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
@@ -90,6 +92,7 @@ impl Writer {
             failing: Arc::default(),
             reverts: Vec::new(),
             withheld: Vec::new(),
+            touches: Touches::default(),
         }
     }
 
@@ -293,6 +296,11 @@ impl Writer {
                         Some(waiter) => waiter.reply.send(Ok(outcome.clone())).is_err(),
                         None => false,
                     };
+                    let at = (job.bundle.is_none() && job.revert.is_none()).then(|| {
+                        let ticket = job.push_waiter.as_ref().map(|w| w.ticket);
+                        self.touches
+                            .note(job.change.path.as_str(), &outcome, ticket)
+                    });
                     match outcome {
                         Outcome::Committed { commit } if denied && job.bundle.is_none() => {
                             self.count_error("late", 1);
@@ -303,6 +311,7 @@ impl Writer {
                                     reason: "The write was denied because this commit was not durable before the apiserver's deadline.".to_owned(),
                                 },
                                 ticket: None,
+                                at,
                             });
                             commits.push(Unpushed {
                                 commit,
