@@ -44,6 +44,7 @@ fn defaults_render_a_locked_down_deployment_and_cert_manager_webhooks() {
             "Deployment",
             "Issuer",
             "Issuer",
+            "PersistentVolumeClaim",
             "PodDisruptionBudget",
             "Service",
             "ServiceAccount",
@@ -150,10 +151,8 @@ fn without_cert_manager_the_chart_takes_a_secret_and_a_ca_bundle() {
 }
 
 #[test]
-fn persistence_service_monitor_network_policy_and_git_credentials_are_opt_in() {
+fn service_monitor_network_policy_and_git_credentials_are_opt_in() {
     let objects = render(&[
-        "--set",
-        "persistence.enabled=true",
         "--set",
         "serviceMonitor.enabled=true",
         "--set",
@@ -496,4 +495,87 @@ fn match_conditions_follow_the_clusters_version_unless_chosen() {
         "--set",
         "webhook.matchConditions=false"
     ]));
+}
+
+/// What `helm template` says, on success or failure.
+fn render_result(args: &[&str]) -> Result<Vec<Value>, String> {
+    let output = Command::new(common::helm::helm())
+        .args(["template", "ks", "--namespace", "git-record"])
+        .arg(common::helm::chart())
+        .args(args)
+        .output()
+        .unwrap();
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
+    }
+    let text = String::from_utf8(output.stdout).unwrap();
+    Ok(serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .filter(|v: &Value| !v.is_null())
+        .collect())
+}
+
+const REMOTE: &str = "config.repository.remote.url=https://git.example.com/state.git";
+
+#[test]
+fn history_is_kept_by_default_and_upgrades_roll_when_the_remote_keeps_it() {
+    let strategy = |objects: &[Value]| {
+        find(objects, "Deployment").unwrap()["spec"]["strategy"].clone()
+    };
+    // No remote: the repository is the history, on a volume; one pod at a time.
+    let local = render(&[]);
+    assert!(find(&local, "PersistentVolumeClaim").is_some());
+    assert_eq!(strategy(&local)["type"], "Recreate");
+
+    // Every repository pushes and nothing waits for a local commit only: the
+    // remote keeps the history, and the new pod is ready before the old one stops.
+    let pushed = render(&[
+        "--set",
+        REMOTE,
+        "--set-json",
+        r#"config.rules=[{"name":"all","wait":"push"}]"#,
+    ]);
+    assert!(find(&pushed, "PersistentVolumeClaim").is_none());
+    assert_eq!(strategy(&pushed)["type"], "RollingUpdate");
+    assert_eq!(strategy(&pushed)["rollingUpdate"]["maxUnavailable"], 0);
+    let volumes = &find(&pushed, "Deployment").unwrap()["spec"]["template"]["spec"]["volumes"];
+    assert!(volumes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["name"] == "data" && v["emptyDir"].is_object()));
+
+    // A wait: commit answer promises a local commit: kept on a volume even then.
+    let committed = render(&[
+        "--set",
+        REMOTE,
+        "--set-json",
+        r#"config.rules=[{"name":"all","wait":"commit"}]"#,
+    ]);
+    assert!(find(&committed, "PersistentVolumeClaim").is_some());
+    // A second repository without a remote needs the volume too.
+    let mixed = render(&[
+        "--set",
+        REMOTE,
+        "--set-json",
+        r#"config.repositories={"audit":{"branch":"audit"}}"#,
+    ]);
+    assert!(find(&mixed, "PersistentVolumeClaim").is_some());
+
+    let refused = render_result(&["--set", "persistence.enabled=false"]).unwrap_err();
+    assert!(
+        refused.contains("every pod replacement loses its history"),
+        "{refused}"
+    );
+    let refused = render_result(&["--set", "replicaCount=2"]).unwrap_err();
+    assert!(refused.contains("replicas cannot share one volume"), "{refused}");
+    let two = render(&[
+        "--set",
+        REMOTE,
+        "--set",
+        "persistence.enabled=false",
+        "--set",
+        "replicaCount=2",
+    ]);
+    assert_eq!(find(&two, "Deployment").unwrap()["spec"]["replicas"], 2);
 }

@@ -126,6 +126,43 @@ wildcard entry; the same list as webhook::NEVER_SENT.
 {{- end }}
 
 {{/*
+"true" when every repository of the config has a remote, else empty.
+*/}}
+{{- define "kubescribe.allRemote" -}}
+{{- $all := and .Values.config.repository .Values.config.repository.remote -}}
+{{- range $name, $repo := (.Values.config.repositories | default dict) -}}
+{{- if not (and $repo $repo.remote) }}{{ $all = false }}{{ end -}}
+{{- end -}}
+{{- if $all }}true{{ end -}}
+{{- end }}
+
+{{/*
+"true" when the local repository goes on a PersistentVolumeClaim (see
+persistence.enabled in values.yaml), else empty. Refuses what would lose history
+or put two writers on one volume.
+*/}}
+{{- define "kubescribe.persistent" -}}
+{{- $remote := include "kubescribe.allRemote" . -}}
+{{- $commit := false -}}
+{{- range (.Values.config.rules | default list) -}}
+{{- if eq (toString (.wait | default "none")) "commit" }}{{ $commit = true }}{{ end -}}
+{{- end -}}
+{{- $enabled := .Values.persistence.enabled -}}
+{{- $persistent := false -}}
+{{- if eq (toString $enabled) "auto" -}}
+{{- $persistent = or (not $remote) $commit -}}
+{{- else if $enabled -}}
+{{- $persistent = true -}}
+{{- else if not $remote -}}
+{{- fail "persistence.enabled=false keeps the repository on an emptyDir, so every pod replacement loses its history: give every repository a remote (config.repository.remote), or leave persistence on" -}}
+{{- end -}}
+{{- if and $persistent (gt (int .Values.replicaCount) 1) -}}
+{{- fail "replicaCount > 1 needs persistence off: replicas cannot share one volume, each keeps its own repository and pushes to the remote (set config.repository.remote and persistence.enabled=false)" -}}
+{{- end -}}
+{{- if $persistent }}true{{ end -}}
+{{- end }}
+
+{{/*
 "true" when the reconciler is on (config.reconcile.enabled), else empty.
 */}}
 {{- define "kubescribe.reconcile" -}}
