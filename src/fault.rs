@@ -14,6 +14,8 @@ pub struct Faults {
     /// The writer, with a batch's objects written and before they are made durable
     /// (pack flushed, branch moved): a slow disk.
     pub before_durable: Option<Gate>,
+    /// The pusher, before it sends a push: a push that starts late.
+    pub before_push: Option<Gate>,
     /// The pusher, after the remote accepted a push and before anyone is told: a
     /// remote that answers after the deadline.
     pub after_push: Option<Gate>,

@@ -134,7 +134,7 @@ impl Server {
                         store.replayer(),
                         metrics.clone(),
                     )
-                    .with_faults(config.faults.after_push.clone());
+                    .with_faults(&config.faults);
                     let handle = pusher.handle();
                     pushers.push(pusher.spawn());
                     Some(handle)

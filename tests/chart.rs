@@ -519,9 +519,8 @@ const REMOTE: &str = "config.repository.remote.url=https://git.example.com/state
 
 #[test]
 fn history_is_kept_by_default_and_upgrades_roll_when_the_remote_keeps_it() {
-    let strategy = |objects: &[Value]| {
-        find(objects, "Deployment").unwrap()["spec"]["strategy"].clone()
-    };
+    let strategy =
+        |objects: &[Value]| find(objects, "Deployment").unwrap()["spec"]["strategy"].clone();
     // No remote: the repository is the history, on a volume; one pod at a time.
     let local = render(&[]);
     assert!(find(&local, "PersistentVolumeClaim").is_some());
@@ -568,7 +567,10 @@ fn history_is_kept_by_default_and_upgrades_roll_when_the_remote_keeps_it() {
         "{refused}"
     );
     let refused = render_result(&["--set", "replicaCount=2"]).unwrap_err();
-    assert!(refused.contains("replicas cannot share one volume"), "{refused}");
+    assert!(
+        refused.contains("replicas cannot share one volume"),
+        "{refused}"
+    );
     let two = render(&[
         "--set",
         REMOTE,

@@ -81,7 +81,7 @@ fn gated(before_durable: Option<&Gate>, after_push: Option<&Gate>) -> Faults {
     Faults {
         before_durable: before_durable.cloned(),
         after_push: after_push.cloned(),
-        before_revert: None,
+        ..Faults::default()
     }
 }
 

@@ -675,3 +675,71 @@ async fn https_trusts_the_configured_ca_bundle_and_only_it() {
     );
     server.server.shutdown().await.unwrap();
 }
+
+/// Two kubescribe replicas record updates of one ConfigMap: `a` commits its update
+/// (made from resourceVersion `a_after`) but its push is held, `b` records its own
+/// (from `b_after`) and pushes first; then `a` pushes, meets `b`'s commit, replays.
+/// Returns the remote's file.
+async fn race(a_after: u64, b_after: u64) -> String {
+    use kubescribe::fault::{Faults, Gate};
+    let dir = tempfile::tempdir().unwrap();
+    let remote = bare_remote(dir.path());
+    let config = format!(
+        "repository:\n  remote:\n    url: file://{}\nrules:\n- name: sync\n  namespaces: [sync]\n  wait: push\n- name: rest\n  wait: commit\n",
+        remote.display()
+    );
+    let held = Gate::closed();
+    let a = TestServer::start_with_faults(
+        tempfile::tempdir().unwrap(),
+        &config,
+        Faults {
+            before_push: Some(held.clone()),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let b = TestServer::start(&config).await;
+    let update = |n: usize, after: u64, value: &str| {
+        let mut review = common::fixture("017").review;
+        let request = &mut review["request"];
+        request["uid"] = Value::String(format!("00000000-0000-4000-8000-{n:012}"));
+        for field in ["object", "oldObject"] {
+            request[field]["metadata"]["resourceVersion"] = Value::String(after.to_string());
+        }
+        request["object"]["data"]["LOG_LEVEL"] = Value::String(value.to_owned());
+        review
+    };
+    // One write to the sync namespace: answered once everything before it is pushed.
+    let sync = |n: usize| {
+        let mut review = kubescribe::load::unique_review(&common::fixture("009").review, n);
+        let request = &mut review["request"];
+        request["namespace"] = Value::String("sync".into());
+        request["object"]["metadata"]["namespace"] = Value::String("sync".into());
+        review
+    };
+    let answer = send_review(&a, &update(1, a_after, "from-a"), "10s").await;
+    assert!(allowed(&answer), "{answer}");
+    held.arrivals(1).await;
+    let answer = send_review(&b, &update(2, b_after, "from-b"), "10s").await;
+    assert!(allowed(&answer), "{answer}");
+    assert!(allowed(&send_review(&b, &sync(3), "10s").await));
+    held.open();
+    assert!(allowed(&send_review(&a, &sync(4), "10s").await));
+    a.server.shutdown().await.unwrap();
+    b.server.shutdown().await.unwrap();
+    assert!(git(&remote, &["rev-list", "--merges", "main"]).is_empty());
+    git(
+        &remote,
+        &["show", "main:team-a/core/configmaps/app-config.yaml"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_record_of_an_object_wins_whoever_pushes_last() {
+    // `a` pushes last, with the older update: the remote keeps `b`'s.
+    let file = race(10, 11).await;
+    assert!(file.contains("from-b"), "{file}");
+    // `a` pushes last, with the newer update: it replaces `b`'s.
+    let file = race(12, 11).await;
+    assert!(file.contains("from-a"), "{file}");
+}

@@ -80,6 +80,97 @@ pub struct Change {
     pub user: String,
     pub groups: Vec<String>,
     pub uid: String,
+    /// Where this write stands in its object's history, when the request says.
+    pub version: Option<ObjectVersion>,
+}
+
+/// Where a write stands in its object's history: the object's incarnation (uid and
+/// creation time) and, for an update or delete, the resourceVersion it started from.
+/// Two records of one object made by different kubescribe replicas are ordered by it
+/// (see [`ObjectVersion::newer_than`]), so the newest wins whoever pushes last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub uid: String,
+    /// `metadata.creationTimestamp`, RFC 3339 in UTC (seconds), as the apiserver sets it.
+    pub created: String,
+    /// The resourceVersion the write started from; `None` for a create.
+    pub after: Option<u64>,
+}
+
+impl ObjectVersion {
+    /// From the object a write is about (`object` for a create, the old object
+    /// otherwise); `None` when its metadata lacks a uid or a creation time.
+    pub fn of(object: &Value, create: bool) -> Option<Self> {
+        let meta = object.get("metadata")?;
+        let text = |key: &str| {
+            meta.get(key)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+        };
+        Some(Self {
+            uid: text("uid")?.to_owned(),
+            created: text("creationTimestamp")?.to_owned(),
+            after: if create {
+                None
+            } else {
+                Some(text("resourceVersion")?.parse().ok()?)
+            },
+        })
+    }
+
+    /// Whether this write came after `other` in the object's history; `None` when
+    /// that cannot be told. Within one incarnation, the apiserver serialises writes,
+    /// so a later one starts from a greater resourceVersion, and a create comes
+    /// first; a later incarnation (created later) comes after everything of an
+    /// earlier one. (resourceVersions are opaque by contract; compared as numbers
+    /// here, as the apiserver's etcd storage makes them.)
+    pub fn newer_than(&self, other: &ObjectVersion) -> Option<bool> {
+        use std::cmp::Ordering;
+        if self.uid == other.uid {
+            return match (self.after, other.after) {
+                (Some(a), Some(b)) if a != b => Some(a > b),
+                (Some(_), None) => Some(true),
+                (None, Some(_)) => Some(false),
+                _ => None,
+            };
+        }
+        match self.created.cmp(&other.created) {
+            Ordering::Greater => Some(true),
+            Ordering::Less => Some(false),
+            Ordering::Equal => None,
+        }
+    }
+
+    /// The commit trailers that carry it.
+    pub fn trailers(&self) -> String {
+        let mut text = format!(
+            "Object-Uid: {}\nObject-Created: {}\n",
+            self.uid, self.created
+        );
+        if let Some(after) = self.after {
+            text.push_str(&format!("Object-Resource-Version: {after}\n"));
+        }
+        text
+    }
+
+    /// Read back from a commit message's trailers.
+    pub fn from_message(message: &str) -> Option<Self> {
+        let trailer = |key: &str| {
+            message
+                .lines()
+                .rev()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix(": "))
+                .map(str::trim)
+        };
+        Some(Self {
+            uid: trailer("Object-Uid")?.to_owned(),
+            created: trailer("Object-Created")?.to_owned(),
+            after: match trailer("Object-Resource-Version") {
+                Some(rv) => Some(rv.parse().ok()?),
+                None => None,
+            },
+        })
+    }
 }
 
 impl Change {
@@ -97,6 +188,7 @@ impl Change {
             user: self.user.clone(),
             groups: self.groups.clone(),
             uid: self.uid.clone(),
+            version: self.version.clone(),
         }
     }
 
@@ -183,6 +275,7 @@ pub fn plan(write: &Write, layout: &Layout, secrets: SecretMode) -> Result<Chang
         user: write.user.clone(),
         groups: write.groups.clone(),
         uid: write.uid.clone(),
+        version: live.and_then(|o| ObjectVersion::of(o, write.operation == Operation::Create)),
     })
 }
 
@@ -367,6 +460,64 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn version(uid: &str, created: &str, after: Option<u64>) -> ObjectVersion {
+        ObjectVersion {
+            uid: uid.into(),
+            created: created.into(),
+            after,
+        }
+    }
+
+    #[test]
+    fn object_versions_order_writes_of_one_object_and_its_incarnations() {
+        let t1 = "2026-12-01T10:00:00Z";
+        let t2 = "2026-12-01T10:00:05Z";
+        let create = version("u1", t1, None);
+        let update = version("u1", t1, Some(10));
+        let later = version("u1", t1, Some(11));
+        let reborn = version("u2", t2, None);
+        assert_eq!(later.newer_than(&update), Some(true));
+        assert_eq!(update.newer_than(&later), Some(false));
+        assert_eq!(update.newer_than(&create), Some(true));
+        assert_eq!(create.newer_than(&update), Some(false));
+        assert_eq!(reborn.newer_than(&later), Some(true));
+        assert_eq!(later.newer_than(&reborn), Some(false));
+        assert_eq!(update.newer_than(&update.clone()), None);
+        assert_eq!(version("u3", t2, None).newer_than(&reborn), None);
+    }
+
+    #[test]
+    fn object_versions_travel_in_trailers_and_come_from_the_write() {
+        let v = version("u1", "2026-12-01T10:00:00Z", Some(42));
+        let message = format!(
+            "update v1 ConfigMap a/b\n\nKubernetes-User: alice\n{}",
+            v.trailers()
+        );
+        assert_eq!(ObjectVersion::from_message(&message), Some(v));
+        let create = version("u1", "2026-12-01T10:00:00Z", None);
+        assert_eq!(
+            ObjectVersion::from_message(&create.trailers()),
+            Some(create)
+        );
+        assert_eq!(
+            ObjectVersion::from_message("create v1 ConfigMap a/b\n"),
+            None
+        );
+        let object = json!({"metadata": {"uid": "u1", "creationTimestamp": "2026-12-01T10:00:00Z", "resourceVersion": "42"}});
+        assert_eq!(
+            ObjectVersion::of(&object, false),
+            Some(version("u1", "2026-12-01T10:00:00Z", Some(42)))
+        );
+        assert_eq!(
+            ObjectVersion::of(&object, true),
+            Some(version("u1", "2026-12-01T10:00:00Z", None))
+        );
+        assert_eq!(
+            ObjectVersion::of(&json!({"metadata": {"uid": "u1"}}), true),
+            None
+        );
+    }
 
     #[test]
     fn sanitize_removes_server_fields_and_keeps_the_rest() {

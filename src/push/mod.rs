@@ -55,7 +55,8 @@ pub struct Pusher {
     store: Replayer,
     metrics: Arc<Metrics>,
     stop: Arc<Notify>,
-    /// Held after the remote accepted a push, in tests.
+    /// Held before a push is sent, and after the remote accepted it, in tests.
+    before_push: Option<crate::fault::Gate>,
     after_push: Option<crate::fault::Gate>,
 }
 
@@ -77,13 +78,15 @@ impl Pusher {
             store,
             metrics,
             stop: Arc::new(Notify::new()),
+            before_push: None,
             after_push: None,
         }
     }
 
-    /// Holds the pusher at `after_push` (see [`crate::fault::Faults`]).
-    pub fn with_faults(mut self, after_push: Option<crate::fault::Gate>) -> Self {
-        self.after_push = after_push;
+    /// Holds the pusher at the push fault points (see [`crate::fault::Faults`]).
+    pub fn with_faults(mut self, faults: &crate::fault::Faults) -> Self {
+        self.before_push = faults.before_push.clone();
+        self.after_push = faults.after_push.clone();
         self
     }
 
@@ -160,6 +163,9 @@ impl Pusher {
                 }
             };
             let started = Instant::now();
+            if let Some(gate) = &self.before_push {
+                gate.pass_async().await;
+            }
             let result = self.push(target).await;
             if let (Ok(()), Some(gate)) = (&result, &self.after_push) {
                 gate.pass_async().await;

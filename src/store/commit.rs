@@ -65,12 +65,20 @@ pub(super) fn one_line(text: &str) -> String {
 /// `update apps/v1 Deployment team-a/web`, a body, and the trailers.
 pub(super) fn commit_message(change: &Change, api_version: &str, kind: &str, body: &str) -> String {
     format!(
-        "{verb} {api_version} {kind} {object}\n\n{body}Kubernetes-User: {user}\nKubernetes-Groups: {groups}\nAdmission-Uid: {uid}\n",
+        "{verb} {api_version} {kind} {object}\n\n{body}Kubernetes-User: {user}\nKubernetes-Groups: {groups}\nAdmission-Uid: {uid}\n{version}",
         verb = change.verb.as_str(),
         object = change.object_ref(),
         user = one_line(&change.user),
         groups = one_line(&change.groups.join(", ")),
         uid = one_line(&change.uid),
+        version = change.version.as_ref().map_or_else(String::new, |v| {
+            crate::manifest::ObjectVersion {
+                uid: one_line(&v.uid),
+                created: one_line(&v.created),
+                after: v.after,
+            }
+            .trailers()
+        }),
     )
 }
 

@@ -1,5 +1,11 @@
 //! Replaying unpushed commits onto the remote's tip when it moved: each commit's file
 //! changes again, with its author and message, so history stays linear.
+//!
+//! Invariant: the newest record of an object wins, whoever pushes last. A commit
+//! carries where its write stands in the object's history (trailers, see
+//! [`crate::manifest::ObjectVersion`]); a replayed change to a file whose last remote
+//! change is newer is left out, so another replica's newer record is never
+//! overwritten with an older one.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,6 +16,49 @@ use gix::objs::tree::EntryKind;
 use super::*;
 
 pub(super) type TreeChange = (String, Option<(EntryKind, ObjectId)>);
+
+/// How many remote commits a replay reads for the versions of what they changed.
+const VERSIONS_READ_MAX: usize = 10_000;
+
+/// For each file the remote changed since `base` (our first unpushed commit's
+/// parent), the version of its newest change there (`None`: a change that says
+/// none, such as a reconcile commit).
+fn remote_versions(
+    repo: &gix::Repository,
+    onto: Option<ObjectId>,
+    base: Option<ObjectId>,
+) -> Result<
+    std::collections::HashMap<String, Option<crate::manifest::ObjectVersion>>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let mut versions = std::collections::HashMap::new();
+    let mut next = onto;
+    let mut read = 0;
+    while let Some(id) = next.filter(|id| Some(*id) != base) {
+        read += 1;
+        if read > VERSIONS_READ_MAX {
+            tracing::warn!(read, "the remote has too many new commits to read their versions; older ones are not compared");
+            break;
+        }
+        let commit = repo.find_commit(id)?;
+        let decoded = commit.decode()?;
+        let version =
+            crate::manifest::ObjectVersion::from_message(&String::from_utf8_lossy(decoded.message));
+        let parent = decoded.parents().next();
+        let parent_tree = match parent {
+            Some(parent) => repo.find_commit(parent)?.tree_id()?.detach(),
+            None => ObjectId::empty_tree(repo.object_hash()),
+        };
+        let mut changes = Vec::new();
+        diff_trees(repo, parent_tree, decoded.tree(), "", &mut changes)?;
+        for (path, _) in changes {
+            // Newest first: the first version seen of a file is its latest.
+            versions.entry(path).or_insert_with(|| version.clone());
+        }
+        next = parent;
+    }
+    Ok(versions)
+}
 
 /// The files that differ between two trees: the new entry, or `None` for a removal.
 pub(super) fn diff_trees(
@@ -164,6 +213,16 @@ impl Writer {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
+        let base = match commits.first() {
+            Some(&first) => repo
+                .find_commit(first)
+                .map_err(|e| write_error(&e))?
+                .parent_ids()
+                .next()
+                .map(|id| id.detach()),
+            None => None,
+        };
+        let theirs = remote_versions(repo, onto, base).map_err(|e| write_error(&e))?;
         let mut renamed = Vec::with_capacity(commits.len());
         for &id in commits {
             let found = repo.find_commit(id).map_err(|e| write_error(&e))?;
@@ -173,10 +232,19 @@ impl Writer {
                 None => empty,
             };
             let original = gix::objs::Commit::try_from(decoded).map_err(|e| write_error(&e))?;
+            let ours = crate::manifest::ObjectVersion::from_message(&String::from_utf8_lossy(
+                &original.message,
+            ));
             let mut changes = Vec::new();
             diff_trees(repo, parent_tree, original.tree, "", &mut changes)
                 .map_err(|e| write_error(&e))?;
             for (path, entry) in changes {
+                if let (Some(ours), Some(Some(newer))) = (&ours, theirs.get(&path)) {
+                    if newer.newer_than(ours) == Some(true) {
+                        tracing::info!(%path, commit = %id, "the remote has a newer record of this object; keeping it");
+                        continue;
+                    }
+                }
                 match entry {
                     Some((kind, blob)) => editor.upsert(path.split('/'), kind, blob),
                     None => editor.remove(path.split('/')),
