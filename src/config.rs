@@ -561,6 +561,23 @@ pub struct Rule {
     /// What the reconciler does with a file this rule records whose object is gone
     /// from a full list.
     pub prune: Prune,
+    /// When the commit is made: at admission (`immediate`), or once the watch shows
+    /// the object as admitted (`confirmed`).
+    pub record: Record,
+}
+
+/// When a rule's commit is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum Record {
+    /// At admission: the writer commits what the review says.
+    #[default]
+    Immediate,
+    /// Admission only notes who made which change; the reconciler commits it,
+    /// authored by that user, once its watch shows the object with exactly that
+    /// content. A review the cluster never persisted (forged, or denied later)
+    /// never reaches git. Needs `wait: none` and the reconciler.
+    Confirmed,
 }
 
 impl Default for Rule {
@@ -575,6 +592,7 @@ impl Default for Rule {
             then: Then::Allow,
             repository: None,
             prune: Prune::Never,
+            record: Record::Immediate,
         }
     }
 }
@@ -767,6 +785,20 @@ impl Config {
                     "rule {:?}: `then: deny` needs `wait: push`, so the change is in git before the write is refused",
                     rule.name
                 )));
+            }
+            if rule.record == Record::Confirmed {
+                if rule.wait != Wait::None {
+                    return Err(ConfigError::Invalid(format!(
+                        "rule {:?}: `record: confirmed` commits after the write is applied, so it needs `wait: none`",
+                        rule.name
+                    )));
+                }
+                if !self.reconcile.enabled {
+                    return Err(ConfigError::Invalid(format!(
+                        "rule {:?}: `record: confirmed` needs the reconciler (reconcile.enabled: true): its watch confirms each change",
+                        rule.name
+                    )));
+                }
             }
             if rule.wait == Wait::Push && target.repository.remote.is_none() {
                 return Err(ConfigError::Invalid(format!(
@@ -965,6 +997,21 @@ mod tests {
         assert_eq!(config.rules[0].wait, Wait::Commit);
         assert_eq!(config.rules[0].groups, vec!["*"]);
         assert_eq!(config.rules[1].wait, Wait::None);
+    }
+
+    #[test]
+    fn record_confirmed_needs_wait_none_and_the_reconciler() {
+        let error = |yaml: &str| Config::from_yaml(yaml).unwrap_err().to_string();
+        assert!(error("rules:\n- name: a\n  record: confirmed\n").contains("needs the reconciler"));
+        assert!(error(
+            "reconcile:\n  enabled: true\nrules:\n- name: a\n  record: confirmed\n  wait: commit\n"
+        )
+        .contains("needs `wait: none`"));
+        let ok = Config::from_yaml(
+            "reconcile:\n  enabled: true\nrules:\n- name: a\n  record: confirmed\n",
+        )
+        .unwrap();
+        assert_eq!(ok.rules[0].record, Record::Confirmed);
     }
 
     #[test]

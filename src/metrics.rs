@@ -37,6 +37,8 @@ pub enum DecisionLabel {
     Pushed,
     /// Committed and pushed, then denied so GitOps applies it (`then: deny`).
     GitOps,
+    /// Noted, to be committed once the watch shows it (`record: confirmed`).
+    Noted,
 }
 
 /// Label values are the snake_case of the variant, as Prometheus users expect.
@@ -67,6 +69,7 @@ snake_case_label!(DecisionLabel {
     DryRun => "dry_run",
     Denied => "denied",
     Unrecorded => "unrecorded",
+    Noted => "noted",
     Mutate => "mutate",
     Pushed => "pushed",
     GitOps => "gitops",
@@ -155,7 +158,6 @@ pub struct Metrics {
 }
 
 /// The reconciler's progress (issue #6).
-#[derive(Default)]
 pub struct ReconcileMetrics {
     pub objects_listed: Counter,
     pub files_written: Counter,
@@ -166,6 +168,27 @@ pub struct ReconcileMetrics {
     pub confirmed: Counter,
     pub pending: Gauge,
     pub resources: Gauge,
+    /// `record: confirmed` changes committed, and how long after admission.
+    pub noted_recorded: Counter,
+    pub noted_latency: Histogram,
+}
+
+impl Default for ReconcileMetrics {
+    fn default() -> Self {
+        Self {
+            objects_listed: Counter::default(),
+            files_written: Counter::default(),
+            files_pruned: Counter::default(),
+            watch_restarts: Family::default(),
+            phantoms: Counter::default(),
+            confirmed: Counter::default(),
+            pending: Gauge::default(),
+            resources: Gauge::default(),
+            noted_recorded: Counter::default(),
+            // 5 ms to about 80 s.
+            noted_latency: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+        }
+    }
 }
 
 impl ReconcileMetrics {
@@ -210,6 +233,16 @@ impl ReconcileMetrics {
             "resources",
             "Resources listed and watched",
             self.resources.clone(),
+        );
+        r.register(
+            "noted_recorded",
+            "record: confirmed changes committed, by their user, once the cluster showed them",
+            self.noted_recorded.clone(),
+        );
+        r.register(
+            "noted_latency_seconds",
+            "record: confirmed changes: from admission's note to the durable commit",
+            self.noted_latency.clone(),
         );
     }
 }

@@ -89,6 +89,7 @@ pub enum Decision {
         wait: Wait,
         then: Then,
         target: usize,
+        record: crate::config::Record,
     },
     /// Let the write through without recording it.
     Skip(SkipReason),
@@ -266,6 +267,7 @@ pub fn decide(write: &Write, policy: &Policy) -> Decision {
             wait: rule.wait,
             then: rule.then,
             target: *target,
+            record: rule.record,
         },
         None => Decision::Skip(SkipReason::NoRule),
     }
@@ -485,6 +487,7 @@ mod tests {
             wait: Wait::None,
             then: Then::Allow,
             target: 0,
+            record: crate::config::Record::Immediate,
         };
         let cases = [
             (write("", "configmaps", Some("a"), "alice"), record.clone()),
@@ -566,6 +569,7 @@ mod tests {
                 wait: Wait::Commit,
                 then: Then::Allow,
                 target: 0,
+                record: crate::config::Record::Immediate,
             }
         );
         assert_eq!(
@@ -575,6 +579,7 @@ mod tests {
                 wait: Wait::None,
                 then: Then::Allow,
                 target: 0,
+                record: crate::config::Record::Immediate,
             }
         );
         assert_eq!(
@@ -592,6 +597,7 @@ mod tests {
                 wait: Wait::None,
                 then: Then::Allow,
                 target: 0,
+                record: crate::config::Record::Immediate,
             }
         );
     }

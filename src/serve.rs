@@ -435,6 +435,16 @@ fn check_callers_are_authenticated(config: &Config) -> Result<(), ServeError> {
     if auth.authenticates() {
         return Ok(());
     }
+    // A forged review under `record: confirmed` reaches nothing: only what the
+    // cluster shows is committed (managed clusters, whose apiserver presents nothing).
+    if config
+        .rules
+        .iter()
+        .all(|rule| rule.record == crate::config::Record::Confirmed)
+    {
+        tracing::info!(%why, "callers are not authenticated; every rule uses record: confirmed, so only what the cluster persisted is recorded");
+        return Ok(());
+    }
     if auth.allow_unauthenticated {
         tracing::warn!(
             %why,
@@ -443,6 +453,26 @@ fn check_callers_are_authenticated(config: &Config) -> Result<(), ServeError> {
         return Ok(());
     }
     Err(ServeError::Config(format!(
-        "{why}, so what kubescribe records can reach the cluster through a GitOps tool, yet any caller may send it admission reviews: set server.clientAuth.caFile (the CA of the apiserver's client certificate) or server.clientAuth.tokenFile (docs/security.md), or, knowing the risk, server.clientAuth.allowUnauthenticated: true"
+        "{why}, so what kubescribe records can reach the cluster through a GitOps tool, yet any caller may send it admission reviews: set server.clientAuth.caFile (the CA of the apiserver's client certificate) or server.clientAuth.tokenFile (docs/security.md); on a managed cluster whose apiserver cannot authenticate, give every rule `record: confirmed`; or, knowing the risk, server.clientAuth.allowUnauthenticated: true"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confirmed_rules_need_no_caller_authentication_even_with_a_remote() {
+        let config = |record: &str| {
+            Config::from_yaml(&format!(
+                "reconcile:\n  enabled: true\nrepository:\n  remote:\n    url: https://git.example.com/ops/cluster.git\nrules:\n- name: a\n  record: confirmed\n- name: b\n  record: {record}\n"
+            ))
+            .unwrap()
+        };
+        assert!(check_callers_are_authenticated(&config("confirmed")).is_ok());
+        let refused = check_callers_are_authenticated(&config("immediate"))
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("record: confirmed"), "{refused}");
+    }
 }

@@ -41,6 +41,8 @@ pub struct Recording {
     /// Index into [`crate::config::Config::targets`].
     pub target: usize,
     pub require_recording: RailMode,
+    /// `confirmed`: only noted now, committed once the watch shows it.
+    pub record: crate::config::Record,
 }
 
 /// The text of a denial for the first enforced finding.
@@ -93,7 +95,7 @@ pub fn evaluate<'a>(
     }
     verdict.findings = findings;
 
-    let (wait, then, target) = match decision {
+    let (wait, then, target, record) = match decision {
         Decision::Skip(reason) => {
             if write.dry_run {
                 verdict
@@ -106,8 +108,12 @@ pub fn evaluate<'a>(
             return verdict;
         }
         Decision::Record {
-            wait, then, target, ..
-        } => (wait, then, target),
+            wait,
+            then,
+            target,
+            record,
+            ..
+        } => (wait, then, target, record),
     };
     let require_recording = policy.guard_rails.require_recording.mode;
 
@@ -144,6 +150,10 @@ pub fn evaluate<'a>(
             verdict.message = Some(format!(
                 "kubescribe: dry run: would record {path} and push it; this cluster changes only through GitOps, so the write itself would be refused"
             ));
+        } else if record == crate::config::Record::Confirmed {
+            verdict.warnings.push(format!(
+                "kubescribe: dry run: would record {path} once the cluster shows the change"
+            ));
         } else {
             verdict
                 .warnings
@@ -151,13 +161,17 @@ pub fn evaluate<'a>(
         }
         return verdict;
     }
-    verdict.label = DecisionLabel::Queued;
+    verdict.label = match record {
+        crate::config::Record::Confirmed => DecisionLabel::Noted,
+        crate::config::Record::Immediate => DecisionLabel::Queued,
+    };
     verdict.record = Some(Recording {
         change,
         wait,
         then,
         target,
         require_recording,
+        record,
     });
     verdict
 }

@@ -394,17 +394,40 @@ async fn answer(
         then,
         target,
         require_recording,
+        record,
     } = recording;
     let target_index = target;
     let target = &state.targets[target];
     let path = change.path.clone();
+    if record == crate::config::Record::Confirmed {
+        // Only noted: the reconciler commits it, by this user, once its watch shows
+        // the object so. (The config refuses `confirmed` without the reconciler.)
+        match &state.confirmations {
+            Some(confirmations) => {
+                Expected::new(confirmations, target_index, &change, write, true).kept = true;
+                tracing::debug!(%path, "noted; recorded once the cluster shows it");
+                return (response, DecisionLabel::Noted);
+            }
+            None => {
+                warn(
+                    &mut response,
+                    format!("kubescribe: not recorded: {path} waits for the reconciler, which is not running"),
+                );
+                return (response, DecisionLabel::Unrecorded);
+            }
+        }
+    }
     // With the reconciler on, the change waits for the watch to confirm it. It is
     // noted before it is committed, so the reconciler never writes an older state
     // over it meanwhile, and withdrawn unless the write is allowed and recorded.
     let mut expected = match (&state.confirmations, then) {
-        (Some(confirmations), Then::Allow) => {
-            Some(Expected::new(confirmations, target_index, &change, write))
-        }
+        (Some(confirmations), Then::Allow) => Some(Expected::new(
+            confirmations,
+            target_index,
+            &change,
+            write,
+            false,
+        )),
         _ => None,
     };
     let mut keep_expected = || {
@@ -588,12 +611,14 @@ impl<'a> Expected<'a> {
         target: usize,
         change: &manifest::Change,
         write: &Write,
+        noted: bool,
     ) -> Self {
         confirmations.expect(
             target,
             change,
             &write.resource.group,
             &write.resource.resource,
+            noted,
         );
         Self {
             confirmations,

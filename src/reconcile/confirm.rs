@@ -6,6 +6,10 @@
 //! (another webhook or a quota denied it, it conflicted, the apiserver timed out),
 //! and the reconciler commits the cluster's object back.
 //!
+//! A change of a `record: confirmed` rule was only noted, not committed: the event
+//! that confirms it is what gets committed, authored by the admission's user, so a
+//! review the cluster never persisted (forged, or denied after us) never reaches git.
+//!
 //! Invariants: while a file has unconfirmed changes, the reconciler writes nothing
 //! to it from the watch or a list (an event may predate the admitted write), so a
 //! recorded change is never overwritten by an older state; the read back settles
@@ -71,6 +75,20 @@ pub struct Pending {
     due: Instant,
     /// Read backs that failed so far.
     attempts: u32,
+    /// Only noted (`record: confirmed`): commit it, by its user, once confirmed.
+    pub noted: Option<Instant>,
+}
+
+/// What the reconciler may do with what the watch or a list shows of a file.
+#[derive(Debug)]
+pub enum Observed {
+    /// Write it as the cluster's state: no admitted change waits for the file.
+    Write,
+    /// Leave the file alone: an admitted change to it is not confirmed yet.
+    Hold,
+    /// Commit it, authored as this noted change (the seen bytes, its user and
+    /// uid); `since` is when admission noted it.
+    Record { change: Box<Change>, since: Instant },
 }
 
 impl Pending {
@@ -111,8 +129,9 @@ impl Confirmations {
     }
 
     /// Notes a change admission recorded (and allowed) to `target`, for `group` and
-    /// `resource` (the parent's, for a scale write).
-    pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str) {
+    /// `resource` (the parent's, for a scale write); `noted`: only noted, to be
+    /// committed once confirmed (`record: confirmed`).
+    pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str, noted: bool) {
         let expect = Expect::of(&change.action);
         // Only the hash of the content is kept, not the content.
         let change = change.without_body();
@@ -124,6 +143,7 @@ impl Confirmations {
             expect,
             due: Instant::now() + self.window,
             attempts: 0,
+            noted: noted.then(Instant::now),
         };
         let mut all = self.lock();
         // Checked under the lock, so a change is never kept after `close`.
@@ -163,24 +183,38 @@ impl Confirmations {
     }
 
     /// The watch or a list shows `path` of `target` as `seen`. Confirms the change
-    /// that shows (and supersedes every earlier one). Returns whether the reconciler
-    /// may write `seen`: only when no change to the file is left unconfirmed.
-    pub fn observe(&self, target: usize, path: &str, seen: &Action) -> bool {
+    /// that shows (and supersedes every earlier one). The reconciler may write
+    /// `seen` only when no change to the file is left unconfirmed, and commits it
+    /// as a noted change's own when that is the one it confirms.
+    pub fn observe(&self, target: usize, path: &str, seen: &Action) -> Observed {
         let mut pending = self.lock();
         let key = (target, path.to_owned());
         let Some(queue) = pending.get_mut(&key) else {
-            return true;
+            return Observed::Write;
         };
+        let mut confirmed = None;
         if let Some(i) = queue.iter().position(|p| p.expect.shown_by(seen)) {
-            queue.drain(..=i);
+            confirmed = queue.drain(..=i).next_back();
             self.metrics.reconcile.confirmed.inc();
             self.metrics.reconcile.pending.dec_by(i as i64 + 1);
         }
-        if queue.is_empty() {
+        let empty = queue.is_empty();
+        if empty {
             pending.remove(&key);
-            return true;
         }
-        false
+        match confirmed.and_then(|p| p.noted.map(|since| (p, since))) {
+            // The event that shows a noted change is that change: committed even
+            // with later changes still waiting (they are confirmed in their turn).
+            Some((p, since)) => Observed::Record {
+                change: Box::new(Change {
+                    action: seen.clone(),
+                    ..p.change
+                }),
+                since,
+            },
+            None if empty => Observed::Write,
+            None => Observed::Hold,
+        }
     }
 
     /// Puts back a change [`Self::take_due`] handed out whose read back failed, to be
@@ -238,6 +272,10 @@ impl Confirmations {
 mod tests {
     use super::*;
 
+    fn writes(observed: Observed) -> bool {
+        matches!(observed, Observed::Write)
+    }
+
     fn change(action: Action) -> Change {
         let write = crate::policy::Write {
             uid: "u1".into(),
@@ -269,14 +307,14 @@ mod tests {
         let one = change(Action::Put(b"one".to_vec()));
         let two = change(Action::Put(b"two".to_vec()));
         let path = one.path.as_str().to_owned();
-        c.expect(0, &one, "", "configmaps");
-        c.expect(0, &two, "", "configmaps");
+        c.expect(0, &one, "", "configmaps", false);
+        c.expect(0, &two, "", "configmaps", false);
         // An older state, or one of another target: held, nothing confirmed.
-        assert!(!c.observe(0, &path, &Action::Put(b"zero".to_vec())));
-        assert!(c.observe(1, &path, &Action::Put(b"zero".to_vec())));
-        assert!(!c.observe(0, &path, &Action::Put(b"one".to_vec())));
+        assert!(!writes(c.observe(0, &path, &Action::Put(b"zero".to_vec()))));
+        assert!(writes(c.observe(1, &path, &Action::Put(b"zero".to_vec()))));
+        assert!(!writes(c.observe(0, &path, &Action::Put(b"one".to_vec()))));
         assert!(c.is_pending(0, &path));
-        assert!(c.observe(0, &path, &Action::Put(b"two".to_vec())));
+        assert!(writes(c.observe(0, &path, &Action::Put(b"two".to_vec()))));
         assert!(!c.is_pending(0, &path));
         assert!(c
             .take_due(Instant::now() + Duration::from_secs(61))
@@ -288,8 +326,8 @@ mod tests {
         let c = Confirmations::new(Duration::from_secs(1), Arc::new(Metrics::new()));
         let one = change(Action::Put(b"one".to_vec()));
         let gone = change(Action::Remove);
-        c.expect(0, &one, "", "configmaps");
-        c.expect(0, &gone, "", "configmaps");
+        c.expect(0, &one, "", "configmaps", false);
+        c.expect(0, &gone, "", "configmaps", false);
         assert!(c.take_due(Instant::now()).is_empty(), "not due yet");
         let due = c.take_due(Instant::now() + Duration::from_secs(2));
         assert_eq!(due.len(), 1);
@@ -308,10 +346,10 @@ mod tests {
     fn a_closed_registry_keeps_nothing() {
         let c = Confirmations::new(Duration::from_secs(1), Arc::new(Metrics::new()));
         let one = change(Action::Put(b"one".to_vec()));
-        c.expect(0, &one, "", "configmaps");
+        c.expect(0, &one, "", "configmaps", false);
         c.close();
         assert!(!c.is_pending(0, one.path.as_str()));
-        c.expect(0, &one, "", "configmaps");
+        c.expect(0, &one, "", "configmaps", false);
         assert!(!c.is_pending(0, one.path.as_str()));
     }
 
@@ -319,11 +357,38 @@ mod tests {
     fn a_withdrawn_change_is_not_waited_for() {
         let c = Confirmations::new(Duration::from_secs(1), Arc::new(Metrics::new()));
         let one = change(Action::Put(b"one".to_vec()));
-        c.expect(0, &one, "", "configmaps");
+        c.expect(0, &one, "", "configmaps", false);
         c.withdraw(0, one.path.as_str(), "another uid");
         assert!(c.is_pending(0, one.path.as_str()));
         c.withdraw(0, one.path.as_str(), &one.uid);
         assert!(!c.is_pending(0, one.path.as_str()));
-        assert!(c.observe(0, one.path.as_str(), &Action::Remove));
+        assert!(writes(c.observe(0, one.path.as_str(), &Action::Remove)));
+    }
+
+    #[test]
+    fn a_noted_change_is_recorded_by_the_event_that_shows_it() {
+        let c = Confirmations::new(Duration::from_secs(60), Arc::new(Metrics::new()));
+        let noted = change(Action::Put(b"one".to_vec()));
+        let later = change(Action::Put(b"two".to_vec()));
+        let path = noted.path.as_str().to_owned();
+        c.expect(0, &noted, "", "configmaps", true);
+        c.expect(0, &later, "", "configmaps", false);
+        assert!(matches!(
+            c.observe(0, &path, &Action::Put(b"zero".to_vec())),
+            Observed::Hold
+        ));
+        match c.observe(0, &path, &Action::Put(b"one".to_vec())) {
+            Observed::Record { change, .. } => {
+                assert_eq!(change.user, noted.user);
+                assert_eq!(
+                    change.action,
+                    Action::Put(b"one".to_vec()),
+                    "the bytes seen"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(c.is_pending(0, &path), "the later change still waits");
+        assert!(writes(c.observe(0, &path, &Action::Put(b"two".to_vec()))));
     }
 }

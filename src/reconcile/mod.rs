@@ -23,7 +23,7 @@ mod confirm;
 
 use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
 
-pub use confirm::{Confirmations, Pending};
+pub use confirm::{Confirmations, Observed, Pending};
 
 use kube_core::admission::Operation;
 
@@ -338,8 +338,14 @@ impl Reconciler {
                 if change.action != Action::Remove {
                     live[target].insert(change.path.as_str().to_owned());
                 }
-                if self.may_write(target, &change) {
-                    by_target[target].push(change);
+                match self.observe(target, &change) {
+                    Observed::Write => by_target[target].push(change),
+                    Observed::Hold => {}
+                    Observed::Record { change, since } => {
+                        if self.record_noted(target, *change, since).await? {
+                            report.commits += 1;
+                        }
+                    }
                 }
             }
             for (target, changes) in by_target.into_iter().enumerate() {
@@ -390,12 +396,43 @@ impl Reconciler {
         }
     }
 
-    /// Whether the cluster's state may be written to the change's file now: not
-    /// while an admitted change to it waits for confirmation (see [`confirm`]).
-    fn may_write(&self, target: usize, change: &Change) -> bool {
-        self.confirmations
-            .as_ref()
-            .is_none_or(|c| c.observe(target, change.path.as_str(), &change.action))
+    /// What to do with the cluster's state of the change's file now: write it, not
+    /// while an admitted change to it waits for confirmation, and as a noted change's
+    /// own commit when it confirms one (see [`confirm`]).
+    fn observe(&self, target: usize, change: &Change) -> Observed {
+        match &self.confirmations {
+            Some(c) => c.observe(target, change.path.as_str(), &change.action),
+            None => Observed::Write,
+        }
+    }
+
+    /// Commits a noted (`record: confirmed`) change the cluster showed, authored by
+    /// the user who made it; whether a commit was made.
+    async fn record_noted(
+        &self,
+        target: usize,
+        change: Change,
+        since: Instant,
+    ) -> Result<bool, ReconcileError> {
+        let deadline = Instant::now() + COMMIT_DEADLINE;
+        let path = change.path.clone();
+        match self.targets[target].1.commit_change(change, deadline).await {
+            Ok(Outcome::Committed { .. }) => {
+                let waited = since.elapsed();
+                self.metrics.reconcile.noted_recorded.inc();
+                self.metrics
+                    .reconcile
+                    .noted_latency
+                    .observe(waited.as_secs_f64());
+                tracing::debug!(%path, waited_ms = waited.as_millis() as u64, "confirmed by the cluster; recorded");
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(error) => Err(ReconcileError::Store(format!(
+                "{error}; {}",
+                error.advice()
+            ))),
+        }
     }
 
     /// Commits `changes` as one commit by kubescribe; whether a commit was made.
@@ -645,9 +682,20 @@ impl Reconciler {
             } else {
                 known[target].insert(path);
             }
-            if !self.may_write(target, &change) {
-                followed.held += 1;
-                continue;
+            match self.observe(target, &change) {
+                Observed::Write => {}
+                Observed::Hold => {
+                    followed.held += 1;
+                    continue;
+                }
+                Observed::Record { change, since } => {
+                    if self.record_noted(target, *change, since).await? {
+                        followed.written += 1;
+                    } else {
+                        followed.confirmed += 1;
+                    }
+                    continue;
+                }
             }
             let message = format!(
                 "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not: admission never recorded it (kubescribe was down, the webhook failed open, or the change came from inside the cluster, such as garbage collection).\n\nKubescribe-Reconcile: watch\nResource-Version: {rv}\n",
@@ -704,12 +752,41 @@ impl Reconciler {
                 Ok(Some(truth)) => {
                     if pending.shown_by(&truth.action) {
                         self.metrics.reconcile.confirmed.inc();
+                        if let Some(since) = pending.noted {
+                            // Noted, and the watch missed it: the read back shows it.
+                            let change = Change {
+                                action: truth.action,
+                                ..pending.change.clone()
+                            };
+                            if let Err(error) = self.record_noted(target, change, since).await {
+                                tracing::warn!(%error, "cannot commit a confirmed change; retrying");
+                                confirmations.retry(target, pending, RETRY_PAUSE);
+                            }
+                        }
                         continue;
                     }
                     let path = truth.path.as_str().to_owned();
                     if confirmations.is_pending(target, &path) {
                         // A newer admitted change to the file is on its way; it is
                         // checked in its turn.
+                        continue;
+                    }
+                    if pending.noted.is_some() {
+                        // Never committed, so nothing to take back: git keeps what it
+                        // has, and the cluster's state is written like any other.
+                        tracing::info!(uid = %pending.change.uid, %path, user = %pending.change.user, "a noted change never showed in the cluster (forged, or denied after kubescribe); nothing recorded");
+                        self.metrics.reconcile.phantoms.inc();
+                        let message = format!(
+                            "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not.\n\nKubescribe-Reconcile: read-back\n",
+                            verb = truth.verb.as_str(),
+                            api_version = truth.api_version,
+                            kind = truth.kind,
+                            object = truth.object_ref(),
+                        );
+                        if let Err(error) = self.commit(target, vec![truth], message).await {
+                            tracing::warn!(%error, "cannot commit the cluster's object; retrying");
+                            confirmations.retry(target, pending, RETRY_PAUSE);
+                        }
                         continue;
                     }
                     tracing::warn!(uid = %pending.change.uid, %path, user = %pending.change.user, "admitted change never landed (phantom); restoring the cluster's object");

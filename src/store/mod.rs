@@ -493,6 +493,29 @@ impl StoreHandle {
             .clone()
     }
 
+    /// Commits one change, authored by its user like an admitted one, and waits for
+    /// it until `deadline` (the reconciler's commit of a `record: confirmed` change).
+    pub async fn commit_change(
+        &self,
+        change: Change,
+        deadline: Instant,
+    ) -> Result<Outcome, StoreError> {
+        let receipt = self
+            .submit(change, Some(deadline), false, deadline)
+            .await?
+            .ok_or(StoreError::Closed)?;
+        let Receipt {
+            mut committed,
+            claim,
+            ..
+        } = receipt;
+        match tokio::time::timeout_at(deadline.into(), &mut committed).await {
+            Ok(outcome) => outcome.unwrap_or(Err(StoreError::Closed)),
+            Err(_) if claim.abandon() => Err(StoreError::Expired),
+            Err(_) => committed.await.unwrap_or(Err(StoreError::Closed)),
+        }
+    }
+
     /// Commits `changes` (Put and Remove; scale edits are not for bundles) as one
     /// commit with `message`, authored by kubescribe, and waits for it until
     /// `deadline`. `Unchanged` when git already had every file as given.

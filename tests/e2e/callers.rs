@@ -9,45 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::envtest::plane::ControlPlane;
-use crate::envtest::{assert_git_matches_cluster, Kubescribe, Obj, ADMIN, ALICE};
-
-/// A real apiserver review (a ConfigMap create, from the recordings), moved into
-/// `namespace` so kubescribe's rule would record it.
-fn forged_review(namespace: &str, name: &str) -> String {
-    let mut review = crate::common::fixture("009").review;
-    review["request"]["namespace"] = Value::from(namespace);
-    review["request"]["name"] = Value::from(name);
-    review["request"]["object"]["metadata"]["namespace"] = Value::from(namespace);
-    review["request"]["object"]["metadata"]["name"] = Value::from(name);
-    review["request"]["userInfo"]["username"] = Value::from("mallory");
-    review.to_string()
-}
-
-/// What curl got from POSTing `body` to `/validate`: the HTTP status (None when no
-/// answer came, as after a refused handshake) and the body.
-fn post(scribe: &Kubescribe, body: &str, extra: &[&str]) -> (Option<u16>, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let body_file = dir.path().join("review.json");
-    std::fs::write(&body_file, body).unwrap();
-    let answer = dir.path().join("answer");
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "20", "-o"])
-        .arg(&answer)
-        .args(["-w", "%{http_code}", "--cacert"])
-        .arg(scribe.serving_ca())
-        .args(["-H", "Content-Type: application/json", "--data-binary"])
-        .arg(format!("@{}", body_file.display()))
-        .args(extra)
-        .arg(format!("{}/validate?timeout=10s", scribe.url()))
-        .output()
-        .expect("curl runs");
-    let code: u16 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    let text = std::fs::read_to_string(&answer).unwrap_or_default();
-    ((code != 0).then_some(code), text)
-}
+use crate::envtest::{assert_git_matches_cluster, forged_review, Kubescribe, Obj, ADMIN, ALICE};
 
 fn assert_refused(what: &str, (code, body): (Option<u16>, String), reason: &str) {
     assert_eq!(code, Some(401), "{what}: {body}");
@@ -89,18 +51,17 @@ async fn with_mutual_tls_only_the_apiserver_can_make_a_commit() {
     let forged = forged_review(n, "forged");
     assert_refused(
         "no certificate",
-        post(&scribe, &forged, &["--http1.1"]),
+        scribe.post_review(&forged, &["--http1.1"]),
         "neither a client certificate nor a bearer token",
     );
     assert_refused(
         "no certificate, HTTP/2",
-        post(&scribe, &forged, &["--http2"]),
+        scribe.post_review(&forged, &["--http2"]),
         "neither a client certificate",
     );
     assert_refused(
         "a token but no certificate",
-        post(
-            &scribe,
+        scribe.post_review(
             &forged,
             &["-H", "Authorization: Bearer e2e-webhook-caller-token"],
         ),
@@ -114,8 +75,7 @@ async fn with_mutual_tls_only_the_apiserver_can_make_a_commit() {
         .output()
         .unwrap();
     assert!(made.status.success());
-    let (code, body) = post(
-        &scribe,
+    let (code, body) = scribe.post_review(
         &forged,
         &[
             "--cert",
@@ -131,8 +91,7 @@ async fn with_mutual_tls_only_the_apiserver_can_make_a_commit() {
 
     // The apiserver's own certificate passes (curl holding it is the apiserver, as
     // far as anyone can tell): the check is the certificate, not the client.
-    let (code, body) = post(
-        &scribe,
+    let (code, body) = scribe.post_review(
         &forged_review(n, "with-the-cert"),
         &[
             "--cert",
@@ -162,8 +121,7 @@ async fn a_certificate_name_not_allowed_is_refused_and_a_waiting_rule_fails_clos
         plane.webhook_client_ca.display()
     );
     let scribe = Kubescribe::start(plane, "names", &config);
-    let (code, body) = post(
-        &scribe,
+    let (code, body) = scribe.post_review(
         &forged_review(n, "named"),
         &[
             "--cert",
@@ -197,11 +155,10 @@ async fn a_bearer_token_authenticates_the_apiserver_instead() {
     plane.kubectl_ok(ALICE, &["create", "configmap", "real", "-n", n], None);
     assert_eq!(scribe.commit_count(), 1);
     let forged = forged_review(n, "forged");
-    assert_refused("no token", post(&scribe, &forged, &[]), "neither");
+    assert_refused("no token", scribe.post_review(&forged, &[]), "neither");
     assert_refused(
         "a wrong token",
-        post(
-            &scribe,
+        scribe.post_review(
             &forged,
             &["-H", "Authorization: Bearer e2e-webhook-caller-tokem"],
         ),
@@ -210,8 +167,7 @@ async fn a_bearer_token_authenticates_the_apiserver_instead() {
     // Without caFile no certificate is asked for, so presenting one proves nothing.
     assert_refused(
         "a certificate where a token is wanted",
-        post(
-            &scribe,
+        scribe.post_review(
             &forged,
             &[
                 "--cert",

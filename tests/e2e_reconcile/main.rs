@@ -493,3 +493,74 @@ async fn a_write_in_a_non_preferred_version_is_confirmed_without_a_second_commit
     let client = plane.client(ADMIN).await;
     assert_git_matches_cluster(&scribe.repo, "main", &client, &[hpa_obj]).await;
 }
+
+/// `record: confirmed`, for clusters whose apiserver cannot authenticate to the
+/// webhook: admission only notes who made which change, and the commit, authored by
+/// that user, is made when the watch shows the object so. A review sent straight to
+/// the port (no caller authentication here, as on a managed cluster) is answered,
+/// but since the cluster never has its object, nothing reaches git.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmed_rules_record_what_the_cluster_shows_by_its_user_and_never_a_forgery() {
+    let plane = plane();
+    let ns = plane.namespace("confirmed");
+    let n = ns.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let config = reconcile_config(plane, dir.path(), n)
+        .replace(
+            "  discoveryInterval: 5s\n",
+            "  discoveryInterval: 5s\n  confirmWindow: 2s\n",
+        )
+        .replace("prune: always\n", "prune: always\n  record: confirmed\n");
+    let config = format!("server:\n  clientAuth:\n    allowUnauthenticated: false\n{config}");
+    let scribe = Kubescribe::start(plane, "confirmed", &config);
+    scribe.await_webhook(n);
+
+    plane.kubectl_ok(
+        ALICE,
+        &["create", "configmap", "real", "-n", n, "--from-literal=k=v"],
+        None,
+    );
+    let forged = envtest::forged_review(n, "forged");
+    let (code, answer) = scribe.post_review(&forged, &[]);
+    assert_eq!(code, Some(200), "{answer}");
+    assert!(answer.contains("\"allowed\":true"), "{answer}");
+
+    let real = Obj::namespaced("v1", "configmaps", n, "real");
+    eventually(
+        Duration::from_secs(60),
+        "alice's create is recorded",
+        || scribe.file(&real.path()).is_some(),
+    );
+    let history = scribe.git(&["log", "--format=%an|%s", "main", "--", &real.path()]);
+    assert!(
+        history
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("alice@example.com|create v1 ConfigMap")),
+        "authored by the admission's user: {history}"
+    );
+    // The forged review's note expires unconfirmed (the cluster has no such object).
+    eventually(Duration::from_secs(60), "the forged note expires", || {
+        scribe
+            .metric("kubescribe_reconcile_phantoms_total ")
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    let forged_path = Obj::namespaced("v1", "configmaps", n, "forged").path();
+    let everything = scribe.git(&["log", "--all", "--name-only", "--format="]);
+    assert!(!everything.contains(&forged_path), "{everything}");
+    let count = scribe
+        .metric("kubescribe_reconcile_noted_latency_seconds_count ")
+        .unwrap_or(0.0);
+    let sum = scribe
+        .metric("kubescribe_reconcile_noted_latency_seconds_sum ")
+        .unwrap_or(0.0);
+    assert!(count >= 1.0, "{}", scribe.log());
+    // For docs/performance.md: admission's note to the durable commit.
+    eprintln!(
+        "record: confirmed: {count} commits, mean {:.1} ms from admission",
+        sum / count * 1000.0
+    );
+    let client = plane.client(ADMIN).await;
+    assert_git_matches_cluster(&scribe.repo, "main", &client, &[real]).await;
+}

@@ -20,4 +20,4 @@ pub mod scribe;
 pub use fidelity::{assert_git_matches_cluster, Obj};
 #[allow(unused_imports, reason = "each test binary uses some")]
 pub use plane::{ControlPlane, ADMIN, ALICE, BOB, CI, GITOPS};
-pub use scribe::Kubescribe;
+pub use scribe::{forged_review, Kubescribe};

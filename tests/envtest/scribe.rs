@@ -171,6 +171,33 @@ impl Kubescribe {
     }
 
     /// The CA of kubescribe's serving certificate (for curl's `--cacert`).
+    /// What curl got from POSTing `body` to `/validate` straight to the port, as a
+    /// forger would: the HTTP status (None when no answer came, as after a refused
+    /// handshake) and the body. `extra`: more curl arguments (credentials, HTTP/2).
+    pub fn post_review(&self, body: &str, extra: &[&str]) -> (Option<u16>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let body_file = dir.path().join("review.json");
+        std::fs::write(&body_file, body).unwrap();
+        let answer = dir.path().join("answer");
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "20", "-o"])
+            .arg(&answer)
+            .args(["-w", "%{http_code}", "--cacert"])
+            .arg(self.serving_ca())
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", body_file.display()))
+            .args(extra)
+            .arg(format!("{}/validate?timeout=10s", self.url()))
+            .output()
+            .expect("curl runs");
+        let code: u16 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let text = std::fs::read_to_string(&answer).unwrap_or_default();
+        ((code != 0).then_some(code), text)
+    }
+
     pub fn serving_ca(&self) -> PathBuf {
         self.certs.join("ca.crt")
     }
@@ -324,4 +351,16 @@ fn with_client_auth(plane: &ControlPlane, config_yaml: &str) -> String {
         });
     }
     serde_yaml_ng::to_string(&config).unwrap()
+}
+
+/// A real apiserver review (a ConfigMap create, from the recordings) by "mallory",
+/// moved into `namespace` and renamed `name`, for a forger to send.
+pub fn forged_review(namespace: &str, name: &str) -> String {
+    let mut review = crate::common::fixture("009").review;
+    review["request"]["namespace"] = serde_json::Value::from(namespace);
+    review["request"]["name"] = serde_json::Value::from(name);
+    review["request"]["object"]["metadata"]["namespace"] = serde_json::Value::from(namespace);
+    review["request"]["object"]["metadata"]["name"] = serde_json::Value::from(name);
+    review["request"]["userInfo"]["username"] = serde_json::Value::from("mallory");
+    review.to_string()
 }
