@@ -188,7 +188,7 @@ async fn replaying_every_fixture_records_exactly_the_intended_commits() {
         .to_owned();
     assert_eq!(
         message.trim_end(),
-        format!("create v1 ConfigMap team-a/app-config\n\nKubernetes-User: alice\nKubernetes-Groups: devs, system:authenticated\nAdmission-Uid: {uid}")
+        format!("create v1 ConfigMap team-a/app-config\n\nKubernetes-User: alice\nKubernetes-Groups: devs, system:authenticated\nAdmission-Uid: {uid}\nObject-Uid: 205fe2cc-833f-46e4-91f3-5171553031e3\nObject-Created: 2026-11-21T19:09:35Z")
     );
     let trailers = server.git(&[
         "log",

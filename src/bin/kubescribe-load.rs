@@ -5,6 +5,9 @@
 //! - `noop` serves the no-op axum + rustls baseline responder;
 //! - `fast-import` writes a `git fast-import` stream of N one-file commits, the
 //!   baseline for commit throughput;
+//! - `acked` sends distinct writes until the server goes away (the fault suite kills
+//!   it) and prints, one line each as the answer arrives, the file of every write
+//!   the server acknowledged;
 //! - `cluster` serves a synthetic cluster over plain HTTP for the reconcile snapshot:
 //!   the recorded v1.19 core discovery, and N ConfigMaps made from a recorded one,
 //!   paged with `limit`/`continue` like kube-apiserver.
@@ -51,6 +54,27 @@ enum Command {
         namespaces: usize,
         #[arg(long, default_value = "run")]
         label: String,
+    },
+    /// Send distinct ConfigMap creates until the server stops answering (or
+    /// `--requests`), printing the repository path of each write the server
+    /// acknowledged (allowed with a `recorded` or `pushed` warning), one per line,
+    /// flushed as it comes.
+    Acked {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long, default_value = "tests/fixtures/admission/k8s-1.19")]
+        fixtures: PathBuf,
+        #[arg(long, default_value_t = usize::MAX)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Offset for generated names, so runs against one repository stay distinct.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long, default_value_t = 16)]
+        namespaces: usize,
     },
     /// Serve the no-op baseline responder until killed.
     Noop {
@@ -139,6 +163,26 @@ async fn main() -> anyhow::Result<()> {
             line["label"] = label.into();
             println!("{line}");
         }
+        Command::Acked {
+            addr,
+            ca,
+            fixtures,
+            requests,
+            concurrency,
+            offset,
+            namespaces,
+        } => {
+            acked(
+                addr,
+                &ca,
+                &fixtures,
+                requests,
+                concurrency,
+                offset,
+                namespaces,
+            )
+            .await?
+        }
         Command::Noop { listen, cert, key } => {
             let tls = kubescribe::tls::server_config(&cert, &key)?;
             let listener = std::net::TcpListener::bind(listen)
@@ -201,6 +245,74 @@ async fn main() -> anyhow::Result<()> {
             }
             out.flush()?;
         }
+    }
+    Ok(())
+}
+
+/// See [`Command::Acked`]. Each worker stops at its first failed request (the server
+/// is gone); the paths printed are exactly the acknowledged writes.
+async fn acked(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    fixtures: &std::path::Path,
+    requests: usize,
+    concurrency: usize,
+    offset: usize,
+    namespaces: usize,
+) -> anyhow::Result<()> {
+    let template = load::read_fixtures(fixtures)?
+        .into_iter()
+        .find(|f| f.file.starts_with("009-"))
+        .context("fixture 009 (a ConfigMap create)")?;
+    let config = kubescribe::config::Config::default();
+    let layout = kubescribe::manifest::Layout::new(
+        &config.repository.root,
+        &config.repository.path_template,
+    )?;
+    let client = Client::new(addr, ca)?;
+    let secrets = config.secrets;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (client, next, out) = (client.clone(), next.clone(), out.clone());
+        let (template, layout) = (template.clone(), layout.clone());
+        workers.push(tokio::spawn(async move {
+            let Ok(mut connection) = client.connect().await else {
+                return;
+            };
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= requests {
+                    return;
+                }
+                let review = load::spread_review(&template.review, offset + n, namespaces);
+                let body = Bytes::from(serde_json::to_vec(&review).expect("JSON values serialise"));
+                let Ok((status, answer)) = connection.review(&template.path, body).await else {
+                    return;
+                };
+                let warnings = answer["response"]["warnings"].to_string();
+                let acknowledged = status.is_success()
+                    && answer["response"]["allowed"] == true
+                    && (warnings.contains("\"recorded ") || warnings.contains("\"pushed "));
+                if !acknowledged {
+                    continue;
+                }
+                let Ok(decoded) = kubescribe::admission::decode_review(
+                    &serde_json::to_vec(&review).expect("JSON values serialise"),
+                ) else {
+                    continue;
+                };
+                if let Ok(change) = kubescribe::manifest::plan(&decoded.write, &layout, secrets) {
+                    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = writeln!(out, "{}", change.path);
+                    let _ = out.flush();
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        let _ = worker.await;
     }
     Ok(())
 }
