@@ -351,3 +351,69 @@ async fn a_denied_commit_is_kept_when_a_later_admitted_write_has_its_content() {
     );
     server.server.shutdown().await.unwrap();
 }
+
+/// A denial is noted on disk before it is answered, so a crash before the revert
+/// does not let the denied commit be pushed on its own at the next start. Here the
+/// note is the one a crashed run would have left (its format is documented in
+/// docs/operations.md), next to the commit it names, not pushed yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_noted_before_a_crash_is_reverted_before_the_next_push() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("remote.git");
+    let data = tempfile::tempdir().unwrap();
+    let config = format!(
+        "dataDir: {}\nrepository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: commit\n",
+        data.path().join("data").display(),
+        remote.display()
+    );
+    // The remote is not there yet: the commit stays local.
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), &config).await;
+    let (denied, denied_path) = write(1);
+    let answer = send(&server, &denied, "10s").await;
+    let sha = common::recorded_sha(&answer).expect("recorded");
+    let commit = git(&server.repo, &["rev-parse", &sha]);
+    let repo = server.repo.clone();
+    server.server.shutdown().await.unwrap();
+
+    let notes = repo.join("kubescribe/denied");
+    std::fs::create_dir_all(&notes).unwrap();
+    let request = &denied["request"];
+    let note = serde_json::json!({
+        "commit": commit.trim(),
+        "path": denied_path,
+        "verb": "create",
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "namespace": request["namespace"],
+        "name": request["name"],
+        "user": "alice",
+        "uid": request["uid"],
+        "reason": "The write was denied because its commit did not reach the remote before the apiserver's deadline.",
+    });
+    std::fs::write(
+        notes.join(format!("{}.json", commit.trim())),
+        note.to_string(),
+    )
+    .unwrap();
+
+    logged_remote(dir.path());
+    let server = TestServer::start_in(tempfile::tempdir().unwrap(), &config).await;
+    let (next, next_path) = write(2);
+    assert!(allowed(&send(&server, &next, "10s").await));
+    server.server.shutdown().await.unwrap();
+    let tip = files(&remote, "main");
+    assert!(
+        tip.contains(&next_path) && !tip.contains(&denied_path),
+        "{tip:?}"
+    );
+    for commit in remote_tips(&remote) {
+        assert!(
+            !files(&remote, &commit).contains(&denied_path),
+            "the remote's main was once {commit}, with the denied change"
+        );
+    }
+    assert!(
+        std::fs::read_dir(&notes).unwrap().next().is_none(),
+        "the note goes once the revert is durable"
+    );
+}

@@ -254,6 +254,17 @@ impl RepoPath {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// A path read back from a note kubescribe wrote of a path the layout placed;
+    /// still refused when it could leave the repository.
+    pub(crate) fn from_note(path: String) -> Option<Self> {
+        let safe = !path.is_empty()
+            && !path.starts_with('/')
+            && path
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".." && !c.eq_ignore_ascii_case(".git"));
+        safe.then_some(RepoPath(path))
+    }
 }
 
 impl fmt::Display for RepoPath {

@@ -26,6 +26,7 @@ use gix::hash::ObjectId;
 use tokio::sync::{mpsc, oneshot};
 
 mod commit;
+mod denials;
 mod open;
 mod outgoing;
 mod pack;
@@ -460,13 +461,24 @@ impl StoreHandle {
     /// committed. With `ticket`, the outbox holds that waiter's commit back until
     /// the revert is appended. Nobody waits for it; it never waits for room (the
     /// control channel is unbounded: a revert must not be lost to a full queue).
+    ///
+    /// The revert is noted on disk first (one small fsync'ed file, on this rare
+    /// path), so it survives a crash before the writer commits it.
     pub fn revert(&self, change: Change, commit: ObjectId, reason: String, ticket: Option<u64>) {
         let path = change.path.clone();
+        let note = match denials::write(&self.location.0, &change, commit, &reason) {
+            Ok(note) => Some(note),
+            Err(error) => {
+                tracing::error!(%path, %commit, %error, "cannot note a denied write on disk; its revert is only in memory until the writer commits it");
+                None
+            }
+        };
         let control = Control::Revert(Box::new(PendingRevert {
             change: change.without_body(),
             revert: Revert { commit, reason },
             ticket,
             at: None,
+            note,
         }));
         if self.control.send(control).is_err() {
             tracing::error!(%path, %commit, "kubescribe is stopping and cannot revert a denied write; git keeps a change the cluster does not have until the next write of this object");

@@ -20,6 +20,10 @@ pub(super) struct Opened {
     pub(super) branch_ref: gix::refs::FullName,
     pub(super) tip: Option<ObjectId>,
     pub(super) tree: ObjectId,
+    /// Reverts owed from before the last stop (see [`super::denials`]).
+    pub(super) reverts: Vec<PendingRevert>,
+    /// The unpushed commits, while those reverts are owed.
+    pub(super) withheld: Vec<Unpushed>,
 }
 
 /// How long the writer waits before trying again to open a repository it could not
@@ -70,7 +74,6 @@ pub(super) fn read_tip(
     }
 }
 
-/// Sleeps until `at`, or forever without one.
 /// Tries to open the repository again and again, with a growing pause, and answers
 /// what arrives meanwhile: a waiting change is denied with the reason, a change
 /// nobody waits for (already admitted) is kept for the writer's retry list, up to
@@ -221,6 +224,11 @@ impl Writer {
         let branch_ref = gix::refs::FullName::try_from(format!("refs/heads/{}", settings.branch))
             .map_err(|e| open_error(e.to_string()))?;
         let (mut tip, mut tree) = read_tip(&repo, &branch_ref).map_err(open_error)?;
+        let reverts = super::denials::read(&path);
+        if !reverts.is_empty() {
+            tracing::warn!(reverts = reverts.len(), "writes denied before the last stop are not reverted yet; reverting them before anything is pushed");
+        }
+        let mut withheld = Vec::new();
         if let Some(outbox) = &settings.outbox {
             if tip.is_none() {
                 // A fresh local repository starts from what the remote has (fetched
@@ -243,14 +251,19 @@ impl Writer {
             if !unpushed.is_empty() {
                 tracing::info!(repository = %settings.name, commits = unpushed.len(), "unpushed commits from an earlier run; pushing them");
             }
-            let commits = unpushed
+            let commits: Vec<Unpushed> = unpushed
                 .into_iter()
                 .map(|commit| Unpushed {
                     commit,
                     waiters: Vec::new(),
                 })
                 .collect();
-            outbox.append(commits, Vec::new(), tip);
+            if reverts.is_empty() {
+                outbox.append(commits, Vec::new(), tip);
+            } else {
+                // Denied commits among them: pushed only with their reverts.
+                withheld = commits;
+            }
         }
         tracing::info!(path = %path.display(), branch = %settings.branch, tip = ?tip, "repository open");
         Ok(Opened {
@@ -258,6 +271,8 @@ impl Writer {
             branch_ref,
             tip,
             tree,
+            reverts,
+            withheld,
         })
     }
 }

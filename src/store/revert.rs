@@ -29,6 +29,8 @@ pub(super) struct PendingRevert {
     pub(super) ticket: Option<u64>,
     /// Where the denied change stands in [`Touches`], when the writer knows.
     pub(super) at: Option<u64>,
+    /// Its note on disk (see [`super::denials`]), removed once the revert is durable.
+    pub(super) note: Option<std::path::PathBuf>,
 }
 
 /// What came after a commit that may be denied later: a change that found the file
@@ -138,6 +140,9 @@ impl Writer {
         for pending in kept {
             tracing::info!(path = %pending.change.path, denied = %pending.revert.commit, "a later admitted write left the file as the denied one did; nothing to revert");
             tickets.extend(pending.ticket);
+            if let Some(note) = &pending.note {
+                super::denials::settled(note);
+            }
         }
         self.reverts = owed;
         if self.reverts.is_empty() {
@@ -187,6 +192,9 @@ impl Writer {
         let mut commits = std::mem::take(&mut self.withheld);
         for (pending, outcome) in pending.into_iter().zip(outcomes) {
             tickets.extend(pending.ticket);
+            if let Some(note) = &pending.note {
+                super::denials::settled(note);
+            }
             match outcome {
                 Outcome::Committed { commit } => {
                     self.metrics.commits.inc();

@@ -53,6 +53,7 @@ pub(super) const WRITER_NICENESS: i32 = 19;
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// Sleeps until `at`, or forever without one.
 pub(super) async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -73,6 +74,8 @@ impl Writer {
             branch_ref,
             tip,
             tree,
+            reverts,
+            withheld,
         } = opened;
         Self {
             repo,
@@ -90,8 +93,8 @@ impl Writer {
             packs_written: 0,
             repack: None,
             failing: Arc::default(),
-            reverts: Vec::new(),
-            withheld: Vec::new(),
+            reverts,
+            withheld,
             touches: Touches::default(),
         }
     }
@@ -312,6 +315,8 @@ impl Writer {
                                 },
                                 ticket: None,
                                 at,
+                                // Reverted right below, before this batch is pushed.
+                                note: None,
                             });
                             commits.push(Unpushed {
                                 commit,
