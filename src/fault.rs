@@ -21,6 +21,22 @@ pub struct Faults {
     pub after_push: Option<Gate>,
     /// The writer, before it commits the reverts of denied writes.
     pub before_revert: Option<Gate>,
+    /// While on, making a batch durable fails as a full disk would.
+    pub failing_disk: Option<Switch>,
+}
+
+/// A fault that is on or off, as the test says.
+#[derive(Clone, Debug, Default)]
+pub struct Switch(Arc<std::sync::atomic::AtomicBool>);
+
+impl Switch {
+    pub fn set(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// A point that holds whoever reaches it until the test opens it.

@@ -256,6 +256,8 @@ pub struct StoreSettings {
     pub before_durable: Option<crate::fault::Gate>,
     /// Held before the reverts of denied writes are committed, in tests.
     pub before_revert: Option<crate::fault::Gate>,
+    /// Fails making batches durable while on, in tests.
+    pub failing_disk: Option<crate::fault::Switch>,
 }
 
 impl StoreSettings {
@@ -278,6 +280,7 @@ impl StoreSettings {
                 .map(|_| Arc::new(Outbox::default())),
             before_durable: config.faults.before_durable.clone(),
             before_revert: config.faults.before_revert.clone(),
+            failing_disk: config.faults.failing_disk.clone(),
         }
     }
 }

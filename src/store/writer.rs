@@ -250,6 +250,16 @@ impl Writer {
             if let Some(gate) = &self.settings.before_durable {
                 gate.pass();
             }
+            if self
+                .settings
+                .failing_disk
+                .as_ref()
+                .is_some_and(|s| s.is_on())
+            {
+                return Err(StoreError::Sync {
+                    reason: "No space left on device (injected by a test)".to_owned(),
+                });
+            }
             self.make_durable(tip, tree)?;
             Ok(outcomes)
         });
