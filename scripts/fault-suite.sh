@@ -30,7 +30,7 @@ SERVER=
 cleanup() {
   [ -n "$SERVER" ] && kill -9 "$SERVER" 2>/dev/null || true
   mountpoint -q "$WORK/disk" 2>/dev/null && umount "$WORK/disk" || true
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 failed=0
@@ -109,6 +109,9 @@ kill_trials() {
   if [ "$wait" = push ]; then
     remote=$dir/remote.git
     git init -q --bare -b main "$remote"
+    # No background gc on the remote: fsck would race it, and it is not ours.
+    git --git-dir "$remote" config gc.auto 0
+    git --git-dir "$remote" config receive.autogc false
   fi
   config "$dir/config.yaml" "$dir/data" "$wait" "$remote"
   local repo=$dir/data/repo.git
@@ -131,9 +134,11 @@ kill_trials() {
     fi
     stop
     left=$((left + $(leftovers "$repo")))
-    git --git-dir "$repo" fsck --strict --no-progress >/dev/null 2>&1 || fsck_bad=$((fsck_bad + 1))
+    git --git-dir "$repo" fsck --strict --no-progress >"$dir/fsck" 2>&1 ||
+      { fsck_bad=$((fsck_bad + 1)); echo "trial $trial: local fsck:" >&2; head -5 "$dir/fsck" >&2; }
     if [ -n "$remote" ]; then
-      git --git-dir "$remote" fsck --strict --no-progress >/dev/null 2>&1 || fsck_bad=$((fsck_bad + 1))
+      git --git-dir "$remote" fsck --strict --no-progress >"$dir/fsck" 2>&1 ||
+        { fsck_bad=$((fsck_bad + 1)); echo "trial $trial: remote fsck:" >&2; head -5 "$dir/fsck" >&2; }
     fi
   done
   acked=$(sort -u "$dir/acked" | wc -l)
@@ -217,7 +222,7 @@ outage() {
 
 for scenario in $SCENARIOS; do
   case $scenario in
-    kill) kill_trials commit; kill_trials push ;;
+    kill) for mode in ${MODES:-commit push}; do kill_trials "$mode"; done ;;
     disk) disk_full ;;
     outage) outage ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;

@@ -281,6 +281,16 @@ impl Server {
                     reconciler = reconciler.with_confirmations(confirmations.clone());
                 }
                 let reconciler = Arc::new(reconciler);
+                // A repository that cannot be opened yet is tried again by its
+                // writer: the snapshot waits for it rather than fail for good.
+                let mut waited = false;
+                while state.targets.iter().any(|t| t.store.not_open().is_some()) {
+                    if !waited {
+                        tracing::warn!("the initial snapshot waits until every repository opens");
+                        waited = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 match reconciler.snapshot().await {
                     Ok(report) => {
                         tracing::info!(
@@ -437,10 +447,11 @@ fn check_callers_are_authenticated(config: &Config) -> Result<(), ServeError> {
     }
     // A forged review under `record: confirmed` reaches nothing: only what the
     // cluster shows is committed (managed clusters, whose apiserver presents nothing).
-    if config
-        .rules
-        .iter()
-        .all(|rule| rule.record == crate::config::Record::Confirmed)
+    if !config.rules.is_empty()
+        && config
+            .rules
+            .iter()
+            .all(|rule| rule.record == crate::config::Record::Confirmed)
     {
         tracing::info!(%why, "callers are not authenticated; every rule uses record: confirmed, so only what the cluster persisted is recorded");
         return Ok(());

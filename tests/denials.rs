@@ -260,6 +260,10 @@ async fn a_denied_commit_behind_the_push_in_flight_never_reaches_the_remote() {
     // The writer is about to revert it, and is held there: the pusher, told of the
     // first push, finds only a held commit behind it, and pushes nothing more.
     revert.arrivals(1).await;
+    // The denial was noted on disk before it was answered.
+    let notes = server.repo.join("kubescribe/denied");
+    let noted: Vec<_> = std::fs::read_dir(&notes).unwrap().collect();
+    assert_eq!(noted.len(), 1, "{noted:?}");
     answer_from_remote.open();
     let answer = (&mut first).await;
     drop(first);
@@ -283,6 +287,10 @@ async fn a_denied_commit_behind_the_push_in_flight_never_reaches_the_remote() {
             "the remote's main was once {commit}, with the denied change: {tree:?}"
         );
     }
+    assert!(
+        std::fs::read_dir(&notes).unwrap().next().is_none(),
+        "the note goes once the revert is durable"
+    );
     // Its commit and revert did go, together.
     let history = git(&remote, &["log", "--format=%s", "main"]);
     assert!(

@@ -93,8 +93,11 @@ pub struct ObjectVersion {
     pub uid: String,
     /// `metadata.creationTimestamp`, RFC 3339 in UTC (seconds), as the apiserver sets it.
     pub created: String,
-    /// The resourceVersion the write started from; `None` for a create.
+    /// The resourceVersion the write started from (`None` for a create), or, for a
+    /// state the cluster showed (`state`), the resourceVersion of that state.
     pub after: Option<u64>,
+    /// A state the cluster showed (a watch or list), not a write being admitted.
+    pub state: bool,
 }
 
 impl ObjectVersion {
@@ -115,23 +118,33 @@ impl ObjectVersion {
             } else {
                 Some(text("resourceVersion")?.parse().ok()?)
             },
+            state: false,
         })
     }
 
-    /// Whether this write came after `other` in the object's history; `None` when
+    /// The version of an object as the cluster shows it.
+    pub fn of_state(object: &Value) -> Option<Self> {
+        Some(Self {
+            state: true,
+            ..Self::of(object, false)?
+        })
+    }
+
+    /// Whether this record came after `other` in the object's history; `None` when
     /// that cannot be told. Within one incarnation, the apiserver serialises writes,
     /// so a later one starts from a greater resourceVersion, and a create comes
-    /// first; a later incarnation (created later) comes after everything of an
-    /// earlier one. (resourceVersions are opaque by contract; compared as numbers
-    /// here, as the apiserver's etcd storage makes them.)
+    /// first; a write made from resourceVersion r comes after the state r it
+    /// started from. A later incarnation (created later) comes after everything of
+    /// an earlier one. (resourceVersions are opaque by contract; compared as
+    /// numbers here, as the apiserver's etcd storage makes them.)
     pub fn newer_than(&self, other: &ObjectVersion) -> Option<bool> {
         use std::cmp::Ordering;
         if self.uid == other.uid {
-            return match (self.after, other.after) {
-                (Some(a), Some(b)) if a != b => Some(a > b),
-                (Some(_), None) => Some(true),
-                (None, Some(_)) => Some(false),
-                _ => None,
+            let rank = |v: &ObjectVersion| v.after.map(|after| (after, !v.state));
+            return match rank(self).cmp(&rank(other)) {
+                Ordering::Greater => Some(true),
+                Ordering::Less => Some(false),
+                Ordering::Equal => None,
             };
         }
         match self.created.cmp(&other.created) {
@@ -147,8 +160,10 @@ impl ObjectVersion {
             "Object-Uid: {}\nObject-Created: {}\n",
             self.uid, self.created
         );
-        if let Some(after) = self.after {
-            text.push_str(&format!("Object-Resource-Version: {after}\n"));
+        match (self.after, self.state) {
+            (Some(after), false) => text.push_str(&format!("Object-Resource-Version: {after}\n")),
+            (Some(after), true) => text.push_str(&format!("Object-State-Version: {after}\n")),
+            (None, _) => {}
         }
         text
     }
@@ -162,13 +177,20 @@ impl ObjectVersion {
                 .find_map(|line| line.strip_prefix(key)?.strip_prefix(": "))
                 .map(str::trim)
         };
+        let (after, state) = match (
+            trailer("Object-Resource-Version"),
+            trailer("Object-State-Version"),
+        ) {
+            (Some(rv), None) => (Some(rv.parse().ok()?), false),
+            (None, Some(rv)) => (Some(rv.parse().ok()?), true),
+            (None, None) => (None, false),
+            (Some(_), Some(_)) => return None,
+        };
         Some(Self {
             uid: trailer("Object-Uid")?.to_owned(),
             created: trailer("Object-Created")?.to_owned(),
-            after: match trailer("Object-Resource-Version") {
-                Some(rv) => Some(rv.parse().ok()?),
-                None => None,
-            },
+            after,
+            state,
         })
     }
 }
@@ -466,6 +488,7 @@ mod tests {
             uid: uid.into(),
             created: created.into(),
             after,
+            state: false,
         }
     }
 
@@ -485,6 +508,16 @@ mod tests {
         assert_eq!(later.newer_than(&reborn), Some(false));
         assert_eq!(update.newer_than(&update.clone()), None);
         assert_eq!(version("u3", t2, None).newer_than(&reborn), None);
+        // A write made from state 10 comes after that state, before state 11.
+        let state = |rv| ObjectVersion {
+            state: true,
+            ..version("u1", t1, Some(rv))
+        };
+        assert_eq!(update.newer_than(&state(10)), Some(true));
+        assert_eq!(state(11).newer_than(&update), Some(true));
+        assert_eq!(state(10).newer_than(&state(10)), None);
+        let message = format!("reconcile: x\n\n{}", state(12).trailers());
+        assert_eq!(ObjectVersion::from_message(&message), Some(state(12)));
     }
 
     #[test]

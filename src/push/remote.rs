@@ -146,7 +146,11 @@ impl Remote {
     /// Runs a git command on the local repository only (no credentials needed).
     async fn local(&self, args: &[&str]) -> Result<Output, PushError> {
         let mut command = tokio::process::Command::new("git");
-        command.arg("--git-dir").arg(&self.git_dir).args(args);
+        command
+            .args(NO_BACKGROUND_WORK)
+            .arg("--git-dir")
+            .arg(&self.git_dir)
+            .args(args);
         isolate(&mut command);
         self.finish(command).await
     }
@@ -155,7 +159,11 @@ impl Remote {
     /// environment.
     async fn run(&self, args: &[&str]) -> Result<Output, PushError> {
         let mut command = tokio::process::Command::new("git");
-        command.arg("--git-dir").arg(&self.git_dir).args(args);
+        command
+            .args(NO_BACKGROUND_WORK)
+            .arg("--git-dir")
+            .arg(&self.git_dir)
+            .args(args);
         isolate(&mut command);
         for (key, value) in self.credentials_env()? {
             command.env(key, value);
@@ -321,7 +329,21 @@ struct Output {
 
 /// Keeps git away from the user's and the system's configuration (credential
 /// helpers, insteadOf rewrites) and from any prompt.
+/// No `git gc --auto` or `git maintenance` in kubescribe's repository: the writer
+/// packs it itself, and a detached gc would outlive the git that started it (and
+/// kubescribe, after a crash), writing packs while the next start cleans up.
+const NO_BACKGROUND_WORK: [&str; 4] = ["-c", "gc.auto=0", "-c", "maintenance.auto=false"];
+
 fn isolate(command: &mut tokio::process::Command) {
+    // Never outlive kubescribe: a git left running after a crash would write into
+    // the repository while the next start recovers it.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))
+                .map_err(std::io::Error::from)
+        });
+    }
     command
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")

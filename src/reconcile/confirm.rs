@@ -86,16 +86,43 @@ pub enum Observed {
     Write,
     /// Leave the file alone: an admitted change to it is not confirmed yet.
     Hold,
-    /// Commit it, authored as this noted change (the seen bytes, its user and
-    /// uid); `since` is when admission noted it.
-    Record { change: Box<Change>, since: Instant },
+    /// Commit `change`: what the cluster shows, authored by the user of the noted
+    /// change it confirms (`note`, to put back if the commit fails); `since` is
+    /// when admission noted it.
+    Record {
+        change: Box<Change>,
+        note: Box<Pending>,
+        since: Instant,
+    },
 }
+
+/// At most this many changes wait for one file (the oldest are superseded), and
+/// this many in all (more are not noted): a caller that floods reviews cannot grow
+/// memory without bound.
+const MAX_PER_FILE: usize = 64;
+const MAX_PENDING: usize = 100_000;
 
 impl Pending {
     /// Whether `seen` (the cluster's object as the reconciler renders it, or
     /// `Remove` when it is gone) shows this change.
     pub fn shown_by(&self, seen: &Action) -> bool {
         self.expect.shown_by(seen)
+    }
+
+    /// Whether the state the cluster shows can be this change's result: the same
+    /// object (uid), and a state after the one the write started from. A review
+    /// that names another object, or an older state, cannot claim it.
+    fn consistent_with(&self, seen: &Change) -> bool {
+        match (&self.change.version, &seen.version) {
+            (Some(write), Some(state)) => {
+                write.uid == state.uid
+                    && match (write.after, state.after) {
+                        (Some(base), Some(now)) => now > base,
+                        _ => true,
+                    }
+            }
+            _ => true,
+        }
     }
 }
 
@@ -150,7 +177,16 @@ impl Confirmations {
         if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        all.entry(key).or_default().push_back(pending);
+        if all.len() >= MAX_PENDING && !all.contains_key(&key) {
+            tracing::warn!(path = %pending.change.path, "too many admitted changes wait for confirmation; this one is not noted");
+            return;
+        }
+        let queue = all.entry(key).or_default();
+        if queue.len() >= MAX_PER_FILE {
+            queue.pop_front();
+            self.metrics.reconcile.pending.dec();
+        }
+        queue.push_back(pending);
         self.metrics.reconcile.pending.inc();
     }
 
@@ -186,14 +222,17 @@ impl Confirmations {
     /// that shows (and supersedes every earlier one). The reconciler may write
     /// `seen` only when no change to the file is left unconfirmed, and commits it
     /// as a noted change's own when that is the one it confirms.
-    pub fn observe(&self, target: usize, path: &str, seen: &Action) -> Observed {
+    pub fn observe(&self, target: usize, seen: &Change) -> Observed {
         let mut pending = self.lock();
-        let key = (target, path.to_owned());
+        let key = (target, seen.path.as_str().to_owned());
         let Some(queue) = pending.get_mut(&key) else {
             return Observed::Write;
         };
         let mut confirmed = None;
-        if let Some(i) = queue.iter().position(|p| p.expect.shown_by(seen)) {
+        if let Some(i) = queue
+            .iter()
+            .position(|p| p.expect.shown_by(&seen.action) && p.consistent_with(seen))
+        {
             confirmed = queue.drain(..=i).next_back();
             self.metrics.reconcile.confirmed.inc();
             self.metrics.reconcile.pending.dec_by(i as i64 + 1);
@@ -205,11 +244,15 @@ impl Confirmations {
         match confirmed.and_then(|p| p.noted.map(|since| (p, since))) {
             // The event that shows a noted change is that change: committed even
             // with later changes still waiting (they are confirmed in their turn).
+            // Everything but who made it comes from the cluster, never the review.
             Some((p, since)) => Observed::Record {
                 change: Box::new(Change {
-                    action: seen.clone(),
-                    ..p.change
+                    user: p.change.user.clone(),
+                    groups: p.change.groups.clone(),
+                    uid: p.change.uid.clone(),
+                    ..seen.clone()
                 }),
+                note: Box::new(p),
                 since,
             },
             None if empty => Observed::Write,
@@ -310,11 +353,13 @@ mod tests {
         c.expect(0, &one, "", "configmaps", false);
         c.expect(0, &two, "", "configmaps", false);
         // An older state, or one of another target: held, nothing confirmed.
-        assert!(!writes(c.observe(0, &path, &Action::Put(b"zero".to_vec()))));
-        assert!(writes(c.observe(1, &path, &Action::Put(b"zero".to_vec()))));
-        assert!(!writes(c.observe(0, &path, &Action::Put(b"one".to_vec()))));
+        assert!(!writes(
+            c.observe(0, &change(Action::Put(b"zero".to_vec())))
+        ));
+        assert!(writes(c.observe(1, &change(Action::Put(b"zero".to_vec())))));
+        assert!(!writes(c.observe(0, &change(Action::Put(b"one".to_vec())))));
         assert!(c.is_pending(0, &path));
-        assert!(writes(c.observe(0, &path, &Action::Put(b"two".to_vec()))));
+        assert!(writes(c.observe(0, &change(Action::Put(b"two".to_vec())))));
         assert!(!c.is_pending(0, &path));
         assert!(c
             .take_due(Instant::now() + Duration::from_secs(61))
@@ -362,7 +407,7 @@ mod tests {
         assert!(c.is_pending(0, one.path.as_str()));
         c.withdraw(0, one.path.as_str(), &one.uid);
         assert!(!c.is_pending(0, one.path.as_str()));
-        assert!(writes(c.observe(0, one.path.as_str(), &Action::Remove)));
+        assert!(writes(c.observe(0, &change(Action::Remove))));
     }
 
     #[test]
@@ -374,10 +419,10 @@ mod tests {
         c.expect(0, &noted, "", "configmaps", true);
         c.expect(0, &later, "", "configmaps", false);
         assert!(matches!(
-            c.observe(0, &path, &Action::Put(b"zero".to_vec())),
+            c.observe(0, &change(Action::Put(b"zero".to_vec()))),
             Observed::Hold
         ));
-        match c.observe(0, &path, &Action::Put(b"one".to_vec())) {
+        match c.observe(0, &change(Action::Put(b"one".to_vec()))) {
             Observed::Record { change, .. } => {
                 assert_eq!(change.user, noted.user);
                 assert_eq!(
@@ -389,6 +434,39 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(c.is_pending(0, &path), "the later change still waits");
-        assert!(writes(c.observe(0, &path, &Action::Put(b"two".to_vec()))));
+        assert!(writes(c.observe(0, &change(Action::Put(b"two".to_vec())))));
+
+        // A note is confirmed only by its own object, in a state after its base.
+        let version = |uid: &str, after, state| {
+            Some(crate::manifest::ObjectVersion {
+                uid: uid.into(),
+                created: "2026-12-01T10:00:00Z".into(),
+                after: Some(after),
+                state,
+            })
+        };
+        let mut noted = change(Action::Put(b"three".to_vec()));
+        noted.version = version("u1", 10, false);
+        c.expect(0, &noted, "", "configmaps", true);
+        let mut seen = change(Action::Put(b"three".to_vec()));
+        for (uid, rv) in [("u2", 11), ("u1", 10)] {
+            seen.version = version(uid, rv, true);
+            assert!(
+                matches!(c.observe(0, &seen), Observed::Hold),
+                "{uid} at {rv} cannot confirm it"
+            );
+        }
+        seen.version = version("u1", 11, true);
+        seen.kind = "FromTheCluster".into();
+        match c.observe(0, &seen) {
+            Observed::Record { change, .. } => {
+                assert_eq!(
+                    change.kind, "FromTheCluster",
+                    "the cluster's, not the review's"
+                );
+                assert_eq!(change.user, noted.user);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -341,8 +341,12 @@ impl Reconciler {
                 match self.observe(target, &change) {
                     Observed::Write => by_target[target].push(change),
                     Observed::Hold => {}
-                    Observed::Record { change, since } => {
-                        if self.record_noted(target, *change, since).await? {
+                    Observed::Record {
+                        change,
+                        note,
+                        since,
+                    } => {
+                        if self.record_noted(target, *change, *note, since).await? {
                             report.commits += 1;
                         }
                     }
@@ -388,7 +392,14 @@ impl Reconciler {
             return None;
         }
         match crate::manifest::plan(write, &self.targets[target].0, self.policy.secrets) {
-            Ok(change) => Some((target, rule, change)),
+            Ok(mut change) => {
+                // A state the cluster shows, not a write: ordered as such against
+                // other replicas' records (see store::replay).
+                change.version = write
+                    .live_object()
+                    .and_then(crate::manifest::ObjectVersion::of_state);
+                Some((target, rule, change))
+            }
             Err(error) => {
                 tracing::warn!(%error, resource = %write.resource.resource, name = %write.name, "cannot turn the cluster's object into a file");
                 None
@@ -401,22 +412,31 @@ impl Reconciler {
     /// own commit when it confirms one (see [`confirm`]).
     fn observe(&self, target: usize, change: &Change) -> Observed {
         match &self.confirmations {
-            Some(c) => c.observe(target, change.path.as_str(), &change.action),
+            Some(c) => c.observe(target, change),
             None => Observed::Write,
         }
     }
 
     /// Commits a noted (`record: confirmed`) change the cluster showed, authored by
     /// the user who made it; whether a commit was made.
+    /// When the commit fails, the note is put back, so the change is still recorded
+    /// as its user's once it can be (by the next event, or the read back).
     async fn record_noted(
         &self,
         target: usize,
         change: Change,
+        note: Pending,
         since: Instant,
     ) -> Result<bool, ReconcileError> {
         let deadline = Instant::now() + COMMIT_DEADLINE;
         let path = change.path.clone();
-        match self.targets[target].1.commit_change(change, deadline).await {
+        let outcome = self.targets[target].1.commit_change(change, deadline).await;
+        if outcome.is_err() {
+            if let Some(confirmations) = &self.confirmations {
+                confirmations.retry(target, note, RETRY_PAUSE);
+            }
+        }
+        match outcome {
             Ok(Outcome::Committed { .. }) => {
                 let waited = since.elapsed();
                 self.metrics.reconcile.noted_recorded.inc();
@@ -688,8 +708,12 @@ impl Reconciler {
                     followed.held += 1;
                     continue;
                 }
-                Observed::Record { change, since } => {
-                    if self.record_noted(target, *change, since).await? {
+                Observed::Record {
+                    change,
+                    note,
+                    since,
+                } => {
+                    if self.record_noted(target, *change, *note, since).await? {
                         followed.written += 1;
                     } else {
                         followed.confirmed += 1;
@@ -698,12 +722,18 @@ impl Reconciler {
                 }
             }
             let message = format!(
-                "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not: admission never recorded it (kubescribe was down, the webhook failed open, or the change came from inside the cluster, such as garbage collection).\n\nKubescribe-Reconcile: watch\nResource-Version: {rv}\n",
+                "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not: admission never recorded it (kubescribe was down, the webhook failed open, or the change came from inside the cluster, such as garbage collection).\n\nKubescribe-Reconcile: watch\nResource-Version: {rv}\n{version}",
                 verb = change.verb.as_str(),
                 api_version = change.api_version,
                 kind = change.kind,
                 object = change.object_ref(),
                 rv = followed.resource_version,
+                // Where this state stands in the object's history, so a replay
+                // between replicas keeps the newest record (see store::replay).
+                version = change
+                    .version
+                    .as_ref()
+                    .map_or_else(String::new, |v| v.trailers()),
             );
             if self.commit(target, vec![change], message).await? {
                 followed.written += 1;
@@ -754,13 +784,17 @@ impl Reconciler {
                         self.metrics.reconcile.confirmed.inc();
                         if let Some(since) = pending.noted {
                             // Noted, and the watch missed it: the read back shows it.
+                            // What the cluster has, by the user who made it.
                             let change = Change {
-                                action: truth.action,
-                                ..pending.change.clone()
+                                user: pending.change.user.clone(),
+                                groups: pending.change.groups.clone(),
+                                uid: pending.change.uid.clone(),
+                                ..truth
                             };
-                            if let Err(error) = self.record_noted(target, change, since).await {
+                            if let Err(error) =
+                                self.record_noted(target, change, pending, since).await
+                            {
                                 tracing::warn!(%error, "cannot commit a confirmed change; retrying");
-                                confirmations.retry(target, pending, RETRY_PAUSE);
                             }
                         }
                         continue;

@@ -67,7 +67,11 @@ pub(super) fn commit_message(change: &Change, api_version: &str, kind: &str, bod
     format!(
         "{verb} {api_version} {kind} {object}\n\n{body}Kubernetes-User: {user}\nKubernetes-Groups: {groups}\nAdmission-Uid: {uid}\n{version}",
         verb = change.verb.as_str(),
-        object = change.object_ref(),
+        // Every field of the subject comes from the request: one line each, so none
+        // can add a line (or a trailer) to the message.
+        api_version = one_line(api_version),
+        kind = one_line(kind),
+        object = one_line(&change.object_ref()),
         user = one_line(&change.user),
         groups = one_line(&change.groups.join(", ")),
         uid = one_line(&change.uid),
@@ -75,7 +79,7 @@ pub(super) fn commit_message(change: &Change, api_version: &str, kind: &str, bod
             crate::manifest::ObjectVersion {
                 uid: one_line(&v.uid),
                 created: one_line(&v.created),
-                after: v.after,
+                ..v.clone()
             }
             .trailers()
         }),

@@ -327,6 +327,11 @@ impl StoreHandle {
                 // opened yet (a volume not mounted, a full disk) is tried again, and
                 // meanwhile /readyz says why.
                 let first = Writer::open_repository(&settings, &thread_metrics);
+                if let Err(error) = &first {
+                    // Before start returns: /readyz must never pass meanwhile.
+                    *writer_not_open.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("{error}; {}", error.advice()));
+                }
                 let _ = opened_tx.send(());
                 let (opened, retry) = match first {
                     Ok(opened) => (opened, Vec::new()),

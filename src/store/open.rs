@@ -24,6 +24,52 @@ pub(super) struct Opened {
     pub(super) reverts: Vec<PendingRevert>,
     /// The unpushed commits, while those reverts are owed.
     pub(super) withheld: Vec<Unpushed>,
+    /// Held for the writer's life; see [`lock_repository`].
+    pub(super) lock: std::fs::File,
+}
+
+/// How long a start waits for what still holds the repository's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Takes `<repository>/kubescribe.lock` (flock, exclusive) for this writer's life.
+/// The descriptor is inherited by every git kubescribe starts, and by theirs, so
+/// the lock is held until the last of them exits, even after kubescribe is killed:
+/// a new start waits for an earlier run's `git repack` or `git fetch` to finish
+/// before it cleans up and writes. A second kubescribe on the same repository
+/// waits too, and then reports it rather than write beside the first.
+fn lock_repository(git_dir: &Path) -> Result<std::fs::File, String> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = git_dir.join("kubescribe.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let until = Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < until => {
+                if !logged {
+                    tracing::warn!(lock = %path.display(), "the repository is still in use (a git an earlier run started, or another kubescribe); waiting");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} is held by another process ({e}): another kubescribe uses this repository, or a git an earlier run started is still running; stop it, or give each kubescribe its own repository",
+                    path.display()
+                ))
+            }
+        }
+    }
+    // Inherited by the git children (Rust opens files close-on-exec).
+    rustix::io::fcntl_setfd(&file, rustix::io::FdFlags::empty())
+        .map_err(|e| format!("cannot share {} with git: {e}", path.display()))?;
+    Ok(file)
 }
 
 /// How long the writer waits before trying again to open a repository it could not
@@ -206,6 +252,7 @@ impl Writer {
             reason,
         };
         init_repository(&path, &settings.branch)?;
+        let lock = lock_repository(&path).map_err(open_error)?;
         let recovered = recovery::recover(&path);
         if !recovered.is_empty() {
             tracing::warn!(
@@ -273,6 +320,7 @@ impl Writer {
             tree,
             reverts,
             withheld,
+            lock,
         })
     }
 }

@@ -74,7 +74,8 @@ pub(super) fn write(
         });
     }
     let keep = base.with_extension("keep");
-    std::fs::write(&keep, b"kubescribe: not yet named by a branch\n")?;
+    // Renamed into place, so a crash never leaves a `.keep` without our marker.
+    write_renamed(&keep, b"kubescribe: not yet named by a branch\n")?;
     let result = write_renamed(&pack_path, &pack).and_then(|()| write_renamed(&index_path, &index));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&pack_path);

@@ -13,7 +13,7 @@
 //!   objects nothing refers to, which the next repack may fold in harmlessly;
 //! - packs without their index (a kill between the two renames), indexes without
 //!   their pack, and the temporary files of our pack writer and of git's
-//!   (`*.tmp`, `tmp_pack_*`, `tmp_idx_*`).
+//!   (`*.tmp`, `tmp_*`, `.tmp-*`).
 //!
 //! Acknowledged writes are never touched: a commit the branch names has its pack and
 //! index complete (both are renamed into place and fsynced before the ref moves).
@@ -96,7 +96,9 @@ pub(super) fn recover(git_dir: &Path) -> Recovered {
     let has = |name: &str| names.iter().any(|n| n == name);
     for name in &names {
         let path = packs.join(name);
-        if name.ends_with(".tmp") || name.starts_with("tmp_pack_") || name.starts_with("tmp_idx_") {
+        // Ours (`*.tmp`) and git's (`tmp_pack_*`, `tmp_idx_*`, `tmp_rev_*`, ... and
+        // repack's `.tmp-<pid>-*`): nothing of an earlier run is still writing.
+        if name.ends_with(".tmp") || name.starts_with("tmp_") || name.starts_with(".tmp-") {
             if remove(&path) {
                 recovered.temporaries.push(path);
             }
@@ -109,7 +111,10 @@ pub(super) fn recover(git_dir: &Path) -> Recovered {
                 recovered.broken_packs.push(path);
             }
         } else if name.ends_with(".keep") {
-            let ours = std::fs::read(&path).is_ok_and(|text| text.starts_with(KEEP_MARKER));
+            // Empty: one an earlier version created and was killed before it
+            // wrote the marker into.
+            let ours = std::fs::read(&path)
+                .is_ok_and(|text| text.is_empty() || text.starts_with(KEEP_MARKER));
             if ours && remove(&path) {
                 recovered.keeps.push(path);
             }

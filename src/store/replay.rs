@@ -21,14 +21,14 @@ pub(super) type TreeChange = (String, Option<(EntryKind, ObjectId)>);
 const VERSIONS_READ_MAX: usize = 10_000;
 
 /// For each file the remote changed since `base` (our first unpushed commit's
-/// parent), the version of its newest change there (`None`: a change that says
-/// none, such as a reconcile commit).
+/// parent), the version of its newest record there: the newest commit of that one
+/// file that says where its write stood.
 fn remote_versions(
     repo: &gix::Repository,
     onto: Option<ObjectId>,
     base: Option<ObjectId>,
 ) -> Result<
-    std::collections::HashMap<String, Option<crate::manifest::ObjectVersion>>,
+    std::collections::HashMap<String, crate::manifest::ObjectVersion>,
     Box<dyn std::error::Error + Send + Sync>,
 > {
     let mut versions = std::collections::HashMap::new();
@@ -51,9 +51,12 @@ fn remote_versions(
         };
         let mut changes = Vec::new();
         diff_trees(repo, parent_tree, decoded.tree(), "", &mut changes)?;
-        for (path, _) in changes {
+        // A version speaks for the one object its commit changed; a commit of many
+        // files (a person's, a reconcile snapshot) says nothing about each of them,
+        // and neither does one without trailers: the newest record that does counts.
+        if let (Some(version), [(path, _)]) = (version, changes.as_slice()) {
             // Newest first: the first version seen of a file is its latest.
-            versions.entry(path).or_insert_with(|| version.clone());
+            versions.entry(path.clone()).or_insert(version);
         }
         next = parent;
     }
@@ -235,13 +238,28 @@ impl Writer {
             let ours = crate::manifest::ObjectVersion::from_message(&String::from_utf8_lossy(
                 &original.message,
             ));
+            // A revert undoes its denied commit only where the file still holds what
+            // that commit wrote (a newer record may have replaced both meanwhile).
+            let reverts = String::from_utf8_lossy(&original.message)
+                .lines()
+                .find_map(|line| line.strip_prefix("Reverts: "))
+                .and_then(|hex| ObjectId::from_hex(hex.trim().as_bytes()).ok());
             let mut changes = Vec::new();
             diff_trees(repo, parent_tree, original.tree, "", &mut changes)
                 .map_err(|e| write_error(&e))?;
             for (path, entry) in changes {
-                if let (Some(ours), Some(Some(newer))) = (&ours, theirs.get(&path)) {
+                if let (Some(ours), Some(newer)) = (&ours, theirs.get(&path)) {
                     if newer.newer_than(ours) == Some(true) {
                         tracing::info!(%path, commit = %id, "the remote has a newer record of this object; keeping it");
+                        continue;
+                    }
+                }
+                if let Some(denied) = reverts {
+                    let wrote = revert_edit(repo, denied, &path)
+                        .map(|(wrote, _)| wrote)
+                        .map_err(|e| write_error(&e))?;
+                    if lookup(repo, tree, &path).map_err(|e| write_error(&e))? != wrote {
+                        tracing::info!(%path, commit = %id, "the denied change a revert undoes is no longer there; nothing to revert");
                         continue;
                     }
                 }

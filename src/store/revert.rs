@@ -110,9 +110,9 @@ pub(super) fn revert_message(change: &Change, revert: &Revert) -> String {
     format!(
         "revert {verb} {api_version} {kind} {object}\n\n{reason}\n\nReverts: {commit}\nAdmission-Uid: {uid}\n",
         verb = change.verb.as_str(),
-        api_version = change.api_version,
-        kind = change.kind,
-        object = change.object_ref(),
+        api_version = one_line(&change.api_version),
+        kind = one_line(&change.kind),
+        object = one_line(&change.object_ref()),
         reason = revert.reason,
         commit = revert.commit,
         uid = one_line(&change.uid),
@@ -139,6 +139,18 @@ impl Writer {
                 .partition(|pending| touches.kept_since(pending));
         for pending in kept {
             tracing::info!(path = %pending.change.path, denied = %pending.revert.commit, "a later admitted write left the file as the denied one did; nothing to revert");
+            tickets.extend(pending.ticket);
+            if let Some(note) = &pending.note {
+                super::denials::settled(note);
+            }
+        }
+        // A note that names a commit this repository does not have (a note from
+        // another repository, or damaged) has nothing to revert.
+        let (owed, unknown): (Vec<PendingRevert>, Vec<PendingRevert>) = owed
+            .into_iter()
+            .partition(|pending| self.repo.find_commit(pending.revert.commit).is_ok());
+        for pending in unknown {
+            tracing::error!(path = %pending.change.path, denied = %pending.revert.commit, "a denied write names a commit the repository does not have; nothing to revert");
             tickets.extend(pending.ticket);
             if let Some(note) = &pending.note {
                 super::denials::settled(note);

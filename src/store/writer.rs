@@ -45,6 +45,8 @@ pub(super) struct Writer {
     pub(super) withheld: Vec<Unpushed>,
     /// What came after commits that may be denied later; see [`Touches`].
     pub(super) touches: Touches,
+    /// The repository's lock, held while this writer lives.
+    pub(super) _lock: std::fs::File,
 }
 
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
@@ -76,6 +78,7 @@ impl Writer {
             tree,
             reverts,
             withheld,
+            lock,
         } = opened;
         Self {
             repo,
@@ -96,6 +99,7 @@ impl Writer {
             reverts,
             withheld,
             touches: Touches::default(),
+            _lock: lock,
         }
     }
 
