@@ -568,7 +568,7 @@ fn history_is_kept_by_default_and_upgrades_roll_when_the_remote_keeps_it() {
     );
     let refused = render_result(&["--set", "replicaCount=2"]).unwrap_err();
     assert!(
-        refused.contains("replicas cannot share one volume"),
+        refused.contains("needs a remote on every repository"),
         "{refused}"
     );
     let two = render(&[
@@ -580,4 +580,32 @@ fn history_is_kept_by_default_and_upgrades_roll_when_the_remote_keeps_it() {
         "replicaCount=2",
     ]);
     assert_eq!(find(&two, "Deployment").unwrap()["spec"]["replicas"], 2);
+
+    // Several replicas that keep a volume each: a StatefulSet, one pod replaced at a
+    // time, so a `Fail` entry always has a pod to call, `wait: commit` included.
+    let sts = render(&[
+        "--set",
+        REMOTE,
+        "--set-json",
+        r#"config.rules=[{"name":"all","wait":"commit"}]"#,
+        "--set",
+        "replicaCount=2",
+    ]);
+    assert!(find(&sts, "Deployment").is_none());
+    assert!(
+        find(&sts, "PersistentVolumeClaim").is_none(),
+        "one per pod instead"
+    );
+    let set = find(&sts, "StatefulSet").unwrap();
+    assert_eq!(set["spec"]["replicas"], 2);
+    assert_eq!(set["spec"]["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "data"
+    );
+    let pod = &set["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(!volumes.iter().any(|v| v["name"] == "data"), "{volumes:?}");
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "data"), "{mounts:?}");
 }

@@ -76,7 +76,9 @@ fn check_variant(plane: &ControlPlane, release: &str, args: &[&str]) {
     let mut args = args.to_vec();
     args.extend(["--set", "webhook.matchConditions=false"]);
     let rendered = render(release, &namespace, &args);
-    assert!(rendered.iter().any(|o| o["kind"] == "Deployment"));
+    assert!(rendered
+        .iter()
+        .any(|o| o["kind"] == "Deployment" || o["kind"] == "StatefulSet"));
     let (objects, left_out) = applicable(plane, rendered);
     assert!(
         left_out.iter().all(|o| o == "policy/v1 PodDisruptionBudget"),
@@ -111,8 +113,11 @@ async fn the_chart_with_cert_manager_is_accepted_by_the_apiserver() {
             "persistence.enabled=true",
             "--set",
             "clientAuth.certificate=true",
+            // Two replicas with a volume each: the StatefulSet.
+            "--set",
+            "replicaCount=2",
             "--set-json",
-            r#"config={"reconcile":{"enabled":true},"rules":[{"name":"prod","namespaces":["prod"],"wait":"commit"},{"name":"rest"}]}"#,
+            r#"config={"reconcile":{"enabled":true},"repository":{"remote":{"url":"https://git.example.com/state.git"}},"rules":[{"name":"prod","namespaces":["prod"],"wait":"commit"},{"name":"rest"}]}"#,
         ],
     );
 }

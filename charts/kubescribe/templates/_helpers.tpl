@@ -156,10 +156,18 @@ or put two writers on one volume.
 {{- else if not $remote -}}
 {{- fail "persistence.enabled=false keeps the repository on an emptyDir, so every pod replacement loses its history: give every repository a remote (config.repository.remote), or leave persistence on" -}}
 {{- end -}}
-{{- if and $persistent (gt (int .Values.replicaCount) 1) -}}
-{{- fail "replicaCount > 1 needs persistence off: replicas cannot share one volume, each keeps its own repository and pushes to the remote (set config.repository.remote and persistence.enabled=false)" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not $remote) -}}
+{{- fail "replicaCount > 1 needs a remote on every repository (config.repository.remote): each replica keeps its own repository, and the remote is where they meet" -}}
 {{- end -}}
 {{- if $persistent }}true{{ end -}}
+{{- end }}
+
+{{/*
+"true" when the pods are a StatefulSet: several replicas that each keep their own
+repository on a volume of their own (volumeClaimTemplates), else empty.
+*/}}
+{{- define "kubescribe.statefulSet" -}}
+{{- if and (include "kubescribe.persistent" .) (gt (int .Values.replicaCount) 1) }}true{{ end -}}
 {{- end }}
 
 {{/*
