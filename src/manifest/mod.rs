@@ -360,6 +360,7 @@ pub fn sanitize(object: &mut Value, group: &str, kind: &str) -> Result<(), Manif
     if let Some(spec) = object.get_mut("spec") {
         strip_template_timestamps(spec);
     }
+    strip_controller_fields(object, group, kind);
 
     let spec = object.get_mut("spec").and_then(Value::as_object_mut);
     match (group, kind, spec) {
@@ -401,6 +402,41 @@ pub fn sanitize(object: &mut Value, group: &str, kind: &str) -> Result<(), Manif
         _ => {}
     }
     Ok(())
+}
+
+/// Fields a controller fills in, which are never a person's intent (issue #14):
+/// - a ServiceAccount's `secrets` entries that name the token Secret the token
+///   controller generated for it (`<name>-token-<suffix>`); entries a person listed
+///   stay;
+/// - an aggregated ClusterRole's `rules`: the aggregation controller writes them
+///   from the `aggregationRule`, which is the intent.
+fn strip_controller_fields(object: &mut Map<String, Value>, group: &str, kind: &str) {
+    match (group, kind) {
+        ("", "ServiceAccount") => {
+            let name = object
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let generated = format!("{name}-token-");
+            if let Some(Value::Array(secrets)) = object.get_mut("secrets") {
+                secrets.retain(|secret| {
+                    !secret.get("name").and_then(Value::as_str).is_some_and(|n| {
+                        n.starts_with(&generated)
+                            && secret.as_object().is_some_and(|o| o.len() == 1)
+                    })
+                });
+                if secrets.is_empty() {
+                    object.remove("secrets");
+                }
+            }
+        }
+        ("rbac.authorization.k8s.io", "ClusterRole") if object.contains_key("aggregationRule") => {
+            object.remove("rules");
+        }
+        _ => {}
+    }
 }
 
 /// Go serialises an empty time as `creationTimestamp: null` in every embedded
@@ -550,6 +586,50 @@ mod tests {
             ObjectVersion::of(&json!({"metadata": {"uid": "u1"}}), true),
             None
         );
+    }
+
+    #[test]
+    fn fields_controllers_fill_in_are_not_intent() {
+        let cases = [
+            // The token controller's Secret goes; one a person listed stays.
+            (
+                "",
+                "ServiceAccount",
+                json!({"metadata": {"name": "default"}, "secrets": [{"name": "default-token-x7k2p"}]}),
+                json!({"metadata": {"name": "default"}}),
+            ),
+            (
+                "",
+                "ServiceAccount",
+                json!({"metadata": {"name": "ci"}, "secrets": [{"name": "ci-token-abcde"}, {"name": "registry"}], "imagePullSecrets": [{"name": "registry"}]}),
+                json!({"metadata": {"name": "ci"}, "secrets": [{"name": "registry"}], "imagePullSecrets": [{"name": "registry"}]}),
+            ),
+            // Another account's token is not this one's generated Secret.
+            (
+                "",
+                "ServiceAccount",
+                json!({"metadata": {"name": "ci"}, "secrets": [{"name": "deployer-token-abcde"}]}),
+                json!({"metadata": {"name": "ci"}, "secrets": [{"name": "deployer-token-abcde"}]}),
+            ),
+            // An aggregated ClusterRole's rules are the controller's; its selector is intent.
+            (
+                "rbac.authorization.k8s.io",
+                "ClusterRole",
+                json!({"metadata": {"name": "monitoring"}, "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "y"}}]}, "rules": [{"verbs": ["get"]}]}),
+                json!({"metadata": {"name": "monitoring"}, "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"x": "y"}}]}}),
+            ),
+            // A plain ClusterRole keeps its rules.
+            (
+                "rbac.authorization.k8s.io",
+                "ClusterRole",
+                json!({"metadata": {"name": "reader"}, "rules": [{"verbs": ["get"]}]}),
+                json!({"metadata": {"name": "reader"}, "rules": [{"verbs": ["get"]}]}),
+            ),
+        ];
+        for (group, kind, mut object, expected) in cases {
+            sanitize(&mut object, group, kind).unwrap();
+            assert_eq!(object, expected, "{kind}");
+        }
     }
 
     #[test]
