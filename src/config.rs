@@ -499,6 +499,15 @@ pub struct IgnoreConfig {
     /// Skip objects that have an ownerReference with `controller: true`: their
     /// controller's object is the intent.
     pub controller_owned: bool,
+    /// Skip the control plane's own objects (see [`crate::intent`]): those in
+    /// `namespaces`, the bootstrap policy, what every namespace gets, and objects only
+    /// `managers` wrote.
+    pub control_plane: bool,
+    /// The control plane's namespaces: nothing in them is recorded.
+    pub namespaces: Vec<String>,
+    /// Field managers (`managedFields[].manager`, `*` matches any run) that are the
+    /// control plane's.
+    pub managers: Vec<String>,
 }
 
 impl Default for IgnoreConfig {
@@ -533,6 +542,20 @@ impl Default for IgnoreConfig {
             .map(String::from)
             .to_vec(),
             controller_owned: true,
+            control_plane: true,
+            namespaces: ["kube-system", "kube-public", "kube-node-lease"]
+                .map(String::from)
+                .to_vec(),
+            managers: [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kubelet",
+                "cloud-controller-manager",
+                "api-priority-and-fairness-config-*",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }

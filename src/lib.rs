@@ -9,6 +9,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod fault;
+pub mod intent;
 pub mod limits;
 pub mod load;
 pub mod manifest;

@@ -103,8 +103,13 @@ pub enum SkipReason {
     Noise(String),
     IgnoredUser(String),
     IgnoredGroup(String),
-    ControllerOwned { kind: String, name: String },
+    ControllerOwned {
+        kind: String,
+        name: String,
+    },
     SecretOmitted,
+    /// The control plane's own object, not a person's (see [`crate::intent`]).
+    ControlPlane(String),
     NoRule,
 }
 
@@ -119,6 +124,7 @@ impl SkipReason {
             SkipReason::IgnoredGroup(_) => "ignored_group",
             SkipReason::ControllerOwned { .. } => "controller_owned",
             SkipReason::SecretOmitted => "secret_omitted",
+            SkipReason::ControlPlane(_) => "control_plane",
             SkipReason::NoRule => "no_rule",
         }
     }
@@ -141,6 +147,10 @@ impl std::fmt::Display for SkipReason {
             SkipReason::SecretOmitted => {
                 write!(f, "Secrets are not recorded (secrets: omit; set secrets: redact to record their keys)")
             }
+            SkipReason::ControlPlane(why) => write!(
+                f,
+                "the control plane's own object, not a person's: {why} (see ignore.controlPlane)"
+            ),
             SkipReason::NoRule => write!(f, "no rule records it"),
         }
     }
@@ -257,6 +267,15 @@ pub fn decide(write: &Write, policy: &Policy) -> Decision {
         if let Some(owner) = controller_owner(write.live_object()) {
             return Decision::Skip(owner);
         }
+    }
+    if let Some(why) = crate::intent::control_plane(
+        write.live_object(),
+        group,
+        resource,
+        write.namespace.as_deref().filter(|ns| !ns.is_empty()),
+        &policy.ignore,
+    ) {
+        return Decision::Skip(SkipReason::ControlPlane(why));
     }
     if group.is_empty() && resource == "secrets" && policy.secrets != SecretMode::Redact {
         return Decision::Skip(SkipReason::SecretOmitted);
@@ -433,7 +452,7 @@ fn matches(rule: &Rule, write: &Write) -> bool {
 }
 
 /// Matches `value` against `pattern`, where `*` stands for any run of characters.
-fn glob(pattern: &str, value: &str) -> bool {
+pub(crate) fn glob(pattern: &str, value: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or_default();
     let Some(mut rest) = value.strip_prefix(first) else {

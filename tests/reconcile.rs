@@ -120,13 +120,19 @@ async fn a_snapshot_into_an_empty_repository_writes_every_recorded_object_once()
     for expected in [
         "team-a/core/configmaps/c1.yaml",
         "team-a/apps/deployments/web.yaml",
-        "_cluster/rbac.authorization.k8s.io/clusterroles/admin.yaml",
     ] {
         assert!(
             files.lines().any(|f| f == expected),
             "{expected} in\n{files}"
         );
     }
+    // The recorded ClusterRoles are the API server's bootstrap policy
+    // (`kubernetes.io/bootstrapping: rbac-defaults`): the control plane's, not a
+    // person's, so never in git.
+    assert!(
+        !files.contains("clusterroles/"),
+        "the bootstrap policy is not recorded:\n{files}"
+    );
     assert!(
         files
             .lines()

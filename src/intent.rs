@@ -1,0 +1,226 @@
+//! Written by a person, or by the control plane? One answer for admission, the
+//! snapshot, the watch, `kubescribe check` and prune (they all ask through
+//! [`crate::policy::decide`]), from what the object itself says, since the
+//! reconciler cannot see who wrote it:
+//! - its namespace is one of the control plane's (`ignore.namespaces`:
+//!   `kube-system`, `kube-public`, `kube-node-lease`);
+//! - it carries the API server's bootstrap label (`kubernetes.io/bootstrapping:
+//!   rbac-defaults`);
+//! - it is one of the objects every namespace gets (the `default` ServiceAccount, the
+//!   `kube-root-ca.crt` ConfigMap), and no person's field manager touched it;
+//! - every field manager in its `managedFields` is the control plane's
+//!   (`ignore.managers`).
+//!
+//! Invariant: an object a person wrote to (a field manager that is not the control
+//! plane's, such as `kubectl-edit` adding `imagePullSecrets` to a `default`
+//! ServiceAccount) is never called the control plane's, except in the control
+//! plane's namespaces. Fields a controller fills in inside a person's object are the
+//! sanitiser's job (`manifest::sanitize`).
+
+use serde_json::Value;
+
+use crate::config::IgnoreConfig;
+
+/// Why an object is the control plane's, not a person's; `None` when a person wrote
+/// it (or may have). `namespace` is the write's namespace.
+pub fn control_plane(
+    object: Option<&Value>,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    ignore: &IgnoreConfig,
+) -> Option<String> {
+    if !ignore.control_plane {
+        return None;
+    }
+    if let Some(namespace) = namespace.filter(|ns| ignore.namespaces.iter().any(|n| n == ns)) {
+        return Some(format!("namespace {namespace} is the control plane's"));
+    }
+    let object = object?;
+    let meta = object.get("metadata")?;
+    if meta.pointer("/labels/kubernetes.io~1bootstrapping") == Some(&Value::from("rbac-defaults")) {
+        return Some("it is the API server's bootstrap policy".to_owned());
+    }
+    let managers: Vec<&str> = meta
+        .get("managedFields")
+        .and_then(Value::as_array)
+        .map(|fields| {
+            fields
+                .iter()
+                .filter_map(|f| f.get("manager").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    let control = |manager: &str| {
+        ignore
+            .managers
+            .iter()
+            .any(|p| crate::policy::glob(p, manager))
+    };
+    let a_person_wrote = managers.iter().any(|m| !control(m));
+    let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
+    let every_namespace_gets = group.is_empty()
+        && ((resource == "serviceaccounts" && name == "default")
+            || (resource == "configmaps" && name == "kube-root-ca.crt"));
+    if every_namespace_gets && !a_person_wrote {
+        return Some(format!("every namespace gets {resource}/{name}"));
+    }
+    if !managers.is_empty() && !a_person_wrote {
+        let mut names = managers.clone();
+        names.sort_unstable();
+        names.dedup();
+        return Some(format!(
+            "only the control plane wrote it (field managers: {})",
+            names.join(", ")
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn managed(managers: &[&str]) -> Value {
+        Value::Array(
+            managers
+                .iter()
+                .map(|m| json!({"manager": m, "operation": "Update"}))
+                .collect(),
+        )
+    }
+
+    fn object(name: &str, labels: Value, managers: &[&str]) -> Value {
+        json!({"metadata": {"name": name, "labels": labels, "managedFields": managed(managers)}})
+    }
+
+    #[test]
+    fn control_plane_objects_and_people_s_are_told_apart() {
+        let ignore = IgnoreConfig::default();
+        let none = json!({});
+        let cases: [(&str, &str, Option<&str>, Value, bool); 12] = [
+            // The control plane's namespaces, whoever writes.
+            (
+                "",
+                "configmaps",
+                Some("kube-system"),
+                object("x", none.clone(), &["kubectl-create"]),
+                true,
+            ),
+            (
+                "",
+                "configmaps",
+                Some("kube-public"),
+                object("cluster-info", none.clone(), &["kube-apiserver"]),
+                true,
+            ),
+            // The bootstrap policy.
+            (
+                "rbac.authorization.k8s.io",
+                "clusterroles",
+                None,
+                object(
+                    "edit",
+                    json!({"kubernetes.io/bootstrapping": "rbac-defaults"}),
+                    &["kube-apiserver"],
+                ),
+                true,
+            ),
+            // What every namespace gets...
+            (
+                "",
+                "serviceaccounts",
+                Some("team-a"),
+                object("default", none.clone(), &["kube-controller-manager"]),
+                true,
+            ),
+            (
+                "",
+                "configmaps",
+                Some("team-a"),
+                object(
+                    "kube-root-ca.crt",
+                    none.clone(),
+                    &["kube-controller-manager"],
+                ),
+                true,
+            ),
+            // ...unless a person wrote to it: `kubectl edit` adding imagePullSecrets.
+            (
+                "",
+                "serviceaccounts",
+                Some("team-a"),
+                object(
+                    "default",
+                    none.clone(),
+                    &["kube-controller-manager", "kubectl-edit"],
+                ),
+                false,
+            ),
+            // Written only by controllers: the APF configuration, system PriorityClasses.
+            (
+                "flowcontrol.apiserver.k8s.io",
+                "flowschemas",
+                None,
+                object(
+                    "system-leader-election",
+                    none.clone(),
+                    &["api-priority-and-fairness-config-producer-v1"],
+                ),
+                true,
+            ),
+            (
+                "scheduling.k8s.io",
+                "priorityclasses",
+                None,
+                object("system-node-critical", none.clone(), &["kube-apiserver"]),
+                true,
+            ),
+            // A person's objects.
+            (
+                "apps",
+                "deployments",
+                Some("team-a"),
+                object(
+                    "web",
+                    none.clone(),
+                    &["kubectl-client-side-apply", "kube-controller-manager"],
+                ),
+                false,
+            ),
+            (
+                "",
+                "serviceaccounts",
+                Some("team-a"),
+                object("ci", none.clone(), &["kubectl-create"]),
+                false,
+            ),
+            // No managedFields (a file read back, an old apiserver): not judged by them.
+            (
+                "",
+                "configmaps",
+                Some("team-a"),
+                json!({"metadata": {"name": "app"}}),
+                false,
+            ),
+            (
+                "",
+                "serviceaccounts",
+                Some("team-a"),
+                json!({"metadata": {"name": "default"}}),
+                true,
+            ),
+        ];
+        for (group, resource, namespace, object, expected) in cases {
+            let found = control_plane(Some(&object), group, resource, namespace, &ignore);
+            assert_eq!(found.is_some(), expected, "{resource} {object}: {found:?}");
+        }
+        let everything = IgnoreConfig {
+            control_plane: false,
+            ..IgnoreConfig::default()
+        };
+        assert!(control_plane(None, "", "configmaps", Some("kube-system"), &everything).is_none());
+    }
+}
