@@ -41,32 +41,33 @@ pub fn control_plane(
     if meta.pointer("/labels/kubernetes.io~1bootstrapping") == Some(&Value::from("rbac-defaults")) {
         return Some("it is the API server's bootstrap policy".to_owned());
     }
-    let managers: Vec<&str> = meta
-        .get("managedFields")
-        .and_then(Value::as_array)
-        .map(|fields| {
-            fields
-                .iter()
-                .filter_map(|f| f.get("manager").and_then(Value::as_str))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Per admission request: no allocation unless the answer is "control plane".
+    let managers = || {
+        meta.get("managedFields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.get("manager").and_then(Value::as_str))
+    };
     let control = |manager: &str| {
         ignore
             .managers
             .iter()
             .any(|p| crate::policy::glob(p, manager))
     };
-    let a_person_wrote = managers.iter().any(|m| !control(m));
+    let a_person_wrote = managers().any(|m| !control(m));
+    if a_person_wrote {
+        return None;
+    }
     let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
     let every_namespace_gets = group.is_empty()
         && ((resource == "serviceaccounts" && name == "default")
             || (resource == "configmaps" && name == "kube-root-ca.crt"));
-    if every_namespace_gets && !a_person_wrote {
+    if every_namespace_gets {
         return Some(format!("every namespace gets {resource}/{name}"));
     }
-    if !managers.is_empty() && !a_person_wrote {
-        let mut names = managers.clone();
+    if managers().next().is_some() {
+        let mut names: Vec<&str> = managers().collect();
         names.sort_unstable();
         names.dedup();
         return Some(format!(

@@ -7,21 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{body, git, TestServer};
+use common::{allowed, body, git, message, TestServer};
 use kubescribe::fault::{Faults, Gate};
 use kubescribe::load::unique_review;
 use serde_json::Value;
-
-fn allowed(answer: &Value) -> bool {
-    answer["response"]["allowed"] == true
-}
-
-fn message(answer: &Value) -> String {
-    answer["response"]["status"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
 
 /// The n-th ConfigMap create and the file it is recorded in.
 fn write(n: usize) -> (Value, String) {
@@ -75,6 +64,19 @@ fn remote_tips(remote: &Path) -> Vec<String> {
     .lines()
     .map(str::to_owned)
     .collect()
+}
+
+/// A server whose every rule waits for the push to `remote`, with `faults`.
+async fn pushing_server(remote: &Path, faults: Faults) -> TestServer {
+    TestServer::start_with_faults(
+        tempfile::tempdir().unwrap(),
+        &format!(
+            "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
+            remote.display()
+        ),
+        faults,
+    )
+    .await
 }
 
 fn gated(before_durable: Option<&Gate>, after_push: Option<&Gate>) -> Faults {
@@ -187,15 +189,7 @@ async fn a_push_the_remote_accepts_after_the_deadline_is_followed_by_its_revert(
     let dir = tempfile::tempdir().unwrap();
     let remote = logged_remote(dir.path());
     let answer_from_remote = Gate::closed();
-    let server = TestServer::start_with_faults(
-        tempfile::tempdir().unwrap(),
-        &format!(
-            "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
-            remote.display()
-        ),
-        gated(None, Some(&answer_from_remote)),
-    )
-    .await;
+    let server = pushing_server(&remote, gated(None, Some(&answer_from_remote))).await;
     let (late, late_path) = write(1);
     let answer = send(&server, &late, "1s").await;
     assert!(!allowed(&answer), "{answer}");
@@ -227,12 +221,8 @@ async fn a_denied_commit_behind_the_push_in_flight_never_reaches_the_remote() {
     let remote = logged_remote(dir.path());
     let answer_from_remote = Gate::closed();
     let revert = Gate::closed();
-    let server = TestServer::start_with_faults(
-        tempfile::tempdir().unwrap(),
-        &format!(
-            "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
-            remote.display()
-        ),
+    let server = pushing_server(
+        &remote,
         Faults {
             after_push: Some(answer_from_remote.clone()),
             before_revert: Some(revert.clone()),
@@ -309,15 +299,7 @@ async fn a_denied_commit_is_kept_when_a_later_admitted_write_has_its_content() {
     let dir = tempfile::tempdir().unwrap();
     let remote = logged_remote(dir.path());
     let answer_from_remote = Gate::closed();
-    let server = TestServer::start_with_faults(
-        tempfile::tempdir().unwrap(),
-        &format!(
-            "repository:\n  remote:\n    url: file://{}\nrules:\n- name: all\n  wait: push\n",
-            remote.display()
-        ),
-        gated(None, Some(&answer_from_remote)),
-    )
-    .await;
+    let server = pushing_server(&remote, gated(None, Some(&answer_from_remote))).await;
     let (late, path) = write(1);
     let mut again = late.clone();
     again["request"]["uid"] = Value::String("00000000-0000-4000-8000-00000000a9a1".into());

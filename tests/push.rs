@@ -8,24 +8,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::remotes::{GitDaemon, SmartHttp, Sshd};
-use common::{body, fixtures, git, warnings, TestServer};
+use common::{allowed, body, fixtures, git, message, warnings, TestServer};
 use serde_json::Value;
 
 /// A config whose default repository pushes to `remote` (YAML lines of the remote
 /// section, already indented by four spaces) and whose rules wait for the push.
 fn push_config(remote: &str) -> String {
     format!("repository:\n  remote:\n{remote}rules:\n- name: all\n  wait: push\n")
-}
-
-fn allowed(answer: &Value) -> bool {
-    answer["response"]["allowed"] == true
-}
-
-fn message(answer: &Value) -> String {
-    answer["response"]["status"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// The `pushed <sha> to <remote> <branch>` warning's sha.

@@ -169,6 +169,19 @@ pub fn body(review: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(review).unwrap())
 }
 
+/// Whether an answered review allowed the write.
+pub fn allowed(answer: &Value) -> bool {
+    answer["response"]["allowed"] == true
+}
+
+/// The denial message of an answered review ("" when none).
+pub fn message(answer: &Value) -> String {
+    answer["response"]["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The warnings of an answered review.
 pub fn warnings(answer: &Value) -> Vec<String> {
     answer["response"]["warnings"]
