@@ -203,11 +203,14 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
     for (n, (source, object)) in documents.into_iter().enumerate() {
         match manifest_write(&object, args, n) {
             Ok(write) => {
-                let verdict = verdict::evaluate(&write, &policy, |i| &layouts[i]);
+                let mut verdict = verdict::evaluate(&write, &policy, |i| &layouts[i]);
                 let diff = match (&repo, &verdict.record) {
                     (Some(repo), Some(recording)) => Some(diff(repo, &recording.change)),
                     _ => None,
                 };
+                if let Some(warning) = cascade_warning(repo.as_ref(), &verdict) {
+                    verdict.warnings.push(warning);
+                }
                 report
                     .results
                     .push(result(source, &write, verdict, diff, repos.as_deref()));
@@ -431,6 +434,7 @@ fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, S
         dry_run: false,
         object: new,
         old_object: old,
+        from_cluster: false,
     })
 }
 
@@ -497,6 +501,34 @@ fn resource_of(group: &str, kind: &str) -> (String, bool) {
     (plural, namespaced)
 }
 
+/// What else a recorded delete takes out of git, as the webhook says it: with the
+/// files of `repo`'s HEAD, or without a count when there is no repository to read.
+fn cascade_warning(repo: Option<&gix::Repository>, verdict: &Verdict) -> Option<String> {
+    let change = &verdict.record.as_ref()?.change;
+    let Action::Cascade(cascade) = &change.action else {
+        return None;
+    };
+    let files = repo.map(|repo| {
+        repo.head_commit()
+            .ok()
+            .and_then(|c| c.tree_id().ok())
+            .and_then(|tree| crate::cascade::files(repo, tree.detach(), cascade).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(file, _)| file)
+            .filter(|file| file != change.path.as_str())
+            .collect::<Vec<_>>()
+    });
+    if files.as_ref().is_some_and(Vec::is_empty) {
+        return None;
+    }
+    Some(crate::cascade::warning(
+        &cascade.scope,
+        files.as_deref(),
+        false,
+    ))
+}
+
 /// The unified diff committing `change` would make against `repo`'s HEAD.
 fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
     let path = change.path.as_str();
@@ -519,15 +551,39 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
         .into_owned();
     let new = match &change.action {
         Action::Put(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        Action::Remove => String::new(),
+        Action::Remove | Action::Cascade(_) => String::new(),
         Action::SetReplicas(replicas) => manifest::set_replicas(old.as_bytes(), *replicas)
             .map(|r| String::from_utf8_lossy(&r.bytes).into_owned())
             .unwrap_or_else(|| old.clone()),
     };
+    let mut text = file_diff(path, current.is_some(), &old, &new);
+    if let Action::Cascade(cascade) = &change.action {
+        // What the delete takes with it, as HEAD has it.
+        let head = repo.head_commit().ok().and_then(|c| c.tree_id().ok());
+        let files = head
+            .and_then(|tree| crate::cascade::files(repo, tree.detach(), cascade).ok())
+            .unwrap_or_default();
+        for (file, id) in files.into_iter().filter(|(file, _)| file != path) {
+            let Ok(blob) = repo.find_blob(id) else {
+                continue;
+            };
+            text.push_str(&file_diff(
+                &file,
+                true,
+                &String::from_utf8_lossy(&blob.data),
+                "",
+            ));
+        }
+    }
+    text
+}
+
+/// The unified diff of one file from `old` (when it `existed`) to `new` (empty: gone).
+fn file_diff(path: &str, existed: bool, old: &str, new: &str) -> String {
     if old == new {
         return String::new();
     }
-    let from = if current.is_some() {
+    let from = if existed {
         format!("a/{path}")
     } else {
         "/dev/null".to_owned()
@@ -537,7 +593,7 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
     } else {
         format!("b/{path}")
     };
-    similar::TextDiff::from_lines(&old, &new)
+    similar::TextDiff::from_lines(old, new)
         .unified_diff()
         .header(&from, &to)
         .to_string()

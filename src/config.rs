@@ -386,6 +386,11 @@ pub struct ReconcileConfig {
     /// from its last resourceVersion.
     #[serde(with = "duration_str")]
     pub watch_timeout: std::time::Duration,
+    /// At start, remove (in one commit) the files of the control plane's own objects
+    /// that kubescribe wrote before (see [`crate::intent`]). Unset: only in
+    /// repositories kubescribe started empty, where no GitOps tool applied such files;
+    /// an older repository needs `true`, once its GitOps tool will not prune them.
+    pub remove_control_plane_files: Option<bool>,
 }
 
 impl Default for ReconcileConfig {
@@ -399,6 +404,7 @@ impl Default for ReconcileConfig {
             // Under the apiserver's own cap (`--min-request-timeout`, 30 min, and a
             // random share more), and under the idle timeouts of most proxies.
             watch_timeout: std::time::Duration::from_secs(290),
+            remove_control_plane_files: None,
         }
     }
 }
@@ -538,6 +544,13 @@ impl Default for IgnoreConfig {
                 "selfsubjectrulesreviews.authorization.k8s.io",
                 "localsubjectaccessreviews.authorization.k8s.io",
                 "certificatesigningrequests.certificates.k8s.io",
+                // The apiserver never calls webhooks for these (it would let a webhook
+                // lock itself in), so no write to them can be a person's on record;
+                // the reconciler alone would commit kubescribe's own registration.
+                "validatingwebhookconfigurations.admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+                "validatingadmissionpolicies.admissionregistration.k8s.io",
+                "validatingadmissionpolicybindings.admissionregistration.k8s.io",
             ]
             .map(String::from)
             .to_vec(),

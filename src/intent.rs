@@ -7,7 +7,8 @@
 //! - it carries the API server's bootstrap label (`kubernetes.io/bootstrapping:
 //!   rbac-defaults`);
 //! - it is one of the objects every namespace gets (the `default` ServiceAccount, the
-//!   `kube-root-ca.crt` ConfigMap), and no person's field manager touched it;
+//!   `kube-root-ca.crt` ConfigMap), and no person's field manager touched it (in an
+//!   admission request, its user, already checked, is a person: theirs);
 //! - every field manager in its `managedFields` is the control plane's
 //!   (`ignore.managers`).
 //!
@@ -22,12 +23,15 @@ use serde_json::Value;
 use crate::config::IgnoreConfig;
 
 /// Why an object is the control plane's, not a person's; `None` when a person wrote
-/// it (or may have). `namespace` is the write's namespace.
+/// it (or may have). `namespace` is the write's namespace; `from_cluster`: the object
+/// is the cluster's state (a list or watch), not a request whose user, a person's
+/// (`ignore.users` already passed), wrote it.
 pub fn control_plane(
     object: Option<&Value>,
     group: &str,
     resource: &str,
     namespace: Option<&str>,
+    from_cluster: bool,
     ignore: &IgnoreConfig,
 ) -> Option<String> {
     if !ignore.control_plane {
@@ -63,7 +67,10 @@ pub fn control_plane(
     let every_namespace_gets = group.is_empty()
         && ((resource == "serviceaccounts" && name == "default")
             || (resource == "configmaps" && name == "kube-root-ca.crt"));
-    if every_namespace_gets {
+    // A request's user, a person's, decides for it (and its object comes without
+    // field managers); the cluster's own copy, some of which carry no managers at
+    // all (kube-controller-manager's on 1.20), is the control plane's.
+    if every_namespace_gets && from_cluster {
         return Some(format!("every namespace gets {resource}/{name}"));
     }
     if managers().next().is_some() {
@@ -198,7 +205,7 @@ mod tests {
                 object("ci", none.clone(), &["kubectl-create"]),
                 false,
             ),
-            // No managedFields (a file read back, an old apiserver): not judged by them.
+            // No managedFields: not judged by them...
             (
                 "",
                 "configmaps",
@@ -206,6 +213,8 @@ mod tests {
                 json!({"metadata": {"name": "app"}}),
                 false,
             ),
+            // ...but what every namespace gets is the control plane's all the same
+            // (kube-controller-manager's carry no managers on 1.20).
             (
                 "",
                 "serviceaccounts",
@@ -215,13 +224,51 @@ mod tests {
             ),
         ];
         for (group, resource, namespace, object, expected) in cases {
-            let found = control_plane(Some(&object), group, resource, namespace, &ignore);
+            let found = control_plane(Some(&object), group, resource, namespace, true, &ignore);
+            assert_eq!(found.is_some(), expected, "{resource} {object}: {found:?}");
+        }
+        // A request's user is a person's (ignored users never get here): their write
+        // to the `default` ServiceAccount is theirs; the control plane's namespaces
+        // and bootstrap policy stay the control plane's whoever writes.
+        let request: [(&str, &str, Option<&str>, Value, bool); 3] = [
+            (
+                "",
+                "serviceaccounts",
+                Some("team-a"),
+                json!({"metadata": {"name": "default"}, "imagePullSecrets": [{"name": "r"}]}),
+                false,
+            ),
+            (
+                "",
+                "configmaps",
+                Some("kube-system"),
+                json!({"metadata": {"name": "x"}}),
+                true,
+            ),
+            (
+                "rbac.authorization.k8s.io",
+                "clusterroles",
+                None,
+                json!({"metadata": {"name": "edit", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}}),
+                true,
+            ),
+        ];
+        for (group, resource, namespace, object, expected) in request {
+            let found = control_plane(Some(&object), group, resource, namespace, false, &ignore);
             assert_eq!(found.is_some(), expected, "{resource} {object}: {found:?}");
         }
         let everything = IgnoreConfig {
             control_plane: false,
             ..IgnoreConfig::default()
         };
-        assert!(control_plane(None, "", "configmaps", Some("kube-system"), &everything).is_none());
+        assert!(control_plane(
+            None,
+            "",
+            "configmaps",
+            Some("kube-system"),
+            true,
+            &everything
+        )
+        .is_none());
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod caller;
+pub mod cascade;
 pub mod check;
 pub mod cli;
 pub mod config;

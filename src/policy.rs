@@ -34,6 +34,10 @@ pub struct Write {
     pub object: Option<Value>,
     /// The previous object as raw JSON; only for UPDATE and DELETE.
     pub old_object: Option<Value>,
+    /// The cluster's state as a list or watch showed it to the reconciler, not a
+    /// request: who wrote it is unknown, so only the object can tell (see
+    /// [`crate::intent`]).
+    pub from_cluster: bool,
 }
 
 impl Write {
@@ -66,6 +70,7 @@ impl Write {
             dry_run: request.dry_run,
             object: object.filter(|o| !o.is_null()),
             old_object: old_object.filter(|o| !o.is_null()),
+            from_cluster: false,
         }
     }
 
@@ -273,6 +278,7 @@ pub fn decide(write: &Write, policy: &Policy) -> Decision {
         group,
         resource,
         write.namespace.as_deref().filter(|ns| !ns.is_empty()),
+        write.from_cluster,
         &policy.ignore,
     ) {
         return Decision::Skip(SkipReason::ControlPlane(why));
@@ -491,6 +497,7 @@ mod tests {
             dry_run: false,
             object: Some(json!({"metadata": {"name": "x"}})),
             old_object: None,
+            from_cluster: false,
         }
     }
 

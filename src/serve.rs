@@ -94,6 +94,7 @@ impl Server {
         let mut targets = Vec::new();
         let mut writers = Vec::new();
         let mut pushers = Vec::new();
+        let mut clean_control_plane = Vec::new();
         for target in config.targets() {
             let layout = Layout::new(&target.repository.root, &target.repository.path_template)
                 .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -109,18 +110,33 @@ impl Server {
                 branch: target.repository.branch.clone(),
                 git_dir: target.path.clone(),
             });
+            // Whether the remote (if any) is known to hold nothing yet.
+            let mut remote_empty = true;
             if let Some(remote) = &remote {
                 // Start from what the remote has; when it cannot be reached, commit
                 // locally and replay onto it once it can.
                 match remote.fetch().await {
                     Ok(tip) => {
+                        remote_empty = tip.is_none();
                         tracing::info!(repository = %target.name, remote = %remote.display_url(), branch = %remote.branch, tip = ?tip, "fetched the remote branch")
                     }
                     Err(error) => {
+                        remote_empty = false;
                         tracing::warn!(repository = %target.name, %error, advice = error.advice(), "cannot fetch the remote branch at start; committing locally until it can be reached")
                     }
                 }
             }
+            let remote_url = target.repository.remote.as_ref().map(|r| r.url.as_str());
+            let branch = &target.repository.branch;
+            crate::store::note_started_empty(&target.path, branch, remote_url, remote_empty);
+            clean_control_plane.push(
+                config
+                    .reconcile
+                    .remove_control_plane_files
+                    .unwrap_or_else(|| {
+                        crate::store::started_empty(&target.path, branch, remote_url)
+                    }),
+            );
             let settings = StoreSettings::from_config(config, &target);
             let outbox = settings.outbox.clone();
             let (store, writer) = StoreHandle::open(settings, metrics.clone())?;
@@ -276,7 +292,8 @@ impl Server {
                     state.metrics.clone(),
                     reconcile.page_size,
                 )
-                .with_watch_timeout(reconcile.watch_timeout);
+                .with_watch_timeout(reconcile.watch_timeout)
+                .with_control_plane_cleanup(clean_control_plane);
                 if let Some(confirmations) = &state.confirmations {
                     reconciler = reconciler.with_confirmations(confirmations.clone());
                 }

@@ -118,7 +118,19 @@ pub fn evaluate<'a>(
     let require_recording = policy.guard_rails.require_recording.mode;
 
     let change = match manifest::plan(write, layout(target), policy.secrets) {
-        Ok(change) => change,
+        // A person's delete of a namespace or a definition takes the files of its
+        // objects with it (the controllers' deletes that follow are not recorded).
+        Ok(mut change) => {
+            if let (Some(scope), manifest::Action::Remove) =
+                (crate::cascade::Scope::of(write), &change.action)
+            {
+                change.action = manifest::Action::Cascade(Box::new(crate::cascade::Cascade {
+                    scope,
+                    layout: layout(target).clone(),
+                }));
+            }
+            change
+        }
         Err(error) => {
             let cannot = format!(
                 "kubescribe must record this write before it is applied, but cannot: {error}"
@@ -143,12 +155,18 @@ pub fn evaluate<'a>(
     verdict.path = Some(path.clone());
     verdict.target = Some(target);
 
+    let cascade = match &change.action {
+        manifest::Action::Cascade(cascade) => {
+            format!(" and remove the files of the {}", cascade.scope.objects())
+        }
+        _ => String::new(),
+    };
     if write.dry_run {
         verdict.label = DecisionLabel::DryRun;
         if then == Then::Deny {
             verdict.allowed = false;
             verdict.message = Some(format!(
-                "kubescribe: dry run: would record {path} and push it; this cluster changes only through GitOps, so the write itself would be refused"
+                "kubescribe: dry run: would record {path}{cascade} and push it; this cluster changes only through GitOps, so the write itself would be refused"
             ));
         } else if record == crate::config::Record::Confirmed {
             verdict.warnings.push(format!(
@@ -157,7 +175,7 @@ pub fn evaluate<'a>(
         } else {
             verdict
                 .warnings
-                .push(format!("kubescribe: dry run: would record {path}"));
+                .push(format!("kubescribe: dry run: would record {path}{cascade}"));
         }
         return verdict;
     }

@@ -292,3 +292,37 @@ fn delete_and_update_are_checked_as_asked() {
         Some("team-a/core/configmaps/settings.yaml")
     );
 }
+
+#[test]
+fn deleting_a_namespace_shows_the_files_that_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("namespace.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team-a\n",
+    )
+    .unwrap();
+    let mut args = args();
+    args.files = vec![manifest];
+    args.config = Some(check_dir().join("config.yaml"));
+    args.operation = CheckOperation::Delete;
+    let without_repo = check::run(&args, &mut std::io::empty()).unwrap();
+    assert_eq!(
+        without_repo.results[0].warnings,
+        ["kubescribe: also removes the files of the objects in namespace team-a from git"]
+    );
+    args.repo = Some(small_repo(dir.path()));
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    let result = &report.results[0];
+    assert!(result.allowed);
+    assert_eq!(
+        result.warnings,
+        ["kubescribe: also removes 1 file of the objects in namespace team-a from git: team-a/core/configmaps/settings.yaml"]
+    );
+    let diff = result.diff.as_deref().unwrap();
+    assert!(
+        diff.contains("--- a/team-a/core/configmaps/settings.yaml\n+++ /dev/null")
+            && diff.contains("-  color: red"),
+        "{diff}"
+    );
+}

@@ -596,14 +596,29 @@ fn stale_repository(repo: &std::path::Path) {
     );
     run(&["add", "."]);
     run(&["commit", "-q", "-m", "hand-written state"]);
+    push_to_bare(work.path(), repo);
+}
+
+/// A bare repository at `repo` holding the `main` of the work tree at `work`.
+fn push_to_bare(work: &std::path::Path, repo: &std::path::Path) {
     std::fs::create_dir_all(repo).unwrap();
-    let status = std::process::Command::new("git")
-        .args(["init", "-q", "--bare", "-b", "main"])
-        .arg(repo)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    run(&["push", "-q", repo.to_str().unwrap(), "main"]);
+    for args in [
+        vec!["init", "-q", "--bare", "-b", "main", repo.to_str().unwrap()],
+        vec![
+            "-C",
+            work.to_str().unwrap(),
+            "push",
+            "-q",
+            repo.to_str().unwrap(),
+            "main",
+        ],
+    ] {
+        let status = std::process::Command::new("git")
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
 }
 
 async fn snapshot_into_stale_repository(
@@ -726,5 +741,140 @@ async fn files_of_then_deny_rules_are_never_written_over_by_the_cluster() {
     assert_eq!(
         common::git(&repo, &["rev-list", "--count", "main"]).trim(),
         "1"
+    );
+}
+
+/// A repository an earlier kubescribe filled: the bootstrap ClusterRole `admin` from
+/// its snapshot (authored by kubescribe), `edit` from a person's recorded write
+/// (authored by alice, committed by kubescribe), `cluster-admin` committed by a
+/// person, and a person's ConfigMap from the snapshot.
+fn repository_with_control_plane_files(repo: &std::path::Path) {
+    let work = tempfile::tempdir().unwrap();
+    let run = |author: (&str, &str), committer: (&str, &str), args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .env("GIT_AUTHOR_NAME", author.0)
+            .env("GIT_AUTHOR_EMAIL", author.1)
+            .env("GIT_COMMITTER_NAME", committer.0)
+            .env("GIT_COMMITTER_EMAIL", committer.1)
+            .current_dir(work.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    };
+    let kubescribe = ("kubescribe", "kubescribe@localhost");
+    let alice = ("alice", "alice@kubernetes.local");
+    let human = ("human", "human@example.com");
+    let put = |path: &str, text: &str| {
+        let path = work.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    let role = |name: &str| {
+        format!("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {name}\nrules: []\n")
+    };
+    run(kubescribe, kubescribe, &["init", "-q", "-b", "main", "."]);
+    put(
+        "_cluster/rbac.authorization.k8s.io/clusterroles/admin.yaml",
+        &role("admin"),
+    );
+    put(
+        "team-a/core/configmaps/c1.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c1\n  namespace: team-a\ndata:\n  a: '1'\n",
+    );
+    run(kubescribe, kubescribe, &["add", "."]);
+    run(
+        kubescribe,
+        kubescribe,
+        &[
+            "commit",
+            "-q",
+            "-m",
+            "reconcile: snapshot (an earlier kubescribe)",
+        ],
+    );
+    put(
+        "_cluster/rbac.authorization.k8s.io/clusterroles/edit.yaml",
+        &role("edit"),
+    );
+    run(alice, kubescribe, &["add", "."]);
+    run(
+        alice,
+        kubescribe,
+        &[
+            "commit",
+            "-q",
+            "-m",
+            "update rbac.authorization.k8s.io/v1 ClusterRole edit",
+        ],
+    );
+    put(
+        "_cluster/rbac.authorization.k8s.io/clusterroles/cluster-admin.yaml",
+        &role("cluster-admin"),
+    );
+    run(human, human, &["add", "."]);
+    run(
+        human,
+        human,
+        &["commit", "-q", "-m", "a person keeps cluster-admin here"],
+    );
+    push_to_bare(work.path(), repo);
+}
+
+async fn snapshot_with_cleanup(clean: bool) -> (reconcile::SnapshotReport, Vec<String>, String) {
+    let (_api, dir, client) = replay_client().await;
+    repository_with_control_plane_files(&dir.path().join("data/repo.git"));
+    let (reconciler, repo, writer) = reconciler(client, dir.path(), "");
+    let reconciler = reconciler.with_control_plane_cleanup(vec![clean]);
+    let report = reconciler.snapshot().await.unwrap();
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    let files = common::git(&repo, &["ls-tree", "-r", "--name-only", "main"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let log = common::git(&repo, &["log", "--format=%an|%B", "main"]);
+    (report, files, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_files_kubescribe_wrote_go_in_one_commit_only_when_configured() {
+    let (report, files, log) = snapshot_with_cleanup(true).await;
+    assert_eq!(report.control_plane_removed, 1, "{report:?}");
+    assert!(
+        !files.iter().any(|f| f.ends_with("clusterroles/admin.yaml")),
+        "{files:?}"
+    );
+    for kept in [
+        // A person's write, recorded: theirs.
+        "_cluster/rbac.authorization.k8s.io/clusterroles/edit.yaml",
+        // A person committed it to git: theirs too.
+        "_cluster/rbac.authorization.k8s.io/clusterroles/cluster-admin.yaml",
+        "team-a/core/configmaps/c1.yaml",
+    ] {
+        assert!(files.iter().any(|f| f == kept), "{kept} in {files:?}");
+    }
+    let cleanup = log
+        .split("kubescribe|")
+        .find(|c| c.starts_with("reconcile: remove 1 file of the control plane's own objects"))
+        .unwrap_or_else(|| panic!("one cleanup commit by kubescribe:\n{log}"));
+    assert!(
+        cleanup.contains("- _cluster/rbac.authorization.k8s.io/clusterroles/admin.yaml: it is the API server's bootstrap policy\n"),
+        "{cleanup}"
+    );
+    assert!(
+        cleanup.contains("Kubescribe-Reconcile: control-plane"),
+        "{cleanup}"
+    );
+
+    let (report, files, _) = snapshot_with_cleanup(false).await;
+    assert_eq!(report.control_plane_removed, 0, "{report:?}");
+    assert!(
+        files
+            .iter()
+            .any(|f| f == "_cluster/rbac.authorization.k8s.io/clusterroles/admin.yaml"),
+        "kept unless configured: {files:?}"
     );
 }

@@ -369,7 +369,10 @@ async fn answer(
     deadline: Deadline,
 ) -> (AdmissionResponse, DecisionLabel) {
     let mut response = AdmissionResponse::from(request);
-    let verdict = crate::verdict::evaluate(write, &state.policy, |i| &state.targets[i].layout);
+    let mut verdict = crate::verdict::evaluate(write, &state.policy, |i| &state.targets[i].layout);
+    if let Some(warning) = cascade_warning(state, write, &verdict, deadline.soft).await {
+        verdict.warnings.push(warning);
+    }
     for warning in verdict.warnings {
         warn(&mut response, warning);
     }
@@ -578,6 +581,48 @@ async fn answer(
         }
     }
 }
+
+/// What a recorded delete of a namespace or a definition takes out of git with it
+/// (see [`crate::cascade`]), as the branch is now: the person deleting sees it in the
+/// answer, and a dry run says it before.
+async fn cascade_warning(
+    state: &AppState,
+    write: &Write,
+    verdict: &crate::verdict::Verdict,
+    deadline: Instant,
+) -> Option<String> {
+    let scope = crate::cascade::Scope::of(write)?;
+    let (target, own) = (verdict.target?, verdict.path.clone()?);
+    let target = &state.targets[target];
+    let cascade = crate::cascade::Cascade {
+        layout: target.layout.clone(),
+        scope,
+    };
+    let store = target.store.clone();
+    let scope = cascade.scope.clone();
+    // Reading the branch must not eat the time the commit needs: at most a second,
+    // and a quarter of what is left; past that, the warning goes without the list.
+    let now = Instant::now();
+    let limit = (now + CASCADE_LOOKUP_MAX).min(now + deadline.saturating_duration_since(now) / 4);
+    let lookup = tokio::task::spawn_blocking(move || store.cascade_files(&cascade, &own));
+    let files = match tokio::time::timeout_at(limit.into(), lookup).await {
+        Ok(Ok(Ok(files))) if files.is_empty() => return None,
+        Ok(Ok(Ok(files))) => Some(files),
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(%error, "cannot list the files this delete removes");
+            None
+        }
+        Ok(Err(_)) | Err(_) => None,
+    };
+    Some(crate::cascade::warning(
+        &scope,
+        files.as_deref(),
+        write.dry_run,
+    ))
+}
+
+/// How long the answer may spend listing what a delete takes out of git.
+const CASCADE_LOOKUP_MAX: Duration = Duration::from_secs(1);
 
 /// The denial of a write `requireRecording: enforce` needs recorded, and cannot be
 /// (`error` says why and what to do).

@@ -36,7 +36,7 @@ enum Piece {
 }
 
 /// A parsed `repository.root` plus `repository.pathTemplate`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     root: Vec<String>,
     segments: Vec<Vec<Piece>>,
@@ -203,6 +203,141 @@ impl Layout {
     }
 }
 
+/// Which placed values a file must have to be selected (see [`Layout::select`]);
+/// `None` takes any value. The name is never fixed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Filter<'a> {
+    pub namespace: Option<&'a str>,
+    pub group: Option<&'a str>,
+    pub resource: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    /// The text a fixed field has in a path, as [`Layout::place`] writes it.
+    fn fixed(&self, field: Field) -> Option<&str> {
+        match field {
+            Field::Namespace => self.namespace,
+            Field::Group => self.group.map(|g| if g.is_empty() { "core" } else { g }),
+            Field::Resource => self.resource,
+            Field::Name => None,
+        }
+    }
+}
+
+/// Whether a path component (or a whole path) can be a file of the objects a
+/// [`Filter`] selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// It cannot.
+    No,
+    /// It is, by its path alone.
+    Yes,
+    /// Its path fits, but does not tell (a shortened component, a fixed field next to
+    /// another field, a field the template does not place): read the file to know.
+    Maybe,
+}
+
+impl Select {
+    /// Both this and `other`: the weaker of the two.
+    pub(crate) fn and(self, other: Select) -> Select {
+        match (self, other) {
+            (Select::No, _) | (_, Select::No) => Select::No,
+            (Select::Maybe, _) | (_, Select::Maybe) => Select::Maybe,
+            _ => Select::Yes,
+        }
+    }
+}
+
+impl Layout {
+    /// The root's directories, outermost first.
+    pub(crate) fn root_components(&self) -> &[String] {
+        &self.root
+    }
+
+    /// How many components a placed path has below the root.
+    pub(crate) fn depth(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether `component`, the `depth`th below the root (0-based), can be that
+    /// component of a file `filter` selects. The whole path's answer is the
+    /// [`Select::and`] of its components' and [`Layout::unplaced`].
+    pub(crate) fn select(&self, depth: usize, component: &str, filter: &Filter<'_>) -> Select {
+        let Some(segment) = self.segments.get(depth) else {
+            return Select::No;
+        };
+        // `place` never writes one (names are DNS names); a person's file with one
+        // must not put a line into a commit message.
+        if component.chars().any(char::is_control) {
+            return Select::No;
+        }
+        if component.contains('~') {
+            // Shortened (see `place`): only its last literal, kept whole, is known.
+            return match segment.last() {
+                Some(Piece::Literal(suffix)) if !component.ends_with(suffix.as_str()) => Select::No,
+                _ => Select::Maybe,
+            };
+        }
+        let fixed = segment
+            .iter()
+            .filter(|p| matches!(p, Piece::Field(f) if filter.fixed(*f).is_some()))
+            .count();
+        if !matches_pieces(segment, component, filter) {
+            return Select::No;
+        }
+        let fields = segment
+            .iter()
+            .filter(|p| matches!(p, Piece::Field(_)))
+            .count();
+        if fixed > 0 && fields > 1 {
+            // `{namespace}-{name}.yaml`: `a-b-c.yaml` fits namespace `a` and `a-b`.
+            Select::Maybe
+        } else {
+            Select::Yes
+        }
+    }
+
+    /// [`Select::Maybe`] when `filter` fixes a field the template never places (a
+    /// layout without `{namespace}` cannot tell namespaces apart by path).
+    pub(crate) fn unplaced(&self, filter: &Filter<'_>) -> Select {
+        let placed = |field: Field| {
+            self.segments
+                .iter()
+                .flatten()
+                .any(|p| *p == Piece::Field(field))
+        };
+        let missing = [Field::Namespace, Field::Group, Field::Resource]
+            .into_iter()
+            .any(|f| filter.fixed(f).is_some() && !placed(f));
+        if missing {
+            Select::Maybe
+        } else {
+            Select::Yes
+        }
+    }
+}
+
+/// Whether `text` can be spelt by `pieces`: literals and fixed fields as written,
+/// every other field one or more characters.
+fn matches_pieces(pieces: &[Piece], text: &str, filter: &Filter<'_>) -> bool {
+    let Some((first, rest)) = pieces.split_first() else {
+        return text.is_empty();
+    };
+    let literal = match first {
+        Piece::Literal(literal) => Some(literal.as_str()),
+        Piece::Field(field) => filter.fixed(*field),
+    };
+    match literal {
+        Some(literal) => text
+            .strip_prefix(literal)
+            .is_some_and(|after| matches_pieces(rest, after, filter)),
+        // A free field: try every length (templates have a handful of pieces).
+        None => (1..=text.len())
+            .filter(|&end| text.is_char_boundary(end))
+            .any(|end| matches_pieces(rest, &text[end..], filter)),
+    }
+}
+
 /// Most filesystems refuse longer file names; a 253-character Kubernetes name plus
 /// `.yaml` is already over, and a checkout of the repository would fail on it.
 const MAX_COMPONENT: usize = 255;
@@ -309,6 +444,147 @@ mod tests {
             layout.place(at(None, "", "reader")).unwrap().as_str(),
             "_cluster/core/things/reader.yaml"
         );
+    }
+
+    /// The whole path's answer, as a tree walk would combine it.
+    fn select(layout: &Layout, path: &str, filter: &Filter<'_>) -> Select {
+        let root = layout.root_components().len();
+        let parts: Vec<&str> = path.split('/').collect();
+        if parts.len() != root + layout.depth() || parts[..root] != *layout.root_components() {
+            return Select::No;
+        }
+        parts[root..]
+            .iter()
+            .enumerate()
+            .fold(layout.unplaced(filter), |acc, (depth, part)| {
+                acc.and(layout.select(depth, part, filter))
+            })
+    }
+
+    #[test]
+    fn filters_select_the_files_of_a_namespace_or_a_resource() {
+        let scratch = Filter {
+            namespace: Some("scratch"),
+            ..Filter::default()
+        };
+        let widgets = Filter {
+            group: Some("example.com"),
+            resource: Some("widgets"),
+            ..Filter::default()
+        };
+        let core_cm = Filter {
+            group: Some(""),
+            resource: Some("configmaps"),
+            ..Filter::default()
+        };
+        let layout = Layout::new("clusters/prod", DEFAULT).unwrap();
+        let long = layout
+            .place(Coordinates {
+                namespace: Some("scratch"),
+                group: "",
+                resource: "configmaps",
+                name: &"n".repeat(253),
+            })
+            .unwrap();
+        let table: &[(&Layout, &str, &Filter<'_>, Select)] = &[
+            (
+                &layout,
+                "clusters/prod/scratch/apps/deployments/web.yaml",
+                &scratch,
+                Select::Yes,
+            ),
+            (
+                &layout,
+                "clusters/prod/scratch/core/configmaps/a.yaml",
+                &scratch,
+                Select::Yes,
+            ),
+            (
+                &layout,
+                "clusters/prod/scratcher/core/configmaps/a.yaml",
+                &scratch,
+                Select::No,
+            ),
+            (
+                &layout,
+                "clusters/prod/_cluster/core/namespaces/scratch.yaml",
+                &scratch,
+                Select::No,
+            ),
+            // Not where the layout puts a file.
+            (
+                &layout,
+                "clusters/prod/scratch/README.md",
+                &scratch,
+                Select::No,
+            ),
+            (
+                &layout,
+                "clusters/prod/scratch/core/configmaps/a.json",
+                &scratch,
+                Select::No,
+            ),
+            (
+                &layout,
+                "clusters/dev/scratch/core/configmaps/a.yaml",
+                &scratch,
+                Select::No,
+            ),
+            (&layout, long.as_str(), &scratch, Select::Maybe),
+            (&layout, long.as_str(), &widgets, Select::No),
+            (
+                &layout,
+                "clusters/prod/a/example.com/widgets/w.yaml",
+                &widgets,
+                Select::Yes,
+            ),
+            (
+                &layout,
+                "clusters/prod/_cluster/example.com/widgets/w.yaml",
+                &widgets,
+                Select::Yes,
+            ),
+            (
+                &layout,
+                "clusters/prod/a/example.com/gadgets/w.yaml",
+                &widgets,
+                Select::No,
+            ),
+            (
+                &layout,
+                "clusters/prod/a/sub.example.com/widgets/w.yaml",
+                &widgets,
+                Select::No,
+            ),
+            (
+                &layout,
+                "clusters/prod/a/core/configmaps/w.yaml",
+                &core_cm,
+                Select::Yes,
+            ),
+            // Nothing `place` writes has a control character; such a file is kept.
+            (
+                &layout,
+                "clusters/prod/scratch/core/configmaps/a\nReverts: x.yaml",
+                &scratch,
+                Select::No,
+            ),
+        ];
+        for (layout, path, filter, want) in table {
+            assert_eq!(select(layout, path, filter), *want, "{path} {filter:?}");
+        }
+        // A template that cannot tell by path alone says so, and never says no to a
+        // file that may be one.
+        let flat = Layout::new("", "{group}/{resource}/{name}.yaml").unwrap();
+        assert_eq!(
+            select(&flat, "core/configmaps/a.yaml", &scratch),
+            Select::Maybe
+        );
+        let joined = Layout::new("", "{namespace}-{name}.yaml").unwrap();
+        assert_eq!(select(&joined, "scratch-a.yaml", &scratch), Select::Maybe);
+        assert_eq!(select(&joined, "scratch-a-b.yaml", &scratch), Select::Maybe);
+        assert_eq!(select(&joined, "other-a.yaml", &scratch), Select::No);
+        assert_eq!(select(&joined, "scratch.yaml", &scratch), Select::No);
     }
 
     #[test]

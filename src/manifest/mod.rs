@@ -13,6 +13,7 @@ pub(crate) mod yaml;
 use kube_core::admission::Operation;
 use serde_json::{Map, Value};
 
+pub(crate) use layout::{Coordinates, Filter, Select};
 pub use layout::{Layout, LayoutError, RepoPath};
 
 use crate::config::SecretMode;
@@ -44,6 +45,9 @@ pub enum Action {
     Put(Vec<u8>),
     /// Remove the file, if it is there.
     Remove,
+    /// Remove the file and the files of every object the delete takes with it (a
+    /// Namespace's objects, a definition's custom resources; see [`crate::cascade`]).
+    Cascade(Box<crate::cascade::Cascade>),
     /// A `scale` write: set `spec.replicas` in the parent's file, if it is there.
     SetReplicas(i64),
 }
@@ -196,12 +200,16 @@ impl ObjectVersion {
 }
 
 impl Change {
-    /// The same change without its file's bytes (the action becomes `Remove`), for
-    /// whoever keeps it only to say which change it was.
+    /// The same change without its file's bytes (the action becomes `Remove`; a
+    /// cascade, which has none, stays), for whoever keeps it only to say which change
+    /// it was.
     pub fn without_body(&self) -> Change {
         Change {
             path: self.path.clone(),
-            action: Action::Remove,
+            action: match &self.action {
+                Action::Cascade(cascade) => Action::Cascade(cascade.clone()),
+                _ => Action::Remove,
+            },
             verb: self.verb,
             api_version: self.api_version.clone(),
             kind: self.kind.clone(),

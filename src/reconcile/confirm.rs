@@ -36,7 +36,8 @@ impl Expect {
     fn of(action: &Action) -> Self {
         match action {
             Action::Put(bytes) => Expect::Put(blob_id(bytes)),
-            Action::Remove => Expect::Remove,
+            // The reconciler confirms the object's own file; its cascade went with it.
+            Action::Remove | Action::Cascade(_) => Expect::Remove,
             Action::SetReplicas(n) => Expect::Replicas(*n),
         }
     }
@@ -46,7 +47,7 @@ impl Expect {
     fn shown_by(&self, seen: &Action) -> bool {
         match (self, seen) {
             (Expect::Put(id), Action::Put(bytes)) => *id == blob_id(bytes),
-            (Expect::Remove, Action::Remove) => true,
+            (Expect::Remove, Action::Remove | Action::Cascade(_)) => true,
             (Expect::Replicas(n), Action::Put(bytes)) => {
                 serde_yaml_ng::from_slice::<serde_json::Value>(bytes)
                     .ok()
@@ -128,6 +129,16 @@ impl Pending {
 
 type Key = (usize, String);
 
+/// What a noted change's commit does once the cluster shows `seen`: when it shows the
+/// person's delete, the objects the delete takes with it go in the same commit (see
+/// [`crate::cascade`]).
+pub(super) fn with_cascade(noted: &Action, seen: Action) -> Action {
+    match (noted, seen) {
+        (Action::Cascade(cascade), Action::Remove) => Action::Cascade(cascade.clone()),
+        (_, seen) => seen,
+    }
+}
+
 /// Read backs of one change before it is given up.
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -139,6 +150,8 @@ pub struct Confirmations {
     closed: std::sync::atomic::AtomicBool,
     pub window: Duration,
     metrics: Arc<Metrics>,
+    /// Namespaces and definitions being deleted (see [`crate::cascade::Leaving`]).
+    pub leaving: crate::cascade::Leaving,
 }
 
 impl Confirmations {
@@ -148,6 +161,7 @@ impl Confirmations {
             closed: std::sync::atomic::AtomicBool::new(false),
             window,
             metrics,
+            leaving: crate::cascade::Leaving::default(),
         }
     }
 
@@ -159,6 +173,9 @@ impl Confirmations {
     /// `resource` (the parent's, for a scale write); `noted`: only noted, to be
     /// committed once confirmed (`record: confirmed`).
     pub fn expect(&self, target: usize, change: &Change, group: &str, resource: &str, noted: bool) {
+        if let Action::Cascade(cascade) = &change.action {
+            self.leaving.admitted(&cascade.scope, self.window);
+        }
         let expect = Expect::of(&change.action);
         // Only the hash of the content is kept, not the content.
         let change = change.without_body();
@@ -250,6 +267,7 @@ impl Confirmations {
                     user: p.change.user.clone(),
                     groups: p.change.groups.clone(),
                     uid: p.change.uid.clone(),
+                    action: with_cascade(&p.change.action, seen.action.clone()),
                     ..seen.clone()
                 }),
                 note: Box::new(p),
@@ -335,6 +353,7 @@ mod tests {
                 serde_json::json!({"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","namespace":"team-a"},"data":{"a":"1"}}),
             ),
             old_object: None,
+            from_cluster: false,
         };
         let layout = crate::manifest::Layout::new("", "{namespace}/{group}/{resource}/{name}.yaml")
             .expect("default layout");

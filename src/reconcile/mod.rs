@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod cleanup;
 mod confirm;
 
 use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
@@ -216,6 +217,10 @@ pub struct SnapshotReport {
     pub forbidden: Vec<String>,
     /// Each listed resource, where its watch starts.
     pub watch_from: Vec<WatchFrom>,
+    /// Files of the control plane's objects removed (see [`cleanup`]).
+    pub control_plane_removed: usize,
+    /// Per target, where the control plane's listed objects would have their files.
+    control_plane: Vec<Vec<cleanup::Candidate>>,
 }
 
 /// Who the reconciler's writes are attributed to when the policy decides on them.
@@ -239,6 +244,8 @@ pub struct Reconciler {
     page_size: u32,
     /// `timeoutSeconds` of each watch request.
     watch_timeout: u32,
+    /// Per target: remove the control plane's files at start (see [`cleanup`]).
+    clean_control_plane: Vec<bool>,
 }
 
 impl Reconciler {
@@ -257,6 +264,7 @@ impl Reconciler {
             metrics,
             page_size,
             watch_timeout: 290,
+            clean_control_plane: Vec::new(),
         }
     }
 
@@ -264,6 +272,12 @@ impl Reconciler {
     /// seconds, at least 1); the watch then resumes from its last resourceVersion.
     pub fn with_watch_timeout(mut self, timeout: Duration) -> Self {
         self.watch_timeout = timeout.as_secs().clamp(1, u64::from(u32::MAX)) as u32;
+        self
+    }
+
+    /// Which targets remove the control plane's files at start (see [`cleanup`]).
+    pub fn with_control_plane_cleanup(mut self, clean: Vec<bool>) -> Self {
+        self.clean_control_plane = clean;
         self
     }
 
@@ -302,6 +316,9 @@ impl Reconciler {
                 Err(error) => return Err(error),
             }
         }
+        report.control_plane_removed = self
+            .remove_control_plane(std::mem::take(&mut report.control_plane))
+            .await;
         report.pruned = self.remove_gone(&listed, &live, None).await?;
         self.metrics
             .reconcile
@@ -317,10 +334,27 @@ impl Reconciler {
         resource: &Recorded,
         report: &mut SnapshotReport,
     ) -> Result<(String, Live), ReconcileError> {
+        self.list_in(resource, None, report).await
+    }
+
+    /// [`Self::list`] of the objects in `namespace` only, or of all.
+    async fn list_in(
+        &self,
+        resource: &Recorded,
+        namespace: Option<&str>,
+        report: &mut SnapshotReport,
+    ) -> Result<(String, Live), ReconcileError> {
         let mut live: Live = vec![HashSet::new(); self.targets.len()];
         let (objects_before, commits_before) = (report.objects, report.commits);
         // One page in memory at a time: each is written before the next is asked for.
-        let mut pager = Pager::new(&self.client, resource, None, self.page_size);
+        let mut pager = Pager::new(&self.client, resource, namespace, self.page_size);
+        // A full list of Namespaces or CRDs says which scopes being deleted are gone.
+        let defines_scopes = namespace.is_none()
+            && matches!(
+                (resource.group.as_str(), resource.resource.as_str()),
+                ("", "namespaces") | ("apiextensions.k8s.io", "customresourcedefinitions")
+            );
+        let mut scopes = HashSet::new();
         while let Some(page) = pager.next().await? {
             report.objects += page.len();
             self.metrics
@@ -329,9 +363,18 @@ impl Reconciler {
                 .inc_by(page.len() as u64);
             let mut by_target: Vec<Vec<Change>> = vec![Vec::new(); self.targets.len()];
             for object in page {
-                let Some((target, _, change)) =
-                    self.plan(&write_for(resource, object, Operation::Create))
-                else {
+                let write = write_for(resource, object, Operation::Create);
+                self.see_leaving(&write);
+                if defines_scopes {
+                    scopes.extend(crate::cascade::Leaving::key_of(
+                        &write.resource.group,
+                        &write.resource.resource,
+                        &write.name,
+                        write.live_object(),
+                    ));
+                }
+                let Some((target, _, change)) = self.plan(&write) else {
+                    self.note_control_plane(&write, report);
                     continue;
                 };
                 report.recorded += 1;
@@ -366,6 +409,13 @@ impl Reconciler {
                 }
             }
         }
+        if let (true, Some(confirmations)) = (defines_scopes, &self.confirmations) {
+            confirmations.leaving.relisted(
+                resource.group.is_empty(),
+                &scopes,
+                confirmations.window,
+            );
+        }
         tracing::info!(
             group = %resource.group,
             resource = %resource.resource,
@@ -382,6 +432,18 @@ impl Reconciler {
     /// (written first, then applied by the GitOps tool), so the cluster's older
     /// state must never be written over them.
     fn plan(&self, write: &crate::policy::Write) -> Option<(usize, String, Change)> {
+        if write.operation != Operation::Delete
+            && self.confirmations.as_ref().is_some_and(|c| {
+                c.leaving.holds(
+                    write.namespace.as_deref(),
+                    &write.resource.group,
+                    &write.resource.resource,
+                )
+            })
+        {
+            // Its namespace (or definition) is being deleted: not written back.
+            return None;
+        }
         let crate::policy::Decision::Record {
             target, rule, then, ..
         } = crate::policy::decide(write, &self.policy)
@@ -405,6 +467,30 @@ impl Reconciler {
                 None
             }
         }
+    }
+
+    /// Follows Namespaces and definitions being deleted, from what a list or the
+    /// watch shows of them (see [`crate::cascade::Leaving`]).
+    fn see_leaving(&self, write: &crate::policy::Write) {
+        let Some(confirmations) = &self.confirmations else {
+            return;
+        };
+        let object = write.live_object();
+        let seen = if write.operation == Operation::Delete {
+            crate::cascade::Seen::Deleted
+        } else if object.is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some()) {
+            crate::cascade::Seen::Terminating
+        } else {
+            crate::cascade::Seen::Live
+        };
+        confirmations.leaving.seen(
+            &write.resource.group,
+            &write.resource.resource,
+            &write.name,
+            object,
+            seen,
+            confirmations.window,
+        );
     }
 
     /// What to do with the cluster's state of the change's file now: write it, not
@@ -693,6 +779,7 @@ impl Reconciler {
                 followed.resource_version = version;
             }
             let write = write_for(resource, object_json(object, &ar), operation);
+            self.see_leaving(&write);
             let Some((target, _, change)) = self.plan(&write) else {
                 continue;
             };
@@ -789,6 +876,7 @@ impl Reconciler {
                                 user: pending.change.user.clone(),
                                 groups: pending.change.groups.clone(),
                                 uid: pending.change.uid.clone(),
+                                action: confirm::with_cascade(&pending.change.action, truth.action),
                                 ..truth
                             };
                             if let Err(error) =
@@ -824,6 +912,9 @@ impl Reconciler {
                         continue;
                     }
                     tracing::warn!(uid = %pending.change.uid, %path, user = %pending.change.user, "admitted change never landed (phantom); restoring the cluster's object");
+                    if let Action::Cascade(cascade) = &pending.change.action {
+                        self.restore_cascade(resources, &cascade.scope).await;
+                    }
                     let message = format!(
                         "reconcile: revert {verb} {api_version} {kind} {object}, which never landed\n\nAdmission recorded this change by {user} (uid {uid}), but the cluster did not persist it within {window:?}: another admission webhook or a quota denied it, it conflicted, or the apiserver timed out. This commit puts back what the cluster has.\n\nKubescribe-Reconcile: phantom\nReverts-Admission-Uid: {uid}\n",
                         verb = pending.change.verb.as_str(),
@@ -854,6 +945,37 @@ impl Reconciler {
             }
         }
         phantoms
+    }
+
+    /// A person's delete of a namespace (or definition) never landed: the scope no
+    /// longer holds the reconciler back, and its objects are listed again, so the
+    /// files the recorded delete took come back as the cluster has them now (an
+    /// object deleted since stays out).
+    async fn restore_cascade(&self, resources: &[Recorded], scope: &crate::cascade::Scope) {
+        if let Some(confirmations) = &self.confirmations {
+            confirmations.leaving.cancel(scope);
+        }
+        let (namespace, lists): (Option<&str>, Vec<&Recorded>) = match scope {
+            crate::cascade::Scope::Namespace(namespace) => (
+                Some(namespace.as_str()),
+                resources.iter().filter(|r| r.namespaced).collect(),
+            ),
+            crate::cascade::Scope::Resource {
+                group, resource, ..
+            } => (
+                None,
+                resources
+                    .iter()
+                    .filter(|r| &r.group == group && &r.resource == resource)
+                    .collect(),
+            ),
+        };
+        for resource in lists {
+            let mut report = SnapshotReport::default();
+            if let Err(error) = self.list_in(resource, namespace, &mut report).await {
+                tracing::warn!(%error, resource = %resource.resource, "cannot list the objects of a delete that never landed; they come back as the cluster shows them again");
+            }
+        }
     }
 
     /// The change that makes git show what the cluster has for `pending`'s object:
@@ -1038,6 +1160,7 @@ fn write_for(
         dry_run: false,
         object,
         old_object,
+        from_cluster: true,
     }
 }
 

@@ -42,12 +42,25 @@ pub(super) fn lookup(
     tree: ObjectId,
     path: &str,
 ) -> Result<Option<ObjectId>, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(lookup_entry(repo, tree, path)?
+        .filter(|(kind, _)| *kind != EntryKind::Link)
+        .map(|(_, id)| id))
+}
+
+/// The file at `path` of `tree`, with its kind (a plain, executable or link blob).
+pub(super) fn lookup_entry(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    path: &str,
+) -> Result<Option<(EntryKind, ObjectId)>, Box<dyn std::error::Error + Send + Sync>> {
     if tree.is_empty_tree() {
         return Ok(None);
     }
     let mut tree = repo.find_tree(tree)?;
     let entry = tree.peel_to_entry_by_path(Path::new(path))?;
-    Ok(entry.filter(|e| e.mode().is_blob()).map(|e| e.object_id()))
+    Ok(entry
+        .filter(|e| e.mode().is_blob() || e.mode().is_link())
+        .map(|e| (e.mode().kind(), e.object_id())))
 }
 
 pub(super) fn signature(name: &str, email: &str, seconds: i64) -> gix::actor::Signature {
@@ -61,6 +74,9 @@ pub(super) fn signature(name: &str, email: &str, seconds: i64) -> gix::actor::Si
 pub(super) fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
 }
+
+/// How many removed files a cascade's commit message names (the count is always there).
+const CASCADE_LISTED: usize = 500;
 
 /// `update apps/v1 Deployment team-a/web`, a body, and the trailers.
 pub(super) fn commit_message(change: &Change, api_version: &str, kind: &str, body: &str) -> String {
@@ -136,13 +152,14 @@ impl Writer {
                         Action::Put(bytes) => {
                             files += u64::from(put_blob(repo, &mut editor, path, bytes, current)?);
                         }
-                        Action::Remove if current.is_some() => {
+                        // The reconciler's changes never cascade (see crate::cascade).
+                        Action::Remove | Action::Cascade(_) if current.is_some() => {
                             editor
                                 .remove(path.split('/'))
                                 .map_err(|e| write_error(&e))?;
                             files += 1;
                         }
-                        Action::Remove | Action::SetReplicas(_) => {}
+                        Action::Remove | Action::Cascade(_) | Action::SetReplicas(_) => {}
                     }
                 }
                 Ok((us(), bundle.message.clone()))
@@ -151,29 +168,43 @@ impl Writer {
                 let path = change.path.as_str();
                 let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
                 if let Some(revert) = &job.revert {
-                    let (wrote, before) =
-                        revert_edit(repo, revert.commit, path).map_err(|e| write_error(&e))?;
-                    if current == wrote {
+                    // Every file the denied commit changed (a cascade changed many)
+                    // goes back, unless a newer change replaced what it wrote.
+                    let mut undone = 0;
+                    for (file, wrote, before) in
+                        revert_edits(repo, revert.commit).map_err(|e| write_error(&e))?
+                    {
+                        if lookup(repo, tree, &file).map_err(|e| write_error(&e))? != wrote
+                            || revert
+                                .after
+                                .is_some_and(|at| self.touches.kept_after(&file, at))
+                        {
+                            continue;
+                        }
                         match before {
-                            Some(id) => editor.upsert(path.split('/'), EntryKind::Blob, id),
-                            None => editor.remove(path.split('/')),
+                            Some((kind, id)) => editor.upsert(file.split('/'), kind, id),
+                            None => editor.remove(file.split('/')),
                         }
                         .map_err(|e| write_error(&e))?;
+                        undone += 1;
+                    }
+                    if undone > 0 {
                         Ok((us(), revert_message(change, revert)))
                     } else {
                         // A newer change to this file replaced the denied one.
                         Err(Outcome::Unchanged)
                     }
                 } else {
-                    self.stage(change, current, &mut editor)?
-                        .map(|(api_version, kind, body)| {
+                    self.stage(change, tree, current, &mut editor)?.map(
+                        |(api_version, kind, body)| {
                             let author = signature(
                                 &change.user,
                                 &author_email(&change.user, &self.settings.email_domain),
                                 now,
                             );
                             (author, commit_message(change, &api_version, &kind, &body))
-                        })
+                        },
+                    )
                 }
             };
             let (author, message) = match staged {
@@ -213,6 +244,7 @@ impl Writer {
     pub(super) fn stage(
         &self,
         change: &Change,
+        tree: ObjectId,
         current: Option<ObjectId>,
         editor: &mut gix::objs::tree::Editor<'_>,
     ) -> Result<Result<(String, String, String), Outcome>, StoreError> {
@@ -231,6 +263,38 @@ impl Writer {
                     .map_err(|e| StoreError::Write {
                         reason: e.to_string(),
                     })?;
+                return Ok(Ok((api_version, kind, body)));
+            }
+            Action::Cascade(cascade) => {
+                let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+                    reason: e.to_string(),
+                };
+                let others: Vec<String> = crate::cascade::files(&self.repo, tree, cascade)
+                    .map_err(|e| write_error(&e))?
+                    .into_iter()
+                    .map(|(file, _)| file)
+                    .filter(|file| file != path)
+                    .collect();
+                if current.is_none() && others.is_empty() {
+                    return Ok(Err(Outcome::Unchanged));
+                }
+                for file in std::iter::once(path)
+                    .filter(|_| current.is_some())
+                    .chain(others.iter().map(String::as_str))
+                {
+                    editor
+                        .remove(file.split('/'))
+                        .map_err(|e| write_error(&e))?;
+                }
+                if !others.is_empty() {
+                    body = format!(
+                        "Also removes {count} {files} of the {objects}, which go with it:\n\n{list}\n",
+                        count = others.len(),
+                        files = if others.len() == 1 { "file" } else { "files" },
+                        objects = cascade.scope.objects(),
+                        list = crate::cascade::list(&others, CASCADE_LISTED),
+                    );
+                }
                 return Ok(Ok((api_version, kind, body)));
             }
             Action::SetReplicas(replicas) => {

@@ -107,6 +107,7 @@ fn parse(note: &Value, file: PathBuf) -> Option<PendingRevert> {
         revert: Revert {
             commit: ObjectId::from_hex(text("commit")?.as_bytes()).ok()?,
             reason: text("reason")?,
+            after: None,
         },
         ticket: None,
         at: None,

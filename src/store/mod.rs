@@ -203,6 +203,9 @@ pub struct StoreHandle {
     not_open: Arc<std::sync::Mutex<Option<String>>>,
     /// The repository's path and branch, for readers beside the writer.
     location: Arc<(PathBuf, String)>,
+    /// The e-mail of kubescribe's committer identity: the author of the commits it
+    /// makes on its own (the reconciler's).
+    committer_email: Arc<str>,
 }
 
 /// The receivers for one waiting change; see [`StoreHandle::submit`].
@@ -298,6 +301,7 @@ impl StoreHandle {
             tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
         );
         let location = Arc::new((settings.path.clone(), settings.branch.clone()));
+        let committer_email: Arc<str> = settings.committer.email.as_str().into();
         let (control, control_rx) = mpsc::unbounded_channel();
         let failing = Arc::new(std::sync::Mutex::new(None));
         let writer_failing = failing.clone();
@@ -369,6 +373,7 @@ impl StoreHandle {
                     failing,
                     not_open,
                     location,
+                    committer_email,
                 },
                 WriterThread(thread),
             )),
@@ -483,7 +488,11 @@ impl StoreHandle {
         };
         let control = Control::Revert(Box::new(PendingRevert {
             change: change.without_body(),
-            revert: Revert { commit, reason },
+            revert: Revert {
+                commit,
+                reason,
+                after: None,
+            },
             ticket,
             at: None,
             note,
@@ -588,6 +597,93 @@ impl StoreHandle {
         for_each_file(&self.location.0, &self.location.1, under, each)
     }
 
+    /// The files on the branch as it is now that `cascade` would remove besides the
+    /// object's own (see [`crate::cascade`]); blocking, so call it from a blocking
+    /// thread.
+    pub fn cascade_files(
+        &self,
+        cascade: &crate::cascade::Cascade,
+        own: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let Some((repo, tree)) = branch_tree(&self.location.0, &self.location.1)? else {
+            return Ok(Vec::new());
+        };
+        let files = crate::cascade::files(&repo, tree, cascade).map_err(|e| StoreError::Open {
+            path: self.location.0.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(files
+            .into_iter()
+            .map(|(file, _)| file)
+            .filter(|file| file != own)
+            .collect())
+    }
+
+    /// Of `paths`, those on the branch now whose last change kubescribe made on its own
+    /// (a commit it authored: the reconciler's, never a person's recorded write, which
+    /// kubescribe only commits). A file a person wrote, in the cluster or in git, or
+    /// whose last change is more than [`HISTORY_READ_MAX`] commits back, is left out.
+    /// With `walk` false, only which of `paths` are on the branch. Blocking, so call
+    /// it from a blocking thread.
+    pub fn written_by_kubescribe(
+        &self,
+        paths: &[String],
+        walk: bool,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let read_error = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: self.location.0.clone(),
+            reason: e.to_string(),
+        };
+        let mut ours = std::collections::HashSet::new();
+        let Some((repo, tree)) = branch_tree(&self.location.0, &self.location.1)? else {
+            return Ok(ours);
+        };
+        let mut open: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for path in paths {
+            if lookup(&repo, tree, path)
+                .map_err(|e| read_error(&e))?
+                .is_some()
+            {
+                open.insert(path.as_str());
+            }
+        }
+        if !walk {
+            return Ok(open.into_iter().map(str::to_owned).collect());
+        }
+        let mut next = repo
+            .find_reference(format!("refs/heads/{}", self.location.1).as_str())
+            .and_then(|mut r| Ok(r.peel_to_commit()?.id))
+            .ok();
+        let mut read = 0;
+        while let Some(id) = next.filter(|_| !open.is_empty() && read < HISTORY_READ_MAX) {
+            read += 1;
+            let commit = repo.find_commit(id).map_err(|e| read_error(&e))?;
+            let decoded = commit.decode().map_err(|e| read_error(&e))?;
+            let by_us = decoded.author().map_err(|e| read_error(&e))?.email
+                == self.committer_email.as_bytes();
+            let parent = decoded.parents().next();
+            let parent_tree = match parent {
+                Some(parent) => repo
+                    .find_commit(parent)
+                    .and_then(|c| c.tree_id())
+                    .map_err(|e| read_error(&e))?
+                    .detach(),
+                None => ObjectId::empty_tree(repo.object_hash()),
+            };
+            let mut changed = Vec::new();
+            replay::diff_trees(&repo, parent_tree, decoded.tree(), "", &mut changed)
+                .map_err(|e| read_error(&e))?;
+            for (path, _) in changed {
+                // The newest change of a file decides.
+                if open.remove(path.as_str()) && by_us {
+                    ours.insert(path);
+                }
+            }
+            next = parent;
+        }
+        Ok(ours)
+    }
+
     /// What a pusher needs to ask for replays; it does not keep the writer alive.
     pub fn replayer(&self) -> Replayer {
         Replayer {
@@ -619,6 +715,62 @@ impl Replayer {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 }
+
+/// The note, in kubescribe's own directory of a repository, that kubescribe found
+/// its branch empty (and the remote's too) when it first started there.
+const STARTED_EMPTY: &str = "kubescribe/started-empty";
+
+/// What the note says of where the branch goes: a hash of the remote's URL and the
+/// branch (never the URL itself, which may hold a user name), so a remote added or
+/// changed later, which may hold anything, is not taken as started empty.
+fn destination(remote: Option<&str>, branch: &str) -> String {
+    let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
+    hasher.update(remote.unwrap_or("").as_bytes());
+    hasher.update(b"\n");
+    hasher.update(branch.as_bytes());
+    let digest = hasher
+        .try_finalize()
+        .map(|id| id.to_hex().to_string())
+        .unwrap_or_default();
+    format!("destination: {digest}\n")
+}
+
+/// Notes that the repository at `path` started empty, if its `branch` has no commit
+/// and `remote_empty` (no `remote`, or one whose branch does not exist). A repository
+/// that never held anything never had a GitOps tool apply an earlier kubescribe's
+/// files, so cleaning it needs no one's consent (see [`started_empty`]).
+pub fn note_started_empty(path: &Path, branch: &str, remote: Option<&str>, remote_empty: bool) {
+    let note = path.join(STARTED_EMPTY);
+    if !remote_empty || note.exists() {
+        return;
+    }
+    match branch_tree(path, branch) {
+        Ok(None) => {}
+        // Has commits, or cannot be read: not known to be empty.
+        _ => return,
+    }
+    let text = format!(
+        "kubescribe started this repository empty: reconcile.removeControlPlaneFiles defaults to true here\n{}",
+        destination(remote, branch)
+    );
+    let written = note
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&note, text));
+    if let Err(error) = written {
+        tracing::warn!(%error, path = %note.display(), "cannot note that the repository started empty");
+    }
+}
+
+/// Whether kubescribe started the repository at `path` empty, with the same remote
+/// and branch as now (see [`note_started_empty`]).
+pub fn started_empty(path: &Path, branch: &str, remote: Option<&str>) -> bool {
+    std::fs::read_to_string(path.join(STARTED_EMPTY))
+        .is_ok_and(|text| text.contains(&destination(remote, branch)))
+}
+
+/// How many commits [`StoreHandle::written_by_kubescribe`] reads back at most.
+const HISTORY_READ_MAX: usize = 100_000;
 
 /// Creates the bare repository at `path` unless there is one, with HEAD naming
 /// `branch` so `git clone` checks it out.
@@ -652,17 +804,10 @@ pub fn for_each_file(
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| read_error(&e))?;
-    let Some(mut reference) = repo
-        .try_find_reference(format!("refs/heads/{branch}").as_str())
-        .map_err(|e| read_error(&e))?
-    else {
+    let Some((repo, tree)) = branch_tree(path, branch)? else {
         return Ok(());
     };
-    let tree = reference
-        .peel_to_commit()
-        .and_then(|c| c.tree())
-        .map_err(|e| read_error(&e))?;
+    let tree = repo.find_tree(tree).map_err(|e| read_error(&e))?;
     let mut files = gix::traverse::tree::Recorder::default();
     tree.traverse()
         .breadthfirst(&mut files)
@@ -679,6 +824,31 @@ pub fn for_each_file(
         each(&file, &blob.data);
     }
     Ok(())
+}
+
+/// The bare repository at `path` and the tree `branch` has now; `None` before the
+/// branch's first commit.
+fn branch_tree(
+    path: &Path,
+    branch: &str,
+) -> Result<Option<(gix::Repository, ObjectId)>, StoreError> {
+    let read_error = |e: &dyn std::fmt::Display| StoreError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let repo = gix::open_opts(path, gix::open::Options::isolated()).map_err(|e| read_error(&e))?;
+    let Some(mut reference) = repo
+        .try_find_reference(format!("refs/heads/{branch}").as_str())
+        .map_err(|e| read_error(&e))?
+    else {
+        return Ok(None);
+    };
+    let tree = reference
+        .peel_to_commit()
+        .and_then(|c| c.tree_id())
+        .map_err(|e| read_error(&e))?
+        .detach();
+    Ok(Some((repo, tree)))
 }
 
 /// `alice@<domain>`; a username that already is an e-mail address is kept.
@@ -725,6 +895,56 @@ mod tests {
             "system-serviceaccount-ci-deployer@k.local"
         );
         assert_eq!(author_email("", "k.local"), "unknown@k.local");
+    }
+
+    #[test]
+    fn only_a_repository_started_empty_is_noted_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = dir.path().join("fresh.git");
+        let remote = Some("https://git.example.com/ops/cluster.git");
+        init_repository(&fresh, "main").unwrap();
+        note_started_empty(&fresh, "main", remote, false);
+        assert!(
+            !started_empty(&fresh, "main", remote),
+            "the remote holds something"
+        );
+        note_started_empty(&fresh, "main", remote, true);
+        assert!(started_empty(&fresh, "main", remote));
+        // Another remote, or branch, may hold anything.
+        assert!(!started_empty(&fresh, "main", None));
+        assert!(!started_empty(&fresh, "prod", remote));
+
+        let used = dir.path().join("used.git");
+        init_repository(&used, "main").unwrap();
+        let work = dir.path().join("work");
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@x"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {out:?}");
+        };
+        git(&["init", "-q", "-b", "main", work.to_str().unwrap()]);
+        git(&[
+            "-C",
+            work.to_str().unwrap(),
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "x",
+        ]);
+        git(&[
+            "-C",
+            work.to_str().unwrap(),
+            "push",
+            "-q",
+            used.to_str().unwrap(),
+            "main",
+        ]);
+        note_started_empty(&used, "main", None, true);
+        assert!(!started_empty(&used, "main", None), "it has history");
     }
 
     #[test]

@@ -20,15 +20,16 @@ pub(super) type TreeChange = (String, Option<(EntryKind, ObjectId)>);
 /// How many remote commits a replay reads for the versions of what they changed.
 const VERSIONS_READ_MAX: usize = 10_000;
 
-/// For each file the remote changed since `base` (our first unpushed commit's
-/// parent), the version of its newest record there: the newest commit of that one
-/// file that says where its write stood.
+/// What the remote did since `base` (our first unpushed commit's parent): for each
+/// file it changed, the version of its newest record there (the newest commit of
+/// that one file that says where its write stood), or `None` when no commit says.
+#[allow(clippy::type_complexity)]
 fn remote_versions(
     repo: &gix::Repository,
     onto: Option<ObjectId>,
     base: Option<ObjectId>,
 ) -> Result<
-    std::collections::HashMap<String, crate::manifest::ObjectVersion>,
+    std::collections::HashMap<String, Option<crate::manifest::ObjectVersion>>,
     Box<dyn std::error::Error + Send + Sync>,
 > {
     let mut versions = std::collections::HashMap::new();
@@ -56,7 +57,14 @@ fn remote_versions(
         // and neither does one without trailers: the newest record that does counts.
         if let (Some(version), [(path, _)]) = (version, changes.as_slice()) {
             // Newest first: the first version seen of a file is its latest.
-            versions.entry(path.clone()).or_insert(version);
+            let newest = versions.entry(path.clone()).or_insert(None);
+            if newest.is_none() {
+                *newest = Some(version);
+            }
+        } else {
+            for (path, _) in changes {
+                versions.entry(path).or_insert(None);
+            }
         }
         next = parent;
     }
@@ -247,12 +255,28 @@ impl Writer {
             let mut changes = Vec::new();
             diff_trees(repo, parent_tree, original.tree, "", &mut changes)
                 .map_err(|e| write_error(&e))?;
+            let single = changes.len() == 1;
             for (path, entry) in changes {
-                if let (Some(ours), Some(newer)) = (&ours, theirs.get(&path)) {
-                    if newer.newer_than(ours) == Some(true) {
-                        tracing::info!(%path, commit = %id, "the remote has a newer record of this object; keeping it");
-                        continue;
+                let keep_theirs = match (theirs.get(&path), &ours) {
+                    (None, _) => false,
+                    // A version speaks for its commit's one file.
+                    (Some(Some(newer)), Some(ours)) if single => {
+                        newer.newer_than(ours) == Some(true)
                     }
+                    (Some(_), _) if single => false,
+                    // A file of many (a cascade's removals, a reconcile bundle) the
+                    // remote changed since: its record stays unless ours is from a
+                    // later state of the cluster (resourceVersions are one etcd
+                    // revision for every object).
+                    (Some(Some(newer)), Some(ours)) => match (newer.after, ours.after) {
+                        (Some(theirs), Some(ours)) => theirs > ours,
+                        _ => true,
+                    },
+                    (Some(_), _) => true,
+                };
+                if keep_theirs {
+                    tracing::info!(%path, commit = %id, "the remote has a newer record of this object; keeping it");
+                    continue;
                 }
                 if let Some(denied) = reverts {
                     let wrote = revert_edit(repo, denied, &path)

@@ -17,6 +17,10 @@ use crate::outbox::{Outbox, PushWaiter, Unpushed};
 pub(super) struct Revert {
     pub(super) commit: ObjectId,
     pub(super) reason: String,
+    /// Where the denied commit stands in [`Touches`], when known: a file a later
+    /// admitted change left as the commit did (a delete of a file a cascade already
+    /// removed) is not reverted.
+    pub(super) after: Option<u64>,
 }
 
 /// A revert the writer owes: committed before any later commit is given to the
@@ -74,15 +78,24 @@ impl Touches {
         self.seq
     }
 
+    /// Where `pending`'s commit stands, when known.
+    fn position(&self, pending: &PendingRevert) -> Option<u64> {
+        pending
+            .at
+            .or_else(|| pending.ticket.and_then(|t| self.tickets.get(&t).copied()))
+    }
+
     /// Whether a change admitted after `pending`'s commit left the file as it is.
     fn kept_since(&self, pending: &PendingRevert) -> bool {
-        let at = pending
-            .at
-            .or_else(|| pending.ticket.and_then(|t| self.tickets.get(&t).copied()));
-        match (at, self.unchanged.get(pending.change.path.as_str())) {
-            (Some(at), Some(&unchanged)) => unchanged > at,
-            _ => false,
-        }
+        self.position(pending)
+            .is_some_and(|at| self.kept_after(pending.change.path.as_str(), at))
+    }
+
+    /// Whether a change admitted after position `at` left `path` as it was.
+    pub(super) fn kept_after(&self, path: &str, at: u64) -> bool {
+        self.unchanged
+            .get(path)
+            .is_some_and(|&unchanged| unchanged > at)
     }
 }
 
@@ -103,6 +116,37 @@ pub(super) fn revert_edit(
         None => None,
     };
     Ok((wrote, before))
+}
+
+/// Every file `commit` changed, with the blob it wrote (`None`: removed) and the file
+/// before it, with its kind (`None`: added).
+#[allow(clippy::type_complexity)]
+pub(super) fn revert_edits(
+    repo: &gix::Repository,
+    commit: ObjectId,
+) -> Result<
+    Vec<(
+        String,
+        Option<ObjectId>,
+        Option<(gix::objs::tree::EntryKind, ObjectId)>,
+    )>,
+    Box<dyn std::error::Error + Send + Sync>,
+> {
+    let found = repo.find_commit(commit)?;
+    let tree = found.tree_id()?.detach();
+    let parent_tree = match found.parent_ids().next() {
+        Some(parent) => repo.find_commit(parent)?.tree_id()?.detach(),
+        None => ObjectId::empty_tree(repo.object_hash()),
+    };
+    let mut changes = Vec::new();
+    super::replay::diff_trees(repo, parent_tree, tree, "", &mut changes)?;
+    changes
+        .into_iter()
+        .map(|(path, wrote)| {
+            let before = lookup_entry(repo, parent_tree, &path)?;
+            Ok((path, wrote.map(|(_, id)| id), before))
+        })
+        .collect()
 }
 
 /// `revert update v1 ConfigMap team-a/web`, why, and the trailers.
@@ -179,7 +223,10 @@ impl Writer {
                 change: pending.change.clone(),
                 waiter: None,
                 push_waiter: None,
-                revert: Some(pending.revert.clone()),
+                revert: Some(Revert {
+                    after: self.touches.position(pending),
+                    ..pending.revert.clone()
+                }),
                 bundle: None,
                 _queued_bytes: None,
             })

@@ -326,6 +326,7 @@ impl Writer {
                                 revert: Revert {
                                     commit,
                                     reason: "The write was denied because this commit was not durable before the apiserver's deadline.".to_owned(),
+                                    after: None,
                                 },
                                 ticket: None,
                                 at,

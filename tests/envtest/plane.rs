@@ -329,7 +329,7 @@ impl ControlPlane {
 
 /// Everyone but the controller manager (which has its own bootstrap roles) may do
 /// anything: the tests are about who writes, not what they may write.
-const RBAC: &str = r#"
+pub const RBAC: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding
 metadata:
