@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// Branch of the default repository [default: main].
     #[arg(long, env = "KUBESCRIBE_BRANCH")]
     pub branch: Option<String>,
+    /// The namespace kubescribe runs in: never recorded, by admission or the
+    /// reconciler (added to ignore.namespaces). The Helm chart sets it.
+    #[arg(long, env = "KUBESCRIBE_NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 impl Cli {
@@ -128,6 +132,7 @@ impl ServeArgs {
             tls_key: self.tls_key.or(other.tls_key),
             remote: self.remote.or(other.remote),
             branch: self.branch.or(other.branch),
+            namespace: self.namespace.or(other.namespace),
         }
     }
 
@@ -154,6 +159,13 @@ impl ServeArgs {
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.server.tls_cert = Some(cert.clone());
             config.server.tls_key = Some(key.clone());
+        }
+        // Its own objects (Deployment, Service, ConfigMap) are the installation's,
+        // which the webhook is never sent; the reconciler leaves them out as well.
+        if let Some(namespace) = self.namespace.as_ref().filter(|ns| !ns.is_empty()) {
+            if !config.ignore.namespaces.contains(namespace) {
+                config.ignore.namespaces.push(namespace.clone());
+            }
         }
         config.validate()?;
         Ok(config)
@@ -187,6 +199,22 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn its_own_namespace_is_one_the_control_plane_keeps() {
+        let config = serve_args(parse(&["--namespace", "kubescribe-system"]).unwrap())
+            .config()
+            .unwrap();
+        assert_eq!(
+            config.ignore.namespaces,
+            [
+                "kube-system",
+                "kube-public",
+                "kube-node-lease",
+                "kubescribe-system"
+            ]
+        );
     }
 
     #[test]
