@@ -14,7 +14,9 @@
 # the check timing, default 1000), CHECK_ONLY=1 (only that), REMOTE_TUNED=1 (the push
 # remote keeps pushes as packs and runs no gc on pushes), SNAPSHOT_OBJECTS (objects
 # of the reconcile snapshot, default 10000), SNAPSHOT_PRUNE=always (the snapshot
-# also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that).
+# also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that), INDEX_MANIFESTS
+# (objects of the synthetic repository the index is built of, default 10000),
+# INDEX_ONLY=1 (only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +24,7 @@ REQUESTS=${REQUESTS:-8000}
 RATE=${RATE:-1000}
 CONCURRENCY=${CONCURRENCY:-32}
 COMMITS=${COMMITS:-20000}
+INDEX_MANIFESTS=${INDEX_MANIFESTS:-10000}
 ROUNDS=${ROUNDS:-7}
 OUT=target/bench
 BIN=target/release
@@ -74,6 +77,21 @@ NAIVE=${NAIVE:-40}
 
 CHECK_FILES=${CHECK_FILES:-1000}
 SNAPSHOT_OBJECTS=${SNAPSHOT_OBJECTS:-10000}
+
+echo "== index of an existing repository: $INDEX_MANIFESTS manifests"
+# The index of what people declared (issue 15), next to its floor: parsing every
+# document of the same files once. Also the real fixture repositories.
+"$BIN/kubescribe-load" index --manifests "$INDEX_MANIFESTS" >"$OUT/index.json"
+python3 - "$OUT/index.json" <<'PY' | tee -a "$OUT/runs.jsonl"
+import json, sys
+report = json.load(open(sys.argv[1]))
+s = report["synthetic"]
+print(json.dumps({"label": "index", "manifests": s["manifests"], "files": s["files"],
+                  "seconds": s["build_s"], "floor_seconds": s["floor_parse_s"],
+                  "lookup_ns": s["lookup_ns"], "peak_kb": s["peak_rss_kib"],
+                  "fixtures": {k: v for k, v in report.items() if k != "synthetic"}}))
+PY
+if [[ -n ${INDEX_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
 
 echo "== reconcile snapshot of $SNAPSHOT_OBJECTS objects"
 # A synthetic cluster (recorded core discovery, N ConfigMaps made from a recorded one,
@@ -162,6 +180,7 @@ for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):
     list(yaml.safe_load_all(p.read_text()))' "$check_dir")
 echo "{\"label\":\"check\",\"files\":$CHECK_FILES,\"seconds\":$check_s,\"reader_seconds\":$reader_s}" | tee -a "$OUT/runs.jsonl"
 if [[ -n ${CHECK_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+
 
 if [[ -z ${PUSH_ONLY:-} ]]; then
 echo "== idle RSS and wait: none latency"

@@ -441,7 +441,7 @@ fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, S
 /// The resource (plural) of a kind and whether it is namespaced, as discovery would
 /// say for the built-in kinds; other kinds are taken as namespaced with the usual
 /// English plural, which is how CRDs are nearly always named.
-fn resource_of(group: &str, kind: &str) -> (String, bool) {
+pub(crate) fn resource_of(group: &str, kind: &str) -> (String, bool) {
     const CLUSTER_SCOPED: &[(&str, &str)] = &[
         ("", "Namespace"),
         ("", "Node"),

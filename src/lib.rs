@@ -9,6 +9,7 @@ pub mod cascade;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod declared;
 pub mod fault;
 pub mod intent;
 pub mod limits;

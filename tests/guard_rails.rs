@@ -102,18 +102,23 @@ async fn require_recording_denies_writes_the_repository_cannot_take() {
     // Another process holds the branch lock: the next batch fails...
     let lock = server.repo.join("refs/heads/main.lock");
     std::fs::write(&lock, "").unwrap();
-    let mut n = 2;
-    let denied = loop {
-        let answer = send(&server, &kubescribe::load::unique_review(&template, n)).await;
-        n += 1;
-        if answer["response"]["allowed"] == false {
-            break answer;
-        }
+    let answer = send(&server, &kubescribe::load::unique_review(&template, 2)).await;
+    assert_eq!(
+        answer["response"]["allowed"], true,
+        "not known to fail yet: {answer}"
+    );
+    // The writer's next batch fails on the lock (awaited on the metric, not timed).
+    let failed = "kubescribe_store_errors_total{reason=\"branch\"}";
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while common::sample_of(&server, failed).await.0.unwrap_or(0.0) < 1.0 {
         assert!(
-            n < 200,
-            "writes kept being admitted while the branch is locked"
+            std::time::Instant::now() < until,
+            "the batch never failed on the lock"
         );
-    };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let denied = send(&server, &kubescribe::load::unique_review(&template, 3)).await;
+    assert_eq!(denied["response"]["allowed"], false, "{denied}");
     // ...and from then on writes wait for their commit, and are denied.
     let message = denied["response"]["status"]["message"].as_str().unwrap();
     assert!(message.contains("requireRecording"), "{message}");

@@ -104,6 +104,132 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         namespaces: usize,
     },
+    /// Index a synthetic GitOps repository of `manifests` objects (kustomize apps
+    /// under overlays) and the real fixture repositories; print a JSON report of the
+    /// build time next to the floor (parsing every document once) and of a lookup.
+    Index {
+        #[arg(long, default_value_t = 10_000)]
+        manifests: usize,
+        #[arg(long, default_value = "tests/fixtures/repos")]
+        fixtures: PathBuf,
+    },
+}
+
+/// A repository of `manifests` objects shaped like a real one: apps of ten objects
+/// (a Deployment, a Service, eight ConfigMaps in one multi-document file), each a
+/// kustomize base with its namespace, and one overlay per environment listing them
+/// all.
+fn synthetic_repository(manifests: usize) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let apps = manifests.div_ceil(10);
+    let mut listed = String::new();
+    for app in 0..apps {
+        let dir = format!("apps/app-{app}");
+        files.insert(
+            format!("{dir}/kustomization.yaml"),
+            format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: app-{app}\nresources:\n  - deployment.yaml\n  - service.yaml\n  - configmaps.yaml\n").into_bytes(),
+        );
+        files.insert(
+            format!("{dir}/deployment.yaml"),
+            format!("# The app's web server.\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  labels:\n    app: app-{app}\nspec:\n  replicas: 2\n  selector:\n    matchLabels:\n      app: app-{app}\n  template:\n    metadata:\n      labels:\n        app: app-{app}\n    spec:\n      containers:\n        - name: web\n          image: ghcr.io/example/app-{app}:1.0.{app}\n          ports:\n            - containerPort: 8080\n").into_bytes(),
+        );
+        files.insert(
+            format!("{dir}/service.yaml"),
+            format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: app-{app}\n  ports:\n    - port: 80\n      targetPort: 8080\n").into_bytes(),
+        );
+        let configmaps: String = (0..8)
+            .map(|i| format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings-{i}\ndata:\n  LOG_LEVEL: info\n  FEATURE_{i}: \"on\"\n"))
+            .collect();
+        files.insert(format!("{dir}/configmaps.yaml"), configmaps.into_bytes());
+        listed.push_str(&format!("  - ../../apps/app-{app}\n"));
+    }
+    files.insert(
+        "clusters/prod/kustomization.yaml".to_owned(),
+        format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{listed}").into_bytes(),
+    );
+    files
+}
+
+/// Every file under `dir`, by its path inside it.
+fn read_tree(dir: &std::path::Path) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(at) = dirs.pop() {
+        for entry in std::fs::read_dir(&at)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Some(relative) = path.strip_prefix(dir)?.to_str() {
+                files.insert(relative.to_owned(), std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// CPU seconds this process has used (user + system).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of /proc/<pid>/stat (11 and 12 after the
+    // command); the kernel counts in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of this process, in KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Index `files` `rounds` times; the best wall time of the floor (every document
+/// parsed once) and of the build, and the index.
+fn measure_index(
+    files: &std::collections::BTreeMap<String, Vec<u8>>,
+    rounds: usize,
+) -> (f64, f64, kubescribe::declared::Index) {
+    use serde::Deserialize;
+    let mut floor = f64::MAX;
+    let mut build = f64::MAX;
+    let mut index = None;
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        let mut documents = 0usize;
+        for (path, bytes) in files {
+            if path.ends_with(".yaml") || path.ends_with(".yml") {
+                for document in serde_yaml_ng::Deserializer::from_slice(bytes) {
+                    // After a syntax error the iterator repeats it: stop there.
+                    if serde_json::Value::deserialize(document).is_err() {
+                        break;
+                    }
+                    documents += 1;
+                }
+            }
+        }
+        std::hint::black_box(documents);
+        floor = floor.min(started.elapsed().as_secs_f64());
+        let started = std::time::Instant::now();
+        let built =
+            kubescribe::declared::Index::build(files, &kubescribe::declared::Settings::default());
+        build = build.min(started.elapsed().as_secs_f64());
+        index = Some(built);
+    }
+    (floor, build, index.unwrap_or_default())
 }
 
 /// Reviews that are real writes by a person: creates, not dry runs, not Secrets.
@@ -182,6 +308,74 @@ async fn main() -> anyhow::Result<()> {
                 namespaces,
             )
             .await?
+        }
+        Command::Index {
+            manifests,
+            fixtures,
+        } => {
+            let mut report = serde_json::Map::new();
+            let rss_before = peak_rss_kib();
+            let files = synthetic_repository(manifests);
+            let bytes: usize = files.values().map(Vec::len).sum();
+            let cpu_before = cpu_seconds();
+            let (floor, build, index) = measure_index(&files, 5);
+            let cpu = cpu_seconds() - cpu_before;
+            // A lookup of every object, to time one.
+            let keys: Vec<kubescribe::declared::Key> = index.keys().cloned().collect();
+            let started = std::time::Instant::now();
+            let mut hits = 0usize;
+            for _ in 0..10 {
+                for key in &keys {
+                    hits += usize::from(matches!(
+                        index.lookup(key),
+                        kubescribe::declared::Lookup::Found(_)
+                    ));
+                }
+            }
+            let lookup_ns = started.elapsed().as_nanos() as f64 / (10 * keys.len().max(1)) as f64;
+            report.insert(
+                "synthetic".into(),
+                serde_json::json!({
+                    "manifests": manifests,
+                    "files": files.len(),
+                    "bytes": bytes,
+                    "objects": index.len(),
+                    "found": hits / 10,
+                    "floor_parse_s": floor,
+                    "build_s": build,
+                    "build_over_floor": build / floor,
+                    "cpu_s_for_5_rounds_of_both": cpu,
+                    "lookup_ns": lookup_ns,
+                    "peak_rss_kib": peak_rss_kib(),
+                    "peak_rss_before_kib": rss_before,
+                }),
+            );
+            for entry in std::fs::read_dir(&fixtures)? {
+                let dir = entry?.path();
+                if !dir.is_dir() {
+                    continue;
+                }
+                let files = read_tree(&dir)?;
+                let (floor, build, index) = measure_index(&files, 20);
+                let name = dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                report.insert(
+                    name,
+                    serde_json::json!({
+                        "files": files.len(),
+                        "objects": index.len(),
+                        "floor_parse_s": floor,
+                        "build_s": build,
+                        "build_over_floor": build / floor,
+                    }),
+                );
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::Value::Object(report))?
+            );
         }
         Command::Noop { listen, cert, key } => {
             let tls = kubescribe::tls::server_config(&cert, &key)?;

@@ -1,0 +1,758 @@
+//! What people declared in an existing GitOps repository: every Kubernetes object its
+//! files render, by (group, kind, namespace, name), with the file and document that
+//! declare it, so an admitted write can become an edit of that document rather than a
+//! second copy elsewhere (issue 15; this module is its index, not yet its editor).
+//!
+//! It follows kustomize the way `kubectl kustomize` does for plain resources:
+//! `resources:` (and `bases:`, `components:`) lists, `namespace:` set by a
+//! kustomization (the outermost wins), `namePrefix`/`nameSuffix` (they accumulate),
+//! bases shared by overlays. A Flux Kustomization in the repository sets its `path`'s
+//! namespace with `targetNamespace` (and, with no `kustomization.yaml` there, renders
+//! every manifest under it, as Flux generates one); an Argo CD Application gives its
+//! `path` a namespace for documents without one; a configured mapping from directory
+//! to namespace does the same for the rest.
+//!
+//! Invariants: patches, transformer configurations and generator inputs are never
+//! objects; neither is anything in a Helm chart (a directory with `Chart.yaml`), nor a
+//! file in a directory a kustomization governs that it does not list. A document
+//! whose namespace nothing sets could be any namespace's: a lookup in a namespace
+//! finds it only as ambiguous, never as a match, and so does an object two documents
+//! declare. Lookups are O(1).
+
+mod kustomize;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::Value;
+
+pub(crate) use kustomize::Kustomization;
+
+/// An object as the cluster names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub group: String,
+    pub kind: String,
+    /// `None` for a cluster-scoped object.
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// Where an object is declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declared {
+    pub path: String,
+    /// The document's position in its file, from 0.
+    pub document: usize,
+    /// The kustomization directories that render it, outermost first.
+    pub through: Vec<String>,
+    pub namespace_from: NamespaceFrom,
+}
+
+/// What gave a declared object its namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceFrom {
+    /// Cluster-scoped: none.
+    Cluster,
+    /// The document's own `metadata.namespace`.
+    Document,
+    /// The `namespace:` of the kustomization in this directory.
+    Kustomization(String),
+    /// The `targetNamespace` of the Flux Kustomization `namespace/name`.
+    Flux(String),
+    /// The `destination.namespace` of the Argo CD Application `namespace/name`.
+    ArgoCd(String),
+    /// The configured mapping of this directory.
+    Mapping(String),
+    /// Nothing: it could be any namespace.
+    Unknown,
+}
+
+/// The answer to "which document declares this object?".
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Found(&'a Declared),
+    /// More than one document could be it: never edit one by guess.
+    Ambiguous(Vec<&'a Declared>),
+    Missing,
+}
+
+/// What the repository itself does not say.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Directory (a repository path, no trailing slash) → the namespace of the
+    /// documents under it that nothing else gives one; the longest match wins.
+    pub directories: Vec<(String, String)>,
+}
+
+/// The objects of one tree.
+#[derive(Debug, Default)]
+pub struct Index {
+    objects: HashMap<Key, Vec<Declared>>,
+    /// Namespaced documents no namespace was found for, by (group, kind, name).
+    unplaced: HashMap<(String, String, String), Vec<Declared>>,
+    /// How many objects each (path, document) declares (a base shared by overlays
+    /// declares one per overlay).
+    declarations: HashMap<(String, usize), usize>,
+}
+
+impl Index {
+    /// Indexes `files` (repository path → contents, the whole tree).
+    pub fn build(files: &BTreeMap<String, Vec<u8>>, settings: &Settings) -> Index {
+        let mut builder = Builder::new(files, settings);
+        builder.run();
+        builder.index
+    }
+
+    /// The document that declares `key`.
+    pub fn lookup(&self, key: &Key) -> Lookup<'_> {
+        match self.objects.get(key).map(Vec::as_slice) {
+            Some([one]) => return Lookup::Found(one),
+            Some(many @ [_, _, ..]) => return Lookup::Ambiguous(many.iter().collect()),
+            _ => {}
+        }
+        let loose = (key.group.clone(), key.kind.clone(), key.name.clone());
+        match (self.unplaced.get(&loose).map(Vec::as_slice), &key.namespace) {
+            // A document without a namespace is exactly a cluster-scoped object of a
+            // kind the built-in list does not know (a ClusterIssuer).
+            (Some([one]), None) => Lookup::Found(one),
+            // In a namespace, it is only a guess: it could be any namespace's.
+            (Some(candidates), _) => Lookup::Ambiguous(candidates.iter().collect()),
+            (None, _) => Lookup::Missing,
+        }
+    }
+
+    /// How many objects the document at `path`, `document` declares.
+    pub fn declarations(&self, path: &str, document: usize) -> usize {
+        self.declarations
+            .get(&(path.to_owned(), document))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many objects are indexed (each overlay's copy of a base counts).
+    pub fn len(&self) -> usize {
+        self.objects.values().map(Vec::len).sum::<usize>()
+            + self.unplaced.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every indexed object, for tests and diagnostics.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.objects.keys()
+    }
+}
+
+/// The transformations a resource is reached with.
+#[derive(Debug, Clone, Default)]
+struct Context {
+    /// Set by an outer kustomization or a Flux `targetNamespace`: wins over all.
+    namespace: Option<(String, NamespaceFrom)>,
+    /// An Argo CD destination: for documents without a namespace.
+    fallback: Option<(String, NamespaceFrom)>,
+    prefix: String,
+    suffix: String,
+    through: Vec<String>,
+}
+
+/// How deep kustomizations may nest before a chain is taken for a cycle.
+const MAX_DEPTH: usize = 32;
+
+struct Builder<'a> {
+    files: &'a BTreeMap<String, Vec<u8>>,
+    settings: &'a Settings,
+    kustomizations: HashMap<String, Kustomization>,
+    /// Directories of Helm charts: nothing under them is a manifest.
+    charts: Vec<String>,
+    not_objects: HashSet<String>,
+    documents: HashMap<String, Vec<Value>>,
+    reached: HashSet<String>,
+    index: Index,
+}
+
+impl<'a> Builder<'a> {
+    fn new(files: &'a BTreeMap<String, Vec<u8>>, settings: &'a Settings) -> Self {
+        let mut charts = Vec::new();
+        let mut kustomizations = HashMap::new();
+        for (path, bytes) in files {
+            let (dir, name) = split(path);
+            if name == "Chart.yaml" {
+                charts.push(dir.to_owned());
+            }
+            let rank = kustomize::FILE_NAMES.iter().position(|n| *n == name);
+            if let Some(rank) = rank {
+                // The first of kustomize's names wins when a directory has several.
+                let better = kustomize::FILE_NAMES[..rank]
+                    .iter()
+                    .all(|n| !files.contains_key(&joined(dir, n)));
+                if better {
+                    if let Some(k) = Kustomization::parse(dir, bytes) {
+                        kustomizations.insert(dir.to_owned(), k);
+                    }
+                }
+            }
+        }
+        kustomizations.retain(|dir, _| !under_any(dir, &charts));
+        let not_objects = kustomizations
+            .values()
+            .flat_map(|k| k.not_objects.iter().cloned())
+            .collect();
+        Self {
+            files,
+            settings,
+            kustomizations,
+            charts,
+            not_objects,
+            documents: HashMap::new(),
+            reached: HashSet::new(),
+            index: Index::default(),
+        }
+    }
+
+    fn run(&mut self) {
+        // The GitOps tools' own entry points first: they set namespaces.
+        for (dir, context) in self.tool_roots() {
+            self.visit_dir(&dir, &context);
+        }
+        // Then every kustomization no other one lists.
+        let listed: HashSet<String> = self
+            .kustomizations
+            .values()
+            .flat_map(|k| k.resources.iter().cloned())
+            .collect();
+        let mut roots: Vec<String> = self
+            .kustomizations
+            .keys()
+            .filter(|dir| !listed.contains(*dir))
+            .cloned()
+            .collect();
+        roots.sort();
+        for dir in roots {
+            if !self.reached.contains(&dir) {
+                self.visit_dir(&dir, &Context::default());
+            }
+        }
+        // Kustomizations that only list each other (a cycle) have no root: each is
+        // one, once.
+        let mut unreached: Vec<String> = self
+            .kustomizations
+            .keys()
+            .filter(|dir| !self.reached.contains(*dir))
+            .cloned()
+            .collect();
+        unreached.sort();
+        for dir in unreached {
+            if !self.reached.contains(&dir) {
+                self.visit_dir(&dir, &Context::default());
+            }
+        }
+        // Then manifests no kustomization governs (applied as they are).
+        let loose: Vec<String> = self
+            .files
+            .keys()
+            .filter(|path| self.is_manifest(path) && !self.reached.contains(*path))
+            .filter(|path| !self.governed(path))
+            .cloned()
+            .collect();
+        for path in loose {
+            self.visit_file(&path, &Context::default());
+        }
+        let mut declarations: HashMap<(String, usize), usize> = HashMap::new();
+        for declared in self
+            .index
+            .objects
+            .values()
+            .chain(self.index.unplaced.values())
+            .flatten()
+        {
+            *declarations
+                .entry((declared.path.clone(), declared.document))
+                .or_default() += 1;
+        }
+        self.index.declarations = declarations;
+    }
+
+    /// The directories Flux Kustomizations and Argo CD Applications in the
+    /// repository point at, with the namespace each gives.
+    fn tool_roots(&mut self) -> Vec<(String, Context)> {
+        let paths: Vec<String> = self
+            .files
+            .keys()
+            .filter(|p| self.is_manifest(p))
+            .cloned()
+            .collect();
+        let mut roots = Vec::new();
+        for path in paths {
+            for document in self.parsed(&path).to_vec() {
+                let Some((group, kind)) = group_kind(&document) else {
+                    continue;
+                };
+                let meta = |key: &str| {
+                    document
+                        .pointer(&format!("/metadata/{key}"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let spec = |pointer: &str| {
+                    document
+                        .pointer(pointer)
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                };
+                let who = format!("{}/{}", meta("namespace"), meta("name"));
+                let (dir, context) = match (group.as_str(), kind.as_str()) {
+                    ("kustomize.toolkit.fluxcd.io", "Kustomization") => {
+                        let Some(dir) = spec("/spec/path").and_then(|p| kustomize::join("", &p))
+                        else {
+                            continue;
+                        };
+                        let namespace = spec("/spec/targetNamespace")
+                            .map(|ns| (ns, NamespaceFrom::Flux(who.clone())));
+                        (
+                            dir,
+                            Context {
+                                namespace,
+                                ..Context::default()
+                            },
+                        )
+                    }
+                    ("argoproj.io", "Application") => {
+                        let Some(dir) =
+                            spec("/spec/source/path").and_then(|p| kustomize::join("", &p))
+                        else {
+                            continue;
+                        };
+                        let fallback = spec("/spec/destination/namespace")
+                            .map(|ns| (ns, NamespaceFrom::ArgoCd(who.clone())));
+                        (
+                            dir,
+                            Context {
+                                fallback,
+                                ..Context::default()
+                            },
+                        )
+                    }
+                    _ => continue,
+                };
+                if self.has_dir(&dir) {
+                    roots.push((dir, context));
+                }
+            }
+        }
+        roots
+    }
+
+    /// A directory as a resource: its kustomization, or (none there) every manifest
+    /// under it, as Flux generates one, a nested kustomization as one resource.
+    fn visit_dir(&mut self, dir: &str, context: &Context) {
+        if context.through.len() >= MAX_DEPTH || context.through.iter().any(|d| d == dir) {
+            tracing::warn!(
+                dir,
+                "kustomizations list each other in a cycle; not followed"
+            );
+            return;
+        }
+        self.reached.insert(dir.to_owned());
+        if let Some(k) = self.kustomizations.get(dir).cloned() {
+            let mut inner = context.clone();
+            if inner.namespace.is_none() {
+                inner.namespace = k
+                    .namespace
+                    .clone()
+                    .map(|ns| (ns, NamespaceFrom::Kustomization(dir.to_owned())));
+            }
+            // An outer prefix goes in front of an inner one, an outer suffix after.
+            inner.prefix = format!("{}{}", context.prefix, k.name_prefix);
+            inner.suffix = format!("{}{}", k.name_suffix, context.suffix);
+            inner.through.push(dir.to_owned());
+            for resource in &k.resources {
+                if self.files.contains_key(resource) {
+                    self.visit_file(resource, &inner);
+                } else if self.has_dir(resource) {
+                    self.visit_dir(resource, &inner);
+                }
+            }
+            return;
+        }
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let under: Vec<String> = self
+            .files
+            .range(prefix.clone()..)
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        let mut nested: Vec<String> = Vec::new();
+        for path in under {
+            let (parent, _) = split(&path);
+            if let Some(k_dir) = self.nearest_kustomization(parent, dir) {
+                if !nested.contains(&k_dir) {
+                    nested.push(k_dir);
+                }
+                continue;
+            }
+            if self.is_manifest(&path) {
+                self.visit_file(&path, context);
+            }
+        }
+        for k_dir in nested {
+            self.visit_dir(&k_dir, context);
+        }
+    }
+
+    /// The outermost directory from below `top` down to `dir` that has a
+    /// kustomization.
+    fn nearest_kustomization(&self, dir: &str, top: &str) -> Option<String> {
+        let mut at = dir.to_owned();
+        let mut found = None;
+        while at.len() > top.len() {
+            if self.kustomizations.contains_key(&at) {
+                found = Some(at.clone());
+            }
+            at = split(&at).0.to_owned();
+        }
+        found
+    }
+
+    fn visit_file(&mut self, path: &str, context: &Context) {
+        if !self.is_manifest(path) {
+            return;
+        }
+        self.reached.insert(path.to_owned());
+        let documents = self.parsed(path).to_vec();
+        for (position, document) in documents.iter().enumerate() {
+            let Some((group, kind)) = group_kind(document) else {
+                continue;
+            };
+            let Some(name) = document
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            else {
+                continue;
+            };
+            let (_, namespaced) = crate::check::resource_of(&group, &kind);
+            let own = document
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .filter(|ns| !ns.is_empty())
+                .map(|ns| (ns.to_owned(), NamespaceFrom::Document));
+            let (namespace, namespace_from) = if !namespaced {
+                (None, NamespaceFrom::Cluster)
+            } else {
+                match context
+                    .namespace
+                    .clone()
+                    .or(own)
+                    .or_else(|| context.fallback.clone())
+                    .or_else(|| self.mapped(path))
+                {
+                    Some((ns, from)) => (Some(ns), from),
+                    None => (None, NamespaceFrom::Unknown),
+                }
+            };
+            // kustomize leaves these names alone (a CRD's is `<plural>.<group>`; a
+            // Namespace's since kustomize 3.8).
+            let name = if kind == "CustomResourceDefinition"
+                || (group.is_empty() && kind == "Namespace")
+            {
+                name.to_owned()
+            } else {
+                format!("{}{name}{}", context.prefix, context.suffix)
+            };
+            let declared = Declared {
+                path: path.to_owned(),
+                document: position,
+                through: context.through.clone(),
+                namespace_from: namespace_from.clone(),
+            };
+            if namespace_from == NamespaceFrom::Unknown {
+                let entry = self.index.unplaced.entry((group, kind, name)).or_default();
+                if !entry.contains(&declared) {
+                    entry.push(declared);
+                }
+                continue;
+            }
+            let key = Key {
+                group,
+                kind,
+                namespace,
+                name,
+            };
+            let entry = self.index.objects.entry(key).or_default();
+            // The same document reached twice the same way declares it once.
+            if !entry
+                .iter()
+                .any(|d| d.path == declared.path && d.document == declared.document)
+            {
+                entry.push(declared);
+            }
+        }
+    }
+
+    /// The configured namespace of the directory holding `path`.
+    fn mapped(&self, path: &str) -> Option<(String, NamespaceFrom)> {
+        self.settings
+            .directories
+            .iter()
+            .filter(|(dir, _)| dir.is_empty() || path.starts_with(&format!("{dir}/")))
+            .max_by_key(|(dir, _)| dir.len())
+            .map(|(dir, ns)| (ns.clone(), NamespaceFrom::Mapping(dir.clone())))
+    }
+
+    /// Whether a kustomization in the file's directory or above it decides whether
+    /// it is rendered.
+    fn governed(&self, path: &str) -> bool {
+        let mut dir = split(path).0;
+        loop {
+            if self.kustomizations.contains_key(dir) {
+                return true;
+            }
+            if dir.is_empty() {
+                return false;
+            }
+            dir = split(dir).0;
+        }
+    }
+
+    fn is_manifest(&self, path: &str) -> bool {
+        let (dir, name) = split(path);
+        (name.ends_with(".yaml") || name.ends_with(".yml"))
+            && !kustomize::FILE_NAMES.contains(&name)
+            && !self.not_objects.contains(path)
+            && !under_any(dir, &self.charts)
+    }
+
+    fn has_dir(&self, dir: &str) -> bool {
+        if dir.is_empty() {
+            return !self.files.is_empty();
+        }
+        let prefix = format!("{dir}/");
+        self.files
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(p, _)| p.starts_with(&prefix))
+    }
+
+    /// The documents of a manifest file, parsed once.
+    fn parsed(&mut self, path: &str) -> &[Value] {
+        if !self.documents.contains_key(path) {
+            let documents = self
+                .files
+                .get(path)
+                .map(|bytes| documents(bytes))
+                .unwrap_or_default();
+            self.documents.insert(path.to_owned(), documents);
+        }
+        &self.documents[path]
+    }
+}
+
+/// Every document of a YAML file, `Null` for an empty one (so positions stay those
+/// of the file). A file with a syntax error yields the documents before it: the
+/// parser cannot tell where the next one starts (and its iterator would repeat the
+/// error for ever).
+fn documents(bytes: &[u8]) -> Vec<Value> {
+    use serde::Deserialize;
+    let mut documents = Vec::new();
+    for document in serde_yaml_ng::Deserializer::from_slice(bytes) {
+        match Value::deserialize(document) {
+            Ok(value) => documents.push(value),
+            Err(error) => {
+                tracing::debug!(%error, "a manifest that is not YAML; its later documents are not indexed");
+                break;
+            }
+        }
+    }
+    documents
+}
+
+/// A document's API group and kind.
+fn group_kind(document: &Value) -> Option<(String, String)> {
+    let api_version = document.get("apiVersion")?.as_str()?;
+    let kind = document.get("kind")?.as_str()?;
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    Some((group.to_owned(), kind.to_owned()))
+}
+
+/// `("a/b", "c.yaml")` for `a/b/c.yaml`; `("", "c.yaml")` at the root.
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+fn joined(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// Whether `dir` is one of `roots` or under one.
+fn under_any(dir: &str, roots: &[String]) -> bool {
+    roots
+        .iter()
+        .any(|root| root.is_empty() || dir == root || dir.starts_with(&format!("{root}/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(files: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        files
+            .iter()
+            .map(|(p, t)| ((*p).to_owned(), t.as_bytes().to_vec()))
+            .collect()
+    }
+
+    fn key(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> Key {
+        Key {
+            group: group.into(),
+            kind: kind.into(),
+            namespace: namespace.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    fn found<'a>(index: &'a Index, k: &Key) -> &'a Declared {
+        match index.lookup(k) {
+            Lookup::Found(declared) => declared,
+            other => panic!("{k:?}: {other:?}"),
+        }
+    }
+
+    const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n";
+
+    #[test]
+    fn kustomize_namespaces_and_affixes_follow_the_outermost_and_accumulate() {
+        let files = tree(&[
+            ("base/kustomization.yaml", "namespace: base-ns\nnamePrefix: b-\nresources:\n- deployment.yaml\n"),
+            ("base/deployment.yaml", DEPLOYMENT),
+            ("overlays/dev/kustomization.yaml", "namespace: dev\nnamePrefix: dev-\nnameSuffix: -x\nresources:\n- ../../base\n- ns.yaml\npatches:\n- path: patch.yaml\n"),
+            ("overlays/dev/ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: dev\n"),
+            ("overlays/dev/patch.yaml", DEPLOYMENT),
+            ("overlays/dev/unlisted.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: stray\n"),
+            ("overlays/prod/kustomization.yaml", "namespace: prod\nresources:\n- ../../base\n"),
+        ]);
+        let index = Index::build(&files, &Settings::default());
+        let dev = found(
+            &index,
+            &key("apps", "Deployment", Some("dev"), "dev-b-web-x"),
+        );
+        assert_eq!(
+            (dev.path.as_str(), dev.document),
+            ("base/deployment.yaml", 0)
+        );
+        assert_eq!(dev.through, ["overlays/dev", "base"]);
+        assert_eq!(
+            dev.namespace_from,
+            NamespaceFrom::Kustomization("overlays/dev".into())
+        );
+        found(&index, &key("apps", "Deployment", Some("prod"), "b-web"));
+        // One document, two objects: an edit there changes both overlays.
+        assert_eq!(index.declarations("base/deployment.yaml", 0), 2);
+        // Cluster-scoped kinds get no namespace.
+        found(&index, &key("", "Namespace", None, "dev"));
+        // A patch, and a file the kustomization does not list, are not objects.
+        assert_eq!(
+            index.lookup(&key("apps", "Deployment", Some("dev"), "web")),
+            Lookup::Missing
+        );
+        assert_eq!(
+            index.lookup(&key("", "ConfigMap", Some("dev"), "stray")),
+            Lookup::Missing
+        );
+        assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn flux_argo_and_mappings_place_documents_without_a_namespace() {
+        let files = tree(&[
+            ("clusters/prod/apps.yaml", "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: apps\n  namespace: flux-system\nspec:\n  path: ./apps\n  targetNamespace: shop\n---\napiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: tools\n  namespace: argocd\nspec:\n  source:\n    path: tools\n  destination:\n    namespace: tooling\n"),
+            ("apps/web/deployment.yaml", DEPLOYMENT),
+            ("tools/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: own\n"),
+            ("loose/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n"),
+            ("mapped/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: d\n"),
+            ("charts/web/Chart.yaml", "apiVersion: v2\nname: web\n"),
+            ("charts/web/templates/deployment.yaml", DEPLOYMENT),
+        ]);
+        let settings = Settings {
+            directories: vec![("mapped".into(), "m".into())],
+        };
+        let index = Index::build(&files, &settings);
+        let web = found(&index, &key("apps", "Deployment", Some("shop"), "web"));
+        assert_eq!(
+            web.namespace_from,
+            NamespaceFrom::Flux("flux-system/apps".into())
+        );
+        assert_eq!(
+            found(&index, &key("", "ConfigMap", Some("tooling"), "a")).namespace_from,
+            NamespaceFrom::ArgoCd("argocd/tools".into())
+        );
+        // Argo CD does not override a namespace the document sets.
+        found(&index, &key("", "ConfigMap", Some("own"), "b"));
+        assert_eq!(
+            found(&index, &key("", "ConfigMap", Some("m"), "d")).namespace_from,
+            NamespaceFrom::Mapping("mapped".into())
+        );
+        // Nothing places `c`: in any namespace, it is only a guess.
+        match index.lookup(&key("", "ConfigMap", Some("default"), "c")) {
+            Lookup::Ambiguous(candidates) => assert_eq!(candidates[0].path, "loose/cm.yaml"),
+            other => panic!("{other:?}"),
+        }
+        // A Helm chart's templates are not manifests.
+        assert!(index
+            .keys()
+            .all(|k| k.name != "web" || k.namespace.as_deref() == Some("shop")));
+        assert_eq!(
+            index.declarations("charts/web/templates/deployment.yaml", 0),
+            0
+        );
+    }
+
+    #[test]
+    fn an_object_two_documents_declare_is_ambiguous() {
+        let files = tree(&[
+            ("a/deployment.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\n"),
+            ("b/deployment.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\n"),
+        ]);
+        let index = Index::build(&files, &Settings::default());
+        match index.lookup(&key("apps", "Deployment", Some("shop"), "web")) {
+            Lookup::Ambiguous(both) => assert_eq!(both.len(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_yaml_ends_its_documents_and_the_build() {
+        let files = tree(&[
+            ("a/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: x\n---\nkey: {{ .Values.broken }}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: x\n"),
+        ]);
+        let index = Index::build(&files, &Settings::default());
+        found(&index, &key("", "ConfigMap", Some("x"), "a"));
+        assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn kustomizations_that_list_each_other_end() {
+        let files = tree(&[
+            ("a/kustomization.yaml", "resources:\n- ../b\n- cm.yaml\n"),
+            (
+                "a/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: x\n",
+            ),
+            ("b/kustomization.yaml", "resources:\n- ../a\n"),
+        ]);
+        let index = Index::build(&files, &Settings::default());
+        found(&index, &key("", "ConfigMap", Some("x"), "a"));
+    }
+}
