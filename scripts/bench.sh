@@ -86,7 +86,7 @@ python3 - "$OUT/index.json" <<'PY' | tee -a "$OUT/runs.jsonl"
 import json, sys
 report = json.load(open(sys.argv[1]))
 s = report["synthetic"]
-print(json.dumps({"label": "index", "manifests": s["manifests"], "files": s["files"],
+print(json.dumps({"label": "index", "manifests": s["manifests"], "files": s["files"], "objects": s["objects"],
                   "seconds": s["build_s"], "floor_seconds": s["floor_parse_s"],
                   "lookup_ns": s["lookup_ns"], "peak_kb": s["peak_rss_kib"],
                   "fixtures": {k: v for k, v in report.items() if k != "synthetic"}}))

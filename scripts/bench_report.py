@@ -86,10 +86,10 @@ if "check" in runs:
 
 if "index" in runs:
     i = runs["index"]
-    row("index of an existing repository, %d manifests in %d files (best of 5)" % (i["manifests"], i["files"]),
+    row("index of an existing repository, %d manifests (%d objects) in %d files (best of 5)" % (i["manifests"], i["objects"], i["files"]),
         "%.3f s" % i["seconds"], "%.3f s (every document parsed once, serde_yaml_ng)" % i["floor_seconds"],
         "%.2f×" % (i["seconds"] / i["floor_seconds"]), "< 1 s")
-    row("index lookup (one object, of %d)" % i["manifests"], "%.0f ns" % i["lookup_ns"], "", "", "O(1)")
+    row("index lookup (one object, of %d)" % i["objects"], "%.0f ns" % i["lookup_ns"], "", "", "O(1)")
     for name, f in sorted(i["fixtures"].items()):
         row("index of `%s` (%d files, %d objects, best of 20)" % (name, f["files"], f["objects"]),
             "%.2f ms" % (f["build_s"] * 1e3), "%.2f ms (parse)" % (f["floor_parse_s"] * 1e3),

@@ -115,10 +115,10 @@ enum Command {
     },
 }
 
-/// A repository of `manifests` objects shaped like a real one: apps of ten objects
+/// A repository of `manifests` documents shaped like a real one: apps of ten
 /// (a Deployment, a Service, eight ConfigMaps in one multi-document file), each a
-/// kustomize base with its namespace, and one overlay per environment listing them
-/// all.
+/// kustomize base with its namespace, and two environments' overlays listing them
+/// all with a name prefix each (so `2 × manifests` objects).
 fn synthetic_repository(manifests: usize) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut files = std::collections::BTreeMap::new();
     let apps = manifests.div_ceil(10);
@@ -143,10 +143,14 @@ fn synthetic_repository(manifests: usize) -> std::collections::BTreeMap<String, 
         files.insert(format!("{dir}/configmaps.yaml"), configmaps.into_bytes());
         listed.push_str(&format!("  - ../../apps/app-{app}\n"));
     }
-    files.insert(
-        "clusters/prod/kustomization.yaml".to_owned(),
-        format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n{listed}").into_bytes(),
-    );
+    // Two environments over the same bases, as overlays with a name prefix each:
+    // every base is walked twice, and every document declares two objects.
+    for (env, prefix) in [("staging", "stg-"), ("production", "prd-")] {
+        files.insert(
+            format!("clusters/{env}/kustomization.yaml"),
+            format!("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamePrefix: {prefix}\nresources:\n{listed}").into_bytes(),
+        );
+    }
     files
 }
 

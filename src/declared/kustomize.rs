@@ -50,9 +50,15 @@ impl Kustomization {
             }
             join(dir, entry)
         };
-        let mut resources = Vec::new();
+        let mut resources: Vec<String> = Vec::new();
         for key in ["resources", "bases", "components"] {
-            resources.extend(strings(key).into_iter().filter_map(local));
+            for resource in strings(key).into_iter().filter_map(local) {
+                // `../base` and `../base/` are one resource (kustomize refuses the
+                // second); listed twice, it would be walked twice.
+                if !resources.contains(&resource) {
+                    resources.push(resource);
+                }
+            }
         }
         let mut not_objects: Vec<String> = Vec::new();
         for key in [

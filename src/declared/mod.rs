@@ -6,11 +6,19 @@
 //! It follows kustomize the way `kubectl kustomize` does for plain resources:
 //! `resources:` (and `bases:`, `components:`) lists, `namespace:` set by a
 //! kustomization (the outermost wins), `namePrefix`/`nameSuffix` (they accumulate),
-//! bases shared by overlays. A Flux Kustomization in the repository sets its `path`'s
-//! namespace with `targetNamespace` (and, with no `kustomization.yaml` there, renders
-//! every manifest under it, as Flux generates one); an Argo CD Application gives its
-//! `path` a namespace for documents without one; a configured mapping from directory
-//! to namespace does the same for the rest.
+//! bases shared by overlays, a Namespace object renamed by `namespace:`. A Flux
+//! Kustomization of a Git source in the repository sets its `path`'s namespace with
+//! `targetNamespace` and adds its `namePrefix`/`nameSuffix` (and, with no
+//! `kustomization.yaml` there, renders every manifest under it, as Flux generates
+//! one); an Argo CD Application gives its `path` (its subdirectories only with
+//! `directory.recurse`) a namespace for documents without one; a configured mapping
+//! from directory to namespace does the same for the rest. A kind the built-in list
+//! does not know (one from a CRD) is also found as cluster-scoped, since only the
+//! cluster knows its scope.
+//!
+//! Not followed yet: `kind: List` documents, `components` (taken as bases), Argo CD
+//! `repoURL`s (every Application is taken as this repository's), and upkeep as
+//! commits land (the index is built whole).
 //!
 //! Invariants: patches, transformer configurations and generator inputs are never
 //! objects; neither is anything in a Helm chart (a directory with `Chart.yaml`), nor a
@@ -90,8 +98,12 @@ pub struct Index {
     objects: HashMap<Key, Vec<Declared>>,
     /// Namespaced documents no namespace was found for, by (group, kind, name).
     unplaced: HashMap<(String, String, String), Vec<Declared>>,
-    /// How many objects each (path, document) declares (a base shared by overlays
-    /// declares one per overlay).
+    /// Documents of kinds whose scope only the cluster knows (not built in), by
+    /// (group, kind, name), wherever they were indexed: one may be cluster-scoped.
+    unknown_scope: HashMap<(String, String, String), Vec<Declared>>,
+    /// How many distinct objects each (path, document) declares (a base shared by
+    /// overlays that give it different namespaces or names declares one per such
+    /// overlay).
     declarations: HashMap<(String, usize), usize>,
 }
 
@@ -105,19 +117,42 @@ impl Index {
 
     /// The document that declares `key`.
     pub fn lookup(&self, key: &Key) -> Lookup<'_> {
-        match self.objects.get(key).map(Vec::as_slice) {
-            Some([one]) => return Lookup::Found(one),
-            Some(many @ [_, _, ..]) => return Lookup::Ambiguous(many.iter().collect()),
-            _ => {}
-        }
         let loose = (key.group.clone(), key.kind.clone(), key.name.clone());
-        match (self.unplaced.get(&loose).map(Vec::as_slice), &key.namespace) {
-            // A document without a namespace is exactly a cluster-scoped object of a
-            // kind the built-in list does not know (a ClusterIssuer).
-            (Some([one]), None) => Lookup::Found(one),
-            // In a namespace, it is only a guess: it could be any namespace's.
-            (Some(candidates), _) => Lookup::Ambiguous(candidates.iter().collect()),
-            (None, _) => Lookup::Missing,
+        let exact = self.objects.get(key).map(Vec::as_slice).unwrap_or_default();
+        let unplaced = self
+            .unplaced
+            .get(&loose)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        if key.namespace.is_some() {
+            // A document no namespace was found for could be this one as well.
+            return match (exact, unplaced) {
+                ([one], []) => Lookup::Found(one),
+                ([], []) => Lookup::Missing,
+                (exact, unplaced) => Lookup::Ambiguous(exact.iter().chain(unplaced).collect()),
+            };
+        }
+        // Cluster-scoped as the cluster says: a document of a kind whose scope only
+        // the cluster knows (a ClusterIssuer) was indexed in whatever namespace its
+        // kustomization or own metadata named, which the apiserver drops.
+        let unknown = self
+            .unknown_scope
+            .get(&loose)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut candidates: Vec<&Declared> = exact.iter().chain(unplaced).collect();
+        for declared in unknown {
+            if !candidates
+                .iter()
+                .any(|c| c.path == declared.path && c.document == declared.document)
+            {
+                candidates.push(declared);
+            }
+        }
+        match candidates.as_slice() {
+            [] => Lookup::Missing,
+            [one] => Lookup::Found(one),
+            _ => Lookup::Ambiguous(candidates),
         }
     }
 
@@ -155,17 +190,27 @@ struct Context {
     prefix: String,
     suffix: String,
     through: Vec<String>,
+    /// A plain directory renders only its own files (an Argo CD directory app
+    /// without `recurse`), not its subdirectories'.
+    flat: bool,
 }
 
 /// How deep kustomizations may nest before a chain is taken for a cycle.
 const MAX_DEPTH: usize = 32;
+
+/// How many directories one build visits at most: overlays over shared bases visit a
+/// base once per overlay, which real trees keep small; a tree built to multiply
+/// visits stops here.
+const MAX_VISITS: usize = 1_000_000;
 
 struct Builder<'a> {
     files: &'a BTreeMap<String, Vec<u8>>,
     settings: &'a Settings,
     kustomizations: HashMap<String, Kustomization>,
     /// Directories of Helm charts: nothing under them is a manifest.
-    charts: Vec<String>,
+    charts: HashSet<String>,
+    /// Directory visits left before a pathological tree is taken for a loop.
+    budget: usize,
     not_objects: HashSet<String>,
     documents: HashMap<String, Vec<Value>>,
     reached: HashSet<String>,
@@ -174,12 +219,12 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(files: &'a BTreeMap<String, Vec<u8>>, settings: &'a Settings) -> Self {
-        let mut charts = Vec::new();
+        let mut charts = HashSet::new();
         let mut kustomizations = HashMap::new();
         for (path, bytes) in files {
             let (dir, name) = split(path);
             if name == "Chart.yaml" {
-                charts.push(dir.to_owned());
+                charts.insert(dir.to_owned());
             }
             let rank = kustomize::FILE_NAMES.iter().position(|n| *n == name);
             if let Some(rank) = rank {
@@ -188,13 +233,17 @@ impl<'a> Builder<'a> {
                     .iter()
                     .all(|n| !files.contains_key(&joined(dir, n)));
                 if better {
-                    if let Some(k) = Kustomization::parse(dir, bytes) {
-                        kustomizations.insert(dir.to_owned(), k);
-                    }
+                    let k = Kustomization::parse(dir, bytes).unwrap_or_else(|| {
+                        // It still governs its directory: kustomize renders nothing
+                        // from it, so its patches must not become objects.
+                        tracing::warn!(path = %path, "a kustomization that is not a YAML mapping; nothing it governs is indexed");
+                        Kustomization::default()
+                    });
+                    kustomizations.insert(dir.to_owned(), k);
                 }
             }
         }
-        kustomizations.retain(|dir, _| !under_any(dir, &charts));
+        kustomizations.retain(|dir, _| !in_chart(dir, &charts));
         let not_objects = kustomizations
             .values()
             .flat_map(|k| k.not_objects.iter().cloned())
@@ -204,6 +253,7 @@ impl<'a> Builder<'a> {
             settings,
             kustomizations,
             charts,
+            budget: MAX_VISITS,
             not_objects,
             documents: HashMap::new(),
             reached: HashSet::new(),
@@ -252,8 +302,8 @@ impl<'a> Builder<'a> {
         let loose: Vec<String> = self
             .files
             .keys()
-            .filter(|path| self.is_manifest(path) && !self.reached.contains(*path))
-            .filter(|path| !self.governed(path))
+            .filter(|path| self.is_manifest(path) && !self.not_objects.contains(*path))
+            .filter(|path| !self.reached.contains(*path) && !self.governed(path))
             .cloned()
             .collect();
         for path in loose {
@@ -306,6 +356,11 @@ impl<'a> Builder<'a> {
                 let who = format!("{}/{}", meta("namespace"), meta("name"));
                 let (dir, context) = match (group.as_str(), kind.as_str()) {
                     ("kustomize.toolkit.fluxcd.io", "Kustomization") => {
+                        // Only a Git source can be this repository; an OCI artifact or
+                        // a generated one has its own tree.
+                        if spec("/spec/sourceRef/kind").is_some_and(|k| k != "GitRepository") {
+                            continue;
+                        }
                         let Some(dir) = spec("/spec/path").and_then(|p| kustomize::join("", &p))
                         else {
                             continue;
@@ -316,6 +371,8 @@ impl<'a> Builder<'a> {
                             dir,
                             Context {
                                 namespace,
+                                prefix: spec("/spec/namePrefix").unwrap_or_default(),
+                                suffix: spec("/spec/nameSuffix").unwrap_or_default(),
                                 ..Context::default()
                             },
                         )
@@ -328,10 +385,16 @@ impl<'a> Builder<'a> {
                         };
                         let fallback = spec("/spec/destination/namespace")
                             .map(|ns| (ns, NamespaceFrom::ArgoCd(who.clone())));
+                        // A directory app reads subdirectories only when told to.
+                        let recurse = document
+                            .pointer("/spec/source/directory/recurse")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false);
                         (
                             dir,
                             Context {
                                 fallback,
+                                flat: !recurse,
                                 ..Context::default()
                             },
                         )
@@ -356,9 +419,17 @@ impl<'a> Builder<'a> {
             );
             return;
         }
+        if self.budget == 0 {
+            return;
+        }
+        self.budget -= 1;
+        if self.budget == 0 {
+            tracing::warn!(dir, "kustomizations list each other too many times over; the index stops following them");
+        }
         self.reached.insert(dir.to_owned());
         if let Some(k) = self.kustomizations.get(dir).cloned() {
             let mut inner = context.clone();
+            inner.flat = false;
             if inner.namespace.is_none() {
                 inner.namespace = k
                     .namespace
@@ -390,16 +461,17 @@ impl<'a> Builder<'a> {
             .take_while(|p| p.starts_with(&prefix))
             .cloned()
             .collect();
-        let mut nested: Vec<String> = Vec::new();
+        let mut nested = std::collections::BTreeSet::new();
         for path in under {
             let (parent, _) = split(&path);
-            if let Some(k_dir) = self.nearest_kustomization(parent, dir) {
-                if !nested.contains(&k_dir) {
-                    nested.push(k_dir);
-                }
+            if context.flat && parent != dir {
                 continue;
             }
-            if self.is_manifest(&path) {
+            if let Some(k_dir) = self.nearest_kustomization(parent, dir) {
+                nested.insert(k_dir);
+                continue;
+            }
+            if self.is_manifest(&path) && !self.not_objects.contains(&path) {
                 self.visit_file(&path, context);
             }
         }
@@ -459,11 +531,15 @@ impl<'a> Builder<'a> {
                     None => (None, NamespaceFrom::Unknown),
                 }
             };
-            // kustomize leaves these names alone (a CRD's is `<plural>.<group>`; a
-            // Namespace's since kustomize 3.8).
-            let name = if kind == "CustomResourceDefinition"
-                || (group.is_empty() && kind == "Namespace")
-            {
+            let name = if group.is_empty() && kind == "Namespace" {
+                // kustomize's `namespace:` (and Flux's `targetNamespace`) rename a
+                // Namespace object to it; prefixes leave it alone (kustomize 3.8).
+                context
+                    .namespace
+                    .as_ref()
+                    .map_or_else(|| name.to_owned(), |(ns, _)| ns.clone())
+            } else if kind == "CustomResourceDefinition" || kind == "APIService" {
+                // Their names are `<plural>.<group>` and `<version>.<group>`.
                 name.to_owned()
             } else {
                 format!("{}{name}{}", context.prefix, context.suffix)
@@ -474,9 +550,22 @@ impl<'a> Builder<'a> {
                 through: context.through.clone(),
                 namespace_from: namespace_from.clone(),
             };
+            let same = |d: &Declared| d.path == declared.path && d.document == declared.document;
+            // Only the cluster knows the scope of a kind from a CRD: keep it findable
+            // as cluster-scoped too.
+            if group.contains('.') && !group.ends_with(".k8s.io") {
+                let entry = self
+                    .index
+                    .unknown_scope
+                    .entry((group.clone(), kind.clone(), name.clone()))
+                    .or_default();
+                if !entry.iter().any(same) {
+                    entry.push(declared.clone());
+                }
+            }
             if namespace_from == NamespaceFrom::Unknown {
                 let entry = self.index.unplaced.entry((group, kind, name)).or_default();
-                if !entry.contains(&declared) {
+                if !entry.iter().any(same) {
                     entry.push(declared);
                 }
                 continue;
@@ -489,10 +578,7 @@ impl<'a> Builder<'a> {
             };
             let entry = self.index.objects.entry(key).or_default();
             // The same document reached twice the same way declares it once.
-            if !entry
-                .iter()
-                .any(|d| d.path == declared.path && d.document == declared.document)
-            {
+            if !entry.iter().any(same) {
                 entry.push(declared);
             }
         }
@@ -523,12 +609,14 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A YAML file that is not a kustomization and not in a Helm chart. (Whether a
+    /// patch or generator input counts is the caller's: listed as a resource, it is
+    /// one.)
     fn is_manifest(&self, path: &str) -> bool {
         let (dir, name) = split(path);
         (name.ends_with(".yaml") || name.ends_with(".yml"))
             && !kustomize::FILE_NAMES.contains(&name)
-            && !self.not_objects.contains(path)
-            && !under_any(dir, &self.charts)
+            && !in_chart(dir, &self.charts)
     }
 
     fn has_dir(&self, dir: &str) -> bool {
@@ -556,19 +644,31 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Every document of a YAML file, `Null` for an empty one (so positions stay those
-/// of the file). A file with a syntax error yields the documents before it: the
-/// parser cannot tell where the next one starts (and its iterator would repeat the
-/// error for ever).
+/// Every document of a YAML file, `Null` for an empty one or one that is not JSON
+/// (so positions stay those of the file). A file with a syntax error yields the
+/// documents before it: the parser cannot tell where the next one starts (and its
+/// iterator would repeat the error for ever).
 fn documents(bytes: &[u8]) -> Vec<Value> {
     use serde::Deserialize;
     let mut documents = Vec::new();
+    let mut last_error = None;
     for document in serde_yaml_ng::Deserializer::from_slice(bytes) {
         match Value::deserialize(document) {
-            Ok(value) => documents.push(value),
+            Ok(value) => {
+                last_error = None;
+                documents.push(value);
+            }
             Err(error) => {
-                tracing::debug!(%error, "a manifest that is not YAML; its later documents are not indexed");
-                break;
+                // A document that is YAML but not JSON (a custom tag) is skipped; a
+                // syntax error comes back for ever, and ends the file.
+                let text = error.to_string();
+                if last_error.as_ref() == Some(&text) {
+                    documents.pop();
+                    tracing::debug!(%error, "a manifest that is not YAML; its later documents are not indexed");
+                    break;
+                }
+                last_error = Some(text);
+                documents.push(Value::Null);
             }
         }
     }
@@ -596,11 +696,21 @@ fn joined(dir: &str, name: &str) -> String {
     }
 }
 
-/// Whether `dir` is one of `roots` or under one.
-fn under_any(dir: &str, roots: &[String]) -> bool {
-    roots
-        .iter()
-        .any(|root| root.is_empty() || dir == root || dir.starts_with(&format!("{root}/")))
+/// Whether `dir` is a Helm chart's directory or under one.
+fn in_chart(dir: &str, charts: &HashSet<String>) -> bool {
+    if charts.is_empty() {
+        return false;
+    }
+    let mut at = dir;
+    loop {
+        if charts.contains(at) {
+            return true;
+        }
+        if at.is_empty() {
+            return false;
+        }
+        at = split(at).0;
+    }
 }
 
 #[cfg(test)]
@@ -733,13 +843,92 @@ mod tests {
     }
 
     #[test]
-    fn a_file_that_is_not_yaml_ends_its_documents_and_the_build() {
+    fn what_kustomize_and_flux_do_to_names_and_scopes() {
         let files = tree(&[
-            ("a/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: x\n---\nkey: {{ .Values.broken }}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: x\n"),
+            // `namespace:` renames the Namespace object it lists.
+            ("ns/kustomization.yaml", "namespace: foo\nresources:\n- namespace.yaml\n"),
+            ("ns/namespace.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: bar\n"),
+            // A kind from a CRD: the kustomization's namespace is dropped by the
+            // apiserver when the CRD says cluster-scoped.
+            ("infra/kustomization.yaml", "namespace: cert-manager\nresources:\n- issuer.yaml\n"),
+            ("infra/issuer.yaml", "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata:\n  name: letsencrypt\n"),
+            // A file one kustomization patches with and another lists is an object
+            // where it is listed.
+            ("a/kustomization.yaml", "resources:\n- ../shared/cm.yaml\n"),
+            ("b/kustomization.yaml", "resources:\n- ../a\npatches:\n- path: ../shared/cm.yaml\n"),
+            ("shared/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  namespace: x\n"),
+            // A kustomization that is not a mapping still governs its directory.
+            ("broken/kustomization.yaml", "- not\n- a mapping\n"),
+            ("broken/patch.yaml", DEPLOYMENT),
+            // A Flux Kustomization of an OCI source points into another tree, and an
+            // Argo CD directory app reads its subdirectories only with `recurse`.
+            ("clusters/apps.yaml", "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: oci\n  namespace: flux-system\nspec:\n  sourceRef:\n    kind: OCIRepository\n    name: x\n  path: ./\n  targetNamespace: everything\n---\napiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: flat\n  namespace: argocd\nspec:\n  source:\n    path: flat\n  destination:\n    namespace: flat-ns\n"),
+            ("flat/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: top\n"),
+            ("flat/sub/cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\n"),
+        ]);
+        let index = Index::build(&files, &Settings::default());
+        found(&index, &key("", "Namespace", None, "foo"));
+        assert_eq!(
+            index.lookup(&key("", "Namespace", None, "bar")),
+            Lookup::Missing
+        );
+        assert_eq!(
+            found(
+                &index,
+                &key("cert-manager.io", "ClusterIssuer", None, "letsencrypt")
+            )
+            .path,
+            "infra/issuer.yaml"
+        );
+        found(&index, &key("", "ConfigMap", Some("x"), "shared"));
+        assert_eq!(index.declarations("broken/patch.yaml", 0), 0);
+        found(&index, &key("", "ConfigMap", Some("flat-ns"), "top"));
+        assert!(matches!(
+            index.lookup(&key("", "ConfigMap", Some("flat-ns"), "deep")),
+            Lookup::Ambiguous(_)
+        ));
+        assert!(index
+            .keys()
+            .all(|k| k.namespace.as_deref() != Some("everything")));
+    }
+
+    #[test]
+    fn a_document_that_is_yaml_but_not_json_keeps_the_positions_of_the_rest() {
+        let files = tree(&[(
+            "a/cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: x\n---\n? [not, a, string]\n: key\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: x\n",
+        )]);
+        let index = Index::build(&files, &Settings::default());
+        assert_eq!(
+            found(&index, &key("", "ConfigMap", Some("x"), "b")).document,
+            2
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_ends_a_file_s_documents_and_never_the_build() {
+        let files = tree(&[
+            (
+                "a/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: x\n---\nkey: [unclosed\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: x\n",
+            ),
+            // A Helm template outside a chart directory: not JSON, skipped.
+            (
+                "b/cm.yaml",
+                "key: {{ .Values.broken }}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n  namespace: x\n",
+            ),
         ]);
         let index = Index::build(&files, &Settings::default());
         found(&index, &key("", "ConfigMap", Some("x"), "a"));
-        assert_eq!(index.len(), 1);
+        assert_eq!(
+            index.lookup(&key("", "ConfigMap", Some("x"), "b")),
+            Lookup::Missing
+        );
+        assert_eq!(
+            found(&index, &key("", "ConfigMap", Some("x"), "c")).document,
+            1
+        );
+        assert_eq!(index.len(), 2);
     }
 
     #[test]
