@@ -90,6 +90,8 @@ if "index" in runs:
         "%.3f s" % i["seconds"], "%.3f s (every document parsed once, serde_yaml_ng)" % i["floor_seconds"],
         "%.2f×" % (i["seconds"] / i["floor_seconds"]), "< 1 s")
     row("index lookup (one object, of %d)" % i["objects"], "%.0f ns" % i["lookup_ns"], "", "", "O(1)")
+    row("index update after one changed manifest (best of 5)", "%.2f ms" % (i["update_seconds"] * 1e3),
+        "%.3f s (a whole build)" % i["seconds"], "%.3f×" % (i["update_seconds"] / i["seconds"]), "")
     for name, f in sorted(i["fixtures"].items()):
         row("index of `%s` (%d files, %d objects, best of 20)" % (name, f["files"], f["objects"]),
             "%.2f ms" % (f["build_s"] * 1e3), "%.2f ms (parse)" % (f["floor_parse_s"] * 1e3),

@@ -17,8 +17,9 @@
 //! cluster knows its scope.
 //!
 //! Not followed yet: `kind: List` documents, `components` (taken as bases), Argo CD
-//! `repoURL`s (every Application is taken as this repository's), and upkeep as
-//! commits land (the index is built whole).
+//! `repoURL`s (every Application is taken as this repository's). [`Index::update`]
+//! keeps it up to date from the paths a commit changed; the store does not call it
+//! yet.
 //!
 //! Invariants: patches, transformer configurations and generator inputs are never
 //! objects; neither is anything in a Helm chart (a directory with `Chart.yaml`), nor a
@@ -104,7 +105,37 @@ pub struct Index {
     /// How many distinct objects each (path, document) declares (a base shared by
     /// overlays that give it different namespaces or names declares one per such
     /// overlay).
-    declarations: HashMap<(String, usize), usize>,
+    declarations: HashMap<String, HashMap<usize, usize>>,
+    /// Where each file's entries are, so an update drops and recounts one file's
+    /// without going through the rest.
+    by_file: HashMap<String, HashSet<Slot>>,
+    /// What an update needs to re-read one file without walking the tree again.
+    upkeep: Upkeep,
+}
+
+/// One entry list of the index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Slot {
+    Object(Key),
+    Unplaced((String, String, String)),
+    UnknownScope((String, String, String)),
+}
+
+/// How the tree was walked: enough to re-read a changed manifest the way the walk
+/// read it. A change to anything that shapes the walk (a kustomization, a chart, a
+/// patch or generator input, a Flux Kustomization or Argo CD Application) rebuilds.
+#[derive(Debug, Default)]
+struct Upkeep {
+    /// Every context each manifest was read with.
+    contexts: HashMap<String, Vec<Context>>,
+    /// Plain directories rendered whole (Flux's generated kustomization), with the
+    /// context they were rendered with: a file added under one is read with it.
+    walks: Vec<(String, Context)>,
+    kustomizations: HashSet<String>,
+    charts: HashSet<String>,
+    not_objects: HashSet<String>,
+    /// Files that hold a Flux Kustomization or an Argo CD Application.
+    tools: HashSet<String>,
 }
 
 impl Index {
@@ -156,10 +187,52 @@ impl Index {
         }
     }
 
+    /// Brings the index up to date with `files` (the whole tree after a commit),
+    /// where only `changed` paths (added, modified or removed) differ from the tree
+    /// it was built of. A manifest's change re-reads that file alone; a change to
+    /// what shapes the walk (see [`Upkeep`]) builds the index again.
+    pub fn update(
+        &mut self,
+        files: &BTreeMap<String, Vec<u8>>,
+        changed: &[String],
+        settings: &Settings,
+    ) {
+        let upkeep = &self.upkeep;
+        let structural = changed.iter().any(|path| {
+            let (_, name) = split(path);
+            kustomize::FILE_NAMES.contains(&name)
+                || name == "Chart.yaml"
+                || upkeep.tools.contains(path)
+                || upkeep.not_objects.contains(path)
+                || files.get(path).is_some_and(|bytes| declares_tool(bytes))
+        });
+        if structural {
+            *self = Index::build(files, settings);
+            return;
+        }
+        let mut builder = Builder::resume(std::mem::take(self), files, settings);
+        for path in changed {
+            builder.forget(path);
+        }
+        for path in changed {
+            if !files.contains_key(path) {
+                continue;
+            }
+            for context in builder.contexts_for(path) {
+                builder.visit_file(path, &context);
+            }
+        }
+        for path in changed {
+            builder.count_file(path);
+        }
+        *self = builder.index;
+    }
+
     /// How many objects the document at `path`, `document` declares.
     pub fn declarations(&self, path: &str, document: usize) -> usize {
         self.declarations
-            .get(&(path.to_owned(), document))
+            .get(path)
+            .and_then(|documents| documents.get(&document))
             .copied()
             .unwrap_or(0)
     }
@@ -181,7 +254,7 @@ impl Index {
 }
 
 /// The transformations a resource is reached with.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Context {
     /// Set by an outer kustomization or a Flux `targetNamespace`: wins over all.
     namespace: Option<(String, NamespaceFrom)>,
@@ -261,6 +334,119 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A builder that continues `index` (for [`Index::update`]).
+    fn resume(index: Index, files: &'a BTreeMap<String, Vec<u8>>, settings: &'a Settings) -> Self {
+        Self {
+            files,
+            settings,
+            // Only which directories have one matters from here.
+            kustomizations: index
+                .upkeep
+                .kustomizations
+                .iter()
+                .map(|dir| (dir.clone(), Kustomization::default()))
+                .collect(),
+            charts: index.upkeep.charts.clone(),
+            budget: MAX_VISITS,
+            not_objects: index.upkeep.not_objects.clone(),
+            documents: HashMap::new(),
+            reached: HashSet::new(),
+            index,
+        }
+    }
+
+    /// Drops everything `path` declared.
+    fn forget(&mut self, path: &str) {
+        let keep = |declared: &Declared| declared.path != path;
+        let index = &mut self.index;
+        for slot in index.by_file.remove(path).unwrap_or_default() {
+            match slot {
+                Slot::Object(key) => {
+                    if let Some(entries) = index.objects.get_mut(&key) {
+                        entries.retain(keep);
+                        if entries.is_empty() {
+                            index.objects.remove(&key);
+                        }
+                    }
+                }
+                Slot::Unplaced(loose) | Slot::UnknownScope(loose) => {
+                    for map in [&mut index.unplaced, &mut index.unknown_scope] {
+                        if let Some(entries) = map.get_mut(&loose) {
+                            entries.retain(keep);
+                            if entries.is_empty() {
+                                map.remove(&loose);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        index.declarations.remove(path);
+    }
+
+    /// The contexts a manifest at `path` is read with: those it was read with, else
+    /// those of a plain directory rendered whole above it, else (no kustomization
+    /// governs it) as it is.
+    fn contexts_for(&self, path: &str) -> Vec<Context> {
+        if let Some(contexts) = self.index.upkeep.contexts.get(path) {
+            return contexts.clone();
+        }
+        if !self.is_manifest(path) || self.not_objects.contains(path) {
+            return Vec::new();
+        }
+        let (parent, _) = split(path);
+        let walked: Vec<Context> = self
+            .index
+            .upkeep
+            .walks
+            .iter()
+            .filter(|(dir, context)| {
+                let under = dir.is_empty() || path.starts_with(&format!("{dir}/"));
+                under
+                    && (!context.flat || parent == dir)
+                    && self.nearest_kustomization(parent, dir).is_none()
+            })
+            .map(|(_, context)| context.clone())
+            .collect();
+        if !walked.is_empty() {
+            return walked;
+        }
+        if self.governed(path) {
+            Vec::new()
+        } else {
+            vec![Context::default()]
+        }
+    }
+
+    fn count_declarations(&mut self) {
+        let paths: Vec<String> = self.index.by_file.keys().cloned().collect();
+        for path in paths {
+            self.count_file(&path);
+        }
+    }
+
+    /// How many objects each document of `path` declares, from its own entries.
+    fn count_file(&mut self, path: &str) {
+        let index = &mut self.index;
+        let mut counts: HashMap<usize, usize> = HashMap::new();
+        for slot in index.by_file.get(path).into_iter().flatten() {
+            let entries = match slot {
+                Slot::Object(key) => index.objects.get(key),
+                Slot::Unplaced(loose) => index.unplaced.get(loose),
+                // The same documents as in the other two.
+                Slot::UnknownScope(_) => None,
+            };
+            for declared in entries.into_iter().flatten().filter(|d| d.path == path) {
+                *counts.entry(declared.document).or_default() += 1;
+            }
+        }
+        if counts.is_empty() {
+            index.declarations.remove(path);
+        } else {
+            index.declarations.insert(path.to_owned(), counts);
+        }
+    }
+
     fn run(&mut self) {
         // The GitOps tools' own entry points first: they set namespaces.
         for (dir, context) in self.tool_roots() {
@@ -309,19 +495,10 @@ impl<'a> Builder<'a> {
         for path in loose {
             self.visit_file(&path, &Context::default());
         }
-        let mut declarations: HashMap<(String, usize), usize> = HashMap::new();
-        for declared in self
-            .index
-            .objects
-            .values()
-            .chain(self.index.unplaced.values())
-            .flatten()
-        {
-            *declarations
-                .entry((declared.path.clone(), declared.document))
-                .or_default() += 1;
-        }
-        self.index.declarations = declarations;
+        self.count_declarations();
+        self.index.upkeep.kustomizations = self.kustomizations.keys().cloned().collect();
+        self.index.upkeep.charts = self.charts.clone();
+        self.index.upkeep.not_objects = self.not_objects.clone();
     }
 
     /// The directories Flux Kustomizations and Argo CD Applications in the
@@ -354,6 +531,9 @@ impl<'a> Builder<'a> {
                         .map(str::to_owned)
                 };
                 let who = format!("{}/{}", meta("namespace"), meta("name"));
+                if is_tool(&group, &kind) {
+                    self.index.upkeep.tools.insert(path.clone());
+                }
                 let (dir, context) = match (group.as_str(), kind.as_str()) {
                     ("kustomize.toolkit.fluxcd.io", "Kustomization") => {
                         // Only a Git source can be this repository; an OCI artifact or
@@ -461,6 +641,10 @@ impl<'a> Builder<'a> {
             .take_while(|p| p.starts_with(&prefix))
             .cloned()
             .collect();
+        self.index
+            .upkeep
+            .walks
+            .push((dir.to_owned(), context.clone()));
         let mut nested = std::collections::BTreeSet::new();
         for path in under {
             let (parent, _) = split(&path);
@@ -499,6 +683,15 @@ impl<'a> Builder<'a> {
             return;
         }
         self.reached.insert(path.to_owned());
+        let contexts = self
+            .index
+            .upkeep
+            .contexts
+            .entry(path.to_owned())
+            .or_default();
+        if !contexts.contains(context) {
+            contexts.push(context.clone());
+        }
         let documents = self.parsed(path).to_vec();
         for (position, document) in documents.iter().enumerate() {
             let Some((group, kind)) = group_kind(document) else {
@@ -562,12 +755,27 @@ impl<'a> Builder<'a> {
                 if !entry.iter().any(same) {
                     entry.push(declared.clone());
                 }
+                self.index
+                    .by_file
+                    .entry(path.to_owned())
+                    .or_default()
+                    .insert(Slot::UnknownScope((
+                        group.clone(),
+                        kind.clone(),
+                        name.clone(),
+                    )));
             }
             if namespace_from == NamespaceFrom::Unknown {
-                let entry = self.index.unplaced.entry((group, kind, name)).or_default();
+                let loose = (group, kind, name);
+                let entry = self.index.unplaced.entry(loose.clone()).or_default();
                 if !entry.iter().any(same) {
                     entry.push(declared);
                 }
+                self.index
+                    .by_file
+                    .entry(path.to_owned())
+                    .or_default()
+                    .insert(Slot::Unplaced(loose));
                 continue;
             }
             let key = Key {
@@ -576,11 +784,16 @@ impl<'a> Builder<'a> {
                 namespace,
                 name,
             };
-            let entry = self.index.objects.entry(key).or_default();
+            let entry = self.index.objects.entry(key.clone()).or_default();
             // The same document reached twice the same way declares it once.
             if !entry.iter().any(same) {
                 entry.push(declared);
             }
+            self.index
+                .by_file
+                .entry(path.to_owned())
+                .or_default()
+                .insert(Slot::Object(key));
         }
     }
 
@@ -673,6 +886,22 @@ fn documents(bytes: &[u8]) -> Vec<Value> {
         }
     }
     documents
+}
+
+/// Whether a kind is a GitOps tool's entry point the index follows.
+fn is_tool(group: &str, kind: &str) -> bool {
+    matches!(
+        (group, kind),
+        ("kustomize.toolkit.fluxcd.io", "Kustomization") | ("argoproj.io", "Application")
+    )
+}
+
+/// Whether a file holds a GitOps tool's entry point (see [`is_tool`]).
+fn declares_tool(bytes: &[u8]) -> bool {
+    documents(bytes)
+        .iter()
+        .filter_map(group_kind)
+        .any(|(group, kind)| is_tool(&group, &kind))
 }
 
 /// A document's API group and kind.
@@ -929,6 +1158,106 @@ mod tests {
             1
         );
         assert_eq!(index.len(), 2);
+    }
+
+    /// Everything an index answers, in a comparable form.
+    fn answers(index: &Index) -> Vec<String> {
+        let mut all: Vec<String> = index
+            .objects
+            .iter()
+            .map(|(k, v)| format!("{k:?} {v:?}"))
+            .chain(
+                index
+                    .unplaced
+                    .iter()
+                    .map(|(k, v)| format!("unplaced {k:?} {v:?}")),
+            )
+            .chain(
+                index
+                    .unknown_scope
+                    .iter()
+                    .map(|(k, v)| format!("unknown {k:?} {v:?}")),
+            )
+            .chain(index.declarations.iter().flat_map(|(path, documents)| {
+                documents
+                    .iter()
+                    .map(move |(d, n)| format!("count {path} {d} {n}"))
+            }))
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn an_update_answers_as_a_fresh_build_of_the_new_tree() {
+        let before = tree(&[
+            ("base/kustomization.yaml", "namespace: shop\nresources:\n- deployment.yaml\n"),
+            ("base/deployment.yaml", DEPLOYMENT),
+            ("overlays/dev/kustomization.yaml", "namespace: dev\nresources:\n- ../../base\n"),
+            ("clusters/prod.yaml", "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: apps\n  namespace: flux-system\nspec:\n  path: ./apps\n  targetNamespace: apps\n"),
+            ("apps/a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n"),
+            ("loose/b.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: x\n"),
+        ]);
+        let settings = Settings::default();
+        let mut index = Index::build(&before, &settings);
+        let mut after = before.clone();
+        // A base renamed, a file added where Flux renders a whole directory, one in
+        // a directory a kustomization governs (not listed: not an object), a loose
+        // file removed and another added.
+        after.insert(
+            "base/deployment.yaml".into(),
+            DEPLOYMENT.replace("web", "api").into_bytes(),
+        );
+        after.insert(
+            "apps/sub/c.yaml".into(),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n".to_vec(),
+        );
+        after.insert(
+            "base/stray.yaml".into(),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: stray\n".to_vec(),
+        );
+        after.remove("loose/b.yaml");
+        after.insert(
+            "loose/d.yaml".into(),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: d\n  namespace: x\n".to_vec(),
+        );
+        let changed: Vec<String> = [
+            "base/deployment.yaml",
+            "apps/sub/c.yaml",
+            "base/stray.yaml",
+            "loose/b.yaml",
+            "loose/d.yaml",
+        ]
+        .map(String::from)
+        .to_vec();
+        index.update(&after, &changed, &settings);
+        assert_eq!(answers(&index), answers(&Index::build(&after, &settings)));
+        found(&index, &key("apps", "Deployment", Some("dev"), "api"));
+        found(&index, &key("", "ConfigMap", Some("apps"), "c"));
+        assert_eq!(
+            index.lookup(&key("", "ConfigMap", Some("x"), "b")),
+            Lookup::Missing
+        );
+
+        // A change to what shapes the walk builds again.
+        let mut reshaped = after.clone();
+        reshaped.insert(
+            "overlays/dev/kustomization.yaml".into(),
+            b"namespace: development\nresources:\n- ../../base\n".to_vec(),
+        );
+        index.update(
+            &reshaped,
+            &["overlays/dev/kustomization.yaml".to_owned()],
+            &settings,
+        );
+        assert_eq!(
+            answers(&index),
+            answers(&Index::build(&reshaped, &settings))
+        );
+        found(
+            &index,
+            &key("apps", "Deployment", Some("development"), "api"),
+        );
     }
 
     #[test]
