@@ -124,6 +124,10 @@ pub struct Report {
     pub allowed: bool,
     pub results: Vec<CheckResult>,
     pub errors: Vec<InputError>,
+    /// Inputs that are not manifests (Helm charts, kustomizations), with how to
+    /// check what they render.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<InputError>,
 }
 
 impl Report {
@@ -170,6 +174,7 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         allowed: true,
         results: Vec::new(),
         errors: Vec::new(),
+        skipped: Vec::new(),
     };
 
     let mut documents = Vec::new();
@@ -184,7 +189,7 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
                 }),
             }
         } else {
-            for path in manifest_files(file, &mut report.errors) {
+            for path in manifest_files(file, &mut report.errors, &mut report.skipped) {
                 match std::fs::read_to_string(&path) {
                     Ok(text) => parse_documents(
                         &path.display().to_string(),
@@ -200,10 +205,25 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             }
         }
     }
+    let scopes = crd_scopes(&documents);
     for (n, (source, object)) in documents.into_iter().enumerate() {
-        match manifest_write(&object, args, n) {
-            Ok(write) => {
+        if is_kustomization(&object) {
+            report.skipped.push(InputError {
+                source,
+                message: KUSTOMIZATION_NOTE.to_owned(),
+            });
+            continue;
+        }
+        match manifest_write(&object, args, n, &scopes) {
+            Ok((write, guessed)) => {
                 let mut verdict = verdict::evaluate(&write, &policy, |i| &layouts[i]);
+                if guessed {
+                    verdict.warnings.push(format!(
+                        "kubescribe check: {} of {} is not a built-in kind, and no CustomResourceDefinition in the input gives its scope: taken as namespaced; add its CRD to the input",
+                        write.kind.kind,
+                        if write.kind.group.is_empty() { "the core group" } else { &write.kind.group }
+                    ));
+                }
                 let diff = match (&repo, &verdict.record) {
                     (Some(repo), Some(recording)) => Some(diff(repo, &recording.change)),
                     _ => None,
@@ -242,7 +262,46 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
 }
 
 /// The files under `path`: itself, or every manifest file below it, sorted.
-fn manifest_files(path: &Path, errors: &mut Vec<InputError>) -> Vec<PathBuf> {
+/// How to check what a kustomization renders, for a file skipped as one.
+const KUSTOMIZATION_NOTE: &str = "a kustomization, not an object: check what it renders with `kubectl kustomize <its directory> | kubescribe check -f -`";
+
+/// Whether a document is a kustomization (or component) rather than an object.
+fn is_kustomization(object: &Value) -> bool {
+    object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.starts_with("kustomize.config.k8s.io/"))
+        && object
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k == "Kustomization" || k == "Component")
+}
+
+/// The scope each CustomResourceDefinition of the input gives its kind:
+/// (group, kind) → namespaced.
+fn crd_scopes(documents: &[(String, Value)]) -> std::collections::HashMap<(String, String), bool> {
+    documents
+        .iter()
+        .filter(|(_, d)| {
+            d.get("apiVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|v| v.starts_with("apiextensions.k8s.io/"))
+                && d.get("kind").and_then(Value::as_str) == Some("CustomResourceDefinition")
+        })
+        .filter_map(|(_, d)| {
+            let group = d.pointer("/spec/group")?.as_str()?;
+            let kind = d.pointer("/spec/names/kind")?.as_str()?;
+            let scope = d.pointer("/spec/scope")?.as_str()?;
+            Some(((group.to_owned(), kind.to_owned()), scope == "Namespaced"))
+        })
+        .collect()
+}
+
+fn manifest_files(
+    path: &Path,
+    errors: &mut Vec<InputError>,
+    skipped: &mut Vec<InputError>,
+) -> Vec<PathBuf> {
     if !path.is_dir() {
         return vec![path.to_owned()];
     }
@@ -259,6 +318,14 @@ fn manifest_files(path: &Path, errors: &mut Vec<InputError>) -> Vec<PathBuf> {
                 continue;
             }
         };
+        // A Helm chart's templates are not manifests until Helm renders them.
+        if dir.join("Chart.yaml").is_file() {
+            skipped.push(InputError {
+                source: dir.display().to_string(),
+                message: "a Helm chart, not manifests: check what it renders with `helm template <release> <chart> | kubescribe check -f -`".to_owned(),
+            });
+            continue;
+        }
         for entry in entries.flatten() {
             let path = entry.path();
             // Hidden directories (.git, .github) hold no manifests; symlinks to
@@ -269,6 +336,11 @@ fn manifest_files(path: &Path, errors: &mut Vec<InputError>) -> Vec<PathBuf> {
                 if !hidden {
                     pending.push(path);
                 }
+            } else if crate::declared::kustomization_file(&entry.file_name().to_string_lossy()) {
+                skipped.push(InputError {
+                    source: path.display().to_string(),
+                    message: KUSTOMIZATION_NOTE.to_owned(),
+                });
             } else if path
                 .extension()
                 .and_then(|e| e.to_str())
@@ -368,7 +440,13 @@ fn expand(
 }
 
 /// The write a person would send for `object` with the given identity and operation.
-fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, String> {
+/// The write a manifest is checked as, and whether its kind's scope was a guess.
+fn manifest_write(
+    object: &Value,
+    args: &CheckArgs,
+    n: usize,
+    scopes: &std::collections::HashMap<(String, String), bool>,
+) -> Result<(Write, bool), String> {
     let api_version = object
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -388,7 +466,14 @@ fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, S
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let (resource, namespaced) = resource_of(group, kind);
+    let (resource, built_in) = resource_of(group, kind);
+    // A kind from a CRD: its scope is the CRD's, when the input has it; otherwise
+    // namespaced, said as a guess.
+    let custom = group.contains('.') && !group.ends_with(".k8s.io");
+    let (namespaced, guessed) = match scopes.get(&(group.to_owned(), kind.to_owned())) {
+        Some(namespaced) => (*namespaced, false),
+        None => (built_in, custom),
+    };
     let namespace = namespaced.then(|| {
         object
             .pointer("/metadata/namespace")
@@ -421,7 +506,7 @@ fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, S
         Operation::Update => (Some(object.clone()), Some(object)),
         _ => (Some(object), None),
     };
-    Ok(Write {
+    let write = Write {
         uid: format!("kubescribe-check-{n}"),
         operation,
         kind: GroupVersionKind::gvk(group, version, kind),
@@ -435,7 +520,8 @@ fn manifest_write(object: &Value, args: &CheckArgs, n: usize) -> Result<Write, S
         object: new,
         old_object: old,
         from_cluster: false,
-    })
+    };
+    Ok((write, guessed))
 }
 
 /// The resource (plural) of a kind and whether it is namespaced, as discovery would
@@ -698,14 +784,21 @@ pub fn render_text(report: &Report) -> String {
     for e in &report.errors {
         let _ = writeln!(out, "ERROR {}: {}", e.source, e.message);
     }
+    for s in &report.skipped {
+        let _ = writeln!(out, "SKIP  {}: {}", s.source, s.message);
+    }
     let denied = report.results.iter().filter(|r| !r.allowed).count();
-    let _ = writeln!(
+    let _ = write!(
         out,
         "{} checked, {} allowed, {denied} denied, {} input errors",
         report.results.len(),
         report.results.len() - denied,
         report.errors.len()
     );
+    if !report.skipped.is_empty() {
+        let _ = write!(out, ", {} skipped", report.skipped.len());
+    }
+    out.push('\n');
     out
 }
 

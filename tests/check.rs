@@ -326,3 +326,87 @@ fn deleting_a_namespace_shows_the_files_that_go_with_it() {
         "{diff}"
     );
 }
+
+/// A fixture repository, as a new user would point `check -f` at its root.
+fn real_repository(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/repos")
+        .join(name)
+}
+
+#[test]
+fn a_real_repository_is_checked_without_reading_charts_or_kustomizations_as_objects() {
+    let mut args = args();
+    args.files = vec![real_repository("stefanprodan__podinfo")];
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    assert!(
+        report.errors.is_empty(),
+        "no chart template or kustomization is an input error: {:#?}",
+        report.errors
+    );
+    let skipped: Vec<&str> = report.skipped.iter().map(|s| s.message.as_str()).collect();
+    assert!(
+        report
+            .skipped
+            .iter()
+            .any(|s| s.source.ends_with("charts/podinfo") && s.message.contains("helm template")),
+        "{skipped:?}"
+    );
+    assert!(
+        report.skipped.iter().any(
+            |s| s.source.ends_with("deploy/overlays/dev/kustomization.yaml")
+                && s.message.contains("kubectl kustomize")
+        ),
+        "{skipped:?}"
+    );
+    assert!(
+        report.results.iter().all(|r| !r.name.is_empty()),
+        "no object named \"\""
+    );
+    let text = check::render_text(&report);
+    assert!(
+        text.contains("SKIP  ") && text.contains(" skipped\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_kind_s_scope_comes_from_its_crd_in_the_input_or_is_said_to_be_a_guess() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata:\n  name: letsencrypt\nspec: {}\n";
+    std::fs::write(dir.path().join("issuer.yaml"), issuer).unwrap();
+    let mut args = args();
+    args.files = vec![dir.path().join("issuer.yaml")];
+    let guessed = check::run(&args, &mut std::io::empty()).unwrap();
+    let result = &guessed.results[0];
+    assert_eq!(result.namespace.as_deref(), Some("default"));
+    assert!(
+        result.warnings.iter().any(|w| w
+            .contains("ClusterIssuer of cert-manager.io is not a built-in kind")
+            && w.contains("add its CRD")),
+        "{:?}",
+        result.warnings
+    );
+
+    std::fs::write(
+        dir.path().join("crd.yaml"),
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: clusterissuers.cert-manager.io\nspec:\n  group: cert-manager.io\n  scope: Cluster\n  names:\n    kind: ClusterIssuer\n    plural: clusterissuers\n  versions: []\n",
+    )
+    .unwrap();
+    args.files = vec![dir.path().to_owned()];
+    let known = check::run(&args, &mut std::io::empty()).unwrap();
+    let issuer = known
+        .results
+        .iter()
+        .find(|r| r.kind == "ClusterIssuer")
+        .unwrap();
+    assert_eq!(issuer.namespace, None);
+    assert_eq!(
+        issuer.path.as_deref(),
+        Some("_cluster/cert-manager.io/clusterissuers/letsencrypt.yaml")
+    );
+    assert!(issuer
+        .warnings
+        .iter()
+        .all(|w| !w.contains("not a built-in kind")));
+}

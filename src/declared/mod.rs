@@ -36,6 +36,11 @@ use serde_json::Value;
 
 pub(crate) use kustomize::Kustomization;
 
+/// Whether a file name is one kustomize reads as a directory's kustomization.
+pub(crate) fn kustomization_file(name: &str) -> bool {
+    kustomize::FILE_NAMES.contains(&name)
+}
+
 /// An object as the cluster names it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
