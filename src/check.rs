@@ -61,6 +61,10 @@ pub struct CheckArgs {
     pub repo: Option<PathBuf>,
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+    /// The output of `kubectl api-resources -o wide` for the cluster: the resource
+    /// and scope of kinds no CRD in the input describes.
+    #[arg(long = "api-resources")]
+    pub api_resources: Option<PathBuf>,
 }
 
 /// Why the check could not run at all (exit 2).
@@ -205,7 +209,22 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             }
         }
     }
-    let scopes = crd_scopes(&documents);
+    // Where a kind's resource and scope come from, first that knows: the CRDs in
+    // the input, the cluster's `kubectl api-resources`, the built-in list.
+    let mut scopes = match &args.api_resources {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => api_resources(&text),
+            Err(e) => {
+                report.errors.push(InputError {
+                    source: path.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                });
+                Scopes::new()
+            }
+        },
+        None => Scopes::new(),
+    };
+    scopes.extend(crd_scopes(&documents));
     for (n, (source, object)) in documents.into_iter().enumerate() {
         if is_kustomization(&object) {
             report.skipped.push(InputError {
@@ -219,7 +238,7 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
                 let mut verdict = verdict::evaluate(&write, &policy, |i| &layouts[i]);
                 if guessed {
                     verdict.warnings.push(format!(
-                        "kubescribe check: {} of {} is not a built-in kind, and no CustomResourceDefinition in the input gives its scope: taken as namespaced; add its CRD to the input",
+                        "kubescribe check: {} of {} is not a built-in kind, and neither a CustomResourceDefinition in the input nor --api-resources gives its scope: taken as namespaced; add its CRD to the input, or pass --api-resources",
                         write.kind.kind,
                         if write.kind.group.is_empty() { "the core group" } else { &write.kind.group }
                     ));
@@ -279,7 +298,59 @@ fn is_kustomization(object: &Value) -> bool {
 
 /// The scope each CustomResourceDefinition of the input gives its kind:
 /// (group, kind) → namespaced.
-fn crd_scopes(documents: &[(String, Value)]) -> std::collections::HashMap<(String, String), bool> {
+/// (group, kind) → (resource, namespaced).
+type Scopes = std::collections::HashMap<(String, String), (String, bool)>;
+
+/// The kinds of `kubectl api-resources` output (with `-o wide` or without): columns
+/// found by the header's positions, since SHORTNAMES is often empty.
+fn api_resources(text: &str) -> Scopes {
+    let mut lines = text.lines();
+    let Some(header) = lines.find(|l| l.trim_start().starts_with("NAME")) else {
+        return Scopes::new();
+    };
+    let column = |name: &str| header.find(name);
+    let (Some(name_at), Some(version_at), Some(namespaced_at), Some(kind_at)) = (
+        column("NAME"),
+        column("APIVERSION"),
+        column("NAMESPACED"),
+        column("KIND"),
+    ) else {
+        return Scopes::new();
+    };
+    let mut starts = [name_at, version_at, namespaced_at, kind_at];
+    starts.sort_unstable();
+    let cell = |line: &str, at: usize| -> String {
+        let end = starts
+            .iter()
+            .copied()
+            .find(|&s| s > at)
+            .unwrap_or(line.len());
+        line.get(at..end.min(line.len()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    lines
+        .filter_map(|line| {
+            let resource = cell(line, name_at);
+            let api_version = cell(line, version_at);
+            let namespaced = cell(line, namespaced_at);
+            let kind = cell(line, kind_at);
+            if resource.is_empty() || kind.is_empty() || api_version.is_empty() {
+                return None;
+            }
+            let group = api_version
+                .rsplit_once('/')
+                .map_or("", |(g, _)| g)
+                .to_owned();
+            Some(((group, kind), (resource, namespaced == "true")))
+        })
+        .collect()
+}
+
+fn crd_scopes(documents: &[(String, Value)]) -> Scopes {
     documents
         .iter()
         .filter(|(_, d)| {
@@ -292,7 +363,11 @@ fn crd_scopes(documents: &[(String, Value)]) -> std::collections::HashMap<(Strin
             let group = d.pointer("/spec/group")?.as_str()?;
             let kind = d.pointer("/spec/names/kind")?.as_str()?;
             let scope = d.pointer("/spec/scope")?.as_str()?;
-            Some(((group.to_owned(), kind.to_owned()), scope == "Namespaced"))
+            let plural = d.pointer("/spec/names/plural")?.as_str()?;
+            Some((
+                (group.to_owned(), kind.to_owned()),
+                (plural.to_owned(), scope == "Namespaced"),
+            ))
         })
         .collect()
 }
@@ -445,7 +520,7 @@ fn manifest_write(
     object: &Value,
     args: &CheckArgs,
     n: usize,
-    scopes: &std::collections::HashMap<(String, String), bool>,
+    scopes: &Scopes,
 ) -> Result<(Write, bool), String> {
     let api_version = object
         .get("apiVersion")
@@ -466,13 +541,15 @@ fn manifest_write(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let (resource, built_in) = resource_of(group, kind);
-    // A kind from a CRD: its scope is the CRD's, when the input has it; otherwise
-    // namespaced, said as a guess.
+    // A kind from a CRD: its resource and scope are the CRD's, or the cluster's,
+    // when the input has them; otherwise guessed (namespaced), and said so.
     let custom = group.contains('.') && !group.ends_with(".k8s.io");
-    let (namespaced, guessed) = match scopes.get(&(group.to_owned(), kind.to_owned())) {
-        Some(namespaced) => (*namespaced, false),
-        None => (built_in, custom),
+    let (resource, namespaced, guessed) = match scopes.get(&(group.to_owned(), kind.to_owned())) {
+        Some((resource, namespaced)) => (resource.clone(), *namespaced, false),
+        None => {
+            let (resource, namespaced) = resource_of(group, kind);
+            (resource, namespaced, custom)
+        }
     };
     let namespace = namespaced.then(|| {
         object

@@ -112,6 +112,7 @@ fn check_shows_the_patch_the_webhook_would_return() {
         config: Some(config),
         repo: None,
         output: kubescribe::check::OutputFormat::Json,
+        api_resources: None,
     };
     let report = kubescribe::check::run(&args, &mut std::io::empty()).unwrap();
     assert_eq!(

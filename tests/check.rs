@@ -21,6 +21,7 @@ fn args() -> CheckArgs {
         config: None,
         repo: None,
         output: OutputFormat::Text,
+        api_resources: None,
     }
 }
 
@@ -409,4 +410,40 @@ fn a_kind_s_scope_comes_from_its_crd_in_the_input_or_is_said_to_be_a_guess() {
         .warnings
         .iter()
         .all(|w| !w.contains("not a built-in kind")));
+}
+
+#[test]
+fn kubectl_api_resources_gives_the_scope_and_resource_of_a_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("issuer.yaml"),
+        "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata:\n  name: letsencrypt\n---\napiVersion: example.com/v1\nkind: Octopus\nmetadata:\n  name: paul\n",
+    )
+    .unwrap();
+    // As `kubectl api-resources -o wide` prints it: SHORTNAMES is often empty.
+    std::fs::write(
+        dir.path().join("api-resources.txt"),
+        "NAME              SHORTNAMES   APIVERSION           NAMESPACED   KIND            VERBS\nbindings                       v1                   true         Binding         create\nclusterissuers                 cert-manager.io/v1   false        ClusterIssuer   delete,get,list\noctopi            oc           example.com/v1       true         Octopus         get,list\n",
+    )
+    .unwrap();
+    let mut args = args();
+    args.files = vec![dir.path().join("issuer.yaml")];
+    args.api_resources = Some(dir.path().join("api-resources.txt"));
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    let issuer = &report.results[0];
+    assert_eq!(issuer.namespace, None);
+    assert_eq!(
+        issuer.path.as_deref(),
+        Some("_cluster/cert-manager.io/clusterissuers/letsencrypt.yaml")
+    );
+    assert!(issuer
+        .warnings
+        .iter()
+        .all(|w| !w.contains("not a built-in kind")));
+    // Its resource is the cluster's plural, not an English guess.
+    assert_eq!(
+        report.results[1].path.as_deref(),
+        Some("default/example.com/octopi/paul.yaml")
+    );
 }
