@@ -543,7 +543,7 @@ fn manifest_write(
         .to_owned();
     // A kind from a CRD: its resource and scope are the CRD's, or the cluster's,
     // when the input has them; otherwise guessed (namespaced), and said so.
-    let custom = group.contains('.') && !group.ends_with(".k8s.io");
+    let custom = custom_group(group);
     let (resource, namespaced, guessed) = match scopes.get(&(group.to_owned(), kind.to_owned())) {
         Some((resource, namespaced)) => (resource.clone(), *namespaced, false),
         None => {
@@ -599,6 +599,12 @@ fn manifest_write(
         from_cluster: false,
     };
     Ok((write, guessed))
+}
+
+/// Whether a group is a CRD's (a `.` in it, not one of Kubernetes' `*.k8s.io`): only
+/// the cluster knows the scope of its kinds.
+pub(crate) fn custom_group(group: &str) -> bool {
+    group.contains('.') && !group.ends_with(".k8s.io")
 }
 
 /// The resource (plural) of a kind and whether it is namespaced, as discovery would

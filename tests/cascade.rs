@@ -164,14 +164,7 @@ async fn deleting_a_namespace_removes_its_objects_files_in_the_person_s_commit()
     assert_eq!(files(&server).len(), 5, "{:?}", files(&server));
 
     // A dry run says what would go, and changes nothing.
-    let mut dry = review(
-        n,
-        "DELETE",
-        NAMESPACE,
-        None,
-        "scratch",
-        json!({"metadata": {}}),
-    );
+    let mut dry = delete_scratch(n);
     dry["request"]["dryRun"] = json!(true);
     let answer = admit(&server, &dry).await;
     let said = warnings(&answer).join("\n");
@@ -185,18 +178,7 @@ async fn deleting_a_namespace_removes_its_objects_files_in_the_person_s_commit()
     );
     assert_eq!(files(&server).len(), 5);
 
-    let answer = admit(
-        &server,
-        &review(
-            n + 1,
-            "DELETE",
-            NAMESPACE,
-            None,
-            "scratch",
-            json!({"metadata": {}}),
-        ),
-    )
-    .await;
+    let answer = admit(&server, &delete_scratch(n + 1)).await;
     let said = warnings(&answer).join("\n");
     assert!(
         said.contains("also removes 2 files of the objects in namespace scratch from git"),
@@ -339,18 +321,7 @@ async fn a_layout_that_cannot_tell_by_path_reads_each_file() {
         &review(2, "CREATE", CONFIGMAP, Some("keep"), "two", data),
     )
     .await;
-    admit(
-        &server,
-        &review(
-            3,
-            "DELETE",
-            NAMESPACE,
-            None,
-            "scratch",
-            json!({"metadata": {}}),
-        ),
-    )
-    .await;
+    admit(&server, &delete_scratch(3)).await;
     assert_eq!(files(&server), ["core/configmaps/two.yaml"]);
     server.server.shutdown().await.unwrap();
 }

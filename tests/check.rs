@@ -371,6 +371,20 @@ fn a_real_repository_is_checked_without_reading_charts_or_kustomizations_as_obje
     );
 }
 
+/// cert-manager's ClusterIssuer `letsencrypt`, checked as the cluster-scoped object it
+/// is, with no word of a guess.
+fn assert_cluster_scoped_issuer(issuer: &check::CheckResult) {
+    assert_eq!(issuer.namespace, None);
+    assert_eq!(
+        issuer.path.as_deref(),
+        Some("_cluster/cert-manager.io/clusterissuers/letsencrypt.yaml")
+    );
+    assert!(issuer
+        .warnings
+        .iter()
+        .all(|w| !w.contains("not a built-in kind")));
+}
+
 #[test]
 fn a_kind_s_scope_comes_from_its_crd_in_the_input_or_is_said_to_be_a_guess() {
     let dir = tempfile::tempdir().unwrap();
@@ -401,15 +415,7 @@ fn a_kind_s_scope_comes_from_its_crd_in_the_input_or_is_said_to_be_a_guess() {
         .iter()
         .find(|r| r.kind == "ClusterIssuer")
         .unwrap();
-    assert_eq!(issuer.namespace, None);
-    assert_eq!(
-        issuer.path.as_deref(),
-        Some("_cluster/cert-manager.io/clusterissuers/letsencrypt.yaml")
-    );
-    assert!(issuer
-        .warnings
-        .iter()
-        .all(|w| !w.contains("not a built-in kind")));
+    assert_cluster_scoped_issuer(issuer);
 }
 
 #[test]
@@ -432,15 +438,7 @@ fn kubectl_api_resources_gives_the_scope_and_resource_of_a_kind() {
     let report = check::run(&args, &mut std::io::empty()).unwrap();
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     let issuer = &report.results[0];
-    assert_eq!(issuer.namespace, None);
-    assert_eq!(
-        issuer.path.as_deref(),
-        Some("_cluster/cert-manager.io/clusterissuers/letsencrypt.yaml")
-    );
-    assert!(issuer
-        .warnings
-        .iter()
-        .all(|w| !w.contains("not a built-in kind")));
+    assert_cluster_scoped_issuer(issuer);
     // Its resource is the cluster's plural, not an English guess.
     assert_eq!(
         report.results[1].path.as_deref(),

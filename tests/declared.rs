@@ -31,12 +31,7 @@ fn repository(name: &str) -> BTreeMap<String, Vec<u8>> {
 }
 
 fn key(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> Key {
-    Key {
-        group: group.into(),
-        kind: kind.into(),
-        namespace: namespace.map(Into::into),
-        name: name.into(),
-    }
+    Key::new(group, kind, namespace, name)
 }
 
 fn found<'a>(index: &'a Index, k: &Key) -> &'a Declared {

@@ -51,6 +51,17 @@ pub struct Key {
     pub name: String,
 }
 
+impl Key {
+    pub fn new(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> Key {
+        Key {
+            group: group.to_owned(),
+            kind: kind.to_owned(),
+            namespace: namespace.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+}
+
 /// Where an object is declared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Declared {
@@ -748,58 +759,47 @@ impl<'a> Builder<'a> {
                 through: context.through.clone(),
                 namespace_from: namespace_from.clone(),
             };
-            let same = |d: &Declared| d.path == declared.path && d.document == declared.document;
             // Only the cluster knows the scope of a kind from a CRD: keep it findable
             // as cluster-scoped too.
-            if group.contains('.') && !group.ends_with(".k8s.io") {
-                let entry = self
-                    .index
-                    .unknown_scope
-                    .entry((group.clone(), kind.clone(), name.clone()))
-                    .or_default();
-                if !entry.iter().any(same) {
-                    entry.push(declared.clone());
-                }
-                self.index
-                    .by_file
-                    .entry(path.to_owned())
-                    .or_default()
-                    .insert(Slot::UnknownScope((
-                        group.clone(),
-                        kind.clone(),
-                        name.clone(),
-                    )));
+            if crate::check::custom_group(&group) {
+                let loose = (group.clone(), kind.clone(), name.clone());
+                self.declare(path, Slot::UnknownScope(loose), declared.clone());
             }
-            if namespace_from == NamespaceFrom::Unknown {
-                let loose = (group, kind, name);
-                let entry = self.index.unplaced.entry(loose.clone()).or_default();
-                if !entry.iter().any(same) {
-                    entry.push(declared);
-                }
-                self.index
-                    .by_file
-                    .entry(path.to_owned())
-                    .or_default()
-                    .insert(Slot::Unplaced(loose));
-                continue;
-            }
-            let key = Key {
-                group,
-                kind,
-                namespace,
-                name,
+            let slot = if namespace_from == NamespaceFrom::Unknown {
+                Slot::Unplaced((group, kind, name))
+            } else {
+                Slot::Object(Key {
+                    group,
+                    kind,
+                    namespace,
+                    name,
+                })
             };
-            let entry = self.index.objects.entry(key.clone()).or_default();
-            // The same document reached twice the same way declares it once.
-            if !entry.iter().any(same) {
-                entry.push(declared);
-            }
-            self.index
-                .by_file
-                .entry(path.to_owned())
-                .or_default()
-                .insert(Slot::Object(key));
+            self.declare(path, slot, declared);
         }
+    }
+
+    /// Adds `declared` to the entries of `slot` (once per document: the same
+    /// document reached twice the same way declares it once), and notes where
+    /// `path`'s entries are.
+    fn declare(&mut self, path: &str, slot: Slot, declared: Declared) {
+        let index = &mut self.index;
+        let entries = match &slot {
+            Slot::Object(key) => index.objects.entry(key.clone()).or_default(),
+            Slot::Unplaced(loose) => index.unplaced.entry(loose.clone()).or_default(),
+            Slot::UnknownScope(loose) => index.unknown_scope.entry(loose.clone()).or_default(),
+        };
+        if !entries
+            .iter()
+            .any(|d| d.path == declared.path && d.document == declared.document)
+        {
+            entries.push(declared);
+        }
+        index
+            .by_file
+            .entry(path.to_owned())
+            .or_default()
+            .insert(slot);
     }
 
     /// The configured namespace of the directory holding `path`.
@@ -959,12 +959,7 @@ mod tests {
     }
 
     fn key(group: &str, kind: &str, namespace: Option<&str>, name: &str) -> Key {
-        Key {
-            group: group.into(),
-            kind: kind.into(),
-            namespace: namespace.map(Into::into),
-            name: name.into(),
-        }
+        Key::new(group, kind, namespace, name)
     }
 
     fn found<'a>(index: &'a Index, k: &Key) -> &'a Declared {

@@ -605,7 +605,7 @@ impl StoreHandle {
         cascade: &crate::cascade::Cascade,
         own: &str,
     ) -> Result<Vec<String>, StoreError> {
-        let Some((repo, tree)) = branch_tree(&self.location.0, &self.location.1)? else {
+        let Some((repo, _, tree)) = branch_tree(&self.location.0, &self.location.1)? else {
             return Ok(Vec::new());
         };
         let files = crate::cascade::files(&repo, tree, cascade).map_err(|e| StoreError::Open {
@@ -635,7 +635,7 @@ impl StoreHandle {
             reason: e.to_string(),
         };
         let mut ours = std::collections::HashSet::new();
-        let Some((repo, tree)) = branch_tree(&self.location.0, &self.location.1)? else {
+        let Some((repo, tip, tree)) = branch_tree(&self.location.0, &self.location.1)? else {
             return Ok(ours);
         };
         let mut open: std::collections::HashSet<&str> = std::collections::HashSet::new();
@@ -650,10 +650,7 @@ impl StoreHandle {
         if !walk {
             return Ok(open.into_iter().map(str::to_owned).collect());
         }
-        let mut next = repo
-            .find_reference(format!("refs/heads/{}", self.location.1).as_str())
-            .and_then(|mut r| Ok(r.peel_to_commit()?.id))
-            .ok();
+        let mut next = Some(tip);
         let mut read = 0;
         while let Some(id) = next.filter(|_| !open.is_empty() && read < HISTORY_READ_MAX) {
             read += 1;
@@ -804,7 +801,7 @@ pub fn for_each_file(
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    let Some((repo, tree)) = branch_tree(path, branch)? else {
+    let Some((repo, _, tree)) = branch_tree(path, branch)? else {
         return Ok(());
     };
     let tree = repo.find_tree(tree).map_err(|e| read_error(&e))?;
@@ -826,12 +823,13 @@ pub fn for_each_file(
     Ok(())
 }
 
-/// The bare repository at `path` and the tree `branch` has now; `None` before the
-/// branch's first commit.
+/// The bare repository at `path`, and the commit and tree `branch` has now; `None`
+/// before the branch's first commit.
+#[allow(clippy::type_complexity)]
 fn branch_tree(
     path: &Path,
     branch: &str,
-) -> Result<Option<(gix::Repository, ObjectId)>, StoreError> {
+) -> Result<Option<(gix::Repository, ObjectId, ObjectId)>, StoreError> {
     let read_error = |e: &dyn std::fmt::Display| StoreError::Open {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -843,12 +841,13 @@ fn branch_tree(
     else {
         return Ok(None);
     };
-    let tree = reference
-        .peel_to_commit()
-        .and_then(|c| c.tree_id())
-        .map_err(|e| read_error(&e))?
-        .detach();
-    Ok(Some((repo, tree)))
+    let (tip, tree) = {
+        let commit = reference.peel_to_commit().map_err(|e| read_error(&e))?;
+        let tree = commit.tree_id().map_err(|e| read_error(&e))?.detach();
+        (commit.id, tree)
+    };
+    drop(reference);
+    Ok(Some((repo, tip, tree)))
 }
 
 /// `alice@<domain>`; a username that already is an e-mail address is kept.
