@@ -1,7 +1,7 @@
 //! What people declared in an existing GitOps repository: every Kubernetes object its
 //! files render, by (group, kind, namespace, name), with the file and document that
 //! declare it, so an admitted write can become an edit of that document rather than a
-//! second copy elsewhere (issue 15; this module is its index, not yet its editor).
+//! second copy elsewhere (issue 15). [`edit`] changes one of those documents in place.
 //!
 //! It follows kustomize the way `kubectl kustomize` does for plain resources:
 //! `resources:` (and `bases:`, `components:`) lists, `namespace:` set by a
@@ -28,6 +28,7 @@
 //! finds it only as ambiguous, never as a match, and so does an object two documents
 //! declare. Lookups are O(1).
 
+pub mod edit;
 mod kustomize;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

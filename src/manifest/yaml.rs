@@ -152,7 +152,7 @@ fn is_printable(c: char) -> bool {
 }
 
 /// True when every YAML 1.1 and 1.2 reader reads `s`, unquoted, as this string.
-fn is_plain_safe(s: &str) -> bool {
+pub(crate) fn is_plain_safe(s: &str) -> bool {
     let bytes = s.as_bytes();
     let Some(&first) = bytes.first() else {
         return false;

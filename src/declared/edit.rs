@@ -1,0 +1,818 @@
+//! In-place edits of a document a person maintains: an admitted UPDATE becomes the
+//! change between the object before and after it ([`diff`]), applied to that document
+//! with a lossless YAML editor ([`update`]); a DELETE takes the document out of its
+//! file ([`remove`]).
+//!
+//! Only what changed is touched: comments, key order, indentation, the quoting of a
+//! replaced string (where the new value allows it), the other documents of the file
+//! and its line endings stay byte for byte. The edit is expressed against the object
+//! the cluster holds, so what kustomize adds when it renders (a namespace, name
+//! affixes, common labels) is in both sides and never becomes an edit.
+//!
+//! Invariant: an edit is checked before it is returned. The edited document must
+//! parse to exactly the document with the change applied, and every other document to
+//! what it was; where the editor cannot do that, the document is written whole in the
+//! canonical form ([`Edited::rewritten`]), never wrongly.
+
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+use yaml_edit::{Document, Mapping, ScalarStyle, ScalarValue, Sequence, YamlFile};
+
+/// One step of a path into an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Key(String),
+    Index(usize),
+    /// The element of a list whose `name` is this (containers, env, ports,
+    /// volumes…): found by name, wherever the document has it.
+    Named(String),
+}
+
+/// One change to an object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Sets the value at the path, creating the mappings on the way; a [`Step::Named`]
+    /// element that is not there is appended to its list.
+    Set(Vec<Step>, Value),
+    /// Removes the value at the path, if it is there.
+    Remove(Vec<Step>),
+}
+
+/// Why a document could not be edited.
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("the file is not UTF-8")]
+    NotUtf8,
+    #[error("the file has no document {document}")]
+    NoDocument { document: usize },
+    #[error("the file does not parse as YAML: {reason}")]
+    Parse { reason: String },
+    #[error("document {document} is not a mapping")]
+    NotAnObject { document: usize },
+}
+
+/// An edited file.
+#[derive(Debug, PartialEq)]
+pub struct Edited {
+    /// The file's new contents; `None` when the file goes (its last document went).
+    pub bytes: Option<Vec<u8>>,
+    /// The document was written whole in the canonical form: the editor could not
+    /// change it in place (its comments and layout are gone).
+    pub rewritten: bool,
+}
+
+/// The changes that turn `old` into `new`, each as deep as it can be: a changed
+/// image is one [`Op::Set`] of that string, not of the pod template.
+pub fn diff(old: &Value, new: &Value) -> Vec<Op> {
+    let mut ops = Vec::new();
+    diff_into(old, new, &mut Vec::new(), &mut ops);
+    ops
+}
+
+fn diff_into(old: &Value, new: &Value, path: &mut Vec<Step>, ops: &mut Vec<Op>) {
+    if old == new {
+        return;
+    }
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            for (key, value) in old {
+                path.push(Step::Key(key.clone()));
+                match new.get(key) {
+                    Some(now) => diff_into(value, now, path, ops),
+                    None => ops.push(Op::Remove(path.clone())),
+                }
+                path.pop();
+            }
+            for (key, value) in new {
+                if !old.contains_key(key) {
+                    path.push(Step::Key(key.clone()));
+                    ops.push(Op::Set(path.clone(), value.clone()));
+                    path.pop();
+                }
+            }
+        }
+        (Value::Array(old_items), Value::Array(new_items)) => {
+            if let (Some(old_names), Some(new_names)) = (names(old_items), names(new_items)) {
+                // Elements kept stay in their order, new ones come last: then each
+                // element is changed where the document has it, by name.
+                let kept: Vec<&str> = old_names
+                    .iter()
+                    .copied()
+                    .filter(|n| new_names.contains(n))
+                    .collect();
+                let appended = new_names.iter().all(|n| {
+                    old_names.contains(n)
+                        || new_names
+                            .iter()
+                            .position(|m| m == n)
+                            .is_some_and(|at| at >= kept.len())
+                });
+                if new_names[..kept.len().min(new_names.len())] == kept[..] && appended {
+                    for (name, item) in old_names.iter().zip(old_items) {
+                        path.push(Step::Named((*name).to_owned()));
+                        match new_names.iter().position(|n| n == name) {
+                            Some(at) => diff_into(item, &new_items[at], path, ops),
+                            None => ops.push(Op::Remove(path.clone())),
+                        }
+                        path.pop();
+                    }
+                    for (name, item) in new_names.iter().zip(new_items).skip(kept.len()) {
+                        path.push(Step::Named((*name).to_owned()));
+                        ops.push(Op::Set(path.clone(), item.clone()));
+                        path.pop();
+                    }
+                    return;
+                }
+            } else if old_items.len() == new_items.len() {
+                for (at, (was, now)) in old_items.iter().zip(new_items).enumerate() {
+                    path.push(Step::Index(at));
+                    diff_into(was, now, path, ops);
+                    path.pop();
+                }
+                return;
+            } else if new_items.starts_with(old_items) {
+                // Appended: each new element goes after the last.
+                for (at, item) in new_items.iter().enumerate().skip(old_items.len()) {
+                    path.push(Step::Index(at));
+                    ops.push(Op::Set(path.clone(), item.clone()));
+                    path.pop();
+                }
+                return;
+            } else if let Some(gone) = removed(old_items, new_items) {
+                // Taken out: from the last, so the earlier positions still hold.
+                for at in gone.into_iter().rev() {
+                    path.push(Step::Index(at));
+                    ops.push(Op::Remove(path.clone()));
+                    path.pop();
+                }
+                return;
+            }
+            ops.push(Op::Set(path.clone(), new.clone()));
+        }
+        _ => ops.push(Op::Set(path.clone(), new.clone())),
+    }
+}
+
+/// The positions of `old` that `new` lacks, when `new` is `old` with only those
+/// elements taken out.
+fn removed(old: &[Value], new: &[Value]) -> Option<Vec<usize>> {
+    let mut gone = Vec::new();
+    let mut kept = new.iter().peekable();
+    for (at, item) in old.iter().enumerate() {
+        if kept.peek() == Some(&item) {
+            kept.next();
+        } else {
+            gone.push(at);
+        }
+    }
+    (kept.next().is_none() && !gone.is_empty()).then_some(gone)
+}
+
+/// The `name`s of a list whose elements are all mappings with a distinct string
+/// `name`; `None` for any other list.
+fn names(items: &[Value]) -> Option<Vec<&str>> {
+    if items.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = items
+        .iter()
+        .map(|item| item.get("name").and_then(Value::as_str))
+        .collect::<Option<_>>()?;
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    (sorted.len() == names.len()).then_some(names)
+}
+
+/// The value at `path` in `value`.
+fn at<'v>(value: &'v Value, path: &[Step]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |value, step| match step {
+        Step::Key(key) => value.as_object()?.get(key),
+        Step::Index(at) => value.as_array()?.get(*at),
+        Step::Named(name) => value
+            .as_array()?
+            .iter()
+            .find(|item| item.get("name").and_then(Value::as_str) == Some(name)),
+    })
+}
+
+/// How an op lands in a particular document: the document may lack part of the path
+/// (an element the object got elsewhere, a list of another length), and then the
+/// nearest part it has is set to what the new object holds there.
+#[derive(Debug, Clone, PartialEq)]
+enum Placed {
+    Set(Vec<Step>, Value),
+    Remove(Vec<Step>),
+    /// Append to the list at the path.
+    Append(Vec<Step>, Value),
+    Nothing,
+}
+
+fn place(document: &Value, op: &Op, new: &Value) -> Placed {
+    let (path, value) = match op {
+        Op::Set(path, value) => (path, Some(value)),
+        Op::Remove(path) => (path, None),
+    };
+    let mut here = document;
+    for (depth, step) in path.iter().enumerate() {
+        let last = depth + 1 == path.len();
+        let next = match (step, here) {
+            (Step::Key(key), Value::Object(map)) => map.get(key),
+            (Step::Index(at), Value::Array(items)) => items.get(*at),
+            (Step::Named(name), Value::Array(items)) => items
+                .iter()
+                .find(|item| item.get("name").and_then(Value::as_str) == Some(name)),
+            // The document has something else here: the new object's value
+            // replaces it whole.
+            _ => {
+                return match at(new, &path[..depth]) {
+                    Some(value) => Placed::Set(path[..depth].to_vec(), value.clone()),
+                    None => Placed::Nothing,
+                };
+            }
+        };
+        match next {
+            Some(next) => here = next,
+            None if value.is_none() => return Placed::Nothing,
+            None => {
+                let value = value.expect("a set").clone();
+                return match step {
+                    // Mappings on the way are created.
+                    Step::Key(_) => {
+                        let nested =
+                            path[depth + 1..]
+                                .iter()
+                                .rev()
+                                .try_fold(value, |v, s| match s {
+                                    Step::Key(k) => {
+                                        Some(Value::Object(Map::from_iter([(k.clone(), v)])))
+                                    }
+                                    _ => None,
+                                });
+                        match nested {
+                            Some(nested) => Placed::Set(path[..=depth].to_vec(), nested),
+                            None => match at(new, &path[..=depth]) {
+                                Some(value) => Placed::Set(path[..=depth].to_vec(), value.clone()),
+                                None => Placed::Nothing,
+                            },
+                        }
+                    }
+                    Step::Named(_) if last => Placed::Append(path[..depth].to_vec(), value),
+                    // One past the end: appended.
+                    Step::Index(at) if last && here.as_array().is_some_and(|a| a.len() == *at) => {
+                        Placed::Append(path[..depth].to_vec(), value)
+                    }
+                    // An element the document does not have: its list becomes the
+                    // new object's.
+                    _ => match at(new, &path[..depth]) {
+                        Some(value) => Placed::Set(path[..depth].to_vec(), value.clone()),
+                        None => Placed::Nothing,
+                    },
+                };
+            }
+        }
+    }
+    match value {
+        Some(value) => Placed::Set(path.clone(), value.clone()),
+        None => Placed::Remove(path.clone()),
+    }
+}
+
+/// Applies a placed op to the document's value: what the edited text must parse to.
+fn apply_value(document: &mut Value, placed: &Placed) {
+    let (path, last) = match placed {
+        Placed::Nothing => return,
+        Placed::Set(path, _) | Placed::Remove(path) | Placed::Append(path, _)
+            if path.is_empty() =>
+        {
+            if let Placed::Set(_, value) = placed {
+                *document = value.clone();
+            }
+            return;
+        }
+        Placed::Set(path, _) | Placed::Remove(path) => (&path[..path.len() - 1], path.last()),
+        Placed::Append(path, _) => (&path[..], None),
+    };
+    let Some(parent) = at_mut(document, path) else {
+        return;
+    };
+    match (placed, last, parent) {
+        (Placed::Append(_, value), None, Value::Array(items)) => items.push(value.clone()),
+        (Placed::Set(_, value), Some(Step::Key(key)), Value::Object(map)) => {
+            map.insert(key.clone(), value.clone());
+        }
+        (Placed::Remove(_), Some(Step::Key(key)), Value::Object(map)) => {
+            map.remove(key);
+        }
+        (placed, Some(step), Value::Array(items)) => {
+            let Some(index) = index_of(items, step) else {
+                return;
+            };
+            match placed {
+                Placed::Set(_, value) => items[index] = value.clone(),
+                _ => {
+                    items.remove(index);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn index_of(items: &[Value], step: &Step) -> Option<usize> {
+    match step {
+        Step::Index(at) => (*at < items.len()).then_some(*at),
+        Step::Named(name) => items
+            .iter()
+            .position(|item| item.get("name").and_then(Value::as_str) == Some(name)),
+        Step::Key(_) => None,
+    }
+}
+
+fn at_mut<'v>(value: &'v mut Value, path: &[Step]) -> Option<&'v mut Value> {
+    path.iter()
+        .try_fold(value, |value, step| match (step, value) {
+            (Step::Key(key), Value::Object(map)) => map.get_mut(key),
+            (step, Value::Array(items)) => {
+                let index = index_of(items, step)?;
+                items.get_mut(index)
+            }
+            _ => None,
+        })
+}
+
+/// Where a document sits in its file, and how the file ends its lines.
+struct Located<'f> {
+    text: &'f str,
+    start: usize,
+    end: usize,
+    crlf: bool,
+    documents: Vec<Value>,
+}
+
+fn locate(file: &[u8], document: usize) -> Result<Located<'_>, EditError> {
+    let text = std::str::from_utf8(file).map_err(|_| EditError::NotUtf8)?;
+    let documents = parse_all(text)?;
+    let parsed = YamlFile::from_str(text).map_err(|e| EditError::Parse {
+        reason: e.to_string(),
+    })?;
+    let ranges: Vec<_> = parsed.documents().map(|d| d.byte_range()).collect();
+    // The editor and the parser the index reads with must agree on what the
+    // documents are, or the edit would land in the wrong one.
+    if ranges.len() != documents.len() {
+        return Err(EditError::Parse {
+            reason: format!(
+                "{} documents for the editor, {} for the parser",
+                ranges.len(),
+                documents.len()
+            ),
+        });
+    }
+    let range = ranges
+        .get(document)
+        .ok_or(EditError::NoDocument { document })?;
+    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
+    Ok(Located {
+        text,
+        start: range.start as usize,
+        end: range.end as usize,
+        crlf,
+        documents,
+    })
+}
+
+fn parse_all(text: &str) -> Result<Vec<Value>, EditError> {
+    use serde::Deserialize;
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| {
+            Value::deserialize(d).map_err(|e| EditError::Parse {
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Applies `ops` (from [`diff`] of the object before and after, `new` being the
+/// after) to document `document` of `file`.
+pub fn update(file: &[u8], document: usize, ops: &[Op], new: &Value) -> Result<Edited, EditError> {
+    let located = locate(file, document)?;
+    let before = &located.documents[document];
+    if !before.is_object() {
+        return Err(EditError::NotAnObject { document });
+    }
+    let placed: Vec<Placed> = ops.iter().map(|op| place(before, op, new)).collect();
+    let mut expected = before.clone();
+    for op in &placed {
+        apply_value(&mut expected, op);
+    }
+    if &expected == before {
+        return Ok(Edited {
+            bytes: Some(file.to_vec()),
+            rewritten: false,
+        });
+    }
+    let slice = &located.text[located.start..located.end];
+    let edited = edit_text(slice, located.crlf, &placed)
+        .filter(|text| splice_checks(&located, document, text, &expected));
+    let (text, rewritten) = match edited {
+        Some(text) => (text, false),
+        None => (canonical(slice, located.crlf, &expected), true),
+    };
+    if !splice_checks(&located, document, &text, &expected) {
+        return Err(EditError::Parse {
+            reason: "the edited file does not parse back to the change".to_owned(),
+        });
+    }
+    let mut bytes = String::with_capacity(located.text.len() + text.len());
+    bytes.push_str(&located.text[..located.start]);
+    bytes.push_str(&text);
+    bytes.push_str(&located.text[located.end..]);
+    Ok(Edited {
+        bytes: Some(bytes.into_bytes()),
+        rewritten,
+    })
+}
+
+/// Takes document `document` out of `file`; the file goes with its last document.
+pub fn remove(file: &[u8], document: usize) -> Result<Edited, EditError> {
+    let located = locate(file, document)?;
+    let rest: Vec<&Value> = located
+        .documents
+        .iter()
+        .enumerate()
+        .filter(|(at, d)| *at != document && !d.is_null())
+        .map(|(_, d)| d)
+        .collect();
+    if rest.is_empty() {
+        return Ok(Edited {
+            bytes: None,
+            rewritten: false,
+        });
+    }
+    let mut text = String::with_capacity(located.text.len());
+    text.push_str(&located.text[..located.start]);
+    let after = &located.text[located.end..];
+    if located.start == 0 {
+        // The first document goes: the next one's `---` would open an empty one.
+        let marker = if located.crlf { "---\r\n" } else { "---\n" };
+        text.push_str(after.strip_prefix(marker).unwrap_or(after));
+    } else {
+        text.push_str(after);
+    }
+    let left: Vec<Value> = parse_all(&text)?
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect();
+    if left.iter().collect::<Vec<_>>() != rest {
+        return Err(EditError::Parse {
+            reason: "the file without the document does not parse to the others".to_owned(),
+        });
+    }
+    Ok(Edited {
+        bytes: Some(text.into_bytes()),
+        rewritten: false,
+    })
+}
+
+/// Whether the file with `text` in place of the document parses to `expected` there
+/// and to what it was everywhere else.
+fn splice_checks(located: &Located<'_>, document: usize, text: &str, expected: &Value) -> bool {
+    let mut file = String::with_capacity(located.text.len() + text.len());
+    file.push_str(&located.text[..located.start]);
+    file.push_str(text);
+    file.push_str(&located.text[located.end..]);
+    let Ok(parsed) = parse_all(&file) else {
+        return false;
+    };
+    parsed.len() == located.documents.len()
+        && parsed.iter().enumerate().all(|(at, value)| {
+            if at == document {
+                value == expected
+            } else {
+                *value == located.documents[at]
+            }
+        })
+}
+
+/// The document written whole: its `---` marker kept, its line endings the file's.
+fn canonical(slice: &str, crlf: bool, expected: &Value) -> String {
+    let mut text = String::new();
+    if slice.starts_with("---") {
+        text.push_str("---\n");
+    }
+    text.push_str(&crate::manifest::yaml::render(expected));
+    if crlf {
+        text = text.replace('\n', "\r\n");
+    }
+    text
+}
+
+/// The document's text with the ops applied by the editor; `None` when the editor
+/// cannot read it back unchanged or cannot make a change.
+fn edit_text(slice: &str, crlf: bool, placed: &[Placed]) -> Option<String> {
+    let lf = if crlf {
+        slice.replace("\r\n", "\n")
+    } else {
+        slice.to_owned()
+    };
+    let document = Document::from_str(&lf).ok()?;
+    // An editor that does not give the text back as it read it would change more
+    // than the change.
+    if document.to_string() != lf {
+        return None;
+    }
+    let root = document.as_mapping()?;
+    let quote = Quote::of(&lf);
+    for op in placed {
+        apply_yaml(&root, op, quote)?;
+    }
+    let text = document.to_string();
+    Some(if crlf {
+        text.replace('\n', "\r\n")
+    } else {
+        text
+    })
+}
+
+/// A node of the document being edited.
+enum Node {
+    Mapping(Mapping),
+    Sequence(Sequence),
+}
+
+fn child(node: &Node, step: &Step) -> Option<yaml_edit::YamlNode> {
+    match (node, step) {
+        (Node::Mapping(map), Step::Key(key)) => map.get(key.as_str()),
+        (Node::Sequence(seq), Step::Index(at)) => seq.get(*at),
+        (Node::Sequence(seq), Step::Named(name)) => seq.values().find(|item| {
+            item.as_mapping()
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_scalar().map(|s| s.as_string()))
+                .as_deref()
+                == Some(name.as_str())
+        }),
+        _ => None,
+    }
+}
+
+fn position(seq: &Sequence, step: &Step) -> Option<usize> {
+    match step {
+        Step::Index(at) => (*at < seq.len()).then_some(*at),
+        Step::Named(name) => seq.values().position(|item| {
+            item.as_mapping()
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_scalar().map(|s| s.as_string()))
+                .as_deref()
+                == Some(name.as_str())
+        }),
+        Step::Key(_) => None,
+    }
+}
+
+fn apply_yaml(root: &Mapping, placed: &Placed, quote: Quote) -> Option<()> {
+    let (path, last) = match placed {
+        Placed::Nothing => return Some(()),
+        // The whole document: the canonical rewrite does it.
+        Placed::Set(path, _) | Placed::Remove(path) if path.is_empty() => return None,
+        Placed::Set(path, _) | Placed::Remove(path) => (&path[..path.len() - 1], path.last()),
+        Placed::Append(path, _) => (&path[..], None),
+    };
+    let mut node = Node::Mapping(root.clone());
+    for step in path {
+        let next = child(&node, step)?;
+        node = if let Some(map) = next.as_mapping() {
+            Node::Mapping(map.clone())
+        } else {
+            Node::Sequence(next.as_sequence()?.clone())
+        };
+    }
+    match (placed, last, node) {
+        (Placed::Append(_, value), None, Node::Sequence(seq)) => {
+            push(&seq, value, quote);
+        }
+        (Placed::Set(_, value), Some(Step::Key(key)), Node::Mapping(map)) => {
+            let current = map.get(key.as_str());
+            if !set_scalar_in_style(current.as_ref(), value) {
+                set_in(&map, key, value, quote);
+            }
+        }
+        (Placed::Remove(_), Some(Step::Key(key)), Node::Mapping(map)) => {
+            map.remove(key.as_str())?;
+        }
+        (placed, Some(step), Node::Sequence(seq)) => {
+            let index = position(&seq, step)?;
+            match placed {
+                Placed::Set(_, value) => {
+                    let current = seq.get(index);
+                    if !set_scalar_in_style(current.as_ref(), value) {
+                        set_item(&seq, index, value, quote);
+                    }
+                }
+                _ => {
+                    seq.remove(index)?;
+                }
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Replaces a quoted string with a string in the same quotes, where the new value
+/// allows it; false when it does not apply (the caller sets the value plainly).
+fn set_scalar_in_style(current: Option<&yaml_edit::YamlNode>, value: &Value) -> bool {
+    let (Some(current), Value::String(text)) = (current, value) else {
+        return false;
+    };
+    let Some(scalar) = current.as_scalar() else {
+        return false;
+    };
+    let raw = scalar.value();
+    if plain(text) && !raw.starts_with(['"', '\'']) && !scalar.is_block() {
+        scalar.set_value(text);
+        true
+    } else if raw.starts_with('"') {
+        // A JSON string is a YAML double-quoted scalar.
+        scalar.set_value(&serde_json::to_string(text).expect("a string serialises"));
+        true
+    } else if raw.starts_with('\'') && !text.chars().any(char::is_control) {
+        scalar.set_value(&format!("'{}'", text.replace('\'', "''")));
+        true
+    } else {
+        false
+    }
+}
+
+fn set_in(map: &Mapping, key: &str, value: &Value, quote: Quote) {
+    match build(value, quote) {
+        Some(Built::Mapping(m)) => map.set(key, m),
+        Some(Built::Sequence(s)) => map.set(key, s),
+        None => {
+            map.set(key, quote.scalar(value));
+            unquote(map.get(key), value);
+        }
+    }
+}
+
+fn set_item(seq: &Sequence, index: usize, value: &Value, quote: Quote) {
+    match build(value, quote) {
+        Some(Built::Mapping(m)) => {
+            seq.set(index, m);
+        }
+        Some(Built::Sequence(s)) => {
+            seq.set(index, s);
+        }
+        None => {
+            seq.set(index, quote.scalar(value));
+            unquote(seq.get(index), value);
+        }
+    };
+}
+
+fn push(seq: &Sequence, value: &Value, quote: Quote) {
+    match build(value, quote) {
+        Some(Built::Mapping(m)) => seq.push(m),
+        Some(Built::Sequence(s)) => seq.push(s),
+        None => {
+            seq.push(quote.scalar(value));
+            unquote(seq.last(), value);
+        }
+    }
+}
+
+/// Writes a new string without the quotes the editor gave it, where none are needed.
+fn unquote(node: Option<yaml_edit::YamlNode>, value: &Value) {
+    if let (Some(scalar), Value::String(text)) = (node.as_ref().and_then(|n| n.as_scalar()), value)
+    {
+        if plain(text) && scalar.is_quoted() {
+            scalar.set_value(text);
+        }
+    }
+}
+
+/// A new collection for the editor.
+enum Built {
+    Mapping(Mapping),
+    Sequence(Sequence),
+}
+
+/// The collection for a JSON object or array; `None` for a scalar.
+fn build(value: &Value, quote: Quote) -> Option<Built> {
+    Some(match value {
+        Value::Object(map) => {
+            let mapping = if map.is_empty() {
+                Mapping::new_flow()
+            } else {
+                Mapping::new()
+            };
+            for (key, value) in map {
+                set_in(&mapping, key, value, quote);
+            }
+            Built::Mapping(mapping)
+        }
+        Value::Array(items) => {
+            let sequence = if items.is_empty() {
+                Sequence::new_flow()
+            } else {
+                Sequence::new()
+            };
+            for item in items {
+                push(&sequence, item, quote);
+            }
+            Built::Sequence(sequence)
+        }
+        _ => return None,
+    })
+}
+
+/// The quotes a new string that needs them gets: the ones the document already uses
+/// most, so an added value looks like its neighbours.
+#[derive(Debug, Clone, Copy)]
+enum Quote {
+    Single,
+    Double,
+}
+
+impl Quote {
+    fn of(text: &str) -> Quote {
+        let opening = |quote: char| {
+            text.lines()
+                .filter(|line| {
+                    let value = line
+                        .split_once(": ")
+                        .map(|(_, v)| v)
+                        .or_else(|| line.trim_start().strip_prefix("- "));
+                    value.is_some_and(|v| v.trim_start().starts_with(quote))
+                })
+                .count()
+        };
+        if opening('"') > opening('\'') {
+            Quote::Double
+        } else {
+            Quote::Single
+        }
+    }
+
+    fn scalar(self, value: &Value) -> ScalarValue {
+        match value {
+            Value::Null => ScalarValue::null(),
+            Value::Bool(b) => ScalarValue::from(*b),
+            Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                (Some(i), _, _) => ScalarValue::from(i),
+                (_, Some(u), _) => ScalarValue::parse(u.to_string()),
+                (_, _, f) => ScalarValue::from(f.unwrap_or_default()),
+            },
+            Value::String(s) => {
+                let scalar = ScalarValue::string(s.clone());
+                match (scalar.style(), self) {
+                    (ScalarStyle::SingleQuoted, Quote::Double) => {
+                        ScalarValue::double_quoted(s.clone())
+                    }
+                    _ => scalar,
+                }
+            }
+            // Collections are built, not scalars.
+            other => ScalarValue::string(other.to_string()),
+        }
+    }
+}
+
+/// Whether `text` reads back as this string written without quotes, by YAML 1.1
+/// readers as well: the canonical emitter's rule, and command-line flags (`--port=80`,
+/// `-v`), which it quotes to keep its output stable but a person writes plain.
+fn plain(text: &str) -> bool {
+    let flag = text.trim_start_matches('-');
+    crate::manifest::yaml::is_plain_safe(text)
+        || (flag.len() < text.len()
+            && text.len() - flag.len() <= 2
+            && flag.starts_with(|c: char| c.is_ascii_alphabetic())
+            && crate::manifest::yaml::is_plain_safe(flag))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain;
+
+    #[test]
+    fn plain_strings_are_the_ones_every_reader_takes_as_strings() {
+        for text in [
+            "--port=80",
+            "nginx:1.27",
+            "a:b",
+            "ghcr.io/x/y:6.1.0",
+            "IfNotPresent",
+            "-x",
+        ] {
+            assert!(plain(text), "{text} needs no quotes");
+        }
+        // YAML 1.1 readers (Kubernetes' own) take these as booleans, numbers or null.
+        for text in [
+            "yes", "Yes", "NO", "on", "Off", "y", "n", "~", "null", "1:20", "0x1F", "-1", ".5",
+            "+1", "-", ":", ".inf", "-.nan", "", "a: b", "#x", "@x", "%x", ",x", "x:", "--yes",
+            "---x", "- x",
+        ] {
+            assert!(!plain(text), "{text:?} is quoted");
+        }
+    }
+}

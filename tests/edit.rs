@@ -1,0 +1,434 @@
+//! In-place edits of the documents people maintain (issue 15), on the real GitOps
+//! repositories in tests/fixtures/repos/ as their authors wrote them: an edit changes
+//! the lines of the changed fields and nothing else, comments and the other documents
+//! of a file stay byte for byte, and random edits of every document parse back to
+//! exactly the intended object.
+
+use std::path::Path;
+
+use kubescribe::declared::edit::{self, Edited, Op};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/repos")
+            .join(path),
+    )
+    .unwrap()
+}
+
+fn documents(bytes: &[u8]) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_slice(bytes)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect()
+}
+
+/// Edits document `document` of `file` so it becomes what `change` makes of it.
+fn edit(file: &[u8], document: usize, change: impl FnOnce(&mut Value)) -> (Vec<u8>, Value) {
+    let old = documents(file)[document].clone();
+    let mut new = old.clone();
+    change(&mut new);
+    let ops = edit::diff(&old, &new);
+    let Edited { bytes, rewritten } = edit::update(file, document, &ops, &new).unwrap();
+    assert!(!rewritten, "edited in place");
+    let bytes = bytes.unwrap();
+    assert_eq!(documents(&bytes)[document], new, "the edit parses back");
+    (bytes, new)
+}
+
+/// The lines `before` has and `after` has not, and the other way round.
+fn changed_lines(before: &[u8], after: &[u8]) -> (Vec<String>, Vec<String>) {
+    let before = std::str::from_utf8(before).unwrap();
+    let after = std::str::from_utf8(after).unwrap();
+    let diff = similar::TextDiff::from_lines(before, after);
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for change in diff.iter_all_changes() {
+        match change.tag() {
+            similar::ChangeTag::Delete => removed.push(change.value().to_owned()),
+            similar::ChangeTag::Insert => added.push(change.value().to_owned()),
+            similar::ChangeTag::Equal => {}
+        }
+    }
+    (removed, added)
+}
+
+const BACKEND: &str = "stefanprodan__podinfo/deploy/bases/backend/deployment.yaml";
+
+#[test]
+fn an_image_change_is_one_line() {
+    let file = fixture(BACKEND);
+    let (after, _) = edit(&file, 0, |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["image"] =
+            json!("ghcr.io/stefanprodan/podinfo:6.15.0");
+    });
+    let (removed, added) = changed_lines(&file, &after);
+    assert_eq!(
+        removed,
+        ["        image: ghcr.io/stefanprodan/podinfo:6.14.1\n"]
+    );
+    assert_eq!(
+        added,
+        ["        image: ghcr.io/stefanprodan/podinfo:6.15.0\n"]
+    );
+}
+
+#[test]
+fn a_quoted_value_keeps_its_quotes() {
+    let file = fixture(BACKEND);
+    let text = std::str::from_utf8(&file).unwrap();
+    assert!(text.contains("prometheus.io/scrape: \"true\""));
+    let (after, _) = edit(&file, 0, |d| {
+        d["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = json!("9898");
+    });
+    let (removed, added) = changed_lines(&file, &after);
+    assert_eq!(removed, ["        prometheus.io/port: \"9797\"\n"]);
+    assert_eq!(added, ["        prometheus.io/port: \"9898\"\n"]);
+}
+
+#[test]
+fn a_new_env_var_is_added_by_name_and_the_others_stay() {
+    let file = fixture(BACKEND);
+    let (after, _) = edit(&file, 0, |d| {
+        d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "LOG_FORMAT", "value": "json"}));
+    });
+    let (removed, added) = changed_lines(&file, &after);
+    assert!(removed.is_empty(), "nothing removed: {removed:?}");
+    assert_eq!(added.len(), 2, "two lines added: {added:?}");
+    assert!(added[0].contains("name: LOG_FORMAT"), "{added:?}");
+    assert!(added[1].contains("value: json"), "{added:?}");
+}
+
+#[test]
+fn replicas_labels_and_a_removed_field_touch_only_their_lines() {
+    let file = fixture(BACKEND);
+    let (after, _) = edit(&file, 0, |d| {
+        d["spec"]["minReadySeconds"] = json!(10);
+        d["metadata"]["labels"] = json!({"team": "payments"});
+        d["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("revisionHistoryLimit");
+    });
+    let (removed, added) = changed_lines(&file, &after);
+    assert_eq!(
+        removed,
+        ["  minReadySeconds: 3\n", "  revisionHistoryLimit: 5\n"]
+    );
+    assert_eq!(
+        added,
+        [
+            "  labels:\n",
+            "    team: payments\n",
+            "  minReadySeconds: 10\n"
+        ]
+    );
+}
+
+#[test]
+fn comments_and_the_other_documents_stay_byte_for_byte() {
+    // A file of several documents with comments between them.
+    let path = "fluxcd__flux2-kustomize-helm-example/infrastructure/controllers/cert-manager.yaml";
+    let file = fixture(path);
+    let docs = documents(&file);
+    assert!(docs.len() >= 3, "{path} has several documents");
+    let comments: Vec<&str> = std::str::from_utf8(&file)
+        .unwrap()
+        .lines()
+        .filter(|l| l.trim_start().starts_with('#'))
+        .collect();
+    let last = docs.len() - 1;
+    let (after, _) = edit(&file, last, |d| {
+        d["metadata"]["labels"] = json!({"edited": "yes"});
+    });
+    let text = std::str::from_utf8(&after).unwrap();
+    for comment in &comments {
+        assert!(text.contains(comment), "{comment:?} kept");
+    }
+    let (removed, added) = changed_lines(&file, &after);
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(added, ["  labels:\n", "    edited: 'yes'\n"]);
+    for (at, doc) in documents(&after).iter().enumerate().take(last) {
+        assert_eq!(doc, &docs[at]);
+    }
+}
+
+#[test]
+fn crlf_files_keep_their_line_endings() {
+    let file = fixture(BACKEND);
+    let crlf = String::from_utf8(file)
+        .unwrap()
+        .replace('\n', "\r\n")
+        .into_bytes();
+    let (after, _) = edit(&crlf, 0, |d| {
+        d["spec"]["minReadySeconds"] = json!(7);
+        d["metadata"]["annotations"] = json!({"a": "b"});
+    });
+    let text = String::from_utf8(after).unwrap();
+    assert!(
+        !text.replace("\r\n", "").contains('\n'),
+        "every line ends in CRLF"
+    );
+    assert!(text.contains("  minReadySeconds: 7\r\n"));
+}
+
+#[test]
+fn a_delete_takes_out_the_document_and_the_file_with_its_last() {
+    let path = "fluxcd__flux2-kustomize-helm-example/infrastructure/controllers/cert-manager.yaml";
+    let file = fixture(path);
+    let docs = documents(&file);
+    for document in 0..docs.len() {
+        let Edited { bytes, rewritten } = edit::remove(&file, document).unwrap();
+        assert!(!rewritten);
+        let left = documents(&bytes.unwrap());
+        let mut expected = docs.clone();
+        expected.remove(document);
+        let left: Vec<Value> = left.into_iter().filter(|d| !d.is_null()).collect();
+        assert_eq!(left, expected, "document {document} removed");
+    }
+    let single = fixture(BACKEND);
+    assert_eq!(
+        edit::remove(&single, 0).unwrap().bytes,
+        None,
+        "the file goes"
+    );
+    assert!(edit::remove(&single, 1).is_err(), "no such document");
+}
+
+#[test]
+fn an_unchanged_object_leaves_the_file_as_it_is() {
+    let file = fixture(BACKEND);
+    let old = documents(&file)[0].clone();
+    let Edited { bytes, .. } = edit::update(&file, 0, &edit::diff(&old, &old), &old).unwrap();
+    assert_eq!(bytes.unwrap(), file);
+}
+
+#[test]
+fn the_diff_names_list_elements_by_name() {
+    let old = json!({"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]});
+    let new = json!({"env": [{"name": "A", "value": "1"}, {"name": "B", "value": "3"}, {"name": "C", "value": "4"}]});
+    let ops = edit::diff(&old, &new);
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(matches!(&ops[0], Op::Set(path, v) if path.len() == 3 && v == "3"));
+    // The document has the elements in another order: each is found by name.
+    let file =
+        b"env:\n- name: B # second in the cluster\n  value: \"2\"\n- name: A\n  value: \"1\"\n";
+    let Edited { bytes, .. } = edit::update(file, 0, &ops, &new).unwrap();
+    let text = String::from_utf8(bytes.unwrap()).unwrap();
+    assert_eq!(
+        text,
+        "env:\n- name: B # second in the cluster\n  value: \"3\"\n- name: A\n  value: \"1\"\n- name: C\n  value: \"4\"\n"
+    );
+}
+
+/// A small deterministic generator: the same edits every run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Every path to a value in `value`, parents first.
+fn paths(value: &Value, at: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+    out.push(at.clone());
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                at.push(json!(key));
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                at.push(json!(index));
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+fn get_mut<'v>(value: &'v mut Value, path: &[Value]) -> &'v mut Value {
+    path.iter().fold(value, |v, step| match step {
+        Value::String(key) => &mut v[key.as_str()],
+        Value::Number(n) => &mut v[n.as_u64().unwrap() as usize],
+        _ => unreachable!(),
+    })
+}
+
+/// Values that are easy to get wrong in YAML.
+fn tricky(rng: &mut Rng) -> Value {
+    let choices = [
+        json!("yes"),
+        json!("on"),
+        json!("123"),
+        json!("1.5"),
+        json!("null"),
+        json!("~"),
+        json!(""),
+        json!("a: b"),
+        json!("#not a comment"),
+        json!("it's"),
+        json!("say \"hi\""),
+        json!("two\nlines\n"),
+        json!("  leading space"),
+        json!("tab\there"),
+        json!("ünïcödé"),
+        json!("- dash"),
+        json!("--port=80"),
+        json!("1:20"),
+        json!("0x1F"),
+        json!("Yes"),
+        json!("OFF"),
+        json!("-1"),
+        json!(".5"),
+        json!("+1"),
+        json!("-"),
+        json!("a:b"),
+        json!("url:http://x"),
+        json!("%percent"),
+        json!(",comma"),
+        json!("*star"),
+        json!("@at"),
+        json!(42),
+        json!(-7),
+        json!(2.5),
+        json!(true),
+        json!(null),
+        json!({}),
+        json!([]),
+        json!({"nested": {"deeper": ["x", 1, false]}}),
+        json!([{"name": "n1", "value": "v"}, {"name": "n2"}]),
+        json!(["a", "b"]),
+    ];
+    choices[rng.below(choices.len())].clone()
+}
+
+/// One random change of `doc`.
+fn mutate(doc: &mut Value, rng: &mut Rng) {
+    let mut all = Vec::new();
+    paths(doc, &mut Vec::new(), &mut all);
+    let path = all[rng.below(all.len())].clone();
+    let target = get_mut(doc, &path);
+    match (rng.below(4), target) {
+        (0, Value::Object(map)) => {
+            map.insert(format!("added{}", rng.below(100)), tricky(rng));
+        }
+        (1, Value::Object(map)) if !map.is_empty() => {
+            let key = map.keys().nth(rng.below(map.len())).unwrap().clone();
+            map.remove(&key);
+        }
+        (2, Value::Array(items)) => {
+            if items.iter().all(|i| i.get("name").is_some()) && !items.is_empty() {
+                items.push(json!({"name": format!("new{}", rng.below(1000)), "value": "x"}));
+            } else if !items.is_empty() {
+                let at = rng.below(items.len());
+                items.remove(at);
+            } else {
+                items.push(tricky(rng));
+            }
+        }
+        (_, target) if !path.is_empty() => *target = tricky(rng),
+        _ => {}
+    }
+}
+
+/// Every YAML file of the fixture repositories that holds Kubernetes objects.
+fn manifests() -> Vec<(String, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/repos");
+    let mut out = Vec::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                // Helm templates are not YAML until rendered.
+                if !path.ends_with("templates") {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                let bytes = std::fs::read(&path).unwrap();
+                let parsed: Result<Vec<Value>, _> = serde_yaml_ng::Deserializer::from_slice(&bytes)
+                    .map(Value::deserialize)
+                    .collect();
+                if parsed.is_ok_and(|docs| docs.iter().any(|d| d.get("kind").is_some())) {
+                    let name = path.strip_prefix(&root).unwrap().display().to_string();
+                    out.push((name, bytes));
+                }
+            }
+        }
+    }
+    out.sort();
+    assert!(out.len() > 50, "the fixtures have their manifests");
+    out
+}
+
+#[test]
+fn random_edits_of_every_document_parse_back_exactly_and_leave_the_rest() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut edits = 0;
+    let mut rewritten = Vec::new();
+    for (name, file) in manifests() {
+        let docs = documents(&file);
+        for (document, old) in docs.iter().enumerate() {
+            if !old.is_object() {
+                continue;
+            }
+            for round in 0..8 {
+                let mut new = old.clone();
+                for _ in 0..=rng.below(3) {
+                    mutate(&mut new, &mut rng);
+                }
+                let ops = edit::diff(old, &new);
+                let result = edit::update(&file, document, &ops, &new)
+                    .unwrap_or_else(|e| panic!("{name} #{document} round {round}: {e}"));
+                let bytes = result.bytes.unwrap();
+                let after = documents(&bytes);
+                assert_eq!(after.len(), docs.len(), "{name}: the documents stay");
+                for (at, doc) in after.iter().enumerate() {
+                    let expected = if at == document { &new } else { &docs[at] };
+                    assert_eq!(
+                        doc, expected,
+                        "{name} #{at} after editing #{document}: {ops:?}"
+                    );
+                }
+                if result.rewritten {
+                    rewritten.push(format!("{name} #{document}: {ops:?}"));
+                }
+                // The lines before the document are the file's own.
+                let text = std::str::from_utf8(&file).unwrap();
+                let edited = std::str::from_utf8(&bytes).unwrap();
+                let common = text
+                    .lines()
+                    .zip(edited.lines())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                assert!(common > 0 || document == 0 || text.lines().next().is_none());
+                edits += 1;
+            }
+        }
+    }
+    eprintln!("{edits} edits tried");
+    assert!(edits > 400, "{edits} edits tried");
+    assert!(
+        rewritten.is_empty(),
+        "{} of {edits} edits could not be made in place:\n{}",
+        rewritten.len(),
+        rewritten.join("\n")
+    );
+}
