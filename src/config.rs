@@ -6,6 +6,7 @@
 //! not noise. Unknown keys are rejected so a typo never silently changes what is
 //! recorded. docs/configuration.md documents every field; keep the two in step.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -186,6 +187,23 @@ pub struct RepositoryConfig {
     pub path_template: String,
     /// Where the branch is pushed. Without it, commits stay in the local repository.
     pub remote: Option<RemoteConfig>,
+    /// Objects the branch already declares are edited where they are declared.
+    pub in_place: InPlaceConfig,
+}
+
+/// Editing an existing GitOps repository in place (issue 15): an object the branch
+/// already declares (in `apps/web/deployment.yaml`, through kustomizations, Flux
+/// Kustomizations or Argo CD Applications) is edited in that document; anything else
+/// goes where `pathTemplate` says.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct InPlaceConfig {
+    /// Off by default: the canonical layout stays the default for an empty
+    /// repository and for capture-only use.
+    pub enabled: bool,
+    /// Directory of the repository (no trailing slash) → the namespace of the
+    /// documents under it that nothing else gives one; the longest match wins.
+    pub namespaces: BTreeMap<String, String>,
 }
 
 impl Default for RepositoryConfig {
@@ -196,6 +214,7 @@ impl Default for RepositoryConfig {
             root: String::new(),
             path_template: "{namespace}/{group}/{resource}/{name}.yaml".to_owned(),
             remote: None,
+            in_place: InPlaceConfig::default(),
         }
     }
 }
@@ -787,6 +806,13 @@ impl Config {
             }
             crate::manifest::Layout::new(&repo.root, &repo.path_template)
                 .map_err(|e| ConfigError::Invalid(format!("{field}: {e}")))?;
+            for (dir, namespace) in &repo.in_place.namespaces {
+                if dir.ends_with('/') || dir.starts_with('/') || namespace.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "{field}.inPlace.namespaces: {dir:?}: {namespace:?}: give a directory of the repository without leading or trailing `/`, and a namespace"
+                    )));
+                }
+            }
             if let Some(remote) = &repo.remote {
                 validate_remote(remote)
                     .map_err(|e| ConfigError::Invalid(format!("{field}.remote: {e}")))?;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod declared;
 pub mod fault;
 pub mod intent;
+pub(crate) mod kinds;
 pub mod limits;
 pub mod load;
 pub mod manifest;
@@ -25,6 +26,7 @@ pub mod store;
 pub mod tls;
 pub mod verdict;
 pub mod webhook;
+pub(crate) mod yaml;
 
 /// An error with its sources, `a: b: c`, each cause once (gix repeats them).
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {

@@ -501,7 +501,7 @@ fn canonical(slice: &str, crlf: bool, expected: &Value) -> String {
     if slice.starts_with("---") {
         text.push_str("---\n");
     }
-    text.push_str(&crate::manifest::yaml::render(expected));
+    text.push_str(&crate::yaml::render(expected));
     if crlf {
         text = text.replace('\n', "\r\n");
     }
@@ -783,11 +783,11 @@ impl Quote {
 /// `-v`), which it quotes to keep its output stable but a person writes plain.
 fn plain(text: &str) -> bool {
     let flag = text.trim_start_matches('-');
-    crate::manifest::yaml::is_plain_safe(text)
+    crate::yaml::is_plain_safe(text)
         || (flag.len() < text.len()
             && text.len() - flag.len() <= 2
             && flag.starts_with(|c: char| c.is_ascii_alphabetic())
-            && crate::manifest::yaml::is_plain_safe(flag))
+            && crate::yaml::is_plain_safe(flag))
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@
 pub mod edit;
 mod kustomize;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
@@ -40,6 +41,27 @@ pub(crate) use kustomize::Kustomization;
 /// Whether a file name is one kustomize reads as a directory's kustomization.
 pub(crate) fn kustomization_file(name: &str) -> bool {
     kustomize::FILE_NAMES.contains(&name)
+}
+
+/// The files of a tree as the index reads them: every path, and a file's contents
+/// only when asked, so a store can read them from git on demand.
+pub trait Files {
+    /// The paths from `start` on, in order.
+    fn paths_from<'s>(&'s self, start: &str) -> Box<dyn Iterator<Item = &'s str> + 's>;
+    fn contains(&self, path: &str) -> bool;
+    fn read(&self, path: &str) -> Option<Cow<'_, [u8]>>;
+}
+
+impl Files for BTreeMap<String, Vec<u8>> {
+    fn paths_from<'s>(&'s self, start: &str) -> Box<dyn Iterator<Item = &'s str> + 's> {
+        Box::new(self.range(start.to_owned()..).map(|(p, _)| p.as_str()))
+    }
+    fn contains(&self, path: &str) -> bool {
+        self.contains_key(path)
+    }
+    fn read(&self, path: &str) -> Option<Cow<'_, [u8]>> {
+        self.get(path).map(|b| Cow::Borrowed(b.as_slice()))
+    }
 }
 
 /// An object as the cluster names it.
@@ -157,7 +179,7 @@ struct Upkeep {
 
 impl Index {
     /// Indexes `files` (repository path → contents, the whole tree).
-    pub fn build(files: &BTreeMap<String, Vec<u8>>, settings: &Settings) -> Index {
+    pub fn build(files: &dyn Files, settings: &Settings) -> Index {
         let mut builder = Builder::new(files, settings);
         builder.run();
         builder.index
@@ -208,12 +230,7 @@ impl Index {
     /// where only `changed` paths (added, modified or removed) differ from the tree
     /// it was built of. A manifest's change re-reads that file alone; a change to
     /// what shapes the walk (see [`Upkeep`]) builds the index again.
-    pub fn update(
-        &mut self,
-        files: &BTreeMap<String, Vec<u8>>,
-        changed: &[String],
-        settings: &Settings,
-    ) {
+    pub fn update(&mut self, files: &dyn Files, changed: &[String], settings: &Settings) {
         let upkeep = &self.upkeep;
         let structural = changed.iter().any(|path| {
             let (_, name) = split(path);
@@ -221,7 +238,7 @@ impl Index {
                 || name == "Chart.yaml"
                 || upkeep.tools.contains(path)
                 || upkeep.not_objects.contains(path)
-                || files.get(path).is_some_and(|bytes| declares_tool(bytes))
+                || files.read(path).is_some_and(|bytes| declares_tool(&bytes))
         });
         if structural {
             *self = Index::build(files, settings);
@@ -232,7 +249,7 @@ impl Index {
             builder.forget(path);
         }
         for path in changed {
-            if !files.contains_key(path) {
+            if !files.contains(path) {
                 continue;
             }
             for context in builder.contexts_for(path) {
@@ -294,7 +311,7 @@ const MAX_DEPTH: usize = 32;
 const MAX_VISITS: usize = 1_000_000;
 
 struct Builder<'a> {
-    files: &'a BTreeMap<String, Vec<u8>>,
+    files: &'a dyn Files,
     settings: &'a Settings,
     kustomizations: HashMap<String, Kustomization>,
     /// Directories of Helm charts: nothing under them is a manifest.
@@ -308,10 +325,10 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(files: &'a BTreeMap<String, Vec<u8>>, settings: &'a Settings) -> Self {
+    fn new(files: &'a dyn Files, settings: &'a Settings) -> Self {
         let mut charts = HashSet::new();
         let mut kustomizations = HashMap::new();
-        for (path, bytes) in files {
+        for path in files.paths_from("") {
             let (dir, name) = split(path);
             if name == "Chart.yaml" {
                 charts.insert(dir.to_owned());
@@ -321,9 +338,10 @@ impl<'a> Builder<'a> {
                 // The first of kustomize's names wins when a directory has several.
                 let better = kustomize::FILE_NAMES[..rank]
                     .iter()
-                    .all(|n| !files.contains_key(&joined(dir, n)));
+                    .all(|n| !files.contains(&joined(dir, n)));
+                let bytes = files.read(path).unwrap_or_default();
                 if better {
-                    let k = Kustomization::parse(dir, bytes).unwrap_or_else(|| {
+                    let k = Kustomization::parse(dir, &bytes).unwrap_or_else(|| {
                         // It still governs its directory: kustomize renders nothing
                         // from it, so its patches must not become objects.
                         tracing::warn!(path = %path, "a kustomization that is not a YAML mapping; nothing it governs is indexed");
@@ -352,7 +370,7 @@ impl<'a> Builder<'a> {
     }
 
     /// A builder that continues `index` (for [`Index::update`]).
-    fn resume(index: Index, files: &'a BTreeMap<String, Vec<u8>>, settings: &'a Settings) -> Self {
+    fn resume(index: Index, files: &'a dyn Files, settings: &'a Settings) -> Self {
         Self {
             files,
             settings,
@@ -504,10 +522,10 @@ impl<'a> Builder<'a> {
         // Then manifests no kustomization governs (applied as they are).
         let loose: Vec<String> = self
             .files
-            .keys()
+            .paths_from("")
             .filter(|path| self.is_manifest(path) && !self.not_objects.contains(*path))
             .filter(|path| !self.reached.contains(*path) && !self.governed(path))
-            .cloned()
+            .map(str::to_owned)
             .collect();
         for path in loose {
             self.visit_file(&path, &Context::default());
@@ -523,9 +541,9 @@ impl<'a> Builder<'a> {
     fn tool_roots(&mut self) -> Vec<(String, Context)> {
         let paths: Vec<String> = self
             .files
-            .keys()
+            .paths_from("")
             .filter(|p| self.is_manifest(p))
-            .cloned()
+            .map(str::to_owned)
             .collect();
         let mut roots = Vec::new();
         for path in paths {
@@ -638,7 +656,7 @@ impl<'a> Builder<'a> {
             inner.suffix = format!("{}{}", k.name_suffix, context.suffix);
             inner.through.push(dir.to_owned());
             for resource in &k.resources {
-                if self.files.contains_key(resource) {
+                if self.files.contains(resource) {
                     self.visit_file(resource, &inner);
                 } else if self.has_dir(resource) {
                     self.visit_dir(resource, &inner);
@@ -653,10 +671,9 @@ impl<'a> Builder<'a> {
         };
         let under: Vec<String> = self
             .files
-            .range(prefix.clone()..)
-            .map(|(p, _)| p)
+            .paths_from(&prefix)
             .take_while(|p| p.starts_with(&prefix))
-            .cloned()
+            .map(str::to_owned)
             .collect();
         self.index
             .upkeep
@@ -721,7 +738,7 @@ impl<'a> Builder<'a> {
             else {
                 continue;
             };
-            let (_, namespaced) = crate::check::resource_of(&group, &kind);
+            let (_, namespaced) = crate::kinds::resource_of(&group, &kind);
             let own = document
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
@@ -762,7 +779,7 @@ impl<'a> Builder<'a> {
             };
             // Only the cluster knows the scope of a kind from a CRD: keep it findable
             // as cluster-scoped too.
-            if crate::check::custom_group(&group) {
+            if crate::kinds::custom_group(&group) {
                 let loose = (group.clone(), kind.clone(), name.clone());
                 self.declare(path, Slot::UnknownScope(loose), declared.clone());
             }
@@ -840,13 +857,13 @@ impl<'a> Builder<'a> {
 
     fn has_dir(&self, dir: &str) -> bool {
         if dir.is_empty() {
-            return !self.files.is_empty();
+            return self.files.paths_from("").next().is_some();
         }
         let prefix = format!("{dir}/");
         self.files
-            .range(prefix.clone()..)
+            .paths_from(&prefix)
             .next()
-            .is_some_and(|(p, _)| p.starts_with(&prefix))
+            .is_some_and(|p| p.starts_with(&prefix))
     }
 
     /// The documents of a manifest file, parsed once.
@@ -854,8 +871,8 @@ impl<'a> Builder<'a> {
         if !self.documents.contains_key(path) {
             let documents = self
                 .files
-                .get(path)
-                .map(|bytes| documents(bytes))
+                .read(path)
+                .map(|bytes| documents(&bytes))
                 .unwrap_or_default();
             self.documents.insert(path.to_owned(), documents);
         }

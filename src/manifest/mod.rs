@@ -3,12 +3,11 @@
 //! It sanitises with a deny-list: status, server-set metadata, server-assigned spec
 //! fields and tool annotations go; every other field stays, so nothing a user wrote
 //! (an `immutable` flag, a StorageClass's `provisioner`) is ever silently dropped. It
-//! renders byte-stable YAML ([`yaml`]) and places the file ([`layout`]). It never
+//! renders byte-stable YAML ([`crate::yaml`]) and places the file ([`layout`]). It never
 //! touches the repository: a [`Change`] says what to do, and the store does it.
 //! Secrets never leave this module in plaintext.
 
 mod layout;
-pub(crate) mod yaml;
 
 use kube_core::admission::Operation;
 use serde_json::{Map, Value};
@@ -18,6 +17,7 @@ pub use layout::{Layout, LayoutError, RepoPath};
 
 use crate::config::SecretMode;
 use crate::policy::Write;
+use crate::yaml;
 
 /// The value every Secret value is replaced with in `redact` mode. It is not valid
 /// base64, so a redacted Secret can never be applied over the real one by accident.
