@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::manifest::{self, Action, Layout};
+use crate::manifest::{self, Action, Layout, Placement};
 use crate::policy::{Policy, Write};
 use crate::verdict::{self, Verdict};
 
@@ -235,7 +235,12 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         }
         match manifest_write(&object, args, n, &scopes) {
             Ok((write, guessed)) => {
-                let mut verdict = verdict::evaluate(&write, &policy, |i| &layouts[i]);
+                let mut verdict = verdict::evaluate(
+                    &write,
+                    &policy,
+                    |i| &layouts[i],
+                    |_, _, _| Placement::Canonical,
+                );
                 if guessed {
                     verdict.warnings.push(format!(
                         "kubescribe check: {} of {} is not a built-in kind, and neither a CustomResourceDefinition in the input nor --api-resources gives its scope: taken as namespaced; add its CRD to the input, or pass --api-resources",
@@ -264,7 +269,12 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             .and_then(|bytes| crate::admission::decode_review(&bytes).map_err(|e| e.to_string()));
         match parsed {
             Ok(review) => {
-                let verdict = verdict::evaluate(&review.write, &policy, |i| &layouts[i]);
+                let verdict = verdict::evaluate(
+                    &review.write,
+                    &policy,
+                    |i| &layouts[i],
+                    |_, _, _| Placement::Canonical,
+                );
                 report.results.push(result(
                     source,
                     &review.write,

@@ -204,6 +204,20 @@ pub struct InPlaceConfig {
     /// Directory of the repository (no trailing slash) → the namespace of the
     /// documents under it that nothing else gives one; the longest match wins.
     pub namespaces: BTreeMap<String, String>,
+    /// What to do with an object a kustomization changes on its way to the cluster
+    /// (patches, `images`, `replicas`), or whose document several overlays share.
+    pub overlay: Overlay,
+}
+
+/// See [`InPlaceConfig::overlay`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Overlay {
+    /// Not recorded; the answer names the kustomizations to change instead.
+    #[default]
+    Deny,
+    /// The base document is edited, for every overlay that renders it.
+    Base,
 }
 
 impl Default for RepositoryConfig {

@@ -70,3 +70,15 @@ pub(crate) fn resource_of(group: &str, kind: &str) -> (String, bool) {
     };
     (plural, namespaced)
 }
+
+/// The kind of a built-in resource with a `scale` subresource: a scale write names
+/// the Scale, and the document to edit is the parent's.
+pub(crate) fn scalable_kind(group: &str, resource: &str) -> Option<&'static str> {
+    match (group, resource) {
+        ("apps", "deployments") => Some("Deployment"),
+        ("apps", "statefulsets") => Some("StatefulSet"),
+        ("apps", "replicasets") => Some("ReplicaSet"),
+        ("", "replicationcontrollers") => Some("ReplicationController"),
+        _ => None,
+    }
+}

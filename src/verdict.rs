@@ -9,7 +9,7 @@
 //! Pure: no I/O, no clock, no async.
 
 use crate::config::{RailMode, Then, Wait};
-use crate::manifest::{self, Change, Layout};
+use crate::manifest::{self, Change, Layout, Placement};
 use crate::metrics::DecisionLabel;
 use crate::policy::{self, Decision, Finding, Policy, SkipReason, Write};
 
@@ -56,6 +56,7 @@ pub fn evaluate<'a>(
     write: &Write,
     policy: &Policy,
     layout: impl Fn(usize) -> &'a Layout,
+    place: impl Fn(usize, &mut Change, &Write) -> Placement,
 ) -> Verdict {
     let decision = policy::decide(write, policy);
     let findings = policy::guard(write, &decision, policy);
@@ -117,40 +118,86 @@ pub fn evaluate<'a>(
     };
     let require_recording = policy.guard_rails.require_recording.mode;
 
-    let change = match manifest::plan(write, layout(target), policy.secrets) {
+    let planned = manifest::plan(write, layout(target), policy.secrets).map(|mut change| {
         // A person's delete of a namespace or a definition takes the files of its
         // objects with it (the controllers' deletes that follow are not recorded).
-        Ok(mut change) => {
-            if let (Some(scope), manifest::Action::Remove) =
-                (crate::cascade::Scope::of(write), &change.action)
-            {
-                change.action = manifest::Action::Cascade(Box::new(crate::cascade::Cascade {
-                    scope,
-                    layout: layout(target).clone(),
-                }));
-            }
-            change
+        if let (Some(scope), manifest::Action::Remove) =
+            (crate::cascade::Scope::of(write), &change.action)
+        {
+            change.action = manifest::Action::Cascade(Box::new(crate::cascade::Cascade {
+                scope,
+                layout: layout(target).clone(),
+            }));
         }
-        Err(error) => {
-            let cannot = format!(
-                "kubescribe must record this write before it is applied, but cannot: {error}"
-            );
-            match (wait, require_recording) {
-                (Wait::None, RailMode::Off | RailMode::Audit) => {
-                    verdict
-                        .warnings
-                        .push(format!("kubescribe: not recorded: {error}"));
-                    verdict.label = DecisionLabel::Unrecorded;
-                }
-                _ => {
-                    verdict.allowed = false;
-                    verdict.message = Some(cannot);
-                    verdict.label = DecisionLabel::Denied;
-                }
+        change
+    });
+    let cannot = |verdict: &mut Verdict, reason: String| {
+        let message =
+            format!("kubescribe must record this write before it is applied, but cannot: {reason}");
+        match (wait, require_recording) {
+            (Wait::None, RailMode::Off | RailMode::Audit) => {
+                verdict
+                    .warnings
+                    .push(format!("kubescribe: not recorded: {reason}"));
+                verdict.label = DecisionLabel::Unrecorded;
             }
+            _ => {
+                verdict.allowed = false;
+                verdict.message = Some(message);
+                verdict.label = DecisionLabel::Denied;
+            }
+        }
+    };
+    let mut change = match planned {
+        Ok(change) => change,
+        Err(error) => {
+            cannot(&mut verdict, error.to_string());
             return verdict;
         }
     };
+    // In a repository edited in place, the object's own document, if it has one.
+    match place(target, &mut change, write) {
+        Placement::Canonical | Placement::InPlace => {}
+        Placement::Declared(path) => {
+            verdict.path = Some(path.clone());
+            verdict.target = Some(target);
+            let object = change.object_ref();
+            if then == Then::Deny {
+                verdict.allowed = false;
+                verdict.message = Some(format!(
+                    "kubescribe: {kind} {object} is already declared in {path}; this cluster changes only through GitOps, which applies it from there",
+                    kind = change.kind
+                ));
+                verdict.label = if write.dry_run {
+                    DecisionLabel::DryRun
+                } else {
+                    DecisionLabel::Denied
+                };
+            } else {
+                verdict.warnings.push(format!(
+                    "kubescribe: {kind} {object} is already declared in {path}: nothing to record; change that file to change it in git",
+                    kind = change.kind
+                ));
+                verdict.label = if write.dry_run {
+                    DecisionLabel::DryRun
+                } else {
+                    DecisionLabel::Unchanged
+                };
+            }
+            return verdict;
+        }
+        Placement::Refused(reason) => {
+            if write.dry_run {
+                verdict
+                    .warnings
+                    .push(format!("kubescribe: dry run: would not record: {reason}"));
+                verdict.label = DecisionLabel::DryRun;
+            } else {
+                cannot(&mut verdict, reason);
+            }
+            return verdict;
+        }
+    }
     let path = change.path.to_string();
     verdict.path = Some(path.clone());
     verdict.target = Some(target);

@@ -14,7 +14,7 @@ use tracing::{field::Empty, Instrument};
 
 use super::extract::{ApiError, Review};
 use crate::config::{RailMode, Then, Wait};
-use crate::manifest::{self, Layout};
+use crate::manifest::{self, Layout, Placement};
 use crate::metrics::{
     DecisionLabel, EndpointLabel, EndpointLabels, Metrics, OperationLabel, RejectionLabels,
     RequestLabels,
@@ -49,6 +49,20 @@ pub struct AppState {
     pub max_body_bytes: usize,
     pub default_timeout: Duration,
     pub deadline_margin: Duration,
+}
+
+impl AppState {
+    /// Where `change` goes in target `target`: its own document when the branch is
+    /// edited in place and declares it (see [`manifest::plan_in_place`]).
+    fn place(&self, target: usize, change: &mut manifest::Change, write: &Write) -> Placement {
+        match self.targets[target].store.declared() {
+            Some(shared) => {
+                let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
+                manifest::plan_in_place(&index, shared.overlay, change, write)
+            }
+            None => Placement::Canonical,
+        }
+    }
 }
 
 /// The webhook's router with every caller accepted and `/metrics` on it.
@@ -260,7 +274,12 @@ async fn mutate(State(state): State<Arc<AppState>>, review: Result<Review, ApiEr
 
 /// The annotation patch for a write the validating webhook would record.
 fn annotation(state: &AppState, write: &Write) -> Option<serde_json::Value> {
-    let verdict = crate::verdict::evaluate(write, &state.policy, |i| &state.targets[i].layout);
+    let verdict = crate::verdict::evaluate(
+        write,
+        &state.policy,
+        |i| &state.targets[i].layout,
+        |i, change, write| state.place(i, change, write),
+    );
     if !verdict.allowed {
         return None;
     }
@@ -369,7 +388,12 @@ async fn answer(
     deadline: Deadline,
 ) -> (AdmissionResponse, DecisionLabel) {
     let mut response = AdmissionResponse::from(request);
-    let mut verdict = crate::verdict::evaluate(write, &state.policy, |i| &state.targets[i].layout);
+    let mut verdict = crate::verdict::evaluate(
+        write,
+        &state.policy,
+        |i| &state.targets[i].layout,
+        |i, change, write| state.place(i, change, write),
+    );
     if let Some(warning) = cascade_warning(state, write, &verdict, deadline.soft).await {
         verdict.warnings.push(warning);
     }
@@ -450,6 +474,7 @@ async fn answer(
                 // is recorded, and a repository that is back lets it through.
                 let (outcome, _) = commit_and_wait(&target.store, change, false, deadline).await;
                 return match outcome {
+                    Ok(Outcome::Refused { reason }) => deny_unrecorded(response, &path, &reason),
                     Ok(outcome) => {
                         if let Outcome::Committed { .. } = outcome {
                             keep_expected();
@@ -514,6 +539,13 @@ async fn answer(
                 Ok(Outcome::ParentMissing) => {
                     warn(&mut response, format!("kubescribe: {path} is not recorded yet, so this scale change is not either"));
                     (response, DecisionLabel::Unrecorded)
+                }
+                Ok(Outcome::Refused { reason }) => {
+                    tracing::error!(%reason, %path, "write denied: not committed");
+                    let message = format!(
+                        "kubescribe could not record this change in git, so it was not applied: {reason}"
+                    );
+                    (response.deny(message), DecisionLabel::Denied)
                 }
                 Ok(outcome) => match (push, pushed) {
                     (Some((push, change)), Some(mut pushed)) => {

@@ -475,6 +475,53 @@ pub fn remove(file: &[u8], document: usize) -> Result<Edited, EditError> {
     })
 }
 
+/// `kustomization` (the file in `dir`) without the entry of its `resources:` that
+/// names `file`; `None` when it lists no such entry or cannot be edited.
+pub fn unlist(kustomization: &[u8], dir: &str, file: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(kustomization).ok()?;
+    let before: Value = serde_yaml_ng::from_str(text).ok()?;
+    let entries = before.get("resources")?.as_array()?;
+    let at = entries.iter().position(|entry| {
+        entry
+            .as_str()
+            .and_then(|entry| super::kustomize::join(dir, entry))
+            .is_some_and(|path| path == file)
+    })?;
+    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
+    let lf = if crlf {
+        text.replace("\r\n", "\n")
+    } else {
+        text.to_owned()
+    };
+    let document = Document::from_str(&lf).ok()?;
+    if document.to_string() != lf {
+        return None;
+    }
+    document
+        .as_mapping()?
+        .get_sequence("resources")?
+        .remove(at)?;
+    let edited = document.to_string();
+    let mut expected = before.clone();
+    expected["resources"].as_array_mut()?.remove(at);
+    let after: Value = serde_yaml_ng::from_str(&edited).ok()?;
+    // The last entry gone, `resources:` may read as nothing: kustomize takes that as
+    // an empty list too.
+    let empty = expected["resources"].as_array().is_some_and(Vec::is_empty)
+        && after.get("resources").is_some_and(Value::is_null);
+    if after != expected && !empty {
+        return None;
+    }
+    Some(
+        if crlf {
+            edited.replace('\n', "\r\n")
+        } else {
+            edited
+        }
+        .into_bytes(),
+    )
+}
+
 /// Whether the file with `text` in place of the document parses to `expected` there
 /// and to what it was everywhere else.
 fn splice_checks(located: &Located<'_>, document: usize, text: &str, expected: &Value) -> bool {

@@ -22,6 +22,9 @@ pub(crate) struct Kustomization {
     /// Names of the objects its generators make (`configMapGenerator`,
     /// `secretGenerator`), with their kind.
     pub generated: Vec<(String, String)>,
+    /// It changes what it renders beyond names, namespaces and labels: patches,
+    /// `images`, `replicas`, replacements, transformers or components.
+    pub transforms: bool,
 }
 
 impl Kustomization {
@@ -115,7 +118,21 @@ impl Kustomization {
             }
         }
         let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
+        let transforms = [
+            "patches",
+            "patchesStrategicMerge",
+            "patchesJson6902",
+            "images",
+            "replicas",
+            "replacements",
+            "vars",
+            "transformers",
+            "components",
+        ]
+        .iter()
+        .any(|key| value.get(*key).is_some_and(|v| !v.is_null()));
         Some(Kustomization {
+            transforms,
             resources,
             namespace: text("namespace").filter(|ns| !ns.is_empty()),
             name_prefix: text("namePrefix").unwrap_or_default(),

@@ -18,8 +18,8 @@
 //!
 //! Not followed yet: `kind: List` documents, `components` (taken as bases), Argo CD
 //! `repoURL`s (every Application is taken as this repository's). [`Index::update`]
-//! keeps it up to date from the paths a commit changed; the store does not call it
-//! yet.
+//! keeps it up to date from the paths a commit changed; the store calls it each time
+//! the branch moves (see `store::in_place`).
 //!
 //! Invariants: patches, transformer configurations and generator inputs are never
 //! objects; neither is anything in a Helm chart (a directory with `Chart.yaml`), nor a
@@ -39,6 +39,9 @@ use serde_json::Value;
 pub(crate) use kustomize::Kustomization;
 
 /// Whether a file name is one kustomize reads as a directory's kustomization.
+/// The names kustomize reads a kustomization from, in the order it tries them.
+pub(crate) const KUSTOMIZATION_FILES: &[&str] = &kustomize::FILE_NAMES;
+
 pub(crate) fn kustomization_file(name: &str) -> bool {
     kustomize::FILE_NAMES.contains(&name)
 }
@@ -85,6 +88,22 @@ impl Key {
     }
 }
 
+/// What the store needs to make a write an edit of the document that declares its
+/// object: which object, and the change. The store looks the object up again when it
+/// commits, so a document that moved meanwhile is still found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InPlace {
+    pub key: Key,
+    /// The change between the object before and after the write ([`edit::diff`]);
+    /// empty for a delete.
+    pub ops: Vec<edit::Op>,
+    /// The object after the write, sanitised; `Null` for a delete or a scale.
+    pub new: Value,
+    /// Where the path template puts the object: where it goes if no document declares
+    /// it any more by the time it is committed.
+    pub canonical: String,
+}
+
 /// Where an object is declared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Declared {
@@ -93,6 +112,9 @@ pub struct Declared {
     pub document: usize,
     /// The kustomization directories that render it, outermost first.
     pub through: Vec<String>,
+    /// Those of them that change it beyond names, namespaces and labels (patches,
+    /// `images`, `replicas`…): what the cluster has is not this document alone.
+    pub transformed_by: Vec<String>,
     pub namespace_from: NamespaceFrom,
 }
 
@@ -297,6 +319,7 @@ struct Context {
     prefix: String,
     suffix: String,
     through: Vec<String>,
+    transformed_by: Vec<String>,
     /// A plain directory renders only its own files (an Argo CD directory app
     /// without `recurse`), not its subdirectories'.
     flat: bool,
@@ -655,6 +678,9 @@ impl<'a> Builder<'a> {
             inner.prefix = format!("{}{}", context.prefix, k.name_prefix);
             inner.suffix = format!("{}{}", k.name_suffix, context.suffix);
             inner.through.push(dir.to_owned());
+            if k.transforms {
+                inner.transformed_by.push(dir.to_owned());
+            }
             for resource in &k.resources {
                 if self.files.contains(resource) {
                     self.visit_file(resource, &inner);
@@ -775,6 +801,7 @@ impl<'a> Builder<'a> {
                 path: path.to_owned(),
                 document: position,
                 through: context.through.clone(),
+                transformed_by: context.transformed_by.clone(),
                 namespace_from: namespace_from.clone(),
             };
             // Only the cluster knows the scope of a kind from a CRD: keep it findable

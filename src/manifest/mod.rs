@@ -7,11 +7,13 @@
 //! touches the repository: a [`Change`] says what to do, and the store does it.
 //! Secrets never leave this module in plaintext.
 
+mod in_place;
 mod layout;
 
 use kube_core::admission::Operation;
 use serde_json::{Map, Value};
 
+pub use in_place::{plan_in_place, Placement};
 pub(crate) use layout::{Coordinates, Filter, Select};
 pub use layout::{Layout, LayoutError, RepoPath};
 
@@ -86,6 +88,9 @@ pub struct Change {
     pub uid: String,
     /// Where this write stands in its object's history, when the request says.
     pub version: Option<ObjectVersion>,
+    /// Set when the object is declared in a document a person maintains: the store
+    /// edits that document instead of writing `action` (see [`plan_in_place`]).
+    pub in_place: Option<Box<crate::declared::InPlace>>,
 }
 
 /// Where a write stands in its object's history: the object's incarnation (uid and
@@ -219,6 +224,7 @@ impl Change {
             groups: self.groups.clone(),
             uid: self.uid.clone(),
             version: self.version.clone(),
+            in_place: None,
         }
     }
 
@@ -306,6 +312,7 @@ pub fn plan(write: &Write, layout: &Layout, secrets: SecretMode) -> Result<Chang
         groups: write.groups.clone(),
         uid: write.uid.clone(),
         version: live.and_then(|o| ObjectVersion::of(o, write.operation == Operation::Create)),
+        in_place: None,
     })
 }
 

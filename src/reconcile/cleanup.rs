@@ -57,6 +57,7 @@ impl Reconciler {
                 groups: Vec::new(),
                 uid: write.uid.clone(),
                 version: None,
+                in_place: None,
             };
             report.control_plane[target].push((change, why.clone()));
         }

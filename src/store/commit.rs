@@ -9,6 +9,7 @@ use gix::bstr::BString;
 use gix::hash::ObjectId;
 use gix::objs::tree::EntryKind;
 
+use super::in_place::Staged;
 use super::*;
 use crate::manifest::{self, Action, Change};
 
@@ -195,16 +196,28 @@ impl Writer {
                         Err(Outcome::Unchanged)
                     }
                 } else {
-                    self.stage(change, tree, current, &mut editor)?.map(
-                        |(api_version, kind, body)| {
-                            let author = signature(
-                                &change.user,
-                                &author_email(&change.user, &self.settings.email_domain),
-                                now,
-                            );
-                            (author, commit_message(change, &api_version, &kind, &body))
-                        },
-                    )
+                    let staged = match &change.in_place {
+                        Some(in_place) => {
+                            match self.stage_in_place(change, in_place, tree, &mut editor)? {
+                                Staged::Done(staged) => staged,
+                                Staged::Canonical => {
+                                    let path = in_place.canonical.as_str();
+                                    let current =
+                                        lookup(repo, tree, path).map_err(|e| write_error(&e))?;
+                                    self.stage(change, path, tree, current, &mut editor)?
+                                }
+                            }
+                        }
+                        None => self.stage(change, path, tree, current, &mut editor)?,
+                    };
+                    staged.map(|(api_version, kind, body)| {
+                        let author = signature(
+                            &change.user,
+                            &author_email(&change.user, &self.settings.email_domain),
+                            now,
+                        );
+                        (author, commit_message(change, &api_version, &kind, &body))
+                    })
                 }
             };
             let (author, message) = match staged {
@@ -244,11 +257,11 @@ impl Writer {
     pub(super) fn stage(
         &self,
         change: &Change,
+        path: &str,
         tree: ObjectId,
         current: Option<ObjectId>,
         editor: &mut gix::objs::tree::Editor<'_>,
     ) -> Result<Result<(String, String, String), Outcome>, StoreError> {
-        let path = change.path.as_str();
         let mut api_version = change.api_version.clone();
         let mut kind = change.kind.clone();
         let mut body = String::new();

@@ -101,6 +101,7 @@ fn parse(note: &Value, file: PathBuf) -> Option<PendingRevert> {
         groups: Vec::new(),
         uid: text("uid")?,
         version: None,
+        in_place: None,
     };
     Some(PendingRevert {
         change,

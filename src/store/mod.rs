@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod commit;
 mod denials;
+mod in_place;
 mod open;
 mod outgoing;
 mod pack;
@@ -44,6 +45,7 @@ use crate::error_chain;
 use crate::manifest::Change;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PushWaiter};
+pub use in_place::SharedIndex;
 
 /// Why a change could not be committed. Every variant is worth retrying once the
 /// cause (disk, lock, load) is gone; [`StoreError::advice`] says what to do.
@@ -113,6 +115,9 @@ pub enum Outcome {
     Unchanged,
     /// A scale write whose parent object has no file yet: nothing to edit.
     ParentMissing,
+    /// Not recorded, and why: an edit in place that cannot be made as asked (see
+    /// [`crate::manifest::plan_in_place`]).
+    Refused { reason: String },
 }
 
 struct Waiter {
@@ -206,6 +211,8 @@ pub struct StoreHandle {
     /// The e-mail of kubescribe's committer identity: the author of the commits it
     /// makes on its own (the reconciler's).
     committer_email: Arc<str>,
+    /// What the branch declares, when it is edited in place.
+    declared: Option<SharedIndex>,
 }
 
 /// The receivers for one waiting change; see [`StoreHandle::submit`].
@@ -261,6 +268,8 @@ pub struct StoreSettings {
     pub before_revert: Option<crate::fault::Gate>,
     /// Fails making batches durable while on, in tests.
     pub failing_disk: Option<crate::fault::Switch>,
+    /// The index of what the branch declares, when it is edited in place.
+    pub in_place: Option<SharedIndex>,
 }
 
 impl StoreSettings {
@@ -284,6 +293,20 @@ impl StoreSettings {
             before_durable: config.faults.before_durable.clone(),
             before_revert: config.faults.before_revert.clone(),
             failing_disk: config.faults.failing_disk.clone(),
+            in_place: target.repository.in_place.enabled.then(|| {
+                SharedIndex::new(
+                    crate::declared::Settings {
+                        directories: target
+                            .repository
+                            .in_place
+                            .namespaces
+                            .iter()
+                            .map(|(dir, namespace)| (dir.clone(), namespace.clone()))
+                            .collect(),
+                    },
+                    target.repository.in_place.overlay,
+                )
+            }),
         }
     }
 }
@@ -302,6 +325,7 @@ impl StoreHandle {
         );
         let location = Arc::new((settings.path.clone(), settings.branch.clone()));
         let committer_email: Arc<str> = settings.committer.email.as_str().into();
+        let declared = settings.in_place.clone();
         let (control, control_rx) = mpsc::unbounded_channel();
         let failing = Arc::new(std::sync::Mutex::new(None));
         let writer_failing = failing.clone();
@@ -374,6 +398,7 @@ impl StoreHandle {
                     not_open,
                     location,
                     committer_email,
+                    declared,
                 },
                 WriterThread(thread),
             )),
@@ -595,6 +620,11 @@ impl StoreHandle {
         each: impl FnMut(&str, &[u8]),
     ) -> Result<(), StoreError> {
         for_each_file(&self.location.0, &self.location.1, under, each)
+    }
+
+    /// The index of what the branch declares, when it is edited in place.
+    pub fn declared(&self) -> Option<&SharedIndex> {
+        self.declared.as_ref()
     }
 
     /// The files on the branch as it is now that `cascade` would remove besides the

@@ -26,6 +26,8 @@ pub(super) struct Opened {
     pub(super) withheld: Vec<Unpushed>,
     /// Held for the writer's life; see [`lock_repository`].
     pub(super) lock: std::fs::File,
+    /// The index of what the branch declares, when it is edited in place.
+    pub(super) declared: Option<super::in_place::DeclaredTree>,
 }
 
 /// How long a start waits for what still holds the repository's lock.
@@ -313,7 +315,18 @@ impl Writer {
             }
         }
         tracing::info!(path = %path.display(), branch = %settings.branch, tip = ?tip, "repository open");
+        // Before the webhook answers: a write looked up in an index not built yet
+        // would be written a second time where the path template says.
+        let declared = match &settings.in_place {
+            Some(shared) => Some(super::in_place::DeclaredTree::build(
+                &repo,
+                tree,
+                shared.clone(),
+            )?),
+            None => None,
+        };
         Ok(Opened {
+            declared,
             repo,
             branch_ref,
             tip,

@@ -73,7 +73,7 @@ impl Touches {
                     self.tickets.insert(ticket, self.seq);
                 }
             }
-            Outcome::ParentMissing => {}
+            Outcome::ParentMissing | Outcome::Refused { .. } => {}
         }
         self.seq
     }

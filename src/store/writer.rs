@@ -45,6 +45,9 @@ pub(super) struct Writer {
     pub(super) withheld: Vec<Unpushed>,
     /// What came after commits that may be denied later; see [`Touches`].
     pub(super) touches: Touches,
+    /// The index of what the branch declares, when it is edited in place; always
+    /// of `tree`.
+    pub(super) declared: Option<super::in_place::DeclaredTree>,
     /// The repository's lock, held while this writer lives.
     pub(super) _lock: std::fs::File,
 }
@@ -79,6 +82,7 @@ impl Writer {
             reverts,
             withheld,
             lock,
+            declared,
         } = opened;
         Self {
             repo,
@@ -99,6 +103,7 @@ impl Writer {
             reverts,
             withheld,
             touches: Touches::default(),
+            declared,
             _lock: lock,
         }
     }
@@ -344,6 +349,10 @@ impl Writer {
                         }),
                         Outcome::Unchanged => tip_waiters.extend(job.push_waiter),
                         Outcome::ParentMissing => {}
+                        Outcome::Refused { reason } => {
+                            self.count_error("refused", 1);
+                            tracing::error!(path = %job.change.path, %reason, "change not recorded");
+                        }
                     }
                 }
                 self.publish(commits, tip_waiters);
@@ -395,6 +404,9 @@ impl Writer {
         match read_tip(&self.repo, &self.branch_ref) {
             Ok((tip, tree)) => {
                 tracing::warn!(tip = ?tip, "branch moved by another process; continuing from its new tip");
+                if let Some(declared) = &mut self.declared {
+                    declared.advance(&self.repo, self.tree, tree);
+                }
                 self.tip = tip;
                 self.tree = tree;
             }
@@ -454,6 +466,9 @@ impl Writer {
             tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
         }
         moved?;
+        if let Some(declared) = &mut self.declared {
+            declared.advance(&self.repo, self.tree, tree);
+        }
         self.tip = Some(tip);
         self.tree = tree;
         let ref_file = self

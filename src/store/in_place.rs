@@ -1,0 +1,339 @@
+//! The writer's side of editing a repository in place (issue 15): the index of what
+//! the branch declares, kept in step with every tree the branch moves to (our commits
+//! and the remote's, after a replay), and the staging of a change as an edit of the
+//! document that declares its object.
+//!
+//! Invariants: the index always describes `Writer::tree` once a batch is durable (it
+//! is brought up to date in the same step that moves the branch), and lookups beside
+//! the writer see either the old or the new index, never a half-built one. A change is
+//! staged where the index says at commit time, not where it was at admission; a
+//! document that is not the object any more (a delete earlier in the batch shifted the
+//! file's documents) is refused, never edited by guess.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use gix::hash::ObjectId;
+use gix::objs::tree::EntryKind;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::commit::{lookup, put_blob};
+use super::replay::diff_trees;
+use super::{Outcome, StoreError, Writer};
+use crate::declared::{edit, Files, InPlace, Index, Lookup, Settings};
+use crate::manifest::{Action, Change};
+
+/// The index of a branch edited in place, shared between the writer (which keeps it
+/// up to date) and the request path (which looks objects up in it).
+#[derive(Clone)]
+pub struct SharedIndex {
+    pub settings: Settings,
+    pub overlay: crate::config::Overlay,
+    pub index: Arc<RwLock<Index>>,
+}
+
+impl std::fmt::Debug for SharedIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedIndex").finish_non_exhaustive()
+    }
+}
+
+impl SharedIndex {
+    pub fn new(settings: Settings, overlay: crate::config::Overlay) -> Self {
+        Self {
+            settings,
+            overlay,
+            index: Arc::default(),
+        }
+    }
+}
+
+/// The files of a git tree, read on demand.
+struct GitFiles<'r> {
+    repo: &'r gix::Repository,
+    entries: &'r BTreeMap<String, ObjectId>,
+}
+
+impl Files for GitFiles<'_> {
+    fn paths_from<'s>(&'s self, start: &str) -> Box<dyn Iterator<Item = &'s str> + 's> {
+        Box::new(
+            self.entries
+                .range(start.to_owned()..)
+                .map(|(p, _)| p.as_str()),
+        )
+    }
+    fn contains(&self, path: &str) -> bool {
+        self.entries.contains_key(path)
+    }
+    fn read(&self, path: &str) -> Option<Cow<'_, [u8]>> {
+        let id = self.entries.get(path)?;
+        match self.repo.find_blob(*id) {
+            Ok(blob) => Some(Cow::Owned(blob.detach().data)),
+            Err(error) => {
+                tracing::warn!(path, %error, "cannot read a file of the branch for its index");
+                None
+            }
+        }
+    }
+}
+
+/// The writer's copy of the tree the index describes: its files' blob ids.
+pub(super) struct DeclaredTree {
+    shared: SharedIndex,
+    entries: BTreeMap<String, ObjectId>,
+}
+
+impl DeclaredTree {
+    /// Indexes `tree` into `shared`.
+    pub(super) fn build(
+        repo: &gix::Repository,
+        tree: ObjectId,
+        shared: SharedIndex,
+    ) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
+        let mut entries = BTreeMap::new();
+        let mut changes = Vec::new();
+        diff_trees(
+            repo,
+            ObjectId::empty_tree(repo.object_hash()),
+            tree,
+            "",
+            &mut changes,
+        )
+        .map_err(|e| StoreError::Write {
+            reason: format!("cannot list the branch to index it: {e}"),
+        })?;
+        for (path, entry) in changes {
+            if let Some((EntryKind::Blob | EntryKind::BlobExecutable, id)) = entry {
+                entries.insert(path, id);
+            }
+        }
+        let index = Index::build(
+            &GitFiles {
+                repo,
+                entries: &entries,
+            },
+            &shared.settings,
+        );
+        tracing::info!(
+            files = entries.len(),
+            objects = index.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "indexed what the branch declares"
+        );
+        *shared.index.write().unwrap_or_else(|e| e.into_inner()) = index;
+        Ok(Self { shared, entries })
+    }
+
+    /// Brings the index from `old` to `new`, re-reading only the files that differ.
+    pub(super) fn advance(&mut self, repo: &gix::Repository, old: ObjectId, new: ObjectId) {
+        if old == new {
+            return;
+        }
+        let mut changes = Vec::new();
+        if let Err(error) = diff_trees(repo, old, new, "", &mut changes) {
+            tracing::error!(%error, "cannot compare the branch's trees; indexing it again");
+            if let Ok(again) = Self::build(repo, new, self.shared.clone()) {
+                *self = again;
+            }
+            return;
+        }
+        let mut changed = Vec::with_capacity(changes.len());
+        for (path, entry) in changes {
+            match entry {
+                Some((EntryKind::Blob | EntryKind::BlobExecutable, id)) => {
+                    self.entries.insert(path.clone(), id);
+                }
+                _ => {
+                    self.entries.remove(&path);
+                }
+            }
+            changed.push(path);
+        }
+        let files = GitFiles {
+            repo,
+            entries: &self.entries,
+        };
+        self.shared
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .update(&files, &changed, &self.shared.settings);
+    }
+}
+
+/// How a change with [`InPlace`] was staged.
+pub(super) enum Staged {
+    /// Edited (or refused, or unchanged): the commit's `(apiVersion, kind, body)`, or
+    /// the outcome without one.
+    Done(Result<(String, String, String), Outcome>),
+    /// No document declares the object any more: written where the path template
+    /// says, like any other change.
+    Canonical,
+}
+
+impl Writer {
+    /// Stages `change` as an edit of the document that declares its object in `tree`.
+    pub(super) fn stage_in_place(
+        &self,
+        change: &Change,
+        in_place: &InPlace,
+        tree: ObjectId,
+        editor: &mut gix::objs::tree::Editor<'_>,
+    ) -> Result<Staged, StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let refused = |reason: String| Ok(Staged::Done(Err(Outcome::Refused { reason })));
+        let Some(declared) = &self.declared else {
+            return Ok(Staged::Canonical);
+        };
+        let found = {
+            let index = declared
+                .shared
+                .index
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            match index.lookup(&in_place.key) {
+                Lookup::Missing => None,
+                Lookup::Found(d) => Some(d.clone()),
+                Lookup::Ambiguous(candidates) => {
+                    let places: Vec<String> = candidates.iter().map(|d| d.path.clone()).collect();
+                    return refused(format!(
+                        "{} could be any of these documents now: {}; kubescribe never edits one by guess",
+                        change.object_ref(),
+                        places.join(", ")
+                    ));
+                }
+            }
+        };
+        let Some(found) = found else {
+            return Ok(Staged::Canonical);
+        };
+        let path = found.path.as_str();
+        let Some(current) = lookup(&self.repo, tree, path).map_err(|e| write_error(&e))? else {
+            return refused(format!(
+                "{path}, which declares {}, is not on the branch any more",
+                change.object_ref()
+            ));
+        };
+        let bytes = self
+            .repo
+            .find_blob(current)
+            .map_err(|e| write_error(&e))?
+            .detach()
+            .data;
+        let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_slice(&bytes)
+            .map(Value::deserialize)
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        let Some(document) = documents.get(found.document) else {
+            return refused(format!(
+                "{path} has no document {} any more",
+                found.document + 1
+            ));
+        };
+        // The index describes the branch before this batch: a delete earlier in the
+        // batch may have shifted the file's documents.
+        let (api_version, kind, name) = (
+            document
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            document
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            document
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        );
+        if kind != in_place.key.kind || name.is_empty() || !in_place.key.name.contains(name) {
+            return refused(format!(
+                "document {} of {path} is not {} any more; commit again once the branch settles",
+                found.document + 1,
+                change.object_ref()
+            ));
+        }
+        let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
+        let edited = match change.action {
+            Action::Remove => edit::remove(&bytes, found.document),
+            _ => edit::update(&bytes, found.document, &in_place.ops, &in_place.new),
+        };
+        let edited = match edited {
+            Ok(edited) => edited,
+            Err(error) => {
+                return refused(format!("cannot edit {path}: {error}"));
+            }
+        };
+        let mut body = String::new();
+        match edited.bytes {
+            Some(new_bytes) => {
+                if !put_blob(&self.repo, editor, path, &new_bytes, Some(current))? {
+                    return Ok(Staged::Done(Err(Outcome::Unchanged)));
+                }
+                if edited.rewritten {
+                    body = format!(
+                        "kubescribe could not change document {} of {path} in place, so it wrote that document whole.\n\n",
+                        found.document + 1
+                    );
+                }
+            }
+            None => {
+                editor
+                    .remove(path.split('/'))
+                    .map_err(|e| write_error(&e))?;
+                body = format!("Removes {path}, whose only object this was.\n\n");
+                // The kustomization that lists the file must not list it any more,
+                // or `kustomize build` fails.
+                if let Some(dir) = found.through.last() {
+                    if let Some(listed) = self.unlist(dir, path, tree, editor)? {
+                        body.push_str(&format!("Takes it out of the resources of {listed}.\n\n"));
+                    }
+                }
+            }
+        }
+        Ok(Staged::Done(Ok((api_version, kind, body))))
+    }
+
+    /// Removes `file` from the `resources:` of the kustomization in `dir`; the
+    /// kustomization's path when it listed it.
+    fn unlist(
+        &self,
+        dir: &str,
+        file: &str,
+        tree: ObjectId,
+        editor: &mut gix::objs::tree::Editor<'_>,
+    ) -> Result<Option<String>, StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        for name in crate::declared::KUSTOMIZATION_FILES {
+            let path = if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            };
+            let Some(id) = lookup(&self.repo, tree, &path).map_err(|e| write_error(&e))? else {
+                continue;
+            };
+            let bytes = self
+                .repo
+                .find_blob(id)
+                .map_err(|e| write_error(&e))?
+                .detach()
+                .data;
+            return match edit::unlist(&bytes, dir, file) {
+                Some(edited) => {
+                    put_blob(&self.repo, editor, &path, &edited, Some(id))?;
+                    Ok(Some(path))
+                }
+                None => Ok(None),
+            };
+        }
+        Ok(None)
+    }
+}

@@ -1,0 +1,537 @@
+//! A server whose branch starts as a real GitOps repository (tests/fixtures/repos/,
+//! stefanprodan/podinfo as its author keeps it) with `inPlace` on: admitted writes
+//! become edits of the documents people maintain, in their files, by the person who
+//! wrote; `git diff` shows only the changed fields; a delete takes the document, the
+//! file and its kustomization entry; `kubectl kustomize` renders exactly the change;
+//! no object is ever written a second time at the canonical path; and what cannot be
+//! edited honestly (an object an overlay patches, one the branch already declares) is
+//! answered, not guessed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{allowed, body, git, message, warnings, TestServer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const FIXTURE: &str = "stefanprodan__podinfo";
+
+/// A bare repository whose `main` is the fixture repository, committed by its
+/// maintainer; the temporary directory holds it and the server's data.
+fn seeded() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/repos")
+        .join(FIXTURE);
+    copy_tree(&source, &work);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&work)
+            .env("GIT_AUTHOR_NAME", "Maintainer")
+            .env("GIT_AUTHOR_EMAIL", "maintainer@example.com")
+            .env("GIT_COMMITTER_NAME", "Maintainer")
+            .env("GIT_COMMITTER_EMAIL", "maintainer@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    run(&["init", "-q", "-b", "main"]);
+    run(&["add", "-A"]);
+    run(&[
+        "commit",
+        "-q",
+        "-m",
+        "the repository as its maintainers keep it",
+    ]);
+    let repo = dir.path().join("repo.git");
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&work)
+        .arg(&repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    (dir, repo)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn config(repo: &Path, overlay: &str) -> String {
+    format!(
+        "repository:\n  path: {}\n  inPlace:\n    enabled: true\n    overlay: {overlay}\n    namespaces:\n      kustomize: podinfo\nrules:\n- name: all\n  namespaces: [\"*\"]\n  wait: commit\n",
+        repo.display()
+    )
+}
+
+/// The first document of `path` on `main`, parsed.
+fn document(repo: &Path, path: &str) -> Value {
+    let text = git(repo, &["show", &format!("main:{path}")]);
+    let first = serde_yaml_ng::Deserializer::from_str(&text).next().unwrap();
+    Value::deserialize(first).unwrap()
+}
+
+/// What the apiserver holds for a document: its namespace, server fields and a
+/// default the person never wrote.
+fn live(mut object: Value, namespace: &str, n: u32) -> Value {
+    object["metadata"]["namespace"] = json!(namespace);
+    object["metadata"]["uid"] = json!(format!("0000000{n}-1111-4000-8000-000000000000"));
+    object["metadata"]["resourceVersion"] = json!(format!("{}", 100 + n));
+    object["metadata"]["creationTimestamp"] = json!("2026-12-07T05:00:00Z");
+    object["metadata"]["generation"] = json!(3);
+    object["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Update"}]);
+    object["status"] = json!({"observedGeneration": 3});
+    if let Some(containers) = object
+        .pointer_mut("/spec/template/spec/containers")
+        .and_then(Value::as_array_mut)
+    {
+        for container in containers {
+            container["terminationMessagePath"] = json!("/dev/termination-log");
+        }
+    }
+    object
+}
+
+/// An AdmissionReview by alice.
+fn review(
+    n: u32,
+    operation: &str,
+    (group, version, kind, resource): (&str, &str, &str, &str),
+    namespace: &str,
+    name: &str,
+    (old, new): (Option<Value>, Option<Value>),
+    sub_resource: Option<&str>,
+) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("00000000-0000-4000-8000-{n:012}"),
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "subResource": sub_resource,
+            "name": name,
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "alice", "groups": ["devs", "system:authenticated"]},
+            "object": new,
+            "oldObject": old,
+            "dryRun": false,
+            "options": {},
+        }
+    })
+}
+
+const DEPLOYMENT: (&str, &str, &str, &str) = ("apps", "v1", "Deployment", "deployments");
+const SERVICE: (&str, &str, &str, &str) = ("", "v1", "Service", "services");
+const HPA: (&str, &str, &str, &str) = (
+    "autoscaling",
+    "v2",
+    "HorizontalPodAutoscaler",
+    "horizontalpodautoscalers",
+);
+const CONFIGMAP: (&str, &str, &str, &str) = ("", "v1", "ConfigMap", "configmaps");
+
+async fn send(server: &TestServer, review: &Value) -> Value {
+    let (status, answer) = server
+        .connect()
+        .await
+        .review("/validate?timeout=10s", body(review))
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// The lines the last commit took out and put in.
+fn last_diff(repo: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let files = git(repo, &["diff", "--name-only", "main~1", "main"]);
+    let diff = git(repo, &["diff", "-U0", "main~1", "main"]);
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for line in diff.lines() {
+        if line.starts_with("---") || line.starts_with("+++") {
+            continue;
+        }
+        if let Some(line) = line.strip_prefix('-') {
+            removed.push(line.to_owned());
+        } else if let Some(line) = line.strip_prefix('+') {
+            added.push(line.to_owned());
+        }
+    }
+    (files.lines().map(str::to_owned).collect(), removed, added)
+}
+
+fn kubectl_kustomize(dir: &Path) -> Vec<Value> {
+    let kubectl = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/kubectl");
+    assert!(
+        kubectl.exists(),
+        "{} is missing: `make deps` (scripts/install-helm.sh) installs it",
+        kubectl.display()
+    );
+    let out = std::process::Command::new(&kubectl)
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {out:?}",
+        dir.display()
+    );
+    let mut objects: Vec<Value> = serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    objects.sort_by_key(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]));
+    objects
+}
+
+/// The branch checked out into `into`.
+fn checkout(repo: &Path, into: &Path) {
+    std::fs::create_dir_all(into).unwrap();
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .arg("--work-tree")
+        .arg(into)
+        .args(["checkout", "-f", "main", "--", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_become_minimal_edits_of_the_documents_people_keep() {
+    let (dir, repo) = seeded();
+    let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
+    let commits = |repo: &Path| {
+        git(repo, &["rev-list", "--count", "main"])
+            .trim()
+            .to_owned()
+    };
+
+    // An image change: one line of deploy/webapp/backend/deployment.yaml.
+    let path = "deploy/webapp/backend/deployment.yaml";
+    let declared = document(&repo, path);
+    let old = live(declared.clone(), "webapp", 1);
+    let mut new = old.clone();
+    new["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("ghcr.io/stefanprodan/podinfo:6.15.0");
+    new["metadata"]["resourceVersion"] = json!("201");
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "webapp",
+            "backend",
+            (Some(old), Some(new.clone())),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    assert!(
+        warnings(&answer)
+            .iter()
+            .any(|w| w.starts_with("recorded ") && w.ends_with(path)),
+        "{answer}"
+    );
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert_eq!(
+        removed,
+        ["        image: ghcr.io/stefanprodan/podinfo:6.14.1"]
+    );
+    assert_eq!(
+        added,
+        ["        image: ghcr.io/stefanprodan/podinfo:6.15.0"]
+    );
+    assert_eq!(
+        git(&repo, &["log", "-1", "--format=%an <%ae>|%s", "main"]).trim(),
+        "alice <alice@kubernetes.local>|update apps/v1 Deployment webapp/backend"
+    );
+
+    // A new env var on the same object: two lines added, by name, nothing else.
+    let old = new.clone();
+    let mut new = old.clone();
+    new["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "LOG_FORMAT", "value": "json"}));
+    let answer = send(
+        &server,
+        &review(
+            2,
+            "UPDATE",
+            DEPLOYMENT,
+            "webapp",
+            "backend",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(
+        added,
+        ["        - name: LOG_FORMAT", "          value: json"]
+    );
+
+    // A label on the Service: its lines only, in its own file.
+    let path = "deploy/webapp/backend/service.yaml";
+    let old = live(document(&repo, path), "webapp", 3);
+    let mut new = old.clone();
+    new["metadata"]["labels"] = json!({"team": "payments"});
+    let answer = send(
+        &server,
+        &review(
+            3,
+            "UPDATE",
+            SERVICE,
+            "webapp",
+            "backend",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(added, ["  labels:", "    team: payments"]);
+
+    // A scale write: spec.replicas in the frontend's document.
+    let path = "deploy/webapp/frontend/deployment.yaml";
+    let scale = |replicas: i64| {
+        json!({"apiVersion": "autoscaling/v1", "kind": "Scale",
+               "metadata": {"name": "frontend", "namespace": "webapp"},
+               "spec": {"replicas": replicas}})
+    };
+    let answer = send(
+        &server,
+        &json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "00000000-0000-4000-8000-000000000004",
+                "kind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+                "subResource": "scale",
+                "name": "frontend",
+                "namespace": "webapp",
+                "operation": "UPDATE",
+                "userInfo": {"username": "alice", "groups": ["devs"]},
+                "object": scale(4),
+                "oldObject": scale(1),
+                "dryRun": false,
+                "options": {},
+            }
+        }),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, _, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert_eq!(added, ["  replicas: 4"]);
+
+    // A delete: the file goes (it held only this object); nothing lists it.
+    let path = "deploy/webapp/backend/hpa.yaml";
+    let old = live(document(&repo, path), "webapp", 5);
+    let answer = send(
+        &server,
+        &review(
+            5,
+            "DELETE",
+            HPA,
+            "webapp",
+            "backend",
+            (Some(old), None),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, _, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert!(added.is_empty());
+
+    // A delete in a kustomization: the file and its `resources:` entry go, and
+    // `kubectl kustomize` renders everything else as before.
+    let before_dir = server.dir.path().join("before");
+    checkout(&repo, &before_dir);
+    let before = kubectl_kustomize(&before_dir.join("kustomize"));
+    let path = "kustomize/hpa.yaml";
+    let old = live(document(&repo, path), "podinfo", 6);
+    let answer = send(
+        &server,
+        &review(
+            6,
+            "DELETE",
+            HPA,
+            "podinfo",
+            "podinfo",
+            (Some(old), None),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(
+        files,
+        ["kustomize/hpa.yaml", "kustomize/kustomization.yaml"]
+    );
+    assert!(removed.contains(&"  - hpa.yaml".to_owned()), "{removed:?}");
+    assert!(added.is_empty(), "{added:?}");
+    let after_dir = server.dir.path().join("after");
+    checkout(&repo, &after_dir);
+    let after = kubectl_kustomize(&after_dir.join("kustomize"));
+    let expected: Vec<Value> = before
+        .into_iter()
+        .filter(|o| o["kind"] != "HorizontalPodAutoscaler")
+        .collect();
+    assert_eq!(
+        after, expected,
+        "only the HPA is gone from what kustomize renders"
+    );
+
+    // A create of an object the branch already declares: git has it, no commit.
+    let count = commits(&repo);
+    let object = live(
+        document(&repo, "deploy/webapp/backend/service.yaml"),
+        "webapp",
+        7,
+    );
+    let answer = send(
+        &server,
+        &review(
+            7,
+            "CREATE",
+            SERVICE,
+            "webapp",
+            "backend",
+            (None, Some(object)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    assert!(
+        warnings(&answer)
+            .iter()
+            .any(|w| w.contains("already declared in deploy/webapp/backend/service.yaml")),
+        "{answer}"
+    );
+    assert_eq!(commits(&repo), count);
+
+    // An object an overlay transforms: not edited by guess; the answer says where.
+    let old = live(
+        document(&repo, "deploy/bases/backend/deployment.yaml"),
+        "dev",
+        8,
+    );
+    let mut new = old.clone();
+    new["spec"]["minReadySeconds"] = json!(9);
+    let answer = send(
+        &server,
+        &review(
+            8,
+            "UPDATE",
+            DEPLOYMENT,
+            "dev",
+            "backend",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("deploy/bases/backend/deployment.yaml")
+            && text.contains("deploy/overlays/dev"),
+        "{text}"
+    );
+    assert_eq!(commits(&repo), count);
+
+    // A new object nobody declared goes where the path template says.
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "flags", "namespace": "webapp", "uid": "u9", "resourceVersion": "9",
+                     "creationTimestamp": "2026-12-07T05:00:00Z"},
+        "data": {"beta": "on"}});
+    let answer = send(
+        &server,
+        &review(
+            9,
+            "CREATE",
+            CONFIGMAP,
+            "webapp",
+            "flags",
+            (None, Some(object)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, _, _) = last_diff(&repo);
+    assert_eq!(files, ["webapp/core/configmaps/flags.yaml"]);
+
+    // Nothing the branch declared was written a second time.
+    let tree = git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
+    for canonical in [
+        "webapp/apps/deployments/backend.yaml",
+        "webapp/apps/deployments/frontend.yaml",
+        "webapp/core/services/backend.yaml",
+    ] {
+        assert!(!tree.lines().any(|l| l == canonical), "{canonical} written");
+    }
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_overlay_base_the_shared_document_is_edited() {
+    let (dir, repo) = seeded();
+    let server = TestServer::start_in(dir, &config(&repo, "base")).await;
+    let path = "deploy/bases/backend/deployment.yaml";
+    let old = live(document(&repo, path), "dev", 1);
+    let mut new = old.clone();
+    new["spec"]["minReadySeconds"] = json!(9);
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "dev",
+            "backend",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert_eq!(removed, ["  minReadySeconds: 3"]);
+    assert_eq!(added, ["  minReadySeconds: 9"]);
+    server.server.shutdown().await.unwrap();
+}
