@@ -207,6 +207,22 @@ pub struct InPlaceConfig {
     /// What to do with an object a kustomization changes on its way to the cluster
     /// (patches, `images`, `replicas`), or whose document several overlays share.
     pub overlay: Overlay,
+    /// Where a new object no document declares goes.
+    pub new_objects: NewObjects,
+}
+
+/// See [`InPlaceConfig::new_objects`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NewObjects {
+    /// Beside the other objects of its namespace ([`crate::declared::Index::home`]),
+    /// named `<name>-<kind>.yaml`, and listed in that directory's kustomization; where
+    /// the path template says when the namespace has no object in the repository yet
+    /// (and for cluster-scoped objects).
+    #[default]
+    Namespace,
+    /// Where the path template says.
+    PathTemplate,
 }
 
 /// See [`InPlaceConfig::overlay`].

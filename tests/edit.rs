@@ -432,3 +432,32 @@ fn random_edits_of_every_document_parse_back_exactly_and_leave_the_rest() {
         rewritten.join("\n")
     );
 }
+
+#[test]
+fn a_kustomization_lists_and_unlists_files_in_its_own_style() {
+    let file = b"apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n# the app\nresources:\n  - ./hpa.yaml\n  - deployment.yaml\n";
+    let added = edit::enlist(file, "apps/web", "apps/web/flags-configmap.yaml").unwrap();
+    assert_eq!(
+        String::from_utf8(added.clone()).unwrap(),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n# the app\nresources:\n  - ./hpa.yaml\n  - deployment.yaml\n  - flags-configmap.yaml\n"
+    );
+    // `./hpa.yaml` names apps/web/hpa.yaml as well.
+    let removed = edit::unlist(&added, "apps/web", "apps/web/hpa.yaml").unwrap();
+    assert_eq!(
+        String::from_utf8(removed).unwrap(),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n# the app\nresources:\n  - deployment.yaml\n  - flags-configmap.yaml\n"
+    );
+    assert_eq!(edit::unlist(file, "apps/web", "apps/web/other.yaml"), None);
+    // A file outside the directory is named the way kustomize reaches it.
+    let up = edit::enlist(file, "apps/web/overlay", "apps/web/new.yaml").unwrap();
+    assert!(String::from_utf8(up)
+        .unwrap()
+        .ends_with("  - ../new.yaml\n"));
+    // No `resources:` yet: one is added.
+    let bare = edit::enlist(b"kind: Kustomization\nnamespace: a\n", "", "x.yaml").unwrap();
+    let parsed: Value = serde_yaml_ng::from_slice(&bare).unwrap();
+    assert_eq!(parsed["resources"], json!(["x.yaml"]));
+    assert!(String::from_utf8(bare)
+        .unwrap()
+        .starts_with("kind: Kustomization\nnamespace: a\n"));
+}

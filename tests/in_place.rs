@@ -15,16 +15,17 @@ use common::{allowed, body, git, message, warnings, TestServer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-const FIXTURE: &str = "stefanprodan__podinfo";
+const PODINFO: &str = "stefanprodan__podinfo";
+const FLUX_HELM: &str = "fluxcd__flux2-kustomize-helm-example";
 
 /// A bare repository whose `main` is the fixture repository, committed by its
 /// maintainer; the temporary directory holds it and the server's data.
-fn seeded() -> (tempfile::TempDir, PathBuf) {
+fn seeded(fixture: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path().join("work");
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/repos")
-        .join(FIXTURE);
+        .join(fixture);
     copy_tree(&source, &work);
     let run = |args: &[&str]| {
         let out = std::process::Command::new("git")
@@ -215,7 +216,7 @@ fn checkout(repo: &Path, into: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_become_minimal_edits_of_the_documents_people_keep() {
-    let (dir, repo) = seeded();
+    let (dir, repo) = seeded(PODINFO);
     let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
     let commits = |repo: &Path| {
         git(repo, &["rev-list", "--count", "main"])
@@ -473,7 +474,34 @@ async fn writes_become_minimal_edits_of_the_documents_people_keep() {
     );
     assert_eq!(commits(&repo), count);
 
-    // A new object nobody declared goes where the path template says.
+    // A ConfigMap kustomize generates: the answer names the generator's file.
+    let generated = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "redis-config-bd2fcfgt6k", "namespace": "dev", "uid": "u10",
+                     "resourceVersion": "10", "creationTimestamp": "2026-12-07T05:00:00Z"},
+        "data": {"redis.conf": "maxmemory 64mb\n"}});
+    let mut changed = generated.clone();
+    changed["data"]["redis.conf"] = json!("maxmemory 128mb\n");
+    let answer = send(
+        &server,
+        &review(
+            10,
+            "UPDATE",
+            CONFIGMAP,
+            "dev",
+            "redis-config-bd2fcfgt6k",
+            (Some(generated), Some(changed)),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    assert!(
+        message(&answer).contains("configMapGenerator of deploy/bases/cache/kustomization.yaml"),
+        "{answer}"
+    );
+    assert_eq!(commits(&repo), count);
+
+    // A new object goes beside the other objects of its namespace.
     let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "flags", "namespace": "webapp", "uid": "u9", "resourceVersion": "9",
                      "creationTimestamp": "2026-12-07T05:00:00Z"},
@@ -493,7 +521,51 @@ async fn writes_become_minimal_edits_of_the_documents_people_keep() {
     .await;
     assert!(allowed(&answer), "{answer}");
     let (files, _, _) = last_diff(&repo);
-    assert_eq!(files, ["webapp/core/configmaps/flags.yaml"]);
+    // deploy/webapp/common holds four of the namespace's objects, more than any other.
+    assert_eq!(files, ["deploy/webapp/common/flags-configmap.yaml"]);
+
+    // In a kustomization's directory, it is also listed in its resources, so
+    // `kubectl kustomize` renders it with the rest.
+    let before = after;
+    let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "flags", "namespace": "podinfo", "uid": "u11", "resourceVersion": "11",
+                     "creationTimestamp": "2026-12-07T05:00:00Z"},
+        "data": {"beta": "on"}});
+    let answer = send(
+        &server,
+        &review(
+            11,
+            "CREATE",
+            CONFIGMAP,
+            "podinfo",
+            "flags",
+            (None, Some(object)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(
+        files,
+        [
+            "kustomize/flags-configmap.yaml",
+            "kustomize/kustomization.yaml"
+        ]
+    );
+    assert!(removed.is_empty(), "{removed:?}");
+    assert!(
+        added.contains(&"  - flags-configmap.yaml".to_owned()),
+        "{added:?}"
+    );
+    let again = server.dir.path().join("again");
+    checkout(&repo, &again);
+    let rendered = kubectl_kustomize(&again.join("kustomize"));
+    let new: Vec<&Value> = rendered.iter().filter(|o| !before.contains(o)).collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_eq!(new[0]["metadata"]["name"], "flags");
+    assert_eq!(new[0]["data"]["beta"], "on");
+    assert_eq!(rendered.len(), before.len() + 1);
 
     // Nothing the branch declared was written a second time.
     let tree = git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
@@ -509,7 +581,7 @@ async fn writes_become_minimal_edits_of_the_documents_people_keep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_overlay_base_the_shared_document_is_edited() {
-    let (dir, repo) = seeded();
+    let (dir, repo) = seeded(PODINFO);
     let server = TestServer::start_in(dir, &config(&repo, "base")).await;
     let path = "deploy/bases/backend/deployment.yaml";
     let old = live(document(&repo, path), "dev", 1);
@@ -533,5 +605,46 @@ async fn with_overlay_base_the_shared_document_is_edited() {
     assert_eq!(files, [path]);
     assert_eq!(removed, ["  minReadySeconds: 3"]);
     assert_eq!(added, ["  minReadySeconds: 9"]);
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_a_helm_release_renders_are_never_written_as_files() {
+    let (dir, repo) = seeded(FLUX_HELM);
+    let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
+    let count = git(&repo, &["rev-list", "--count", "main"]);
+    let rendered = |image: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "podinfo", "namespace": "podinfo", "uid": "u1",
+                "resourceVersion": "5", "creationTimestamp": "2026-12-07T05:00:00Z",
+                "labels": {"helm.toolkit.fluxcd.io/name": "podinfo",
+                           "helm.toolkit.fluxcd.io/namespace": "podinfo",
+                           "app.kubernetes.io/managed-by": "Helm"}},
+            "spec": {"template": {"spec": {"containers": [{"name": "podinfo", "image": image}]}}}})
+    };
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "podinfo",
+            "podinfo",
+            (
+                Some(rendered("podinfo:6.0.0")),
+                Some(rendered("podinfo:6.1.0")),
+            ),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("HelmRelease podinfo/podinfo (apps/base/podinfo/release.yaml)")
+            && text.contains("change its values there"),
+        "{text}"
+    );
+    assert_eq!(git(&repo, &["rev-list", "--count", "main"]), count);
     server.server.shutdown().await.unwrap();
 }

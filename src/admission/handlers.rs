@@ -58,7 +58,7 @@ impl AppState {
         match self.targets[target].store.declared() {
             Some(shared) => {
                 let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
-                manifest::plan_in_place(&index, shared.overlay, change, write)
+                manifest::plan_in_place(&index, &shared.config, change, write)
             }
             None => Placement::Canonical,
         }

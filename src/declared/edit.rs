@@ -475,6 +475,71 @@ pub fn remove(file: &[u8], document: usize) -> Result<Edited, EditError> {
     })
 }
 
+/// `kustomization` (the file in `dir`) with `file` added at the end of its
+/// `resources:`, as a path relative to `dir`; `None` when it cannot be edited.
+pub fn enlist(kustomization: &[u8], dir: &str, file: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(kustomization).ok()?;
+    let before: Value = serde_yaml_ng::from_str(text).ok()?;
+    before.as_object()?;
+    let entry = relative(dir, file);
+    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
+    let lf = if crlf {
+        text.replace("\r\n", "\n")
+    } else {
+        text.to_owned()
+    };
+    let document = Document::from_str(&lf).ok()?;
+    if document.to_string() != lf {
+        return None;
+    }
+    let root = document.as_mapping()?;
+    let quote = Quote::of(&lf);
+    let mut expected = before.clone();
+    match root.get_sequence("resources") {
+        Some(resources) => {
+            push(&resources, &Value::String(entry.clone()), quote);
+            expected["resources"]
+                .as_array_mut()?
+                .push(Value::String(entry));
+        }
+        None => {
+            if before.get("resources").is_some_and(|r| !r.is_null()) {
+                return None;
+            }
+            set_in(
+                &root,
+                "resources",
+                &Value::Array(vec![Value::String(entry.clone())]),
+                quote,
+            );
+            expected["resources"] = Value::Array(vec![Value::String(entry)]);
+        }
+    }
+    let edited = document.to_string();
+    let after: Value = serde_yaml_ng::from_str(&edited).ok()?;
+    if after != expected {
+        return None;
+    }
+    Some(
+        if crlf {
+            edited.replace('\n', "\r\n")
+        } else {
+            edited
+        }
+        .into_bytes(),
+    )
+}
+
+/// `file` as kustomize names it from `dir`: `web.yaml`, `apps/web.yaml`, `../web.yaml`.
+fn relative(dir: &str, file: &str) -> String {
+    let dir: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    let file: Vec<&str> = file.split('/').collect();
+    let common = dir.iter().zip(&file).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<&str> = vec![".."; dir.len() - common];
+    parts.extend(&file[common..]);
+    parts.join("/")
+}
+
 /// `kustomization` (the file in `dir`) without the entry of its `resources:` that
 /// names `file`; `None` when it lists no such entry or cannot be edited.
 pub fn unlist(kustomization: &[u8], dir: &str, file: &str) -> Option<Vec<u8>> {

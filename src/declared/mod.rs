@@ -102,6 +102,9 @@ pub struct InPlace {
     /// Where the path template puts the object: where it goes if no document declares
     /// it any more by the time it is committed.
     pub canonical: String,
+    /// A new object placed beside its namespace's others (`change.path`), rather
+    /// than an edit of a declared one.
+    pub new_file: Option<Home>,
 }
 
 /// Where an object is declared.
@@ -137,6 +140,16 @@ pub enum NamespaceFrom {
     Unknown,
 }
 
+/// Where new objects of a namespace go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Home {
+    /// The directory for the new file.
+    pub dir: String,
+    /// The directory of the kustomization that must list the file in `resources:`
+    /// for it to be rendered; `None` when the directory is rendered whole.
+    pub kustomization: Option<String>,
+}
+
 /// The answer to "which document declares this object?".
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup<'a> {
@@ -163,6 +176,10 @@ pub struct Index {
     /// Documents of kinds whose scope only the cluster knows (not built in), by
     /// (group, kind, name), wherever they were indexed: one may be cluster-scoped.
     unknown_scope: HashMap<(String, String, String), Vec<Declared>>,
+    /// What kustomize's generators make (`configMapGenerator`, `secretGenerator`), by
+    /// (kind, namespace, name without the content hash): the kustomization file
+    /// that generates each. Never a document to edit. Only a build changes it.
+    generated: HashMap<(String, Option<String>, String), String>,
     /// How many distinct objects each (path, document) declares (a base shared by
     /// overlays that give it different namespaces or names declares one per such
     /// overlay).
@@ -306,6 +323,72 @@ impl Index {
     /// Every indexed object, for tests and diagnostics.
     pub fn keys(&self) -> impl Iterator<Item = &Key> {
         self.objects.keys()
+    }
+
+    /// Where a person would put a new object of `namespace`: the directory of the
+    /// kustomization that sets that namespace (the one rendering most of its objects),
+    /// else the directory holding most of the namespace's documents; `None` when the
+    /// repository has no object in it. O(objects): asked only for a create.
+    pub fn home(&self, namespace: &str) -> Option<Home> {
+        let mut setting: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut holding: BTreeMap<(&str, Option<&str>), usize> = BTreeMap::new();
+        for (key, entries) in &self.objects {
+            if key.namespace.as_deref() != Some(namespace) {
+                continue;
+            }
+            for declared in entries {
+                match &declared.namespace_from {
+                    NamespaceFrom::Kustomization(dir) => *setting.entry(dir).or_default() += 1,
+                    _ => {
+                        let (dir, _) = split(&declared.path);
+                        let lists = declared.through.last().map(String::as_str);
+                        *holding.entry((dir, lists)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        // The most objects wins; among equals, the first by name, so the answer
+        // does not change from run to run.
+        fn most<K: Ord + Copy>(counts: &BTreeMap<K, usize>) -> Option<K> {
+            counts
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(k, _)| *k)
+        }
+        if let Some(dir) = most(&setting) {
+            return Some(Home {
+                dir: dir.to_owned(),
+                kustomization: Some(dir.to_owned()),
+            });
+        }
+        most(&holding).map(|(dir, lists)| Home {
+            dir: dir.to_owned(),
+            kustomization: lists.map(str::to_owned),
+        })
+    }
+
+    /// The kustomization file whose generator makes `key` (a ConfigMap or Secret
+    /// named `<name>-<hash>`, or just `<name>` without the hash).
+    pub fn generated_by(&self, key: &Key) -> Option<&str> {
+        if !key.group.is_empty() {
+            return None;
+        }
+        // kustomize appends `-` and a 10-character hash of the content.
+        let unhashed = key
+            .name
+            .rsplit_once('-')
+            .filter(|(_, hash)| hash.len() == 10 && hash.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .map(|(name, _)| name);
+        [Some(key.name.as_str()), unhashed]
+            .into_iter()
+            .flatten()
+            .flat_map(|name| {
+                [key.namespace.clone(), None]
+                    .into_iter()
+                    .map(move |ns| (key.kind.clone(), ns, name.to_owned()))
+            })
+            .find_map(|slot| self.generated.get(&slot))
+            .map(String::as_str)
     }
 }
 
@@ -681,6 +764,20 @@ impl<'a> Builder<'a> {
             if k.transforms {
                 inner.transformed_by.push(dir.to_owned());
             }
+            for (kind, name) in &k.generated {
+                let namespace = inner.namespace.as_ref().map(|(ns, _)| ns.clone());
+                let file = self
+                    .kustomization_path(dir)
+                    .unwrap_or_else(|| joined(dir, kustomize::FILE_NAMES[0]));
+                self.index.generated.insert(
+                    (
+                        kind.clone(),
+                        namespace,
+                        format!("{}{name}{}", inner.prefix, inner.suffix),
+                    ),
+                    file,
+                );
+            }
             for resource in &k.resources {
                 if self.files.contains(resource) {
                     self.visit_file(resource, &inner);
@@ -880,6 +977,14 @@ impl<'a> Builder<'a> {
         (name.ends_with(".yaml") || name.ends_with(".yml"))
             && !kustomize::FILE_NAMES.contains(&name)
             && !in_chart(dir, &self.charts)
+    }
+
+    /// The kustomization file of `dir`, by kustomize's order of names.
+    fn kustomization_path(&self, dir: &str) -> Option<String> {
+        kustomize::FILE_NAMES
+            .iter()
+            .map(|name| joined(dir, name))
+            .find(|path| self.files.contains(path))
     }
 
     fn has_dir(&self, dir: &str) -> bool {

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::{sanitize, Action, Change, RepoPath};
-use crate::config::Overlay;
+use crate::config::{InPlaceConfig, NewObjects, Overlay};
 use crate::declared::{edit, InPlace, Index, Key, Lookup};
 use crate::policy::Write;
 
@@ -27,11 +27,77 @@ pub enum Placement {
     Refused(String),
 }
 
+/// Why an object is never written as a plain file, if it is not: kustomize generates
+/// it, or Helm renders it (Flux's HelmRelease, Argo CD, or `helm install`). Then the
+/// person changes the generator or the values, and says so.
+fn not_written_directly(index: &Index, key: &Key, write: &Write) -> Option<String> {
+    if let Some(file) = index.generated_by(key) {
+        let generator = if key.kind == "Secret" {
+            "secretGenerator"
+        } else {
+            "configMapGenerator"
+        };
+        return Some(format!(
+            "is made by the {generator} of {file}: change its literals or files there"
+        ));
+    }
+    let object = write.object.as_ref().or(write.old_object.as_ref())?;
+    let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
+    // JSON pointers write `/` in a key as `~1`.
+    if let (Some(name), Some(namespace)) = (
+        text("/metadata/labels/helm.toolkit.fluxcd.io~1name"),
+        text("/metadata/labels/helm.toolkit.fluxcd.io~1namespace"),
+    ) {
+        let release = Key::new(
+            "helm.toolkit.fluxcd.io",
+            "HelmRelease",
+            Some(namespace),
+            name,
+        );
+        // Overlays for several clusters render one base: name the file once.
+        let mut files: Vec<&str> = match index.lookup(&release) {
+            Lookup::Found(declared) => vec![declared.path.as_str()],
+            Lookup::Ambiguous(candidates) => candidates.iter().map(|d| d.path.as_str()).collect(),
+            Lookup::Missing => Vec::new(),
+        };
+        files.sort_unstable();
+        files.dedup();
+        let place = if files.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", files.join(", "))
+        };
+        return Some(format!(
+            "is rendered by the HelmRelease {namespace}/{name}{place}: change its values there"
+        ));
+    }
+    let chart = text("/metadata/labels/helm.sh~1chart");
+    if let Some(tracking) =
+        text("/metadata/annotations/argocd.argoproj.io~1tracking-id").or_else(|| {
+            text("/metadata/labels/app.kubernetes.io~1instance").filter(|_| chart.is_some())
+        })
+    {
+        if chart.is_some() {
+            let application = tracking.split(':').next().unwrap_or(tracking);
+            return Some(format!(
+                "is rendered from the Helm chart {} by the Argo CD Application {application}: change the Application's Helm values",
+                chart.unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(release) = text("/metadata/annotations/meta.helm.sh~1release-name") {
+        return Some(format!(
+            "is rendered by the Helm release {release}: change its values (helm upgrade, or where the release is declared)"
+        ));
+    }
+    None
+}
+
 /// Plans `change` (from [`super::plan`]) as an edit of the document `index` says
 /// declares its object.
 pub fn plan_in_place(
     index: &Index,
-    overlay: Overlay,
+    config: &InPlaceConfig,
     change: &mut Change,
     write: &Write,
 ) -> Placement {
@@ -54,8 +120,11 @@ pub fn plan_in_place(
         change.namespace.as_deref(),
         &change.name,
     );
+    if let Some(reason) = not_written_directly(index, &key, write) {
+        return Placement::Refused(format!("{kind} {} {reason}", change.object_ref()));
+    }
     let declared = match index.lookup(&key) {
-        Lookup::Missing => return Placement::Canonical,
+        Lookup::Missing => return place_new(index, config, key, change, write),
         Lookup::Found(declared) => declared,
         Lookup::Ambiguous(candidates) => {
             let places: Vec<String> = candidates
@@ -81,7 +150,7 @@ pub fn plan_in_place(
         ));
     }
     let shared = index.declarations(&declared.path, declared.document);
-    if overlay == Overlay::Deny && (!declared.transformed_by.is_empty() || shared > 1) {
+    if config.overlay == Overlay::Deny && (!declared.transformed_by.is_empty() || shared > 1) {
         let mut why = Vec::new();
         if !declared.transformed_by.is_empty() {
             why.push(format!(
@@ -135,6 +204,45 @@ pub fn plan_in_place(
         ops,
         new,
         canonical: canonical.as_str().to_owned(),
+        new_file: None,
+    }));
+    Placement::InPlace
+}
+
+/// A create of an object no document declares: beside the other objects of its
+/// namespace, when the repository has any and `newObjects: namespace`.
+fn place_new(
+    index: &Index,
+    config: &InPlaceConfig,
+    key: Key,
+    change: &mut Change,
+    write: &Write,
+) -> Placement {
+    let creates = matches!(change.action, Action::Put(_)) && write.old_object.is_none();
+    if !creates || config.new_objects != NewObjects::Namespace {
+        return Placement::Canonical;
+    }
+    let Some(home) = change.namespace.as_deref().and_then(|ns| index.home(ns)) else {
+        return Placement::Canonical;
+    };
+    // `web-deployment.yaml`: a name people use, and one no other kind's file takes.
+    let file = format!("{}-{}.yaml", change.name, change.kind.to_ascii_lowercase());
+    let path = if home.dir.is_empty() {
+        file
+    } else {
+        format!("{}/{file}", home.dir)
+    };
+    // Object names are DNS names; a path too long for a checkout goes the canonical way.
+    let Some(path) = RepoPath::from_note(path).filter(|p| p.as_str().len() <= 255) else {
+        return Placement::Canonical;
+    };
+    let canonical = std::mem::replace(&mut change.path, path);
+    change.in_place = Some(Box::new(InPlace {
+        key,
+        ops: Vec::new(),
+        new: Value::Null,
+        canonical: canonical.as_str().to_owned(),
+        new_file: Some(home),
     }));
     Placement::InPlace
 }

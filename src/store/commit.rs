@@ -148,6 +148,14 @@ impl Writer {
             let staged = if let Some(bundle) = &job.bundle {
                 for change in &bundle.changes {
                     let path = change.path.as_str();
+                    if let Some(declared) = self.declared_elsewhere(change) {
+                        tracing::debug!(
+                            path,
+                            declared,
+                            "declared elsewhere on the branch; not written a second time"
+                        );
+                        continue;
+                    }
                     let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
                     match &change.action {
                         Action::Put(bytes) => {
@@ -208,7 +216,15 @@ impl Writer {
                                 }
                             }
                         }
-                        None => self.stage(change, path, tree, current, &mut editor)?,
+                        None => match self.declared_elsewhere(change) {
+                            Some(declared) => Err(Outcome::Refused {
+                                reason: format!(
+                                    "{} is declared in {declared} by now; it is not written a second time",
+                                    change.object_ref()
+                                ),
+                            }),
+                            None => self.stage(change, path, tree, current, &mut editor)?,
+                        },
                     };
                     staged.map(|(api_version, kind, body)| {
                         let author = signature(

@@ -30,7 +30,7 @@ use crate::manifest::{Action, Change};
 #[derive(Clone)]
 pub struct SharedIndex {
     pub settings: Settings,
-    pub overlay: crate::config::Overlay,
+    pub config: crate::config::InPlaceConfig,
     pub index: Arc<RwLock<Index>>,
 }
 
@@ -41,10 +41,17 @@ impl std::fmt::Debug for SharedIndex {
 }
 
 impl SharedIndex {
-    pub fn new(settings: Settings, overlay: crate::config::Overlay) -> Self {
+    /// The index for a repository configured with `config`.
+    pub fn new(config: &crate::config::InPlaceConfig) -> Self {
         Self {
-            settings,
-            overlay,
+            settings: Settings {
+                directories: config
+                    .namespaces
+                    .iter()
+                    .map(|(dir, namespace)| (dir.clone(), namespace.clone()))
+                    .collect(),
+            },
+            config: config.clone(),
             index: Arc::default(),
         }
     }
@@ -190,6 +197,9 @@ impl Writer {
         let Some(declared) = &self.declared else {
             return Ok(Staged::Canonical);
         };
+        if let Some(home) = &in_place.new_file {
+            return self.stage_new_file(change, in_place, home, tree, editor);
+        }
         let found = {
             let index = declared
                 .shared
@@ -299,6 +309,125 @@ impl Writer {
         Ok(Staged::Done(Ok((api_version, kind, body))))
     }
 
+    /// For a file written where the path template says: the file that already
+    /// declares the object on a branch edited in place, if another does. The store
+    /// never writes such an object a second time (the reconciler's snapshot and watch
+    /// write where the path template says).
+    pub(super) fn declared_elsewhere(&self, change: &Change) -> Option<String> {
+        let declared = self.declared.as_ref()?;
+        if !matches!(change.action, Action::Put(_)) {
+            return None;
+        }
+        let group = change.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let key = crate::declared::Key::new(
+            group,
+            &change.kind,
+            change.namespace.as_deref(),
+            &change.name,
+        );
+        let index = declared
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        match index.lookup(&key) {
+            Lookup::Found(d) if d.path != change.path.as_str() => Some(d.path.clone()),
+            Lookup::Ambiguous(candidates) => candidates
+                .iter()
+                .find(|d| d.path != change.path.as_str())
+                .map(|d| d.path.clone()),
+            _ => None,
+        }
+    }
+
+    /// Writes a new object beside its namespace's others, and lists the file in the
+    /// kustomization that renders that directory.
+    fn stage_new_file(
+        &self,
+        change: &Change,
+        in_place: &InPlace,
+        home: &crate::declared::Home,
+        tree: ObjectId,
+        editor: &mut gix::objs::tree::Editor<'_>,
+    ) -> Result<Staged, StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let refused = |reason: String| Ok(Staged::Done(Err(Outcome::Refused { reason })));
+        let path = change.path.as_str();
+        let Action::Put(bytes) = &change.action else {
+            return Ok(Staged::Canonical);
+        };
+        if let Some(declared) = &self.declared {
+            let index = declared
+                .shared
+                .index
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Lookup::Found(d) = index.lookup(&in_place.key) {
+                return refused(format!(
+                    "{} is declared in {} by now; it is not written a second time",
+                    change.object_ref(),
+                    d.path
+                ));
+            }
+        }
+        if lookup(&self.repo, tree, path)
+            .map_err(|e| write_error(&e))?
+            .is_some()
+        {
+            return refused(format!("{path} exists already, and holds something else"));
+        }
+        let mut body = String::new();
+        if let Some(dir) = &home.kustomization {
+            let Some((kustomization, id)) = self.kustomization(dir, tree)? else {
+                return refused(format!(
+                    "the kustomization of {dir} is not on the branch any more"
+                ));
+            };
+            let current = self
+                .repo
+                .find_blob(id)
+                .map_err(|e| write_error(&e))?
+                .detach()
+                .data;
+            let Some(listed) = edit::enlist(&current, dir, path) else {
+                return refused(format!(
+                    "cannot add {path} to the resources of {kustomization}, which is not a YAML mapping kubescribe can edit"
+                ));
+            };
+            put_blob(&self.repo, editor, &kustomization, &listed, Some(id))?;
+            body = format!("Lists it in the resources of {kustomization}.\n\n");
+        }
+        put_blob(&self.repo, editor, path, bytes, None)?;
+        Ok(Staged::Done(Ok((
+            change.api_version.clone(),
+            change.kind.clone(),
+            body,
+        ))))
+    }
+
+    /// The kustomization file of `dir` in `tree`, by kustomize's order of names.
+    fn kustomization(
+        &self,
+        dir: &str,
+        tree: ObjectId,
+    ) -> Result<Option<(String, ObjectId)>, StoreError> {
+        for name in crate::declared::KUSTOMIZATION_FILES {
+            let path = if dir.is_empty() {
+                name.to_string()
+            } else {
+                format!("{dir}/{name}")
+            };
+            if let Some(id) = lookup(&self.repo, tree, &path).map_err(|e| StoreError::Write {
+                reason: e.to_string(),
+            })? {
+                return Ok(Some((path, id)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Removes `file` from the `resources:` of the kustomization in `dir`; the
     /// kustomization's path when it listed it.
     fn unlist(
@@ -311,29 +440,21 @@ impl Writer {
         let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
             reason: e.to_string(),
         };
-        for name in crate::declared::KUSTOMIZATION_FILES {
-            let path = if dir.is_empty() {
-                name.to_string()
-            } else {
-                format!("{dir}/{name}")
-            };
-            let Some(id) = lookup(&self.repo, tree, &path).map_err(|e| write_error(&e))? else {
-                continue;
-            };
-            let bytes = self
-                .repo
-                .find_blob(id)
-                .map_err(|e| write_error(&e))?
-                .detach()
-                .data;
-            return match edit::unlist(&bytes, dir, file) {
-                Some(edited) => {
-                    put_blob(&self.repo, editor, &path, &edited, Some(id))?;
-                    Ok(Some(path))
-                }
-                None => Ok(None),
-            };
+        let Some((path, id)) = self.kustomization(dir, tree)? else {
+            return Ok(None);
+        };
+        let bytes = self
+            .repo
+            .find_blob(id)
+            .map_err(|e| write_error(&e))?
+            .detach()
+            .data;
+        match edit::unlist(&bytes, dir, file) {
+            Some(edited) => {
+                put_blob(&self.repo, editor, &path, &edited, Some(id))?;
+                Ok(Some(path))
+            }
+            None => Ok(None),
         }
-        Ok(None)
     }
 }

@@ -293,20 +293,11 @@ impl StoreSettings {
             before_durable: config.faults.before_durable.clone(),
             before_revert: config.faults.before_revert.clone(),
             failing_disk: config.faults.failing_disk.clone(),
-            in_place: target.repository.in_place.enabled.then(|| {
-                SharedIndex::new(
-                    crate::declared::Settings {
-                        directories: target
-                            .repository
-                            .in_place
-                            .namespaces
-                            .iter()
-                            .map(|(dir, namespace)| (dir.clone(), namespace.clone()))
-                            .collect(),
-                    },
-                    target.repository.in_place.overlay,
-                )
-            }),
+            in_place: target
+                .repository
+                .in_place
+                .enabled
+                .then(|| SharedIndex::new(&target.repository.in_place)),
         }
     }
 }
