@@ -89,7 +89,8 @@ s = report["synthetic"]
 print(json.dumps({"label": "index", "manifests": s["manifests"], "files": s["files"], "objects": s["objects"],
                   "seconds": s["build_s"], "floor_seconds": s["floor_parse_s"],
                   "lookup_ns": s["lookup_ns"], "update_seconds": s["update_one_file_s"], "peak_kb": s["peak_rss_kib"],
-                  "fixtures": {k: v for k, v in report.items() if k != "synthetic"}}))
+                  "fixtures": {k: v for k, v in report.items() if k not in ("synthetic", "edit")},
+                  "edit": report["edit"]}))
 PY
 if [[ -n ${INDEX_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
 

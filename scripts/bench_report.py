@@ -96,6 +96,10 @@ if "index" in runs:
         row("index of `%s` (%d files, %d objects, best of 20)" % (name, f["files"], f["objects"]),
             "%.2f ms" % (f["build_s"] * 1e3), "%.2f ms (parse)" % (f["floor_parse_s"] * 1e3),
             "%.2f×" % f["build_over_floor"], "")
+    for name, e in sorted(i.get("edit", {}).items()):
+        row("in-place edit: %s (best of 5 × 2,000)" % name,
+            "%.0f µs" % e["in_place_us"], "%.1f µs (canonical: sanitise and render)" % e["canonical_us"],
+            "%.1f×" % e["in_place_over_canonical"], "")
 
 errors = sum(r.get("errors", 0) for r in runs.values() if isinstance(r.get("errors", 0), int))
 denied = sum(r.get("denied", 0) for r in runs.values())

@@ -201,6 +201,90 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// What an UPDATE costs the writer as an edit of a person's file (diff, lossless edit,
+/// check by parsing back) against the canonical write of the same object (sanitise
+/// and render), in the same run: an image change of a real Deployment, and a label on
+/// the last document of a real three-document file.
+fn measure_edits(fixtures: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    use kubescribe::declared::edit;
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+    let cases = [
+        (
+            "image of a Deployment (74 lines)",
+            "stefanprodan__podinfo/deploy/webapp/backend/deployment.yaml",
+            "/spec/template/spec/containers/0/image",
+            json!("ghcr.io/stefanprodan/podinfo:6.15.0"),
+        ),
+        (
+            "label on document 3 of 3 (HelmRelease)",
+            "fluxcd__flux2-kustomize-helm-example/infrastructure/controllers/cert-manager.yaml",
+            "/metadata/labels",
+            json!({"team": "platform"}),
+        ),
+    ];
+    let mut out = serde_json::Map::new();
+    for (label, path, pointer, value) in cases {
+        let file = std::fs::read(fixtures.join(path)).with_context(|| format!("read {path}"))?;
+        let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_slice(&file)
+            .map(Value::deserialize)
+            .collect::<Result<_, _>>()?;
+        let document = documents.len() - 1;
+        let mut old = documents[document].clone();
+        old["metadata"]["namespace"] = json!("team-a");
+        old["metadata"]["resourceVersion"] = json!("41");
+        old["metadata"]["managedFields"] = json!([{"manager": "kubectl"}]);
+        let mut new = old.clone();
+        match new.pointer_mut(pointer) {
+            Some(slot) => *slot = value,
+            None => new["metadata"]["labels"] = value,
+        }
+        let (group, kind) = {
+            let api_version = old["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version
+                .rsplit_once('/')
+                .map_or("", |(g, _)| g)
+                .to_owned();
+            (group, old["kind"].as_str().unwrap_or_default().to_owned())
+        };
+        const N: u32 = 2000;
+        let mut canonical_s = f64::MAX;
+        let mut in_place_s = f64::MAX;
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            for _ in 0..N {
+                let mut clean = new.clone();
+                kubescribe::manifest::sanitize(&mut clean, &group, &kind)?;
+                bytes = kubescribe::manifest::render(&clean).len();
+            }
+            canonical_s = canonical_s.min(started.elapsed().as_secs_f64() / f64::from(N));
+            let started = std::time::Instant::now();
+            for _ in 0..N {
+                let (mut before, mut after) = (old.clone(), new.clone());
+                kubescribe::manifest::sanitize(&mut before, &group, &kind)?;
+                kubescribe::manifest::sanitize(&mut after, &group, &kind)?;
+                let ops = edit::diff(&before, &after);
+                let edited = edit::update(&file, document, &ops, &after)?;
+                anyhow::ensure!(!edited.rewritten, "{path} edited in place");
+            }
+            in_place_s = in_place_s.min(started.elapsed().as_secs_f64() / f64::from(N));
+        }
+        out.insert(
+            label.to_owned(),
+            json!({
+                "file": path,
+                "file_bytes": file.len(),
+                "canonical_bytes": bytes,
+                "canonical_us": canonical_s * 1e6,
+                "in_place_us": in_place_s * 1e6,
+                "in_place_over_canonical": in_place_s / canonical_s,
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
 /// Index `files` `rounds` times; the best wall time of the floor (every document
 /// parsed once) and of the build, and the index.
 fn measure_index(
@@ -376,6 +460,7 @@ async fn main() -> anyhow::Result<()> {
                     "peak_rss_before_kib": rss_before,
                 }),
             );
+            report.insert("edit".into(), measure_edits(&fixtures)?);
             for entry in std::fs::read_dir(&fixtures)? {
                 let dir = entry?.path();
                 if !dir.is_dir() {

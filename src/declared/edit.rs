@@ -354,6 +354,17 @@ struct Located<'f> {
 fn locate(file: &[u8], document: usize) -> Result<Located<'_>, EditError> {
     let text = std::str::from_utf8(file).map_err(|_| EditError::NotUtf8)?;
     let documents = parse_all(text)?;
+    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
+    if documents.len() == 1 && document == 0 {
+        // Most files hold one document: it is the whole file.
+        return Ok(Located {
+            text,
+            start: 0,
+            end: text.len(),
+            crlf,
+            documents,
+        });
+    }
     let parsed = YamlFile::from_str(text).map_err(|e| EditError::Parse {
         reason: e.to_string(),
     })?;
@@ -372,7 +383,6 @@ fn locate(file: &[u8], document: usize) -> Result<Located<'_>, EditError> {
     let range = ranges
         .get(document)
         .ok_or(EditError::NoDocument { document })?;
-    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
     Ok(Located {
         text,
         start: range.start as usize,
@@ -413,17 +423,20 @@ pub fn update(file: &[u8], document: usize, ops: &[Op], new: &Value) -> Result<E
         });
     }
     let slice = &located.text[located.start..located.end];
-    let edited = edit_text(slice, located.crlf, &placed)
-        .filter(|text| splice_checks(&located, document, text, &expected));
-    let (text, rewritten) = match edited {
+    let (text, rewritten) = match edit_text(slice, located.crlf, &placed)
+        .filter(|text| splice_checks(&located, document, text, &expected))
+    {
         Some(text) => (text, false),
-        None => (canonical(slice, located.crlf, &expected), true),
+        None => {
+            let text = canonical(slice, located.crlf, &expected);
+            if !splice_checks(&located, document, &text, &expected) {
+                return Err(EditError::Parse {
+                    reason: "the edited file does not parse back to the change".to_owned(),
+                });
+            }
+            (text, true)
+        }
     };
-    if !splice_checks(&located, document, &text, &expected) {
-        return Err(EditError::Parse {
-            reason: "the edited file does not parse back to the change".to_owned(),
-        });
-    }
     let mut bytes = String::with_capacity(located.text.len() + text.len());
     bytes.push_str(&located.text[..located.start]);
     bytes.push_str(&text);
