@@ -174,6 +174,26 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         })?),
         None => None,
     };
+    // With `--repo`, a repository edited in place is looked up as the webhook does:
+    // the index of its HEAD, for every target that has `inPlace` on.
+    let targets = config.targets();
+    let indexes: Vec<Option<(crate::declared::Index, crate::config::InPlaceConfig)>> = targets
+        .iter()
+        .map(|target| {
+            let repo = repo
+                .as_ref()
+                .filter(|_| target.repository.in_place.enabled)?;
+            let tree = repo.head_commit().ok()?.tree_id().ok()?.detach();
+            let shared = crate::store::SharedIndex::new(&target.repository.in_place);
+            let index = crate::store::index_of(repo, tree, &shared.settings).ok()?;
+            Some((index, target.repository.in_place.clone()))
+        })
+        .collect();
+    let place = |target: usize, change: &mut manifest::Change, write: &Write| match &indexes[target]
+    {
+        Some((index, in_place)) => manifest::plan_in_place(index, in_place, change, write),
+        None => Placement::Canonical,
+    };
     let mut report = Report {
         allowed: true,
         results: Vec::new(),
@@ -235,12 +255,7 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         }
         match manifest_write(&object, args, n, &scopes) {
             Ok((write, guessed)) => {
-                let mut verdict = verdict::evaluate(
-                    &write,
-                    &policy,
-                    |i| &layouts[i],
-                    |_, _, _| Placement::Canonical,
-                );
+                let mut verdict = verdict::evaluate(&write, &policy, |i| &layouts[i], place);
                 if guessed {
                     verdict.warnings.push(format!(
                         "kubescribe check: {} of {} is not a built-in kind, and neither a CustomResourceDefinition in the input nor --api-resources gives its scope: taken as namespaced; add its CRD to the input, or pass --api-resources",
@@ -269,12 +284,7 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             .and_then(|bytes| crate::admission::decode_review(&bytes).map_err(|e| e.to_string()));
         match parsed {
             Ok(review) => {
-                let verdict = verdict::evaluate(
-                    &review.write,
-                    &policy,
-                    |i| &layouts[i],
-                    |_, _, _| Placement::Canonical,
-                );
+                let verdict = verdict::evaluate(&review.write, &policy, |i| &layouts[i], place);
                 report.results.push(result(
                     source,
                     &review.write,

@@ -445,3 +445,80 @@ fn kubectl_api_resources_gives_the_scope_and_resource_of_a_kind() {
         Some("default/example.com/octopi/paul.yaml")
     );
 }
+
+#[test]
+fn with_in_place_on_check_repo_answers_as_the_webhook_does_for_a_repository_people_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    // The repository as its maintainers keep it, checked out.
+    let work = dir.path().join("podinfo");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(real_repository("stefanprodan__podinfo"))
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=M",
+            "-c",
+            "user.email=m@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "as kept",
+        ],
+    ] {
+        let status = Command::new("git")
+            .args(args)
+            .current_dir(&work)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
+    }
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "repository:\n  inPlace:\n    enabled: true\nrules:\n- name: all\n  namespaces: [\"*\"]\n",
+    )
+    .unwrap();
+    let flags = dir.path().join("flags.yaml");
+    std::fs::write(
+        &flags,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: flags\n  namespace: webapp\ndata:\n  beta: \"on\"\n",
+    )
+    .unwrap();
+    let mut args = args();
+    args.config = Some(config);
+    args.repo = Some(work.clone());
+    args.files = vec![work.join("deploy/webapp/backend/service.yaml"), flags];
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    assert_eq!(report.results.len(), 2, "{:#?}", report.results);
+    let declared = &report.results[0];
+    assert!(declared.allowed);
+    assert_eq!(
+        declared.path.as_deref(),
+        Some("deploy/webapp/backend/service.yaml")
+    );
+    assert!(
+        declared.warnings.iter().any(|w| w.contains(
+            "Service webapp/backend is already declared in deploy/webapp/backend/service.yaml"
+        )),
+        "{:?}",
+        declared.warnings
+    );
+    let new = &report.results[1];
+    assert_eq!(
+        new.path.as_deref(),
+        Some("deploy/webapp/common/flags-configmap.yaml")
+    );
+    let diff = new.diff.as_deref().unwrap();
+    assert!(
+        diff.contains("+++ b/deploy/webapp/common/flags-configmap.yaml")
+            && diff.contains("+  beta: 'on'"),
+        "{diff}"
+    );
+}

@@ -648,3 +648,98 @@ async fn objects_a_helm_release_renders_are_never_written_as_files() {
     assert_eq!(git(&repo, &["rev-list", "--count", "main"]), count);
     server.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helm_release_s_values_change_in_its_document_of_a_multi_document_file() {
+    let (dir, repo) = seeded(FLUX_HELM);
+    let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
+    let before_dir = server.dir.path().join("before");
+    checkout(&repo, &before_dir);
+    let entry = "infrastructure/controllers";
+    let before = kubectl_kustomize(&before_dir.join(entry));
+    let path = "infrastructure/controllers/cert-manager.yaml";
+    let text = git(&repo, &["show", &format!("main:{path}")]);
+    let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(documents[2]["kind"], "HelmRelease");
+
+    // `kubectl edit helmrelease cert-manager`: keep the CRDs, two replicas.
+    let old = live(documents[2].clone(), "cert-manager", 1);
+    let mut new = old.clone();
+    new["spec"]["values"]["crds"]["keep"] = json!(true);
+    new["spec"]["values"]["replicaCount"] = json!(2);
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            (
+                "helm.toolkit.fluxcd.io",
+                "v2",
+                "HelmRelease",
+                "helmreleases",
+            ),
+            "cert-manager",
+            "cert-manager",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert_eq!(removed, ["      keep: false"]);
+    assert_eq!(added, ["      keep: true", "    replicaCount: 2"]);
+
+    // The OCIRepository's quoted version stays quoted.
+    let old = live(documents[1].clone(), "cert-manager", 2);
+    let mut new = old.clone();
+    new["spec"]["ref"]["semver"] = json!("1.16.x");
+    let answer = send(
+        &server,
+        &review(
+            2,
+            "UPDATE",
+            (
+                "source.toolkit.fluxcd.io",
+                "v1",
+                "OCIRepository",
+                "ocirepositories",
+            ),
+            "cert-manager",
+            "cert-manager",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (_, removed, added) = last_diff(&repo);
+    assert_eq!(removed, ["    semver: \"1.x\""]);
+    assert_eq!(added, ["    semver: \"1.16.x\""]);
+
+    // What kustomize renders differs by exactly those three fields.
+    let after_dir = server.dir.path().join("after");
+    checkout(&repo, &after_dir);
+    let after = kubectl_kustomize(&after_dir.join(entry));
+    let mut expected = before.clone();
+    for object in &mut expected {
+        match object["kind"].as_str() {
+            Some("HelmRelease") if object["metadata"]["name"] == "cert-manager" => {
+                object["spec"]["values"]["crds"]["keep"] = json!(true);
+                object["spec"]["values"]["replicaCount"] = json!(2);
+            }
+            Some("OCIRepository") if object["metadata"]["name"] == "cert-manager" => {
+                object["spec"]["ref"]["semver"] = json!("1.16.x");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(after, expected);
+    // Every comment and the other documents are as they were.
+    let edited = git(&repo, &["show", &format!("main:{path}")]);
+    assert!(edited.starts_with(&text[..text.find("kind: OCIRepository").unwrap()]));
+    server.server.shutdown().await.unwrap();
+}

@@ -86,6 +86,45 @@ impl Files for GitFiles<'_> {
     }
 }
 
+/// The index of `tree`, with every blob read as the walk needs it (for `kubescribe
+/// check --repo`).
+pub(crate) fn index_of(
+    repo: &gix::Repository,
+    tree: ObjectId,
+    settings: &Settings,
+) -> Result<Index, StoreError> {
+    let entries = blobs(repo, tree)?;
+    Ok(Index::build(
+        &GitFiles {
+            repo,
+            entries: &entries,
+        },
+        settings,
+    ))
+}
+
+/// Every file of `tree`, by path.
+fn blobs(repo: &gix::Repository, tree: ObjectId) -> Result<BTreeMap<String, ObjectId>, StoreError> {
+    let mut changes = Vec::new();
+    diff_trees(
+        repo,
+        ObjectId::empty_tree(repo.object_hash()),
+        tree,
+        "",
+        &mut changes,
+    )
+    .map_err(|e| StoreError::Write {
+        reason: format!("cannot list the branch to index it: {e}"),
+    })?;
+    Ok(changes
+        .into_iter()
+        .filter_map(|(path, entry)| match entry {
+            Some((EntryKind::Blob | EntryKind::BlobExecutable, id)) => Some((path, id)),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The writer's copy of the tree the index describes: its files' blob ids.
 pub(super) struct DeclaredTree {
     shared: SharedIndex,
@@ -100,23 +139,7 @@ impl DeclaredTree {
         shared: SharedIndex,
     ) -> Result<Self, StoreError> {
         let started = std::time::Instant::now();
-        let mut entries = BTreeMap::new();
-        let mut changes = Vec::new();
-        diff_trees(
-            repo,
-            ObjectId::empty_tree(repo.object_hash()),
-            tree,
-            "",
-            &mut changes,
-        )
-        .map_err(|e| StoreError::Write {
-            reason: format!("cannot list the branch to index it: {e}"),
-        })?;
-        for (path, entry) in changes {
-            if let Some((EntryKind::Blob | EntryKind::BlobExecutable, id)) = entry {
-                entries.insert(path, id);
-            }
-        }
+        let entries = blobs(repo, tree)?;
         let index = Index::build(
             &GitFiles {
                 repo,

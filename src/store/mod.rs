@@ -45,6 +45,7 @@ use crate::error_chain;
 use crate::manifest::Change;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, PushWaiter};
+pub(crate) use in_place::index_of;
 pub use in_place::SharedIndex;
 
 /// Why a change could not be committed. Every variant is worth retrying once the
