@@ -743,3 +743,163 @@ async fn a_helm_release_s_values_change_in_its_document_of_a_multi_document_file
     assert!(edited.starts_with(&text[..text.find("kind: OCIRepository").unwrap()]));
     server.server.shutdown().await.unwrap();
 }
+
+/// What a write of `object` plans to (its path where the path template says), as
+/// the reconciler hands the store its changes.
+fn planned(
+    operation: &str,
+    (group, version, kind, resource): (&str, &str, &str, &str),
+    old: Option<Value>,
+    object: Option<Value>,
+) -> kubescribe::manifest::Change {
+    let live = object.as_ref().or(old.as_ref()).unwrap();
+    let write = kubescribe::policy::Write {
+        uid: "u".into(),
+        operation: match operation {
+            "CREATE" => kube_core::admission::Operation::Create,
+            "UPDATE" => kube_core::admission::Operation::Update,
+            _ => kube_core::admission::Operation::Delete,
+        },
+        kind: kube_core::GroupVersionKind::gvk(group, version, kind),
+        resource: kube_core::GroupVersionResource::gvr(group, version, resource),
+        sub_resource: None,
+        namespace: live["metadata"]["namespace"].as_str().map(str::to_owned),
+        name: live["metadata"]["name"].as_str().unwrap().to_owned(),
+        user: "alice".into(),
+        groups: Vec::new(),
+        dry_run: false,
+        object,
+        old_object: old,
+        from_cluster: true,
+    };
+    let layout =
+        kubescribe::manifest::Layout::new("", "{namespace}/{group}/{resource}/{name}.yaml")
+            .unwrap();
+    kubescribe::manifest::plan(&write, &layout, kubescribe::config::SecretMode::Redact).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_never_writes_a_declared_object_twice_and_follows_commits_it_did_not_make() {
+    let (dir, repo) = seeded(PODINFO);
+    let config = kubescribe::config::Config {
+        data_dir: dir.path().join("data"),
+        ..kubescribe::config::Config::from_yaml(&config(&repo, "deny")).unwrap()
+    };
+    let target = &config.targets()[0];
+    let (store, writer) = kubescribe::store::StoreHandle::open(
+        kubescribe::store::StoreSettings::from_config(&config, target),
+        std::sync::Arc::new(kubescribe::metrics::Metrics::new()),
+    )
+    .unwrap();
+    let deadline = || std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let tree = |repo: &Path| git(repo, &["ls-tree", "-r", "--name-only", "main"]);
+
+    // The reconciler's snapshot: a declared Service and an undeclared ConfigMap,
+    // both where the path template says. Only the ConfigMap is written.
+    let service = live(
+        document(&repo, "deploy/webapp/backend/service.yaml"),
+        "webapp",
+        1,
+    );
+    let configmap = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "seen", "namespace": "webapp"}, "data": {"a": "b"}});
+    let outcome = store
+        .commit_bundle(
+            vec![
+                planned("CREATE", SERVICE, None, Some(service.clone())),
+                planned("CREATE", CONFIGMAP, None, Some(configmap)),
+            ],
+            "reconcile: snapshot".into(),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, kubescribe::store::Outcome::Committed { .. }),
+        "{outcome:?}"
+    );
+    let files = tree(&repo);
+    assert!(
+        files
+            .lines()
+            .any(|l| l == "webapp/core/configmaps/seen.yaml"),
+        "{files}"
+    );
+    assert!(
+        !files
+            .lines()
+            .any(|l| l == "webapp/core/services/backend.yaml"),
+        "{files}"
+    );
+
+    // Someone else moves the Service into a file of its own name, behind kubescribe's
+    // back: the index follows the branch, and the next edit lands in the new file.
+    let work = dir.path().join("elsewhere");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&work)
+            .env("GIT_AUTHOR_NAME", "Maintainer")
+            .env("GIT_AUTHOR_EMAIL", "maintainer@example.com")
+            .env("GIT_COMMITTER_NAME", "Maintainer")
+            .env("GIT_COMMITTER_EMAIL", "maintainer@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    std::fs::create_dir_all(&work).unwrap();
+    run(&["clone", "-q", repo.to_str().unwrap(), "."]);
+    run(&[
+        "mv",
+        "deploy/webapp/backend/service.yaml",
+        "deploy/webapp/backend/backend-svc.yaml",
+    ]);
+    run(&["commit", "-q", "-m", "rename"]);
+    run(&["push", "-q", "origin", "main"]);
+    let mut changed = service.clone();
+    changed["metadata"]["labels"] = json!({"moved": "yes"});
+    let mut change = planned(
+        "UPDATE",
+        SERVICE,
+        Some(service.clone()),
+        Some(changed.clone()),
+    );
+    let mut in_place = change.clone();
+    {
+        let shared = store.declared().unwrap();
+        let index = shared.index.read().unwrap();
+        let write = kubescribe::policy::Write {
+            uid: "u2".into(),
+            operation: kube_core::admission::Operation::Update,
+            kind: kube_core::GroupVersionKind::gvk("", "v1", "Service"),
+            resource: kube_core::GroupVersionResource::gvr("", "v1", "services"),
+            sub_resource: None,
+            namespace: Some("webapp".into()),
+            name: "backend".into(),
+            user: "alice".into(),
+            groups: Vec::new(),
+            dry_run: false,
+            object: Some(changed),
+            old_object: Some(service),
+            from_cluster: false,
+        };
+        let placement =
+            kubescribe::manifest::plan_in_place(&index, &shared.config, &mut in_place, &write);
+        assert_eq!(placement, kubescribe::manifest::Placement::InPlace);
+    }
+    change.in_place = in_place.in_place;
+    // The first batch after the move may fail its compare-and-swap (the branch moved);
+    // the writer then continues from the new tip.
+    if store
+        .commit_change(change.clone(), deadline())
+        .await
+        .is_err()
+    {
+        store.commit_change(change, deadline()).await.unwrap();
+    }
+    let (files, _, added) = last_diff(&repo);
+    assert_eq!(files, ["deploy/webapp/backend/backend-svc.yaml"]);
+    assert_eq!(added, ["  labels:", "    moved: 'yes'"]);
+    drop(store);
+    writer.join();
+}
