@@ -41,6 +41,11 @@ pub struct CheckArgs {
     /// `-` for standard input. Multi-document YAML, JSON and `List` kinds.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<PathBuf>,
+    /// Kustomizations: what each directory renders (`kubectl kustomize DIR`, or the
+    /// command in $KUBESCRIBE_KUSTOMIZE followed by DIR), checked as `kubectl apply
+    /// -k DIR` would send it.
+    #[arg(short = 'k', long = "kustomize")]
+    pub kustomize: Vec<PathBuf>,
     /// Raw AdmissionReview files to evaluate as the webhook would, as they are.
     #[arg(long)]
     pub review: Vec<PathBuf>,
@@ -72,7 +77,7 @@ pub struct CheckArgs {
 pub enum CheckError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("nothing to check: give -f FILE|DIR|- or --review FILE")]
+    #[error("nothing to check: give -f FILE|DIR|-, -k DIR or --review FILE")]
     NoInput,
     #[error("invalid layout in the config: {0}")]
     Layout(String),
@@ -149,7 +154,7 @@ impl Report {
 
 /// Runs the check; `stdin` is read for `-f -`.
 pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, CheckError> {
-    if args.files.is_empty() && args.review.is_empty() {
+    if args.files.is_empty() && args.kustomize.is_empty() && args.review.is_empty() {
         return Err(CheckError::NoInput);
     }
     let config = Config::load(args.config.as_deref())?;
@@ -202,6 +207,13 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
     };
 
     let mut documents = Vec::new();
+    for dir in &args.kustomize {
+        let source = format!("{} (kustomize)", dir.display());
+        match render_kustomization(dir) {
+            Ok(text) => parse_documents(&source, &text, &mut documents, &mut report.errors),
+            Err(message) => report.errors.push(InputError { source, message }),
+        }
+    }
     for file in &args.files {
         if file == Path::new("-") {
             let mut text = String::new();
@@ -300,9 +312,40 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
     Ok(report)
 }
 
+/// What the kustomization in `dir` renders: `kubectl kustomize DIR`, or the command in
+/// `$KUBESCRIBE_KUSTOMIZE` (words split on spaces, such as `kustomize build`) with DIR.
+fn render_kustomization(dir: &Path) -> Result<String, String> {
+    let configured = std::env::var("KUBESCRIBE_KUSTOMIZE")
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    let command = configured.unwrap_or_else(|| "kubectl kustomize".to_owned());
+    let mut words = command.split_whitespace();
+    let program = words.next().unwrap_or("kubectl");
+    let output = std::process::Command::new(program)
+        .args(words)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "cannot run `{command}`: {e}; install kubectl (or set KUBESCRIBE_KUSTOMIZE to `kustomize build`), or render it yourself: `kubectl kustomize {} | kubescribe check -f -`",
+                dir.display()
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!(
+            "`{command} {}` failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    String::from_utf8(output.stdout)
+        .map_err(|_| format!("`{command}` printed something that is not UTF-8"))
+}
+
 /// The files under `path`: itself, or every manifest file below it, sorted.
 /// How to check what a kustomization renders, for a file skipped as one.
-const KUSTOMIZATION_NOTE: &str = "a kustomization, not an object: check what it renders with `kubectl kustomize <its directory> | kubescribe check -f -`";
+const KUSTOMIZATION_NOTE: &str = "a kustomization, not an object: check what it renders with `kubescribe check -k <its directory>`";
 
 /// Whether a document is a kustomization (or component) rather than an object.
 fn is_kustomization(object: &Value) -> bool {

@@ -105,6 +105,7 @@ fn check_shows_the_patch_the_webhook_would_return() {
     .unwrap();
     let args = kubescribe::check::CheckArgs {
         files: vec![manifest],
+        kustomize: Vec::new(),
         review: Vec::new(),
         user: "alice".to_owned(),
         groups: Vec::new(),

@@ -14,6 +14,7 @@ use serde_json::Value;
 fn args() -> CheckArgs {
     CheckArgs {
         files: Vec::new(),
+        kustomize: Vec::new(),
         review: Vec::new(),
         user: "alice".to_owned(),
         groups: vec!["system:authenticated".to_owned()],
@@ -356,7 +357,7 @@ fn a_real_repository_is_checked_without_reading_charts_or_kustomizations_as_obje
     assert!(
         report.skipped.iter().any(
             |s| s.source.ends_with("deploy/overlays/dev/kustomization.yaml")
-                && s.message.contains("kubectl kustomize")
+                && s.message.contains("kubescribe check -k")
         ),
         "{skipped:?}"
     );
@@ -521,4 +522,56 @@ fn with_in_place_on_check_repo_answers_as_the_webhook_does_for_a_repository_peop
             && diff.contains("+  beta: 'on'"),
         "{diff}"
     );
+}
+
+#[test]
+fn a_kustomization_is_checked_as_kubectl_apply_k_would_send_it() {
+    let kubectl = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/kubectl");
+    assert!(
+        kubectl.exists(),
+        "{} is missing: `make deps` (scripts/install-helm.sh) installs it",
+        kubectl.display()
+    );
+    let mut args = args();
+    args.kustomize = vec![real_repository("stefanprodan__podinfo").join("deploy/overlays/dev")];
+    // The one test here that sets it: the variable is the process's.
+    std::env::set_var(
+        "KUBESCRIBE_KUSTOMIZE",
+        format!("{} kustomize", kubectl.display()),
+    );
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    assert!(report.errors.is_empty(), "{:#?}", report.errors);
+    assert!(report.results.len() > 20, "{}", report.results.len());
+    // kustomize's namespace, generators and hashes, as the apiserver would get them.
+    assert!(report
+        .results
+        .iter()
+        .filter(|r| r.kind != "Namespace")
+        .all(|r| r.namespace.as_deref() == Some("dev")));
+    let backend = report
+        .results
+        .iter()
+        .find(|r| r.kind == "Deployment" && r.name == "backend")
+        .unwrap();
+    assert!(
+        backend.source.contains("deploy/overlays/dev (kustomize):"),
+        "{}",
+        backend.source
+    );
+    assert!(report.results.iter().any(|r| r.kind == "ConfigMap"
+        && r.name.starts_with("redis-config-")
+        && r.name.len() == "redis-config-".len() + 10));
+
+    // Without a renderer, the error says what to do.
+    std::env::set_var("KUBESCRIBE_KUSTOMIZE", "/nonexistent/kubectl kustomize");
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    std::env::remove_var("KUBESCRIBE_KUSTOMIZE");
+    assert_eq!(report.errors.len(), 1);
+    assert!(
+        report.errors[0].message.contains("install kubectl")
+            && report.errors[0].message.contains("| kubescribe check -f -"),
+        "{}",
+        report.errors[0].message
+    );
+    assert_eq!(report.exit_code(), 2);
 }
