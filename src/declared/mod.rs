@@ -1016,7 +1016,7 @@ impl<'a> Builder<'a> {
 /// (so positions stay those of the file). A file with a syntax error yields the
 /// documents before it: the parser cannot tell where the next one starts (and its
 /// iterator would repeat the error for ever).
-fn documents(bytes: &[u8]) -> Vec<Value> {
+pub(crate) fn documents(bytes: &[u8]) -> Vec<Value> {
     use serde::Deserialize;
     let mut documents = Vec::new();
     let mut last_error = None;
@@ -1057,6 +1057,70 @@ fn declares_tool(bytes: &[u8]) -> bool {
         .iter()
         .filter_map(group_kind)
         .any(|(group, kind)| is_tool(&group, &kind))
+}
+
+/// Which of a file's `documents` declares `key`, found by what it says rather than
+/// by its position (a delete earlier in a batch shifts the documents after it):
+/// the one of that group and kind named exactly so; else the one whose name is
+/// within the object's (a kustomize prefix or suffix around it), the longest such
+/// name; among several, the one that names the object's namespace. `None` when no
+/// single document is it.
+pub fn find_document(documents: &[Value], key: &Key) -> Option<usize> {
+    let name_of = |d: &Value| {
+        d.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let same_kind: Vec<(usize, String)> = documents
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| group_kind(d).is_some_and(|(g, k)| g == key.group && k == key.kind))
+        .filter_map(|(at, d)| Some((at, name_of(d)?)))
+        .collect();
+    let single = |candidates: Vec<usize>| -> Option<usize> {
+        match candidates.as_slice() {
+            [one] => Some(*one),
+            [] => None,
+            several => {
+                let named: Vec<usize> = several
+                    .iter()
+                    .copied()
+                    .filter(|at| {
+                        documents[*at]
+                            .pointer("/metadata/namespace")
+                            .and_then(Value::as_str)
+                            == key.namespace.as_deref()
+                    })
+                    .collect();
+                (named.len() == 1).then(|| named[0])
+            }
+        }
+    };
+    let exact: Vec<usize> = same_kind
+        .iter()
+        .filter(|(_, name)| *name == key.name)
+        .map(|(at, _)| *at)
+        .collect();
+    if !exact.is_empty() {
+        return single(exact);
+    }
+    // A Namespace that a kustomization's `namespace:` renames keeps its own name in
+    // the file: the file's only Namespace is it.
+    if key.group.is_empty() && key.kind == "Namespace" {
+        return single(same_kind.iter().map(|(at, _)| *at).collect());
+    }
+    let within: Vec<&(usize, String)> = same_kind
+        .iter()
+        .filter(|(_, name)| !name.is_empty() && key.name.contains(name.as_str()))
+        .collect();
+    let longest = within.iter().map(|(_, name)| name.len()).max()?;
+    single(
+        within
+            .iter()
+            .filter(|(_, name)| name.len() == longest)
+            .map(|(at, _)| *at)
+            .collect(),
+    )
 }
 
 /// A document's API group and kind.

@@ -27,20 +27,10 @@ pub enum Placement {
     Refused(String),
 }
 
-/// Why an object is never written as a plain file, if it is not: kustomize generates
-/// it, or Helm renders it (Flux's HelmRelease, Argo CD, or `helm install`). Then the
-/// person changes the generator or the values, and says so.
-fn not_written_directly(index: &Index, key: &Key, write: &Write) -> Option<String> {
-    if let Some(file) = index.generated_by(key) {
-        let generator = if key.kind == "Secret" {
-            "secretGenerator"
-        } else {
-            "configMapGenerator"
-        };
-        return Some(format!(
-            "is made by the {generator} of {file}: change its literals or files there"
-        ));
-    }
+/// Why an object is never written as a plain file, if Helm renders it: Flux's
+/// HelmRelease, an Argo CD Application of a chart, or `helm install`. Then the person
+/// changes the values, and the answer says where.
+fn rendered_by_helm(index: &Index, write: &Write) -> Option<String> {
     let object = write.object.as_ref().or(write.old_object.as_ref())?;
     let text = |pointer: &str| object.pointer(pointer).and_then(Value::as_str);
     // JSON pointers write `/` in a key as `~1`.
@@ -72,18 +62,13 @@ fn not_written_directly(index: &Index, key: &Key, write: &Write) -> Option<Strin
         ));
     }
     let chart = text("/metadata/labels/helm.sh~1chart");
-    if let Some(tracking) =
-        text("/metadata/annotations/argocd.argoproj.io~1tracking-id").or_else(|| {
-            text("/metadata/labels/app.kubernetes.io~1instance").filter(|_| chart.is_some())
-        })
-    {
-        if chart.is_some() {
-            let application = tracking.split(':').next().unwrap_or(tracking);
-            return Some(format!(
-                "is rendered from the Helm chart {} by the Argo CD Application {application}: change the Application's Helm values",
-                chart.unwrap_or_default()
-            ));
-        }
+    let application = text("/metadata/annotations/argocd.argoproj.io~1tracking-id")
+        .map(|id| id.split(':').next().unwrap_or(id))
+        .or_else(|| text("/metadata/labels/argocd.argoproj.io~1instance"));
+    if let (Some(chart), Some(application)) = (chart, application) {
+        return Some(format!(
+            "is rendered from the Helm chart {chart} by the Argo CD Application {application}: change the Application's Helm values"
+        ));
     }
     if let Some(release) = text("/metadata/annotations/meta.helm.sh~1release-name") {
         return Some(format!(
@@ -120,12 +105,20 @@ pub fn plan_in_place(
         change.namespace.as_deref(),
         &change.name,
     );
-    if let Some(reason) = not_written_directly(index, &key, write) {
-        return Placement::Refused(format!("{kind} {} {reason}", change.object_ref()));
+    if let Some(file) = index.generated_by(&key) {
+        let generator = if kind == "Secret" {
+            "secretGenerator"
+        } else {
+            "configMapGenerator"
+        };
+        return Placement::Refused(format!(
+            "{kind} {} is made by the {generator} of {file}: change its literals or files there",
+            change.object_ref()
+        ));
     }
     let declared = match index.lookup(&key) {
-        Lookup::Missing => return place_new(index, config, key, change, write),
-        Lookup::Found(declared) => declared,
+        Lookup::Missing => None,
+        Lookup::Found(declared) => Some(declared),
         Lookup::Ambiguous(candidates) => {
             let places: Vec<String> = candidates
                 .iter()
@@ -139,38 +132,27 @@ pub fn plan_in_place(
             ));
         }
     };
-    if declared.path == change.path.as_str() {
+    if declared.is_none() {
+        // A repository that keeps Helm's output as files declares it: edited there.
+        if let Some(reason) = rendered_by_helm(index, write) {
+            return Placement::Refused(format!("{kind} {} {reason}", change.object_ref()));
+        }
+    }
+    if declared.is_some_and(|d| d.path == change.path.as_str()) {
+        // The file the path template placed: written the canonical way, as before.
         return Placement::Canonical;
     }
-    let path = declared.path.clone();
-    if write.resource.group.is_empty() && kind == "Secret" {
-        return Placement::Refused(format!(
-            "Secret {object} is declared in {path}, and kubescribe does not edit Secrets in place: change that file",
-            object = change.object_ref(),
-        ));
-    }
-    let shared = index.declarations(&declared.path, declared.document);
-    if config.overlay == Overlay::Deny && (!declared.transformed_by.is_empty() || shared > 1) {
-        let mut why = Vec::new();
-        if !declared.transformed_by.is_empty() {
-            why.push(format!(
-                "{} changes it on its way to the cluster (patches, images or replicas)",
-                declared.transformed_by.join(" and ")
-            ));
+    if let Some(declared) = declared {
+        if let Some(refusal) = refusal(index, config, declared, &kind, change) {
+            return Placement::Refused(refusal);
         }
-        if shared > 1 {
-            why.push(format!("{shared} objects are rendered from that document"));
-        }
-        return Placement::Refused(format!(
-            "{kind} {object} is declared in {path}, but {why}, so an edit there is not this change alone. Change it in git, or set inPlace.overlay: base to edit {path} for every overlay",
-            object = change.object_ref(),
-            why = why.join(", and "),
-        ));
     }
+    let creates = matches!(change.action, Action::Put(_)) && write.old_object.is_none();
     let (ops, new) = match &change.action {
+        Action::Put(_) if creates => (Vec::new(), Value::Null),
         Action::Put(_) => {
             let (Some(old), Some(new)) = (write.old_object.as_ref(), write.object.as_ref()) else {
-                return Placement::Declared(path);
+                return Placement::Canonical;
             };
             let clean = |object: &Value| {
                 let mut object = object.clone();
@@ -195,36 +177,79 @@ pub fn plan_in_place(
         Action::Remove => (Vec::new(), Value::Null),
         Action::Cascade(_) => return Placement::Canonical,
     };
-    let Some(file) = RepoPath::from_note(path) else {
-        return Placement::Canonical;
-    };
-    let canonical = std::mem::replace(&mut change.path, file);
-    change.in_place = Some(Box::new(InPlace {
+    let mut in_place = InPlace {
         key,
         ops,
         new,
-        canonical: canonical.as_str().to_owned(),
+        canonical: change.path.as_str().to_owned(),
         new_file: None,
-    }));
+    };
+    let Some(declared) = declared else {
+        // Not declared now; the store looks again when it commits (an object created
+        // a moment ago may be in a file by then), so it carries the edit either way.
+        if creates && config.new_objects == NewObjects::Namespace {
+            if let Some((home, path)) = new_home(index, change) {
+                change.path = path;
+                in_place.new_file = Some(home);
+                change.in_place = Some(Box::new(in_place));
+                return Placement::InPlace;
+            }
+        }
+        change.in_place = Some(Box::new(in_place));
+        return Placement::Canonical;
+    };
+    if creates {
+        return Placement::Declared(declared.path.clone());
+    }
+    let Some(file) = RepoPath::from_note(declared.path.clone()) else {
+        return Placement::Canonical;
+    };
+    change.path = file;
+    change.in_place = Some(Box::new(in_place));
     Placement::InPlace
 }
 
-/// A create of an object no document declares: beside the other objects of its
-/// namespace, when the repository has any and `newObjects: namespace`.
-fn place_new(
+/// Why the document that declares the object is not edited for this write, if it
+/// is not: a Secret, or (with `overlay: deny`) a document an overlay transforms or
+/// several overlays share.
+fn refusal(
     index: &Index,
     config: &InPlaceConfig,
-    key: Key,
-    change: &mut Change,
-    write: &Write,
-) -> Placement {
-    let creates = matches!(change.action, Action::Put(_)) && write.old_object.is_none();
-    if !creates || config.new_objects != NewObjects::Namespace {
-        return Placement::Canonical;
+    declared: &crate::declared::Declared,
+    kind: &str,
+    change: &Change,
+) -> Option<String> {
+    let path = &declared.path;
+    let object = change.object_ref();
+    if change.api_version == "v1" && kind == "Secret" {
+        return Some(format!(
+            "Secret {object} is declared in {path}, and kubescribe does not edit Secrets in place: change that file"
+        ));
     }
-    let Some(home) = change.namespace.as_deref().and_then(|ns| index.home(ns)) else {
-        return Placement::Canonical;
-    };
+    let shared = index.declarations(path, declared.document);
+    if config.overlay == Overlay::Deny && (!declared.transformed_by.is_empty() || shared > 1) {
+        let mut why = Vec::new();
+        if !declared.transformed_by.is_empty() {
+            why.push(format!(
+                "{} changes it on its way to the cluster (patches, images or replicas)",
+                declared.transformed_by.join(" and ")
+            ));
+        }
+        if shared > 1 {
+            why.push(format!("{shared} objects are rendered from that document"));
+        }
+        return Some(format!(
+            "{kind} {object} is declared in {path}, but {why}, so an edit there is not this change alone. Change it in git, or set inPlace.overlay: base to edit {path} for every overlay",
+            why = why.join(", and "),
+        ));
+    }
+    None
+}
+
+/// Where a new object goes beside the other objects of its namespace, when the
+/// repository has any: the home and the file's path.
+fn new_home(index: &Index, change: &Change) -> Option<(crate::declared::Home, RepoPath)> {
+    let home = change.namespace.as_deref().and_then(|ns| index.home(ns))?;
     // `web-deployment.yaml`: a name people use, and one no other kind's file takes.
     let file = format!("{}-{}.yaml", change.name, change.kind.to_ascii_lowercase());
     let path = if home.dir.is_empty() {
@@ -233,16 +258,6 @@ fn place_new(
         format!("{}/{file}", home.dir)
     };
     // Object names are DNS names; a path too long for a checkout goes the canonical way.
-    let Some(path) = RepoPath::from_note(path).filter(|p| p.as_str().len() <= 255) else {
-        return Placement::Canonical;
-    };
-    let canonical = std::mem::replace(&mut change.path, path);
-    change.in_place = Some(Box::new(InPlace {
-        key,
-        ops: Vec::new(),
-        new: Value::Null,
-        canonical: canonical.as_str().to_owned(),
-        new_file: Some(home),
-    }));
-    Placement::InPlace
+    let path = RepoPath::from_note(path).filter(|p| p.as_str().len() <= 255)?;
+    Some((home, path))
 }

@@ -141,6 +141,7 @@ impl Writer {
             )
         };
 
+        let mut placed = super::in_place::Placed::new();
         for job in jobs {
             // Stage the job's edits in the editor; then either commit them, with this
             // author and message, or answer without a commit.
@@ -206,7 +207,13 @@ impl Writer {
                 } else {
                     let staged = match &change.in_place {
                         Some(in_place) => {
-                            match self.stage_in_place(change, in_place, tree, &mut editor)? {
+                            match self.stage_in_place(
+                                change,
+                                in_place,
+                                tree,
+                                &mut editor,
+                                &mut placed,
+                            )? {
                                 Staged::Done(staged) => staged,
                                 Staged::Canonical => {
                                     let path = in_place.canonical.as_str();

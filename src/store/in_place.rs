@@ -11,18 +11,17 @@
 //! file's documents) is refused, never edited by guess.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use gix::hash::ObjectId;
 use gix::objs::tree::EntryKind;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::commit::{lookup, put_blob};
 use super::replay::diff_trees;
 use super::{Outcome, StoreError, Writer};
-use crate::declared::{edit, Files, InPlace, Index, Lookup, Settings};
+use crate::declared::{edit, Files, InPlace, Index, Key, Lookup, Settings};
 use crate::manifest::{Action, Change};
 
 /// The index of a branch edited in place, shared between the writer (which keeps it
@@ -204,7 +203,45 @@ pub(super) enum Staged {
     Canonical,
 }
 
+/// Where this batch has put objects so far, which the index (of the branch before
+/// the batch) does not know yet: the file, and the kustomization that lists it.
+pub(super) type Placed = HashMap<Key, (String, Option<String>)>;
+
 impl Writer {
+    /// Where `key` is declared now: in a file this batch put it in, else where the
+    /// index says. `Err` with the refusal when more than one document could be it.
+    fn whereabouts(
+        &self,
+        key: &Key,
+        placed: &Placed,
+    ) -> Result<Option<(String, Option<String>)>, String> {
+        if let Some(found) = placed.get(key) {
+            return Ok(Some(found.clone()));
+        }
+        let Some(declared) = &self.declared else {
+            return Ok(None);
+        };
+        let index = declared
+            .shared
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        match index.lookup(key) {
+            Lookup::Missing => Ok(None),
+            Lookup::Found(d) => Ok(Some((d.path.clone(), d.through.last().cloned()))),
+            Lookup::Ambiguous(candidates) => {
+                let places: Vec<String> = candidates.iter().map(|d| d.path.clone()).collect();
+                Err(format!(
+                    "{} {}/{} could be any of these documents now: {}; kubescribe never edits one by guess",
+                    key.kind,
+                    key.namespace.as_deref().unwrap_or_default(),
+                    key.name,
+                    places.join(", ")
+                ))
+            }
+        }
+    }
+
     /// Stages `change` as an edit of the document that declares its object in `tree`.
     pub(super) fn stage_in_place(
         &self,
@@ -212,43 +249,41 @@ impl Writer {
         in_place: &InPlace,
         tree: ObjectId,
         editor: &mut gix::objs::tree::Editor<'_>,
+        placed: &mut Placed,
     ) -> Result<Staged, StoreError> {
         let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
             reason: e.to_string(),
         };
         let refused = |reason: String| Ok(Staged::Done(Err(Outcome::Refused { reason })));
-        let Some(declared) = &self.declared else {
+        if self.declared.is_none() {
             return Ok(Staged::Canonical);
+        }
+        let found = match self.whereabouts(&in_place.key, placed) {
+            Ok(found) => found,
+            Err(reason) => return refused(reason),
         };
         if let Some(home) = &in_place.new_file {
-            return self.stage_new_file(change, in_place, home, tree, editor);
-        }
-        let found = {
-            let index = declared
-                .shared
-                .index
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            match index.lookup(&in_place.key) {
-                Lookup::Missing => None,
-                Lookup::Found(d) => Some(d.clone()),
-                Lookup::Ambiguous(candidates) => {
-                    let places: Vec<String> = candidates.iter().map(|d| d.path.clone()).collect();
-                    return refused(format!(
-                        "{} could be any of these documents now: {}; kubescribe never edits one by guess",
-                        change.object_ref(),
-                        places.join(", ")
-                    ));
-                }
+            if let Some((path, _)) = found {
+                return refused(format!(
+                    "{} is declared in {path} by now; it is not written a second time",
+                    change.object_ref()
+                ));
             }
-        };
-        let Some(found) = found else {
+            return self.stage_new_file(change, in_place, home, tree, editor, placed);
+        }
+        let Some((path, listed_in)) = found else {
             return Ok(Staged::Canonical);
         };
-        let path = found.path.as_str();
+        if change.verb == crate::manifest::Verb::Create {
+            return refused(format!(
+                "{} is declared in {path} by now; it is not written a second time",
+                change.object_ref()
+            ));
+        }
+        let path = path.as_str();
         let Some(current) = lookup(&self.repo, tree, path).map_err(|e| write_error(&e))? else {
             return refused(format!(
-                "{path}, which declares {}, is not on the branch any more",
+                "{path}, which declared {}, is not on the branch any more",
                 change.object_ref()
             ));
         };
@@ -258,49 +293,28 @@ impl Writer {
             .map_err(|e| write_error(&e))?
             .detach()
             .data;
-        let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_slice(&bytes)
-            .map(Value::deserialize)
-            .collect::<Result<_, _>>()
-            .unwrap_or_default();
-        let Some(document) = documents.get(found.document) else {
+        // Found by what it says, not by its position: a delete earlier in this batch
+        // may have shifted the file's documents.
+        let documents = crate::declared::documents(&bytes);
+        let Some(at) = crate::declared::find_document(&documents, &in_place.key) else {
             return refused(format!(
-                "{path} has no document {} any more",
-                found.document + 1
-            ));
-        };
-        // The index describes the branch before this batch: a delete earlier in the
-        // batch may have shifted the file's documents.
-        let (api_version, kind, name) = (
-            document
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-            document
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-            document
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-        );
-        if kind != in_place.key.kind || name.is_empty() || !in_place.key.name.contains(name) {
-            return refused(format!(
-                "document {} of {path} is not {} any more; commit again once the branch settles",
-                found.document + 1,
+                "no single document of {path} is {} now; kubescribe never edits one by guess: change it in git",
                 change.object_ref()
             ));
-        }
-        let (api_version, kind) = (api_version.to_owned(), kind.to_owned());
+        };
+        let api_version = documents[at]
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let kind = in_place.key.kind.clone();
         let edited = match change.action {
-            Action::Remove => edit::remove(&bytes, found.document),
-            _ => edit::update(&bytes, found.document, &in_place.ops, &in_place.new),
+            Action::Remove => edit::remove(&bytes, at),
+            _ => edit::update(&bytes, at, &in_place.ops, &in_place.new),
         };
         let edited = match edited {
             Ok(edited) => edited,
-            Err(error) => {
-                return refused(format!("cannot edit {path}: {error}"));
-            }
+            Err(error) => return refused(format!("cannot edit {path}: {error}")),
         };
         let mut body = String::new();
         match edited.bytes {
@@ -311,7 +325,7 @@ impl Writer {
                 if edited.rewritten {
                     body = format!(
                         "kubescribe could not change document {} of {path} in place, so it wrote that document whole.\n\n",
-                        found.document + 1
+                        at + 1
                     );
                 }
             }
@@ -322,11 +336,12 @@ impl Writer {
                 body = format!("Removes {path}, whose only object this was.\n\n");
                 // The kustomization that lists the file must not list it any more,
                 // or `kustomize build` fails.
-                if let Some(dir) = found.through.last() {
+                if let Some(dir) = &listed_in {
                     if let Some(listed) = self.unlist(dir, path, tree, editor)? {
                         body.push_str(&format!("Takes it out of the resources of {listed}.\n\n"));
                     }
                 }
+                placed.remove(&in_place.key);
             }
         }
         Ok(Staged::Done(Ok((api_version, kind, body))))
@@ -372,6 +387,7 @@ impl Writer {
         home: &crate::declared::Home,
         tree: ObjectId,
         editor: &mut gix::objs::tree::Editor<'_>,
+        placed: &mut Placed,
     ) -> Result<Staged, StoreError> {
         let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
             reason: e.to_string(),
@@ -381,20 +397,6 @@ impl Writer {
         let Action::Put(bytes) = &change.action else {
             return Ok(Staged::Canonical);
         };
-        if let Some(declared) = &self.declared {
-            let index = declared
-                .shared
-                .index
-                .read()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Lookup::Found(d) = index.lookup(&in_place.key) {
-                return refused(format!(
-                    "{} is declared in {} by now; it is not written a second time",
-                    change.object_ref(),
-                    d.path
-                ));
-            }
-        }
         if lookup(&self.repo, tree, path)
             .map_err(|e| write_error(&e))?
             .is_some()
@@ -423,6 +425,10 @@ impl Writer {
             body = format!("Lists it in the resources of {kustomization}.\n\n");
         }
         put_blob(&self.repo, editor, path, bytes, None)?;
+        placed.insert(
+            in_place.key.clone(),
+            (path.to_owned(), home.kustomization.clone()),
+        );
         Ok(Staged::Done(Ok((
             change.api_version.clone(),
             change.kind.clone(),

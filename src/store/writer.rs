@@ -52,6 +52,24 @@ pub(super) struct Writer {
     pub(super) _lock: std::fs::File,
 }
 
+/// What a newer change replaces: the file, or for a change edited in place (whose
+/// file may declare other objects) the object.
+fn supersedes(change: &Change) -> String {
+    match &change.in_place {
+        Some(in_place) => {
+            let key = &in_place.key;
+            format!(
+                "{}\0{}\0{}\0{}",
+                key.group,
+                key.kind,
+                key.namespace.as_deref().unwrap_or_default(),
+                key.name
+            )
+        }
+        None => change.path.as_str().to_owned(),
+    }
+}
+
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
 pub(super) const WRITER_NICENESS: i32 = 19;
 
@@ -289,18 +307,19 @@ impl Writer {
                     self.backoff = MIN_BACKOFF;
                     tracing::info!(changes = jobs.len(), commits, "retried changes committed");
                 } else if !self.retry.is_empty() {
-                    // A newer write to the same file supersedes a change still waiting
-                    // for its retry; replaying the old one later would undo it.
-                    let paths: std::collections::HashSet<&str> = jobs
+                    // A newer write to the same object supersedes a change still
+                    // waiting for its retry; replaying the old one later would undo it.
+                    // (A file edited in place holds other objects, which do not.)
+                    let objects: std::collections::HashSet<String> = jobs
                         .iter()
                         .flat_map(|j| match &j.bundle {
                             Some(bundle) => bundle.changes.iter().collect::<Vec<_>>(),
                             None => vec![&j.change],
                         })
-                        .map(|change| change.path.as_str())
+                        .map(supersedes)
                         .collect();
                     self.retry
-                        .retain(|j| !paths.contains(j.change.path.as_str()));
+                        .retain(|j| !objects.contains(&supersedes(&j.change)));
                 }
                 tracing::debug!(
                     changes = jobs.len(),

@@ -1,0 +1,333 @@
+//! Edits in place when several writes meet in one batch, or wait for a retry: a
+//! delete that shifts a file's documents, an object created and changed before the
+//! index knows its file, a failed change and a newer one to another object of the
+//! same file. (Found by an independent review; each was wrong before.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{allowed, body, eventually, git, TestServer};
+use kubescribe::fault::{Faults, Gate, Switch};
+use serde_json::{json, Value};
+
+/// A bare repository whose `main` holds `files`, committed by its maintainer.
+fn seeded(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    for (path, text) in files {
+        let path = work.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    let run = |args: &[&str], cwd: &Path| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_AUTHOR_NAME", "Maintainer")
+            .env("GIT_AUTHOR_EMAIL", "m@example.com")
+            .env("GIT_COMMITTER_NAME", "Maintainer")
+            .env("GIT_COMMITTER_EMAIL", "m@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    run(&["init", "-q", "-b", "main"], &work);
+    run(&["add", "-A"], &work);
+    run(&["commit", "-q", "-m", "seed"], &work);
+    let repo = dir.path().join("repo.git");
+    run(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            work.to_str().unwrap(),
+            repo.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    (dir, repo)
+}
+
+fn config(repo: &Path) -> String {
+    format!(
+        "repository:\n  path: {}\n  inPlace:\n    enabled: true\nrules:\n- name: all\n  namespaces: [\"*\"]\n  wait: none\n",
+        repo.display()
+    )
+}
+
+fn review(
+    n: u32,
+    operation: &str,
+    (group, version, kind, resource): (&str, &str, &str, &str),
+    name: &str,
+    (old, new): (Option<Value>, Option<Value>),
+) -> Value {
+    json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": format!("00000000-0000-4000-8000-{n:012}"),
+        "kind": {"group": group, "version": version, "kind": kind},
+        "resource": {"group": group, "version": version, "resource": resource},
+        "name": name, "namespace": "shop", "operation": operation,
+        "userInfo": {"username": "alice", "groups": ["devs"]},
+        "object": new, "oldObject": old, "dryRun": false, "options": {}}})
+}
+
+const DEPLOYMENT: (&str, &str, &str, &str) = ("apps", "v1", "Deployment", "deployments");
+const CONFIGMAP: (&str, &str, &str, &str) = ("", "v1", "ConfigMap", "configmaps");
+
+fn deployment(name: &str, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+      "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                   "resourceVersion": "5", "creationTimestamp": "2026-01-01T00:00:00Z"},
+      "spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}})
+}
+
+fn configmap(name: &str, value: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+      "metadata": {"name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                   "resourceVersion": "7", "creationTimestamp": "2026-01-01T00:00:00Z"},
+      "data": {"a": value}})
+}
+
+const THREE: &str = "# the shop\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: old\n  namespace: shop\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: old:1\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web-canary\n  namespace: shop\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: web:2-rc\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: web:1\n";
+
+const TWO: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: web:1\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\n  namespace: shop\ndata:\n  a: \"1\"\n";
+
+async fn send(server: &TestServer, review: &Value) {
+    let (status, answer) = server
+        .connect()
+        .await
+        .review("/validate?timeout=10s", body(review))
+        .await
+        .expect("answered");
+    assert_eq!(status, 200, "{answer}");
+    assert!(allowed(&answer), "{answer}");
+}
+
+fn commits(repo: &Path) -> usize {
+    git(repo, &["rev-list", "--count", "main"])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sends `reviews` while the writer is held on an earlier batch, so they are
+/// committed together in the next one; returns once they are.
+async fn in_one_batch(server: &TestServer, repo: &Path, disk: &Gate, reviews: &[Value]) {
+    let start = commits(repo);
+    let hold = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hold", "namespace": "elsewhere", "uid": "u-hold",
+                     "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "data": {"a": "b"}});
+    let mut first = review(100, "CREATE", CONFIGMAP, "hold", (None, Some(hold)));
+    first["request"]["namespace"] = json!("elsewhere");
+    send(server, &first).await;
+    disk.arrivals(1).await;
+    for review in reviews {
+        send(server, review).await;
+    }
+    disk.open();
+    let wanted = start + 1 + reviews.len();
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the batch is committed",
+        || commits(repo) >= wanted,
+    )
+    .await;
+}
+
+fn show(repo: &Path, path: &str) -> String {
+    git(repo, &["show", &format!("main:{path}")])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_earlier_in_the_batch_does_not_move_a_later_edit_to_another_document() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let disk = Gate::closed();
+    let faults = Faults {
+        before_durable: Some(disk.clone()),
+        ..Faults::default()
+    };
+    let server = TestServer::start_with_faults(dir, &config(&repo), faults).await;
+    in_one_batch(
+        &server,
+        &repo,
+        &disk,
+        &[
+            review(
+                1,
+                "DELETE",
+                DEPLOYMENT,
+                "old",
+                (Some(deployment("old", "old:1")), None),
+            ),
+            review(
+                2,
+                "UPDATE",
+                DEPLOYMENT,
+                "web-canary",
+                (
+                    Some(deployment("web-canary", "web:2-rc")),
+                    Some(deployment("web-canary", "web:2")),
+                ),
+            ),
+        ],
+    )
+    .await;
+    let text = show(&repo, "apps/web.yaml");
+    assert!(!text.contains("name: old"), "{text}");
+    assert!(
+        text.contains("name: web-canary\n  namespace: shop\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: web:2\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("name: web\n  namespace: shop\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: web:1\n"), "{text}");
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_created_and_changed_in_one_batch_is_written_once() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let disk = Gate::closed();
+    let faults = Faults {
+        before_durable: Some(disk.clone()),
+        ..Faults::default()
+    };
+    let server = TestServer::start_with_faults(dir, &config(&repo), faults).await;
+    in_one_batch(
+        &server,
+        &repo,
+        &disk,
+        &[
+            review(
+                1,
+                "CREATE",
+                CONFIGMAP,
+                "x",
+                (None, Some(configmap("x", "1"))),
+            ),
+            review(
+                2,
+                "UPDATE",
+                CONFIGMAP,
+                "x",
+                (Some(configmap("x", "1")), Some(configmap("x", "2"))),
+            ),
+        ],
+    )
+    .await;
+    // Created beside the shop's other objects, and changed there, not a second time
+    // where the path template says.
+    let tree = git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(tree.lines().any(|l| l == "apps/x-configmap.yaml"), "{tree}");
+    assert!(!tree.contains("shop/core/configmaps/x.yaml"), "{tree}");
+    assert!(show(&repo, "apps/x-configmap.yaml").contains("a: '2'"));
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_admitted_while_its_create_is_committed_removes_the_new_file() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let disk = Gate::closed();
+    let faults = Faults {
+        before_durable: Some(disk.clone()),
+        ..Faults::default()
+    };
+    let server = TestServer::start_with_faults(dir, &config(&repo), faults).await;
+    let start = commits(&repo);
+    send(
+        &server,
+        &review(
+            1,
+            "CREATE",
+            CONFIGMAP,
+            "x",
+            (None, Some(configmap("x", "1"))),
+        ),
+    )
+    .await;
+    disk.arrivals(1).await;
+    send(
+        &server,
+        &review(
+            2,
+            "DELETE",
+            CONFIGMAP,
+            "x",
+            (Some(configmap("x", "1")), None),
+        ),
+    )
+    .await;
+    disk.open();
+    eventually(
+        std::time::Duration::from_secs(20),
+        "both are committed",
+        || commits(&repo) >= start + 2,
+    )
+    .await;
+    let tree = git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(!tree.contains("x-configmap.yaml"), "{tree}");
+    assert!(!tree.contains("shop/core/configmaps/x.yaml"), "{tree}");
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_waiting_for_its_retry_survives_a_newer_change_to_another_object_of_its_file() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let failing = Switch::default();
+    let faults = Faults {
+        failing_disk: Some(failing.clone()),
+        ..Faults::default()
+    };
+    let server = TestServer::start_with_faults(dir, &config(&repo), faults).await;
+    failing.set(true);
+    send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "web",
+            (
+                Some(deployment("web", "web:1")),
+                Some(deployment("web", "web:2")),
+            ),
+        ),
+    )
+    .await;
+    // The writer fails the batch on its own schedule: wait until the change waits
+    // for its retry.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (depth, text) = common::sample_of(&server, "kubescribe_store_retry_depth").await;
+        if depth.is_some_and(|d| d >= 1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    failing.set(false);
+    send(
+        &server,
+        &review(
+            2,
+            "UPDATE",
+            CONFIGMAP,
+            "web-config",
+            (
+                Some(configmap("web-config", "1")),
+                Some(configmap("web-config", "2")),
+            ),
+        ),
+    )
+    .await;
+    eventually(
+        std::time::Duration::from_secs(30),
+        "both are in the file",
+        || {
+            let text = show(&repo, "apps/web.yaml");
+            text.contains("image: web:2") && text.contains("a: \"2\"")
+        },
+    )
+    .await;
+    server.server.shutdown().await.unwrap();
+}
