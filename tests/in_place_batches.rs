@@ -136,6 +136,23 @@ async fn in_one_batch(server: &TestServer, repo: &Path, disk: &Gate, reviews: &[
     .await;
 }
 
+/// Polls a gauge of the server's /metrics until it reaches `value`: the writer takes
+/// and fails batches on its own schedule.
+async fn at_least(server: &TestServer, sample: &str, value: f64) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (now, text) = common::sample_of(server, sample).await;
+        if now.is_some_and(|v| v >= value) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{sample} < {value}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 fn show(repo: &Path, path: &str) -> String {
     git(repo, &["show", &format!("main:{path}")])
 }
@@ -296,15 +313,7 @@ async fn a_change_waiting_for_its_retry_survives_a_newer_change_to_another_objec
     .await;
     // The writer fails the batch on its own schedule: wait until the change waits
     // for its retry.
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (depth, text) = common::sample_of(&server, "kubescribe_store_retry_depth").await;
-        if depth.is_some_and(|d| d >= 1.0) {
-            break;
-        }
-        assert!(std::time::Instant::now() < until, "{text}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    at_least(&server, "kubescribe_store_retry_depth", 1.0).await;
     failing.set(false);
     send(
         &server,
@@ -326,6 +335,192 @@ async fn a_change_waiting_for_its_retry_survives_a_newer_change_to_another_objec
         || {
             let text = show(&repo, "apps/web.yaml");
             text.contains("image: web:2") && text.contains("a: \"2\"")
+        },
+    )
+    .await;
+    server.server.shutdown().await.unwrap();
+}
+
+/// A bare clone of `repo` to push to, and a config with it as the remote.
+fn with_remote(repo: &Path, rules: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = dir.path().join("remote.git");
+    let out = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(repo)
+        .arg(&remote)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let config = format!(
+        "repository:\n  path: {}\n  remote:\n    url: file://{}\n  inPlace:\n    enabled: true\nrules:\n{rules}",
+        repo.display(),
+        remote.display()
+    );
+    (dir, remote, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_edit_is_taken_out_of_its_file_even_after_another_object_of_the_file_changed() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (_remote_dir, remote, config) = with_remote(
+        &repo,
+        "- name: deployments\n  resources: [deployments]\n  wait: push\n- name: rest\n  wait: none\n",
+    );
+    let disk = Gate::closed();
+    let pushed = Gate::closed();
+    let faults = Faults {
+        before_durable: Some(disk.clone()),
+        after_push: Some(pushed.clone()),
+        ..Faults::default()
+    };
+    let server = std::sync::Arc::new(TestServer::start_with_faults(dir, &config, faults).await);
+    // The writer is held, so A and B go into one batch.
+    let mut hold = review(
+        100,
+        "CREATE",
+        CONFIGMAP,
+        "hold",
+        (None, Some(configmap("hold", "x"))),
+    );
+    hold["request"]["namespace"] = json!("elsewhere");
+    hold["request"]["object"]["metadata"]["namespace"] = json!("elsewhere");
+    send(&server, &hold).await;
+    disk.arrivals(1).await;
+    // A waits for its push, which the remote accepts too late for A's deadline.
+    let a = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let review = review(
+                1,
+                "UPDATE",
+                DEPLOYMENT,
+                "web",
+                (
+                    Some(deployment("web", "web:1")),
+                    Some(deployment("web", "web:2")),
+                ),
+            );
+            let (status, answer) = server
+                .connect()
+                .await
+                .review("/validate?timeout=3s", body(&review))
+                .await
+                .expect("answered");
+            assert_eq!(status, 200);
+            answer
+        })
+    };
+    at_least(&server, "kubescribe_store_queue_depth", 1.0).await;
+    // B: another object of the same file, admitted.
+    send(
+        &server,
+        &review(
+            2,
+            "UPDATE",
+            CONFIGMAP,
+            "web-config",
+            (
+                Some(configmap("web-config", "1")),
+                Some(configmap("web-config", "2")),
+            ),
+        ),
+    )
+    .await;
+    disk.open();
+    let a = a.await.unwrap();
+    assert!(!allowed(&a), "{a}");
+    pushed.open();
+    // A is reverted everywhere; B stays.
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the remote has B without A",
+        || {
+            let text = git(&remote, &["show", "main:apps/web.yaml"]);
+            text.contains("image: web:1") && text.contains("a: \"2\"")
+        },
+    )
+    .await;
+    let text = show(&repo, "apps/web.yaml");
+    assert!(
+        text.contains("image: web:1") && text.contains("a: \"2\""),
+        "{text}"
+    );
+    // A was committed, then reverted by a commit of its own.
+    let log = git(&repo, &["log", "--format=%s", "main"]);
+    assert!(
+        log.contains("revert update apps/v1 Deployment shop/web"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\nupdate apps/v1 Deployment shop/web\n"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_edit_keeps_what_a_person_pushed_to_another_object_of_the_file() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (remote_dir, remote, config) = with_remote(&repo, "- name: all\n  wait: commit\n");
+    let held = Gate::closed();
+    let faults = Faults {
+        before_push: Some(held.clone()),
+        ..Faults::default()
+    };
+    let server = TestServer::start_with_faults(dir, &config, faults).await;
+    send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "web",
+            (
+                Some(deployment("web", "web:1")),
+                Some(deployment("web", "web:2")),
+            ),
+        ),
+    )
+    .await;
+    held.arrivals(1).await;
+    // Meanwhile a person changes the ConfigMap of the same file, and pushes first.
+    let work = remote_dir.path().join("work");
+    let run = |args: &[&str], cwd: &Path| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_AUTHOR_NAME", "Person")
+            .env("GIT_AUTHOR_EMAIL", "p@example.com")
+            .env("GIT_COMMITTER_NAME", "Person")
+            .env("GIT_COMMITTER_EMAIL", "p@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    run(
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+        remote_dir.path(),
+    );
+    let file = work.join("apps/web.yaml");
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "a: \"1\"\n",
+        "a: \"1\"\n  b: \"person\" # added by a person\n",
+    );
+    std::fs::write(&file, text).unwrap();
+    run(&["commit", "-q", "-am", "a person's change"], &work);
+    run(&["push", "-q", "origin", "main"], &work);
+    held.open();
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the remote has both",
+        || {
+            let text = git(&remote, &["show", "main:apps/web.yaml"]);
+            text.contains("image: web:2") && text.contains("b: \"person\" # added by a person")
         },
     )
     .await;

@@ -392,6 +392,11 @@ fn locate(file: &[u8], document: usize) -> Result<Located<'_>, EditError> {
     })
 }
 
+/// Whether `bytes` is UTF-8 YAML whose every document parses.
+pub fn parses(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok_and(|text| parse_all(text).is_ok())
+}
+
 fn parse_all(text: &str) -> Result<Vec<Value>, EditError> {
     use serde::Deserialize;
     serde_yaml_ng::Deserializer::from_str(text)

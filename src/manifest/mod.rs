@@ -224,7 +224,15 @@ impl Change {
             groups: self.groups.clone(),
             uid: self.uid.clone(),
             version: self.version.clone(),
-            in_place: None,
+            // Which object it is, without the edit: a revert finds the object's
+            // later changes by it.
+            in_place: self.in_place.as_ref().map(|in_place| {
+                Box::new(crate::declared::InPlace {
+                    ops: Vec::new(),
+                    new: Value::Null,
+                    ..(**in_place).clone()
+                })
+            }),
         }
     }
 

@@ -181,14 +181,38 @@ impl Writer {
                     // Every file the denied commit changed (a cascade changed many)
                     // goes back, unless a newer change replaced what it wrote.
                     let mut undone = 0;
+                    // A file edited in place holds other objects too: a later change
+                    // to one of them does not replace the denied change, which is
+                    // taken out of the file as it is now.
+                    let in_place = repo
+                        .find_commit(revert.commit)
+                        .ok()
+                        .and_then(|c| c.message_raw().ok().map(|m| m.to_string()))
+                        .is_some_and(|m| super::merge::is_in_place(&m));
+                    let object = super::writer::supersedes(change);
                     for (file, wrote, before) in
                         revert_edits(repo, revert.commit).map_err(|e| write_error(&e))?
                     {
-                        if lookup(repo, tree, &file).map_err(|e| write_error(&e))? != wrote
-                            || revert
-                                .after
-                                .is_some_and(|at| self.touches.kept_after(&file, at))
+                        let kept = if in_place { &object } else { &file };
+                        if revert
+                            .after
+                            .is_some_and(|at| self.touches.kept_after(kept, at))
                         {
+                            continue;
+                        }
+                        let now = lookup(repo, tree, &file).map_err(|e| write_error(&e))?;
+                        if now != wrote {
+                            if let (true, Some(now), Some(wrote), Some((_, before))) =
+                                (in_place, now, wrote, before)
+                            {
+                                undone += u64::from(self.revert_in(
+                                    &file,
+                                    now,
+                                    wrote,
+                                    before,
+                                    &mut editor,
+                                )?);
+                            }
                             continue;
                         }
                         match before {

@@ -344,7 +344,53 @@ impl Writer {
                 placed.remove(&in_place.key);
             }
         }
+        body.push_str(super::merge::TRAILER);
+        body.push('\n');
         Ok(Staged::Done(Ok((api_version, kind, body))))
+    }
+
+    /// Takes a denied commit's change (`wrote` over `before`) out of `file` as it is
+    /// now (`now`), which later changes to other objects of the file made: `git
+    /// revert`'s three-way merge. False, with the reason logged and counted, when the
+    /// later changes touched the same lines.
+    pub(super) fn revert_in(
+        &self,
+        file: &str,
+        now: ObjectId,
+        wrote: ObjectId,
+        before: ObjectId,
+        editor: &mut gix::objs::tree::Editor<'_>,
+    ) -> Result<bool, StoreError> {
+        let read = |id: ObjectId| -> Result<Vec<u8>, StoreError> {
+            Ok(self
+                .repo
+                .find_blob(id)
+                .map_err(|e| StoreError::Write {
+                    reason: e.to_string(),
+                })?
+                .detach()
+                .data)
+        };
+        let merged = super::merge::merge(
+            &std::env::temp_dir(),
+            &read(now)?,
+            &read(wrote)?,
+            &read(before)?,
+            super::merge::Conflicts::Refuse,
+        );
+        match merged {
+            Ok(Some(merged)) => put_blob(&self.repo, editor, file, &merged, Some(now)),
+            Ok(None) => {
+                self.count_error("revert_conflict", 1);
+                tracing::error!(file, "a denied change cannot be taken out of the file: a later change touched the same lines; take it out by hand");
+                Ok(false)
+            }
+            Err(error) => {
+                self.count_error("revert_conflict", 1);
+                tracing::error!(file, %error, "a denied change cannot be taken out of the file; take it out by hand");
+                Ok(false)
+            }
+        }
     }
 
     /// For a file written where the path template says: the file that already
@@ -429,6 +475,8 @@ impl Writer {
             in_place.key.clone(),
             (path.to_owned(), home.kustomization.clone()),
         );
+        body.push_str(super::merge::TRAILER);
+        body.push('\n');
         Ok(Staged::Done(Ok((
             change.api_version.clone(),
             change.kind.clone(),

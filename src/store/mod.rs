@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 mod commit;
 mod denials;
 mod in_place;
+mod merge;
 mod open;
 mod outgoing;
 mod pack;

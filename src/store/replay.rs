@@ -136,6 +136,64 @@ pub(super) fn diff_trees(
 }
 
 impl Writer {
+    /// Our in-place change of `path` (from `parent_tree` to `ours`) applied to the
+    /// file as `tree` has it: where both changed the same lines, ours wins, except
+    /// in a kustomization, where both sides' entries stay. `None` when there is
+    /// nothing to merge (a side added or removed the file) or no YAML comes out; the
+    /// caller then does what it does for any file.
+    fn merge_into_theirs(
+        &self,
+        path: &str,
+        parent_tree: ObjectId,
+        tree: ObjectId,
+        ours: Option<(EntryKind, ObjectId)>,
+    ) -> Result<Option<(ObjectId, Vec<u8>)>, StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let repo = &self.repo;
+        let (Some((_, ours)), Some(base), Some(current)) = (
+            ours,
+            lookup(repo, parent_tree, path).map_err(|e| write_error(&e))?,
+            lookup(repo, tree, path).map_err(|e| write_error(&e))?,
+        ) else {
+            return Ok(None);
+        };
+        let read = |id: ObjectId| -> Result<Vec<u8>, StoreError> {
+            Ok(repo
+                .find_blob(id)
+                .map_err(|e| write_error(&e))?
+                .detach()
+                .data)
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let conflicts = if crate::declared::kustomization_file(name) {
+            super::merge::Conflicts::Both
+        } else {
+            super::merge::Conflicts::Change
+        };
+        match super::merge::merge(
+            &std::env::temp_dir(),
+            &read(current)?,
+            &read(base)?,
+            &read(ours)?,
+            conflicts,
+        ) {
+            Ok(Some(merged)) => Ok(Some((current, merged))),
+            Ok(None) => {
+                tracing::warn!(
+                    path,
+                    "our change and the remote's do not merge into YAML; ours is written whole"
+                );
+                Ok(None)
+            }
+            Err(error) => {
+                tracing::warn!(path, %error, "cannot merge our change into the remote's file; ours is written whole");
+                Ok(None)
+            }
+        }
+    }
+
     /// Replays the outbox's commits onto `onto`, the remote's tip: each commit's file
     /// changes are applied again, with its author and message, and the branch moves
     /// to the result. Commits whose changes the remote already has disappear.
@@ -256,7 +314,16 @@ impl Writer {
             diff_trees(repo, parent_tree, original.tree, "", &mut changes)
                 .map_err(|e| write_error(&e))?;
             let single = changes.len() == 1;
+            let in_place = super::merge::is_in_place(&String::from_utf8_lossy(&original.message));
             for (path, entry) in changes {
+                // A file edited in place is shared with people and other objects: our
+                // change goes into the remote's version of it, as `git rebase` would.
+                if in_place && reverts.is_none() && theirs.contains_key(&path) {
+                    if let Some(merged) = self.merge_into_theirs(&path, parent_tree, tree, entry)? {
+                        put_blob(repo, &mut editor, &path, &merged.1, Some(merged.0))?;
+                        continue;
+                    }
+                }
                 let keep_theirs = match (theirs.get(&path), &ours) {
                     (None, _) => false,
                     // A version speaks for its commit's one file.

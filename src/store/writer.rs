@@ -54,7 +54,7 @@ pub(super) struct Writer {
 
 /// What a newer change replaces: the file, or for a change edited in place (whose
 /// file may declare other objects) the object.
-fn supersedes(change: &Change) -> String {
+pub(super) fn supersedes(change: &Change) -> String {
     match &change.in_place {
         Some(in_place) => {
             let key = &in_place.key;
@@ -340,7 +340,7 @@ impl Writer {
                     let at = (job.bundle.is_none() && job.revert.is_none()).then(|| {
                         let ticket = job.push_waiter.as_ref().map(|w| w.ticket);
                         self.touches
-                            .note(job.change.path.as_str(), &outcome, ticket)
+                            .note(&supersedes(&job.change), &outcome, ticket)
                     });
                     match outcome {
                         Outcome::Committed { commit } if denied && job.bundle.is_none() => {
