@@ -31,7 +31,7 @@ fn edit(file: &[u8], document: usize, change: impl FnOnce(&mut Value)) -> (Vec<u
     let mut new = old.clone();
     change(&mut new);
     let ops = edit::diff(&old, &new);
-    let Edited { bytes, rewritten } = edit::update(file, document, &ops, &new).unwrap();
+    let Edited { bytes, rewritten } = edit::update(file, document, &ops, &old, &new).unwrap();
     assert!(!rewritten, "edited in place");
     let bytes = bytes.unwrap();
     assert_eq!(documents(&bytes)[document], new, "the edit parses back");
@@ -204,7 +204,7 @@ fn a_delete_takes_out_the_document_and_the_file_with_its_last() {
 fn an_unchanged_object_leaves_the_file_as_it_is() {
     let file = fixture(BACKEND);
     let old = documents(&file)[0].clone();
-    let Edited { bytes, .. } = edit::update(&file, 0, &edit::diff(&old, &old), &old).unwrap();
+    let Edited { bytes, .. } = edit::update(&file, 0, &edit::diff(&old, &old), &old, &old).unwrap();
     assert_eq!(bytes.unwrap(), file);
 }
 
@@ -218,7 +218,7 @@ fn the_diff_names_list_elements_by_name() {
     // The document has the elements in another order: each is found by name.
     let file =
         b"env:\n- name: B # second in the cluster\n  value: \"2\"\n- name: A\n  value: \"1\"\n";
-    let Edited { bytes, .. } = edit::update(file, 0, &ops, &new).unwrap();
+    let Edited { bytes, .. } = edit::update(file, 0, &ops, &old, &new).unwrap();
     let text = String::from_utf8(bytes.unwrap()).unwrap();
     assert_eq!(
         text,
@@ -395,7 +395,7 @@ fn random_edits_of_every_document_parse_back_exactly_and_leave_the_rest() {
                     mutate(&mut new, &mut rng);
                 }
                 let ops = edit::diff(old, &new);
-                let result = edit::update(&file, document, &ops, &new)
+                let result = edit::update(&file, document, &ops, old, &new)
                     .unwrap_or_else(|e| panic!("{name} #{document} round {round}: {e}"));
                 let bytes = result.bytes.unwrap();
                 let after = documents(&bytes);
@@ -460,4 +460,71 @@ fn a_kustomization_lists_and_unlists_files_in_its_own_style() {
     assert!(String::from_utf8(bare)
         .unwrap()
         .starts_with("kind: Kustomization\nnamespace: a\n"));
+}
+
+#[test]
+fn a_key_that_is_not_a_string_is_never_written_twice() {
+    // ingress-nginx's tcp-services: port numbers as keys.
+    let file = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: tcp-services\ndata:\n  9000: \"default/svc:8080\"\n";
+    let old = documents(file)[0].clone();
+    let mut new = old.clone();
+    new["data"]["9000"] = json!("default/svc:9090");
+    let edited = edit::update(file, 0, &edit::diff(&old, &new), &old, &new).unwrap();
+    let text = String::from_utf8(edited.bytes.unwrap()).unwrap();
+    assert_eq!(text.matches("9000").count(), 1, "{text}");
+    assert_eq!(documents(text.as_bytes())[0], new);
+}
+
+#[test]
+fn strings_yaml_1_1_reads_as_something_else_are_quoted() {
+    let file = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  answer: maybe\n";
+    let old = documents(file)[0].clone();
+    let mut new = old.clone();
+    for (key, value) in [
+        ("answer", "y"),
+        ("n", "N"),
+        ("time", "1:20"),
+        ("day", "2001-12-14"),
+    ] {
+        new["data"][key] = json!(value);
+    }
+    let edited = edit::update(file, 0, &edit::diff(&old, &new), &old, &new).unwrap();
+    assert!(!edited.rewritten);
+    let text = String::from_utf8(edited.bytes.unwrap()).unwrap();
+    for line in [
+        "  answer: 'y'\n",
+        "  'n': 'N'\n",
+        "  time: '1:20'\n",
+        "  day: '2001-12-14'\n",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+}
+
+#[test]
+fn a_list_an_overlay_changed_is_never_edited_by_position() {
+    // The document's args, and the object's: an overlay patch put `--x` first.
+    let file = b"kind: Deployment\nmetadata:\n  name: web\nspec:\n  args:\n  - --a\n  - --b\n";
+    let old = json!({"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"args": ["--x", "--a", "--b"]}});
+    for args in [
+        json!(["--x", "--b"]),
+        json!(["--x", "--A", "--b"]),
+        json!(["--x", "--a", "--c"]),
+    ] {
+        let mut new = old.clone();
+        new["spec"]["args"] = args;
+        let error = edit::update(file, 0, &edit::diff(&old, &new), &old, &new).unwrap_err();
+        assert!(
+            error.to_string().contains("another list at spec.args"),
+            "{error}"
+        );
+    }
+    // Where the lists agree (defaults aside), positions are the document's.
+    let old = json!({"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"args": ["--a", "--b"]}});
+    let mut new = old.clone();
+    new["spec"]["args"][1] = json!("--c");
+    let edited = edit::update(file, 0, &edit::diff(&old, &new), &old, &new).unwrap();
+    assert!(String::from_utf8(edited.bytes.unwrap())
+        .unwrap()
+        .ends_with("  - --a\n  - --c\n"));
 }

@@ -265,7 +265,7 @@ fn measure_edits(fixtures: &std::path::Path) -> anyhow::Result<serde_json::Value
                 kubescribe::manifest::sanitize(&mut before, &group, &kind)?;
                 kubescribe::manifest::sanitize(&mut after, &group, &kind)?;
                 let ops = edit::diff(&before, &after);
-                let edited = edit::update(&file, document, &ops, &after)?;
+                let edited = edit::update(&file, document, &ops, &before, &after)?;
                 anyhow::ensure!(!edited.rewritten, "{path} edited in place");
             }
             in_place_s = in_place_s.min(started.elapsed().as_secs_f64() / f64::from(N));

@@ -50,6 +50,26 @@ pub enum EditError {
     Parse { reason: String },
     #[error("document {document} is not a mapping")]
     NotAnObject { document: usize },
+    #[error("document {} has another list at {path} than the object (an overlay or a controller changed it), so an edit by position there could change the wrong element", .document + 1)]
+    Diverged { document: usize, path: String },
+}
+
+/// `spec.template.spec.containers[web].args[2]`.
+fn path_text(path: &[Step]) -> String {
+    let mut text = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Step::Index(at) => text.push_str(&format!("[{at}]")),
+            Step::Named(name) => text.push_str(&format!("[{name}]")),
+        }
+    }
+    text
 }
 
 /// An edited file.
@@ -209,7 +229,10 @@ enum Placed {
     Nothing,
 }
 
-fn place(document: &Value, op: &Op, new: &Value) -> Placed {
+/// Where `op` lands in `document`, or the path where the document's list is not
+/// the one the object had (`old`): an overlay patch or an injected element made them
+/// differ, and an edit by position there would change the wrong element.
+fn place(document: &Value, op: &Op, old: &Value, new: &Value) -> Result<Placed, Vec<Step>> {
     let (path, value) = match op {
         Op::Set(path, value) => (path, Some(value)),
         Op::Remove(path) => (path, None),
@@ -219,22 +242,24 @@ fn place(document: &Value, op: &Op, new: &Value) -> Placed {
         let last = depth + 1 == path.len();
         let next = match (step, here) {
             (Step::Key(key), Value::Object(map)) => map.get(key),
-            (Step::Index(at), Value::Array(items)) => items.get(*at),
+            (Step::Index(at), Value::Array(items)) => {
+                // Positions are the object's: the document's list must be it.
+                let matches = old.is_null()
+                    || self::at(old, &path[..depth]).is_some_and(|list| within(here, list));
+                if !matches {
+                    return Err(path[..depth].to_vec());
+                }
+                items.get(*at)
+            }
             (Step::Named(name), Value::Array(items)) => items
                 .iter()
                 .find(|item| item.get("name").and_then(Value::as_str) == Some(name)),
-            // The document has something else here: the new object's value
-            // replaces it whole.
-            _ => {
-                return match at(new, &path[..depth]) {
-                    Some(value) => Placed::Set(path[..depth].to_vec(), value.clone()),
-                    None => Placed::Nothing,
-                };
-            }
+            // The document has something else here than the object had.
+            _ => return Err(path[..depth].to_vec()),
         };
         match next {
             Some(next) => here = next,
-            None if value.is_none() => return Placed::Nothing,
+            None if value.is_none() => return Ok(Placed::Nothing),
             None => {
                 let value = value.expect("a set").clone();
                 return match step {
@@ -251,31 +276,42 @@ fn place(document: &Value, op: &Op, new: &Value) -> Placed {
                                     _ => None,
                                 });
                         match nested {
-                            Some(nested) => Placed::Set(path[..=depth].to_vec(), nested),
-                            None => match at(new, &path[..=depth]) {
+                            Some(nested) => Ok(Placed::Set(path[..=depth].to_vec(), nested)),
+                            None => Ok(match at(new, &path[..=depth]) {
                                 Some(value) => Placed::Set(path[..=depth].to_vec(), value.clone()),
                                 None => Placed::Nothing,
-                            },
+                            }),
                         }
                     }
-                    Step::Named(_) if last => Placed::Append(path[..depth].to_vec(), value),
+                    Step::Named(_) if last => Ok(Placed::Append(path[..depth].to_vec(), value)),
                     // One past the end: appended.
                     Step::Index(at) if last && here.as_array().is_some_and(|a| a.len() == *at) => {
-                        Placed::Append(path[..depth].to_vec(), value)
+                        Ok(Placed::Append(path[..depth].to_vec(), value))
                     }
-                    // An element the document does not have: its list becomes the
-                    // new object's.
-                    _ => match at(new, &path[..depth]) {
-                        Some(value) => Placed::Set(path[..depth].to_vec(), value.clone()),
-                        None => Placed::Nothing,
-                    },
+                    // An element the document does not have (one an overlay or a
+                    // controller added): not this document's to change.
+                    _ => Err(path[..=depth].to_vec()),
                 };
             }
         }
     }
-    match value {
+    Ok(match value {
         Some(value) => Placed::Set(path.clone(), value.clone()),
         None => Placed::Remove(path.clone()),
+    })
+}
+
+/// Whether a document's value is the object's: everything the document says is
+/// there (the object adds its defaults), and lists hold the same elements in order.
+fn within(document: &Value, object: &Value) -> bool {
+    match (document, object) {
+        (Value::Object(mine), Value::Object(theirs)) => mine
+            .iter()
+            .all(|(key, value)| theirs.get(key).is_some_and(|other| within(value, other))),
+        (Value::Array(mine), Value::Array(theirs)) => {
+            mine.len() == theirs.len() && mine.iter().zip(theirs).all(|(a, b)| within(a, b))
+        }
+        (a, b) => a == b,
     }
 }
 
@@ -408,15 +444,28 @@ fn parse_all(text: &str) -> Result<Vec<Value>, EditError> {
         .collect()
 }
 
-/// Applies `ops` (from [`diff`] of the object before and after, `new` being the
-/// after) to document `document` of `file`.
-pub fn update(file: &[u8], document: usize, ops: &[Op], new: &Value) -> Result<Edited, EditError> {
+/// Applies `ops` (from [`diff`] of the object before and after: `old` and `new`) to
+/// document `document` of `file`.
+pub fn update(
+    file: &[u8],
+    document: usize,
+    ops: &[Op],
+    old: &Value,
+    new: &Value,
+) -> Result<Edited, EditError> {
     let located = locate(file, document)?;
     let before = &located.documents[document];
     if !before.is_object() {
         return Err(EditError::NotAnObject { document });
     }
-    let placed: Vec<Placed> = ops.iter().map(|op| place(before, op, new)).collect();
+    let placed: Vec<Placed> = ops
+        .iter()
+        .map(|op| place(before, op, old, new))
+        .collect::<Result<_, _>>()
+        .map_err(|path| EditError::Diverged {
+            document,
+            path: path_text(&path),
+        })?;
     let mut expected = before.clone();
     for op in &placed {
         apply_value(&mut expected, op);
@@ -673,6 +722,7 @@ enum Node {
 
 fn child(node: &Node, step: &Step) -> Option<yaml_edit::YamlNode> {
     match (node, step) {
+        (Node::Mapping(map), Step::Key(key)) if has_other_key(map, key) => None,
         (Node::Mapping(map), Step::Key(key)) => map.get(key.as_str()),
         (Node::Sequence(seq), Step::Index(at)) => seq.get(*at),
         (Node::Sequence(seq), Step::Named(name)) => seq.values().find(|item| {
@@ -722,6 +772,9 @@ fn apply_yaml(root: &Mapping, placed: &Placed, quote: Quote) -> Option<()> {
             push(&seq, value, quote);
         }
         (Placed::Set(_, value), Some(Step::Key(key)), Node::Mapping(map)) => {
+            if has_other_key(&map, key) {
+                return None;
+            }
             let current = map.get(key.as_str());
             if !set_scalar_in_style(current.as_ref(), value) {
                 set_in(&map, key, value, quote);
@@ -775,14 +828,29 @@ fn set_scalar_in_style(current: Option<&yaml_edit::YamlNode>, value: &Value) -> 
 }
 
 fn set_in(map: &Mapping, key: &str, value: &Value, quote: Quote) {
-    match build(value, quote) {
-        Some(Built::Mapping(m)) => map.set(key, m),
-        Some(Built::Sequence(s)) => map.set(key, s),
-        None => {
-            map.set(key, quote.scalar(value));
-            unquote(map.get(key), value);
-        }
+    // An existing key is set where it is; a new one is written as it must be.
+    let existing = map.get(key).is_some();
+    let name = || quote.key(key);
+    match (build(value, quote), existing) {
+        (Some(Built::Mapping(m)), true) => map.set(key, m),
+        (Some(Built::Mapping(m)), false) => map.set(name(), m),
+        (Some(Built::Sequence(s)), true) => map.set(key, s),
+        (Some(Built::Sequence(s)), false) => map.set(name(), s),
+        (None, true) => map.set(key, quote.scalar(value)),
+        (None, false) => map.set(name(), quote.scalar(value)),
     }
+    if build(value, quote).is_none() {
+        unquote(map.get(key), value);
+    }
+}
+
+/// Whether `map` has a key that reads as `key` but is not the string `key` (`1:`,
+/// `true:`): the editor looks keys up as strings, so it would add a second one.
+fn has_other_key(map: &Mapping, key: &str) -> bool {
+    map.get(key).is_none()
+        && map
+            .keys()
+            .any(|k| k.as_scalar().is_some_and(|s| s.as_string() == key))
 }
 
 fn set_item(seq: &Sequence, index: usize, value: &Value, quote: Quote) {
@@ -884,6 +952,25 @@ impl Quote {
         }
     }
 
+    /// `text` in the document's quotes (double where single ones cannot hold it).
+    fn quoted(self, text: &str) -> ScalarValue {
+        match self {
+            Quote::Single if !text.chars().any(char::is_control) => {
+                ScalarValue::single_quoted(text.to_owned())
+            }
+            _ => ScalarValue::double_quoted(text.to_owned()),
+        }
+    }
+
+    /// A mapping key: plain where every reader takes it as this string.
+    fn key(self, key: &str) -> ScalarValue {
+        if plain(key) {
+            ScalarValue::plain(key.to_owned())
+        } else {
+            self.quoted(key)
+        }
+    }
+
     fn scalar(self, value: &Value) -> ScalarValue {
         match value {
             Value::Null => ScalarValue::null(),
@@ -896,6 +983,10 @@ impl Quote {
             Value::String(s) => {
                 let scalar = ScalarValue::string(s.clone());
                 match (scalar.style(), self) {
+                    // The editor reads YAML 1.2, where `y`, `1:20` and dates are
+                    // strings; Kubernetes' YAML 1.1 reader takes them for a boolean,
+                    // a number and a timestamp.
+                    (ScalarStyle::Plain, _) if !plain(s) => self.quoted(s),
                     (ScalarStyle::SingleQuoted, Quote::Double) => {
                         ScalarValue::double_quoted(s.clone())
                     }
@@ -910,10 +1001,22 @@ impl Quote {
 
 /// Whether `text` reads back as this string written without quotes, by YAML 1.1
 /// readers as well: the canonical emitter's rule, and command-line flags (`--port=80`,
-/// `-v`), which it quotes to keep its output stable but a person writes plain.
+/// `-v`) and relative paths (`../base`), which it quotes to keep its output stable but
+/// a person writes plain.
 fn plain(text: &str) -> bool {
     let flag = text.trim_start_matches('-');
-    crate::yaml::is_plain_safe(text)
+    // A relative path (`../base`, `./web.yaml`), as kustomizations list them.
+    let mut relative = text;
+    while let Some(rest) = relative
+        .strip_prefix("../")
+        .or_else(|| relative.strip_prefix("./"))
+    {
+        relative = rest;
+    }
+    (relative.len() < text.len()
+        && relative.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && crate::yaml::is_plain_safe(relative))
+        || crate::yaml::is_plain_safe(text)
         || (flag.len() < text.len()
             && text.len() - flag.len() <= 2
             && flag.starts_with(|c: char| c.is_ascii_alphabetic())

@@ -97,6 +97,9 @@ pub struct InPlace {
     /// The change between the object before and after the write ([`edit::diff`]);
     /// empty for a delete.
     pub ops: Vec<edit::Op>,
+    /// The object before the write, sanitised; `Null` for a create, a delete or a
+    /// scale. Edits by position in a list need the document's list to be its.
+    pub old: Value,
     /// The object after the write, sanitised; `Null` for a delete or a scale.
     pub new: Value,
     /// Where the path template puts the object: where it goes if no document declares

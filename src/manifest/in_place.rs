@@ -148,8 +148,8 @@ pub fn plan_in_place(
         }
     }
     let creates = matches!(change.action, Action::Put(_)) && write.old_object.is_none();
-    let (ops, new) = match &change.action {
-        Action::Put(_) if creates => (Vec::new(), Value::Null),
+    let (ops, old, new) = match &change.action {
+        Action::Put(_) if creates => (Vec::new(), Value::Null, Value::Null),
         Action::Put(_) => {
             let (Some(old), Some(new)) = (write.old_object.as_ref(), write.object.as_ref()) else {
                 return Placement::Canonical;
@@ -162,7 +162,7 @@ pub fn plan_in_place(
             let (Some(old), Some(new)) = (clean(old), clean(new)) else {
                 return Placement::Canonical;
             };
-            (edit::diff(&old, &new), new)
+            (edit::diff(&old, &new), old, new)
         }
         Action::SetReplicas(replicas) => (
             vec![edit::Op::Set(
@@ -173,13 +173,15 @@ pub fn plan_in_place(
                 Value::from(*replicas),
             )],
             Value::Null,
+            Value::Null,
         ),
-        Action::Remove => (Vec::new(), Value::Null),
+        Action::Remove => (Vec::new(), Value::Null, Value::Null),
         Action::Cascade(_) => return Placement::Canonical,
     };
     let mut in_place = InPlace {
         key,
         ops,
+        old,
         new,
         canonical: change.path.as_str().to_owned(),
         new_file: None,

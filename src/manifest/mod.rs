@@ -229,6 +229,7 @@ impl Change {
             in_place: self.in_place.as_ref().map(|in_place| {
                 Box::new(crate::declared::InPlace {
                     ops: Vec::new(),
+                    old: Value::Null,
                     new: Value::Null,
                     ..(**in_place).clone()
                 })

@@ -310,7 +310,7 @@ impl Writer {
         let kind = in_place.key.kind.clone();
         let edited = match change.action {
             Action::Remove => edit::remove(&bytes, at),
-            _ => edit::update(&bytes, at, &in_place.ops, &in_place.new),
+            _ => edit::update(&bytes, at, &in_place.ops, &in_place.old, &in_place.new),
         };
         let edited = match edited {
             Ok(edited) => edited,
