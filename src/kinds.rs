@@ -43,6 +43,16 @@ pub(crate) fn resource_of(group: &str, kind: &str) -> (String, bool) {
         ("networking.k8s.io", "IngressClass"),
         ("certificates.k8s.io", "CertificateSigningRequest"),
         ("flowcontrol.apiserver.k8s.io", "FlowSchema"),
+        ("storage.k8s.io", "VolumeAttributesClass"),
+        ("networking.k8s.io", "ServiceCIDR"),
+        ("networking.k8s.io", "IPAddress"),
+        ("resource.k8s.io", "DeviceClass"),
+        ("certificates.k8s.io", "ClusterTrustBundle"),
+        ("admissionregistration.k8s.io", "MutatingAdmissionPolicy"),
+        (
+            "admissionregistration.k8s.io",
+            "MutatingAdmissionPolicyBinding",
+        ),
         ("flowcontrol.apiserver.k8s.io", "PriorityLevelConfiguration"),
     ];
     const IRREGULAR: &[(&str, &str)] = &[("Endpoints", "endpoints")];

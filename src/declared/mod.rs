@@ -118,9 +118,12 @@ pub struct Declared {
     pub document: usize,
     /// The kustomization directories that render it, outermost first.
     pub through: Vec<String>,
-    /// Those of them that change it beyond names, namespaces and labels (patches,
-    /// `images`, `replicas`…): what the cluster has is not this document alone.
+    /// Those of them (or the Flux Kustomization's file) that change it beyond names,
+    /// namespaces and labels (patches, `images`, `replicas`, `postBuild`…): what the
+    /// cluster has is not this document alone.
     pub transformed_by: Vec<String>,
+    /// Rendered with a name prefix or suffix: the file's name for it is not its own.
+    pub affixed: bool,
     pub namespace_from: NamespaceFrom,
 }
 
@@ -273,16 +276,7 @@ impl Index {
     /// it was built of. A manifest's change re-reads that file alone; a change to
     /// what shapes the walk (see [`Upkeep`]) builds the index again.
     pub fn update(&mut self, files: &dyn Files, changed: &[String], settings: &Settings) {
-        let upkeep = &self.upkeep;
-        let structural = changed.iter().any(|path| {
-            let (_, name) = split(path);
-            kustomize::FILE_NAMES.contains(&name)
-                || name == "Chart.yaml"
-                || upkeep.tools.contains(path)
-                || upkeep.not_objects.contains(path)
-                || files.read(path).is_some_and(|bytes| declares_tool(&bytes))
-        });
-        if structural {
+        if self.needs_rebuild(files, changed) {
             *self = Index::build(files, settings);
             return;
         }
@@ -302,6 +296,21 @@ impl Index {
             builder.count_file(path);
         }
         *self = builder.index;
+    }
+
+    /// Whether `changed` paths change what shapes the walk (a kustomization, a chart,
+    /// a patch or generator input, a GitOps tool's entry point), so that
+    /// [`Index::update`] builds the index again rather than re-reading them.
+    pub fn needs_rebuild(&self, files: &dyn Files, changed: &[String]) -> bool {
+        let upkeep = &self.upkeep;
+        changed.iter().any(|path| {
+            let (_, name) = split(path);
+            kustomize::FILE_NAMES.contains(&name)
+                || name == "Chart.yaml"
+                || upkeep.tools.contains(path)
+                || upkeep.not_objects.contains(path)
+                || files.read(path).is_some_and(|bytes| declares_tool(&bytes))
+        })
     }
 
     /// How many objects the document at `path`, `document` declares.
@@ -340,6 +349,11 @@ impl Index {
                 continue;
             }
             for declared in entries {
+                // A file beside a renamed or shared document would be renamed or
+                // shared too, and never found under the new object's name.
+                if declared.affixed || self.declarations(&declared.path, declared.document) > 1 {
+                    continue;
+                }
                 match &declared.namespace_from {
                     NamespaceFrom::Kustomization(dir) => *setting.entry(dir).or_default() += 1,
                     _ => {
@@ -691,12 +705,26 @@ impl<'a> Builder<'a> {
                         };
                         let namespace = spec("/spec/targetNamespace")
                             .map(|ns| (ns, NamespaceFrom::Flux(who.clone())));
+                        // Flux's own patches, images, components and variable
+                        // substitution change what the files say on the way.
+                        let transforms = ["patches", "images", "components", "postBuild"]
+                            .iter()
+                            .any(|key| {
+                                document
+                                    .pointer(&format!("/spec/{key}"))
+                                    .is_some_and(|v| !v.is_null())
+                            });
                         (
                             dir,
                             Context {
                                 namespace,
                                 prefix: spec("/spec/namePrefix").unwrap_or_default(),
                                 suffix: spec("/spec/nameSuffix").unwrap_or_default(),
+                                transformed_by: if transforms {
+                                    vec![path.clone()]
+                                } else {
+                                    Vec::new()
+                                },
                                 ..Context::default()
                             },
                         )
@@ -902,6 +930,7 @@ impl<'a> Builder<'a> {
                 document: position,
                 through: context.through.clone(),
                 transformed_by: context.transformed_by.clone(),
+                affixed: !context.prefix.is_empty() || !context.suffix.is_empty(),
                 namespace_from: namespace_from.clone(),
             };
             // Only the cluster knows the scope of a kind from a CRD: keep it findable
@@ -1489,5 +1518,34 @@ mod tests {
         ]);
         let index = Index::build(&files, &Settings::default());
         found(&index, &key("", "ConfigMap", Some("x"), "a"));
+    }
+
+    #[test]
+    fn a_new_object_never_goes_into_a_base_an_overlay_renames() {
+        let base = [
+            (
+                "base/kustomization.yaml",
+                "namespace: shop\nresources: [web.yaml]\n",
+            ),
+            (
+                "base/web.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
+            ),
+        ];
+        let alone = Index::build(&tree(&base), &Settings::default());
+        assert_eq!(
+            alone.home("shop"),
+            Some(Home {
+                dir: "base".to_owned(),
+                kustomization: Some("base".to_owned())
+            })
+        );
+        let mut files = base.to_vec();
+        files.push((
+            "staging/kustomization.yaml",
+            "namePrefix: staging-\nresources: [../base]\n",
+        ));
+        let renamed = Index::build(&tree(&files), &Settings::default());
+        assert_eq!(renamed.home("shop"), None);
     }
 }

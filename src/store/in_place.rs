@@ -185,11 +185,29 @@ impl DeclaredTree {
             repo,
             entries: &self.entries,
         };
-        self.shared
-            .index
-            .write()
+        let lock = &self.shared.index;
+        let rebuild = lock
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .update(&files, &changed, &self.shared.settings);
+            .needs_rebuild(&files, &changed);
+        if rebuild {
+            // Built beside the one the request path reads, then swapped in: a
+            // whole build takes long enough to stall admission behind the lock.
+            let rebuilt = Index::build(&files, &self.shared.settings);
+            let old = std::mem::replace(
+                &mut *lock.write().unwrap_or_else(|e| e.into_inner()),
+                rebuilt,
+            );
+            // Freed after the lock is released.
+            drop(old);
+        } else {
+            // One file's entries: microseconds.
+            lock.write().unwrap_or_else(|e| e.into_inner()).update(
+                &files,
+                &changed,
+                &self.shared.settings,
+            );
+        }
     }
 }
 
