@@ -528,3 +528,19 @@ fn a_list_an_overlay_changed_is_never_edited_by_position() {
         .unwrap()
         .ends_with("  - --a\n  - --c\n"));
 }
+
+#[test]
+fn a_new_list_element_starts_with_its_name() {
+    let file = b"spec:\n  containers:\n  - name: web\n    image: web:1\n";
+    let old = documents(file)[0].clone();
+    let mut new = old.clone();
+    new["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"image": "proxy:1", "name": "proxy"}));
+    let edited = edit::update(file, 0, &edit::diff(&old, &new), &old, &new).unwrap();
+    let text = String::from_utf8(edited.bytes.unwrap()).unwrap();
+    let name = text.find("name: proxy").unwrap();
+    let image = text.find("image: proxy:1").unwrap();
+    assert!(name < image, "{text}");
+}

@@ -904,8 +904,13 @@ fn build(value: &Value, quote: Quote) -> Option<Built> {
             } else {
                 Mapping::new()
             };
-            for (key, value) in map {
-                set_in(&mapping, key, value, quote);
+            // As people and `kubectl get -o yaml` write them: `name` (and the
+            // object's header) first, then the rest in order.
+            const FIRST: [&str; 5] = ["apiVersion", "kind", "metadata", "name", "namespace"];
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by_key(|key| FIRST.iter().position(|f| f == key).unwrap_or(FIRST.len()));
+            for key in keys {
+                set_in(&mapping, key, &map[key], quote);
             }
             Built::Mapping(mapping)
         }
