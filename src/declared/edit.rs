@@ -390,7 +390,7 @@ struct Located<'f> {
 fn locate(file: &[u8], document: usize) -> Result<Located<'_>, EditError> {
     let text = std::str::from_utf8(file).map_err(|_| EditError::NotUtf8)?;
     let documents = parse_all(text)?;
-    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
+    let crlf = is_crlf(text);
     if documents.len() == 1 && document == 0 {
         // Most files hold one document: it is the whole file.
         return Ok(Located {
@@ -477,7 +477,7 @@ pub fn update(
         });
     }
     let slice = &located.text[located.start..located.end];
-    let (text, rewritten) = match edit_text(slice, located.crlf, &placed)
+    let (text, rewritten) = match edit_text(slice, &placed)
         .filter(|text| splice_checks(&located, document, text, &expected))
     {
         Some(text) => (text, false),
@@ -549,18 +549,9 @@ pub fn enlist(kustomization: &[u8], dir: &str, file: &str) -> Option<Vec<u8>> {
     let before: Value = serde_yaml_ng::from_str(text).ok()?;
     before.as_object()?;
     let entry = relative(dir, file);
-    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
-    let lf = if crlf {
-        text.replace("\r\n", "\n")
-    } else {
-        text.to_owned()
-    };
-    let document = Document::from_str(&lf).ok()?;
-    if document.to_string() != lf {
-        return None;
-    }
-    let root = document.as_mapping()?;
-    let quote = Quote::of(&lf);
+    let open = Lossless::open(text)?;
+    let root = open.document.as_mapping()?;
+    let quote = open.quote;
     let mut expected = before.clone();
     match root.get_sequence("resources") {
         Some(resources) => {
@@ -582,19 +573,12 @@ pub fn enlist(kustomization: &[u8], dir: &str, file: &str) -> Option<Vec<u8>> {
             expected["resources"] = Value::Array(vec![Value::String(entry)]);
         }
     }
-    let edited = document.to_string();
+    let edited = open.text();
     let after: Value = serde_yaml_ng::from_str(&edited).ok()?;
     if after != expected {
         return None;
     }
-    Some(
-        if crlf {
-            edited.replace('\n', "\r\n")
-        } else {
-            edited
-        }
-        .into_bytes(),
-    )
+    Some(edited.into_bytes())
 }
 
 /// `file` as kustomize names it from `dir`: `web.yaml`, `apps/web.yaml`, `../web.yaml`.
@@ -619,21 +603,12 @@ pub fn unlist(kustomization: &[u8], dir: &str, file: &str) -> Option<Vec<u8>> {
             .and_then(|entry| super::kustomize::join(dir, entry))
             .is_some_and(|path| path == file)
     })?;
-    let crlf = text.contains("\r\n") && !text.replace("\r\n", "").contains('\n');
-    let lf = if crlf {
-        text.replace("\r\n", "\n")
-    } else {
-        text.to_owned()
-    };
-    let document = Document::from_str(&lf).ok()?;
-    if document.to_string() != lf {
-        return None;
-    }
-    document
+    let open = Lossless::open(text)?;
+    open.document
         .as_mapping()?
         .get_sequence("resources")?
         .remove(at)?;
-    let edited = document.to_string();
+    let edited = open.text();
     let mut expected = before.clone();
     expected["resources"].as_array_mut()?.remove(at);
     let after: Value = serde_yaml_ng::from_str(&edited).ok()?;
@@ -644,14 +619,7 @@ pub fn unlist(kustomization: &[u8], dir: &str, file: &str) -> Option<Vec<u8>> {
     if after != expected && !empty {
         return None;
     }
-    Some(
-        if crlf {
-            edited.replace('\n', "\r\n")
-        } else {
-            edited
-        }
-        .into_bytes(),
-    )
+    Some(edited.into_bytes())
 }
 
 /// Whether the file with `text` in place of the document parses to `expected` there
@@ -687,31 +655,59 @@ fn canonical(slice: &str, crlf: bool, expected: &Value) -> String {
     text
 }
 
+/// Whether a file ends every line with CRLF.
+fn is_crlf(text: &str) -> bool {
+    text.contains("\r\n") && !text.replace("\r\n", "").contains('\n')
+}
+
+/// One document open in the editor, as LF text, to be given back with the file's
+/// line endings.
+struct Lossless {
+    document: Document,
+    crlf: bool,
+    quote: Quote,
+}
+
+impl Lossless {
+    /// `None` when the editor cannot give the text back as it read it: it would
+    /// change more than the change.
+    fn open(text: &str) -> Option<Lossless> {
+        let crlf = is_crlf(text);
+        let lf = if crlf {
+            text.replace("\r\n", "\n")
+        } else {
+            text.to_owned()
+        };
+        let document = Document::from_str(&lf).ok()?;
+        if document.to_string() != lf {
+            return None;
+        }
+        Some(Lossless {
+            quote: Quote::of(&lf),
+            document,
+            crlf,
+        })
+    }
+
+    fn text(&self) -> String {
+        let text = self.document.to_string();
+        if self.crlf {
+            text.replace('\n', "\r\n")
+        } else {
+            text
+        }
+    }
+}
+
 /// The document's text with the ops applied by the editor; `None` when the editor
 /// cannot read it back unchanged or cannot make a change.
-fn edit_text(slice: &str, crlf: bool, placed: &[Placed]) -> Option<String> {
-    let lf = if crlf {
-        slice.replace("\r\n", "\n")
-    } else {
-        slice.to_owned()
-    };
-    let document = Document::from_str(&lf).ok()?;
-    // An editor that does not give the text back as it read it would change more
-    // than the change.
-    if document.to_string() != lf {
-        return None;
-    }
-    let root = document.as_mapping()?;
-    let quote = Quote::of(&lf);
+fn edit_text(slice: &str, placed: &[Placed]) -> Option<String> {
+    let open = Lossless::open(slice)?;
+    let root = open.document.as_mapping()?;
     for op in placed {
-        apply_yaml(&root, op, quote)?;
+        apply_yaml(&root, op, open.quote)?;
     }
-    let text = document.to_string();
-    Some(if crlf {
-        text.replace('\n', "\r\n")
-    } else {
-        text
-    })
+    Some(open.text())
 }
 
 /// A node of the document being edited.

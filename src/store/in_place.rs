@@ -211,6 +211,17 @@ impl DeclaredTree {
     }
 }
 
+fn write_error(error: &dyn std::fmt::Display) -> StoreError {
+    StoreError::Write {
+        reason: error.to_string(),
+    }
+}
+
+/// A change not recorded, and why.
+fn refused(reason: String) -> Result<Staged, StoreError> {
+    Ok(Staged::Done(Err(Outcome::Refused { reason })))
+}
+
 /// How a change with [`InPlace`] was staged.
 pub(super) enum Staged {
     /// Edited (or refused, or unchanged): the commit's `(apiVersion, kind, body)`, or
@@ -269,10 +280,6 @@ impl Writer {
         editor: &mut gix::objs::tree::Editor<'_>,
         placed: &mut Placed,
     ) -> Result<Staged, StoreError> {
-        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
-            reason: e.to_string(),
-        };
-        let refused = |reason: String| Ok(Staged::Done(Err(Outcome::Refused { reason })));
         if self.declared.is_none() {
             return Ok(Staged::Canonical);
         }
@@ -453,10 +460,6 @@ impl Writer {
         editor: &mut gix::objs::tree::Editor<'_>,
         placed: &mut Placed,
     ) -> Result<Staged, StoreError> {
-        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
-            reason: e.to_string(),
-        };
-        let refused = |reason: String| Ok(Staged::Done(Err(Outcome::Refused { reason })));
         let path = change.path.as_str();
         let Action::Put(bytes) = &change.action else {
             return Ok(Staged::Canonical);
@@ -532,9 +535,6 @@ impl Writer {
         tree: ObjectId,
         editor: &mut gix::objs::tree::Editor<'_>,
     ) -> Result<Option<String>, StoreError> {
-        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
-            reason: e.to_string(),
-        };
         let Some((path, id)) = self.kustomization(dir, tree)? else {
             return Ok(None);
         };
