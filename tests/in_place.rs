@@ -903,3 +903,34 @@ async fn the_store_never_writes_a_declared_object_twice_and_follows_commits_it_d
     drop(store);
     writer.join();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_git_declares_is_not_recorded_as_if_it_were_gone() {
+    let (dir, repo) = seeded(PODINFO);
+    let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
+    let count = git(&repo, &["rev-list", "--count", "main"]);
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "webapp", "uid": "u1", "resourceVersion": "3",
+                     "creationTimestamp": "2026-12-07T05:00:00Z"}});
+    let mut review = review(
+        1,
+        "DELETE",
+        ("", "v1", "Namespace", "namespaces"),
+        "webapp",
+        "webapp",
+        (Some(namespace), None),
+        None,
+    );
+    review["request"]["namespace"] = json!("webapp");
+    let answer = send(&server, &review).await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("Namespace webapp and what it takes with it are declared in git")
+            && text.contains("deploy/webapp/backend/deployment.yaml")
+            && text.contains("delete them in git"),
+        "{text}"
+    );
+    assert_eq!(git(&repo, &["rev-list", "--count", "main"]), count);
+    server.server.shutdown().await.unwrap();
+}

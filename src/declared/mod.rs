@@ -384,6 +384,20 @@ impl Index {
         })
     }
 
+    /// The files that declare objects matching `select` (by key), sorted, each once.
+    /// O(objects): asked only for a namespace's or a definition's delete.
+    pub fn files_declaring(&self, select: impl Fn(&Key) -> bool) -> Vec<&str> {
+        let mut files: Vec<&str> = self
+            .objects
+            .iter()
+            .filter(|(key, _)| select(key))
+            .flat_map(|(_, entries)| entries.iter().map(|d| d.path.as_str()))
+            .collect();
+        files.sort_unstable();
+        files.dedup();
+        files
+    }
+
     /// The kustomization file whose generator makes `key` (a ConfigMap or Secret
     /// named `<name>-<hash>`, or just `<name>` without the hash).
     pub fn generated_by(&self, key: &Key) -> Option<&str> {

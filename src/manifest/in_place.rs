@@ -86,8 +86,8 @@ pub fn plan_in_place(
     change: &mut Change,
     write: &Write,
 ) -> Placement {
-    if matches!(change.action, Action::Cascade(_)) {
-        return Placement::Canonical;
+    if let Action::Cascade(cascade) = &change.action {
+        return cascade_in(index, &cascade.scope, change);
     }
     let kind = match &change.action {
         // A scale write names the Scale; the document is the parent's.
@@ -209,6 +209,42 @@ pub fn plan_in_place(
     change.path = file;
     change.in_place = Some(Box::new(in_place));
     Placement::InPlace
+}
+
+/// A person's delete of a namespace or a definition, in a repository that declares
+/// the namespace or objects it takes with it: those documents would stay, and the
+/// GitOps tool would create them again. Not recorded, so nothing pretends otherwise;
+/// the answer names the files to change in git.
+fn cascade_in(index: &Index, scope: &crate::cascade::Scope, change: &Change) -> Placement {
+    use crate::cascade::Scope;
+    let files = match scope {
+        Scope::Namespace(namespace) => index.files_declaring(|key| {
+            key.namespace.as_deref() == Some(namespace.as_str())
+                || (key.group.is_empty() && key.kind == "Namespace" && key.name == *namespace)
+        }),
+        Scope::Resource { group, kind, .. } => index.files_declaring(|key| {
+            (key.group == *group && kind.as_deref() == Some(key.kind.as_str()))
+                || (key.group == "apiextensions.k8s.io"
+                    && key.kind == "CustomResourceDefinition"
+                    && key.name == change.name)
+        }),
+    };
+    if files.is_empty() {
+        return Placement::Canonical;
+    }
+    const LISTED: usize = 5;
+    let more = files.len().saturating_sub(LISTED);
+    Placement::Refused(format!(
+        "{kind} {name} and what it takes with it are declared in git ({files}{more}); deleted only here, the GitOps tool would create them again: delete them in git",
+        kind = change.kind,
+        name = change.name,
+        files = files[..files.len().min(LISTED)].join(", "),
+        more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+    ))
 }
 
 /// Why the document that declares the object is not edited for this write, if it
