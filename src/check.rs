@@ -692,6 +692,42 @@ fn cascade_warning(repo: Option<&gix::Repository>, verdict: &Verdict) -> Option<
     ))
 }
 
+/// The file as the store would edit it in place: the change is the one between the
+/// object as the document declares it and the manifest (the cluster is taken to hold
+/// what git declares). `None` when the document cannot be found or edited.
+fn in_place_edit(
+    file: &[u8],
+    in_place: &crate::declared::InPlace,
+    action: &Action,
+) -> Option<String> {
+    use crate::declared::edit;
+    let documents = crate::declared::documents(file);
+    let at = crate::declared::find_document(&documents, &in_place.key)?;
+    let edited = match action {
+        Action::Remove => edit::remove(file, at).ok()?,
+        Action::SetReplicas(_) => {
+            edit::update(file, at, &in_place.ops, &Value::Null, &Value::Null).ok()?
+        }
+        _ => {
+            // What the document renders to, as far as this object goes: the name and
+            // namespace kustomize gives it are the object's.
+            let mut old = documents[at].clone();
+            old["metadata"]["name"] = Value::String(in_place.key.name.clone());
+            match &in_place.key.namespace {
+                Some(namespace) => old["metadata"]["namespace"] = Value::String(namespace.clone()),
+                None => {
+                    if let Some(meta) = old["metadata"].as_object_mut() {
+                        meta.remove("namespace");
+                    }
+                }
+            }
+            let ops = edit::diff(&old, &in_place.new);
+            edit::update(file, at, &ops, &old, &in_place.new).ok()?
+        }
+    };
+    Some(String::from_utf8_lossy(&edited.bytes.unwrap_or_default()).into_owned())
+}
+
 /// The unified diff committing `change` would make against `repo`'s HEAD.
 fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
     let path = change.path.as_str();
@@ -712,7 +748,14 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
         .map(String::from_utf8_lossy)
         .unwrap_or_default()
         .into_owned();
+    let edited = match (&change.in_place, &current) {
+        (Some(in_place), Some(file)) if in_place.new_file.is_none() => {
+            in_place_edit(file, in_place, &change.action)
+        }
+        _ => None,
+    };
     let new = match &change.action {
+        _ if edited.is_some() => edited.unwrap_or_default(),
         Action::Put(bytes) => String::from_utf8_lossy(bytes).into_owned(),
         Action::Remove | Action::Cascade(_) => String::new(),
         Action::SetReplicas(replicas) => manifest::set_replicas(old.as_bytes(), *replicas)

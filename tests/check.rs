@@ -447,11 +447,10 @@ fn kubectl_api_resources_gives_the_scope_and_resource_of_a_kind() {
     );
 }
 
-#[test]
-fn with_in_place_on_check_repo_answers_as_the_webhook_does_for_a_repository_people_keep() {
-    let dir = tempfile::tempdir().unwrap();
-    // The repository as its maintainers keep it, checked out.
-    let work = dir.path().join("podinfo");
+/// podinfo as its maintainers keep it, checked out and committed in `dir`, and a
+/// config recording everything with `inPlace` on.
+fn podinfo_checkout(dir: &Path) -> (PathBuf, PathBuf) {
+    let work = dir.join("podinfo");
     let status = Command::new("cp")
         .arg("-r")
         .arg(real_repository("stefanprodan__podinfo"))
@@ -480,12 +479,58 @@ fn with_in_place_on_check_repo_answers_as_the_webhook_does_for_a_repository_peop
             .unwrap();
         assert!(status.success(), "git {args:?}");
     }
-    let config = dir.path().join("config.yaml");
+    let config = dir.join("config.yaml");
     std::fs::write(
         &config,
         "repository:\n  inPlace:\n    enabled: true\nrules:\n- name: all\n  namespaces: [\"*\"]\n",
     )
     .unwrap();
+    (work, config)
+}
+
+#[test]
+fn check_repo_shows_the_in_place_diff_of_an_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let (work, config) = podinfo_checkout(dir.path());
+    let manifest = dir.path().join("backend.yaml");
+    let text = std::fs::read_to_string(work.join("deploy/webapp/backend/deployment.yaml"))
+        .unwrap()
+        .replace("podinfo:6.14.1", "podinfo:6.15.0");
+    std::fs::write(&manifest, text).unwrap();
+    let mut args = args();
+    args.config = Some(config);
+    args.repo = Some(work);
+    args.operation = CheckOperation::Update;
+    args.files = vec![manifest];
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    let result = &report.results[0];
+    assert_eq!(
+        result.path.as_deref(),
+        Some("deploy/webapp/backend/deployment.yaml")
+    );
+    let diff = result.diff.as_deref().unwrap();
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('-') || l.starts_with('+'))
+                && !l.starts_with("---")
+                && !l.starts_with("+++")
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "-        image: ghcr.io/stefanprodan/podinfo:6.14.1",
+            "+        image: ghcr.io/stefanprodan/podinfo:6.15.0"
+        ],
+        "{diff}"
+    );
+}
+
+#[test]
+fn with_in_place_on_check_repo_answers_as_the_webhook_does_for_a_repository_people_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let (work, config) = podinfo_checkout(dir.path());
     let flags = dir.path().join("flags.yaml");
     std::fs::write(
         &flags,
