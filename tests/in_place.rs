@@ -934,3 +934,95 @@ async fn deleting_a_namespace_git_declares_is_not_recorded_as_if_it_were_gone() 
     assert_eq!(git(&repo, &["rev-list", "--count", "main"]), count);
     server.server.shutdown().await.unwrap();
 }
+
+const MULTI_TENANCY: &str = "fluxcd__flux2-multi-tenancy";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_s_base_shared_by_two_clusters_is_edited_only_when_told() {
+    let object = || {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/repos")
+                .join(MULTI_TENANCY)
+                .join("tenants/base/dev-team/rbac.yaml"),
+        )
+        .unwrap();
+        let account = serde_yaml_ng::Deserializer::from_str(&text)
+            .map(|d| Value::deserialize(d).unwrap())
+            .find(|d| d["kind"] == "ServiceAccount")
+            .unwrap();
+        live(account, "apps", 1)
+    };
+    let labelled = |old: &Value| {
+        let mut new = old.clone();
+        new["metadata"]["labels"]["team"] = json!("dev");
+        new
+    };
+    const SERVICE_ACCOUNT: (&str, &str, &str, &str) =
+        ("", "v1", "ServiceAccount", "serviceaccounts");
+
+    // By default: both clusters' overlays render it, with patches: refused.
+    let (dir, repo) = seeded(MULTI_TENANCY);
+    let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
+    let old = object();
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            SERVICE_ACCOUNT,
+            "apps",
+            "dev-team",
+            (Some(old.clone()), Some(labelled(&old))),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("tenants/base/dev-team/rbac.yaml") && text.contains("overlay: base"),
+        "{text}"
+    );
+    server.server.shutdown().await.unwrap();
+
+    // `overlay: base`: the base is edited, for both clusters.
+    let (dir, repo) = seeded(MULTI_TENANCY);
+    let server = TestServer::start_in(dir, &config(&repo, "base")).await;
+    let before_dir = server.dir.path().join("before");
+    checkout(&repo, &before_dir);
+    let answer = send(
+        &server,
+        &review(
+            2,
+            "UPDATE",
+            SERVICE_ACCOUNT,
+            "apps",
+            "dev-team",
+            (Some(old.clone()), Some(labelled(&old))),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, ["tenants/base/dev-team/rbac.yaml"]);
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(added, ["    team: dev"]);
+    let after_dir = server.dir.path().join("after");
+    checkout(&repo, &after_dir);
+    for cluster in ["tenants/staging", "tenants/production"] {
+        let mut expected = kubectl_kustomize(&before_dir.join(cluster));
+        for object in &mut expected {
+            if object["kind"] == "ServiceAccount" && object["metadata"]["name"] == "dev-team" {
+                object["metadata"]["labels"]["team"] = json!("dev");
+            }
+        }
+        assert_eq!(
+            kubectl_kustomize(&after_dir.join(cluster)),
+            expected,
+            "{cluster}"
+        );
+    }
+    server.server.shutdown().await.unwrap();
+}
