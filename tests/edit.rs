@@ -544,3 +544,18 @@ fn a_new_list_element_starts_with_its_name() {
     let image = text.find("image: proxy:1").unwrap();
     assert!(name < image, "{text}");
 }
+
+#[test]
+fn a_document_that_is_not_json_does_not_stop_an_edit_of_another() {
+    let file = b"kind: Thing\nvalue: !Ref other\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: b\n";
+    let old = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}});
+    let mut new = old.clone();
+    new["data"]["a"] = json!("z");
+    let edited = edit::update(file, 1, &edit::diff(&old, &new), &old, &new).unwrap();
+    let text = String::from_utf8(edited.bytes.unwrap()).unwrap();
+    assert!(
+        text.starts_with("kind: Thing\nvalue: !Ref other\n---\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("  a: z\n"), "{text}");
+}

@@ -389,7 +389,9 @@ struct Located<'f> {
 
 fn locate(file: &[u8], document: usize) -> Result<Located<'_>, EditError> {
     let text = std::str::from_utf8(file).map_err(|_| EditError::NotUtf8)?;
-    let documents = parse_all(text)?;
+    // A document that is YAML but not JSON (a custom tag) is `Null` here and left
+    // as it is; only a syntax error makes the file uneditable.
+    let documents = super::documents(text.as_bytes());
     let crlf = is_crlf(text);
     if documents.len() == 1 && document == 0 {
         // Most files hold one document: it is the whole file.
@@ -527,7 +529,7 @@ pub fn remove(file: &[u8], document: usize) -> Result<Edited, EditError> {
     } else {
         text.push_str(after);
     }
-    let left: Vec<Value> = parse_all(&text)?
+    let left: Vec<Value> = super::documents(text.as_bytes())
         .into_iter()
         .filter(|d| !d.is_null())
         .collect();
@@ -629,9 +631,7 @@ fn splice_checks(located: &Located<'_>, document: usize, text: &str, expected: &
     file.push_str(&located.text[..located.start]);
     file.push_str(text);
     file.push_str(&located.text[located.end..]);
-    let Ok(parsed) = parse_all(&file) else {
-        return false;
-    };
+    let parsed = super::documents(file.as_bytes());
     parsed.len() == located.documents.len()
         && parsed.iter().enumerate().all(|(at, value)| {
             if at == document {
