@@ -702,7 +702,8 @@ fn in_place_edit(
 ) -> Option<String> {
     use crate::declared::edit;
     let documents = crate::declared::documents(file);
-    let at = crate::declared::find_document(&documents, &in_place.key)?;
+    let name = in_place.written_name.as_deref()?;
+    let at = crate::declared::find_document(&documents, &in_place.key, name)?;
     let edited = match action {
         Action::Remove => edit::remove(file, at).ok()?,
         Action::SetReplicas(_) => {

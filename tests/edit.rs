@@ -559,3 +559,76 @@ fn a_document_that_is_not_json_does_not_stop_an_edit_of_another() {
     );
     assert!(text.ends_with("  a: z\n"), "{text}");
 }
+
+#[test]
+fn a_delete_or_an_edit_never_takes_documents_the_parser_could_not_read() {
+    // A custom tag: YAML, not JSON. The file keeps it.
+    let file = b"kind: Thing\nvalue: !Ref other\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: b\n";
+    let left = edit::remove(file, 1)
+        .unwrap()
+        .bytes
+        .expect("the file stays");
+    assert!(String::from_utf8(left).unwrap().contains("!Ref other"));
+    // A later document with a syntax error: nothing is edited by guess.
+    let broken = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  a: b\n---\nkind: [broken\n";
+    assert!(edit::remove(broken, 0).is_err());
+    let old = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}});
+    let mut new = old.clone();
+    new["data"]["a"] = json!("z");
+    assert!(edit::update(broken, 0, &edit::diff(&old, &new), &old, &new).is_err());
+}
+
+#[test]
+fn a_whole_list_set_anew_is_refused_where_an_overlay_changed_it() {
+    let file = b"apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  args:\n  - a\n  - b\n";
+    let old = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"args": ["a", "b", "c"]}});
+    let mut new = old.clone();
+    new["spec"]["args"] = json!(["x", "b", "c", "d"]);
+    let error = edit::update(file, 0, &edit::diff(&old, &new), &old, &new).unwrap_err();
+    assert!(error.to_string().contains("spec.args"), "{error}");
+}
+
+#[test]
+fn a_document_is_found_by_the_name_it_gives_not_the_name_a_prefix_makes() {
+    use kubescribe::declared::{find_document, Index, Key, Lookup, Settings};
+    use std::collections::BTreeMap;
+    let cms = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\ndata:\n  a: one\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config\ndata:\n  a: two\n";
+    let files: BTreeMap<String, Vec<u8>> = [
+        ("base/kustomization.yaml", "resources: [cms.yaml]\n"),
+        ("base/cms.yaml", cms),
+        (
+            "prod/kustomization.yaml",
+            "namespace: prod\nnamePrefix: app-\nresources: [../base]\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(p, t)| (p.to_owned(), t.as_bytes().to_vec()))
+    .collect();
+    let index = Index::build(&files, &Settings::default());
+    // `prod/app-config` is `config` with the prefix: the second document.
+    let key = Key::new("", "ConfigMap", Some("prod"), "app-config");
+    let Lookup::Found(declared) = index.lookup(&key) else {
+        panic!("found");
+    };
+    assert_eq!(
+        (declared.document, declared.written_name.as_str()),
+        (1, "config")
+    );
+    assert_eq!(
+        find_document(&documents(cms.as_bytes()), &key, &declared.written_name),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_kustomization_s_resources_are_redone_entry_by_entry() {
+    let base = b"resources:\n- a.yaml\n- x.yaml\n";
+    // Ours: x removed, b added. A person meanwhile added y after x.
+    let ours = b"resources:\n- a.yaml\n- b.yaml\n";
+    let theirs = b"resources:\n- a.yaml\n- x.yaml\n- y.yaml # the person's\n";
+    let merged = edit::relist(theirs, "apps", base, ours).unwrap();
+    assert_eq!(
+        String::from_utf8(merged).unwrap(),
+        "resources:\n- a.yaml\n- y.yaml # the person's\n- b.yaml\n"
+    );
+}

@@ -526,3 +526,210 @@ async fn a_replayed_edit_keeps_what_a_person_pushed_to_another_object_of_the_fil
     .await;
     server.server.shutdown().await.unwrap();
 }
+
+/// A person clones the remote, runs `change` on `apps/web.yaml`, and pushes.
+fn a_person_pushes(remote: &Path, scratch: &Path, change: impl FnOnce(String) -> String) {
+    let work = scratch.join("person");
+    let run = |args: &[&str], cwd: &Path| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .env("GIT_AUTHOR_NAME", "Person")
+            .env("GIT_AUTHOR_EMAIL", "p@example.com")
+            .env("GIT_COMMITTER_NAME", "Person")
+            .env("GIT_COMMITTER_EMAIL", "p@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    run(
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+        scratch,
+    );
+    let file = work.join("apps/web.yaml");
+    std::fs::write(&file, change(std::fs::read_to_string(&file).unwrap())).unwrap();
+    run(&["commit", "-q", "-am", "a person's change"], &work);
+    run(&["push", "-q", "origin", "main"], &work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_edit_and_its_revert_replayed_onto_a_person_s_push_never_reach_the_remote() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (remote_dir, remote, config) = with_remote(
+        &repo,
+        "- name: deployments\n  resources: [deployments]\n  wait: push\n- name: rest\n  wait: none\n",
+    );
+    let held = Gate::closed();
+    let faults = Faults {
+        before_push: Some(held.clone()),
+        ..Faults::default()
+    };
+    let server = TestServer::start_with_faults(dir, &config, faults).await;
+    // A waits for a push that is held past its deadline: denied, and reverted.
+    let review = review(
+        1,
+        "UPDATE",
+        DEPLOYMENT,
+        "web",
+        (
+            Some(deployment("web", "web:1")),
+            Some(deployment("web", "web:2")),
+        ),
+    );
+    let (status, answer) = server
+        .connect()
+        .await
+        .review("/validate?timeout=3s", body(&review))
+        .await
+        .expect("answered");
+    assert_eq!(status, 200);
+    assert!(!allowed(&answer), "{answer}");
+    eventually(
+        std::time::Duration::from_secs(20),
+        "reverted locally",
+        || git(&repo, &["log", "--format=%s", "main"]).contains("revert update"),
+    )
+    .await;
+    // A person pushes a change to the other object of the file first.
+    a_person_pushes(&remote, remote_dir.path(), |text| {
+        text.replace("a: \"1\"\n", "a: \"1\"\n  b: \"person\"\n")
+    });
+    held.open();
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the remote has the revert",
+        || git(&remote, &["log", "--format=%s", "main"]).contains("revert update"),
+    )
+    .await;
+    let text = git(&remote, &["show", "main:apps/web.yaml"]);
+    assert!(text.contains("image: web:1"), "{text}");
+    assert!(text.contains("b: \"person\""), "{text}");
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_new_object_leaves_no_entry_in_its_kustomization() {
+    let (dir, repo) = seeded(&[
+        ("apps/kustomization.yaml", "resources:\n- web.yaml\n"),
+        ("apps/web.yaml", TWO),
+    ]);
+    let (_remote_dir, remote, config) = with_remote(
+        &repo,
+        "- name: deployments\n  resources: [deployments]\n  wait: push\n- name: rest\n  wait: none\n",
+    );
+    let disk = Gate::closed();
+    let pushed = Gate::closed();
+    let faults = Faults {
+        before_durable: Some(disk.clone()),
+        after_push: Some(pushed.clone()),
+        ..Faults::default()
+    };
+    let server = std::sync::Arc::new(TestServer::start_with_faults(dir, &config, faults).await);
+    let mut hold = review(
+        100,
+        "CREATE",
+        CONFIGMAP,
+        "hold",
+        (None, Some(configmap("hold", "x"))),
+    );
+    hold["request"]["namespace"] = json!("elsewhere");
+    hold["request"]["object"]["metadata"]["namespace"] = json!("elsewhere");
+    send(&server, &hold).await;
+    disk.arrivals(1).await;
+    // A: a new Deployment, denied after its commit; B: a new ConfigMap, kept. Both
+    // go beside the shop's objects and into the same kustomization.
+    let a = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let review = review(
+                1,
+                "CREATE",
+                DEPLOYMENT,
+                "a",
+                (None, Some(deployment("a", "a:1"))),
+            );
+            let (status, answer) = server
+                .connect()
+                .await
+                .review("/validate?timeout=3s", body(&review))
+                .await
+                .expect("answered");
+            assert_eq!(status, 200);
+            answer
+        })
+    };
+    at_least(&server, "kubescribe_store_queue_depth", 1.0).await;
+    send(
+        &server,
+        &review(
+            2,
+            "CREATE",
+            CONFIGMAP,
+            "b",
+            (None, Some(configmap("b", "1"))),
+        ),
+    )
+    .await;
+    disk.open();
+    let a = a.await.unwrap();
+    assert!(!allowed(&a), "{a}");
+    pushed.open();
+    eventually(
+        std::time::Duration::from_secs(30),
+        "the remote has the revert",
+        || git(&remote, &["log", "--format=%s", "main"]).contains("revert create"),
+    )
+    .await;
+    for git_dir in [repo.as_path(), remote.as_path()] {
+        let tree = git(git_dir, &["ls-tree", "-r", "--name-only", "main"]);
+        assert!(!tree.contains("apps/a-deployment.yaml"), "{tree}");
+        assert!(tree.contains("apps/b-configmap.yaml"), "{tree}");
+        let listed = git(git_dir, &["show", "main:apps/kustomization.yaml"]);
+        assert_eq!(listed, "resources:\n- web.yaml\n- b-configmap.yaml\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_whose_only_files_kubescribe_wrote_removes_them() {
+    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let server = TestServer::start_in(dir, &config(&repo)).await;
+    let start = commits(&repo);
+    let mut create = review(
+        1,
+        "CREATE",
+        CONFIGMAP,
+        "x",
+        (None, Some(configmap("x", "1"))),
+    );
+    create["request"]["namespace"] = json!("scratch");
+    create["request"]["object"]["metadata"]["namespace"] = json!("scratch");
+    send(&server, &create).await;
+    eventually(std::time::Duration::from_secs(20), "created", || {
+        commits(&repo) > start
+    })
+    .await;
+    let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "scratch", "uid": "u1", "resourceVersion": "3",
+                     "creationTimestamp": "2026-12-07T05:00:00Z"}});
+    let mut delete = review(
+        2,
+        "DELETE",
+        ("", "v1", "Namespace", "namespaces"),
+        "scratch",
+        (Some(namespace), None),
+    );
+    delete["request"]["namespace"] = json!("scratch");
+    send(&server, &delete).await;
+    eventually(
+        std::time::Duration::from_secs(20),
+        "the namespace's file goes",
+        || !git(&repo, &["ls-tree", "-r", "--name-only", "main"]).contains("scratch/"),
+    )
+    .await;
+    server.server.shutdown().await.unwrap();
+}

@@ -295,6 +295,14 @@ fn place(document: &Value, op: &Op, old: &Value, new: &Value) -> Result<Placed, 
             }
         }
     }
+    // A whole list set anew: what the document has there must be the object's list,
+    // or an overlay's elements would be written into it.
+    if let (Some(_), Value::Array(_)) = (value, here) {
+        let matches = old.is_null() || self::at(old, path).is_some_and(|list| within(here, list));
+        if !matches {
+            return Err(path.clone());
+        }
+    }
     Ok(match value {
         Some(value) => Placed::Set(path.clone(), value.clone()),
         None => Placed::Remove(path.clone()),
@@ -393,7 +401,14 @@ fn locate(file: &[u8], document: usize) -> Result<Located<'_>, EditError> {
     // as it is; only a syntax error makes the file uneditable.
     let documents = super::documents(text.as_bytes());
     let crlf = is_crlf(text);
-    if documents.len() == 1 && document == 0 {
+    // A second document marker means a document the parser could not read: the
+    // editor must see the file's real documents.
+    let markers = text
+        .lines()
+        .skip(1)
+        .filter(|line| *line == "---" || line.starts_with("--- ") || line.starts_with("---\r"))
+        .count();
+    if documents.len() == 1 && document == 0 && markers == 0 {
         // Most files hold one document: it is the whole file.
         return Ok(Located {
             text,
@@ -513,7 +528,14 @@ pub fn remove(file: &[u8], document: usize) -> Result<Edited, EditError> {
         .filter(|(at, d)| *at != document && !d.is_null())
         .map(|(_, d)| d)
         .collect();
-    if rest.is_empty() {
+    // A document that is YAML but not JSON reads as nothing: the text says whether
+    // anything but this document is left.
+    let others = [&located.text[..located.start], &located.text[located.end..]];
+    let content = others.iter().flat_map(|t| t.lines()).any(|line| {
+        let line = line.trim();
+        !(line.is_empty() || line.starts_with('#') || line.starts_with("---") || line == "...")
+    });
+    if rest.is_empty() && !content {
         return Ok(Edited {
             bytes: None,
             rewritten: false,
@@ -542,6 +564,46 @@ pub fn remove(file: &[u8], document: usize) -> Result<Edited, EditError> {
         bytes: Some(text.into_bytes()),
         rewritten: false,
     })
+}
+
+/// The change from `base` to `changed` of a kustomization's `resources:` (in `dir`),
+/// made to `current` entry by entry, by the files they name: what was added is added
+/// unless `current` lists it already, what was removed is removed where `current`
+/// still lists it. The rest of `current` (a person's own entries and edits) stays.
+/// `None` when a side is not a kustomization this can read, or anything else changed.
+pub fn relist(current: &[u8], dir: &str, base: &[u8], changed: &[u8]) -> Option<Vec<u8>> {
+    let files = |bytes: &[u8]| -> Option<(Value, Vec<String>)> {
+        let mut value: Value = serde_yaml_ng::from_slice(bytes).ok()?;
+        let entries = match value.get("resources") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(list) => list
+                .as_array()?
+                .iter()
+                .map(|e| e.as_str().and_then(|e| super::kustomize::join(dir, e)))
+                .collect::<Option<_>>()?,
+        };
+        value.as_object_mut()?.remove("resources");
+        Some((value, entries))
+    };
+    let (base_rest, before) = files(base)?;
+    let (changed_rest, after) = files(changed)?;
+    // Only a change of its resources is redone this way.
+    if base_rest != changed_rest {
+        return None;
+    }
+    let mut text = current.to_vec();
+    for file in before.iter().filter(|f| !after.contains(f)) {
+        if let Some(edited) = unlist(&text, dir, file) {
+            text = edited;
+        }
+    }
+    for file in after.iter().filter(|f| !before.contains(f)) {
+        let (_, listed) = files(&text)?;
+        if !listed.contains(file) {
+            text = enlist(&text, dir, file)?;
+        }
+    }
+    Some(text)
 }
 
 /// `kustomization` (the file in `dir`) with `file` added at the end of its

@@ -108,6 +108,8 @@ pub struct InPlace {
     /// A new object placed beside its namespace's others (`change.path`), rather
     /// than an edit of a declared one.
     pub new_file: Option<Home>,
+    /// The name the declaring document gives the object, when admission found one.
+    pub written_name: Option<String>,
 }
 
 /// Where an object is declared.
@@ -124,6 +126,9 @@ pub struct Declared {
     pub transformed_by: Vec<String>,
     /// Rendered with a name prefix or suffix: the file's name for it is not its own.
     pub affixed: bool,
+    /// The name the document itself gives (`metadata.name` as written, before any
+    /// prefix, suffix or rename): how the document is found in its file.
+    pub written_name: String,
     pub namespace_from: NamespaceFrom,
 }
 
@@ -386,12 +391,13 @@ impl Index {
 
     /// The files that declare objects matching `select` (by key), sorted, each once.
     /// O(objects): asked only for a namespace's or a definition's delete.
-    pub fn files_declaring(&self, select: impl Fn(&Key) -> bool) -> Vec<&str> {
+    pub fn files_declaring(&self, select: impl Fn(&Key, &Declared) -> bool) -> Vec<&str> {
         let mut files: Vec<&str> = self
             .objects
             .iter()
-            .filter(|(key, _)| select(key))
-            .flat_map(|(_, entries)| entries.iter().map(|d| d.path.as_str()))
+            .flat_map(|(key, entries)| entries.iter().map(move |d| (key, d)))
+            .filter(|(key, d)| select(key, d))
+            .map(|(_, d)| d.path.as_str())
             .collect();
         files.sort_unstable();
         files.dedup();
@@ -926,6 +932,7 @@ impl<'a> Builder<'a> {
                     None => (None, NamespaceFrom::Unknown),
                 }
             };
+            let written_name = name.to_owned();
             let name = if group.is_empty() && kind == "Namespace" {
                 // kustomize's `namespace:` (and Flux's `targetNamespace`) rename a
                 // Namespace object to it; prefixes leave it alone (kustomize 3.8).
@@ -945,6 +952,7 @@ impl<'a> Builder<'a> {
                 through: context.through.clone(),
                 transformed_by: context.transformed_by.clone(),
                 affixed: !context.prefix.is_empty() || !context.suffix.is_empty(),
+                written_name,
                 namespace_from: namespace_from.clone(),
             };
             // Only the cluster knows the scope of a kind from a CRD: keep it findable
@@ -1106,67 +1114,34 @@ fn declares_tool(bytes: &[u8]) -> bool {
 }
 
 /// Which of a file's `documents` declares `key`, found by what it says rather than
-/// by its position (a delete earlier in a batch shifts the documents after it):
-/// the one of that group and kind named exactly so; else the one whose name is
-/// within the object's (a kustomize prefix or suffix around it), the longest such
-/// name; among several, the one that names the object's namespace. `None` when no
-/// single document is it.
-pub fn find_document(documents: &[Value], key: &Key) -> Option<usize> {
-    let name_of = |d: &Value| {
-        d.pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-    };
-    let same_kind: Vec<(usize, String)> = documents
+/// by its position (a delete earlier in a batch shifts the documents after it): the
+/// one of that group and kind whose own name is `written_name`; among several, the
+/// one that names the object's namespace. `None` when no single document is it.
+pub fn find_document(documents: &[Value], key: &Key, written_name: &str) -> Option<usize> {
+    let candidates: Vec<usize> = documents
         .iter()
         .enumerate()
         .filter(|(_, d)| group_kind(d).is_some_and(|(g, k)| g == key.group && k == key.kind))
-        .filter_map(|(at, d)| Some((at, name_of(d)?)))
+        .filter(|(_, d)| d.pointer("/metadata/name").and_then(Value::as_str) == Some(written_name))
+        .map(|(at, _)| at)
         .collect();
-    let single = |candidates: Vec<usize>| -> Option<usize> {
-        match candidates.as_slice() {
-            [one] => Some(*one),
-            [] => None,
-            several => {
-                let named: Vec<usize> = several
-                    .iter()
-                    .copied()
-                    .filter(|at| {
-                        documents[*at]
-                            .pointer("/metadata/namespace")
-                            .and_then(Value::as_str)
-                            == key.namespace.as_deref()
-                    })
-                    .collect();
-                (named.len() == 1).then(|| named[0])
-            }
+    match candidates.as_slice() {
+        [one] => Some(*one),
+        [] => None,
+        several => {
+            let named: Vec<usize> = several
+                .iter()
+                .copied()
+                .filter(|at| {
+                    documents[*at]
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        == key.namespace.as_deref()
+                })
+                .collect();
+            (named.len() == 1).then(|| named[0])
         }
-    };
-    let exact: Vec<usize> = same_kind
-        .iter()
-        .filter(|(_, name)| *name == key.name)
-        .map(|(at, _)| *at)
-        .collect();
-    if !exact.is_empty() {
-        return single(exact);
     }
-    // A Namespace that a kustomization's `namespace:` renames keeps its own name in
-    // the file: the file's only Namespace is it.
-    if key.group.is_empty() && key.kind == "Namespace" {
-        return single(same_kind.iter().map(|(at, _)| *at).collect());
-    }
-    let within: Vec<&(usize, String)> = same_kind
-        .iter()
-        .filter(|(_, name)| !name.is_empty() && key.name.contains(name.as_str()))
-        .collect();
-    let longest = within.iter().map(|(_, name)| name.len()).max()?;
-    single(
-        within
-            .iter()
-            .filter(|(_, name)| name.len() == longest)
-            .map(|(at, _)| *at)
-            .collect(),
-    )
 }
 
 /// A document's API group and kind.

@@ -75,6 +75,14 @@ fn rendered_by_helm(index: &Index, write: &Write) -> Option<String> {
             "is rendered by the Helm release {release}: change its values (helm upgrade, or where the release is declared)"
         ));
     }
+    // Argo CD before 3.0 tracks what it applies by this label alone.
+    if let (Some(chart), Some(instance)) =
+        (chart, text("/metadata/labels/app.kubernetes.io~1instance"))
+    {
+        return Some(format!(
+            "is rendered from the Helm chart {chart} (release or Argo CD Application {instance}): change the chart's values where they are declared"
+        ));
+    }
     None
 }
 
@@ -87,7 +95,7 @@ pub fn plan_in_place(
     write: &Write,
 ) -> Placement {
     if let Action::Cascade(cascade) = &change.action {
-        return cascade_in(index, &cascade.scope, change);
+        return cascade_in(index, cascade, change);
     }
     let kind = match &change.action {
         // A scale write names the Scale; the document is the parent's.
@@ -185,6 +193,7 @@ pub fn plan_in_place(
         new,
         canonical: change.path.as_str().to_owned(),
         new_file: None,
+        written_name: declared.map(|d| d.written_name.clone()),
     };
     let Some(declared) = declared else {
         // Not declared now; the store looks again when it commits (an object created
@@ -215,18 +224,33 @@ pub fn plan_in_place(
 /// the namespace or objects it takes with it: those documents would stay, and the
 /// GitOps tool would create them again. Not recorded, so nothing pretends otherwise;
 /// the answer names the files to change in git.
-fn cascade_in(index: &Index, scope: &crate::cascade::Scope, change: &Change) -> Placement {
+fn cascade_in(index: &Index, cascade: &crate::cascade::Cascade, change: &Change) -> Placement {
     use crate::cascade::Scope;
-    let files = match scope {
-        Scope::Namespace(namespace) => index.files_declaring(|key| {
-            key.namespace.as_deref() == Some(namespace.as_str())
-                || (key.group.is_empty() && key.kind == "Namespace" && key.name == *namespace)
+    // The files the path template placed go with the cascade, as always.
+    let canonical = |key: &Key, path: &str| {
+        let (resource, _) = crate::kinds::resource_of(&key.group, &key.kind);
+        cascade
+            .layout
+            .place(super::Coordinates {
+                namespace: key.namespace.as_deref(),
+                group: &key.group,
+                resource: &resource,
+                name: &key.name,
+            })
+            .is_ok_and(|placed| placed.as_str() == path)
+    };
+    let files = match &cascade.scope {
+        Scope::Namespace(namespace) => index.files_declaring(|key, declared| {
+            let in_scope = key.namespace.as_deref() == Some(namespace.as_str())
+                || (key.group.is_empty() && key.kind == "Namespace" && key.name == *namespace);
+            in_scope && !canonical(key, &declared.path)
         }),
-        Scope::Resource { group, kind, .. } => index.files_declaring(|key| {
-            (key.group == *group && kind.as_deref() == Some(key.kind.as_str()))
+        Scope::Resource { group, kind, .. } => index.files_declaring(|key, declared| {
+            let in_scope = (key.group == *group && kind.as_deref() == Some(key.kind.as_str()))
                 || (key.group == "apiextensions.k8s.io"
                     && key.kind == "CustomResourceDefinition"
-                    && key.name == change.name)
+                    && key.name == change.name);
+            in_scope && !canonical(key, &declared.path)
         }),
     };
     if files.is_empty() {

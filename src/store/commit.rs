@@ -223,7 +223,14 @@ impl Writer {
                         undone += 1;
                     }
                     if undone > 0 {
-                        Ok((us(), revert_message(change, revert)))
+                        let mut message = revert_message(change, revert);
+                        if in_place {
+                            // A replay merges it into the remote's file like the
+                            // change it reverts.
+                            message.push_str(super::merge::TRAILER);
+                            message.push('\n');
+                        }
+                        Ok((us(), message))
                     } else {
                         // A newer change to this file replaced the denied one.
                         Err(Outcome::Unchanged)

@@ -232,18 +232,23 @@ pub(super) enum Staged {
     Canonical,
 }
 
+/// Where an object is declared: the file, the name its document gives it, and the
+/// kustomization that lists the file.
+#[derive(Debug, Clone)]
+pub(super) struct Whereabouts {
+    path: String,
+    written_name: String,
+    listed_in: Option<String>,
+}
+
 /// Where this batch has put objects so far, which the index (of the branch before
-/// the batch) does not know yet: the file, and the kustomization that lists it.
-pub(super) type Placed = HashMap<Key, (String, Option<String>)>;
+/// the batch) does not know yet.
+pub(super) type Placed = HashMap<Key, Whereabouts>;
 
 impl Writer {
     /// Where `key` is declared now: in a file this batch put it in, else where the
     /// index says. `Err` with the refusal when more than one document could be it.
-    fn whereabouts(
-        &self,
-        key: &Key,
-        placed: &Placed,
-    ) -> Result<Option<(String, Option<String>)>, String> {
+    fn whereabouts(&self, key: &Key, placed: &Placed) -> Result<Option<Whereabouts>, String> {
         if let Some(found) = placed.get(key) {
             return Ok(Some(found.clone()));
         }
@@ -257,7 +262,11 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner());
         match index.lookup(key) {
             Lookup::Missing => Ok(None),
-            Lookup::Found(d) => Ok(Some((d.path.clone(), d.through.last().cloned()))),
+            Lookup::Found(d) => Ok(Some(Whereabouts {
+                path: d.path.clone(),
+                written_name: d.written_name.clone(),
+                listed_in: d.through.last().cloned(),
+            })),
             Lookup::Ambiguous(candidates) => {
                 let places: Vec<String> = candidates.iter().map(|d| d.path.clone()).collect();
                 Err(format!(
@@ -288,7 +297,7 @@ impl Writer {
             Err(reason) => return refused(reason),
         };
         if let Some(home) = &in_place.new_file {
-            if let Some((path, _)) = found {
+            if let Some(Whereabouts { path, .. }) = found {
                 return refused(format!(
                     "{} is declared in {path} by now; it is not written a second time",
                     change.object_ref()
@@ -296,7 +305,12 @@ impl Writer {
             }
             return self.stage_new_file(change, in_place, home, tree, editor, placed);
         }
-        let Some((path, listed_in)) = found else {
+        let Some(Whereabouts {
+            path,
+            written_name,
+            listed_in,
+        }) = found
+        else {
             return Ok(Staged::Canonical);
         };
         if change.verb == crate::manifest::Verb::Create {
@@ -321,7 +335,8 @@ impl Writer {
         // Found by what it says, not by its position: a delete earlier in this batch
         // may have shifted the file's documents.
         let documents = crate::declared::documents(&bytes);
-        let Some(at) = crate::declared::find_document(&documents, &in_place.key) else {
+        let Some(at) = crate::declared::find_document(&documents, &in_place.key, &written_name)
+        else {
             return refused(format!(
                 "no single document of {path} is {} now; kubescribe never edits one by guess: change it in git",
                 change.object_ref()
@@ -396,13 +411,24 @@ impl Writer {
                 .detach()
                 .data)
         };
-        let merged = super::merge::merge(
-            &std::env::temp_dir(),
-            &read(now)?,
-            &read(wrote)?,
-            &read(before)?,
-            super::merge::Conflicts::Refuse,
-        );
+        let (dir, name) = file.rsplit_once('/').unwrap_or(("", file));
+        let merged = if crate::declared::kustomization_file(name) {
+            // Entries by the files they name: a line merge of two appends conflicts.
+            Ok(edit::relist(
+                &read(now)?,
+                dir,
+                &read(wrote)?,
+                &read(before)?,
+            ))
+        } else {
+            super::merge::merge(
+                &std::env::temp_dir(),
+                &read(now)?,
+                &read(wrote)?,
+                &read(before)?,
+                super::merge::Conflicts::Refuse,
+            )
+        };
         match merged {
             Ok(Some(merged)) => put_blob(&self.repo, editor, file, &merged, Some(now)),
             Ok(None) => {
@@ -494,7 +520,11 @@ impl Writer {
         put_blob(&self.repo, editor, path, bytes, None)?;
         placed.insert(
             in_place.key.clone(),
-            (path.to_owned(), home.kustomization.clone()),
+            Whereabouts {
+                path: path.to_owned(),
+                written_name: in_place.key.name.clone(),
+                listed_in: home.kustomization.clone(),
+            },
         );
         body.push_str(super::merge::TRAILER);
         body.push('\n');

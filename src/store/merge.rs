@@ -26,8 +26,6 @@ pub(super) enum Conflicts {
     Refuse,
     /// The change being applied wins.
     Change,
-    /// Both sides' lines are kept (entries added to one list by both).
-    Both,
 }
 
 /// `current` with the change from `base` to `changed` applied; `None` when the merge
@@ -45,7 +43,15 @@ pub(super) fn merge(
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Ours alone: a directory that is already there (someone else's, or a link) is
+    // refused, and no other user can read or replace what is merged.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
     let result = (|| {
         let files = [("current", current), ("base", base), ("changed", changed)];
         for (name, bytes) in files {
@@ -58,9 +64,6 @@ pub(super) fn merge(
             Conflicts::Refuse => {}
             Conflicts::Change => {
                 command.arg("--theirs");
-            }
-            Conflicts::Both => {
-                command.arg("--union");
             }
         }
         let output = command
@@ -112,16 +115,6 @@ mod tests {
                 .unwrap()
                 .unwrap(),
             b"a: 1\nb: 20\nc: 3\nd: 4\ne: 5\n"
-        );
-        // Both added an entry to a list: both stay.
-        let base = b"resources:\n- a.yaml\n";
-        let ours = b"resources:\n- a.yaml\n- b.yaml\n";
-        let theirs = b"resources:\n- a.yaml\n- c.yaml\n";
-        assert_eq!(
-            merge(dir.path(), theirs, base, ours, Conflicts::Both)
-                .unwrap()
-                .unwrap(),
-            b"resources:\n- a.yaml\n- c.yaml\n- b.yaml\n"
         );
         assert!(
             std::fs::read_dir(dir.path()).unwrap().next().is_none(),

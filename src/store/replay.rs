@@ -138,7 +138,7 @@ pub(super) fn diff_trees(
 impl Writer {
     /// Our in-place change of `path` (from `parent_tree` to `ours`) applied to the
     /// file as `tree` has it: where both changed the same lines, ours wins, except
-    /// in a kustomization, where both sides' entries stay. `None` when there is
+    /// in a kustomization, whose entries are redone by name. `None` when there is
     /// nothing to merge (a side added or removed the file) or no YAML comes out; the
     /// caller then does what it does for any file.
     fn merge_into_theirs(
@@ -147,6 +147,7 @@ impl Writer {
         parent_tree: ObjectId,
         tree: ObjectId,
         ours: Option<(EntryKind, ObjectId)>,
+        revert: bool,
     ) -> Result<Option<(ObjectId, Vec<u8>)>, StoreError> {
         let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
             reason: e.to_string(),
@@ -166,9 +167,21 @@ impl Writer {
                 .detach()
                 .data)
         };
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let conflicts = if crate::declared::kustomization_file(name) {
-            super::merge::Conflicts::Both
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if crate::declared::kustomization_file(name) {
+            // Entries by the files they name, so a person's entries and removals stay.
+            return Ok(crate::declared::edit::relist(
+                &read(current)?,
+                dir,
+                &read(base)?,
+                &read(ours)?,
+            )
+            .map(|merged| (current, merged)));
+        }
+        // Where both changed the same lines: a record wins, as for any file; a
+        // revert does not merge at all (the caller writes it whole).
+        let conflicts = if revert {
+            super::merge::Conflicts::Refuse
         } else {
             super::merge::Conflicts::Change
         };
@@ -318,10 +331,30 @@ impl Writer {
             for (path, entry) in changes {
                 // A file edited in place is shared with people and other objects: our
                 // change goes into the remote's version of it, as `git rebase` would.
-                if in_place && reverts.is_none() && theirs.contains_key(&path) {
-                    if let Some(merged) = self.merge_into_theirs(&path, parent_tree, tree, entry)? {
-                        put_blob(repo, &mut editor, &path, &merged.1, Some(merged.0))?;
-                        continue;
+                if in_place && theirs.contains_key(&path) {
+                    match self.merge_into_theirs(
+                        &path,
+                        parent_tree,
+                        tree,
+                        entry,
+                        reverts.is_some(),
+                    )? {
+                        Some((current, merged)) => {
+                            put_blob(repo, &mut editor, &path, &merged, Some(current))?;
+                            continue;
+                        }
+                        // A revert that does not merge is written whole: the denied
+                        // change must not reach the remote, whatever else goes.
+                        None if reverts.is_some() => {
+                            tracing::error!(%path, commit = %id, "the revert of a denied change does not merge with the remote's file; its version is written whole");
+                            if let Some((kind, blob)) = entry {
+                                editor
+                                    .upsert(path.split('/'), kind, blob)
+                                    .map_err(|e| write_error(&e))?;
+                            }
+                            continue;
+                        }
+                        None => {}
                     }
                 }
                 let keep_theirs = match (theirs.get(&path), &ours) {

@@ -88,7 +88,7 @@ impl Touches {
     /// Whether a change admitted after `pending`'s commit left the file as it is.
     fn kept_since(&self, pending: &PendingRevert) -> bool {
         self.position(pending)
-            .is_some_and(|at| self.kept_after(pending.change.path.as_str(), at))
+            .is_some_and(|at| self.kept_after(&super::writer::supersedes(&pending.change), at))
     }
 
     /// Whether a change admitted after position `at` left `path` as it was.

@@ -53,10 +53,12 @@ pub(super) struct Writer {
 }
 
 /// What a newer change replaces: the file, or for a change edited in place (whose
-/// file may declare other objects) the object.
+/// file may declare other objects) the object. The retry list, the notes of what
+/// later changes left as it was, and reverts all key by it.
 pub(super) fn supersedes(change: &Change) -> String {
     match &change.in_place {
-        Some(in_place) => {
+        // Written where the path template says: the file is the object's.
+        Some(in_place) if in_place.canonical != change.path.as_str() => {
             let key = &in_place.key;
             format!(
                 "{}\0{}\0{}\0{}",
@@ -66,7 +68,7 @@ pub(super) fn supersedes(change: &Change) -> String {
                 key.name
             )
         }
-        None => change.path.as_str().to_owned(),
+        _ => change.path.as_str().to_owned(),
     }
 }
 
