@@ -632,3 +632,26 @@ fn a_kustomization_s_resources_are_redone_entry_by_entry() {
         "resources:\n- a.yaml\n- y.yaml # the person's\n- b.yaml\n"
     );
 }
+
+#[test]
+fn an_edit_is_redone_on_a_file_a_person_changed_next_to_it() {
+    let base = b"apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: web:1\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata:\n  a: \"1\"\n";
+    let ours = String::from_utf8(base.to_vec())
+        .unwrap()
+        .replace("image: web:1", "image: web:2");
+    // The person added a line right after the image: a line merge calls that a
+    // conflict, and would drop one side.
+    let theirs = String::from_utf8(base.to_vec()).unwrap().replace(
+        "image: web:1\n",
+        "image: web:1\n        imagePullPolicy: Always # the person's\n",
+    );
+    let redone = edit::redo(theirs.as_bytes(), base, ours.as_bytes()).unwrap();
+    assert_eq!(
+        String::from_utf8(redone).unwrap(),
+        theirs.replace("image: web:1", "image: web:2")
+    );
+    // A document the person removed is not brought back.
+    let gone = String::from_utf8(base.to_vec()).unwrap();
+    let gone = &gone[gone.find("---\n").unwrap() + 4..];
+    assert_eq!(edit::redo(gone.as_bytes(), base, ours.as_bytes()), None);
+}

@@ -566,6 +566,65 @@ pub fn remove(file: &[u8], document: usize) -> Result<Edited, EditError> {
     })
 }
 
+/// The change from `base` to `changed` of a file of documents, redone on `current`
+/// document by document, as an edit: each document `changed` changed is found in
+/// `current` by its kind and name and gets the same edit ([`update`]); one it removed
+/// is removed. A person's edits elsewhere in `current`, the same document's other
+/// lines included, stay. `None` when a document is not found or cannot be edited in
+/// place, or `changed` added one.
+pub fn redo(current: &[u8], base: &[u8], changed: &[u8]) -> Option<Vec<u8>> {
+    type Identity = (String, String, Option<String>, String);
+    let identity = |d: &Value| -> Option<Identity> {
+        let api_version = d.get("apiVersion")?.as_str()?;
+        let group = api_version
+            .rsplit_once('/')
+            .map_or("", |(g, _)| g)
+            .to_owned();
+        let text = |p: &str| d.pointer(p).and_then(Value::as_str).map(str::to_owned);
+        Some((
+            group,
+            text("/kind")?,
+            text("/metadata/namespace"),
+            text("/metadata/name")?,
+        ))
+    };
+    let before: Vec<(Identity, Value)> = super::documents(base)
+        .into_iter()
+        .filter_map(|d| Some((identity(&d)?, d)))
+        .collect();
+    let after: Vec<(Identity, Value)> = super::documents(changed)
+        .into_iter()
+        .filter_map(|d| Some((identity(&d)?, d)))
+        .collect();
+    if after
+        .iter()
+        .any(|(id, _)| !before.iter().any(|(b, _)| b == id))
+    {
+        return None;
+    }
+    let mut text = current.to_vec();
+    let mut redone = false;
+    for (id, was) in &before {
+        let now = after.iter().find(|(a, _)| a == id).map(|(_, d)| d);
+        if now == Some(was) {
+            continue;
+        }
+        let (group, kind, namespace, name) = id;
+        let key = super::Key::new(group, kind, namespace.as_deref(), name);
+        let at = super::find_document(&super::documents(&text), &key, name)?;
+        let edited = match now {
+            Some(now) => update(&text, at, &diff(was, now), was, now).ok()?,
+            None => remove(&text, at).ok()?,
+        };
+        if edited.rewritten {
+            return None;
+        }
+        text = edited.bytes?;
+        redone = true;
+    }
+    redone.then_some(text)
+}
+
 /// The change from `base` to `changed` of a kustomization's `resources:` (in `dir`),
 /// made to `current` entry by entry, by the files they name: what was added is added
 /// unless `current` lists it already, what was removed is removed where `current`

@@ -178,6 +178,13 @@ impl Writer {
             )
             .map(|merged| (current, merged)));
         }
+        // Our edit redone on the remote's documents: a person's edit of a line next
+        // to ours stays, which a line merge could not tell from a conflict.
+        if let Some(redone) =
+            crate::declared::edit::redo(&read(current)?, &read(base)?, &read(ours)?)
+        {
+            return Ok(Some((current, redone)));
+        }
         // Where both changed the same lines: a record wins, as for any file; a
         // revert does not merge at all (the caller writes it whole).
         let conflicts = if revert {
