@@ -412,20 +412,20 @@ impl Writer {
                 .data)
         };
         let (dir, name) = file.rsplit_once('/').unwrap_or(("", file));
+        let (now_bytes, wrote_bytes, before_bytes) = (read(now)?, read(wrote)?, read(before)?);
         let merged = if crate::declared::kustomization_file(name) {
             // Entries by the files they name: a line merge of two appends conflicts.
-            Ok(edit::relist(
-                &read(now)?,
-                dir,
-                &read(wrote)?,
-                &read(before)?,
-            ))
+            Ok(edit::relist(&now_bytes, dir, &wrote_bytes, &before_bytes))
+        } else if let Some(undone) = edit::redo(&now_bytes, &wrote_bytes, &before_bytes) {
+            // The inverse edit, document by document: a later change on the next
+            // line stays.
+            Ok(Some(undone))
         } else {
             super::merge::merge(
                 &std::env::temp_dir(),
-                &read(now)?,
-                &read(wrote)?,
-                &read(before)?,
+                &now_bytes,
+                &wrote_bytes,
+                &before_bytes,
                 super::merge::Conflicts::Refuse,
             )
         };
