@@ -755,6 +755,15 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
         }
         _ => None,
     };
+    let in_place_here = change
+        .in_place
+        .as_ref()
+        .is_some_and(|p| p.new_file.is_none() && p.canonical != path);
+    if in_place_here && edited.is_none() {
+        // The store would refuse it (the document moved, or cannot be edited by
+        // position): no commit, and never a canonical rewrite of a person's file.
+        return String::new();
+    }
     let new = match &change.action {
         _ if edited.is_some() => edited.unwrap_or_default(),
         Action::Put(bytes) => String::from_utf8_lossy(bytes).into_owned(),

@@ -620,3 +620,47 @@ fn a_kustomization_is_checked_as_kubectl_apply_k_would_send_it() {
     );
     assert_eq!(report.exit_code(), 2);
 }
+
+#[test]
+fn check_repo_never_shows_a_person_s_file_rewritten_where_it_cannot_be_edited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (work, config) = podinfo_checkout(dir.path());
+    // A later document of the Service's file does not parse: the webhook would
+    // not edit the file by guess.
+    let file = work.join("deploy/webapp/backend/service.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}---\nkind: [broken\n")).unwrap();
+    let status = Command::new("git")
+        .args([
+            "-c",
+            "user.name=M",
+            "-c",
+            "user.email=m@example.com",
+            "commit",
+            "-q",
+            "-am",
+            "broken",
+        ])
+        .current_dir(&work)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let manifest = dir.path().join("service.yaml");
+    std::fs::write(
+        &manifest,
+        text.replace("name: backend\n", "name: backend\n  labels:\n    team: a\n"),
+    )
+    .unwrap();
+    let mut args = args();
+    args.config = Some(config);
+    args.repo = Some(work);
+    args.operation = CheckOperation::Update;
+    args.files = vec![manifest];
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    let result = &report.results[0];
+    assert_eq!(
+        result.path.as_deref(),
+        Some("deploy/webapp/backend/service.yaml")
+    );
+    assert_eq!(result.diff.as_deref(), Some(""), "no canonical rewrite");
+}
