@@ -241,16 +241,16 @@ pub(super) struct Whereabouts {
     listed_in: Option<String>,
 }
 
-/// Where this batch has put objects so far, which the index (of the branch before
-/// the batch) does not know yet.
-pub(super) type Placed = HashMap<Key, Whereabouts>;
+/// Where this batch has put objects so far (`None`: it deleted them), which the
+/// index (of the branch before the batch) does not know yet.
+pub(super) type Placed = HashMap<Key, Option<Whereabouts>>;
 
 impl Writer {
     /// Where `key` is declared now: in a file this batch put it in, else where the
     /// index says. `Err` with the refusal when more than one document could be it.
     fn whereabouts(&self, key: &Key, placed: &Placed) -> Result<Option<Whereabouts>, String> {
         if let Some(found) = placed.get(key) {
-            return Ok(Some(found.clone()));
+            return Ok(found.clone());
         }
         let Some(declared) = &self.declared else {
             return Ok(None);
@@ -381,8 +381,11 @@ impl Writer {
                         body.push_str(&format!("Takes it out of the resources of {listed}.\n\n"));
                     }
                 }
-                placed.remove(&in_place.key);
             }
+        }
+        if matches!(change.action, Action::Remove) {
+            // Gone, for the rest of the batch: a create after it is a new object.
+            placed.insert(in_place.key.clone(), None);
         }
         body.push_str(super::merge::TRAILER);
         body.push('\n');
@@ -520,11 +523,11 @@ impl Writer {
         put_blob(&self.repo, editor, path, bytes, None)?;
         placed.insert(
             in_place.key.clone(),
-            Whereabouts {
+            Some(Whereabouts {
                 path: path.to_owned(),
                 written_name: in_place.key.name.clone(),
                 listed_in: home.kustomization.clone(),
-            },
+            }),
         );
         body.push_str(super::merge::TRAILER);
         body.push('\n');
