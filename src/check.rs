@@ -759,6 +759,10 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
         .in_place
         .as_ref()
         .is_some_and(|p| p.new_file.is_none() && p.canonical != path);
+    if in_place_here && change.verb == manifest::Verb::Create {
+        // Already declared: the webhook records nothing.
+        return String::new();
+    }
     if in_place_here && edited.is_none() {
         // The store would refuse it (the document moved, or cannot be edited by
         // position): no commit, and never a canonical rewrite of a person's file.

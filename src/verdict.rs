@@ -173,18 +173,18 @@ pub fn evaluate<'a>(
                 } else {
                     DecisionLabel::Denied
                 };
-            } else {
-                verdict.warnings.push(format!(
-                    "kubescribe: {kind} {object} is already declared in {path}: nothing to record; change that file to change it in git",
-                    kind = change.kind
-                ));
-                verdict.label = if write.dry_run {
-                    DecisionLabel::DryRun
-                } else {
-                    DecisionLabel::Unchanged
-                };
+                return verdict;
             }
-            return verdict;
+            verdict.warnings.push(format!(
+                "kubescribe: {kind} {object} is already declared in {path}: nothing to record; change that file to change it in git",
+                kind = change.kind
+            ));
+            if write.dry_run {
+                verdict.label = DecisionLabel::DryRun;
+                return verdict;
+            }
+            // Still handed to the store, which records it only if a delete
+            // admitted before it took the document out by then.
         }
         Placement::Refused(reason) => {
             if write.dry_run {

@@ -733,3 +733,43 @@ async fn deleting_a_namespace_whose_only_files_kubescribe_wrote_removes_them() {
     .await;
     server.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_deleted_and_created_again_before_the_delete_is_committed_stays_in_git() {
+    // `kubectl replace --force`: a delete, then a create, of an object a person's
+    // file declares.
+    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let disk = Gate::closed();
+    let faults = Faults {
+        before_durable: Some(disk.clone()),
+        ..Faults::default()
+    };
+    let server = TestServer::start_with_faults(dir, &config(&repo), faults).await;
+    in_one_batch(
+        &server,
+        &repo,
+        &disk,
+        &[
+            review(
+                1,
+                "DELETE",
+                DEPLOYMENT,
+                "old",
+                (Some(deployment("old", "old:1")), None),
+            ),
+            review(
+                2,
+                "CREATE",
+                DEPLOYMENT,
+                "old",
+                (None, Some(deployment("old", "old:2"))),
+            ),
+        ],
+    )
+    .await;
+    let text = show(&repo, "apps/web.yaml");
+    assert!(!text.contains("name: old"), "{text}");
+    let again = show(&repo, "shop/apps/deployments/old.yaml");
+    assert!(again.contains("image: old:2"), "{again}");
+    server.server.shutdown().await.unwrap();
+}

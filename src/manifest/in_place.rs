@@ -210,6 +210,14 @@ pub fn plan_in_place(
         return Placement::Canonical;
     };
     if creates {
+        // Git has it, unless a delete not committed yet takes it out first: the
+        // store looks again when it commits, and writes it only then.
+        // The answer names the declaring file; a write would go where the path
+        // template says (`canonical`).
+        if let Some(file) = RepoPath::from_note(declared.path.clone()) {
+            change.path = file;
+        }
+        change.in_place = Some(Box::new(in_place));
         return Placement::Declared(declared.path.clone());
     }
     let Some(file) = RepoPath::from_note(declared.path.clone()) else {

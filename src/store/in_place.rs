@@ -296,13 +296,11 @@ impl Writer {
             Ok(found) => found,
             Err(reason) => return refused(reason),
         };
+        if change.verb == crate::manifest::Verb::Create && found.is_some() {
+            // Git has it already (declared by the time it is committed).
+            return Ok(Staged::Done(Err(Outcome::Unchanged)));
+        }
         if let Some(home) = &in_place.new_file {
-            if let Some(Whereabouts { path, .. }) = found {
-                return refused(format!(
-                    "{} is declared in {path} by now; it is not written a second time",
-                    change.object_ref()
-                ));
-            }
             return self.stage_new_file(change, in_place, home, tree, editor, placed);
         }
         let Some(Whereabouts {
@@ -313,12 +311,6 @@ impl Writer {
         else {
             return Ok(Staged::Canonical);
         };
-        if change.verb == crate::manifest::Verb::Create {
-            return refused(format!(
-                "{} is declared in {path} by now; it is not written a second time",
-                change.object_ref()
-            ));
-        }
         let path = path.as_str();
         let Some(current) = lookup(&self.repo, tree, path).map_err(|e| write_error(&e))? else {
             return refused(format!(
