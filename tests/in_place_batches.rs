@@ -111,18 +111,45 @@ fn commits(repo: &Path) -> usize {
         .unwrap()
 }
 
+/// Holds the writer on a batch of its own (a ConfigMap elsewhere) at the `disk` gate,
+/// so what is sent next is committed together in the next batch.
+async fn hold_writer(server: &TestServer, disk: &Gate) {
+    let mut hold = review(
+        100,
+        "CREATE",
+        CONFIGMAP,
+        "hold",
+        (None, Some(configmap("hold", "x"))),
+    );
+    hold["request"]["namespace"] = json!("elsewhere");
+    hold["request"]["object"]["metadata"]["namespace"] = json!("elsewhere");
+    send(server, &hold).await;
+    disk.arrivals(1).await;
+}
+
+/// Sends `review` with a 3 s deadline in the background: its answer, once given.
+fn answer_in_3s(
+    server: &std::sync::Arc<TestServer>,
+    review: Value,
+) -> tokio::task::JoinHandle<Value> {
+    let server = server.clone();
+    tokio::spawn(async move {
+        let (status, answer) = server
+            .connect()
+            .await
+            .review("/validate?timeout=3s", body(&review))
+            .await
+            .expect("answered");
+        assert_eq!(status, 200);
+        answer
+    })
+}
+
 /// Sends `reviews` while the writer is held on an earlier batch, so they are
 /// committed together in the next one; returns once they are.
 async fn in_one_batch(server: &TestServer, repo: &Path, disk: &Gate, reviews: &[Value]) {
     let start = commits(repo);
-    let hold = json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "hold", "namespace": "elsewhere", "uid": "u-hold",
-                     "resourceVersion": "1", "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "data": {"a": "b"}});
-    let mut first = review(100, "CREATE", CONFIGMAP, "hold", (None, Some(hold)));
-    first["request"]["namespace"] = json!("elsewhere");
-    send(server, &first).await;
-    disk.arrivals(1).await;
+    hold_writer(server, disk).await;
     for review in reviews {
         send(server, review).await;
     }
@@ -376,41 +403,21 @@ async fn a_denied_edit_is_taken_out_of_its_file_even_after_another_object_of_the
     };
     let server = std::sync::Arc::new(TestServer::start_with_faults(dir, &config, faults).await);
     // The writer is held, so A and B go into one batch.
-    let mut hold = review(
-        100,
-        "CREATE",
-        CONFIGMAP,
-        "hold",
-        (None, Some(configmap("hold", "x"))),
-    );
-    hold["request"]["namespace"] = json!("elsewhere");
-    hold["request"]["object"]["metadata"]["namespace"] = json!("elsewhere");
-    send(&server, &hold).await;
-    disk.arrivals(1).await;
+    hold_writer(&server, &disk).await;
     // A waits for its push, which the remote accepts too late for A's deadline.
-    let a = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            let review = review(
-                1,
-                "UPDATE",
-                DEPLOYMENT,
-                "web",
-                (
-                    Some(deployment("web", "web:1")),
-                    Some(deployment("web", "web:2")),
-                ),
-            );
-            let (status, answer) = server
-                .connect()
-                .await
-                .review("/validate?timeout=3s", body(&review))
-                .await
-                .expect("answered");
-            assert_eq!(status, 200);
-            answer
-        })
-    };
+    let a = answer_in_3s(
+        &server,
+        review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "web",
+            (
+                Some(deployment("web", "web:1")),
+                Some(deployment("web", "web:2")),
+            ),
+        ),
+    );
     at_least(&server, "kubescribe_store_queue_depth", 1.0).await;
     // B: another object of the same file, admitted.
     send(
@@ -630,39 +637,19 @@ async fn a_denied_new_object_leaves_no_entry_in_its_kustomization() {
         ..Faults::default()
     };
     let server = std::sync::Arc::new(TestServer::start_with_faults(dir, &config, faults).await);
-    let mut hold = review(
-        100,
-        "CREATE",
-        CONFIGMAP,
-        "hold",
-        (None, Some(configmap("hold", "x"))),
-    );
-    hold["request"]["namespace"] = json!("elsewhere");
-    hold["request"]["object"]["metadata"]["namespace"] = json!("elsewhere");
-    send(&server, &hold).await;
-    disk.arrivals(1).await;
+    hold_writer(&server, &disk).await;
     // A: a new Deployment, denied after its commit; B: a new ConfigMap, kept. Both
     // go beside the shop's objects and into the same kustomization.
-    let a = {
-        let server = server.clone();
-        tokio::spawn(async move {
-            let review = review(
-                1,
-                "CREATE",
-                DEPLOYMENT,
-                "a",
-                (None, Some(deployment("a", "a:1"))),
-            );
-            let (status, answer) = server
-                .connect()
-                .await
-                .review("/validate?timeout=3s", body(&review))
-                .await
-                .expect("answered");
-            assert_eq!(status, 200);
-            answer
-        })
-    };
+    let a = answer_in_3s(
+        &server,
+        review(
+            1,
+            "CREATE",
+            DEPLOYMENT,
+            "a",
+            (None, Some(deployment("a", "a:1"))),
+        ),
+    );
     at_least(&server, "kubescribe_store_queue_depth", 1.0).await;
     send(
         &server,
