@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::gitops::real_repository;
 use common::{fixtures, warnings, TestServer};
 use kubescribe::check::{self, CheckArgs, CheckOperation, OutputFormat};
 use serde_json::Value;
@@ -327,13 +328,6 @@ fn deleting_a_namespace_shows_the_files_that_go_with_it() {
             && diff.contains("-  color: red"),
         "{diff}"
     );
-}
-
-/// A fixture repository, as a new user would point `check -f` at its root.
-fn real_repository(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/repos")
-        .join(name)
 }
 
 #[test]

@@ -9,67 +9,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::gitops::{change_of, checkout, seeded_fixture};
 use common::{allowed, body, git, message, warnings, TestServer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 const PODINFO: &str = "stefanprodan__podinfo";
 const FLUX_HELM: &str = "fluxcd__flux2-kustomize-helm-example";
-
-/// A bare repository whose `main` is the fixture repository, committed by its
-/// maintainer; the temporary directory holds it and the server's data.
-fn seeded(fixture: &str) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("work");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/repos")
-        .join(fixture);
-    copy_tree(&source, &work);
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(&work)
-            .env("GIT_AUTHOR_NAME", "Maintainer")
-            .env("GIT_AUTHOR_EMAIL", "maintainer@example.com")
-            .env("GIT_COMMITTER_NAME", "Maintainer")
-            .env("GIT_COMMITTER_EMAIL", "maintainer@example.com")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
-    run(&["init", "-q", "-b", "main"]);
-    run(&["add", "-A"]);
-    run(&[
-        "commit",
-        "-q",
-        "-m",
-        "the repository as its maintainers keep it",
-    ]);
-    let repo = dir.path().join("repo.git");
-    let out = std::process::Command::new("git")
-        .args(["clone", "-q", "--bare"])
-        .arg(&work)
-        .arg(&repo)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    (dir, repo)
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 fn config(repo: &Path, overlay: &str) -> String {
     format!(
@@ -157,23 +105,10 @@ async fn send(server: &TestServer, review: &Value) -> Value {
     answer
 }
 
-/// The lines the last commit took out and put in.
+/// The files the last commit touched, and the lines it took out and put in.
 fn last_diff(repo: &Path) -> (Vec<String>, Vec<String>, Vec<String>) {
-    let files = git(repo, &["diff", "--name-only", "main~1", "main"]);
-    let diff = git(repo, &["diff", "-U0", "main~1", "main"]);
-    let mut removed = Vec::new();
-    let mut added = Vec::new();
-    for line in diff.lines() {
-        if line.starts_with("---") || line.starts_with("+++") {
-            continue;
-        }
-        if let Some(line) = line.strip_prefix('-') {
-            removed.push(line.to_owned());
-        } else if let Some(line) = line.strip_prefix('+') {
-            added.push(line.to_owned());
-        }
-    }
-    (files.lines().map(str::to_owned).collect(), removed, added)
+    let change = change_of(repo, "main");
+    (change.files, change.removed, change.added)
 }
 
 fn kubectl_kustomize(dir: &Path) -> Vec<Value> {
@@ -200,23 +135,9 @@ fn kubectl_kustomize(dir: &Path) -> Vec<Value> {
     objects
 }
 
-/// The branch checked out into `into`.
-fn checkout(repo: &Path, into: &Path) {
-    std::fs::create_dir_all(into).unwrap();
-    let out = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(repo)
-        .arg("--work-tree")
-        .arg(into)
-        .args(["checkout", "-f", "main", "--", "."])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_become_minimal_edits_of_the_documents_people_keep() {
-    let (dir, repo) = seeded(PODINFO);
+    let (dir, repo) = seeded_fixture(PODINFO);
     let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
     let commits = |repo: &Path| {
         git(repo, &["rev-list", "--count", "main"])
@@ -581,7 +502,7 @@ async fn writes_become_minimal_edits_of_the_documents_people_keep() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_overlay_base_the_shared_document_is_edited() {
-    let (dir, repo) = seeded(PODINFO);
+    let (dir, repo) = seeded_fixture(PODINFO);
     let server = TestServer::start_in(dir, &config(&repo, "base")).await;
     let path = "deploy/bases/backend/deployment.yaml";
     let old = live(document(&repo, path), "dev", 1);
@@ -610,7 +531,7 @@ async fn with_overlay_base_the_shared_document_is_edited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_a_helm_release_renders_are_never_written_as_files() {
-    let (dir, repo) = seeded(FLUX_HELM);
+    let (dir, repo) = seeded_fixture(FLUX_HELM);
     let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
     let count = git(&repo, &["rev-list", "--count", "main"]);
     let rendered = |image: &str| {
@@ -651,7 +572,7 @@ async fn objects_a_helm_release_renders_are_never_written_as_files() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_helm_release_s_values_change_in_its_document_of_a_multi_document_file() {
-    let (dir, repo) = seeded(FLUX_HELM);
+    let (dir, repo) = seeded_fixture(FLUX_HELM);
     let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
     let before_dir = server.dir.path().join("before");
     checkout(&repo, &before_dir);
@@ -780,7 +701,7 @@ fn planned(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_never_writes_a_declared_object_twice_and_follows_commits_it_did_not_make() {
-    let (dir, repo) = seeded(PODINFO);
+    let (dir, repo) = seeded_fixture(PODINFO);
     let config = kubescribe::config::Config {
         data_dir: dir.path().join("data"),
         ..kubescribe::config::Config::from_yaml(&config(&repo, "deny")).unwrap()
@@ -906,7 +827,7 @@ async fn the_store_never_writes_a_declared_object_twice_and_follows_commits_it_d
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_namespace_git_declares_is_not_recorded_as_if_it_were_gone() {
-    let (dir, repo) = seeded(PODINFO);
+    let (dir, repo) = seeded_fixture(PODINFO);
     let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
     let count = git(&repo, &["rev-list", "--count", "main"]);
     let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
@@ -962,7 +883,7 @@ async fn a_tenant_s_base_shared_by_two_clusters_is_edited_only_when_told() {
         ("", "v1", "ServiceAccount", "serviceaccounts");
 
     // By default: both clusters' overlays render it, with patches: refused.
-    let (dir, repo) = seeded(MULTI_TENANCY);
+    let (dir, repo) = seeded_fixture(MULTI_TENANCY);
     let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
     let old = object();
     let answer = send(
@@ -987,7 +908,7 @@ async fn a_tenant_s_base_shared_by_two_clusters_is_edited_only_when_told() {
     server.server.shutdown().await.unwrap();
 
     // `overlay: base`: the base is edited, for both clusters.
-    let (dir, repo) = seeded(MULTI_TENANCY);
+    let (dir, repo) = seeded_fixture(MULTI_TENANCY);
     let server = TestServer::start_in(dir, &config(&repo, "base")).await;
     let before_dir = server.dir.path().join("before");
     checkout(&repo, &before_dir);

@@ -7,47 +7,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::gitops::seeded_files;
 use common::{allowed, body, eventually, git, TestServer};
 use kubescribe::fault::{Faults, Gate, Switch};
 use serde_json::{json, Value};
-
-/// A bare repository whose `main` holds `files`, committed by its maintainer.
-fn seeded(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path().join("work");
-    for (path, text) in files {
-        let path = work.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-    let run = |args: &[&str], cwd: &Path| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(cwd)
-            .env("GIT_AUTHOR_NAME", "Maintainer")
-            .env("GIT_AUTHOR_EMAIL", "m@example.com")
-            .env("GIT_COMMITTER_NAME", "Maintainer")
-            .env("GIT_COMMITTER_EMAIL", "m@example.com")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
-    run(&["init", "-q", "-b", "main"], &work);
-    run(&["add", "-A"], &work);
-    run(&["commit", "-q", "-m", "seed"], &work);
-    let repo = dir.path().join("repo.git");
-    run(
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            work.to_str().unwrap(),
-            repo.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
-    (dir, repo)
-}
 
 fn config(repo: &Path) -> String {
     format!(
@@ -186,7 +149,7 @@ fn show(repo: &Path, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_earlier_in_the_batch_does_not_move_a_later_edit_to_another_document() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", THREE)]);
     let disk = Gate::closed();
     let faults = Faults {
         before_durable: Some(disk.clone()),
@@ -230,7 +193,7 @@ async fn a_delete_earlier_in_the_batch_does_not_move_a_later_edit_to_another_doc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_created_and_changed_in_one_batch_is_written_once() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", THREE)]);
     let disk = Gate::closed();
     let faults = Faults {
         before_durable: Some(disk.clone()),
@@ -270,7 +233,7 @@ async fn an_object_created_and_changed_in_one_batch_is_written_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_admitted_while_its_create_is_committed_removes_the_new_file() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", THREE)]);
     let disk = Gate::closed();
     let faults = Faults {
         before_durable: Some(disk.clone()),
@@ -316,7 +279,7 @@ async fn a_delete_admitted_while_its_create_is_committed_removes_the_new_file() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_waiting_for_its_retry_survives_a_newer_change_to_another_object_of_its_file() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", TWO)]);
     let failing = Switch::default();
     let faults = Faults {
         failing_disk: Some(failing.clone()),
@@ -389,7 +352,7 @@ fn with_remote(repo: &Path, rules: &str) -> (tempfile::TempDir, PathBuf, String)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_edit_is_taken_out_of_its_file_even_after_another_object_of_the_file_changed() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", TWO)]);
     let (_remote_dir, remote, config) = with_remote(
         &repo,
         "- name: deployments\n  resources: [deployments]\n  wait: push\n- name: rest\n  wait: none\n",
@@ -467,7 +430,7 @@ async fn a_denied_edit_is_taken_out_of_its_file_even_after_another_object_of_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_edit_keeps_what_a_person_pushed_to_another_object_of_the_file() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", TWO)]);
     let (remote_dir, remote, config) = with_remote(&repo, "- name: all\n  wait: commit\n");
     let held = Gate::closed();
     let faults = Faults {
@@ -566,7 +529,7 @@ fn a_person_pushes(remote: &Path, scratch: &Path, change: impl FnOnce(String) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_edit_and_its_revert_replayed_onto_a_person_s_push_never_reach_the_remote() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", TWO)]);
     let (remote_dir, remote, config) = with_remote(
         &repo,
         "- name: deployments\n  resources: [deployments]\n  wait: push\n- name: rest\n  wait: none\n",
@@ -621,7 +584,7 @@ async fn a_denied_edit_and_its_revert_replayed_onto_a_person_s_push_never_reach_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_new_object_leaves_no_entry_in_its_kustomization() {
-    let (dir, repo) = seeded(&[
+    let (dir, repo) = seeded_files(&[
         ("apps/kustomization.yaml", "resources:\n- web.yaml\n"),
         ("apps/web.yaml", TWO),
     ]);
@@ -683,7 +646,7 @@ async fn a_denied_new_object_leaves_no_entry_in_its_kustomization() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_namespace_whose_only_files_kubescribe_wrote_removes_them() {
-    let (dir, repo) = seeded(&[("apps/web.yaml", TWO)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", TWO)]);
     let server = TestServer::start_in(dir, &config(&repo)).await;
     let start = commits(&repo);
     let mut create = review(
@@ -725,7 +688,7 @@ async fn deleting_a_namespace_whose_only_files_kubescribe_wrote_removes_them() {
 async fn an_object_deleted_and_created_again_before_the_delete_is_committed_stays_in_git() {
     // `kubectl replace --force`: a delete, then a create, of an object a person's
     // file declares.
-    let (dir, repo) = seeded(&[("apps/web.yaml", THREE)]);
+    let (dir, repo) = seeded_files(&[("apps/web.yaml", THREE)]);
     let disk = Gate::closed();
     let faults = Faults {
         before_durable: Some(disk.clone()),

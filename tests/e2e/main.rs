@@ -13,5 +13,6 @@ mod envtest;
 mod callers;
 mod chart;
 mod crd;
+mod in_place;
 mod kubectl;
 mod wait;
