@@ -276,7 +276,11 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
                     ));
                 }
                 let diff = match (&repo, &verdict.record) {
-                    (Some(repo), Some(recording)) => Some(diff(repo, &recording.change)),
+                    (Some(repo), Some(recording)) => Some(diff(
+                        repo,
+                        &recording.change,
+                        indexes[recording.target].as_ref(),
+                    )),
                     _ => None,
                 };
                 if let Some(warning) = cascade_warning(repo.as_ref(), &verdict) {
@@ -699,7 +703,9 @@ fn in_place_edit(
     file: &[u8],
     in_place: &crate::declared::InPlace,
     action: &Action,
-) -> Option<String> {
+    overlays: Option<&Overlays<'_>>,
+) -> Option<(String, Vec<OtherFile>)> {
+    let mut others = Vec::new();
     use crate::declared::edit;
     let documents = crate::declared::documents(file);
     let name = in_place.written_name.as_deref()?;
@@ -722,15 +728,77 @@ fn in_place_edit(
                     }
                 }
             }
-            let ops = edit::diff(&old, &in_place.new);
+            let mut ops = edit::diff(&old, &in_place.new);
+            if let Some(overlays) = overlays {
+                // As the store commits it with `overlay: patch`: what an overlay
+                // sets is edited there (and what the overlay renders differently
+                // from the document is set to what it already is).
+                if let crate::declared::Lookup::Found(declared) =
+                    overlays.index.lookup(&in_place.key)
+                {
+                    if !declared.transformed_by.is_empty() {
+                        let routed = crate::declared::overlay::route(
+                            &overlays.read,
+                            &in_place.key,
+                            declared,
+                            overlays
+                                .index
+                                .declarations(&declared.path, declared.document),
+                            &documents[at],
+                            &ops,
+                            &old,
+                            &in_place.new,
+                        )
+                        .ok()?;
+                        for other in routed.elsewhere {
+                            let before = (overlays.read)(&other.path)?;
+                            let after = edit::update(
+                                &before,
+                                other.document,
+                                &other.ops,
+                                &other.old,
+                                &other.new,
+                            )
+                            .ok()?
+                            .bytes?;
+                            others.push(OtherFile {
+                                path: other.path,
+                                before: String::from_utf8_lossy(&before).into_owned(),
+                                after: String::from_utf8_lossy(&after).into_owned(),
+                            });
+                        }
+                        ops = routed.base;
+                    }
+                }
+            }
             edit::update(file, at, &ops, &old, &in_place.new).ok()?
         }
     };
-    Some(String::from_utf8_lossy(&edited.bytes.unwrap_or_default()).into_owned())
+    Some((
+        String::from_utf8_lossy(&edited.bytes.unwrap_or_default()).into_owned(),
+        others,
+    ))
+}
+
+/// With `overlay: patch`: the index of HEAD, and its files.
+struct Overlays<'a> {
+    index: &'a crate::declared::Index,
+    read: Box<crate::declared::overlay::ReadFile<'a>>,
+}
+
+/// Another file an in-place edit changes.
+struct OtherFile {
+    path: String,
+    before: String,
+    after: String,
 }
 
 /// The unified diff committing `change` would make against `repo`'s HEAD.
-fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
+fn diff(
+    repo: &gix::Repository,
+    change: &manifest::Change,
+    index: Option<&(crate::declared::Index, crate::config::InPlaceConfig)>,
+) -> String {
     let path = change.path.as_str();
     let current: Option<Vec<u8>> = repo
         .head_commit()
@@ -749,11 +817,28 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
         .map(String::from_utf8_lossy)
         .unwrap_or_default()
         .into_owned();
-    let edited = match (&change.in_place, &current) {
+    let overlays = index
+        .filter(|(_, config)| config.overlay == crate::config::Overlay::Patch)
+        .map(|(index, _)| Overlays {
+            index,
+            read: Box::new(|path: &str| {
+                let mut tree = repo.head_commit().ok()?.tree().ok()?;
+                let entry = tree.peel_to_entry_by_path(path).ok()??;
+                // A directory is not a file (a kustomization's is named by it).
+                if !entry.mode().is_blob() {
+                    return None;
+                }
+                Some(entry.object().ok()?.data.clone())
+            }),
+        });
+    let (edited, others) = match (&change.in_place, &current) {
         (Some(in_place), Some(file)) if in_place.new_file.is_none() => {
-            in_place_edit(file, in_place, &change.action)
+            match in_place_edit(file, in_place, &change.action, overlays.as_ref()) {
+                Some((edited, others)) => (Some(edited), others),
+                None => (None, Vec::new()),
+            }
         }
-        _ => None,
+        _ => (None, Vec::new()),
     };
     let in_place_here = change
         .in_place
@@ -777,6 +862,9 @@ fn diff(repo: &gix::Repository, change: &manifest::Change) -> String {
             .unwrap_or_else(|| old.clone()),
     };
     let mut text = file_diff(path, current.is_some(), &old, &new);
+    for other in others {
+        text.push_str(&file_diff(&other.path, true, &other.before, &other.after));
+    }
     if let Action::Cascade(cascade) = &change.action {
         // What the delete takes with it, as HEAD has it.
         let head = repo.head_commit().ok().and_then(|c| c.tree_id().ok());

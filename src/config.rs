@@ -234,6 +234,10 @@ pub enum Overlay {
     Deny,
     /// The base document is edited, for every overlay that renders it.
     Base,
+    /// A field an overlay sets is edited there (its `images` or `replicas` entry, or
+    /// the patch file that sets it); any other field in the base document, when that
+    /// document renders this object alone ([`crate::declared::overlay`]).
+    Patch,
 }
 
 impl Default for RepositoryConfig {

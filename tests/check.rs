@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::gitops::real_repository;
+use common::gitops::{real_repository, seeded_files, OVERLAID};
 use common::{fixtures, warnings, TestServer};
 use kubescribe::check::{self, CheckArgs, CheckOperation, OutputFormat};
 use serde_json::Value;
@@ -657,4 +657,65 @@ fn check_repo_never_shows_a_person_s_file_rewritten_where_it_cannot_be_edited() 
         Some("deploy/webapp/backend/service.yaml")
     );
     assert_eq!(result.diff.as_deref(), Some(""), "no canonical rewrite");
+}
+
+#[test]
+fn with_overlay_patch_check_repo_shows_the_edit_of_the_overlay_that_sets_the_field() {
+    let (dir, _) = seeded_files(OVERLAID);
+    let work = dir.path().join("work");
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "repository:\n  inPlace:\n    enabled: true\n    overlay: patch\nrules:\n- name: all\n  namespaces: [\"*\"]\n",
+    )
+    .unwrap();
+    // The overlay's rendering, with a new release.
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: prod
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: registry.example/web:1.3
+        env:
+        - name: MODE
+          value: fast
+        resources:
+          limits:
+            memory: 256Mi
+",
+    )
+    .unwrap();
+    let mut args = args();
+    args.config = Some(config);
+    args.repo = Some(work);
+    args.operation = CheckOperation::Update;
+    args.files = vec![manifest];
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    let diff = report.results[0].diff.as_deref().unwrap();
+    let changed: Vec<&str> = diff.lines().filter(|l| l.starts_with(['-', '+'])).collect();
+    assert_eq!(
+        changed,
+        [
+            "--- a/overlays/prod/kustomization.yaml",
+            "+++ b/overlays/prod/kustomization.yaml",
+            "-    newTag: \"1.2\" # the release",
+            "+    newTag: \"1.3\" # the release",
+        ],
+        "only the overlay's tag changes: {diff}"
+    );
 }

@@ -947,3 +947,185 @@ async fn a_tenant_s_base_shared_by_two_clusters_is_edited_only_when_told() {
     }
     server.server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_overlay_patch_each_field_is_edited_where_the_overlay_sets_it() {
+    let (dir, repo) = common::gitops::seeded_files(common::gitops::OVERLAID);
+    let server = TestServer::start_in(dir, &config(&repo, "patch")).await;
+    let before_dir = server.dir.path().join("before");
+    checkout(&repo, &before_dir);
+    let rendered = kubectl_kustomize(&before_dir.join("overlays/prod"));
+    let old = live(rendered[0].clone(), "prod", 1);
+    assert_eq!(
+        old["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example/web:1.2",
+        "what the cluster has is the overlay's rendering"
+    );
+    let mut new = old.clone();
+    let container = &mut new["spec"]["template"]["spec"]["containers"][0];
+    container["image"] = json!("registry.example/web:1.3");
+    container["resources"]["limits"]["memory"] = json!("512Mi");
+    container["env"][0]["value"] = json!("careful");
+    new["spec"]["replicas"] = json!(5);
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "prod",
+            "web",
+            (Some(old), Some(new.clone())),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(
+        files,
+        [
+            "base/deployment.yaml",
+            "overlays/prod/kustomization.yaml",
+            "overlays/prod/resources.yaml"
+        ]
+    );
+    assert_eq!(
+        removed,
+        [
+            "          value: fast",
+            "    newTag: \"1.2\" # the release",
+            "    count: 3",
+            "            memory: 256Mi # prod sizing"
+        ]
+    );
+    assert_eq!(
+        added,
+        [
+            "          value: careful",
+            "    newTag: \"1.3\" # the release",
+            "    count: 5",
+            "            memory: 512Mi # prod sizing"
+        ]
+    );
+    assert!(git(&repo, &["log", "-1", "--format=%B", "main"]).contains(
+        "Edits overlays/prod/kustomization.yaml (document 1), where the overlay sets what changed"
+    ),);
+
+    // kustomize renders the new object from the edited overlay and base.
+    let after_dir = server.dir.path().join("after");
+    checkout(&repo, &after_dir);
+    let rendered = kubectl_kustomize(&after_dir.join("overlays/prod"));
+    assert_eq!(rendered[0]["spec"], {
+        let mut spec = new["spec"].clone();
+        spec["template"]["spec"]["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("terminationMessagePath");
+        spec
+    });
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_overlay_patch_what_cannot_be_traced_is_refused_and_named() {
+    // An inline JSON patch sets the replicas; the delete of a patched object would
+    // leave its patch without an object, which kustomize refuses to build.
+    let mut files = common::gitops::OVERLAID.to_vec();
+    files[2].1 = "namespace: prod
+resources:
+  - ../../base
+patches:
+  - path: resources.yaml
+  - target:
+      kind: Deployment
+      name: web
+    patch: |-
+      - op: replace
+        path: /spec/replicas
+        value: 2
+";
+    let (dir, repo) = common::gitops::seeded_files(&files);
+    let server = TestServer::start_in(dir, &config(&repo, "patch")).await;
+    let checkout_dir = server.dir.path().join("before");
+    checkout(&repo, &checkout_dir);
+    let old = live(
+        kubectl_kustomize(&checkout_dir.join("overlays/prod"))[0].clone(),
+        "prod",
+        1,
+    );
+    let mut new = old.clone();
+    new["spec"]["replicas"] = json!(4);
+    let commits = git(&repo, &["rev-list", "--count", "main"]);
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            DEPLOYMENT,
+            "prod",
+            "web",
+            (Some(old.clone()), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("a JSON patch in overlays/prod/kustomization.yaml sets spec.replicas"),
+        "{text}"
+    );
+    let answer = send(
+        &server,
+        &review(
+            2,
+            "DELETE",
+            DEPLOYMENT,
+            "prod",
+            "web",
+            (Some(old), None),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("is patched by overlays/prod/kustomization.yaml")
+            && text.contains("delete it in git"),
+        "{text}"
+    );
+    assert_eq!(git(&repo, &["rev-list", "--count", "main"]), commits);
+    server.server.shutdown().await.unwrap();
+
+    // podinfo's backend base is rendered by three overlays: a field none of them
+    // sets would change all three.
+    let (dir, repo) = seeded_fixture(PODINFO);
+    let server = TestServer::start_in(dir, &config(&repo, "patch")).await;
+    let path = "deploy/bases/backend/deployment.yaml";
+    let old = live(document(&repo, path), "dev", 1);
+    let mut new = old.clone();
+    new["spec"]["minReadySeconds"] = json!(9);
+    let answer = send(
+        &server,
+        &review(
+            3,
+            "UPDATE",
+            DEPLOYMENT,
+            "dev",
+            "backend",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains(path)
+            && text.contains("spec.minReadySeconds is not set by an overlay")
+            && text.contains("renders 3 objects"),
+        "{text}"
+    );
+    server.server.shutdown().await.unwrap();
+}

@@ -30,6 +30,7 @@
 
 pub mod edit;
 mod kustomize;
+pub mod overlay;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -130,6 +131,10 @@ pub struct Declared {
     /// prefix, suffix or rename): how the document is found in its file.
     pub written_name: String,
     pub namespace_from: NamespaceFrom,
+    /// The document renders this object along more than one chain of
+    /// kustomizations (two clusters' overlays of one base): `through` is the first
+    /// one's, and `transformed_by` has every chain's.
+    pub several_routes: bool,
 }
 
 /// What gave a declared object its namespace.
@@ -954,6 +959,7 @@ impl<'a> Builder<'a> {
                 affixed: !context.prefix.is_empty() || !context.suffix.is_empty(),
                 written_name,
                 namespace_from: namespace_from.clone(),
+                several_routes: false,
             };
             // Only the cluster knows the scope of a kind from a CRD: keep it findable
             // as cluster-scoped too.
@@ -985,11 +991,24 @@ impl<'a> Builder<'a> {
             Slot::Unplaced(loose) => index.unplaced.entry(loose.clone()).or_default(),
             Slot::UnknownScope(loose) => index.unknown_scope.entry(loose.clone()).or_default(),
         };
-        if !entries
-            .iter()
-            .any(|d| d.path == declared.path && d.document == declared.document)
+        match entries
+            .iter_mut()
+            .find(|d| d.path == declared.path && d.document == declared.document)
         {
-            entries.push(declared);
+            None => entries.push(declared),
+            // Reached again another way: what that way transforms counts too.
+            Some(known)
+                if known.through != declared.through
+                    || known.transformed_by != declared.transformed_by =>
+            {
+                known.several_routes = true;
+                for dir in declared.transformed_by {
+                    if !known.transformed_by.contains(&dir) {
+                        known.transformed_by.push(dir);
+                    }
+                }
+            }
+            Some(_) => {}
         }
         index
             .by_file

@@ -297,9 +297,22 @@ fn refusal(
         ));
     }
     let shared = index.declarations(path, declared.document);
-    if config.overlay == Overlay::Deny && (!declared.transformed_by.is_empty() || shared > 1) {
+    let transformed = !declared.transformed_by.is_empty();
+    let refuse = match config.overlay {
+        Overlay::Deny => transformed || shared > 1 || declared.several_routes,
+        Overlay::Base => false,
+        // The store finds the file that owns each field when it commits; what no
+        // overlay can own is answered now.
+        Overlay::Patch => (shared > 1 && !transformed) || (transformed && declared.several_routes),
+    };
+    if refuse {
         let mut why = Vec::new();
-        if !declared.transformed_by.is_empty() {
+        if declared.several_routes && (config.overlay == Overlay::Patch || !transformed) {
+            why.push(
+                "several overlays render it, and which one this cluster applies is not in the repository"
+                    .to_owned(),
+            );
+        } else if transformed {
             why.push(format!(
                 "{} changes it on its way to the cluster (patches, images or replicas)",
                 declared.transformed_by.join(" and ")

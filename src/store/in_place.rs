@@ -239,6 +239,9 @@ pub(super) struct Whereabouts {
     path: String,
     written_name: String,
     listed_in: Option<String>,
+    /// With `overlay: patch`, for an object overlays transform: its declaration,
+    /// and how many objects its document renders.
+    overlaid: Option<(crate::declared::Declared, usize)>,
 }
 
 /// Where this batch has put objects so far (`None`: it deleted them), which the
@@ -266,6 +269,9 @@ impl Writer {
                 path: d.path.clone(),
                 written_name: d.written_name.clone(),
                 listed_in: d.through.last().cloned(),
+                overlaid: (declared.shared.config.overlay == crate::config::Overlay::Patch
+                    && !d.transformed_by.is_empty())
+                .then(|| (d.clone(), index.declarations(&d.path, d.document))),
             })),
             Lookup::Ambiguous(candidates) => {
                 let places: Vec<String> = candidates.iter().map(|d| d.path.clone()).collect();
@@ -307,6 +313,7 @@ impl Writer {
             path,
             written_name,
             listed_in,
+            overlaid,
         }) = found
         else {
             return Ok(Staged::Canonical);
@@ -340,18 +347,71 @@ impl Writer {
             .unwrap_or_default()
             .to_owned();
         let kind = in_place.key.kind.clone();
+        let mut body = String::new();
+        // With `overlay: patch`, the fields an overlay sets are edited there.
+        let mut ops = Cow::Borrowed(in_place.ops.as_slice());
+        // Made only once every part of the edit is known to work: a refusal
+        // leaves nothing of this change staged.
+        let mut others: Vec<(String, Vec<u8>, ObjectId)> = Vec::new();
+        if let Some((declared, shared)) = &overlaid {
+            let read = |file: &str| self.read_file(tree, file);
+            if matches!(change.action, Action::Remove) {
+                let patched = crate::declared::overlay::patched_by(&read, &in_place.key, declared);
+                if !patched.is_empty() {
+                    return refused(format!(
+                        "{} is patched by {}, and kustomize fails on a patch whose object is gone: delete it in git",
+                        change.object_ref(),
+                        patched.join(", ")
+                    ));
+                }
+            } else {
+                let routed = match crate::declared::overlay::route(
+                    &read,
+                    &in_place.key,
+                    declared,
+                    *shared,
+                    &documents[at],
+                    &in_place.ops,
+                    &in_place.old,
+                    &in_place.new,
+                ) {
+                    Ok(routed) => routed,
+                    Err(reason) => return refused(reason),
+                };
+                for other in &routed.elsewhere {
+                    match self.edit_other(other, tree)? {
+                        Ok(edited) => others.push(edited),
+                        Err(reason) => return refused(reason),
+                    }
+                    body.push_str(&format!(
+                        "Edits {} (document {}), where the overlay sets what changed.\n\n",
+                        other.path,
+                        other.document + 1
+                    ));
+                }
+                ops = Cow::Owned(routed.base);
+            }
+        }
         let edited = match change.action {
             Action::Remove => edit::remove(&bytes, at),
-            _ => edit::update(&bytes, at, &in_place.ops, &in_place.old, &in_place.new),
+            // Every change is an overlay's.
+            _ if ops.is_empty() => Ok(edit::Edited {
+                bytes: Some(bytes.clone()),
+                rewritten: false,
+            }),
+            _ => edit::update(&bytes, at, &ops, &in_place.old, &in_place.new),
         };
         let edited = match edited {
             Ok(edited) => edited,
             Err(error) => return refused(format!("cannot edit {path}: {error}")),
         };
-        let mut body = String::new();
+        let mut elsewhere = false;
+        for (other, new_bytes, id) in &others {
+            elsewhere |= put_blob(&self.repo, editor, other, new_bytes, Some(*id))?;
+        }
         match edited.bytes {
             Some(new_bytes) => {
-                if !put_blob(&self.repo, editor, path, &new_bytes, Some(current))? {
+                if !put_blob(&self.repo, editor, path, &new_bytes, Some(current))? && !elsewhere {
                     return Ok(Staged::Done(Err(Outcome::Unchanged)));
                 }
                 if edited.rewritten {
@@ -382,6 +442,42 @@ impl Writer {
         body.push_str(super::merge::TRAILER);
         body.push('\n');
         Ok(Staged::Done(Ok((api_version, kind, body))))
+    }
+
+    /// The file at `path` in `tree`, if it is there and readable.
+    fn read_file(&self, tree: ObjectId, path: &str) -> Option<Vec<u8>> {
+        let id = lookup(&self.repo, tree, path).ok().flatten()?;
+        Some(self.repo.find_blob(id).ok()?.detach().data)
+    }
+
+    /// An overlay's part of an edit: the file, its new bytes and its blob now; the
+    /// refusal when it cannot be made.
+    #[allow(clippy::type_complexity)]
+    fn edit_other(
+        &self,
+        other: &crate::declared::overlay::FileEdit,
+        tree: ObjectId,
+    ) -> Result<Result<(String, Vec<u8>, ObjectId), String>, StoreError> {
+        let path = other.path.as_str();
+        let Some(current) = lookup(&self.repo, tree, path).map_err(|e| write_error(&e))? else {
+            return Ok(Err(format!("{path} is not on the branch any more")));
+        };
+        let bytes = self
+            .repo
+            .find_blob(current)
+            .map_err(|e| write_error(&e))?
+            .detach()
+            .data;
+        Ok(
+            match edit::update(&bytes, other.document, &other.ops, &other.old, &other.new) {
+                Ok(edit::Edited {
+                    bytes: Some(new_bytes),
+                    ..
+                }) => Ok((path.to_owned(), new_bytes, current)),
+                Ok(_) => Err(format!("an edit of {path} would empty it")),
+                Err(error) => Err(format!("cannot edit {path}: {error}")),
+            },
+        )
     }
 
     /// Takes a denied commit's change (`wrote` over `before`) out of `file` as it is
@@ -519,6 +615,7 @@ impl Writer {
                 path: path.to_owned(),
                 written_name: in_place.key.name.clone(),
                 listed_in: home.kustomization.clone(),
+                overlaid: None,
             }),
         );
         body.push_str(super::merge::TRAILER);

@@ -131,3 +131,69 @@ pub fn checkout(repo: &Path, into: &Path) {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
 }
+
+/// A base and the one overlay that renders it, which sets the image's tag, the
+/// replicas and the memory limit, the way teams keep per-environment values.
+pub const OVERLAID: &[(&str, &str)] = &[
+    (
+        "base/kustomization.yaml",
+        "resources:\n  - deployment.yaml\n",
+    ),
+    (
+        "base/deployment.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: registry.example/web:1.0
+        env:
+        - name: MODE
+          value: fast
+",
+    ),
+    (
+        "overlays/prod/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: prod
+resources:
+  - ../../base
+images:
+  - name: registry.example/web
+    newTag: \"1.2\" # the release
+replicas:
+  - name: web
+    count: 3
+patches:
+  - path: resources.yaml
+",
+    ),
+    (
+        "overlays/prod/resources.yaml",
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  template:
+    spec:
+      containers:
+      - name: web
+        resources:
+          limits:
+            memory: 256Mi # prod sizing
+",
+    ),
+];

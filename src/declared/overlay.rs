@@ -1,0 +1,732 @@
+//! `overlay: patch`: for an object a kustomization (or a Flux Kustomization)
+//! changes on its way to the cluster, which file owns each changed field. A field an
+//! overlay sets is edited where the overlay sets it: its `images:` entry, its
+//! `replicas:` entry, or the strategic-merge patch file that sets it; any other field
+//! is edited in the base document.
+//!
+//! Invariants: nothing is edited by guess. A field set by something kubescribe cannot
+//! edit honestly (an inline patch, a JSON 6902 patch, a patch that selects by
+//! labels, a transformer, a component, a replacement, a Flux `${variable}`) refuses
+//! the write and names the file to change; so does a base field when the base
+//! document renders other objects too (other overlays would change with it), and a
+//! document several overlays render as one object (which one this cluster applies is
+//! not in the repository). The last transform applied owns a field: overlays are
+//! searched from the outermost in, and within one, `images` and `replicas` before
+//! patches, as kustomize applies them.
+
+use serde_json::Value;
+
+use super::edit::{Op, Step};
+use super::{kustomize, Declared, Key};
+
+/// How the routing reads a file of the tree it routes in: `None` when it is not
+/// there (or is a directory).
+pub type ReadFile<'a> = dyn Fn(&str) -> Option<Vec<u8>> + 'a;
+
+/// An edit of one document of one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileEdit {
+    pub path: String,
+    pub document: usize,
+    pub ops: Vec<Op>,
+    /// The object before and after the write, for [`super::edit::update`]'s checks
+    /// (`Null` for a kustomization's own entries).
+    pub old: Value,
+    pub new: Value,
+}
+
+/// Where a write's changes go.
+#[derive(Debug, Default, PartialEq)]
+pub struct Routed {
+    /// The changes for the base document, the one that declares the object.
+    pub base: Vec<Op>,
+    /// The changes for the overlays' patches and kustomizations, one per document.
+    pub elsewhere: Vec<FileEdit>,
+}
+
+/// What an overlay's transform does to one changed field.
+enum Claim {
+    /// Nothing: the field is the base's, as far as this transform goes.
+    No,
+    /// It sets the field; these edits of its file change it.
+    Edit(FileEdit),
+    /// It sets the field in a way kubescribe does not edit: why.
+    Refuse(String),
+}
+
+/// One place that transforms the object: a kustomization, or a Flux Kustomization
+/// document.
+struct Source {
+    /// The file that says it (kustomization.yaml, or the Flux Kustomization's).
+    file: String,
+    document: usize,
+    /// The directory its relative paths start from.
+    dir: String,
+    /// Where its `images`, `patches`… are: the document, or its `spec` for Flux.
+    body: Value,
+    /// Steps from the document to `body` (`spec` for Flux).
+    prefix: Vec<Step>,
+    flux: bool,
+}
+
+/// Splits `ops` between the base document (`base`, as parsed) and the overlays in
+/// `declared.transformed_by`, reading their files with `read`. `shared` is how many
+/// objects the base document renders.
+#[allow(clippy::too_many_arguments)]
+pub fn route(
+    read: &ReadFile<'_>,
+    key: &Key,
+    declared: &Declared,
+    shared: usize,
+    base: &Value,
+    ops: &[Op],
+    old: &Value,
+    new: &Value,
+) -> Result<Routed, String> {
+    let object = object_ref(key);
+    if declared.several_routes {
+        return Err(format!(
+            "{object} is rendered from {} by several overlays ({}), and which one this cluster applies is not in the repository: change it in git, or set inPlace.overlay: base to edit {} for all of them",
+            declared.path,
+            declared.transformed_by.join(", "),
+            declared.path,
+        ));
+    }
+    let sources = declared
+        .transformed_by
+        .iter()
+        .map(|place| source(read, place, &declared.path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names = [key.name.as_str(), declared.written_name.as_str()];
+    let mut routed = Routed::default();
+    for op in ops {
+        let path = op_path(op);
+        let mut owned = false;
+        for source in &sources {
+            match claim(read, source, key, &names, op, old, new, base) {
+                Claim::No => continue,
+                Claim::Refuse(why) => {
+                    return Err(format!(
+                        "{object}: {why} sets {field}; kubescribe edits only what it can trace: change it there",
+                        field = field(path),
+                    ))
+                }
+                Claim::Edit(edit) => {
+                    add(&mut routed.elsewhere, edit);
+                    owned = true;
+                    // A removed field goes from every place that sets it, or the
+                    // next one in would bring it back.
+                    if matches!(op, Op::Set(..)) {
+                        break;
+                    }
+                }
+            }
+        }
+        if owned && matches!(op, Op::Set(..)) {
+            continue;
+        }
+        if flux_variable(&sources, base, path) {
+            return Err(format!(
+                "{object}: {field} in {} is a Flux variable that postBuild substitutes; change the value where the variable is set",
+                declared.path,
+                field = field(path),
+            ));
+        }
+        if shared > 1 && (matches!(op, Op::Set(..)) || at(base, path).is_some()) {
+            return Err(format!(
+                "{object}: {field} is not set by an overlay, and {} renders {shared} objects, which would all change: change it in git, or set it in this overlay's patch",
+                declared.path,
+                field = field(path),
+            ));
+        }
+        routed.base.push(op.clone());
+    }
+    Ok(routed)
+}
+
+/// The files of patches that select `key` (rendered from `declared`): kustomize
+/// fails on a patch whose object is gone, so a delete of a patched object is the
+/// person's to make in git.
+pub fn patched_by(read: &ReadFile<'_>, key: &Key, declared: &Declared) -> Vec<String> {
+    let names = [key.name.as_str(), declared.written_name.as_str()];
+    let mut files = Vec::new();
+    for place in &declared.transformed_by {
+        let Ok(source) = source(read, place, &declared.path) else {
+            continue;
+        };
+        let patched = patches(read, &source).into_iter().any(|patch| {
+            patch.target.as_ref().map_or_else(
+                || patch.documents.iter().any(|doc| names_it(doc, key, &names)),
+                |target| targets(target, key, &names) != Some(false),
+            )
+        });
+        if patched {
+            files.push(source.file.clone());
+        }
+    }
+    files
+}
+
+fn object_ref(key: &Key) -> String {
+    match &key.namespace {
+        Some(namespace) => format!("{} {namespace}/{}", key.kind, key.name),
+        None => format!("{} {}", key.kind, key.name),
+    }
+}
+
+/// A path as people read it: `spec.template.spec.containers[web].image`.
+pub fn field(path: &[Step]) -> String {
+    let mut text = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Step::Index(at) => text.push_str(&format!("[{at}]")),
+            Step::Named(name) => text.push_str(&format!("[{name}]")),
+        }
+    }
+    text
+}
+
+fn op_path(op: &Op) -> &[Step] {
+    match op {
+        Op::Set(path, _) | Op::Remove(path) => path,
+    }
+}
+
+/// Adds `edit` to the edit of its document, if there is one already.
+fn add(edits: &mut Vec<FileEdit>, edit: FileEdit) {
+    match edits
+        .iter_mut()
+        .find(|e| e.path == edit.path && e.document == edit.document)
+    {
+        Some(known) => known.ops.extend(edit.ops),
+        None => edits.push(edit),
+    }
+}
+
+/// The value at `path` in `value`.
+fn at<'v>(value: &'v Value, path: &[Step]) -> Option<&'v Value> {
+    path.iter()
+        .try_fold(value, |here, step| match (step, here) {
+            (Step::Key(key), Value::Object(map)) => map.get(key),
+            (Step::Index(i), Value::Array(items)) => items.get(*i),
+            (Step::Named(name), Value::Array(items)) => items
+                .iter()
+                .find(|item| item.get("name").and_then(Value::as_str) == Some(name)),
+            _ => None,
+        })
+}
+
+/// The transform `place` names: a kustomization's directory, or the file of a Flux
+/// Kustomization (whose `path` holds `base`).
+fn source(read: &ReadFile<'_>, place: &str, base: &str) -> Result<Source, String> {
+    if let Some(bytes) = read(place) {
+        // A Flux Kustomization's file: the document whose `path` the base is under.
+        let documents = super::documents(&bytes);
+        let mut found = documents.iter().enumerate().filter(|(_, doc)| {
+            doc.get("kind").and_then(Value::as_str) == Some("Kustomization")
+                && doc
+                    .get("apiVersion")
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| v.starts_with("kustomize.toolkit.fluxcd.io/"))
+                && doc
+                    .pointer("/spec/path")
+                    .and_then(Value::as_str)
+                    .and_then(|p| kustomize::join("", p))
+                    .is_some_and(|dir| dir.is_empty() || base.starts_with(&format!("{dir}/")))
+        });
+        return match (found.next(), found.next()) {
+            (Some((document, doc)), None) => Ok(Source {
+                file: place.to_owned(),
+                document,
+                dir: String::new(),
+                body: doc.get("spec").cloned().unwrap_or(Value::Null),
+                prefix: vec![Step::Key("spec".to_owned())],
+                flux: true,
+            }),
+            _ => Err(format!(
+                "cannot tell which Flux Kustomization of {place} renders {base}: change it in git"
+            )),
+        };
+    }
+    for name in kustomize::FILE_NAMES {
+        let file = if place.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{place}/{name}")
+        };
+        if let Some(bytes) = read(&file) {
+            let body = super::documents(&bytes)
+                .into_iter()
+                .next()
+                .unwrap_or(Value::Null);
+            return Ok(Source {
+                file,
+                document: 0,
+                dir: place.to_owned(),
+                body,
+                prefix: Vec::new(),
+                flux: false,
+            });
+        }
+    }
+    Err(format!(
+        "the kustomization of {place} is not on the branch any more"
+    ))
+}
+
+/// What `source` does to the field `op` changes.
+#[allow(clippy::too_many_arguments)]
+fn claim(
+    read: &ReadFile<'_>,
+    source: &Source,
+    key: &Key,
+    names: &[&str],
+    op: &Op,
+    old: &Value,
+    new: &Value,
+    base: &Value,
+) -> Claim {
+    let path = op_path(op);
+    let body = &source.body;
+    let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    for (what, unknown) in [
+        ("components", true),
+        ("replacements", true),
+        ("vars", true),
+        ("transformers", !source.flux),
+    ] {
+        if present(what) && unknown && !only_metadata_transformers(read, source, what, path) {
+            return Claim::Refuse(format!("the {what} of {}", source.file));
+        }
+    }
+    // kustomize applies `images` and `replicas` after the patches: they win.
+    if let Some(claim) = image_entry(source, op, old) {
+        return claim;
+    }
+    if let (true, [Step::Key(spec), Step::Key(replicas)]) = (present("replicas"), path) {
+        if spec == "spec" && replicas == "replicas" && !source.flux {
+            let entries = body["replicas"].as_array().cloned().unwrap_or_default();
+            if let Some(i) = entries.iter().position(|e| {
+                e.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| names.contains(&n))
+            }) {
+                return match op {
+                    Op::Set(_, count) => Claim::Edit(own_edit(
+                        source,
+                        vec![Op::Set(steps(&["replicas"], i, &["count"]), count.clone())],
+                    )),
+                    Op::Remove(_) => Claim::Refuse(format!("the replicas of {}", source.file)),
+                };
+            }
+        }
+    }
+    for patch in patches(read, source) {
+        if let Some(target) = &patch.target {
+            match targets(target, key, names) {
+                Some(false) => continue,
+                Some(true) => {}
+                None => {
+                    if patch
+                        .documents
+                        .iter()
+                        .any(|doc| !matches!(reach(doc, path), Reach::No))
+                    {
+                        return Claim::Refuse(format!(
+                            "a patch in {} that selects objects by label or annotation",
+                            source.file
+                        ));
+                    }
+                    continue;
+                }
+            }
+        }
+        if patch.json6902 {
+            let pointer = pointer_of(path, old);
+            let sets = patch.documents.iter().flat_map(as_ops).any(|other| {
+                let n = pointer.len().min(other.len());
+                pointer[..n]
+                    .iter()
+                    .zip(&other[..n])
+                    .all(|(a, b)| a == b || b == "-")
+            });
+            if sets {
+                return Claim::Refuse(format!("a JSON patch in {}", patch.told_in));
+            }
+            continue;
+        }
+        for (document, doc) in patch.documents.iter().enumerate() {
+            if patch.target.is_none() && !names_it(doc, key, names) {
+                continue;
+            }
+            let reached = reach(doc, path);
+            let owns = match reached {
+                Reach::Sets => true,
+                Reach::Inside => {
+                    return Claim::Refuse(format!("a patch in {}", patch.told_in));
+                }
+                // An element the patch adds (a sidecar) is the patch's, all of it.
+                Reach::No => added_element(doc, base, path),
+            };
+            if !owns {
+                continue;
+            }
+            let Some(file) = &patch.file else {
+                return Claim::Refuse(format!("an inline patch in {}", source.file));
+            };
+            return Claim::Edit(FileEdit {
+                path: file.clone(),
+                document,
+                ops: vec![op.clone()],
+                old: old.clone(),
+                new: new.clone(),
+            });
+        }
+    }
+    Claim::No
+}
+
+/// The `images:` entry that renders the image `op` changes, and its edit.
+fn image_entry(source: &Source, op: &Op, old: &Value) -> Option<Claim> {
+    let path = op_path(op);
+    let [.., Step::Key(list), Step::Named(_), Step::Key(image)] = path else {
+        return None;
+    };
+    if image != "image" || !(list == "containers" || list == "initContainers") {
+        return None;
+    }
+    let entries = source.body.get("images")?.as_array()?;
+    let (before, _, _) = split_image(at(old, path)?.as_str()?);
+    let i = entries.iter().position(|e| {
+        let name = e.get("name").and_then(Value::as_str);
+        e.get("newName").and_then(Value::as_str).or(name) == Some(before)
+    })?;
+    let what = || format!("the images of {}", source.file);
+    let Op::Set(_, Value::String(image)) = op else {
+        return Some(Claim::Refuse(what()));
+    };
+    let (name, tag, digest) = split_image(image);
+    let entry = &entries[i];
+    let mut ops = Vec::new();
+    let named = entry.get("newName").and_then(Value::as_str).unwrap_or(
+        entry
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+    );
+    if name != named {
+        ops.push(Op::Set(
+            steps(&["images"], i, &["newName"]),
+            Value::from(name),
+        ));
+    }
+    for (field, value) in [("newTag", tag), ("digest", digest)] {
+        let at = steps(&["images"], i, &[field]);
+        match value {
+            Some(value) => ops.push(Op::Set(at, Value::from(value))),
+            None if entry.get(field).is_some() => ops.push(Op::Remove(at)),
+            None => {}
+        }
+    }
+    Some(Claim::Edit(own_edit(source, ops)))
+}
+
+/// `registry/name:tag@digest` as (name, tag, digest).
+fn split_image(image: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, digest) = match image.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (image, None),
+    };
+    // A `:` after the last `/` is a tag's; one before it is a registry's port.
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[slash..].rfind(':') {
+        Some(colon) => (
+            &rest[..slash + colon],
+            Some(&rest[slash + colon + 1..]),
+            digest,
+        ),
+        None => (rest, None, digest),
+    }
+}
+
+/// `[first..., Index(i), rest...]` under nothing.
+fn steps(first: &[&str], i: usize, rest: &[&str]) -> Vec<Step> {
+    first
+        .iter()
+        .map(|k| Step::Key((*k).to_owned()))
+        .chain([Step::Index(i)])
+        .chain(rest.iter().map(|k| Step::Key((*k).to_owned())))
+        .collect()
+}
+
+/// An edit of the source's own document (its `images` or `replicas`).
+fn own_edit(source: &Source, ops: Vec<Op>) -> FileEdit {
+    FileEdit {
+        path: source.file.clone(),
+        document: source.document,
+        ops: ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Set(path, value) => Op::Set([source.prefix.clone(), path].concat(), value),
+                Op::Remove(path) => Op::Remove([source.prefix.clone(), path].concat()),
+            })
+            .collect(),
+        old: Value::Null,
+        new: Value::Null,
+    }
+}
+
+/// Whether the `transformers` of `source` only set labels or annotations, and the
+/// field is neither.
+fn only_metadata_transformers(
+    read: &ReadFile<'_>,
+    source: &Source,
+    what: &str,
+    path: &[Step],
+) -> bool {
+    if what != "transformers" {
+        return false;
+    }
+    let metadata = path.iter().any(|step| {
+        matches!(step, Step::Key(k) if k == "labels" || k == "annotations" || k == "matchLabels")
+    });
+    if metadata {
+        return false;
+    }
+    source.body["transformers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|entry| {
+            let documents = match entry.as_str() {
+                Some(text) if text.contains('\n') => super::documents(text.as_bytes()),
+                Some(file) => kustomize::join(&source.dir, file)
+                    .and_then(|file| read(&file))
+                    .map(|bytes| super::documents(&bytes))
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            };
+            !documents.is_empty()
+                && documents.iter().all(|doc| {
+                    matches!(
+                        doc.get("kind").and_then(Value::as_str),
+                        Some("LabelTransformer" | "AnnotationsTransformer")
+                    )
+                })
+        })
+}
+
+/// One patch of a kustomization, read.
+struct Patch {
+    /// The file that holds it; `None` for an inline one.
+    file: Option<String>,
+    /// Where it is written, for a message.
+    told_in: String,
+    target: Option<Value>,
+    json6902: bool,
+    documents: Vec<Value>,
+}
+
+/// Every patch `source` applies, in order.
+fn patches(read: &ReadFile<'_>, source: &Source) -> Vec<Patch> {
+    let mut out = Vec::new();
+    let body = &source.body;
+    let mut add = |entry: &Value, target: Option<Value>, json6902: bool| {
+        let (file, text) = match entry {
+            Value::String(text) if text.contains('\n') || source.flux => (None, Some(text.clone())),
+            Value::String(file) => (kustomize::join(&source.dir, file), None),
+            Value::Object(map) => match (map.get("path"), map.get("patch")) {
+                (Some(Value::String(file)), _) => (kustomize::join(&source.dir, file), None),
+                (_, Some(Value::String(text))) => (None, Some(text.clone())),
+                _ => return,
+            },
+            _ => return,
+        };
+        let bytes = match (&file, text) {
+            (Some(file), _) => read(file),
+            (None, Some(text)) => Some(text.into_bytes()),
+            (None, None) => None,
+        };
+        let Some(bytes) = bytes else { return };
+        let documents = super::documents(&bytes);
+        let json6902 = json6902 || documents.iter().any(Value::is_array);
+        out.push(Patch {
+            told_in: file.clone().unwrap_or_else(|| source.file.clone()),
+            file,
+            target,
+            json6902,
+            documents,
+        });
+    };
+    for entry in body["patchesStrategicMerge"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        add(entry, None, false);
+    }
+    for entry in body["patches"].as_array().into_iter().flatten() {
+        add(entry, entry.get("target").cloned(), false);
+    }
+    for entry in body["patchesJson6902"].as_array().into_iter().flatten() {
+        add(entry, entry.get("target").cloned(), true);
+    }
+    out
+}
+
+/// Whether a patch document without a target names the object.
+fn names_it(doc: &Value, key: &Key, names: &[&str]) -> bool {
+    doc.get("kind").and_then(Value::as_str) == Some(key.kind.as_str())
+        && doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| names.contains(&n))
+}
+
+/// Whether a patch's `target` selects the object; `None` when it selects by labels
+/// or annotations, which the index does not know.
+fn targets(target: &Value, key: &Key, names: &[&str]) -> Option<bool> {
+    let text = |k: &str| target.get(k).and_then(Value::as_str);
+    if text("labelSelector").is_some() || text("annotationSelector").is_some() {
+        return None;
+    }
+    let kind = text("kind").is_none_or(|k| k == key.kind);
+    let group = text("group").is_none_or(|g| g == key.group);
+    let namespace = text("namespace").is_none_or(|n| Some(n) == key.namespace.as_deref());
+    // kustomize reads the name as a regular expression of the whole name.
+    let name = match text("name") {
+        None => true,
+        Some(pattern) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
+            Ok(re) => names.iter().any(|n| re.is_match(n)),
+            Err(_) => return None,
+        },
+    };
+    Some(kind && group && namespace && name)
+}
+
+/// How far a patch document goes along a path.
+enum Reach {
+    /// It has a value at the path: it sets the field.
+    Sets,
+    /// It says something about the field kubescribe cannot split: a directive
+    /// (`$patch`), or a value where the path goes deeper.
+    Inside,
+    /// It stops before the path's end.
+    No,
+}
+
+fn reach(doc: &Value, path: &[Step]) -> Reach {
+    let mut here = doc;
+    for step in path {
+        if let Value::Object(map) = here {
+            if map.keys().any(|k| k.starts_with('$')) {
+                return Reach::Inside;
+            }
+        }
+        let next = match (step, here) {
+            (Step::Key(key), Value::Object(map)) => map.get(key),
+            // A list without merge keys is replaced whole by the patch.
+            (Step::Index(_), Value::Array(_)) => return Reach::Sets,
+            (Step::Named(name), Value::Array(items)) => items
+                .iter()
+                .find(|item| item.get("name").and_then(Value::as_str) == Some(name)),
+            _ => return Reach::Inside,
+        };
+        match next {
+            Some(next) => here = next,
+            None => return Reach::No,
+        }
+    }
+    Reach::Sets
+}
+
+/// Whether the path goes through a list element the patch has and the base does not.
+fn added_element(doc: &Value, base: &Value, path: &[Step]) -> bool {
+    (1..=path.len()).any(|n| {
+        matches!(path[n - 1], Step::Named(_))
+            && at(doc, &path[..n]).is_some()
+            && at(base, &path[..n]).is_none()
+    })
+}
+
+/// The path as JSON pointer segments, a named element by its position in `old`.
+fn pointer_of(path: &[Step], old: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (n, step) in path.iter().enumerate() {
+        out.push(match step {
+            Step::Key(key) => key.clone(),
+            Step::Index(i) => i.to_string(),
+            Step::Named(name) => at(old, &path[..n])
+                .and_then(Value::as_array)
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .position(|i| i.get("name").and_then(Value::as_str) == Some(name))
+                })
+                .map_or_else(|| "?".to_owned(), |i| i.to_string()),
+        });
+    }
+    out
+}
+
+/// A JSON 6902 patch's operations, each as its path's segments.
+fn as_ops(doc: &Value) -> Vec<Vec<String>> {
+    doc.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|op| op.get("path").and_then(Value::as_str))
+        .map(|path| {
+            path.split('/')
+                .skip(1)
+                .map(|s| s.replace("~1", "/").replace("~0", "~"))
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether the base's value at `path` is a `${variable}` a Flux postBuild fills in.
+fn flux_variable(sources: &[Source], base: &Value, path: &[Step]) -> bool {
+    sources
+        .iter()
+        .any(|s| s.flux && s.body.get("postBuild").is_some_and(|v| !v.is_null()))
+        && at(base, path)
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.contains("${"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_split_into_name_tag_and_digest() {
+        assert_eq!(
+            split_image("ghcr.io/stefanprodan/podinfo:6.14.1"),
+            ("ghcr.io/stefanprodan/podinfo", Some("6.14.1"), None)
+        );
+        assert_eq!(
+            split_image("localhost:5000/web@sha256:abc"),
+            ("localhost:5000/web", None, Some("sha256:abc"))
+        );
+        assert_eq!(split_image("nginx"), ("nginx", None, None));
+    }
+
+    #[test]
+    fn fields_read_as_people_write_them() {
+        assert_eq!(
+            field(&[
+                Step::Key("spec".into()),
+                Step::Key("containers".into()),
+                Step::Named("web".into()),
+                Step::Key("image".into()),
+            ]),
+            "spec.containers[web].image"
+        );
+    }
+}
