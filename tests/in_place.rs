@@ -1127,5 +1127,25 @@ patches:
             && text.contains("renders 3 objects"),
         "{text}"
     );
+    // Nor is it deleted for all three.
+    let answer = send(
+        &server,
+        &review(
+            4,
+            "DELETE",
+            DEPLOYMENT,
+            "dev",
+            "backend",
+            (Some(live(document(&repo, path), "dev", 1)), None),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    assert!(
+        message(&answer).contains("3 objects are rendered from that document"),
+        "{answer}"
+    );
+    assert!(git(&repo, &["show", &format!("main:{path}")]).contains("name: backend"));
     server.server.shutdown().await.unwrap();
 }

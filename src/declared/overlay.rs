@@ -95,7 +95,7 @@ pub fn route(
     let sources = declared
         .transformed_by
         .iter()
-        .map(|place| source(read, place, &declared.path))
+        .map(|place| source(read, place, declared))
         .collect::<Result<Vec<_>, _>>()?;
     let names = [key.name.as_str(), declared.written_name.as_str()];
     let mut routed = Routed::default();
@@ -151,15 +151,14 @@ pub fn patched_by(read: &ReadFile<'_>, key: &Key, declared: &Declared) -> Vec<St
     let names = [key.name.as_str(), declared.written_name.as_str()];
     let mut files = Vec::new();
     for place in &declared.transformed_by {
-        let Ok(source) = source(read, place, &declared.path) else {
+        let Ok(source) = source(read, place, declared) else {
             continue;
         };
+        // A patch without a target, and a `replicas:` entry, that finds no object
+        // fails the build; a target that selects nothing does not.
         let patched = patches(read, &source).into_iter().any(|patch| {
-            patch.target.as_ref().map_or_else(
-                || patch.documents.iter().any(|doc| names_it(doc, key, &names)),
-                |target| targets(target, key, &names) != Some(false),
-            )
-        });
+            patch.target.is_none() && patch.documents.iter().any(|doc| names_it(doc, key, &names))
+        }) || replicas_entry(&source, key, &names).is_some();
         if patched {
             files.push(source.file.clone());
         }
@@ -224,7 +223,8 @@ fn at<'v>(value: &'v Value, path: &[Step]) -> Option<&'v Value> {
 
 /// The transform `place` names: a kustomization's directory, or the file of a Flux
 /// Kustomization (whose `path` holds `base`).
-fn source(read: &ReadFile<'_>, place: &str, base: &str) -> Result<Source, String> {
+fn source(read: &ReadFile<'_>, place: &str, declared: &Declared) -> Result<Source, String> {
+    let base = declared.path.as_str();
     if let Some(bytes) = read(place) {
         // A Flux Kustomization's file: the document whose `path` the base is under.
         let documents = super::documents(&bytes);
@@ -238,7 +238,13 @@ fn source(read: &ReadFile<'_>, place: &str, base: &str) -> Result<Source, String
                     .pointer("/spec/path")
                     .and_then(Value::as_str)
                     .and_then(|p| kustomize::join("", p))
-                    .is_some_and(|dir| dir.is_empty() || base.starts_with(&format!("{dir}/")))
+                    .is_some_and(|dir| {
+                        // Its path is the first kustomization of the chain, or holds
+                        // the document when it has none.
+                        declared.through.first() == Some(&dir)
+                            || (declared.through.is_empty()
+                                && (dir.is_empty() || base.starts_with(&format!("{dir}/"))))
+                    })
         });
         return match (found.next(), found.next()) {
             (Some((document, doc)), None) => Ok(Source {
@@ -306,17 +312,12 @@ fn claim(
         }
     }
     // kustomize applies `images` and `replicas` after the patches: they win.
-    if let Some(claim) = image_entry(source, op, old) {
+    if let Some(claim) = image_entry(source, op, old, base) {
         return claim;
     }
-    if let (true, [Step::Key(spec), Step::Key(replicas)]) = (present("replicas"), path) {
-        if spec == "spec" && replicas == "replicas" && !source.flux {
-            let entries = body["replicas"].as_array().cloned().unwrap_or_default();
-            if let Some(i) = entries.iter().position(|e| {
-                e.get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| names.contains(&n))
-            }) {
+    if let [Step::Key(spec), Step::Key(replicas)] = path {
+        if spec == "spec" && replicas == "replicas" {
+            if let Some(i) = replicas_entry(source, key, names) {
                 return match op {
                     Op::Set(_, count) => Claim::Edit(own_edit(
                         source,
@@ -327,7 +328,8 @@ fn claim(
             }
         }
     }
-    for patch in patches(read, source) {
+    // The last patch applied wins: searched from it back.
+    for patch in patches(read, source).into_iter().rev() {
         if let Some(target) = &patch.target {
             match targets(target, key, names) {
                 Some(false) => continue,
@@ -361,7 +363,7 @@ fn claim(
             }
             continue;
         }
-        for (document, doc) in patch.documents.iter().enumerate() {
+        for (document, doc) in patch.documents.iter().enumerate().rev() {
             if patch.target.is_none() && !names_it(doc, key, names) {
                 continue;
             }
@@ -392,8 +394,31 @@ fn claim(
     Claim::No
 }
 
+/// The `replicas:` entry of `source` for the object, if it has one; kustomize
+/// applies them to these kinds only.
+fn replicas_entry(source: &Source, key: &Key, names: &[&str]) -> Option<usize> {
+    if source.flux
+        || !matches!(
+            key.kind.as_str(),
+            "Deployment" | "StatefulSet" | "ReplicaSet" | "ReplicationController"
+        )
+    {
+        return None;
+    }
+    source
+        .body
+        .get("replicas")?
+        .as_array()?
+        .iter()
+        .position(|e| {
+            e.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| names.contains(&n))
+        })
+}
+
 /// The `images:` entry that renders the image `op` changes, and its edit.
-fn image_entry(source: &Source, op: &Op, old: &Value) -> Option<Claim> {
+fn image_entry(source: &Source, op: &Op, old: &Value, base: &Value) -> Option<Claim> {
     let path = op_path(op);
     let [.., Step::Key(list), Step::Named(_), Step::Key(image)] = path else {
         return None;
@@ -402,16 +427,36 @@ fn image_entry(source: &Source, op: &Op, old: &Value) -> Option<Claim> {
         return None;
     }
     let entries = source.body.get("images")?.as_array()?;
-    let (before, _, _) = split_image(at(old, path)?.as_str()?);
-    let i = entries.iter().position(|e| {
-        let name = e.get("name").and_then(Value::as_str);
-        e.get("newName").and_then(Value::as_str).or(name) == Some(before)
-    })?;
+    // kustomize matches an entry by its `name` against the image as the
+    // resources it transforms have it: the base's, where the base sets it.
+    let i = match at(base, path).and_then(Value::as_str) {
+        Some(written) => {
+            let (written, _, _) = split_image(written);
+            entries
+                .iter()
+                .position(|e| e.get("name").and_then(Value::as_str) == Some(written))?
+        }
+        None => {
+            let (before, _, _) = split_image(at(old, path)?.as_str()?);
+            entries.iter().position(|e| {
+                let name = e.get("name").and_then(Value::as_str);
+                e.get("newName").and_then(Value::as_str).or(name) == Some(before)
+            })?
+        }
+    };
     let what = || format!("the images of {}", source.file);
     let Op::Set(_, Value::String(image)) = op else {
         return Some(Claim::Refuse(what()));
     };
     let (name, tag, digest) = split_image(image);
+    if tag.is_none() && digest.is_none() {
+        // Without newTag the base's tag would come back; `latest` is not the same
+        // thing to write.
+        return Some(Claim::Refuse(format!(
+            "an image without a tag, while the images of {}",
+            source.file
+        )));
+    }
     let entry = &entries[i];
     let mut ops = Vec::new();
     let named = entry.get("newName").and_then(Value::as_str).unwrap_or(
@@ -593,21 +638,34 @@ fn names_it(doc: &Value, key: &Key, names: &[&str]) -> bool {
 /// or annotations, which the index does not know.
 fn targets(target: &Value, key: &Key, names: &[&str]) -> Option<bool> {
     let text = |k: &str| target.get(k).and_then(Value::as_str);
-    if text("labelSelector").is_some() || text("annotationSelector").is_some() {
+    // Selectors need the object's labels as the patch sees them; a namespace or a
+    // version, the object's before this kustomization's own `namespace:`.
+    if [
+        "labelSelector",
+        "annotationSelector",
+        "namespace",
+        "version",
+    ]
+    .iter()
+    .any(|k| text(k).is_some())
+    {
         return None;
     }
-    let kind = text("kind").is_none_or(|k| k == key.kind);
-    let group = text("group").is_none_or(|g| g == key.group);
-    let namespace = text("namespace").is_none_or(|n| Some(n) == key.namespace.as_deref());
-    // kustomize reads the name as a regular expression of the whole name.
-    let name = match text("name") {
-        None => true,
-        Some(pattern) => match regex::Regex::new(&format!("^(?:{pattern})$")) {
-            Ok(re) => names.iter().any(|n| re.is_match(n)),
-            Err(_) => return None,
-        },
+    // kustomize reads each as a regular expression of the whole value.
+    let matches = |field: &str, values: &[&str]| -> Option<bool> {
+        match text(field) {
+            None => Some(true),
+            Some(pattern) => {
+                let re = regex::Regex::new(&format!("^(?:{pattern})$")).ok()?;
+                Some(values.iter().any(|v| re.is_match(v)))
+            }
+        }
     };
-    Some(kind && group && namespace && name)
+    Some(
+        matches("kind", &[key.kind.as_str()])?
+            && matches("group", &[key.group.as_str()])?
+            && matches("name", names)?,
+    )
 }
 
 /// How far a patch document goes along a path.
@@ -715,6 +773,87 @@ mod tests {
             ("localhost:5000/web", None, Some("sha256:abc"))
         );
         assert_eq!(split_image("nginx"), ("nginx", None, None));
+    }
+
+    fn declared(transformed_by: &str) -> Declared {
+        Declared {
+            path: "base/d.yaml".to_owned(),
+            document: 0,
+            through: vec![transformed_by.to_owned(), "base".to_owned()],
+            transformed_by: vec![transformed_by.to_owned()],
+            affixed: false,
+            written_name: "web".to_owned(),
+            namespace_from: super::super::NamespaceFrom::Cluster,
+            several_routes: false,
+        }
+    }
+
+    fn container(field: &str) -> Vec<Step> {
+        ["spec", "template", "spec", "containers"]
+            .iter()
+            .map(|k| Step::Key((*k).to_owned()))
+            .chain([Step::Named("web".to_owned()), Step::Key(field.to_owned())])
+            .collect()
+    }
+
+    #[test]
+    fn the_last_patch_applied_owns_a_field_and_images_match_the_base_s_name() {
+        let files: std::collections::BTreeMap<&str, &str> = [
+            (
+                "prod/kustomization.yaml",
+                "images:\n- name: other\n  newName: registry/web\n  newTag: '7'\n- name: registry/web\n  newTag: '1.2'\npatches:\n- path: a.yaml\n- path: b.yaml\n",
+            ),
+            ("prod/a.yaml", "kind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n      - name: web\n        workingDir: /a\n"),
+            ("prod/b.yaml", "kind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n      - name: web\n        workingDir: /b\n"),
+        ]
+        .into_iter()
+        .collect();
+        let read = |path: &str| files.get(path).map(|t| t.as_bytes().to_vec());
+        let key = Key::new("apps", "Deployment", Some("prod"), "web");
+        let base = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "registry/web:1.0"}
+        ]}}}});
+        let old = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "registry/web:1.2", "workingDir": "/b"}
+        ]}}}});
+        let ops = [
+            Op::Set(container("workingDir"), Value::from("/c")),
+            Op::Set(container("image"), Value::from("registry/web:1.3")),
+        ];
+        let routed = route(
+            &read,
+            &key,
+            &declared("prod"),
+            1,
+            &base,
+            &ops,
+            &old,
+            &Value::Null,
+        )
+        .unwrap();
+        assert!(routed.base.is_empty(), "{:?}", routed.base);
+        let files: Vec<(&str, &[Op])> = routed
+            .elsewhere
+            .iter()
+            .map(|e| (e.path.as_str(), e.ops.as_slice()))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("prod/b.yaml", &ops[..1]),
+                (
+                    "prod/kustomization.yaml",
+                    &[Op::Set(
+                        vec![
+                            Step::Key("images".into()),
+                            Step::Index(1),
+                            Step::Key("newTag".into())
+                        ],
+                        Value::from("1.3")
+                    )][..]
+                ),
+            ]
+        );
     }
 
     #[test]

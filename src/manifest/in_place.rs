@@ -303,7 +303,11 @@ fn refusal(
         Overlay::Base => false,
         // The store finds the file that owns each field when it commits; what no
         // overlay can own is answered now.
-        Overlay::Patch => (shared > 1 && !transformed) || (transformed && declared.several_routes),
+        // A delete takes the base document, so it must be this object's alone.
+        Overlay::Patch => {
+            (shared > 1 && (!transformed || matches!(change.action, Action::Remove)))
+                || (transformed && declared.several_routes)
+        }
     };
     if refuse {
         let mut why = Vec::new();

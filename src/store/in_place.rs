@@ -379,9 +379,8 @@ impl Writer {
                     Err(reason) => return refused(reason),
                 };
                 for other in &routed.elsewhere {
-                    match self.edit_other(other, tree)? {
-                        Ok(edited) => others.push(edited),
-                        Err(reason) => return refused(reason),
+                    if let Err(reason) = self.edit_other(other, tree, &mut others)? {
+                        return refused(reason);
                     }
                     body.push_str(&format!(
                         "Edits {} (document {}), where the overlay sets what changed.\n\n",
@@ -415,10 +414,10 @@ impl Writer {
                     return Ok(Staged::Done(Err(Outcome::Unchanged)));
                 }
                 if edited.rewritten {
-                    body = format!(
+                    body.insert_str(0, &format!(
                         "kubescribe could not change document {} of {path} in place, so it wrote that document whole.\n\n",
                         at + 1
-                    );
+                    ));
                 }
             }
             None => {
@@ -450,30 +449,43 @@ impl Writer {
         Some(self.repo.find_blob(id).ok()?.detach().data)
     }
 
-    /// An overlay's part of an edit: the file, its new bytes and its blob now; the
-    /// refusal when it cannot be made.
-    #[allow(clippy::type_complexity)]
+    /// Adds an overlay's part of an edit to `pending` (file, new bytes, blob now),
+    /// on top of an earlier part for the same file; the refusal when it cannot be
+    /// made.
     fn edit_other(
         &self,
         other: &crate::declared::overlay::FileEdit,
         tree: ObjectId,
-    ) -> Result<Result<(String, Vec<u8>, ObjectId), String>, StoreError> {
+        pending: &mut Vec<(String, Vec<u8>, ObjectId)>,
+    ) -> Result<Result<(), String>, StoreError> {
         let path = other.path.as_str();
-        let Some(current) = lookup(&self.repo, tree, path).map_err(|e| write_error(&e))? else {
-            return Ok(Err(format!("{path} is not on the branch any more")));
+        let at = match pending.iter().position(|(p, _, _)| p == path) {
+            Some(at) => at,
+            None => {
+                let Some(current) = lookup(&self.repo, tree, path).map_err(|e| write_error(&e))?
+                else {
+                    return Ok(Err(format!("{path} is not on the branch any more")));
+                };
+                let bytes = self
+                    .repo
+                    .find_blob(current)
+                    .map_err(|e| write_error(&e))?
+                    .detach()
+                    .data;
+                pending.push((path.to_owned(), bytes, current));
+                pending.len() - 1
+            }
         };
-        let bytes = self
-            .repo
-            .find_blob(current)
-            .map_err(|e| write_error(&e))?
-            .detach()
-            .data;
+        let bytes = &mut pending[at].1;
         Ok(
-            match edit::update(&bytes, other.document, &other.ops, &other.old, &other.new) {
+            match edit::update(bytes, other.document, &other.ops, &other.old, &other.new) {
                 Ok(edit::Edited {
                     bytes: Some(new_bytes),
                     ..
-                }) => Ok((path.to_owned(), new_bytes, current)),
+                }) => {
+                    *bytes = new_bytes;
+                    Ok(())
+                }
                 Ok(_) => Err(format!("an edit of {path} would empty it")),
                 Err(error) => Err(format!("cannot edit {path}: {error}")),
             },
