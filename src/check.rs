@@ -737,17 +737,21 @@ fn in_place_edit(
                     overlays.index.lookup(&in_place.key)
                 {
                     if !declared.transformed_by.is_empty() {
+                        let siblings = overlays.index.rendered_with(&in_place.key, declared);
                         let routed = crate::declared::overlay::route(
-                            &overlays.read,
-                            &in_place.key,
-                            declared,
-                            overlays
-                                .index
-                                .declarations(&declared.path, declared.document),
-                            &documents[at],
+                            &crate::declared::overlay::Routing {
+                                read: &overlays.read,
+                                key: &in_place.key,
+                                declared,
+                                shared: overlays
+                                    .index
+                                    .declarations(&declared.path, declared.document),
+                                siblings: &siblings,
+                                base: &documents[at],
+                                old: &old,
+                                new: &in_place.new,
+                            },
                             &ops,
-                            &old,
-                            &in_place.new,
                         )
                         .ok()?;
                         for other in routed.elsewhere {

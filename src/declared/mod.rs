@@ -409,6 +409,22 @@ impl Index {
         files
     }
 
+    /// The other objects rendered through any of the kustomizations that
+    /// transform `declared` (which the object `key` is).
+    pub fn rendered_with(&self, key: &Key, declared: &Declared) -> Vec<(Key, Declared)> {
+        self.objects
+            .iter()
+            .filter(|(other, _)| *other != key)
+            .flat_map(|(other, entries)| entries.iter().map(move |d| (other, d)))
+            .filter(|(_, d)| {
+                d.transformed_by
+                    .iter()
+                    .any(|t| declared.transformed_by.contains(t))
+            })
+            .map(|(other, d)| (other.clone(), d.clone()))
+            .collect()
+    }
+
     /// The kustomization file whose generator makes `key` (a ConfigMap or Secret
     /// named `<name>-<hash>`, or just `<name>` without the hash).
     pub fn generated_by(&self, key: &Key) -> Option<&str> {

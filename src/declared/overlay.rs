@@ -69,20 +69,27 @@ struct Source {
     flux: bool,
 }
 
-/// Splits `ops` between the base document (`base`, as parsed) and the overlays in
-/// `declared.transformed_by`, reading their files with `read`. `shared` is how many
-/// objects the base document renders.
-#[allow(clippy::too_many_arguments)]
-pub fn route(
-    read: &ReadFile<'_>,
-    key: &Key,
-    declared: &Declared,
-    shared: usize,
-    base: &Value,
-    ops: &[Op],
-    old: &Value,
-    new: &Value,
-) -> Result<Routed, String> {
+/// A write being routed: the object, its declaration, and what the routing reads.
+pub struct Routing<'a> {
+    pub read: &'a ReadFile<'a>,
+    pub key: &'a Key,
+    pub declared: &'a Declared,
+    /// How many objects the base document renders.
+    pub shared: usize,
+    /// The other objects the same transforming kustomizations render: an
+    /// `images:` entry or a targeted patch they share is not this object's alone.
+    pub siblings: &'a [(Key, Declared)],
+    /// The base document, as parsed.
+    pub base: &'a Value,
+    /// The object before and after the write.
+    pub old: &'a Value,
+    pub new: &'a Value,
+}
+
+/// Splits `ops` between the base document and the overlays in
+/// `declared.transformed_by`.
+pub fn route(w: &Routing<'_>, ops: &[Op]) -> Result<Routed, String> {
+    let (read, key, declared, shared, base) = (w.read, w.key, w.declared, w.shared, w.base);
     let object = object_ref(key);
     if declared.several_routes {
         return Err(format!(
@@ -98,12 +105,16 @@ pub fn route(
         .map(|place| source(read, place, declared))
         .collect::<Result<Vec<_>, _>>()?;
     let names = [key.name.as_str(), declared.written_name.as_str()];
+    // Flux's postBuild fills `${variables}` in after every overlay.
+    let substituted = sources
+        .iter()
+        .any(|s| s.flux && s.body.get("postBuild").is_some_and(|v| !v.is_null()));
     let mut routed = Routed::default();
     for op in ops {
         let path = op_path(op);
         let mut owned = false;
         for source in &sources {
-            match claim(read, source, key, &names, op, old, new, base) {
+            match claim(w, source, &names, op, substituted) {
                 Claim::No => continue,
                 Claim::Refuse(why) => {
                     return Err(format!(
@@ -287,17 +298,8 @@ fn source(read: &ReadFile<'_>, place: &str, declared: &Declared) -> Result<Sourc
 }
 
 /// What `source` does to the field `op` changes.
-#[allow(clippy::too_many_arguments)]
-fn claim(
-    read: &ReadFile<'_>,
-    source: &Source,
-    key: &Key,
-    names: &[&str],
-    op: &Op,
-    old: &Value,
-    new: &Value,
-    base: &Value,
-) -> Claim {
+fn claim(w: &Routing<'_>, source: &Source, names: &[&str], op: &Op, substituted: bool) -> Claim {
+    let (read, key, old, new, base) = (w.read, w.key, w.old, w.new, w.base);
     let path = op_path(op);
     let body = &source.body;
     let present = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
@@ -312,7 +314,7 @@ fn claim(
         }
     }
     // kustomize applies `images` and `replicas` after the patches: they win.
-    if let Some(claim) = image_entry(source, op, old, base) {
+    if let Some(claim) = image_entry(w, source, op, substituted) {
         return claim;
     }
     if let [Step::Key(spec), Step::Key(replicas)] = path {
@@ -333,7 +335,28 @@ fn claim(
         if let Some(target) = &patch.target {
             match targets(target, key, names) {
                 Some(false) => continue,
-                Some(true) => {}
+                Some(true) => {
+                    let also = w.siblings.iter().find(|(other, declared)| {
+                        targets(
+                            target,
+                            other,
+                            &[other.name.as_str(), &declared.written_name],
+                        ) != Some(false)
+                    });
+                    if let Some((other, _)) = also {
+                        if patch
+                            .documents
+                            .iter()
+                            .any(|doc| !matches!(reach(doc, path), Reach::No))
+                        {
+                            return Claim::Refuse(format!(
+                                "a patch in {} that applies to {} too",
+                                patch.told_in,
+                                object_ref(other)
+                            ));
+                        }
+                    }
+                }
                 None => {
                     if patch
                         .documents
@@ -382,6 +405,9 @@ fn claim(
             let Some(file) = &patch.file else {
                 return Claim::Refuse(format!("an inline patch in {}", source.file));
             };
+            if substituted && variable(at(doc, path)) {
+                return Claim::Refuse(format!("a Flux variable (postBuild) in {}", patch.told_in));
+            }
             return Claim::Edit(FileEdit {
                 path: file.clone(),
                 document,
@@ -418,7 +444,8 @@ fn replicas_entry(source: &Source, key: &Key, names: &[&str]) -> Option<usize> {
 }
 
 /// The `images:` entry that renders the image `op` changes, and its edit.
-fn image_entry(source: &Source, op: &Op, old: &Value, base: &Value) -> Option<Claim> {
+fn image_entry(w: &Routing<'_>, source: &Source, op: &Op, substituted: bool) -> Option<Claim> {
+    let (old, base) = (w.old, w.base);
     let path = op_path(op);
     let [.., Step::Key(list), Step::Named(_), Step::Key(image)] = path else {
         return None;
@@ -448,6 +475,26 @@ fn image_entry(source: &Source, op: &Op, old: &Value, base: &Value) -> Option<Cl
     let Op::Set(_, Value::String(image)) = op else {
         return Some(Claim::Refuse(what()));
     };
+    let entry_name = entries[i]
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Some(other) = image_user(w, entry_name) {
+        return Some(Claim::Refuse(format!(
+            "the images entry for {entry_name} in {}, which {other} uses too,",
+            source.file
+        )));
+    }
+    if substituted
+        && ["newName", "newTag", "digest"]
+            .iter()
+            .any(|f| variable(entries[i].get(*f)))
+    {
+        return Some(Claim::Refuse(format!(
+            "a Flux variable (postBuild) in the images of {}",
+            source.file
+        )));
+    }
     let (name, tag, digest) = split_image(image);
     if tag.is_none() && digest.is_none() {
         // Without newTag the base's tag would come back; `latest` is not the same
@@ -758,6 +805,51 @@ fn flux_variable(sources: &[Source], base: &Value, path: &[Step]) -> bool {
             .is_some_and(|s| s.contains("${"))
 }
 
+/// Whether a value is text with a `${variable}` in it.
+fn variable(value: Option<&Value>) -> bool {
+    value
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.contains("${"))
+}
+
+/// The first other object rendered with this one whose document has a container
+/// image named `name`.
+fn image_user(w: &Routing<'_>, name: &str) -> Option<String> {
+    let mut files: std::collections::HashMap<&str, Vec<Value>> = Default::default();
+    for (other, declared) in w.siblings {
+        let documents = files.entry(declared.path.as_str()).or_insert_with(|| {
+            (w.read)(&declared.path)
+                .map(|b| super::documents(&b))
+                .unwrap_or_default()
+        });
+        if documents
+            .get(declared.document)
+            .is_some_and(|doc| uses_image(doc, name))
+        {
+            return Some(object_ref(other));
+        }
+    }
+    None
+}
+
+fn uses_image(value: &Value, name: &str) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(key, value)| {
+            let containers = (key == "containers" || key == "initContainers")
+                && value.as_array().is_some_and(|items| {
+                    items.iter().any(|item| {
+                        item.get("image")
+                            .and_then(Value::as_str)
+                            .is_some_and(|image| split_image(image).0 == name)
+                    })
+                });
+            containers || uses_image(value, name)
+        }),
+        Value::Array(items) => items.iter().any(|item| uses_image(item, name)),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -821,14 +913,17 @@ mod tests {
             Op::Set(container("image"), Value::from("registry/web:1.3")),
         ];
         let routed = route(
-            &read,
-            &key,
-            &declared("prod"),
-            1,
-            &base,
+            &Routing {
+                read: &read,
+                key: &key,
+                declared: &declared("prod"),
+                shared: 1,
+                siblings: &[],
+                base: &base,
+                old: &old,
+                new: &Value::Null,
+            },
             &ops,
-            &old,
-            &Value::Null,
         )
         .unwrap();
         assert!(routed.base.is_empty(), "{:?}", routed.base);
@@ -853,6 +948,56 @@ mod tests {
                     )][..]
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn an_images_entry_another_object_uses_is_not_this_object_s_to_change() {
+        let files: std::collections::BTreeMap<&str, &str> = [
+            (
+                "prod/kustomization.yaml",
+                "images:\n- name: registry/web\n  newTag: '1.2'\n",
+            ),
+            (
+                "base/worker.yaml",
+                "kind: Deployment\nmetadata:\n  name: worker\nspec:\n  template:\n    spec:\n      containers:\n      - name: worker\n        image: registry/web:1.0\n",
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let read = |path: &str| files.get(path).map(|t| t.as_bytes().to_vec());
+        let key = Key::new("apps", "Deployment", Some("prod"), "web");
+        let mut worker = declared("prod");
+        worker.path = "base/worker.yaml".to_owned();
+        worker.written_name = "worker".to_owned();
+        let siblings = [(
+            Key::new("apps", "Deployment", Some("prod"), "worker"),
+            worker,
+        )];
+        let base = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "registry/web:1.0"}
+        ]}}}});
+        let old = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "web", "image": "registry/web:1.2"}
+        ]}}}});
+        let ops = [Op::Set(container("image"), Value::from("registry/web:1.3"))];
+        let refusal = route(
+            &Routing {
+                read: &read,
+                key: &key,
+                declared: &declared("prod"),
+                shared: 1,
+                siblings: &siblings,
+                base: &base,
+                old: &old,
+                new: &Value::Null,
+            },
+            &ops,
+        )
+        .unwrap_err();
+        assert!(
+            refusal.contains("the images entry for registry/web in prod/kustomization.yaml, which Deployment prod/worker uses too"),
+            "{refusal}"
         );
     }
 

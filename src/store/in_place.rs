@@ -241,7 +241,16 @@ pub(super) struct Whereabouts {
     listed_in: Option<String>,
     /// With `overlay: patch`, for an object overlays transform: its declaration,
     /// and how many objects its document renders.
-    overlaid: Option<(crate::declared::Declared, usize)>,
+    overlaid: Option<Overlaid>,
+}
+
+/// An object overlays transform: its declaration, how many objects its document
+/// renders, and the other objects the same overlays render.
+#[derive(Debug, Clone)]
+pub(super) struct Overlaid {
+    declared: crate::declared::Declared,
+    shared: usize,
+    siblings: Vec<(Key, crate::declared::Declared)>,
 }
 
 /// Where this batch has put objects so far (`None`: it deleted them), which the
@@ -271,7 +280,11 @@ impl Writer {
                 listed_in: d.through.last().cloned(),
                 overlaid: (declared.shared.config.overlay == crate::config::Overlay::Patch
                     && !d.transformed_by.is_empty())
-                .then(|| (d.clone(), index.declarations(&d.path, d.document))),
+                .then(|| Overlaid {
+                    declared: d.clone(),
+                    shared: index.declarations(&d.path, d.document),
+                    siblings: index.rendered_with(key, d),
+                }),
             })),
             Lookup::Ambiguous(candidates) => {
                 let places: Vec<String> = candidates.iter().map(|d| d.path.clone()).collect();
@@ -353,7 +366,12 @@ impl Writer {
         // Made only once every part of the edit is known to work: a refusal
         // leaves nothing of this change staged.
         let mut others: Vec<(String, Vec<u8>, ObjectId)> = Vec::new();
-        if let Some((declared, shared)) = &overlaid {
+        if let Some(Overlaid {
+            declared,
+            shared,
+            siblings,
+        }) = &overlaid
+        {
             let read = |file: &str| self.read_file(tree, file);
             if matches!(change.action, Action::Remove) {
                 let patched = crate::declared::overlay::patched_by(&read, &in_place.key, declared);
@@ -366,14 +384,17 @@ impl Writer {
                 }
             } else {
                 let routed = match crate::declared::overlay::route(
-                    &read,
-                    &in_place.key,
-                    declared,
-                    *shared,
-                    &documents[at],
+                    &crate::declared::overlay::Routing {
+                        read: &read,
+                        key: &in_place.key,
+                        declared,
+                        shared: *shared,
+                        siblings,
+                        base: &documents[at],
+                        old: &in_place.old,
+                        new: &in_place.new,
+                    },
                     &in_place.ops,
-                    &in_place.old,
-                    &in_place.new,
                 ) {
                     Ok(routed) => routed,
                     Err(reason) => return refused(reason),
