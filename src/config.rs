@@ -209,6 +209,10 @@ pub struct InPlaceConfig {
     pub overlay: Overlay,
     /// Where a new object no document declares goes.
     pub new_objects: NewObjects,
+    /// The directory of this cluster's entry point in a repository of several
+    /// clusters (`clusters/prod`): only what the Flux Kustomizations and Argo CD
+    /// Applications in it reach is this cluster's.
+    pub cluster: Option<String>,
 }
 
 /// See [`InPlaceConfig::new_objects`].

@@ -1149,3 +1149,99 @@ patches:
     assert!(git(&repo, &["show", &format!("main:{path}")]).contains("name: backend"));
     server.server.shutdown().await.unwrap();
 }
+
+const HELM_RELEASE: (&str, &str, &str, &str) = (
+    "helm.toolkit.fluxcd.io",
+    "v2",
+    "HelmRelease",
+    "helmreleases",
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_cluster_named_a_write_edits_that_cluster_s_overlay_and_never_another_s() {
+    // flux2-kustomize-helm-example as it is: clusters/staging's Flux Kustomization
+    // renders apps/staging (through Flux's ArtifactGenerator), whose patch sets the
+    // chart version and hostnames of the podinfo HelmRelease in apps/base, which
+    // clusters/production renders too.
+    let (dir, repo) = seeded_fixture(FLUX_HELM);
+    let config = format!(
+        "repository:\n  path: {}\n  inPlace:\n    enabled: true\n    overlay: patch\n    cluster: clusters/staging\nrules:\n- name: all\n  namespaces: [\"*\"]\n  wait: commit\n",
+        repo.display()
+    );
+    let server = TestServer::start_in(dir, &config).await;
+    let before_dir = server.dir.path().join("before");
+    checkout(&repo, &before_dir);
+    let production = kubectl_kustomize(&before_dir.join("apps/production"));
+    let staging = kubectl_kustomize(&before_dir.join("apps/staging"));
+    let release = staging
+        .iter()
+        .find(|o| o["kind"] == "HelmRelease")
+        .unwrap()
+        .clone();
+    assert_eq!(release["spec"]["chart"]["spec"]["version"], ">=1.0.0-alpha");
+    let old = live(release, "podinfo", 1);
+
+    // A new chart version: the staging overlay's patch sets it.
+    let mut new = old.clone();
+    new["spec"]["chart"]["spec"]["version"] = json!(">=1.1.0");
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            HELM_RELEASE,
+            "podinfo",
+            "podinfo",
+            (Some(old.clone()), Some(new.clone())),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, ["apps/staging/podinfo-values.yaml"]);
+    assert_eq!(removed, ["      version: \">=1.0.0-alpha\""]);
+    assert_eq!(added, ["      version: \">=1.1.0\""]);
+    let after_dir = server.dir.path().join("after");
+    checkout(&repo, &after_dir);
+    let rendered = kubectl_kustomize(&after_dir.join("apps/staging"));
+    let edited = rendered
+        .iter()
+        .find(|o| o["kind"] == "HelmRelease")
+        .unwrap();
+    assert_eq!(
+        edited["spec"], new["spec"],
+        "staging renders the new object"
+    );
+    assert_eq!(
+        kubectl_kustomize(&after_dir.join("apps/production")),
+        production,
+        "production is untouched"
+    );
+
+    // The interval is the base's, which production renders too: not changed from
+    // staging.
+    let mut newer = new.clone();
+    newer["spec"]["interval"] = json!("5m");
+    let answer = send(
+        &server,
+        &review(
+            2,
+            "UPDATE",
+            HELM_RELEASE,
+            "podinfo",
+            "podinfo",
+            (Some(new), Some(newer)),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    assert!(
+        text.contains("spec.interval is not set by an overlay")
+            && text.contains("apps/base/podinfo/release.yaml is rendered for other clusters too"),
+        "{text}"
+    );
+    server.server.shutdown().await.unwrap();
+}

@@ -135,6 +135,12 @@ pub struct Declared {
     /// kustomizations (two clusters' overlays of one base): `through` is the first
     /// one's, and `transformed_by` has every chain's.
     pub several_routes: bool,
+    /// Rendered for this cluster (always, without `cluster`): reached from this
+    /// cluster's entry points. Only these are found by a lookup.
+    pub ours: bool,
+    /// This cluster's document is also rendered for another cluster: an edit of it
+    /// changes that cluster too.
+    pub elsewhere: bool,
 }
 
 /// What gave a declared object its namespace.
@@ -181,6 +187,10 @@ pub struct Settings {
     /// Directory (a repository path, no trailing slash) → the namespace of the
     /// documents under it that nothing else gives one; the longest match wins.
     pub directories: Vec<(String, String)>,
+    /// The directory of this cluster's entry point (`clusters/prod`, where `flux
+    /// bootstrap --path` points): only what the Flux Kustomizations and Argo CD
+    /// Applications in it reach is this cluster's. `None`: the whole repository.
+    pub cluster: Option<String>,
 }
 
 /// The objects of one tree.
@@ -243,29 +253,28 @@ impl Index {
     /// The document that declares `key`.
     pub fn lookup(&self, key: &Key) -> Lookup<'_> {
         let loose = (key.group.clone(), key.kind.clone(), key.name.clone());
-        let exact = self.objects.get(key).map(Vec::as_slice).unwrap_or_default();
-        let unplaced = self
-            .unplaced
-            .get(&loose)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        // Another cluster's documents are not this cluster's objects.
+        fn ours(entries: Option<&Vec<Declared>>) -> Vec<&Declared> {
+            entries.into_iter().flatten().filter(|d| d.ours).collect()
+        }
+        let exact = ours(self.objects.get(key));
+        let unplaced = ours(self.unplaced.get(&loose));
+        let (exact, unplaced) = (exact.as_slice(), unplaced.as_slice());
         if key.namespace.is_some() {
             // A document no namespace was found for could be this one as well.
             return match (exact, unplaced) {
                 ([one], []) => Lookup::Found(one),
                 ([], []) => Lookup::Missing,
-                (exact, unplaced) => Lookup::Ambiguous(exact.iter().chain(unplaced).collect()),
+                (exact, unplaced) => {
+                    Lookup::Ambiguous(exact.iter().chain(unplaced).copied().collect())
+                }
             };
         }
         // Cluster-scoped as the cluster says: a document of a kind whose scope only
         // the cluster knows (a ClusterIssuer) was indexed in whatever namespace its
         // kustomization or own metadata named, which the apiserver drops.
-        let unknown = self
-            .unknown_scope
-            .get(&loose)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut candidates: Vec<&Declared> = exact.iter().chain(unplaced).collect();
+        let unknown = ours(self.unknown_scope.get(&loose));
+        let mut candidates: Vec<&Declared> = exact.iter().chain(unplaced).copied().collect();
         for declared in unknown {
             if !candidates
                 .iter()
@@ -361,7 +370,11 @@ impl Index {
             for declared in entries {
                 // A file beside a renamed or shared document would be renamed or
                 // shared too, and never found under the new object's name.
-                if declared.affixed || self.declarations(&declared.path, declared.document) > 1 {
+                if !declared.ours
+                    || declared.elsewhere
+                    || declared.affixed
+                    || self.declarations(&declared.path, declared.document) > 1
+                {
                     continue;
                 }
                 match &declared.namespace_from {
@@ -401,7 +414,7 @@ impl Index {
             .objects
             .iter()
             .flat_map(|(key, entries)| entries.iter().map(move |d| (key, d)))
-            .filter(|(key, d)| select(key, d))
+            .filter(|(key, d)| d.ours && select(key, d))
             .map(|(_, d)| d.path.as_str())
             .collect();
         files.sort_unstable();
@@ -464,6 +477,18 @@ struct Context {
     /// A plain directory renders only its own files (an Argo CD directory app
     /// without `recurse`), not its subdirectories'.
     flat: bool,
+    /// Reached from this cluster's entry points (see [`Settings::cluster`]).
+    ours: bool,
+}
+
+impl Context {
+    /// A root of this cluster's.
+    fn ours() -> Context {
+        Context {
+            ours: true,
+            ..Context::default()
+        }
+    }
 }
 
 /// How deep kustomizations may nest before a chain is taken for a cycle.
@@ -613,7 +638,7 @@ impl<'a> Builder<'a> {
         if self.governed(path) {
             Vec::new()
         } else {
-            vec![Context::default()]
+            vec![self.outside()]
         }
     }
 
@@ -646,10 +671,30 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The context of what no GitOps entry point reaches: this cluster's unless a
+    /// cluster is named.
+    fn outside(&self) -> Context {
+        Context {
+            ours: self.settings.cluster.is_none(),
+            ..Context::default()
+        }
+    }
+
     fn run(&mut self) {
         // The GitOps tools' own entry points first: they set namespaces.
         for (dir, context) in self.tool_roots() {
             self.visit_dir(&dir, &context);
+        }
+        if let Some(cluster) = self.settings.cluster.clone() {
+            // The cluster's directory itself (an app of apps without a Flux
+            // Kustomization over it); then the rest of the repository, as other
+            // clusters', so a document they share is known to be shared.
+            if !self.reached.contains(&cluster) && self.has_dir(&cluster) {
+                self.visit_dir(&cluster, &Context::ours());
+            }
+            for (dir, context) in self.tool_roots_of(false) {
+                self.visit_dir(&dir, &context);
+            }
         }
         // Then every kustomization no other one lists.
         let listed: HashSet<String> = self
@@ -666,7 +711,7 @@ impl<'a> Builder<'a> {
         roots.sort();
         for dir in roots {
             if !self.reached.contains(&dir) {
-                self.visit_dir(&dir, &Context::default());
+                self.visit_dir(&dir, &self.outside());
             }
         }
         // Kustomizations that only list each other (a cycle) have no root: each is
@@ -680,7 +725,7 @@ impl<'a> Builder<'a> {
         unreached.sort();
         for dir in unreached {
             if !self.reached.contains(&dir) {
-                self.visit_dir(&dir, &Context::default());
+                self.visit_dir(&dir, &self.outside());
             }
         }
         // Then manifests no kustomization governs (applied as they are).
@@ -692,7 +737,7 @@ impl<'a> Builder<'a> {
             .map(str::to_owned)
             .collect();
         for path in loose {
-            self.visit_file(&path, &Context::default());
+            self.visit_file(&path, &self.outside());
         }
         self.count_declarations();
         self.index.upkeep.kustomizations = self.kustomizations.keys().cloned().collect();
@@ -700,15 +745,102 @@ impl<'a> Builder<'a> {
         self.index.upkeep.not_objects = self.not_objects.clone();
     }
 
+    /// What Flux's ArtifactGenerators in `paths` copy out of this repository: by
+    /// artifact name, each copy's repository directory and its directory in the
+    /// artifact (`@monorepo/apps/base/**` to `@artifact/base/`: `apps/base`, `base`).
+    fn artifacts(&mut self, paths: &[String]) -> HashMap<String, Vec<(String, String)>> {
+        let mut artifacts: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for path in paths {
+            for document in self.parsed(path).to_vec() {
+                if group_kind(&document).is_none_or(|(group, kind)| {
+                    group != "source.extensions.fluxcd.io" || kind != "ArtifactGenerator"
+                }) {
+                    continue;
+                }
+                self.index.upkeep.tools.insert(path.clone());
+                // Aliases of Git sources: this repository (as with Kustomizations).
+                let git: Vec<&str> = document
+                    .pointer("/spec/sources")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|s| s.get("kind").and_then(Value::as_str) == Some("GitRepository"))
+                    .filter_map(|s| s.get("alias").and_then(Value::as_str))
+                    .collect();
+                for artifact in document
+                    .pointer("/spec/artifacts")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(name) = artifact.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    for copy in artifact
+                        .get("copy")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let text = |k: &str| copy.get(k).and_then(Value::as_str);
+                        let (Some(from), Some(to)) = (text("from"), text("to")) else {
+                            continue;
+                        };
+                        // A whole directory (`/**`) of a Git source; a pattern of
+                        // single files is not a directory to render.
+                        let Some((alias, from)) = from
+                            .strip_prefix('@')
+                            .and_then(|f| f.strip_suffix("/**"))
+                            .and_then(|f| f.split_once('/').or(Some((f, ""))))
+                        else {
+                            continue;
+                        };
+                        let Some(to) = to
+                            .strip_prefix("@artifact/")
+                            .or_else(|| to.strip_prefix("@artifact"))
+                        else {
+                            continue;
+                        };
+                        if git.contains(&alias) && !from.contains(['*', '?', '[']) {
+                            let to = to.trim_end_matches('/').to_owned();
+                            artifacts
+                                .entry(name.to_owned())
+                                .or_default()
+                                .push((from.to_owned(), to));
+                        }
+                    }
+                }
+            }
+        }
+        artifacts
+    }
+
     /// The directories Flux Kustomizations and Argo CD Applications in the
     /// repository point at, with the namespace each gives.
     fn tool_roots(&mut self) -> Vec<(String, Context)> {
+        self.tool_roots_of(true)
+    }
+
+    /// [`Self::tool_roots`] of the files in this cluster's directory (`ours`), or
+    /// of the others.
+    fn tool_roots_of(&mut self, ours: bool) -> Vec<(String, Context)> {
+        let cluster = self.settings.cluster.as_ref().map(|c| format!("{c}/"));
         let paths: Vec<String> = self
+            .files
+            .paths_from("")
+            .filter(|p| self.is_manifest(p))
+            .filter(|p| cluster.as_ref().is_none_or(|c| p.starts_with(c.as_str())) == ours)
+            .map(str::to_owned)
+            .collect();
+        // An ArtifactGenerator is found wherever it is: a cluster's Kustomizations
+        // name its artifacts.
+        let every: Vec<String> = self
             .files
             .paths_from("")
             .filter(|p| self.is_manifest(p))
             .map(str::to_owned)
             .collect();
+        let artifacts = self.artifacts(&every);
         let mut roots = Vec::new();
         for path in paths {
             for document in self.parsed(&path).to_vec() {
@@ -733,15 +865,25 @@ impl<'a> Builder<'a> {
                 if is_tool(&group, &kind) {
                     self.index.upkeep.tools.insert(path.clone());
                 }
-                let (dir, context) = match (group.as_str(), kind.as_str()) {
+                let (dir, mut context) = match (group.as_str(), kind.as_str()) {
                     ("kustomize.toolkit.fluxcd.io", "Kustomization") => {
-                        // Only a Git source can be this repository; an OCI artifact or
-                        // a generated one has its own tree.
-                        if spec("/spec/sourceRef/kind").is_some_and(|k| k != "GitRepository") {
-                            continue;
-                        }
-                        let Some(dir) = spec("/spec/path").and_then(|p| kustomize::join("", &p))
-                        else {
+                        // Only a Git source can be this repository, or an artifact
+                        // Flux's ArtifactGenerator copies out of it; an OCI artifact
+                        // has its own tree.
+                        let within = spec("/spec/path").and_then(|p| kustomize::join("", &p));
+                        let dir = match spec("/spec/sourceRef/kind").as_deref() {
+                            None | Some("GitRepository") => within,
+                            Some("ExternalArtifact") => within.and_then(|within| {
+                                let name = spec("/spec/sourceRef/name")?;
+                                artifacts
+                                    .get(&name)?
+                                    .iter()
+                                    .find_map(|(from, to)| unpack(from, to, &within))
+                                    .filter(|dir| self.has_dir(dir))
+                            }),
+                            Some(_) => None,
+                        };
+                        let Some(dir) = dir else {
                             continue;
                         };
                         let namespace = spec("/spec/targetNamespace")
@@ -794,6 +936,7 @@ impl<'a> Builder<'a> {
                     }
                     _ => continue,
                 };
+                context.ours = ours;
                 if self.has_dir(&dir) {
                     roots.push((dir, context));
                 }
@@ -976,6 +1119,8 @@ impl<'a> Builder<'a> {
                 written_name,
                 namespace_from: namespace_from.clone(),
                 several_routes: false,
+                ours: context.ours,
+                elsewhere: false,
             };
             // Only the cluster knows the scope of a kind from a CRD: keep it findable
             // as cluster-scoped too.
@@ -1012,6 +1157,17 @@ impl<'a> Builder<'a> {
             .find(|d| d.path == declared.path && d.document == declared.document)
         {
             None => entries.push(declared),
+            // Another cluster's rendering of this cluster's document, or the other
+            // way round: this cluster's is the one to edit, and it is shared.
+            Some(known) if known.ours != declared.ours => {
+                if declared.ours {
+                    let mut declared = declared;
+                    declared.elsewhere = true;
+                    *known = declared;
+                } else {
+                    known.elsewhere = true;
+                }
+            }
             // Reached again another way: what that way transforms counts too.
             Some(known)
                 if known.through != declared.through
@@ -1136,8 +1292,23 @@ pub(crate) fn documents(bytes: &[u8]) -> Vec<Value> {
 fn is_tool(group: &str, kind: &str) -> bool {
     matches!(
         (group, kind),
-        ("kustomize.toolkit.fluxcd.io", "Kustomization") | ("argoproj.io", "Application")
+        ("kustomize.toolkit.fluxcd.io", "Kustomization")
+            | ("argoproj.io", "Application")
+            | ("source.extensions.fluxcd.io", "ArtifactGenerator")
     )
+}
+
+/// The repository directory of `path` in an artifact that has the repository's
+/// directory `from` copied to its directory `to`.
+fn unpack(from: &str, to: &str, path: &str) -> Option<String> {
+    let rest = if to.is_empty() {
+        path
+    } else if path == to {
+        ""
+    } else {
+        path.strip_prefix(to)?.strip_prefix('/')?
+    };
+    kustomize::join(from, rest)
 }
 
 /// Whether a file holds a GitOps tool's entry point (see [`is_tool`]).
@@ -1296,6 +1467,7 @@ mod tests {
         ]);
         let settings = Settings {
             directories: vec![("mapped".into(), "m".into())],
+            cluster: None,
         };
         let index = Index::build(&files, &settings);
         let web = found(&index, &key("apps", "Deployment", Some("shop"), "web"));

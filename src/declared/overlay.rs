@@ -143,9 +143,16 @@ pub fn route(w: &Routing<'_>, ops: &[Op]) -> Result<Routed, String> {
                 field = field(path),
             ));
         }
-        if shared > 1 && (matches!(op, Op::Set(..)) || at(base, path).is_some()) {
+        if (shared > 1 || declared.elsewhere)
+            && (matches!(op, Op::Set(..)) || at(base, path).is_some())
+        {
+            let others = if declared.elsewhere {
+                "is rendered for other clusters too, which".to_owned()
+            } else {
+                format!("renders {shared} objects, which")
+            };
             return Err(format!(
-                "{object}: {field} is not set by an overlay, and {} renders {shared} objects, which would all change: change it in git, or set it in this overlay's patch",
+                "{object}: {field} is not set by an overlay, and {} {others} would all change: change it in git, or set it in this overlay's patch",
                 declared.path,
                 field = field(path),
             ));
@@ -877,6 +884,8 @@ mod tests {
             written_name: "web".to_owned(),
             namespace_from: super::super::NamespaceFrom::Cluster,
             several_routes: false,
+            ours: true,
+            elsewhere: false,
         }
     }
 

@@ -299,13 +299,14 @@ fn refusal(
     let shared = index.declarations(path, declared.document);
     let transformed = !declared.transformed_by.is_empty();
     let refuse = match config.overlay {
-        Overlay::Deny => transformed || shared > 1 || declared.several_routes,
+        Overlay::Deny => transformed || shared > 1 || declared.several_routes || declared.elsewhere,
         Overlay::Base => false,
         // The store finds the file that owns each field when it commits; what no
         // overlay can own is answered now.
         // A delete takes the base document, so it must be this object's alone.
         Overlay::Patch => {
-            (shared > 1 && (!transformed || matches!(change.action, Action::Remove)))
+            ((shared > 1 || declared.elsewhere)
+                && (!transformed || matches!(change.action, Action::Remove)))
                 || (transformed && declared.several_routes)
         }
     };
@@ -324,6 +325,9 @@ fn refusal(
         }
         if shared > 1 {
             why.push(format!("{shared} objects are rendered from that document"));
+        }
+        if declared.elsewhere {
+            why.push("other clusters render that document too".to_owned());
         }
         return Some(format!(
             "{kind} {object} is declared in {path}, but {why}, so an edit there is not this change alone. Change it in git, or set inPlace.overlay: base to edit {path} for every overlay",

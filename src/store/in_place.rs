@@ -49,6 +49,11 @@ impl SharedIndex {
                     .iter()
                     .map(|(dir, namespace)| (dir.clone(), namespace.clone()))
                     .collect(),
+                cluster: config
+                    .cluster
+                    .as_deref()
+                    .map(|dir| dir.trim_matches('/').to_owned())
+                    .filter(|dir| !dir.is_empty()),
             },
             config: config.clone(),
             index: Arc::default(),
