@@ -1240,8 +1240,239 @@ async fn with_its_cluster_named_a_write_edits_that_cluster_s_overlay_and_never_a
     let text = message(&answer);
     assert!(
         text.contains("spec.interval is not set by an overlay")
-            && text.contains("apps/base/podinfo/release.yaml is rendered for other clusters too"),
+            && text.contains(
+                "apps/base/podinfo/release.yaml is rendered elsewhere in the repository too"
+            ),
         "{text}"
+    );
+    server.server.shutdown().await.unwrap();
+}
+
+/// What `kubectl kustomize` of `entry` renders differently after the last commit
+/// than before it: the objects only before, and the objects only after.
+fn rendered_change(repo: &Path, scratch: &Path, entry: &str) -> (Vec<Value>, Vec<Value>) {
+    let render = |rev: &str| {
+        let dir = scratch.join(format!("render-{}", rev.replace('~', "-")));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(repo)
+            .arg("--work-tree")
+            .arg(&dir)
+            .args(["checkout", "-f", rev, "--", "."])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        kubectl_kustomize(&dir.join(entry))
+    };
+    let (before, after) = (render("main~1"), render("main"));
+    let only = |a: &[Value], b: &[Value]| -> Vec<Value> {
+        a.iter().filter(|o| !b.contains(o)).cloned().collect()
+    };
+    (only(&before, &after), only(&after, &before))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realistic_writes_on_a_flux_repository_change_what_it_renders_by_exactly_the_write() {
+    let (dir, repo) = seeded_fixture(FLUX_HELM);
+    let server = TestServer::start_in(dir, &config(&repo, "deny")).await;
+    let scratch = server.dir.path().to_owned();
+    let entry = "infrastructure/controllers";
+    let path = "infrastructure/controllers/cert-manager.yaml";
+    let documents = |repo: &Path| -> Vec<Value> {
+        serde_yaml_ng::Deserializer::from_str(&git(repo, &["show", &format!("main:{path}")]))
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect()
+    };
+    let comments = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+            .map(str::to_owned)
+            .collect()
+    };
+    let comments_before = comments(&git(&repo, &["show", &format!("main:{path}")]));
+    const OCI: (&str, &str, &str, &str) = (
+        "source.toolkit.fluxcd.io",
+        "v1",
+        "OCIRepository",
+        "ocirepositories",
+    );
+
+    // A label on the HelmRelease (`kubectl label`).
+    let release = documents(&repo)[2].clone();
+    let old = live(release.clone(), "cert-manager", 1);
+    let mut new = old.clone();
+    new["metadata"]["labels"] = json!({"team": "sre"});
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            HELM_RELEASE,
+            "cert-manager",
+            "cert-manager",
+            (Some(old), Some(new)),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert!(removed.is_empty(), "{removed:?}");
+    assert_eq!(added, ["  labels:", "    team: sre"]);
+    let (gone, came) = rendered_change(&repo, &scratch, entry);
+    let mut labelled = release.clone();
+    labelled["metadata"]["labels"] = json!({"team": "sre"});
+    assert_eq!((gone, came), (vec![release], vec![labelled]));
+
+    // A new ConfigMap in the namespace: beside its other objects, and listed.
+    let configmap = json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "issuer-settings", "namespace": "cert-manager"},
+        "data": {"email": "sre@example.com"},
+    });
+    let answer = send(
+        &server,
+        &review(
+            2,
+            "CREATE",
+            CONFIGMAP,
+            "cert-manager",
+            "issuer-settings",
+            (None, Some(live(configmap.clone(), "cert-manager", 2))),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, _, _) = last_diff(&repo);
+    assert_eq!(
+        files,
+        [
+            "infrastructure/controllers/issuer-settings-configmap.yaml",
+            "infrastructure/controllers/kustomization.yaml"
+        ]
+    );
+    let (gone, came) = rendered_change(&repo, &scratch, entry);
+    assert_eq!((gone, came), (vec![], vec![configmap]));
+
+    // A delete of the OCIRepository, the second of the file's three documents.
+    let oci = documents(&repo)[1].clone();
+    let answer = send(
+        &server,
+        &review(
+            3,
+            "DELETE",
+            OCI,
+            "cert-manager",
+            "cert-manager",
+            (Some(live(oci.clone(), "cert-manager", 3)), None),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, _, added) = last_diff(&repo);
+    assert_eq!(files, [path]);
+    assert!(added.is_empty(), "{added:?}");
+    let (gone, came) = rendered_change(&repo, &scratch, entry);
+    assert_eq!((gone, came), (vec![oci], vec![]));
+
+    // Every comment of the file is still there, and nothing was written at the
+    // path template's place.
+    assert_eq!(
+        comments(&git(&repo, &["show", &format!("main:{path}")])),
+        comments_before
+    );
+    let tracked = git(&repo, &["ls-tree", "-r", "--name-only", "main"]);
+    assert!(
+        !tracked.lines().any(|p| p.starts_with("cert-manager/")),
+        "{tracked}"
+    );
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_s_sync_changes_in_this_cluster_s_patch_and_its_shared_base_stays() {
+    // flux2-multi-tenancy: each cluster's tenants/<cluster> overlay patches the
+    // dev-team tenant's Flux Kustomization (its path) over a base both render.
+    let (dir, repo) = seeded_fixture(MULTI_TENANCY);
+    let config = format!(
+        "repository:\n  path: {}\n  inPlace:\n    enabled: true\n    overlay: patch\n    cluster: clusters/staging\nrules:\n- name: all\n  namespaces: [\"*\"]\n  wait: commit\n",
+        repo.display()
+    );
+    let server = TestServer::start_in(dir, &config).await;
+    let scratch = server.dir.path().to_owned();
+    let before_dir = scratch.join("before");
+    checkout(&repo, &before_dir);
+    let production = kubectl_kustomize(&before_dir.join("tenants/production"));
+    let sync = kubectl_kustomize(&before_dir.join("tenants/staging"))
+        .into_iter()
+        .find(|o| o["kind"] == "Kustomization")
+        .unwrap();
+    assert_eq!(sync["spec"]["path"], "./staging");
+    const SYNC: (&str, &str, &str, &str) = (
+        "kustomize.toolkit.fluxcd.io",
+        "v1",
+        "Kustomization",
+        "kustomizations",
+    );
+    let old = live(sync.clone(), "apps", 1);
+    let mut new = old.clone();
+    new["spec"]["path"] = json!("./staging-v2");
+    let answer = send(
+        &server,
+        &review(
+            1,
+            "UPDATE",
+            SYNC,
+            "apps",
+            "dev-team",
+            (Some(old), Some(new.clone())),
+            None,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let (files, removed, added) = last_diff(&repo);
+    assert_eq!(files, ["tenants/staging/dev-team-patch.yaml"]);
+    assert_eq!(removed, ["  path: ./staging"]);
+    assert_eq!(added, ["  path: ./staging-v2"]);
+    let (gone, came) = rendered_change(&repo, &scratch, "tenants/staging");
+    let mut moved = sync.clone();
+    moved["spec"]["path"] = json!("./staging-v2");
+    assert_eq!((gone, came), (vec![sync], vec![moved]));
+    let after_dir = scratch.join("after");
+    checkout(&repo, &after_dir);
+    assert_eq!(
+        kubectl_kustomize(&after_dir.join("tenants/production")),
+        production
+    );
+
+    // Its interval is the base's, which production renders too.
+    let mut newer = new.clone();
+    newer["spec"]["interval"] = json!("1m");
+    let answer = send(
+        &server,
+        &review(
+            2,
+            "UPDATE",
+            SYNC,
+            "apps",
+            "dev-team",
+            (Some(new), Some(newer)),
+            None,
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    assert!(
+        message(&answer).contains(
+            "tenants/base/dev-team/sync.yaml is rendered elsewhere in the repository too"
+        ),
+        "{answer}"
     );
     server.server.shutdown().await.unwrap();
 }

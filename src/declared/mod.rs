@@ -681,19 +681,69 @@ impl<'a> Builder<'a> {
     }
 
     fn run(&mut self) {
+        let manifests: Vec<String> = self
+            .files
+            .paths_from("")
+            .filter(|p| self.is_manifest(p))
+            .map(str::to_owned)
+            .collect();
+        let artifacts = self.artifacts(&manifests);
         // The GitOps tools' own entry points first: they set namespaces.
-        for (dir, context) in self.tool_roots() {
-            self.visit_dir(&dir, &context);
-        }
-        if let Some(cluster) = self.settings.cluster.clone() {
-            // The cluster's directory itself (an app of apps without a Flux
-            // Kustomization over it); then the rest of the repository, as other
-            // clusters', so a document they share is known to be shared.
-            if !self.reached.contains(&cluster) && self.has_dir(&cluster) {
-                self.visit_dir(&cluster, &Context::ours());
+        match self.settings.cluster.clone() {
+            None => {
+                for (dir, context) in self.tool_roots(&manifests, &artifacts, true) {
+                    self.visit_dir(&dir, &context);
+                }
             }
-            for (dir, context) in self.tool_roots_of(false) {
-                self.visit_dir(&dir, &context);
+            Some(cluster) => {
+                // `./clusters/prod`, as `flux bootstrap --path` is often written.
+                let cluster = kustomize::join("", &cluster).unwrap_or(cluster);
+                if !self.has_dir(&cluster) {
+                    tracing::warn!(
+                        cluster,
+                        "inPlace.cluster is not a directory of the branch: no object is this cluster's, so none is edited in place"
+                    );
+                }
+                // This cluster's: the entry points in its directory, those in what
+                // they reach (an app of apps, a Kustomization of Kustomizations), and
+                // the directory itself.
+                let prefix = format!("{cluster}/");
+                let mut used: HashSet<String> = HashSet::new();
+                loop {
+                    let upkeep = &self.index.upkeep;
+                    let next: Vec<String> = manifests
+                        .iter()
+                        .filter(|p| !used.contains(*p))
+                        .filter(|p| {
+                            p.starts_with(&prefix)
+                                || upkeep
+                                    .contexts
+                                    .get(*p)
+                                    .is_some_and(|cs| cs.iter().any(|c| c.ours))
+                        })
+                        .cloned()
+                        .collect();
+                    if next.is_empty() {
+                        break;
+                    }
+                    used.extend(next.iter().cloned());
+                    for (dir, context) in self.tool_roots(&next, &artifacts, true) {
+                        self.visit_dir(&dir, &context);
+                    }
+                    if !self.reached.contains(&cluster) && self.has_dir(&cluster) {
+                        self.visit_dir(&cluster, &Context::ours());
+                    }
+                }
+                // Then the rest of the repository, as elsewhere's, so a document
+                // this cluster shares with others is known to be shared.
+                let rest: Vec<String> = manifests
+                    .iter()
+                    .filter(|p| !used.contains(*p))
+                    .cloned()
+                    .collect();
+                for (dir, context) in self.tool_roots(&rest, &artifacts, false) {
+                    self.visit_dir(&dir, &context);
+                }
             }
         }
         // Then every kustomization no other one lists.
@@ -746,10 +796,11 @@ impl<'a> Builder<'a> {
     }
 
     /// What Flux's ArtifactGenerators in `paths` copy out of this repository: by
-    /// artifact name, each copy's repository directory and its directory in the
-    /// artifact (`@monorepo/apps/base/**` to `@artifact/base/`: `apps/base`, `base`).
-    fn artifacts(&mut self, paths: &[String]) -> HashMap<String, Vec<(String, String)>> {
-        let mut artifacts: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    /// artifact name, the generator's file and each copy's repository directory
+    /// and its directory in the artifact (`@monorepo/apps/base/**` to
+    /// `@artifact/base/`: `apps/base`, `base`).
+    fn artifacts(&mut self, paths: &[String]) -> Artifacts {
+        let mut artifacts = Artifacts::new();
         for path in paths {
             for document in self.parsed(path).to_vec() {
                 if group_kind(&document).is_none_or(|(group, kind)| {
@@ -795,18 +846,26 @@ impl<'a> Builder<'a> {
                         else {
                             continue;
                         };
-                        let Some(to) = to
-                            .strip_prefix("@artifact/")
-                            .or_else(|| to.strip_prefix("@artifact"))
-                        else {
+                        let to = if to == "@artifact" {
+                            Some("")
+                        } else {
+                            to.strip_prefix("@artifact/")
+                        };
+                        let (Some(to), Some(from)) = (
+                            to.and_then(|to| kustomize::join("", to)),
+                            kustomize::join("", from),
+                        ) else {
                             continue;
                         };
                         if git.contains(&alias) && !from.contains(['*', '?', '[']) {
-                            let to = to.trim_end_matches('/').to_owned();
                             artifacts
                                 .entry(name.to_owned())
                                 .or_default()
-                                .push((from.to_owned(), to));
+                                .push(ArtifactCopy {
+                                    generator: path.clone(),
+                                    from,
+                                    to,
+                                });
                         }
                     }
                 }
@@ -815,35 +874,17 @@ impl<'a> Builder<'a> {
         artifacts
     }
 
-    /// The directories Flux Kustomizations and Argo CD Applications in the
-    /// repository point at, with the namespace each gives.
-    fn tool_roots(&mut self) -> Vec<(String, Context)> {
-        self.tool_roots_of(true)
-    }
-
-    /// [`Self::tool_roots`] of the files in this cluster's directory (`ours`), or
-    /// of the others.
-    fn tool_roots_of(&mut self, ours: bool) -> Vec<(String, Context)> {
-        let cluster = self.settings.cluster.as_ref().map(|c| format!("{c}/"));
-        let paths: Vec<String> = self
-            .files
-            .paths_from("")
-            .filter(|p| self.is_manifest(p))
-            .filter(|p| cluster.as_ref().is_none_or(|c| p.starts_with(c.as_str())) == ours)
-            .map(str::to_owned)
-            .collect();
-        // An ArtifactGenerator is found wherever it is: a cluster's Kustomizations
-        // name its artifacts.
-        let every: Vec<String> = self
-            .files
-            .paths_from("")
-            .filter(|p| self.is_manifest(p))
-            .map(str::to_owned)
-            .collect();
-        let artifacts = self.artifacts(&every);
+    /// The directories the Flux Kustomizations and Argo CD Applications in `paths`
+    /// point at, with the namespace each gives; `ours` for this cluster's.
+    fn tool_roots(
+        &mut self,
+        paths: &[String],
+        artifacts: &Artifacts,
+        ours: bool,
+    ) -> Vec<(String, Context)> {
         let mut roots = Vec::new();
         for path in paths {
-            for document in self.parsed(&path).to_vec() {
+            for document in self.parsed(path).to_vec() {
                 let Some((group, kind)) = group_kind(&document) else {
                     continue;
                 };
@@ -863,7 +904,7 @@ impl<'a> Builder<'a> {
                 };
                 let who = format!("{}/{}", meta("namespace"), meta("name"));
                 if is_tool(&group, &kind) {
-                    self.index.upkeep.tools.insert(path.clone());
+                    self.index.upkeep.tools.insert(path.to_owned());
                 }
                 let (dir, mut context) = match (group.as_str(), kind.as_str()) {
                     ("kustomize.toolkit.fluxcd.io", "Kustomization") => {
@@ -875,11 +916,17 @@ impl<'a> Builder<'a> {
                             None | Some("GitRepository") => within,
                             Some("ExternalArtifact") => within.and_then(|within| {
                                 let name = spec("/spec/sourceRef/name")?;
-                                artifacts
-                                    .get(&name)?
-                                    .iter()
-                                    .find_map(|(from, to)| unpack(from, to, &within))
-                                    .filter(|dir| self.has_dir(dir))
+                                // Clusters reuse artifact names: the generator
+                                // nearest this file first.
+                                let mut copies: Vec<&ArtifactCopy> =
+                                    artifacts.get(&name)?.iter().collect();
+                                copies.sort_by_key(|c| {
+                                    std::cmp::Reverse(common_dirs(&c.generator, path))
+                                });
+                                copies
+                                    .into_iter()
+                                    .filter_map(|c| unpack(&c.from, &c.to, &within))
+                                    .find(|dir| self.has_dir(dir))
                             }),
                             Some(_) => None,
                         };
@@ -904,7 +951,7 @@ impl<'a> Builder<'a> {
                                 prefix: spec("/spec/namePrefix").unwrap_or_default(),
                                 suffix: spec("/spec/nameSuffix").unwrap_or_default(),
                                 transformed_by: if transforms {
-                                    vec![path.clone()]
+                                    vec![path.to_owned()]
                                 } else {
                                     Vec::new()
                                 },
@@ -1296,6 +1343,26 @@ fn is_tool(group: &str, kind: &str) -> bool {
             | ("argoproj.io", "Application")
             | ("source.extensions.fluxcd.io", "ArtifactGenerator")
     )
+}
+
+/// One copy of an ArtifactGenerator's artifact (see [`Builder::artifacts`]).
+struct ArtifactCopy {
+    /// The file of the generator.
+    generator: String,
+    from: String,
+    to: String,
+}
+
+type Artifacts = HashMap<String, Vec<ArtifactCopy>>;
+
+/// How many leading directories two paths share.
+fn common_dirs(a: &str, b: &str) -> usize {
+    let (a, _) = split(a);
+    let (b, _) = split(b);
+    a.split('/')
+        .zip(b.split('/'))
+        .take_while(|(x, y)| x == y && !x.is_empty())
+        .count()
 }
 
 /// The repository directory of `path` in an artifact that has the repository's
@@ -1714,6 +1781,57 @@ mod tests {
         ]);
         let index = Index::build(&files, &Settings::default());
         found(&index, &key("", "ConfigMap", Some("x"), "a"));
+    }
+
+    #[test]
+    fn a_cluster_s_objects_are_what_its_entry_points_reach_however_deep() {
+        let flux = |name: &str, path: &str, source: &str| {
+            format!(
+                "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: {name}\n  namespace: flux-system\nspec:\n  path: {path}\n  sourceRef:\n    kind: {source}\n    name: {name}\n"
+            )
+        };
+        let generator = "apiVersion: source.extensions.fluxcd.io/v1beta1\nkind: ArtifactGenerator\nmetadata:\n  name: g\n  namespace: flux-system\nspec:\n  sources:\n  - alias: repo\n    kind: GitRepository\n    name: flux-system\n  artifacts:\n  - name: apps\n    copy:\n    - from: \"@repo/./apps/prod/**\"\n      to: \"@artifact/prod/\"\n";
+        let configmap = |name: &str| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: web\n"
+            )
+        };
+        let (apps, extra, staging) = (
+            flux("apps", "./prod", "ExternalArtifact"),
+            flux("extra", "./apps/extra", "GitRepository"),
+            flux("apps", "./apps/prod", "GitRepository"),
+        );
+        let (web, more) = (configmap("web"), configmap("more"));
+        let files = [
+            ("clusters/prod/apps.yaml", apps.as_str()),
+            ("clusters/prod/artifacts.yaml", generator),
+            // A Kustomization of Kustomizations: what it reaches is prod's too.
+            ("apps/prod/extra.yaml", extra.as_str()),
+            ("apps/prod/web.yaml", web.as_str()),
+            ("apps/extra/more.yaml", more.as_str()),
+            ("clusters/staging/apps.yaml", staging.as_str()),
+        ];
+        let settings = Settings {
+            cluster: Some("./clusters/prod".to_owned()),
+            ..Settings::default()
+        };
+        let index = Index::build(&tree(&files), &settings);
+        for name in ["web", "more"] {
+            match index.lookup(&Key::new("", "ConfigMap", Some("web"), name)) {
+                Lookup::Found(declared) => {
+                    assert!(declared.ours, "{name}");
+                    // staging renders apps/prod too.
+                    assert_eq!(declared.elsewhere, name == "web", "{name}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            unpack("apps/prod", "prod", "prod/sub").as_deref(),
+            Some("apps/prod/sub")
+        );
+        assert_eq!(unpack("apps", "", "prod").as_deref(), Some("apps/prod"));
+        assert_eq!(unpack("apps/prod", "prod", "production"), None);
     }
 
     #[test]

@@ -67,6 +67,8 @@ struct Source {
     /// Steps from the document to `body` (`spec` for Flux).
     prefix: Vec<Step>,
     flux: bool,
+    /// Its entry in `Declared::transformed_by`.
+    place: String,
 }
 
 /// A write being routed: the object, its declaration, and what the routing reads.
@@ -147,7 +149,7 @@ pub fn route(w: &Routing<'_>, ops: &[Op]) -> Result<Routed, String> {
             && (matches!(op, Op::Set(..)) || at(base, path).is_some())
         {
             let others = if declared.elsewhere {
-                "is rendered for other clusters too, which".to_owned()
+                "is rendered elsewhere in the repository too (for another cluster, or by an overlay this cluster does not apply), which".to_owned()
             } else {
                 format!("renders {shared} objects, which")
             };
@@ -246,32 +248,63 @@ fn source(read: &ReadFile<'_>, place: &str, declared: &Declared) -> Result<Sourc
     if let Some(bytes) = read(place) {
         // A Flux Kustomization's file: the document whose `path` the base is under.
         let documents = super::documents(&bytes);
-        let mut found = documents.iter().enumerate().filter(|(_, doc)| {
-            doc.get("kind").and_then(Value::as_str) == Some("Kustomization")
-                && doc
-                    .get("apiVersion")
-                    .and_then(Value::as_str)
-                    .is_some_and(|v| v.starts_with("kustomize.toolkit.fluxcd.io/"))
-                && doc
-                    .pointer("/spec/path")
+        let flux: Vec<(usize, &Value)> = documents
+            .iter()
+            .enumerate()
+            .filter(|(_, doc)| {
+                doc.get("kind").and_then(Value::as_str) == Some("Kustomization")
+                    && doc
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .is_some_and(|v| v.starts_with("kustomize.toolkit.fluxcd.io/"))
+            })
+            .collect();
+        let by_path: Vec<(usize, &Value)> = flux
+            .iter()
+            .copied()
+            .filter(|(_, doc)| {
+                doc.pointer("/spec/path")
                     .and_then(Value::as_str)
                     .and_then(|p| kustomize::join("", p))
                     .is_some_and(|dir| {
-                        // Its path is the first kustomization of the chain, or holds
-                        // the document when it has none.
-                        declared.through.first() == Some(&dir)
+                        // Its path is the first kustomization of the chain (within
+                        // an ExternalArtifact, the end of it), or holds the
+                        // document when it has none.
+                        declared
+                            .through
+                            .first()
+                            .is_some_and(|t| *t == dir || t.ends_with(&format!("/{dir}")))
                             || (declared.through.is_empty()
                                 && (dir.is_empty() || base.starts_with(&format!("{dir}/"))))
                     })
-        });
-        return match (found.next(), found.next()) {
-            (Some((document, doc)), None) => Ok(Source {
+            })
+            .collect();
+        // Else the file's only one that transforms.
+        let transforming: Vec<(usize, &Value)> = flux
+            .iter()
+            .copied()
+            .filter(|(_, doc)| {
+                ["patches", "images", "components", "postBuild"]
+                    .iter()
+                    .any(|k| {
+                        doc.pointer(&format!("/spec/{k}"))
+                            .is_some_and(|v| !v.is_null())
+                    })
+            })
+            .collect();
+        let chosen = match (by_path.as_slice(), transforming.as_slice()) {
+            ([one], _) | ([], [one]) => Some(*one),
+            _ => None,
+        };
+        return match chosen {
+            Some((document, doc)) => Ok(Source {
                 file: place.to_owned(),
                 document,
                 dir: String::new(),
                 body: doc.get("spec").cloned().unwrap_or(Value::Null),
                 prefix: vec![Step::Key("spec".to_owned())],
                 flux: true,
+                place: place.to_owned(),
             }),
             _ => Err(format!(
                 "cannot tell which Flux Kustomization of {place} renders {base}: change it in git"
@@ -296,6 +329,7 @@ fn source(read: &ReadFile<'_>, place: &str, declared: &Declared) -> Result<Sourc
                 body,
                 prefix: Vec::new(),
                 flux: false,
+                place: place.to_owned(),
             });
         }
     }
@@ -344,11 +378,12 @@ fn claim(w: &Routing<'_>, source: &Source, names: &[&str], op: &Op, substituted:
                 Some(false) => continue,
                 Some(true) => {
                     let also = w.siblings.iter().find(|(other, declared)| {
-                        targets(
-                            target,
-                            other,
-                            &[other.name.as_str(), &declared.written_name],
-                        ) != Some(false)
+                        declared.transformed_by.contains(&source.place)
+                            && targets(
+                                target,
+                                other,
+                                &[other.name.as_str(), &declared.written_name],
+                            ) != Some(false)
                     });
                     if let Some((other, _)) = also {
                         if patch
@@ -486,7 +521,7 @@ fn image_entry(w: &Routing<'_>, source: &Source, op: &Op, substituted: bool) -> 
         .get("name")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    if let Some(other) = image_user(w, entry_name) {
+    if let Some(other) = image_user(w, &source.place, entry_name) {
         return Some(Claim::Refuse(format!(
             "the images entry for {entry_name} in {}, which {other} uses too,",
             source.file
@@ -821,9 +856,13 @@ fn variable(value: Option<&Value>) -> bool {
 
 /// The first other object rendered with this one whose document has a container
 /// image named `name`.
-fn image_user(w: &Routing<'_>, name: &str) -> Option<String> {
+fn image_user(w: &Routing<'_>, place: &str, name: &str) -> Option<String> {
     let mut files: std::collections::HashMap<&str, Vec<Value>> = Default::default();
     for (other, declared) in w.siblings {
+        // Rendered through the kustomization whose entry it is.
+        if !declared.transformed_by.iter().any(|t| t == place) {
+            continue;
+        }
         let documents = files.entry(declared.path.as_str()).or_insert_with(|| {
             (w.read)(&declared.path)
                 .map(|b| super::documents(&b))

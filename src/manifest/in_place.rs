@@ -327,7 +327,7 @@ fn refusal(
             why.push(format!("{shared} objects are rendered from that document"));
         }
         if declared.elsewhere {
-            why.push("other clusters render that document too".to_owned());
+            why.push("that document is rendered elsewhere in the repository too (for another cluster, or by an overlay this cluster does not apply)".to_owned());
         }
         return Some(format!(
             "{kind} {object} is declared in {path}, but {why}, so an edit there is not this change alone. Change it in git, or set inPlace.overlay: base to edit {path} for every overlay",
