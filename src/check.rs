@@ -189,7 +189,7 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
                 .as_ref()
                 .filter(|_| target.repository.in_place.enabled)?;
             let tree = repo.head_commit().ok()?.tree_id().ok()?.detach();
-            let shared = crate::store::SharedIndex::new(&target.repository.in_place);
+            let shared = crate::store::SharedIndex::new(&target.repository);
             let index = crate::store::index_of(repo, tree, &shared.settings).ok()?;
             Some((index, target.repository.in_place.clone()))
         })

@@ -16,8 +16,10 @@
 //! does not know (one from a CRD) is also found as cluster-scoped, since only the
 //! cluster knows its scope.
 //!
-//! Not followed yet: `kind: List` documents, `components` (taken as bases), Argo CD
-//! `repoURL`s (every Application is taken as this repository's). [`Index::update`]
+//! A Flux GitRepository the tree declares with another URL or branch, or an Argo CD
+//! Application of another `repoURL` or `targetRevision`, is another tree's. Not
+//! followed yet: `kind: List` documents, `components` (taken as bases), Argo CD
+//! multi-source Applications. [`Index::update`]
 //! keeps it up to date from the paths a commit changed; the store calls it each time
 //! the branch moves (see `store::in_place`).
 //!
@@ -191,6 +193,11 @@ pub struct Settings {
     /// bootstrap --path` points): only what the Flux Kustomizations and Argo CD
     /// Applications in it reach is this cluster's. `None`: the whole repository.
     pub cluster: Option<String>,
+    /// The branch indexed, and the remote's URL (as [`same_repository`] compares
+    /// them): a Flux GitRepository or an Argo CD Application that names another
+    /// repository or branch is not this tree.
+    pub branch: Option<String>,
+    pub remote: Option<String>,
 }
 
 /// The objects of one tree.
@@ -800,7 +807,29 @@ impl<'a> Builder<'a> {
     /// and its directory in the artifact (`@monorepo/apps/base/**` to
     /// `@artifact/base/`: `apps/base`, `base`).
     fn artifacts(&mut self, paths: &[String]) -> Artifacts {
-        let mut artifacts = Artifacts::new();
+        let mut artifacts = Artifacts::default();
+        // Flux's Git sources first: a generator's or a Kustomization's source is
+        // this repository unless the repository's own GitRepository says otherwise.
+        for path in paths {
+            for document in self.parsed(path).to_vec() {
+                if group_kind(&document).is_some_and(|(group, kind)| {
+                    group == "source.toolkit.fluxcd.io" && kind == "GitRepository"
+                }) {
+                    let text = |p: &str| document.pointer(p).and_then(Value::as_str);
+                    let ours =
+                        same_repository(self.settings, text("/spec/url"), text("/spec/ref/branch"));
+                    artifacts.git.insert(
+                        (
+                            text("/metadata/namespace")
+                                .unwrap_or("flux-system")
+                                .to_owned(),
+                            text("/metadata/name").unwrap_or_default().to_owned(),
+                        ),
+                        ours,
+                    );
+                }
+            }
+        }
         for path in paths {
             for document in self.parsed(path).to_vec() {
                 if group_kind(&document).is_none_or(|(group, kind)| {
@@ -808,6 +837,10 @@ impl<'a> Builder<'a> {
                 }) {
                     continue;
                 }
+                let namespace = document
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("flux-system");
                 self.index.upkeep.tools.insert(path.clone());
                 // Aliases of Git sources: this repository (as with Kustomizations).
                 let git: Vec<&str> = document
@@ -816,6 +849,14 @@ impl<'a> Builder<'a> {
                     .into_iter()
                     .flatten()
                     .filter(|s| s.get("kind").and_then(Value::as_str) == Some("GitRepository"))
+                    .filter(|s| {
+                        let name = s.get("name").and_then(Value::as_str).unwrap_or_default();
+                        let ns = s
+                            .get("namespace")
+                            .and_then(Value::as_str)
+                            .unwrap_or(namespace);
+                        artifacts.is_ours(ns, name)
+                    })
                     .filter_map(|s| s.get("alias").and_then(Value::as_str))
                     .collect();
                 for artifact in document
@@ -858,14 +899,13 @@ impl<'a> Builder<'a> {
                             continue;
                         };
                         if git.contains(&alias) && !from.contains(['*', '?', '[']) {
-                            artifacts
-                                .entry(name.to_owned())
-                                .or_default()
-                                .push(ArtifactCopy {
+                            artifacts.copies.entry(name.to_owned()).or_default().push(
+                                ArtifactCopy {
                                     generator: path.clone(),
                                     from,
                                     to,
-                                });
+                                },
+                            );
                         }
                     }
                 }
@@ -912,14 +952,23 @@ impl<'a> Builder<'a> {
                         // Flux's ArtifactGenerator copies out of it; an OCI artifact
                         // has its own tree.
                         let within = spec("/spec/path").and_then(|p| kustomize::join("", &p));
+                        let source = (
+                            spec("/spec/sourceRef/namespace").unwrap_or_else(|| meta("namespace")),
+                            spec("/spec/sourceRef/name").unwrap_or_default(),
+                        );
                         let dir = match spec("/spec/sourceRef/kind").as_deref() {
-                            None | Some("GitRepository") => within,
+                            None | Some("GitRepository")
+                                if artifacts.is_ours(&source.0, &source.1) =>
+                            {
+                                within
+                            }
+                            None | Some("GitRepository") => None,
                             Some("ExternalArtifact") => within.and_then(|within| {
                                 let name = spec("/spec/sourceRef/name")?;
                                 // Clusters reuse artifact names: the generator
                                 // nearest this file first.
                                 let mut copies: Vec<&ArtifactCopy> =
-                                    artifacts.get(&name)?.iter().collect();
+                                    artifacts.copies.get(&name)?.iter().collect();
                                 copies.sort_by_key(|c| {
                                     std::cmp::Reverse(common_dirs(&c.generator, path))
                                 });
@@ -960,6 +1009,16 @@ impl<'a> Builder<'a> {
                         )
                     }
                     ("argoproj.io", "Application") => {
+                        // Another repository's path, or another branch's, is not
+                        // this tree's.
+                        let revision = spec("/spec/source/targetRevision").filter(|r| r != "HEAD");
+                        if !same_repository(
+                            self.settings,
+                            spec("/spec/source/repoURL").as_deref(),
+                            revision.as_deref(),
+                        ) {
+                            continue;
+                        }
                         let Some(dir) =
                             spec("/spec/source/path").and_then(|p| kustomize::join("", &p))
                         else {
@@ -1353,7 +1412,57 @@ struct ArtifactCopy {
     to: String,
 }
 
-type Artifacts = HashMap<String, Vec<ArtifactCopy>>;
+/// Flux's sources in the repository: the ArtifactGenerators' copies by artifact
+/// name, and whether each GitRepository (by namespace and name) is this tree.
+#[derive(Default)]
+struct Artifacts {
+    copies: HashMap<String, Vec<ArtifactCopy>>,
+    git: HashMap<(String, String), bool>,
+}
+
+impl Artifacts {
+    /// A GitRepository the repository does not declare is taken as this one
+    /// (`flux bootstrap` makes `flux-system` outside it).
+    fn is_ours(&self, namespace: &str, name: &str) -> bool {
+        self.git
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
+            .unwrap_or(true)
+    }
+}
+
+/// Whether a source's URL and branch (or revision) can be this tree: each is
+/// compared only when both sides are known.
+fn same_repository(settings: &Settings, url: Option<&str>, branch: Option<&str>) -> bool {
+    let url_matches = match (url, &settings.remote) {
+        (Some(url), Some(remote)) => repository_url(url) == *remote,
+        _ => true,
+    };
+    let branch_matches = match (branch, &settings.branch) {
+        (Some(branch), Some(ours)) => branch == ours,
+        _ => true,
+    };
+    url_matches && branch_matches
+}
+
+/// A repository URL as a comparable `host/path`: without scheme, user, `.git`,
+/// or trailing `/`, an scp-like `git@host:org/repo` as `host/org/repo`.
+pub fn repository_url(url: &str) -> String {
+    let url = url.trim();
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    let rest = if url.contains("://") {
+        rest.to_owned()
+    } else {
+        rest.replacen(':', "/", 1)
+    };
+    let rest = rest.trim_end_matches('/');
+    let rest = rest.strip_suffix(".git").unwrap_or(rest);
+    match rest.split_once('/') {
+        Some((host, path)) => format!("{}/{path}", host.to_ascii_lowercase()),
+        None => rest.to_ascii_lowercase(),
+    }
+}
 
 /// How many leading directories two paths share.
 fn common_dirs(a: &str, b: &str) -> usize {
@@ -1534,7 +1643,7 @@ mod tests {
         ]);
         let settings = Settings {
             directories: vec![("mapped".into(), "m".into())],
-            cluster: None,
+            ..Settings::default()
         };
         let index = Index::build(&files, &settings);
         let web = found(&index, &key("apps", "Deployment", Some("shop"), "web"));
@@ -1832,6 +1941,47 @@ mod tests {
         );
         assert_eq!(unpack("apps", "", "prod").as_deref(), Some("apps/prod"));
         assert_eq!(unpack("apps/prod", "prod", "production"), None);
+    }
+
+    #[test]
+    fn another_repository_s_or_branch_s_paths_are_not_this_tree_s() {
+        let files = [
+            (
+                "tenants/team.yaml",
+                "apiVersion: source.toolkit.fluxcd.io/v1\nkind: GitRepository\nmetadata:\n  name: team\n  namespace: team\nspec:\n  url: https://github.com/example/fleet\n  ref:\n    branch: team\n---\napiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: team\n  namespace: team\nspec:\n  path: ./apps\n  targetNamespace: team\n  sourceRef:\n    kind: GitRepository\n    name: team\n",
+            ),
+            (
+                "argo/guestbook.yaml",
+                "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: guestbook\nspec:\n  source:\n    repoURL: https://github.com/argoproj/argocd-example-apps.git\n    path: apps\n  destination:\n    namespace: guestbook\n",
+            ),
+            (
+                "apps/web.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n",
+            ),
+        ];
+        let settings = Settings {
+            branch: Some("main".to_owned()),
+            remote: Some(repository_url("git@GitHub.com:example/fleet.git")),
+            ..Settings::default()
+        };
+        let index = Index::build(&tree(&files), &settings);
+        // Neither the team branch's Kustomization nor the other repository's
+        // Application gives this tree's apps/ a namespace.
+        for namespace in ["team", "guestbook"] {
+            assert_eq!(
+                index.lookup(&Key::new("", "ConfigMap", Some(namespace), "web")),
+                Lookup::Ambiguous(vec![found_unplaced(&index)]),
+                "{namespace}"
+            );
+        }
+        assert_eq!(
+            repository_url("ssh://git@github.com/example/fleet.git/"),
+            repository_url("https://github.com/example/fleet")
+        );
+    }
+
+    fn found_unplaced(index: &Index) -> &Declared {
+        &index.unplaced[&("".to_owned(), "ConfigMap".to_owned(), "web".to_owned())][0]
     }
 
     #[test]

@@ -40,8 +40,9 @@ impl std::fmt::Debug for SharedIndex {
 }
 
 impl SharedIndex {
-    /// The index for a repository configured with `config`.
-    pub fn new(config: &crate::config::InPlaceConfig) -> Self {
+    /// The index for `repository`, edited in place as its `inPlace` says.
+    pub fn new(repository: &crate::config::RepositoryConfig) -> Self {
+        let config = &repository.in_place;
         Self {
             settings: Settings {
                 directories: config
@@ -54,6 +55,11 @@ impl SharedIndex {
                     .as_deref()
                     .map(|dir| dir.trim_matches('/').to_owned())
                     .filter(|dir| !dir.is_empty()),
+                branch: Some(repository.branch.clone()),
+                remote: repository
+                    .remote
+                    .as_ref()
+                    .map(|remote| crate::declared::repository_url(&remote.url)),
             },
             config: config.clone(),
             index: Arc::default(),

@@ -299,7 +299,7 @@ impl StoreSettings {
                 .repository
                 .in_place
                 .enabled
-                .then(|| SharedIndex::new(&target.repository.in_place)),
+                .then(|| SharedIndex::new(&target.repository)),
         }
     }
 }
