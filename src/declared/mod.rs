@@ -264,19 +264,27 @@ impl Index {
         fn ours(entries: Option<&Vec<Declared>>) -> Vec<&Declared> {
             entries.into_iter().flatten().filter(|d| d.ours).collect()
         }
+        if key.namespace.is_some() {
+            // A document no namespace was found for could be this one as well.
+            // (Without allocating, for the one answer most lookups get.)
+            fn all(entries: Option<&Vec<Declared>>) -> impl Iterator<Item = &Declared> {
+                entries.into_iter().flatten().filter(|d| d.ours)
+            }
+            let mut exact = all(self.objects.get(key));
+            let mut unplaced = all(self.unplaced.get(&loose));
+            return match (exact.next(), exact.next(), unplaced.next()) {
+                (Some(one), None, None) => Lookup::Found(one),
+                (None, _, None) => Lookup::Missing,
+                _ => Lookup::Ambiguous(
+                    all(self.objects.get(key))
+                        .chain(all(self.unplaced.get(&loose)))
+                        .collect(),
+                ),
+            };
+        }
         let exact = ours(self.objects.get(key));
         let unplaced = ours(self.unplaced.get(&loose));
         let (exact, unplaced) = (exact.as_slice(), unplaced.as_slice());
-        if key.namespace.is_some() {
-            // A document no namespace was found for could be this one as well.
-            return match (exact, unplaced) {
-                ([one], []) => Lookup::Found(one),
-                ([], []) => Lookup::Missing,
-                (exact, unplaced) => {
-                    Lookup::Ambiguous(exact.iter().chain(unplaced).copied().collect())
-                }
-            };
-        }
         // Cluster-scoped as the cluster says: a document of a kind whose scope only
         // the cluster knows (a ClusterIssuer) was indexed in whatever namespace its
         // kustomization or own metadata named, which the apiserver drops.
@@ -811,7 +819,7 @@ impl<'a> Builder<'a> {
         // Flux's Git sources first: a generator's or a Kustomization's source is
         // this repository unless the repository's own GitRepository says otherwise.
         for path in paths {
-            for document in self.parsed(path).to_vec() {
+            for document in self.of_kinds(path, &[("source.toolkit.fluxcd.io", "GitRepository")]) {
                 if group_kind(&document).is_some_and(|(group, kind)| {
                     group == "source.toolkit.fluxcd.io" && kind == "GitRepository"
                 }) {
@@ -831,7 +839,10 @@ impl<'a> Builder<'a> {
             }
         }
         for path in paths {
-            for document in self.parsed(path).to_vec() {
+            for document in self.of_kinds(
+                path,
+                &[("source.extensions.fluxcd.io", "ArtifactGenerator")],
+            ) {
                 if group_kind(&document).is_none_or(|(group, kind)| {
                     group != "source.extensions.fluxcd.io" || kind != "ArtifactGenerator"
                 }) {
@@ -924,7 +935,13 @@ impl<'a> Builder<'a> {
     ) -> Vec<(String, Context)> {
         let mut roots = Vec::new();
         for path in paths {
-            for document in self.parsed(path).to_vec() {
+            for document in self.of_kinds(
+                path,
+                &[
+                    ("kustomize.toolkit.fluxcd.io", "Kustomization"),
+                    ("argoproj.io", "Application"),
+                ],
+            ) {
                 let Some((group, kind)) = group_kind(&document) else {
                     continue;
                 };
@@ -1350,6 +1367,20 @@ impl<'a> Builder<'a> {
     }
 
     /// The documents of a manifest file, parsed once.
+    /// The documents of `path` of these (group, kind)s, copied; the others are
+    /// left where they are.
+    fn of_kinds(&mut self, path: &str, kinds: &[(&str, &str)]) -> Vec<Value> {
+        self.parsed(path)
+            .iter()
+            .filter(|d| {
+                group_kind(d).is_some_and(|(group, kind)| {
+                    kinds.iter().any(|(g, k)| *g == group && *k == kind)
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
     fn parsed(&mut self, path: &str) -> &[Value] {
         if !self.documents.contains_key(path) {
             let documents = self
