@@ -54,8 +54,8 @@ pub enum EditError {
     Diverged { document: usize, path: String },
 }
 
-/// `spec.template.spec.containers[web].args[2]`.
-fn path_text(path: &[Step]) -> String {
+/// A path as people read it: `spec.template.spec.containers[web].args[2]`.
+pub fn field(path: &[Step]) -> String {
     let mut text = String::new();
     for step in path {
         match step {
@@ -481,7 +481,7 @@ pub fn update(
         .collect::<Result<_, _>>()
         .map_err(|path| EditError::Diverged {
             document,
-            path: path_text(&path),
+            path: field(&path),
         })?;
     let mut expected = before.clone();
     for op in &placed {

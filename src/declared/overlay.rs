@@ -16,7 +16,7 @@
 
 use serde_json::Value;
 
-use super::edit::{Op, Step};
+use super::edit::{field, Op, Step};
 use super::{kustomize, Declared, Key};
 
 /// How the routing reads a file of the tree it routes in: `None` when it is not
@@ -191,24 +191,6 @@ fn object_ref(key: &Key) -> String {
         Some(namespace) => format!("{} {namespace}/{}", key.kind, key.name),
         None => format!("{} {}", key.kind, key.name),
     }
-}
-
-/// A path as people read it: `spec.template.spec.containers[web].image`.
-pub fn field(path: &[Step]) -> String {
-    let mut text = String::new();
-    for step in path {
-        match step {
-            Step::Key(key) => {
-                if !text.is_empty() {
-                    text.push('.');
-                }
-                text.push_str(key);
-            }
-            Step::Index(at) => text.push_str(&format!("[{at}]")),
-            Step::Named(name) => text.push_str(&format!("[{name}]")),
-        }
-    }
-    text
 }
 
 fn op_path(op: &Op) -> &[Step] {

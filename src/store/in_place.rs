@@ -349,12 +349,7 @@ impl Writer {
                 change.object_ref()
             ));
         };
-        let bytes = self
-            .repo
-            .find_blob(current)
-            .map_err(|e| write_error(&e))?
-            .detach()
-            .data;
+        let bytes = self.blob(current)?;
         // Found by what it says, not by its position: a delete earlier in this batch
         // may have shifted the file's documents.
         let documents = crate::declared::documents(&bytes);
@@ -475,6 +470,16 @@ impl Writer {
         Ok(Staged::Done(Ok((api_version, kind, body))))
     }
 
+    /// The contents of the blob `id`.
+    fn blob(&self, id: ObjectId) -> Result<Vec<u8>, StoreError> {
+        Ok(self
+            .repo
+            .find_blob(id)
+            .map_err(|e| write_error(&e))?
+            .detach()
+            .data)
+    }
+
     /// The file at `path` in `tree`, if it is there and readable.
     fn read_file(&self, tree: ObjectId, path: &str) -> Option<Vec<u8>> {
         let id = lookup(&self.repo, tree, path).ok().flatten()?;
@@ -498,12 +503,7 @@ impl Writer {
                 else {
                     return Ok(Err(format!("{path} is not on the branch any more")));
                 };
-                let bytes = self
-                    .repo
-                    .find_blob(current)
-                    .map_err(|e| write_error(&e))?
-                    .detach()
-                    .data;
+                let bytes = self.blob(current)?;
                 pending.push((path.to_owned(), bytes, current));
                 pending.len() - 1
             }
@@ -536,16 +536,7 @@ impl Writer {
         before: ObjectId,
         editor: &mut gix::objs::tree::Editor<'_>,
     ) -> Result<bool, StoreError> {
-        let read = |id: ObjectId| -> Result<Vec<u8>, StoreError> {
-            Ok(self
-                .repo
-                .find_blob(id)
-                .map_err(|e| StoreError::Write {
-                    reason: e.to_string(),
-                })?
-                .detach()
-                .data)
-        };
+        let read = |id: ObjectId| self.blob(id);
         let (dir, name) = file.rsplit_once('/').unwrap_or(("", file));
         let (now_bytes, wrote_bytes, before_bytes) = (read(now)?, read(wrote)?, read(before)?);
         let merged = if crate::declared::kustomization_file(name) {
@@ -638,12 +629,7 @@ impl Writer {
                     "the kustomization of {dir} is not on the branch any more"
                 ));
             };
-            let current = self
-                .repo
-                .find_blob(id)
-                .map_err(|e| write_error(&e))?
-                .detach()
-                .data;
+            let current = self.blob(id)?;
             let Some(listed) = edit::enlist(&current, dir, path) else {
                 return refused(format!(
                     "cannot add {path} to the resources of {kustomization}, which is not a YAML mapping kubescribe can edit"
@@ -704,12 +690,7 @@ impl Writer {
         let Some((path, id)) = self.kustomization(dir, tree)? else {
             return Ok(None);
         };
-        let bytes = self
-            .repo
-            .find_blob(id)
-            .map_err(|e| write_error(&e))?
-            .detach()
-            .data;
+        let bytes = self.blob(id)?;
         match edit::unlist(&bytes, dir, file) {
             Some(edited) => {
                 put_blob(&self.repo, editor, &path, &edited, Some(id))?;
