@@ -268,6 +268,25 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         match manifest_write(&object, args, n, &scopes) {
             Ok((write, guessed)) => {
                 let mut verdict = verdict::evaluate(&write, &policy, |i| &layouts[i], place);
+                let diff = match (&repo, &verdict.record) {
+                    (Some(repo), Some(recording)) => {
+                        match diff(repo, &recording.change, indexes[recording.target].as_ref()) {
+                            Ok(diff) => Some(diff),
+                            Err(reason) => {
+                                // The store would refuse it when it commits: the
+                                // answer the real write gets, as a refusal does.
+                                verdict = verdict::evaluate(
+                                    &write,
+                                    &policy,
+                                    |i| &layouts[i],
+                                    |_, _, _| Placement::Refused(reason.clone()),
+                                );
+                                Some(String::new())
+                            }
+                        }
+                    }
+                    _ => None,
+                };
                 if guessed {
                     verdict.warnings.push(format!(
                         "kubescribe check: {} of {} is not a built-in kind, and neither a CustomResourceDefinition in the input nor --api-resources gives its scope: taken as namespaced; add its CRD to the input, or pass --api-resources",
@@ -275,14 +294,6 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
                         if write.kind.group.is_empty() { "the core group" } else { &write.kind.group }
                     ));
                 }
-                let diff = match (&repo, &verdict.record) {
-                    (Some(repo), Some(recording)) => Some(diff(
-                        repo,
-                        &recording.change,
-                        indexes[recording.target].as_ref(),
-                    )),
-                    _ => None,
-                };
                 if let Some(warning) = cascade_warning(repo.as_ref(), &verdict) {
                     verdict.warnings.push(warning);
                 }
@@ -704,6 +715,7 @@ fn in_place_edit(
     in_place: &crate::declared::InPlace,
     action: &Action,
     overlays: Option<&Overlays<'_>>,
+    refused: &mut Option<String>,
 ) -> Option<(String, Vec<OtherFile>)> {
     let mut others = Vec::new();
     use crate::declared::edit;
@@ -753,6 +765,7 @@ fn in_place_edit(
                             },
                             &ops,
                         )
+                        .map_err(|reason| *refused = Some(reason))
                         .ok()?;
                         for other in routed.elsewhere {
                             let before = (overlays.read)(&other.path)?;
@@ -798,11 +811,13 @@ struct OtherFile {
 }
 
 /// The unified diff committing `change` would make against `repo`'s HEAD.
+/// `Err` with the reason when the store would refuse to commit it (an overlay's
+/// field it cannot trace, with `overlay: patch`).
 fn diff(
     repo: &gix::Repository,
     change: &manifest::Change,
     index: Option<&(crate::declared::Index, crate::config::InPlaceConfig)>,
-) -> String {
+) -> Result<String, String> {
     let path = change.path.as_str();
     let current: Option<Vec<u8>> = repo
         .head_commit()
@@ -837,9 +852,19 @@ fn diff(
         });
     let (edited, others) = match (&change.in_place, &current) {
         (Some(in_place), Some(file)) if in_place.new_file.is_none() => {
-            match in_place_edit(file, in_place, &change.action, overlays.as_ref()) {
+            let mut refused = None;
+            match in_place_edit(
+                file,
+                in_place,
+                &change.action,
+                overlays.as_ref(),
+                &mut refused,
+            ) {
                 Some((edited, others)) => (Some(edited), others),
-                None => (None, Vec::new()),
+                None => match refused {
+                    Some(reason) => return Err(reason),
+                    None => (None, Vec::new()),
+                },
             }
         }
         _ => (None, Vec::new()),
@@ -850,12 +875,12 @@ fn diff(
         .is_some_and(|p| p.new_file.is_none() && p.canonical != path);
     if in_place_here && change.verb == manifest::Verb::Create {
         // Already declared: the webhook records nothing.
-        return String::new();
+        return Ok(String::new());
     }
     if in_place_here && edited.is_none() {
         // The store would refuse it (the document moved, or cannot be edited by
         // position): no commit, and never a canonical rewrite of a person's file.
-        return String::new();
+        return Ok(String::new());
     }
     let new = match &change.action {
         _ if edited.is_some() => edited.unwrap_or_default(),
@@ -887,7 +912,7 @@ fn diff(
             ));
         }
     }
-    text
+    Ok(text)
 }
 
 /// The unified diff of one file from `old` (when it `existed`) to `new` (empty: gone).

@@ -719,3 +719,50 @@ spec:
         "only the overlay's tag changes: {diff}"
     );
 }
+
+#[test]
+fn with_overlay_patch_check_repo_says_what_the_store_would_refuse() {
+    // An inline JSON patch sets the replicas: the store would not guess.
+    let mut files = OVERLAID.to_vec();
+    files[2].1 = "namespace: prod
+resources:
+  - ../../base
+patches:
+  - target:
+      kind: Deployment
+      name: web
+    patch: |-
+      - op: replace
+        path: /spec/replicas
+        value: 2
+";
+    let (dir, _) = seeded_files(&files);
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "repository:\n  inPlace:\n    enabled: true\n    overlay: patch\nrules:\n- name: all\n  namespaces: [\"*\"]\n  wait: commit\n",
+    )
+    .unwrap();
+    let manifest = dir.path().join("web.yaml");
+    let base = std::fs::read_to_string(dir.path().join("work/base/deployment.yaml")).unwrap();
+    std::fs::write(
+        &manifest,
+        base.replace("  name: web\n", "  name: web\n  namespace: prod\n")
+            .replace("replicas: 1", "replicas: 4"),
+    )
+    .unwrap();
+    let mut args = args();
+    args.config = Some(config);
+    args.repo = Some(dir.path().join("work"));
+    args.operation = CheckOperation::Update;
+    args.files = vec![manifest];
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    let result = &report.results[0];
+    assert!(!result.allowed, "{result:?}");
+    let message = result.message.as_deref().unwrap_or_default();
+    assert!(
+        message.contains("a JSON patch in overlays/prod/kustomization.yaml sets spec.replicas"),
+        "{message}"
+    );
+    assert_eq!(result.diff.as_deref(), Some(""));
+}
