@@ -196,7 +196,8 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         .collect();
     let place = |target: usize, change: &mut manifest::Change, write: &Write| match &indexes[target]
     {
-        Some((index, in_place)) => manifest::plan_in_place(index, in_place, change, write),
+        // The diff routes through the overlays, with the checkout's files.
+        Some((index, in_place)) => manifest::plan_in_place(index, in_place, change, write, None),
         None => Placement::Canonical,
     };
     let mut report = Report {

@@ -804,8 +804,13 @@ async fn the_store_never_writes_a_declared_object_twice_and_follows_commits_it_d
             old_object: Some(service),
             from_cluster: false,
         };
-        let placement =
-            kubescribe::manifest::plan_in_place(&index, &shared.config, &mut in_place, &write);
+        let placement = kubescribe::manifest::plan_in_place(
+            &index,
+            &shared.config,
+            &mut in_place,
+            &write,
+            None,
+        );
         assert_eq!(placement, kubescribe::manifest::Placement::InPlace);
     }
     change.in_place = in_place.in_place;
@@ -1064,7 +1069,7 @@ patches:
             DEPLOYMENT,
             "prod",
             "web",
-            (Some(old.clone()), Some(new)),
+            (Some(old.clone()), Some(new.clone())),
             None,
         ),
     )
@@ -1074,6 +1079,28 @@ patches:
     assert!(
         text.contains("a JSON patch in overlays/prod/kustomization.yaml sets spec.replicas"),
         "{text}"
+    );
+    // Found at admission, so `kubectl --dry-run=server` is told too (as a warning,
+    // as for every dry run kubescribe would not record).
+    let mut dry = review(
+        9,
+        "UPDATE",
+        DEPLOYMENT,
+        "prod",
+        "web",
+        (Some(old.clone()), Some(new)),
+        None,
+    );
+    dry["request"]["dryRun"] = json!(true);
+    let answer = send(&server, &dry).await;
+    assert!(
+        warnings(&answer)
+            .iter()
+            .any(|w| w.starts_with("kubescribe: dry run: would not record:")
+                && w.contains(
+                    "a JSON patch in overlays/prod/kustomization.yaml sets spec.replicas"
+                )),
+        "{answer}"
     );
     let answer = send(
         &server,

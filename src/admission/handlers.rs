@@ -58,7 +58,9 @@ impl AppState {
         match self.targets[target].store.declared() {
             Some(shared) => {
                 let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
-                manifest::plan_in_place(&index, &shared.config, change, write)
+                let tree = shared.tree.read().unwrap_or_else(|e| e.into_inner());
+                let read = tree.reader();
+                manifest::plan_in_place(&index, &shared.config, change, write, Some(&read))
             }
             None => Placement::Canonical,
         }

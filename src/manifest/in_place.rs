@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::{sanitize, Action, Change, RepoPath};
 use crate::config::{InPlaceConfig, NewObjects, Overlay};
+use crate::declared::overlay::{self, ReadFile};
 use crate::declared::{edit, InPlace, Index, Key, Lookup};
 use crate::policy::Write;
 
@@ -88,11 +89,15 @@ fn rendered_by_helm(index: &Index, write: &Write) -> Option<String> {
 
 /// Plans `change` (from [`super::plan`]) as an edit of the document `index` says
 /// declares its object.
+/// `read` gives the branch's files, for an object overlays transform under
+/// `overlay: patch`: what the store would refuse to trace is answered now (the
+/// store routes it again when it commits). Without it, that is left to the store.
 pub fn plan_in_place(
     index: &Index,
     config: &InPlaceConfig,
     change: &mut Change,
     write: &Write,
+    read: Option<&ReadFile<'_>>,
 ) -> Placement {
     if let Action::Cascade(cascade) = &change.action {
         return cascade_in(index, cascade, change);
@@ -220,12 +225,57 @@ pub fn plan_in_place(
         change.in_place = Some(Box::new(in_place));
         return Placement::Declared(declared.path.clone());
     }
+    if let (Some(read), Overlay::Patch, false) =
+        (read, config.overlay, declared.transformed_by.is_empty())
+    {
+        if let Some(refusal) = untraceable(index, read, declared, &in_place, change) {
+            return Placement::Refused(refusal);
+        }
+    }
     let Some(file) = RepoPath::from_note(declared.path.clone()) else {
         return Placement::Canonical;
     };
     change.path = file;
     change.in_place = Some(Box::new(in_place));
     Placement::InPlace
+}
+
+/// With `overlay: patch`, why the store would refuse the edit of an object overlays
+/// transform, if it would: routed now as the store routes it when it commits.
+fn untraceable(
+    index: &Index,
+    read: &ReadFile<'_>,
+    declared: &crate::declared::Declared,
+    in_place: &InPlace,
+    change: &Change,
+) -> Option<String> {
+    if matches!(change.action, Action::Remove) {
+        let patched = overlay::patched_by(read, &in_place.key, declared);
+        return (!patched.is_empty()).then(|| {
+            format!(
+                "{} is patched by {}, and kustomize fails on a patch whose object is gone: delete it in git",
+                change.object_ref(),
+                patched.join(", ")
+            )
+        });
+    }
+    let documents = crate::declared::documents(&read(&declared.path)?);
+    let at = crate::declared::find_document(&documents, &in_place.key, &declared.written_name)?;
+    let siblings = index.rendered_with(&in_place.key, declared);
+    overlay::route(
+        &overlay::Routing {
+            read,
+            key: &in_place.key,
+            declared,
+            shared: index.declarations(&declared.path, declared.document),
+            siblings: &siblings,
+            base: &documents[at],
+            old: &in_place.old,
+            new: &in_place.new,
+        },
+        &in_place.ops,
+    )
+    .err()
 }
 
 /// A person's delete of a namespace or a definition, in a repository that declares

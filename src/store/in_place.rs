@@ -31,6 +31,31 @@ pub struct SharedIndex {
     pub settings: Settings,
     pub config: crate::config::InPlaceConfig,
     pub index: Arc<RwLock<Index>>,
+    /// The files of the tree the index describes, for the request path to read an
+    /// overlay's files with (`overlay: patch`).
+    pub tree: Arc<RwLock<TreeFiles>>,
+}
+
+/// A branch's files by path, and where to read them from.
+#[derive(Default)]
+pub struct TreeFiles {
+    git_dir: Option<std::path::PathBuf>,
+    entries: BTreeMap<String, ObjectId>,
+}
+
+impl TreeFiles {
+    /// A reader of the tree's files, which opens the repository the first time it
+    /// reads (a handle of this gix build stays on one thread).
+    pub fn reader(&self) -> impl Fn(&str) -> Option<Vec<u8>> + '_ {
+        let repo: std::cell::OnceCell<Option<gix::Repository>> = std::cell::OnceCell::new();
+        move |path: &str| {
+            let id = self.entries.get(path)?;
+            let repo = repo
+                .get_or_init(|| gix::open(self.git_dir.as_ref()?).ok())
+                .as_ref()?;
+            Some(repo.find_blob(*id).ok()?.detach().data)
+        }
+    }
 }
 
 impl std::fmt::Debug for SharedIndex {
@@ -63,6 +88,7 @@ impl SharedIndex {
             },
             config: config.clone(),
             index: Arc::default(),
+            tree: Arc::default(),
         }
     }
 }
@@ -135,10 +161,10 @@ fn blobs(repo: &gix::Repository, tree: ObjectId) -> Result<BTreeMap<String, Obje
         .collect())
 }
 
-/// The writer's copy of the tree the index describes: its files' blob ids.
+/// The writer's side of the tree the index describes: its files' blob ids live in
+/// `shared.tree`, which only the writer changes.
 pub(super) struct DeclaredTree {
     shared: SharedIndex,
-    entries: BTreeMap<String, ObjectId>,
 }
 
 impl DeclaredTree {
@@ -164,7 +190,11 @@ impl DeclaredTree {
             "indexed what the branch declares"
         );
         *shared.index.write().unwrap_or_else(|e| e.into_inner()) = index;
-        Ok(Self { shared, entries })
+        *shared.tree.write().unwrap_or_else(|e| e.into_inner()) = TreeFiles {
+            git_dir: Some(repo.git_dir().to_owned()),
+            entries,
+        };
+        Ok(Self { shared })
     }
 
     /// Brings the index from `old` to `new`, re-reading only the files that differ.
@@ -181,20 +211,25 @@ impl DeclaredTree {
             return;
         }
         let mut changed = Vec::with_capacity(changes.len());
-        for (path, entry) in changes {
-            match entry {
-                Some((EntryKind::Blob | EntryKind::BlobExecutable, id)) => {
-                    self.entries.insert(path.clone(), id);
+        {
+            let mut tree = self.shared.tree.write().unwrap_or_else(|e| e.into_inner());
+            for (path, entry) in changes {
+                match entry {
+                    Some((EntryKind::Blob | EntryKind::BlobExecutable, id)) => {
+                        tree.entries.insert(path.clone(), id);
+                    }
+                    _ => {
+                        tree.entries.remove(&path);
+                    }
                 }
-                _ => {
-                    self.entries.remove(&path);
-                }
+                changed.push(path);
             }
-            changed.push(path);
         }
+        // Read beside the request path, which only reads it too.
+        let tree = self.shared.tree.read().unwrap_or_else(|e| e.into_inner());
         let files = GitFiles {
             repo,
-            entries: &self.entries,
+            entries: &tree.entries,
         };
         let lock = &self.shared.index;
         let rebuild = lock
