@@ -58,9 +58,14 @@ impl AppState {
         match self.targets[target].store.declared() {
             Some(shared) => {
                 let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
-                let tree = shared.tree.read().unwrap_or_else(|e| e.into_inner());
-                let read = tree.reader();
-                manifest::plan_in_place(&index, &shared.config, change, write, Some(&read))
+                // Only `overlay: patch` reads the branch's files at admission.
+                let tree = (shared.config.overlay == crate::config::Overlay::Patch)
+                    .then(|| shared.tree.read().unwrap_or_else(|e| e.into_inner()));
+                let read = tree.as_ref().map(|tree| tree.reader());
+                let read = read
+                    .as_ref()
+                    .map(|read| read as &crate::declared::overlay::ReadFile<'_>);
+                manifest::plan_in_place(&index, &shared.config, change, write, read)
             }
             None => Placement::Canonical,
         }

@@ -51,7 +51,14 @@ impl TreeFiles {
         move |path: &str| {
             let id = self.entries.get(path)?;
             let repo = repo
-                .get_or_init(|| gix::open(self.git_dir.as_ref()?).ok())
+                .get_or_init(|| {
+                    let dir = self.git_dir.as_ref()?;
+                    super::open::open_repository(dir)
+                        .inspect_err(|error| {
+                            tracing::warn!(%error, "cannot open the repository to read an overlay's files; the store routes the edit when it commits")
+                        })
+                        .ok()
+                })
                 .as_ref()?;
             Some(repo.find_blob(*id).ok()?.detach().data)
         }
@@ -189,11 +196,17 @@ impl DeclaredTree {
             took_ms = started.elapsed().as_millis() as u64,
             "indexed what the branch declares"
         );
-        *shared.index.write().unwrap_or_else(|e| e.into_inner()) = index;
-        *shared.tree.write().unwrap_or_else(|e| e.into_inner()) = TreeFiles {
-            git_dir: Some(repo.git_dir().to_owned()),
-            entries,
-        };
+        {
+            // Both at once, in the request path's order (index, then tree): it never
+            // reads one tree's files with another tree's index.
+            let mut held = shared.index.write().unwrap_or_else(|e| e.into_inner());
+            let mut tree = shared.tree.write().unwrap_or_else(|e| e.into_inner());
+            *held = index;
+            *tree = TreeFiles {
+                git_dir: Some(repo.git_dir().to_owned()),
+                entries,
+            };
+        }
         Ok(Self { shared })
     }
 
@@ -210,46 +223,74 @@ impl DeclaredTree {
             }
             return;
         }
-        let mut changed = Vec::with_capacity(changes.len());
-        {
-            let mut tree = self.shared.tree.write().unwrap_or_else(|e| e.into_inner());
-            for (path, entry) in changes {
+        let changed: Vec<String> = changes.iter().map(|(path, _)| path.clone()).collect();
+        let apply = |entries: &mut BTreeMap<String, ObjectId>| {
+            for (path, entry) in &changes {
                 match entry {
                     Some((EntryKind::Blob | EntryKind::BlobExecutable, id)) => {
-                        tree.entries.insert(path.clone(), id);
+                        entries.insert(path.clone(), *id);
                     }
                     _ => {
-                        tree.entries.remove(&path);
+                        entries.remove(path);
                     }
                 }
-                changed.push(path);
             }
-        }
-        // Read beside the request path, which only reads it too.
-        let tree = self.shared.tree.read().unwrap_or_else(|e| e.into_inner());
-        let files = GitFiles {
-            repo,
-            entries: &tree.entries,
         };
+        // What the changed paths hold now: all the check below reads.
+        let mut now = BTreeMap::new();
+        apply(&mut now);
         let lock = &self.shared.index;
         let rebuild = lock
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .needs_rebuild(&files, &changed);
-        if rebuild {
-            // Built beside the one the request path reads, then swapped in: a
-            // whole build takes long enough to stall admission behind the lock.
-            let rebuilt = Index::build(&files, &self.shared.settings);
-            let old = std::mem::replace(
-                &mut *lock.write().unwrap_or_else(|e| e.into_inner()),
-                rebuilt,
+            .needs_rebuild(
+                &GitFiles {
+                    repo,
+                    entries: &now,
+                },
+                &changed,
             );
-            // Freed after the lock is released.
+        // The index and the files it describes change together, under the index's
+        // lock and then the tree's (the request path's order), so admission never
+        // routes an edit with one tree's index and another's files.
+        if rebuild {
+            // Built beside the pair the request path reads, then swapped in: a whole
+            // build takes long enough to stall admission behind the lock.
+            let mut entries = self
+                .shared
+                .tree
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .entries
+                .clone();
+            apply(&mut entries);
+            let rebuilt = Index::build(
+                &GitFiles {
+                    repo,
+                    entries: &entries,
+                },
+                &self.shared.settings,
+            );
+            let old = {
+                let mut index = lock.write().unwrap_or_else(|e| e.into_inner());
+                let mut tree = self.shared.tree.write().unwrap_or_else(|e| e.into_inner());
+                (
+                    std::mem::replace(&mut *index, rebuilt),
+                    std::mem::replace(&mut tree.entries, entries),
+                )
+            };
+            // Freed after the locks are released.
             drop(old);
         } else {
             // One file's entries: microseconds.
-            lock.write().unwrap_or_else(|e| e.into_inner()).update(
-                &files,
+            let mut index = lock.write().unwrap_or_else(|e| e.into_inner());
+            let mut tree = self.shared.tree.write().unwrap_or_else(|e| e.into_inner());
+            apply(&mut tree.entries);
+            index.update(
+                &GitFiles {
+                    repo,
+                    entries: &tree.entries,
+                },
                 &changed,
                 &self.shared.settings,
             );
