@@ -368,11 +368,7 @@ fn claim(w: &Routing<'_>, source: &Source, names: &[&str], op: &Op, substituted:
                             ) != Some(false)
                     });
                     if let Some((other, _)) = also {
-                        if patch
-                            .documents
-                            .iter()
-                            .any(|doc| !matches!(reach(doc, path), Reach::No))
-                        {
+                        if patch.touches(path) {
                             return Claim::Refuse(format!(
                                 "a patch in {} that applies to {} too",
                                 patch.told_in,
@@ -382,13 +378,9 @@ fn claim(w: &Routing<'_>, source: &Source, names: &[&str], op: &Op, substituted:
                     }
                 }
                 None => {
-                    if patch
-                        .documents
-                        .iter()
-                        .any(|doc| !matches!(reach(doc, path), Reach::No))
-                    {
+                    if patch.touches(path) {
                         return Claim::Refuse(format!(
-                            "a patch in {} that selects objects by label or annotation",
+                            "a patch in {} whose target kubescribe cannot match (by labels, annotations, a namespace or a version)",
                             source.file
                         ));
                     }
@@ -647,6 +639,15 @@ struct Patch {
     target: Option<Value>,
     json6902: bool,
     documents: Vec<Value>,
+}
+
+impl Patch {
+    /// Whether one of its documents says anything at `path`.
+    fn touches(&self, path: &[Step]) -> bool {
+        self.documents
+            .iter()
+            .any(|doc| !matches!(reach(doc, path), Reach::No))
+    }
 }
 
 /// Every patch `source` applies, in order.
