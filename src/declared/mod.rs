@@ -247,6 +247,9 @@ struct Upkeep {
     not_objects: HashSet<String>,
     /// Files that hold a Flux Kustomization or an Argo CD Application.
     tools: HashSet<String>,
+    /// Directories a GitOps tool points at that the tree does not have (yet): a
+    /// file added under one is read with the tool's context only after a build.
+    missing_roots: HashSet<String>,
 }
 
 impl Index {
@@ -343,6 +346,10 @@ impl Index {
                 || name == "Chart.yaml"
                 || upkeep.tools.contains(path)
                 || upkeep.not_objects.contains(path)
+                || upkeep
+                    .missing_roots
+                    .iter()
+                    .any(|dir| dir.is_empty() || path.starts_with(&format!("{dir}/")))
                 || files.read(path).is_some_and(|bytes| declares_tool(&bytes))
         })
     }
@@ -1062,6 +1069,8 @@ impl<'a> Builder<'a> {
                 context.ours = ours;
                 if self.has_dir(&dir) {
                     roots.push((dir, context));
+                } else {
+                    self.index.upkeep.missing_roots.insert(dir);
                 }
             }
         }
@@ -1835,6 +1844,25 @@ mod tests {
             .collect();
         all.sort();
         all
+    }
+
+    #[test]
+    fn a_file_in_a_directory_a_tool_points_at_before_it_exists_is_read_with_its_context() {
+        let before = tree(&[(
+            "clusters/prod.yaml",
+            "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata:\n  name: apps\n  namespace: flux-system\nspec:\n  path: ./apps\n  targetNamespace: apps\n",
+        )]);
+        let settings = Settings::default();
+        let mut index = Index::build(&before, &settings);
+        let mut after = before.clone();
+        after.insert(
+            "apps/web.yaml".into(),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n".to_vec(),
+        );
+        let changed = vec!["apps/web.yaml".to_owned()];
+        assert!(index.needs_rebuild(&after, &changed));
+        index.update(&after, &changed, &settings);
+        found(&index, &key("", "ConfigMap", Some("apps"), "web"));
     }
 
     #[test]
