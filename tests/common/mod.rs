@@ -7,6 +7,7 @@
 )]
 
 pub mod apiserver;
+pub mod forge;
 pub mod gitops;
 pub mod helm;
 pub mod remotes;
