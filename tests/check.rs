@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::gitops::{real_repository, seeded_files, OVERLAID};
+use common::gitops::{overlaid_with_json_patch, real_repository, seeded_files, OVERLAID};
 use common::{fixtures, warnings, TestServer};
 use kubescribe::check::{self, CheckArgs, CheckOperation, OutputFormat};
 use serde_json::Value;
@@ -723,19 +723,7 @@ spec:
 #[test]
 fn with_overlay_patch_check_repo_says_what_the_store_would_refuse() {
     // An inline JSON patch sets the replicas: the store would not guess.
-    let mut files = OVERLAID.to_vec();
-    files[2].1 = "namespace: prod
-resources:
-  - ../../base
-patches:
-  - target:
-      kind: Deployment
-      name: web
-    patch: |-
-      - op: replace
-        path: /spec/replicas
-        value: 2
-";
+    let files = overlaid_with_json_patch();
     let (dir, _) = seeded_files(&files);
     let config = dir.path().join("config.yaml");
     std::fs::write(

@@ -1035,20 +1035,7 @@ async fn with_overlay_patch_each_field_is_edited_where_the_overlay_sets_it() {
 async fn with_overlay_patch_what_cannot_be_traced_is_refused_and_named() {
     // An inline JSON patch sets the replicas; the delete of a patched object would
     // leave its patch without an object, which kustomize refuses to build.
-    let mut files = common::gitops::OVERLAID.to_vec();
-    files[2].1 = "namespace: prod
-resources:
-  - ../../base
-patches:
-  - path: resources.yaml
-  - target:
-      kind: Deployment
-      name: web
-    patch: |-
-      - op: replace
-        path: /spec/replicas
-        value: 2
-";
+    let files = common::gitops::overlaid_with_json_patch();
     let (dir, repo) = common::gitops::seeded_files(&files);
     let server = TestServer::start_in(dir, &config(&repo, "patch")).await;
     let checkout_dir = server.dir.path().join("before");

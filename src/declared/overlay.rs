@@ -164,10 +164,23 @@ pub fn route(w: &Routing<'_>, ops: &[Op]) -> Result<Routed, String> {
     Ok(routed)
 }
 
-/// The files of patches that select `key` (rendered from `declared`): kustomize
-/// fails on a patch whose object is gone, so a delete of a patched object is the
-/// person's to make in git.
-pub fn patched_by(read: &ReadFile<'_>, key: &Key, declared: &Declared) -> Vec<String> {
+/// Why a delete of `key` (rendered from `declared`) is the person's to make in git,
+/// if it is: kustomize fails on a patch, or a `replicas:` entry, whose object is gone.
+pub fn delete_refusal(read: &ReadFile<'_>, key: &Key, declared: &Declared) -> Option<String> {
+    let patched = patched_by(read, key, declared);
+    (!patched.is_empty()).then(|| {
+        format!(
+            "{} is patched by {}, and kustomize fails on a patch whose object is gone: delete it in git",
+            key.namespace
+                .as_ref()
+                .map_or_else(|| key.name.clone(), |ns| format!("{ns}/{}", key.name)),
+            patched.join(", ")
+        )
+    })
+}
+
+/// The files of patches that select `key` (rendered from `declared`).
+fn patched_by(read: &ReadFile<'_>, key: &Key, declared: &Declared) -> Vec<String> {
     let names = [key.name.as_str(), declared.written_name.as_str()];
     let mut files = Vec::new();
     for place in &declared.transformed_by {

@@ -250,14 +250,7 @@ fn untraceable(
     change: &Change,
 ) -> Option<String> {
     if matches!(change.action, Action::Remove) {
-        let patched = overlay::patched_by(read, &in_place.key, declared);
-        return (!patched.is_empty()).then(|| {
-            format!(
-                "{} is patched by {}, and kustomize fails on a patch whose object is gone: delete it in git",
-                change.object_ref(),
-                patched.join(", ")
-            )
-        });
+        return overlay::delete_refusal(read, &in_place.key, declared);
     }
     let documents = crate::declared::documents(&read(&declared.path)?);
     let at = crate::declared::find_document(&documents, &in_place.key, &declared.written_name)?;

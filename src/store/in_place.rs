@@ -456,13 +456,10 @@ impl Writer {
         {
             let read = |file: &str| self.read_file(tree, file);
             if matches!(change.action, Action::Remove) {
-                let patched = crate::declared::overlay::patched_by(&read, &in_place.key, declared);
-                if !patched.is_empty() {
-                    return refused(format!(
-                        "{} is patched by {}, and kustomize fails on a patch whose object is gone: delete it in git",
-                        change.object_ref(),
-                        patched.join(", ")
-                    ));
+                if let Some(reason) =
+                    crate::declared::overlay::delete_refusal(&read, &in_place.key, declared)
+                {
+                    return refused(reason);
                 }
             } else {
                 let routed = match crate::declared::overlay::route(

@@ -197,3 +197,23 @@ spec:
 ",
     ),
 ];
+
+/// [`OVERLAID`] whose overlay also sets the replicas with an inline JSON 6902
+/// patch: a field kubescribe cannot trace to a file it edits.
+pub fn overlaid_with_json_patch() -> Vec<(&'static str, &'static str)> {
+    let mut files = OVERLAID.to_vec();
+    files[2].1 = "namespace: prod
+resources:
+  - ../../base
+patches:
+  - path: resources.yaml
+  - target:
+      kind: Deployment
+      name: web
+    patch: |-
+      - op: replace
+        path: /spec/replicas
+        value: 2
+";
+    files
+}

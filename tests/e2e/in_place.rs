@@ -13,16 +13,9 @@ use crate::envtest::scribe::{file_at, git};
 use crate::envtest::{ControlPlane, Kubescribe, ALICE};
 use serde_json::Value;
 
+/// kubectl as alice; fails the test if kubectl does.
 fn ok(scribe: &Kubescribe, args: &[&str]) -> String {
-    let out = scribe.kubectl(ALICE, args, None);
-    assert!(
-        out.status.success(),
-        "kubectl {} failed: {}\nkubescribe log:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr),
-        scribe.log()
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    crate::kubectl::ok(scribe, ALICE, args, None)
 }
 
 fn commits(repo: &Path) -> usize {

@@ -18,7 +18,7 @@ fn author_of(scribe: &Kubescribe, path: &str) -> String {
         .to_owned()
 }
 
-fn ok(
+pub(crate) fn ok(
     scribe: &Kubescribe,
     user: crate::envtest::plane::User,
     args: &[&str],
