@@ -99,7 +99,8 @@ pub struct CheckResult {
     pub allowed: bool,
     pub message: Option<String>,
     pub warnings: Vec<String>,
-    /// queued (would be recorded), skipped, dry_run, denied, unrecorded.
+    /// queued (would be recorded), proposed (would be proposed in a pull request),
+    /// skipped, dry_run, denied, unrecorded.
     pub decision: String,
     pub rule: Option<String>,
     /// The file in the repository the write is recorded in.
@@ -951,12 +952,22 @@ fn result(
         .filter(|r| r.then == crate::config::Then::Deny)
     {
         // The webhook records and pushes first; its denial then names the pushed
-        // commit, which only the live server knows.
+        // commit (or the pull request), which only the live server knows.
         verdict.allowed = false;
-        verdict.message = Some(format!(
-            "kubescribe would record {} and push it, then refuse the write: this cluster changes only through GitOps",
-            recording.change.path
-        ));
+        verdict.message = Some(if recording.review {
+            format!(
+                "kubescribe would propose {} in a pull request, then refuse the write: this cluster changes only through GitOps, which applies it once the pull request is merged",
+                recording.change.path
+            )
+        } else {
+            format!(
+                "kubescribe would record {} and push it, then refuse the write: this cluster changes only through GitOps",
+                recording.change.path
+            )
+        });
+        if recording.review {
+            verdict.label = crate::metrics::DecisionLabel::Proposed;
+        }
     }
     let patch = match (repos, &verdict.path, verdict.target) {
         (Some(repos), Some(path), Some(target)) if verdict.allowed => {

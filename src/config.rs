@@ -657,6 +657,101 @@ pub struct Rule {
     /// When the commit is made: at admission (`immediate`), or once the watch shows
     /// the object as admitted (`confirmed`).
     pub record: Record,
+    /// Propose the rule's writes as pull requests (merge requests on GitLab) against
+    /// the repository's branch instead of committing them to it. Needs `wait: push`
+    /// and `then: deny`: the cluster changes once the pull request is merged.
+    pub review: Option<ReviewConfig>,
+}
+
+/// A rule's reviews: where pull requests are opened and how writes are grouped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReviewConfig {
+    pub forge: Forge,
+    /// The forge's API root: `https://api.github.com`, `https://gitea.example.com/api/v1`,
+    /// `https://gitlab.example.com/api/v4`.
+    pub api: String,
+    /// `owner/repository` on GitHub and Gitea; the project's path (`group/project`)
+    /// or numeric id on GitLab.
+    pub project: String,
+    /// A file holding the API token (a GitHub personal or installation token, a
+    /// Gitea or GitLab access token). Read at every call, so a rotated Secret is
+    /// used without a restart.
+    pub token_file: PathBuf,
+    /// A CA bundle to trust for the API, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The review branch's name: `{user}` (the Kubernetes user, made safe for a
+    /// ref name), `{id}` (the first 8 characters of the admission uid; `session`
+    /// with `group: session`), `{branch}` (the rule's branch).
+    #[serde(default = "default_review_branch")]
+    pub branch: String,
+    #[serde(default)]
+    pub group: Grouping,
+    /// How a GitLab merge request is opened: by the API, or by the push itself
+    /// with git push options (`merge_request.create`).
+    #[serde(default)]
+    pub open_with: OpenWith,
+    /// Delete the branch of a pull request closed without merging (kubescribe only
+    /// ever deletes branches it created).
+    #[serde(default = "default_true")]
+    pub delete_closed_branches: bool,
+    /// How often open reviews are looked at (with conditional requests).
+    #[serde(default = "default_poll_interval", with = "duration_str")]
+    pub poll_interval: std::time::Duration,
+    /// The longest one API call may take.
+    #[serde(default = "default_api_timeout", with = "duration_str")]
+    pub timeout: std::time::Duration,
+}
+
+fn default_review_branch() -> String {
+    "kubescribe/{user}/{id}".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_poll_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_api_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+/// Which forge's API a review talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Forge {
+    /// GitHub and GitHub Enterprise Server.
+    Github,
+    /// Gitea and Forgejo.
+    Gitea,
+    Gitlab,
+}
+
+/// Which writes share a pull request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Grouping {
+    /// One pull request per write.
+    #[default]
+    Write,
+    /// One open pull request per user and rule; later writes add commits to it
+    /// until it is merged or closed.
+    Session,
+}
+
+/// How a merge request is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum OpenWith {
+    #[default]
+    Api,
+    /// GitLab only: `git push -o merge_request.create ...`; the API is then only
+    /// read.
+    PushOptions,
 }
 
 /// When a rule's commit is made.
@@ -686,6 +781,7 @@ impl Default for Rule {
             repository: None,
             prune: Prune::Never,
             record: Record::Immediate,
+            review: None,
         }
     }
 }
@@ -720,6 +816,45 @@ pub enum Then {
     #[default]
     Allow,
     Deny,
+}
+
+fn validate_review(rule: &Rule, review: &ReviewConfig, branch: &str) -> Result<(), String> {
+    if rule.wait != Wait::Push || rule.then != Then::Deny || rule.record != Record::Immediate {
+        return Err("needs `wait: push` and `then: deny`: the write is proposed, and the cluster changes once the pull request is merged".to_owned());
+    }
+    if review.open_with == OpenWith::PushOptions && review.forge != Forge::Gitlab {
+        return Err("`openWith: pushOptions` is GitLab's; GitHub and Gitea open pull requests through the API".to_owned());
+    }
+    if !(review.api.starts_with("https://") || review.api.starts_with("http://")) {
+        return Err(format!("api {:?} must be an http(s) URL", review.api));
+    }
+    let project = review.project.split('/').filter(|p| !p.is_empty()).count();
+    if review.forge != Forge::Gitlab && project != 2 {
+        return Err(format!(
+            "project {:?} must be `owner/repository`",
+            review.project
+        ));
+    }
+    if project == 0 {
+        return Err("project is empty".to_owned());
+    }
+    if review.poll_interval < std::time::Duration::from_secs(1) || review.timeout.is_zero() {
+        return Err("pollInterval must be at least 1s and timeout more than 0".to_owned());
+    }
+    let sample = crate::review::branch_name(&review.branch, "user", "0a1b2c3d", branch)?;
+    if sample == branch {
+        return Err(format!(
+            "branch {:?} is the rule's own branch; review branches need their own names",
+            review.branch
+        ));
+    }
+    if review.group == Grouping::Write && !review.branch.contains("{id}") {
+        return Err(format!(
+            "branch {:?} needs `{{id}}` with `group: write`, so each write gets its own branch",
+            review.branch
+        ));
+    }
+    Ok(())
 }
 
 /// The name of the default repository (the `repository` section).
@@ -906,8 +1041,21 @@ impl Config {
                     rule.name, target.name
                 )));
             }
+            if let Some(review) = &rule.review {
+                validate_review(rule, review, &target.repository.branch).map_err(|e| {
+                    ConfigError::Invalid(format!("rule {:?}: review: {e}", rule.name))
+                })?;
+            }
         }
         Ok(())
+    }
+
+    /// The rule named `name`'s review settings, if it has any.
+    pub fn review(&self, rule: &str) -> Option<&ReviewConfig> {
+        self.rules
+            .iter()
+            .find(|r| r.name == rule)
+            .and_then(|r| r.review.as_ref())
     }
 
     /// The default repository's local path.

@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod policy;
 pub mod push;
 pub mod reconcile;
+pub mod review;
 pub mod serve;
 pub mod store;
 pub mod tls;

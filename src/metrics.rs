@@ -39,6 +39,8 @@ pub enum DecisionLabel {
     GitOps,
     /// Noted, to be committed once the watch shows it (`record: confirmed`).
     Noted,
+    /// Proposed in a pull request, then denied until it is merged (`review`).
+    Proposed,
 }
 
 /// Label values are the snake_case of the variant, as Prometheus users expect.
@@ -73,6 +75,7 @@ snake_case_label!(DecisionLabel {
     Mutate => "mutate",
     Pushed => "pushed",
     GitOps => "gitops",
+    Proposed => "proposed",
 });
 snake_case_label!(EndpointLabel { Validate => "validate", Mutate => "mutate" });
 
@@ -155,6 +158,66 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub store_errors: Family<ErrorLabels, Counter>,
     pub reconcile: ReconcileMetrics,
+    pub reviews: ReviewMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleOutcomeLabels {
+    pub rule: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleReasonLabels {
+    pub rule: String,
+    pub reason: &'static str,
+}
+
+/// Pull requests a rule's `review` opened and what became of them (issue 16).
+#[derive(Default)]
+pub struct ReviewMetrics {
+    pub open: Family<RuleLabels, Gauge>,
+    pub oldest_seconds: Family<RuleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub conflicting: Family<RuleLabels, Gauge>,
+    /// `opened`, `updated` (a session's later write), `merged`, `closed`.
+    pub outcomes: Family<RuleOutcomeLabels, Counter>,
+    pub api_errors: Family<RuleReasonLabels, Counter>,
+}
+
+impl ReviewMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("reviews");
+        r.register(
+            "open",
+            "Open pull requests kubescribe proposed",
+            self.open.clone(),
+        );
+        r.register(
+            "oldest_age_seconds",
+            "Age of the oldest open pull request, as of the last poll",
+            self.oldest_seconds.clone(),
+        );
+        r.register(
+            "conflicting",
+            "Open pull requests the forge says cannot merge cleanly",
+            self.conflicting.clone(),
+        );
+        r.register(
+            "outcomes",
+            "Pull requests opened, updated by a session's later write, merged, and closed without merging",
+            self.outcomes.clone(),
+        );
+        r.register(
+            "api_errors",
+            "Forge API calls that failed, by reason: auth, not_found, rate_limited, unavailable, refused, credentials, invalid",
+            self.api_errors.clone(),
+        );
+    }
 }
 
 /// The reconciler's progress (issue #6).
@@ -377,7 +440,10 @@ impl Metrics {
         );
         let reconcile = ReconcileMetrics::default();
         reconcile.register(&mut registry);
+        let reviews = ReviewMetrics::default();
+        reviews.register(&mut registry);
         Self {
+            reviews,
             connections_open,
             requests_in_flight,
             overload_refused,

@@ -223,6 +223,13 @@ impl Policy {
     }
 
     /// Whether some rule says `prune: always`.
+    /// Whether rule `rule` proposes its writes in pull requests.
+    pub fn reviews(&self, rule: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|(r, _)| r.name == rule && r.review.is_some())
+    }
+
     pub fn prunes(&self) -> bool {
         self.rules
             .iter()

@@ -49,6 +49,8 @@ pub struct Server {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
     writers: Vec<WriterThread>,
     pushers: Vec<PusherTask>,
+    /// The reviewers' trackers (see [`crate::review`]).
+    reviews: Vec<tokio::task::JoinHandle<()>>,
     reconcilers: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// The plain-HTTP listener of `server.metricsListen`.
     probes: Option<tokio::task::JoinHandle<()>>,
@@ -95,6 +97,7 @@ impl Server {
         let mut writers = Vec::new();
         let mut pushers = Vec::new();
         let mut clean_control_plane = Vec::new();
+        let mut remotes = Vec::new();
         for target in config.targets() {
             let layout = Layout::new(&target.repository.root, &target.repository.path_template)
                 .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -137,6 +140,7 @@ impl Server {
                         crate::store::started_empty(&target.path, branch, remote_url)
                     }),
             );
+            remotes.push(remote.clone());
             let settings = StoreSettings::from_config(config, &target);
             let outbox = settings.outbox.clone();
             let (store, writer) = StoreHandle::open(settings, metrics.clone())?;
@@ -165,8 +169,10 @@ impl Server {
             });
         }
 
+        let (reviews, review_tasks) = start_reviews(config, &targets, &remotes, &metrics)?;
         let metrics_handle = metrics.clone();
         let state = Arc::new(AppState {
+            reviews,
             policy: Policy::new(config),
             confirmations: config.reconcile.enabled.then(|| {
                 Arc::new(crate::reconcile::Confirmations::new(
@@ -351,6 +357,7 @@ impl Server {
             task,
             writers,
             pushers,
+            reviews: review_tasks,
             reconcilers,
             probes: probes_task,
             dev_ca,
@@ -392,6 +399,11 @@ impl Server {
                 task.abort();
                 let _ = task.await;
             }
+        }
+        // The trackers hold store handles too.
+        for task in self.reviews {
+            task.abort();
+            let _ = task.await;
         }
         let writers = self.writers;
         let _ = tokio::task::spawn_blocking(move || {
@@ -449,6 +461,54 @@ const H2_STREAM_WINDOW: u32 = 256 * 1024;
 /// commits that leave the machine for a remote (every `then: deny` rule has one) are
 /// what a GitOps tool applies, with its own, usually cluster-admin, rights, so anyone
 /// who can reach the port could otherwise change the cluster under any name.
+/// A reviewer for every rule with `review`, each following its open reviews in a
+/// task of its own.
+#[allow(clippy::type_complexity)]
+fn start_reviews(
+    config: &Config,
+    targets: &[TargetState],
+    remotes: &[Option<Remote>],
+    metrics: &Arc<Metrics>,
+) -> Result<
+    (
+        Vec<Arc<crate::review::Reviewer>>,
+        Vec<tokio::task::JoinHandle<()>>,
+    ),
+    ServeError,
+> {
+    let names: Vec<String> = config.targets().into_iter().map(|t| t.name).collect();
+    let (mut reviewers, mut tasks) = (Vec::new(), Vec::new());
+    for rule in &config.rules {
+        let Some(review) = &rule.review else {
+            continue;
+        };
+        let name = rule
+            .repository
+            .as_deref()
+            .unwrap_or(crate::config::DEFAULT_REPOSITORY);
+        let index = names.iter().position(|n| n == name).unwrap_or(0);
+        // The config requires `wait: push`, so the repository has a remote.
+        let Some(remote) = remotes[index].clone() else {
+            return Err(ServeError::Config(format!(
+                "rule {:?}: review needs a remote on its repository",
+                rule.name
+            )));
+        };
+        let reviewer = crate::review::Reviewer::new(
+            rule.name.clone(),
+            review.clone(),
+            remote,
+            targets[index].store.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| ServeError::Config(format!("rule {:?}: review: {e}", rule.name)))?;
+        let reviewer = Arc::new(reviewer);
+        tasks.push(reviewer.clone().spawn());
+        reviewers.push(reviewer);
+    }
+    Ok((reviewers, tasks))
+}
+
 fn check_callers_are_authenticated(config: &Config) -> Result<(), ServeError> {
     let auth = &config.server.client_auth;
     let Some(why) = config.targets().iter().find_map(|t| {

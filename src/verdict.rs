@@ -43,6 +43,9 @@ pub struct Recording {
     pub require_recording: RailMode,
     /// `confirmed`: only noted now, committed once the watch shows it.
     pub record: crate::config::Record,
+    /// Proposed in a pull request instead of committed to the branch (the rule's
+    /// `review`).
+    pub review: bool,
 }
 
 /// The text of a denial for the first enforced finding.
@@ -96,6 +99,10 @@ pub fn evaluate<'a>(
     }
     verdict.findings = findings;
 
+    let review = verdict
+        .rule
+        .as_deref()
+        .is_some_and(|rule| policy.reviews(rule));
     let (wait, then, target, record) = match decision {
         Decision::Skip(reason) => {
             if write.dry_run {
@@ -210,7 +217,12 @@ pub fn evaluate<'a>(
     };
     if write.dry_run {
         verdict.label = DecisionLabel::DryRun;
-        if then == Then::Deny {
+        if review {
+            verdict.allowed = false;
+            verdict.message = Some(format!(
+                "kubescribe: dry run: would propose {path}{cascade} in a pull request; this cluster changes only through GitOps, so the write itself would be refused, and applied once the pull request is merged"
+            ));
+        } else if then == Then::Deny {
             verdict.allowed = false;
             verdict.message = Some(format!(
                 "kubescribe: dry run: would record {path}{cascade} and push it; this cluster changes only through GitOps, so the write itself would be refused"
@@ -237,6 +249,7 @@ pub fn evaluate<'a>(
         target,
         require_recording,
         record,
+        review,
     });
     verdict
 }

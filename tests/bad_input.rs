@@ -106,6 +106,7 @@ async fn oversized_bodies_get_413_with_a_message() {
             store,
             push: None,
         }],
+        reviews: Vec::new(),
         metrics,
         ready: true.into(),
         max_body_bytes: config.server.max_body_bytes,

@@ -21,6 +21,7 @@ use crate::metrics::{
 };
 use crate::policy::{Policy, Write};
 use crate::push::{Denial, PushHandle, Pushed};
+use crate::review::Proposal;
 use crate::store::{Outcome, PushReceipt, Receipt, StoreError, StoreHandle};
 
 /// One repository (and branch) writes are recorded to.
@@ -43,6 +44,8 @@ pub struct AppState {
     pub annotate: bool,
     /// In the order of [`crate::config::Config::targets`]: the default first.
     pub targets: Vec<TargetState>,
+    /// One per rule with `review`.
+    pub reviews: Vec<Arc<crate::review::Reviewer>>,
     pub metrics: Arc<Metrics>,
     /// Set once the repository is open and the certificate loaded.
     pub ready: AtomicBool,
@@ -407,6 +410,7 @@ async fn answer(
     for warning in verdict.warnings {
         warn(&mut response, warning);
     }
+    let rule = verdict.rule;
     let Some(recording) = verdict.record else {
         if !verdict.findings.is_empty() {
             tracing::info!(findings = ?verdict.findings, "guard rails");
@@ -429,7 +433,11 @@ async fn answer(
         target,
         require_recording,
         record,
+        review,
     } = recording;
+    if review {
+        return propose(state, write, change, rule.as_deref(), response, deadline).await;
+    }
     let target_index = target;
     let target = &state.targets[target];
     let path = change.path.clone();
@@ -662,6 +670,90 @@ async fn cascade_warning(
 
 /// How long the answer may spend listing what a delete takes out of git.
 const CASCADE_LOOKUP_MAX: Duration = Duration::from_secs(1);
+
+/// A write under a `review` rule: proposed in a pull request, and denied with its
+/// URL (see [`crate::review`]). The proposal runs on its own task, so a slow forge
+/// finishes it after the answer instead of leaving half of it.
+async fn propose(
+    state: &AppState,
+    write: &Write,
+    change: manifest::Change,
+    rule: Option<&str>,
+    mut response: AdmissionResponse,
+    deadline: Deadline,
+) -> (AdmissionResponse, DecisionLabel) {
+    let Some(reviewer) = state
+        .reviews
+        .iter()
+        .find(|r| Some(r.rule()) == rule)
+        .cloned()
+    else {
+        let message = "kubescribe: this write's rule proposes pull requests, but its reviewer is not running, so the write was not applied; see kubescribe's logs".to_owned();
+        return (response.deny(message), DecisionLabel::Denied);
+    };
+    let path = change.path.to_string();
+    for (user, url) in reviewer.others_on(&path, &write.user) {
+        warn(
+            &mut response,
+            format!("kubescribe: {path} is also changed by an open pull request of {user}: {url}; the second one merged may conflict"),
+        );
+    }
+    let branch = reviewer.branch_of(write);
+    let warnings = response.warnings.clone().unwrap_or_default();
+    let task =
+        tokio::spawn(reviewer.propose(Arc::new(write.clone()), change, warnings, deadline.soft));
+    let gitops = "this cluster changes only through GitOps, so the write is not applied now; your GitOps tool applies it once the pull request is merged";
+    let (message, label) = match tokio::time::timeout_at(deadline.hard.into(), task).await {
+        Ok(Ok(Ok(Proposal::Opened {
+            url,
+            branch,
+            commit,
+            added,
+        }))) => {
+            let what = if added {
+                "added this change to your open pull request"
+            } else {
+                "proposed this change in the pull request"
+            };
+            (
+                format!(
+                    "kubescribe {what} {url} (branch {branch}, commit {}); {gitops}",
+                    commit.to_hex_with_len(12)
+                ),
+                DecisionLabel::Proposed,
+            )
+        }
+        Ok(Ok(Ok(Proposal::Unchanged { url }))) => (
+            match url {
+                Some(url) => format!("kubescribe: your open pull request {url} already has this change; {gitops}"),
+                None => format!("kubescribe: git already has {path} as written, so there is nothing to propose; this cluster changes only through GitOps, so the write is not applied directly"),
+            },
+            DecisionLabel::Unchanged,
+        ),
+        Ok(Ok(Err(error))) => {
+            tracing::error!(%error, %branch, "cannot propose the write");
+            (
+                format!("kubescribe could not propose this change for review, so it was not applied: {error}"),
+                DecisionLabel::Denied,
+            )
+        }
+        Ok(Err(panic)) => {
+            tracing::error!(error = %panic, %branch, "proposing the write failed");
+            (
+                "kubescribe could not propose this change for review (an internal error; see kubescribe's logs), so it was not applied; retry the write".to_owned(),
+                DecisionLabel::Denied,
+            )
+        }
+        Err(_) => {
+            tracing::warn!(%branch, "still proposing at the deadline");
+            (
+                format!("kubescribe was still proposing this change on branch {branch} at the apiserver's deadline, so it was not applied; a pull request from that branch appears once the forge answers (if none does, retry the write)"),
+                DecisionLabel::Denied,
+            )
+        }
+    };
+    (response.deny(message), label)
+}
 
 /// The denial of a write `requireRecording: enforce` needs recorded, and cannot be
 /// (`error` says why and what to do).

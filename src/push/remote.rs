@@ -101,6 +101,58 @@ impl Remote {
         Err(self.classify(&output, true))
     }
 
+    /// Pushes `commit` to branch `branch` (a review branch), which the remote must
+    /// have at `expect` (`None`: must not have at all): a compare-and-swap, so a
+    /// branch someone else made or moved is never overwritten. `options` go to the
+    /// server as push options (`git push -o`). A stale `expect` is a
+    /// [`PushError::Conflict`].
+    pub async fn push_branch(
+        &self,
+        commit: ObjectId,
+        branch: &str,
+        expect: Option<ObjectId>,
+        options: &[String],
+    ) -> Result<(), PushError> {
+        let lease = format!(
+            "--force-with-lease=refs/heads/{branch}:{}",
+            expect.map(|e| e.to_string()).unwrap_or_default()
+        );
+        let refspec = format!("{commit}:refs/heads/{branch}");
+        let mut args = vec!["push", "--porcelain", "--quiet", lease.as_str()];
+        for option in options {
+            args.extend(["-o", option.as_str()]);
+        }
+        args.extend(["--", &self.config.url, &refspec]);
+        let output = self.run(&args).await?;
+        if output.success {
+            return Ok(());
+        }
+        Err(self.classify(&output, true))
+    }
+
+    /// Deletes branch `branch` on the remote if it is still at `at`; a branch that
+    /// is gone already is fine.
+    pub async fn delete_branch(&self, branch: &str, at: ObjectId) -> Result<(), PushError> {
+        let lease = format!("--force-with-lease=refs/heads/{branch}:{at}");
+        let refspec = format!(":refs/heads/{branch}");
+        let output = self
+            .run(&[
+                "push",
+                "--porcelain",
+                "--quiet",
+                &lease,
+                "--",
+                &self.config.url,
+                &refspec,
+            ])
+            .await?;
+        let text = format!("{}{}", output.stdout, output.stderr);
+        if output.success || text.contains("remote ref does not exist") {
+            return Ok(());
+        }
+        Err(self.classify(&output, true))
+    }
+
     /// Fetches the remote branch into the tracking ref; `None` when the remote has no
     /// such branch yet (an empty remote).
     pub async fn fetch(&self) -> Result<Option<ObjectId>, PushError> {
@@ -141,6 +193,20 @@ impl Remote {
             .parse::<ObjectId>()
             .ok()
             .filter(|_| output.success))
+    }
+
+    /// Runs git on the local repository only and returns what it printed, or why
+    /// it failed.
+    pub(crate) async fn read_local(&self, args: &[&str]) -> Result<String, PushError> {
+        let output = self.local(args).await?;
+        if output.success {
+            Ok(output.stdout)
+        } else {
+            Err(PushError::Other {
+                remote: self.display_url(),
+                detail: summary(&output.stderr, &output.stdout),
+            })
+        }
     }
 
     /// Runs a git command on the local repository only (no credentials needed).

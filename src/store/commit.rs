@@ -109,6 +109,16 @@ impl Writer {
         &self,
         jobs: &[Job],
     ) -> Result<(Vec<Outcome>, Option<ObjectId>, ObjectId), StoreError> {
+        self.apply_on(jobs, self.tip, self.tree)
+    }
+
+    /// [`Self::apply`] on top of commit `tip` with tree `tree` (a review branch's).
+    pub(super) fn apply_on(
+        &self,
+        jobs: &[Job],
+        tip: Option<ObjectId>,
+        tree: ObjectId,
+    ) -> Result<(Vec<Outcome>, Option<ObjectId>, ObjectId), StoreError> {
         let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
             reason: e.to_string(),
         };
@@ -116,18 +126,17 @@ impl Writer {
         // gix's high-level editor checks that every entry of every tree it writes
         // exists, across every pack: that is O(entries × packs) per commit. Our entries
         // are blobs and trees we just wrote or read, so the plain editor does.
-        let root: gix::objs::Tree = if self.tree.is_empty_tree() {
+        let root: gix::objs::Tree = if tree.is_empty_tree() {
             gix::objs::Tree::empty()
         } else {
-            repo.find_tree(self.tree)
+            repo.find_tree(tree)
                 .and_then(|t| t.decode().map(Into::into))
                 .map_err(|e| write_error(&e))?
         };
         let objects = &repo.objects;
         let mut editor = gix::objs::tree::Editor::new(root, objects, repo.object_hash());
         let mut write_tree = |tree: &gix::objs::Tree| gix::objs::Write::write(objects, tree);
-        let mut tip = self.tip;
-        let mut tree = self.tree;
+        let (mut tip, mut tree) = (tip, tree);
         let mut outcomes = Vec::with_capacity(jobs.len());
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

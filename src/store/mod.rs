@@ -35,7 +35,10 @@ mod pack;
 mod recovery;
 mod replay;
 mod revert;
+mod review;
 mod writer;
+
+pub use review::Proposed;
 
 pub(crate) use outgoing::{Outgoing, PackSource};
 
@@ -193,6 +196,15 @@ enum Control {
     Pushed { commit: ObjectId },
     /// A write denied after its commit was made (its push did not land in time).
     Revert(Box<PendingRevert>),
+    /// Commit a change on a review branch (see [`review`]).
+    Propose(Box<review::ReviewJob>),
+    /// Move a review branch from `from` to `to` (delete it with `None`).
+    MoveReview {
+        branch: String,
+        from: ObjectId,
+        to: Option<ObjectId>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// The sending side: cheap to clone, shared by every request.
@@ -702,6 +714,84 @@ impl StoreHandle {
             next = parent;
         }
         Ok(ours)
+    }
+
+    /// Commits `change` on review branch `branch` (new, from the rule's branch, or on
+    /// top of it when it exists), never on the rule's branch; waits until
+    /// `deadline`. The outbox never sees the commit: the reviewer pushes it.
+    pub async fn propose(
+        &self,
+        change: Change,
+        branch: &str,
+        deadline: Instant,
+    ) -> Result<Proposed, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::Propose(Box::new(review::ReviewJob {
+                change,
+                branch: branch.to_owned(),
+                reply,
+            })))
+            .map_err(|_| StoreError::Closed)?;
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(answer) => answer.unwrap_or(Err(StoreError::Closed)),
+            Err(_) => Err(StoreError::Expired),
+        }
+    }
+
+    /// Moves local review branch `branch` from `from` to `to` (`None`: deletes
+    /// it), unless something moved it meanwhile.
+    pub async fn move_review(
+        &self,
+        branch: &str,
+        from: ObjectId,
+        to: Option<ObjectId>,
+    ) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.control
+            .send(Control::MoveReview {
+                branch: branch.to_owned(),
+                from,
+                to,
+                reply,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The local branches under `prefix` (`kubescribe/`), with their tips: the open
+    /// reviews after a restart. Blocking, so call it from a blocking thread.
+    pub fn branches_under(&self, prefix: &str) -> Result<Vec<(String, ObjectId)>, StoreError> {
+        let read_error = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: self.location.0.clone(),
+            reason: e.to_string(),
+        };
+        let repo = gix::open_opts(&self.location.0, gix::open::Options::isolated())
+            .map_err(|e| read_error(&e))?;
+        let references = repo.references().map_err(|e| read_error(&e))?;
+        let mut found = Vec::new();
+        let full = format!("refs/heads/{prefix}");
+        for reference in references
+            .prefixed(full.as_str())
+            .map_err(|e| read_error(&e))?
+        {
+            let mut reference = reference.map_err(|e| read_error(&e))?;
+            let name = reference.name().as_bstr().to_string();
+            let Ok(id) = reference.peel_to_id() else {
+                continue;
+            };
+            if let Some(branch) = name.strip_prefix("refs/heads/") {
+                if branch != self.location.1 {
+                    found.push((branch.to_owned(), id.detach()));
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The repository's path and branch.
+    pub fn location(&self) -> (&Path, &str) {
+        (&self.location.0, &self.location.1)
     }
 
     /// What a pusher needs to ask for replays; it does not keep the writer alive.

@@ -177,6 +177,12 @@ pub(super) async fn wait_for_repository(
                     Control::Replay { reply, .. } => {
                         let _ = reply.send(Err(error.clone()));
                     }
+                    Control::Propose(job) => {
+                        let _ = job.reply.send(Err(error.clone()));
+                    }
+                    Control::MoveReview { reply, .. } => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
                     // Nothing was pushed from a repository that is not open, and a
                     // revert is owed only for a commit made here.
                     Control::Pushed { .. } | Control::Revert(_) => {}

@@ -227,6 +227,15 @@ impl Writer {
                 self.reverts.push(*revert);
                 self.settle_reverts();
             }
+            Control::Propose(job) => self.propose(*job),
+            Control::MoveReview {
+                branch,
+                from,
+                to,
+                reply,
+            } => {
+                let _ = reply.send(self.move_review(&branch, from, to));
+            }
         }
     }
 

@@ -37,7 +37,7 @@ pub fn forges_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forges")
 }
 
-/// Every operation `forge` (`github`, `gitea`) describes.
+/// Every operation `forge` (`github`, `gitea`, `gitlab`) describes.
 pub fn operations(forge: &str) -> Vec<Operation> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(forges_dir().join(forge))
         .unwrap_or_else(|e| panic!("tests/fixtures/forges/{forge}: {e}"))
@@ -58,6 +58,9 @@ pub fn operations(forge: &str) -> Vec<Operation> {
                         .clone(),
                 )
             };
+            if root.get("contract").is_none() {
+                return gitlab_operation(file, root);
+            }
             let contract = &root["contract"];
             let names = |key: &str| -> Vec<String> {
                 contract[key]
@@ -98,7 +101,71 @@ pub fn operations(forge: &str) -> Vec<Operation> {
                 root: root.clone(),
             }
         })
+        // GitLab's push options are not an API operation.
+        .filter(|op| !op.method.is_empty())
         .collect()
+}
+
+/// A GitLab operation: GitLab publishes attribute tables, not schemas, so the
+/// contract is built from them: the documented path and query parameters, a body
+/// of exactly the documented attributes (required ones present, each of its
+/// documented type where that is a JSON type), and the documented example.
+fn gitlab_operation(file: &Path, root: Value) -> Operation {
+    let params = root["parameters"].as_array().cloned().unwrap_or_default();
+    let named = |place: &str| -> Vec<String> {
+        params
+            .iter()
+            .filter(|p| p["in"] == place)
+            .filter_map(|p| p["name"].as_str())
+            .map(str::to_owned)
+            .collect()
+    };
+    let body_schema = root["requestBody"].as_object().map(|body| {
+        let mut properties = serde_json::Map::new();
+        for param in params.iter().filter(|p| p["in"] == "body") {
+            let kind = match param["type"].as_str().unwrap_or_default() {
+                "string" => Some("string"),
+                "boolean" => Some("boolean"),
+                "integer" => Some("integer"),
+                "integer array" | "string array" | "array" => Some("array"),
+                // "integer or string", "datetime", "Hash": no JSON type to check.
+                _ => None,
+            };
+            let schema = match kind {
+                Some(kind) => serde_json::json!({ "type": kind }),
+                None => serde_json::json!({}),
+            };
+            properties.insert(param["name"].as_str().unwrap().to_owned(), schema);
+        }
+        serde_json::json!({
+            "type": "object",
+            "properties": properties,
+            "required": body.get("requiredAttributes").cloned().unwrap_or(Value::Array(vec![])),
+        })
+    });
+    let responses = root["responses"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(code, response)| {
+            let examples = response.get("example").cloned().into_iter().collect();
+            (code.parse().unwrap(), (None, examples))
+        })
+        .collect();
+    Operation {
+        forge: "gitlab".to_owned(),
+        id: file.file_stem().unwrap().to_string_lossy().into_owned(),
+        method: root["method"].as_str().unwrap_or_default().to_owned(),
+        path: root["path"].as_str().unwrap_or_default().to_owned(),
+        path_params: named("path"),
+        query_params: named("query"),
+        body_required: root["requestBody"]["requiredAttributes"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        body_schema,
+        responses,
+        root,
+    }
 }
 
 impl Operation {

@@ -8,6 +8,7 @@
 
 pub mod apiserver;
 pub mod forge;
+pub mod forge_server;
 pub mod gitops;
 pub mod helm;
 pub mod remotes;

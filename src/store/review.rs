@@ -1,0 +1,185 @@
+//! Review commits: a change committed on a review branch of its own (see
+//! [`crate::review`]) instead of the rule's branch.
+//!
+//! Invariants: a review commit never moves the rule's branch, its tree, its index
+//! or its outbox; the writer only adds objects and moves the review branch, by
+//! compare-and-swap, after the objects are durable. A new review branch starts at
+//! the rule's branch as the writer has it; a review branch that exists (a session)
+//! gets the commit on top of its own tip.
+
+use gix::hash::ObjectId;
+use gix::refs::transaction::{Change as RefChange, PreviousValue, RefEdit, RefLog};
+use tokio::sync::oneshot;
+
+use super::writer::Writer;
+use super::*;
+
+/// A change to propose on `branch`.
+pub(super) struct ReviewJob {
+    pub(super) change: Change,
+    pub(super) branch: String,
+    pub(super) reply: oneshot::Sender<Result<Proposed, StoreError>>,
+}
+
+/// What a review commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposed {
+    /// `commit` is on the review branch, which pointed at `previous` before (`None`:
+    /// the branch is new, and starts at the rule's branch).
+    Committed {
+        commit: ObjectId,
+        previous: Option<ObjectId>,
+    },
+    /// The branch (or, for a new one, the rule's branch) already has this.
+    Unchanged,
+    /// Cannot be proposed as asked, and why (an edit in place that cannot be made).
+    Refused { reason: String },
+}
+
+fn full_name(branch: &str) -> Result<gix::refs::FullName, StoreError> {
+    gix::refs::FullName::try_from(format!("refs/heads/{branch}")).map_err(|e| StoreError::Branch {
+        branch: branch.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl Writer {
+    pub(super) fn propose(&mut self, job: ReviewJob) {
+        let ReviewJob {
+            change,
+            branch,
+            reply,
+        } = job;
+        if reply.is_closed() {
+            return;
+        }
+        let result = self.commit_review(change, &branch);
+        if let Err(error) = &result {
+            self.count_error(error.label(), 1);
+        }
+        let _ = reply.send(result);
+    }
+
+    fn commit_review(&mut self, change: Change, branch: &str) -> Result<Proposed, StoreError> {
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let name = full_name(branch)?;
+        // Nothing a failed batch left in memory may reach this pack.
+        self.repo.objects.reset_object_memory();
+        let previous = match self
+            .repo
+            .try_find_reference(name.as_ref())
+            .map_err(|e| write_error(&e))?
+        {
+            Some(mut reference) => {
+                Some(reference.peel_to_commit().map_err(|e| write_error(&e))?.id)
+            }
+            None => None,
+        };
+        let (parent, tree) = match previous {
+            Some(tip) => (
+                Some(tip),
+                self.repo
+                    .find_commit(tip)
+                    .and_then(|c| c.tree_id())
+                    .map_err(|e| write_error(&e))?
+                    .detach(),
+            ),
+            None => (self.tip, self.tree),
+        };
+        let job = Job {
+            change,
+            waiter: None,
+            push_waiter: None,
+            revert: None,
+            bundle: None,
+            _queued_bytes: None,
+        };
+        let (outcomes, _, _) = self.apply_on(std::slice::from_ref(&job), parent, tree)?;
+        let commit = match outcomes.into_iter().next() {
+            Some(Outcome::Committed { commit }) => commit,
+            Some(Outcome::Refused { reason }) => return Ok(Proposed::Refused { reason }),
+            Some(Outcome::Unchanged | Outcome::ParentMissing) | None => {
+                self.repo.objects.reset_object_memory();
+                return Ok(Proposed::Unchanged);
+            }
+        };
+        let objects = self.repo.objects.reset_object_memory().unwrap_or_default();
+        let written = pack::write(
+            &self.repo.git_dir().join("objects"),
+            &objects,
+            self.repo.object_hash(),
+        )
+        .map_err(|e| StoreError::Write {
+            reason: e.to_string(),
+        })?;
+        self.packs_written += 1;
+        written.sync().map_err(|e| StoreError::Sync {
+            reason: e.to_string(),
+        })?;
+        let expected = match previous {
+            Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
+            None => PreviousValue::MustNotExist,
+        };
+        let moved = self
+            .repo
+            .reference(name.as_ref(), commit, expected, "kubescribe: propose")
+            .map_err(|e| StoreError::Branch {
+                branch: branch.to_owned(),
+                reason: error_chain(&e),
+            });
+        if let Err(e) = written.release() {
+            tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
+        }
+        moved?;
+        let ref_file = self.repo.git_dir().join(name.as_bstr().to_string());
+        std::fs::File::open(&ref_file)
+            .and_then(|f| f.sync_all())
+            .and_then(|()| {
+                std::fs::File::open(ref_file.parent().unwrap_or(&self.settings.path))?.sync_all()
+            })
+            .map_err(|e| StoreError::Sync {
+                reason: e.to_string(),
+            })?;
+        Ok(Proposed::Committed { commit, previous })
+    }
+
+    /// Moves review branch `branch` from `from` back to `to` (`None`: deletes it),
+    /// if nothing moved it meanwhile: a proposal that did not reach the remote.
+    pub(super) fn move_review(
+        &mut self,
+        branch: &str,
+        from: ObjectId,
+        to: Option<ObjectId>,
+    ) -> Result<(), StoreError> {
+        let name = full_name(branch)?;
+        let expected = PreviousValue::MustExistAndMatch(gix::refs::Target::Object(from));
+        let edited = match to {
+            Some(to) => self
+                .repo
+                .reference(
+                    name.as_ref(),
+                    to,
+                    expected,
+                    "kubescribe: proposal withdrawn",
+                )
+                .map(|_| ()),
+            None => self
+                .repo
+                .edit_reference(RefEdit {
+                    change: RefChange::Delete {
+                        expected,
+                        log: RefLog::AndReference,
+                    },
+                    name,
+                    deref: false,
+                })
+                .map(|_| ()),
+        };
+        edited.map_err(|e| StoreError::Branch {
+            branch: branch.to_owned(),
+            reason: error_chain(&e),
+        })
+    }
+}

@@ -1,0 +1,496 @@
+//! Reviews (issue 16): a write under a `review` rule becomes a branch on a real git
+//! remote and a pull request on a loopback forge that checks every request against
+//! the forge's published API description (tests/common/forge_server.rs); the write
+//! is denied with the pull request's URL, and kubescribe follows the pull request
+//! until it is merged or closed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::forge_server::{Canned, ForgeServer, PROJECT};
+use common::{allowed, eventually, git, message, metric, sample_of, warnings, TestServer};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "forge-token-1";
+
+/// `git -C dir args`.
+fn git_in(dir: &Path, args: &[&str]) {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A bare remote whose `main` has one commit, as a team's repository would.
+fn seeded_remote(dir: &Path) -> PathBuf {
+    let remote = dir.join("remote.git");
+    git_in(dir, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
+    git_in(dir, &["init", "-q", "-b", "main", "seed"]);
+    let work = dir.join("seed");
+    std::fs::write(work.join("README.md"), "# apps\n").unwrap();
+    git_in(&work, &["add", "README.md"]);
+    git_in(
+        &work,
+        &[
+            "-c",
+            "user.name=seed",
+            "-c",
+            "user.email=seed@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "seed",
+        ],
+    );
+    git_in(&work, &["push", "-q", remote.to_str().unwrap(), "main"]);
+    remote
+}
+
+fn review_config(remote_url: &str, forge: &ForgeServer, token_file: &Path, extra: &str) -> String {
+    format!(
+        "repository:\n  remote:\n    url: {remote_url}\nrules:\n- name: review\n  wait: push\n  then: deny\n  review:\n    forge: {forge}\n    api: {api}\n    project: {PROJECT}\n    tokenFile: {token}\n    pollInterval: 1s\n{extra}",
+        forge = forge.forge,
+        api = forge.api(),
+        token = token_file.display(),
+    )
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    path
+}
+
+fn review_of(prefix: &str) -> Value {
+    common::fixture(prefix).review
+}
+
+async fn send(server: &TestServer, review: &Value) -> Value {
+    let (status, answer) = server
+        .connect()
+        .await
+        .review("/validate?timeout=10s", common::body(review))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    answer
+}
+
+fn branches(remote: &Path) -> Vec<String> {
+    git(
+        remote,
+        &["for-each-ref", "--format=%(refname:short)", "refs/heads/"],
+    )
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// 009 is alice's create of ConfigMap team-a/app-config, uid 7f0041ae-….
+const BRANCH_009: &str = "kubescribe/alice/7f0041ae";
+const FILE_009: &str = "team-a/core/configmaps/app-config.yaml";
+
+async fn open_count(server: &TestServer) -> f64 {
+    sample_of(server, "kubescribe_reviews_open{rule=\"review\"}")
+        .await
+        .0
+        .unwrap_or(-1.0)
+}
+
+/// The whole life of a review on one forge: a dry run proposes nothing; a write is
+/// denied with its pull request's URL, and its branch holds exactly the change,
+/// authored by the user, on top of `main`; once merged on the forge (and in git),
+/// the next poll counts it merged and deletes the branch.
+async fn review_lifecycle(forge_name: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = seeded_remote(dir.path());
+    let forge = ForgeServer::start(forge_name, TOKEN).await;
+    let token = token_file(dir.path());
+    let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
+    let server = TestServer::start(&config).await;
+    let main_before = git(&remote, &["rev-parse", "main"]);
+
+    let mut dry = review_of("009");
+    dry["request"]["dryRun"] = Value::Bool(true);
+    let answer = send(&server, &dry).await;
+    assert!(!allowed(&answer), "{answer}");
+    assert!(message(&answer).contains("would propose"), "{answer}");
+    assert!(forge.seen().is_empty(), "a dry run calls no API");
+    assert_eq!(branches(&remote), ["main"]);
+
+    let answer = send(&server, &review_of("009")).await;
+    assert!(!allowed(&answer), "{answer}");
+    let text = message(&answer);
+    let url = match forge_name {
+        "gitlab" => "/team/apps/-/merge_requests/1",
+        _ => "/team/apps/pull/1",
+    };
+    assert!(text.contains(url), "{forge_name}: {text}");
+    assert!(text.contains(BRANCH_009), "{text}");
+    assert!(text.contains("once the pull request is merged"), "{text}");
+
+    // The remote: main as it was, and the review branch one commit on top of it,
+    // by alice, adding exactly the file.
+    assert_eq!(git(&remote, &["rev-parse", "main"]), main_before);
+    assert_eq!(branches(&remote), [BRANCH_009, "main"]);
+    let range = format!("main..{BRANCH_009}");
+    assert_eq!(
+        git(&remote, &["log", "--format=%an", &range]).trim(),
+        "alice"
+    );
+    assert_eq!(
+        git(&remote, &["diff", "--name-status", "main", BRANCH_009]).trim(),
+        format!("A\t{FILE_009}")
+    );
+    // Nothing reached the local main either: the change exists only for review.
+    assert_eq!(
+        server.git(&["rev-parse", "main"]).trim(),
+        main_before.trim()
+    );
+
+    let creates: Vec<_> = forge
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "POST")
+        .collect();
+    assert_eq!(creates.len(), 1, "{creates:?}");
+    let body = creates[0].body.clone().unwrap();
+    let (title, description) = match forge_name {
+        "gitlab" => (&body["title"], &body["description"]),
+        _ => (&body["title"], &body["body"]),
+    };
+    assert_eq!(title, "alice: create ConfigMap team-a/app-config");
+    let description = description.as_str().unwrap();
+    for needle in [
+        "7f0041ae-9176-446b-903e-9435e310c120",
+        FILE_009,
+        "+++ b/team-a/core/configmaps/app-config.yaml",
+        "merged into `main`",
+    ] {
+        assert!(description.contains(needle), "{needle}: {description}");
+    }
+    assert_eq!(forge.problems(), Vec::<String>::new());
+    assert_eq!(open_count(&server).await, 1.0);
+
+    // A person merges it: the remote's main moves to the branch, the forge says so.
+    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    git(&remote, &["update-ref", "refs/heads/main", &tip]);
+    forge.merge(1, &tip);
+    eventually(Duration::from_secs(20), "the merge is noticed", || {
+        !branches(&remote).contains(&BRANCH_009.to_owned())
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &server,
+            "kubescribe_reviews_outcomes_total{rule=\"review\",outcome=\"merged\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(open_count(&server).await, 0.0);
+    assert!(
+        server
+            .git(&["branch", "--list", "kubescribe/*"])
+            .trim()
+            .is_empty(),
+        "the local review branch is gone too"
+    );
+    // The reads were conditional once an ETag was known.
+    let reads: Vec<_> = forge
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET")
+        .collect();
+    assert!(!reads.is_empty());
+    assert_eq!(forge.problems(), Vec::<String>::new());
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_under_review_becomes_a_github_pull_request_until_merged() {
+    review_lifecycle("github").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_under_review_becomes_a_gitea_pull_request_until_merged() {
+    review_lifecycle("gitea").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_under_review_becomes_a_gitlab_merge_request_until_merged() {
+    review_lifecycle("gitlab").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_gathers_a_user_s_writes_and_others_are_warned() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = seeded_remote(dir.path());
+    let forge = ForgeServer::start("github", TOKEN).await;
+    let token = token_file(dir.path());
+    let config = review_config(
+        &format!("file://{}", remote.display()),
+        &forge,
+        &token,
+        "    group: session\n",
+    );
+    let server = TestServer::start(&config).await;
+    let session = "kubescribe/alice/session";
+
+    let first = send(&server, &review_of("009")).await;
+    assert!(
+        message(&first).contains("proposed this change in the pull request"),
+        "{first}"
+    );
+    let second = send(&server, &review_of("017")).await;
+    let text = message(&second);
+    assert!(
+        text.contains("added this change to your open pull request"),
+        "{text}"
+    );
+    assert!(text.contains("/team/apps/pull/1"), "{text}");
+    assert_eq!(forge.calls("pulls/create").len(), 1, "one pull request");
+    let range = format!("main..{session}");
+    assert_eq!(git(&remote, &["rev-list", "--count", &range]).trim(), "2");
+
+    // Bob changes the same object: his own pull request, and a warning naming
+    // alice's.
+    let mut bob = review_of("019");
+    bob["request"]["userInfo"]["username"] = json!("bob");
+    let answer = send(&server, &bob).await;
+    assert!(message(&answer).contains("/team/apps/pull/2"), "{answer}");
+    let warned = warnings(&answer);
+    assert!(
+        warned
+            .iter()
+            .any(|w| w.contains("open pull request of alice") && w.contains("/team/apps/pull/1")),
+        "{warned:?}"
+    );
+
+    // Alice's pull request is closed without merging: its branch goes, and her
+    // next write starts a new session.
+    forge.close(1);
+    eventually(Duration::from_secs(20), "the close is noticed", || {
+        !branches(&remote).contains(&session.to_owned())
+    })
+    .await;
+    let again = send(&server, &review_of("009")).await;
+    assert!(message(&again).contains("/team/apps/pull/3"), "{again}");
+    assert_eq!(git(&remote, &["rev-list", "--count", &range]).trim(), "1");
+    assert_eq!(
+        metric(
+            &server,
+            "kubescribe_reviews_outcomes_total{rule=\"review\",outcome=\"closed\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(forge.problems(), Vec::<String>::new());
+    server.server.shutdown().await.unwrap();
+}
+
+fn canned(status: u16, headers: Vec<(&'static str, String)>, body: Value) -> Canned {
+    Canned {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Every kind of API failure gets a denial that says what happened and what to
+/// do, leaves no branch behind (locally or on the remote), and a rotated token is
+/// used at the next write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_classified_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = seeded_remote(dir.path());
+    let forge = ForgeServer::start("github", TOKEN).await;
+    let token = token_file(dir.path());
+    let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
+    let server = TestServer::start(&config).await;
+    let nothing_left = |server: &TestServer| {
+        assert_eq!(branches(&remote), ["main"]);
+        assert!(server
+            .git(&["branch", "--list", "kubescribe/*"])
+            .trim()
+            .is_empty());
+    };
+
+    // A rotated token the server does not have yet: 401.
+    forge.set_token("forge-token-2");
+    let answer = send(&server, &review_of("009")).await;
+    let text = message(&answer);
+    assert!(!allowed(&answer));
+    assert!(text.contains("refused kubescribe's token (401)"), "{text}");
+    assert!(text.contains("check the review's tokenFile"), "{text}");
+    assert!(!text.contains("forge-token"), "never the token: {text}");
+    nothing_left(&server);
+    // Rotated in the file too: used at once.
+    std::fs::write(&token, "forge-token-2\n").unwrap();
+
+    let cases = [
+        (
+            canned(500, vec![], json!({"message": "Server Error"})),
+            "GitHub is unavailable: 500",
+        ),
+        (
+            canned(404, vec![], json!({"message": "Not Found"})),
+            "has no project team/apps",
+        ),
+        (
+            canned(
+                422,
+                vec![],
+                json!({"message": "Validation Failed", "errors": [{"message": "base branch is protected"}]}),
+            ),
+            "refused the request (422): Validation Failed; base branch is protected",
+        ),
+        (
+            canned(
+                403,
+                vec![("retry-after", "120".to_owned())],
+                json!({"message": "You have exceeded a secondary rate limit."}),
+            ),
+            "rate-limits kubescribe for 120s",
+        ),
+    ];
+    for (canned, expected) in cases {
+        forge.fail_next("pulls/create", canned);
+        let answer = send(&server, &review_of("009")).await;
+        assert!(!allowed(&answer));
+        let text = message(&answer);
+        assert!(text.contains(expected), "{expected}: {text}");
+        nothing_left(&server);
+    }
+    // While rate-limited, no call is made at all.
+    let calls = forge.calls("pulls/create").len();
+    let answer = send(&server, &review_of("009")).await;
+    assert!(
+        message(&answer).contains("rate-limits kubescribe"),
+        "{answer}"
+    );
+    assert_eq!(forge.calls("pulls/create").len(), calls);
+    nothing_left(&server);
+    assert!(
+        metric(
+            &server,
+            "kubescribe_reviews_api_errors_total{rule=\"review\",reason=\"rate_limited\"}"
+        )
+        .await
+            >= 2.0
+    );
+    for reason in ["auth", "unavailable", "not_found", "refused"] {
+        let sample =
+            format!("kubescribe_reviews_api_errors_total{{rule=\"review\",reason=\"{reason}\"}}");
+        assert_eq!(metric(&server, &sample).await, 1.0, "{reason}");
+    }
+    assert_eq!(forge.problems(), Vec::<String>::new());
+    server.server.shutdown().await.unwrap();
+}
+
+/// A pull request the forge already has for the branch (a retried request) is
+/// found, not duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_pull_request_for_the_branch_is_found_not_duplicated() {
+    for forge_name in ["github", "gitea", "gitlab"] {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = seeded_remote(dir.path());
+        let forge = ForgeServer::start(forge_name, TOKEN).await;
+        forge.open_pull(BRANCH_009, "main");
+        let token = token_file(dir.path());
+        let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
+        let server = TestServer::start(&config).await;
+        let answer = send(&server, &review_of("009")).await;
+        let text = message(&answer);
+        assert!(
+            text.contains("/1 ") || text.contains("/1 ("),
+            "{forge_name}: {text}"
+        );
+        assert_eq!(forge.pulls().len(), 1, "{forge_name}");
+        let statuses: Vec<u16> = forge.seen().iter().map(|s| s.status).collect();
+        assert_eq!(
+            statuses[0],
+            if forge_name == "github" { 422 } else { 409 },
+            "{forge_name}"
+        );
+        assert_eq!(forge.problems(), Vec::<String>::new(), "{forge_name}");
+        server.server.shutdown().await.unwrap();
+    }
+}
+
+/// Open reviews live in git: after a restart each is looked up by its branch and
+/// followed; a branch whose pull request was never opened is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_reviews_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = seeded_remote(dir.path());
+    let forge = ForgeServer::start("gitea", TOKEN).await;
+    let token = token_file(dir.path());
+    let state = tempfile::tempdir().unwrap();
+    let data = state.path().join("data");
+    let config = format!(
+        "dataDir: {}\n{}",
+        data.display(),
+        review_config(
+            &format!("file://{}", remote.display()),
+            &forge,
+            &token,
+            "    pollInterval: 600s\n"
+        )
+        .replace("    pollInterval: 1s\n", "")
+    );
+    let server = TestServer::start(&config).await;
+    let answer = send(&server, &review_of("009")).await;
+    assert!(message(&answer).contains("/team/apps/pull/1"), "{answer}");
+    let local = server.repo.clone();
+    server.server.shutdown().await.unwrap();
+
+    // An orphan: pushed by an earlier run that stopped before opening its pull
+    // request.
+    let orphan = "kubescribe/bob/0badf00d";
+    let main = git(&local, &["rev-parse", "main"]).trim().to_owned();
+    git(
+        &local,
+        &["update-ref", &format!("refs/heads/{orphan}"), &main],
+    );
+    git(
+        &local,
+        &[
+            "push",
+            "-q",
+            remote.to_str().unwrap(),
+            &format!("{main}:refs/heads/{orphan}"),
+        ],
+    );
+
+    let config = config.replace("pollInterval: 600s", "pollInterval: 1s");
+    let server = TestServer::start(&config).await;
+    eventually(
+        Duration::from_secs(20),
+        "the open review is followed again",
+        || !branches(&remote).contains(&orphan.to_owned()),
+    )
+    .await;
+    // Branches are looked up in order: alice's before the orphan's.
+    assert_eq!(open_count(&server).await, 1.0);
+    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    git(&remote, &["update-ref", "refs/heads/main", &tip]);
+    forge.merge(1, &tip);
+    eventually(
+        Duration::from_secs(20),
+        "the merge is noticed after the restart",
+        || branches(&remote) == ["main"],
+    )
+    .await;
+    assert_eq!(forge.problems(), Vec::<String>::new());
+    server.server.shutdown().await.unwrap();
+}
