@@ -494,3 +494,65 @@ async fn open_reviews_survive_a_restart() {
     assert_eq!(forge.problems(), Vec::<String>::new());
     server.server.shutdown().await.unwrap();
 }
+
+/// GitLab's push options open the merge request with the push itself: a real
+/// `git http-backend` remote that advertises push options, with a pre-receive hook
+/// that records `GIT_PUSH_OPTION_*` (and, as GitLab does, opens the merge request
+/// they ask for); kubescribe then only reads the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_push_options_open_the_merge_request_as_documented() {
+    let http = common::remotes::SmartHttp::start();
+    let remote = http.repo();
+    let dir = tempfile::tempdir().unwrap();
+    // Seed main through the file system, as the team's repository would have it.
+    let seed = seeded_remote(dir.path());
+    git(&seed, &["push", "-q", remote.to_str().unwrap(), "main"]);
+    git(&remote, &["config", "receive.advertisePushOptions", "true"]);
+    let forge = ForgeServer::start("gitlab", TOKEN).await;
+    let log = dir.path().join("push-options.log");
+    let hook = remote.join("hooks").join("pre-receive");
+    std::fs::write(&hook, forge.push_hook(&log)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let password = dir.path().join("password");
+    std::fs::write(&password, common::remotes::SmartHttp::password()).unwrap();
+    let token = token_file(dir.path());
+    let config = review_config(
+        &format!(
+            "{}\n    username: {}\n    passwordFile: {}",
+            http.url(),
+            common::remotes::SmartHttp::username(),
+            password.display()
+        ),
+        &forge,
+        &token,
+        "    openWith: pushOptions\n",
+    );
+    let server = TestServer::start(&config).await;
+    let answer = send(&server, &review_of("009")).await;
+    let text = message(&answer);
+    assert!(text.contains("/team/apps/-/merge_requests/1"), "{text}");
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged,
+        format!(
+            "ref refs/heads/{BRANCH_009}\ncount 4\noption merge_request.create\noption merge_request.target=main\noption merge_request.title=alice: create ConfigMap team-a/app-config\noption merge_request.remove_source_branch\n"
+        )
+    );
+    // No merge request was created through the API; it was looked up by branch.
+    assert!(forge.calls("create-merge-request").is_empty());
+    let lookups = forge.calls("list-project-merge-requests");
+    assert_eq!(lookups.len(), 1);
+    assert!(lookups[0]
+        .query
+        .contains(&("source_branch".to_owned(), BRANCH_009.to_owned())));
+    assert_eq!(
+        forge.pulls()[0].title,
+        "alice: create ConfigMap team-a/app-config"
+    );
+    assert_eq!(forge.problems(), Vec::<String>::new());
+    server.server.shutdown().await.unwrap();
+}

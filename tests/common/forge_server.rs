@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -155,6 +156,40 @@ impl ForgeServer {
         }
     }
 
+    /// A pre-receive hook for a git repository served over smart HTTP that logs
+    /// every push's options to `log` (`GIT_PUSH_OPTION_COUNT` and each
+    /// `GIT_PUSH_OPTION_<n>`, one per line) and tells this forge, which opens the
+    /// merge request they ask for, as GitLab does.
+    pub fn push_hook(&self, log: &Path) -> String {
+        format!(
+            r#"#!/bin/bash
+log='{log}'
+while read -r old new ref; do
+  echo "ref $ref" >>"$log"
+  echo "count ${{GIT_PUSH_OPTION_COUNT:-0}}" >>"$log"
+  body="$ref"
+  for ((i = 0; i < ${{GIT_PUSH_OPTION_COUNT:-0}}; i++)); do
+    name="GIT_PUSH_OPTION_$i"
+    echo "option ${{!name}}" >>"$log"
+    body="$body"$'
+'"${{!name}}"
+  done
+  exec 3<>/dev/tcp/127.0.0.1/{port}
+  printf 'POST /_test/push HTTP/1.1
+Host: forge
+Content-Length: %d
+Connection: close
+
+%s' "${{#body}}" "$body" >&3
+  cat <&3 >/dev/null
+  exec 3<&-
+done
+"#,
+            log = log.display(),
+            port = self.addr.port(),
+        )
+    }
+
     /// Opens a pull request from `head` into `base`, as a person (or an earlier
     /// request) would have.
     pub fn open_pull(&self, head: &str, base: &str) -> u64 {
@@ -274,6 +309,11 @@ fn serve(
 ) -> Response {
     let mut state = state.lock().unwrap();
     let raw_path = uri.path().to_owned();
+    if raw_path == "/_test/push" {
+        // Not the API: what GitLab does on its side of a push with
+        // `merge_request.create` (see [`ForgeServer::push_hook`]).
+        return opened_by_push(&mut state, &body);
+    }
     let query: Vec<(String, String)> = uri
         .query()
         .unwrap_or_default()
@@ -428,6 +468,39 @@ fn serve(
         headers.insert(name, value.parse().unwrap());
     }
     response
+}
+
+/// A pushed ref and its push options, one per line, from the pre-receive hook:
+/// opens the merge request the options ask for, as GitLab does.
+fn opened_by_push(state: &mut State, body: &[u8]) -> Response {
+    let text = String::from_utf8_lossy(body);
+    let mut lines = text.lines();
+    let head = lines
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("refs/heads/")
+        .to_owned();
+    let options: Vec<&str> = lines.collect();
+    let value = |key: &str| {
+        options
+            .iter()
+            .find_map(|o| o.strip_prefix(key).and_then(|o| o.strip_prefix('=')))
+            .map(str::to_owned)
+    };
+    if options.contains(&"merge_request.create") {
+        let number = state.pulls.len() as u64 + 1;
+        state.pulls.push(Pull {
+            number,
+            head,
+            base: value("merge_request.target").unwrap_or_else(|| "main".to_owned()),
+            title: value("merge_request.title").unwrap_or_default(),
+            body: String::new(),
+            state: "open".to_owned(),
+            head_sha: None,
+            conflicting: false,
+        });
+    }
+    (StatusCode::OK, "").into_response()
 }
 
 fn fnv(bytes: &[u8]) -> u64 {

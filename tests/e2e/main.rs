@@ -15,4 +15,5 @@ mod chart;
 mod crd;
 mod in_place;
 mod kubectl;
+mod review;
 mod wait;
