@@ -682,8 +682,9 @@ pub struct ReviewConfig {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// The review branch's name: `{user}` (the Kubernetes user, made safe for a
-    /// ref name), `{id}` (the first 8 characters of the admission uid; `session`
-    /// with `group: session`), `{branch}` (the rule's branch).
+    /// ref name), `{id}` (the first 8 characters of the admission uid, of the
+    /// session's first write with `group: session`; required), `{branch}` (the
+    /// rule's branch).
     #[serde(default = "default_review_branch")]
     pub branch: String,
     #[serde(default)]
@@ -848,9 +849,9 @@ fn validate_review(rule: &Rule, review: &ReviewConfig, branch: &str) -> Result<(
             review.branch
         ));
     }
-    if review.group == Grouping::Write && !review.branch.contains("{id}") {
+    if !review.branch.contains("{id}") {
         return Err(format!(
-            "branch {:?} needs `{{id}}` with `group: write`, so each write gets its own branch",
+            "branch {:?} needs `{{id}}` (the admission uid of the write, or of a session's first write), so no two reviews share a branch",
             review.branch
         ));
     }
@@ -998,6 +999,9 @@ impl Config {
             }
         }
         let mut names = std::collections::HashSet::new();
+        // Review branches by repository: their prefixes must not overlap, since a
+        // rule takes the branches under its prefix for its own.
+        let mut prefixes: Vec<(String, String, String)> = Vec::new();
         for rule in &self.rules {
             // Rule names become webhook names, which must differ.
             if !names.insert(rule.name.to_ascii_lowercase()) {
@@ -1045,6 +1049,19 @@ impl Config {
                 validate_review(rule, review, &target.repository.branch).map_err(|e| {
                     ConfigError::Invalid(format!("rule {:?}: review: {e}", rule.name))
                 })?;
+                let prefix = crate::review::prefix(&review.branch)
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some((_, _, other)) = prefixes.iter().find(|(repo, other, _)| {
+                    *repo == target.name
+                        && (other.starts_with(&prefix) || prefix.starts_with(other.as_str()))
+                }) {
+                    return Err(ConfigError::Invalid(format!(
+                        "rule {:?}: review branches under {prefix:?} overlap rule {other:?}'s on the same repository; give each rule's `branch` its own directory (`kubescribe/{}/{{user}}/{{id}}`)",
+                        rule.name, rule.name
+                    )));
+                }
+                prefixes.push((target.name.clone(), prefix, rule.name.clone()));
             }
         }
         Ok(())
@@ -1383,5 +1400,32 @@ mod tests {
             std::time::Duration::from_secs(90)
         );
         assert_eq!(ok.rules[0].prune, Prune::Always);
+    }
+
+    #[test]
+    fn a_review_needs_a_deny_rule_a_fixed_prefix_and_its_own_branches() {
+        let rule = |review: &str, wait_then: &str| {
+            format!(
+                "repository:\n  remote:\n    url: file:///r\nrules:\n- name: r\n{wait_then}  review:\n    forge: github\n    api: https://api.github.com\n    project: o/r\n    tokenFile: /t\n{review}"
+            )
+        };
+        let deny = "  wait: push\n  then: deny\n";
+        let error = |yaml: String| Config::from_yaml(&yaml).unwrap_err().to_string();
+        assert!(Config::from_yaml(&rule("", deny)).is_ok());
+        assert!(error(rule("", "  wait: push\n")).contains("needs `wait: push` and `then: deny`"));
+        assert!(error(rule("    openWith: pushOptions\n", deny)).contains("GitLab's"));
+        assert!(error(rule("    branch: \"{user}/{id}\"\n", deny)).contains("fixed directory"));
+        assert!(error(rule("    branch: kubescribe/{user}\n", deny)).contains("needs `{id}`"));
+        assert!(error(rule(
+            "    branch: kubescribe/{user}\n    group: session\n",
+            deny
+        ))
+        .contains("needs `{id}`"));
+        assert!(error(rule("", deny).replace("o/r", "just-one")).contains("owner/repository"));
+        let two = format!(
+            "{}- name: s\n  wait: push\n  then: deny\n  review:\n    forge: gitea\n    api: https://g/api/v1\n    project: o/r\n    tokenFile: /t\n",
+            rule("", deny)
+        );
+        assert!(error(two).contains("overlap"));
     }
 }

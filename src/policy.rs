@@ -222,7 +222,6 @@ impl Policy {
             .any(|(rule, _)| any(&rule.groups, group) && any(&rule.resources, resource))
     }
 
-    /// Whether some rule says `prune: always`.
     /// Whether rule `rule` proposes its writes in pull requests.
     pub fn reviews(&self, rule: &str) -> bool {
         self.rules
@@ -230,6 +229,7 @@ impl Policy {
             .any(|(r, _)| r.name == rule && r.review.is_some())
     }
 
+    /// Whether some rule says `prune: always`.
     pub fn prunes(&self) -> bool {
         self.rules
             .iter()

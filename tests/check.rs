@@ -754,3 +754,42 @@ fn with_overlay_patch_check_repo_says_what_the_store_would_refuse() {
     );
     assert_eq!(result.diff.as_deref(), Some(""));
 }
+
+/// A write under a `review` rule is checked as the webhook answers it: denied,
+/// and what would be proposed in a pull request.
+#[test]
+fn a_review_rule_is_checked_as_a_proposal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "repository:\n  remote:\n    url: file:///nowhere\nrules:\n- name: review\n  wait: push\n  then: deny\n  review:\n    forge: gitlab\n    api: https://gitlab.example.com/api/v4\n    project: team/apps\n    tokenFile: {}\n",
+            dir.path().join("token").display()
+        ),
+    )
+    .unwrap();
+    let configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: team-a\ndata:\n  k: v\n";
+    let (code, out, err) = kubescribe(
+        &[
+            "check",
+            "-f",
+            "-",
+            "--config",
+            config.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+        configmap,
+    );
+    assert_eq!(code, 1, "denied: {out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON output");
+    let result = &report["results"][0];
+    assert_eq!(result["decision"], "proposed");
+    assert_eq!(result["rule"], "review");
+    let message = result["message"].as_str().unwrap();
+    assert!(
+        message.contains("would propose team-a/core/configmaps/a.yaml in a pull request"),
+        "{message}"
+    );
+}

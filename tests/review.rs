@@ -181,6 +181,13 @@ async fn review_lifecycle(forge_name: &str) {
     assert_eq!(forge.problems(), Vec::<String>::new());
     assert_eq!(open_count(&server).await, 1.0);
 
+    // The poll reads it again with the ETag it got, and the forge says "not
+    // modified".
+    eventually(Duration::from_secs(20), "a conditional read", || {
+        forge.seen().iter().any(|s| s.status == 304)
+    })
+    .await;
+
     // A person merges it: the remote's main moves to the branch, the forge says so.
     let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
     git(&remote, &["update-ref", "refs/heads/main", &tip]);
@@ -205,13 +212,6 @@ async fn review_lifecycle(forge_name: &str) {
             .is_empty(),
         "the local review branch is gone too"
     );
-    // The reads were conditional once an ETag was known.
-    let reads: Vec<_> = forge
-        .seen()
-        .into_iter()
-        .filter(|s| s.method == "GET")
-        .collect();
-    assert!(!reads.is_empty());
     assert_eq!(forge.problems(), Vec::<String>::new());
     server.server.shutdown().await.unwrap();
 }
@@ -244,7 +244,9 @@ async fn a_session_gathers_a_user_s_writes_and_others_are_warned() {
         "    group: session\n",
     );
     let server = TestServer::start(&config).await;
-    let session = "kubescribe/alice/session";
+    // Named after the session's first write, so a branch left behind by an
+    // earlier session never stands in a new one's way.
+    let session = BRANCH_009;
 
     let first = send(&server, &review_of("009")).await;
     assert!(
@@ -283,9 +285,12 @@ async fn a_session_gathers_a_user_s_writes_and_others_are_warned() {
         !branches(&remote).contains(&session.to_owned())
     })
     .await;
-    let again = send(&server, &review_of("009")).await;
+    let mut again = review_of("009");
+    again["request"]["uid"] = json!("5e551049-0000-4000-8000-000000000000");
+    let again = send(&server, &again).await;
     assert!(message(&again).contains("/team/apps/pull/3"), "{again}");
-    assert_eq!(git(&remote, &["rev-list", "--count", &range]).trim(), "1");
+    let range = "main..kubescribe/alice/5e551049";
+    assert_eq!(git(&remote, &["rev-list", "--count", range]).trim(), "1");
     assert_eq!(
         metric(
             &server,
@@ -427,132 +432,175 @@ async fn an_existing_pull_request_for_the_branch_is_found_not_duplicated() {
     }
 }
 
-/// Open reviews live in git: after a restart each is looked up by its branch and
-/// followed; a branch whose pull request was never opened is deleted.
+/// Open reviews live in git: after a restart, even with a new local repository,
+/// each review branch of the remote is looked up by its branch and followed; a
+/// branch kubescribe pushed whose pull request was never opened is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_reviews_survive_a_restart() {
+async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
     let dir = tempfile::tempdir().unwrap();
     let remote = seeded_remote(dir.path());
     let forge = ForgeServer::start("gitea", TOKEN).await;
     let token = token_file(dir.path());
     let state = tempfile::tempdir().unwrap();
-    let data = state.path().join("data");
-    let config = format!(
-        "dataDir: {}\n{}",
-        data.display(),
-        review_config(
-            &format!("file://{}", remote.display()),
-            &forge,
-            &token,
-            "    pollInterval: 600s\n"
+    let config = |data: &str, poll: &str| {
+        format!(
+            "dataDir: {}\n{}",
+            state.path().join(data).display(),
+            review_config(&format!("file://{}", remote.display()), &forge, &token, "")
+                .replace("pollInterval: 1s", poll)
         )
-        .replace("    pollInterval: 1s\n", "")
-    );
-    let server = TestServer::start(&config).await;
+    };
+    let server = TestServer::start(&config("first", "pollInterval: 600s")).await;
     let answer = send(&server, &review_of("009")).await;
     assert!(message(&answer).contains("/team/apps/pull/1"), "{answer}");
-    let local = server.repo.clone();
     server.server.shutdown().await.unwrap();
 
     // An orphan: pushed by an earlier run that stopped before opening its pull
-    // request.
+    // request (kubescribe's own commit, so it is kubescribe's to delete).
     let orphan = "kubescribe/bob/0badf00d";
-    let main = git(&local, &["rev-parse", "main"]).trim().to_owned();
+    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
     git(
-        &local,
-        &["update-ref", &format!("refs/heads/{orphan}"), &main],
+        &remote,
+        &["update-ref", &format!("refs/heads/{orphan}"), &tip],
     );
+    // A branch someone else made under the prefix, with no pull request: not
+    // kubescribe's commit, so left alone.
+    let main = git(&remote, &["rev-parse", "main"]).trim().to_owned();
+    let theirs = "kubescribe/carol/handmade";
     git(
-        &local,
-        &[
-            "push",
-            "-q",
-            remote.to_str().unwrap(),
-            &format!("{main}:refs/heads/{orphan}"),
-        ],
+        &remote,
+        &["update-ref", &format!("refs/heads/{theirs}"), &main],
     );
 
-    let config = config.replace("pollInterval: 600s", "pollInterval: 1s");
-    let server = TestServer::start(&config).await;
-    eventually(
-        Duration::from_secs(20),
-        "the open review is followed again",
-        || !branches(&remote).contains(&orphan.to_owned()),
-    )
+    // A new local repository: everything is on the remote.
+    let server = TestServer::start(&config("second", "pollInterval: 1s")).await;
+    eventually(Duration::from_secs(20), "the orphan is deleted", || {
+        !branches(&remote).contains(&orphan.to_owned())
+    })
     .await;
     // Branches are looked up in order: alice's before the orphan's.
     assert_eq!(open_count(&server).await, 1.0);
-    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    assert!(branches(&remote).contains(&theirs.to_owned()));
     git(&remote, &["update-ref", "refs/heads/main", &tip]);
     forge.merge(1, &tip);
     eventually(
         Duration::from_secs(20),
         "the merge is noticed after the restart",
-        || branches(&remote) == ["main"],
+        || branches(&remote) == [theirs, "main"],
     )
     .await;
     assert_eq!(forge.problems(), Vec::<String>::new());
     server.server.shutdown().await.unwrap();
 }
 
-/// GitLab's push options open the merge request with the push itself: a real
-/// `git http-backend` remote that advertises push options, with a pre-receive hook
-/// that records `GIT_PUSH_OPTION_*` (and, as GitLab does, opens the merge request
-/// they ask for); kubescribe then only reads the API.
+/// A push that fails leaves nothing: no local branch, no API call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gitlab_push_options_open_the_merge_request_as_documented() {
-    let http = common::remotes::SmartHttp::start();
-    let remote = http.repo();
+async fn a_failed_push_proposes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    // Seed main through the file system, as the team's repository would have it.
-    let seed = seeded_remote(dir.path());
-    git(&seed, &["push", "-q", remote.to_str().unwrap(), "main"]);
-    git(&remote, &["config", "receive.advertisePushOptions", "true"]);
-    let forge = ForgeServer::start("gitlab", TOKEN).await;
-    let log = dir.path().join("push-options.log");
+    let remote = seeded_remote(dir.path());
+    let forge = ForgeServer::start("github", TOKEN).await;
+    let token = token_file(dir.path());
+    let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
+    let server = TestServer::start(&config).await;
+    // The remote refuses everything from now on.
     let hook = remote.join("hooks").join("pre-receive");
-    std::fs::write(&hook, forge.push_hook(&log)).unwrap();
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'branch creation is frozen' >&2\nexit 1\n",
+    )
+    .unwrap();
     {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let password = dir.path().join("password");
-    std::fs::write(&password, common::remotes::SmartHttp::password()).unwrap();
-    let token = token_file(dir.path());
-    let config = review_config(
-        &format!(
-            "{}\n    username: {}\n    passwordFile: {}",
-            http.url(),
-            common::remotes::SmartHttp::username(),
-            password.display()
-        ),
-        &forge,
-        &token,
-        "    openWith: pushOptions\n",
-    );
-    let server = TestServer::start(&config).await;
     let answer = send(&server, &review_of("009")).await;
+    assert!(!allowed(&answer));
     let text = message(&answer);
-    assert!(text.contains("/team/apps/-/merge_requests/1"), "{text}");
+    assert!(
+        text.contains("pushing the review branch kubescribe/alice/7f0041ae failed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("branch's protection rules and server-side hooks"),
+        "{text}"
+    );
+    assert_eq!(branches(&remote), ["main"]);
+    assert!(server
+        .git(&["branch", "--list", "kubescribe/*"])
+        .trim()
+        .is_empty());
+    assert!(forge.seen().is_empty());
+    server.server.shutdown().await.unwrap();
+}
 
-    let logged = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(
-        logged,
-        format!(
-            "ref refs/heads/{BRANCH_009}\ncount 4\noption merge_request.create\noption merge_request.target=main\noption merge_request.title=alice: create ConfigMap team-a/app-config\noption merge_request.remove_source_branch\n"
-        )
+/// In a session, a later write's object is the cluster's, which never got the
+/// session's earlier writes: only its own change is merged into the session's
+/// file, so nothing an earlier write proposed is undone; a change to the same
+/// lines is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_merges_each_write_s_own_change_into_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = seeded_remote(dir.path());
+    let url = format!("file://{}", remote.display());
+    let with_data = |uid: &str, a: &str, z: &str| {
+        let mut review = review_of("017");
+        review["request"]["uid"] = json!(uid);
+        let data = json!({"A": a, "B": "x", "C": "x", "D": "x", "LOG_LEVEL": "info", "Z": z});
+        review["request"]["object"]["data"] = data.clone();
+        review["request"]["oldObject"]["data"] =
+            json!({"A": "1", "B": "x", "C": "x", "D": "x", "LOG_LEVEL": "info", "Z": "1"});
+        review
+    };
+    // The object as git has it on main, recorded before reviews were turned on.
+    let plain = TestServer::start(&format!(
+        "repository:\n  remote:\n    url: {url}\nrules:\n- name: all\n  wait: push\n"
+    ))
+    .await;
+    let answer = send(
+        &plain,
+        &with_data("00000000-0000-4000-8000-000000000001", "1", "1"),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    plain.server.shutdown().await.unwrap();
+
+    let forge = ForgeServer::start("github", TOKEN).await;
+    let token = token_file(dir.path());
+    let server =
+        TestServer::start(&review_config(&url, &forge, &token, "    group: session\n")).await;
+    let first = send(
+        &server,
+        &with_data("a1a1a1a1-0000-4000-8000-000000000002", "2", "1"),
+    )
+    .await;
+    assert!(message(&first).contains("/team/apps/pull/1"), "{first}");
+    let second = send(
+        &server,
+        &with_data("b2b2b2b2-0000-4000-8000-000000000003", "1", "2"),
+    )
+    .await;
+    assert!(message(&second).contains("added this change"), "{second}");
+    let session = "kubescribe/alice/a1a1a1a1";
+    let file = git(&remote, &["show", &format!("{session}:{FILE_009}")]);
+    assert!(
+        file.contains("A: '2'"),
+        "the first write's change stays: {file}"
     );
-    // No merge request was created through the API; it was looked up by branch.
-    assert!(forge.calls("create-merge-request").is_empty());
-    let lookups = forge.calls("list-project-merge-requests");
-    assert_eq!(lookups.len(), 1);
-    assert!(lookups[0]
-        .query
-        .contains(&("source_branch".to_owned(), BRANCH_009.to_owned())));
+    assert!(file.contains("Z: '2'"), "the second's is there too: {file}");
+
+    let third = send(
+        &server,
+        &with_data("c3c3c3c3-0000-4000-8000-000000000004", "3", "1"),
+    )
+    .await;
+    let text = message(&third);
+    assert!(!allowed(&third));
+    assert!(text.contains("changes the same lines"), "{text}");
     assert_eq!(
-        forge.pulls()[0].title,
-        "alice: create ConfigMap team-a/app-config"
+        git(&remote, &["show", &format!("{session}:{FILE_009}")]),
+        file,
+        "refused: the session is as it was"
     );
-    assert_eq!(forge.problems(), Vec::<String>::new());
+    assert_eq!(forge.calls("pulls/create").len(), 1);
     server.server.shutdown().await.unwrap();
 }

@@ -700,8 +700,7 @@ async fn propose(
     }
     let branch = reviewer.branch_of(write);
     let warnings = response.warnings.clone().unwrap_or_default();
-    let task =
-        tokio::spawn(reviewer.propose(Arc::new(write.clone()), change, warnings, deadline.soft));
+    let task = tokio::spawn(reviewer.propose(Arc::new(write.clone()), change, warnings));
     let gitops = "this cluster changes only through GitOps, so the write is not applied now; your GitOps tool applies it once the pull request is merged";
     let (message, label) = match tokio::time::timeout_at(deadline.hard.into(), task).await {
         Ok(Ok(Ok(Proposal::Opened {

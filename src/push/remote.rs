@@ -195,6 +195,49 @@ impl Remote {
             .filter(|_| output.success))
     }
 
+    /// The remote's branches under `prefix` (`kubescribe/`), with their tips.
+    pub async fn branches_under(&self, prefix: &str) -> Result<Vec<(String, ObjectId)>, PushError> {
+        let output = self
+            .run(&["ls-remote", "--heads", "--", &self.config.url])
+            .await?;
+        if !output.success {
+            return Err(self.classify(&output, false));
+        }
+        Ok(output
+            .stdout
+            .lines()
+            .filter_map(|line| {
+                let (id, name) = line.split_once('\t')?;
+                let branch = name.strip_prefix("refs/heads/")?;
+                branch
+                    .starts_with(prefix)
+                    .then(|| Some((branch.to_owned(), id.parse().ok()?)))
+                    .flatten()
+            })
+            .collect())
+    }
+
+    /// Fetches the remote's `branch` into the local branch of that name, unless
+    /// the local one has commits the remote's does not (never forced).
+    pub async fn fetch_branch(&self, branch: &str) -> Result<(), PushError> {
+        let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
+        let output = self
+            .run(&[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                "--no-write-fetch-head",
+                "--",
+                &self.config.url,
+                &refspec,
+            ])
+            .await?;
+        if output.success {
+            return Ok(());
+        }
+        Err(self.classify(&output, false))
+    }
+
     /// Runs git on the local repository only and returns what it printed, or why
     /// it failed.
     pub(crate) async fn read_local(&self, args: &[&str]) -> Result<String, PushError> {

@@ -106,6 +106,8 @@ pub enum Read {
     Changed(PullRequest, Option<String>),
     /// `304 Not Modified`: as the last read said.
     Unchanged,
+    /// Deleted from the forge (a 404 while the project is visible).
+    Gone,
 }
 
 /// One forge project's API.
@@ -218,8 +220,10 @@ impl ForgeApi {
                 if status == 409 || (status == 422 && detail.contains("already exists")) =>
             {
                 tracing::debug!(head, "the forge has a pull request for this branch already");
+                // Only an open one is this proposal's.
                 self.find(head, base)
                     .await?
+                    .filter(|pr| matches!(pr.state, State::Open { .. }))
                     .ok_or_else(|| ApiError::Refused {
                         forge: self.name(),
                         status,
@@ -260,7 +264,9 @@ impl ForgeApi {
         };
         let answer = match self.call(Method::GET, &path, None, None).await {
             Ok((_, answer, _)) => answer,
-            Err(ApiError::NotFound { .. }) if !list => return Ok(None),
+            // Gitea answers 404 both for "no such pull request" and for a project
+            // the token cannot see: only the first is "none".
+            Err(ApiError::NotFound { .. }) if !list && self.visible().await? => return Ok(None),
             Err(e) => return Err(e),
         };
         let Some(answer) = answer else {
@@ -288,12 +294,30 @@ impl ForgeApi {
             Forge::Github | Forge::Gitea => format!("{}/pulls/{number}", self.project_path()),
             Forge::Gitlab => format!("{}/merge_requests/{number}", self.project_path()),
         };
-        let (status, answer, etag) = self.call(Method::GET, &path, None, etag).await?;
+        let (status, answer, etag) = match self.call(Method::GET, &path, None, etag).await {
+            Err(ApiError::NotFound { .. }) if self.visible().await? => return Ok(Read::Gone),
+            other => other?,
+        };
         if status == StatusCode::NOT_MODIFIED {
             return Ok(Read::Unchanged);
         }
         let answer = answer.ok_or_else(|| self.invalid(format!("{status} without a body")))?;
         Ok(Read::Changed(self.pull_request(&answer)?, etag))
+    }
+
+    /// Whether the project is there for this token: a 404 about one of its pull
+    /// requests then means that pull request, not the project.
+    async fn visible(&self) -> Result<bool, ApiError> {
+        let path = match self.forge {
+            Forge::Github => format!("{}/pulls?state=all&per_page=1", self.project_path()),
+            Forge::Gitea => format!("{}/pulls?state=all&limit=1", self.project_path()),
+            Forge::Gitlab => format!("{}/merge_requests?per_page=1", self.project_path()),
+        };
+        match self.call(Method::GET, &path, None, None).await {
+            Ok(_) => Ok(true),
+            Err(ApiError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn pull_request(&self, answer: &Value) -> Result<PullRequest, ApiError> {

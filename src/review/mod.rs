@@ -10,20 +10,23 @@
 //!
 //! Invariants:
 //! - The rule's branch, its outbox and its pusher never see a review commit.
+//! - Every review branch has a name of its own (the first write's admission uid is
+//!   in it, sessions included), so a branch left behind never blocks a new review.
 //! - Only branches kubescribe created are moved or deleted, each with a lease on
-//!   the commit kubescribe last put there; nothing is ever force-pushed over a
-//!   branch someone else wrote.
-//! - What is open lives in git: the local review branches (under the template's
-//!   fixed prefix) are the open reviews, and after a restart each is looked up on
-//!   the forge by its branch. Memory only caches it.
-//! - A proposal that fails half-way is withdrawn: the local branch goes back, and a
-//!   branch pushed without a pull request is deleted, so no orphan is left.
+//!   the commit kubescribe last put there, and only while kubescribe's commit is
+//!   their tip; nothing is ever force-pushed over a branch someone else wrote.
+//! - What is open lives in git: the review branches (under the template's fixed
+//!   prefix) on the remote and locally are the open reviews, and after a restart,
+//!   even with a new local repository, each is looked up on the forge by its
+//!   branch. Memory only caches it.
+//! - A proposal that fails half-way is withdrawn, on the remote and locally, so the
+//!   user, who is told it failed, finds nothing of it anywhere.
 
 pub mod forge;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gix::hash::ObjectId;
 
@@ -91,10 +94,15 @@ pub struct Reviewer {
     metrics: Arc<Metrics>,
     /// By branch.
     open: Mutex<BTreeMap<String, Open>>,
-    /// Branches found at start whose pull request could not be looked up yet.
-    unknown: Mutex<Vec<(String, ObjectId)>>,
-    /// One proposal at a time per session branch.
-    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Branches found at start (or whose deletion failed) whose pull request is
+    /// still to be looked up.
+    unknown: Mutex<BTreeSet<String>>,
+    /// Whether the remote's review branches were listed since the start.
+    listed: std::sync::atomic::AtomicBool,
+    /// Branches whose pull request is finished, to delete (a remote that failed).
+    to_delete: Mutex<Vec<(String, ObjectId)>>,
+    /// With `group: session`, one proposal at a time per user.
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// `{user}`, `{id}` and `{branch}` of `template` filled in, each made safe for a
@@ -130,8 +138,9 @@ pub fn prefix(template: &str) -> Option<&str> {
 }
 
 /// `system:serviceaccount:ci:deployer` → `system-serviceaccount-ci-deployer`: only
-/// letters, digits, `.`, `_` and `-`, never starting with `.` or `-` or ending with
-/// `.lock` or `.`, and no `..`.
+/// letters, digits, `.`, `_` and `-`, at most 64 of them, never starting with `.`
+/// or `-` or ending with `.lock` or `.`, and no `..`. Different users may come out
+/// the same; nothing relies on the name to tell users apart.
 fn ref_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -142,14 +151,20 @@ fn ref_safe(text: &str) -> String {
         }
         out.push(c);
     }
-    let mut out = out.trim_matches(['-', '.']).to_owned();
-    while out.ends_with(".lock") {
-        out.truncate(out.len() - ".lock".len());
+    // Cut first, then trim: a cut may end in `.` or `.lock`.
+    let mut out: String = out.chars().take(64).collect();
+    loop {
+        let trimmed = out.trim_matches(['-', '.']);
+        let trimmed = trimmed.strip_suffix(".lock").unwrap_or(trimmed);
+        if trimmed.len() == out.len() {
+            break;
+        }
+        out = trimmed.to_owned();
     }
     if out.is_empty() {
         "unknown".to_owned()
     } else {
-        out.chars().take(64).collect()
+        out
     }
 }
 
@@ -166,6 +181,10 @@ fn short_id(uid: &str) -> String {
 /// The longest diff put in a pull request's description (GitHub takes 65,536
 /// characters in all).
 const DIFF_SHOWN: usize = 48 * 1024;
+
+/// How long a proposal waits for the store: the proposal outlives the admission
+/// answer (which says so when it is late), so this only bounds a stuck writer.
+const STORE_PATIENCE: Duration = Duration::from_secs(60);
 
 impl Reviewer {
     pub fn new(
@@ -191,12 +210,19 @@ impl Reviewer {
             metrics,
             open: Mutex::default(),
             unknown: Mutex::default(),
-            sessions: Mutex::default(),
+            listed: std::sync::atomic::AtomicBool::new(false),
+            to_delete: Mutex::default(),
+            turns: Mutex::default(),
         })
     }
 
     pub fn rule(&self) -> &str {
         &self.rule
+    }
+
+    /// The forge, for messages.
+    pub fn forge(&self) -> Forge {
+        self.config.forge
     }
 
     fn outcome(&self, outcome: &'static str) {
@@ -221,7 +247,12 @@ impl Reviewer {
             .inc();
     }
 
-    fn open_count(&self, open: &BTreeMap<String, Open>) {
+    fn open(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Open>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_open(&self) {
+        let open = self.open();
         let labels = RuleLabels {
             rule: self.rule.clone(),
         };
@@ -238,23 +269,54 @@ impl Reviewer {
         reviews.oldest_seconds.get_or_create(&labels).set(oldest);
     }
 
-    /// The review branch of `write`.
+    /// With `group: session`, the user's turn: one proposal at a time.
+    fn turn(&self, user: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        (self.config.group == Grouping::Session).then(|| {
+            self.turns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(user.to_owned())
+                .or_default()
+                .clone()
+        })
+    }
+
+    /// The user's open session: its branch and review.
+    fn session_of(&self, user: &str) -> Option<(String, Open)> {
+        if self.config.group != Grouping::Session {
+            return None;
+        }
+        self.open()
+            .iter()
+            .find(|(_, open)| open.user == user)
+            .map(|(branch, open)| (branch.clone(), open.clone()))
+    }
+
+    /// The branch `write` is proposed on: its user's open session's, or a new one.
     pub fn branch_of(&self, write: &Write) -> String {
-        let id = match self.config.group {
-            Grouping::Write => short_id(&write.uid),
-            Grouping::Session => "session".to_owned(),
-        };
-        // The template was checked at start with a sample; a user name cannot
-        // make it invalid (ref_safe), so this falls back only defensively.
-        branch_name(&self.config.branch, &write.user, &id, &self.base)
-            .unwrap_or_else(|_| format!("kubescribe/{}", short_id(&write.uid)))
+        if let Some((branch, _)) = self.session_of(&write.user) {
+            return branch;
+        }
+        // The template was checked at start; a user name cannot make it invalid
+        // (ref_safe), so this falls back only defensively, under the same prefix.
+        branch_name(
+            &self.config.branch,
+            &write.user,
+            &short_id(&write.uid),
+            &self.base,
+        )
+        .unwrap_or_else(|_| {
+            format!(
+                "{}{}",
+                prefix(&self.config.branch).unwrap_or("kubescribe/"),
+                short_id(&write.uid)
+            )
+        })
     }
 
     /// The other users' open reviews that change `path`: (user, URL).
     pub fn others_on(&self, path: &str, user: &str) -> Vec<(String, String)> {
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.open()
             .values()
             .filter(|o| o.user != user && o.paths.contains(path))
             .map(|o| (o.user.clone(), o.url.clone()))
@@ -269,28 +331,27 @@ impl Reviewer {
         write: Arc<Write>,
         change: Change,
         warnings: Vec<String>,
-        deadline: Instant,
     ) -> Result<Proposal, ReviewError> {
-        let branch = self.branch_of(&write);
-        let session = self.session_lock(&branch);
-        let _turn = match &session {
-            Some(lock) => Some(lock.lock().await),
+        let turn = self.turn(&write.user);
+        let _turn = match &turn {
+            Some(turn) => Some(turn.lock().await),
             None => None,
         };
-        let mut existing = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&branch)
-            .cloned();
-        if let Some(open) = &existing {
-            // A session's pull request may have been merged or closed since the
+        let mut existing = self.session_of(&write.user);
+        if let Some((branch, open)) = &existing {
+            // The session's pull request may have been merged or closed since the
             // last poll: adding to it then would add to nothing.
             match self.api.read(open.number, None).await {
                 Ok(forge::Read::Changed(pull_request, _))
                     if !matches!(pull_request.state, State::Open { .. }) =>
                 {
-                    self.forget_and_finish(&branch, pull_request).await;
+                    self.forget_and_finish(branch, open.number, pull_request)
+                        .await;
+                    existing = None;
+                }
+                Ok(forge::Read::Gone) => {
+                    self.forget_and_finish(branch, open.number, gone(open))
+                        .await;
                     existing = None;
                 }
                 Ok(_) => {}
@@ -300,10 +361,15 @@ impl Reviewer {
                 }
             }
         }
+        let branch = match &existing {
+            Some((branch, _)) => branch.clone(),
+            None => self.branch_of(&write),
+        };
+        let existing = existing.map(|(_, open)| open);
         let path = change.path.to_string();
         let (commit, previous) = match self
             .store
-            .propose(change.clone(), &branch, deadline)
+            .propose(change.clone(), &branch, Instant::now() + STORE_PATIENCE)
             .await
             .map_err(ReviewError::Store)?
         {
@@ -331,8 +397,13 @@ impl Reviewer {
             .push_branch(commit, &branch, previous, &options)
             .await
         {
-            self.withdraw_local(&branch, commit, previous).await;
-            return Err(ReviewError::Push { branch, error });
+            if !self.remote_has(&branch, commit).await {
+                self.withdraw_local(&branch, commit, previous).await;
+                return Err(ReviewError::Push { branch, error });
+            }
+            // The push landed though git did not hear it (a timeout, a dropped
+            // connection): carry on.
+            tracing::info!(%branch, %error, "the push's answer was lost, but the remote has it");
         }
         let pull_request = match &existing {
             Some(open) => Ok(PullRequest {
@@ -344,12 +415,12 @@ impl Reviewer {
                 head: None,
             }),
             None if opens_by_push => match self.api.find(&branch, &self.base).await {
-                Ok(Some(found)) => Ok(found),
-                Ok(None) => Err(ApiError::Refused {
+                Ok(Some(found)) if matches!(found.state, State::Open { .. }) => Ok(found),
+                Ok(_) => Err(ApiError::Refused {
                     forge: "GitLab".to_owned(),
                     status: 404,
                     detail: format!(
-                        "the push with merge_request.create did not open a merge request for {branch}"
+                        "the push with merge_request.create opened no merge request for {branch} (check that the remote is GitLab and takes push options)"
                     ),
                 }),
                 Err(e) => Err(e),
@@ -366,32 +437,30 @@ impl Reviewer {
             Ok(pull_request) => pull_request,
             Err(error) => {
                 self.api_error(&error);
-                if previous.is_none() {
-                    // Nobody can review a branch without a pull request.
-                    if let Err(e) = self.remote.delete_branch(&branch, commit).await {
-                        tracing::warn!(%branch, error = %e, "cannot delete a review branch whose pull request failed; delete it by hand");
-                    }
-                    self.withdraw_local(&branch, commit, previous).await;
-                }
+                // Nobody can review a branch without a pull request, and the user
+                // is told it failed: take it back everywhere.
+                self.withdraw(&branch, commit, previous).await;
                 return Err(ReviewError::Api(error));
             }
         };
         let added = existing.is_some();
         self.outcome(if added { "updated" } else { "opened" });
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = open.entry(branch.clone()).or_insert_with(|| Open {
-            number: pull_request.number,
-            url: pull_request.url.clone(),
-            user: write.user.clone(),
-            tip: commit,
-            paths: BTreeSet::new(),
-            since: Instant::now(),
-            etag: None,
-            conflicting: false,
-        });
-        entry.tip = commit;
-        entry.paths.insert(path);
-        self.open_count(&open);
+        {
+            let mut open = self.open();
+            let entry = open.entry(branch.clone()).or_insert_with(|| Open {
+                number: pull_request.number,
+                url: pull_request.url.clone(),
+                user: write.user.clone(),
+                tip: commit,
+                paths: BTreeSet::new(),
+                since: Instant::now(),
+                etag: None,
+                conflicting: false,
+            });
+            entry.tip = commit;
+            entry.paths.insert(path);
+        }
+        self.count_open();
         tracing::info!(%branch, url = %pull_request.url, %commit, added, "proposed");
         Ok(Proposal::Opened {
             url: pull_request.url,
@@ -401,11 +470,35 @@ impl Reviewer {
         })
     }
 
+    /// Whether the remote's `branch` is at `commit`.
+    async fn remote_has(&self, branch: &str, commit: ObjectId) -> bool {
+        match self.remote.branches_under(branch).await {
+            Ok(found) => found.iter().any(|(b, tip)| b == branch && *tip == commit),
+            Err(_) => false,
+        }
+    }
+
     /// Puts the local review branch back where it was before `commit`.
     async fn withdraw_local(&self, branch: &str, commit: ObjectId, previous: Option<ObjectId>) {
         if let Err(e) = self.store.move_review(branch, commit, previous).await {
-            tracing::warn!(%branch, error = %e, "cannot withdraw a local review commit; it is proposed again with the next write to the branch");
+            tracing::warn!(%branch, error = %e, "cannot withdraw a local review commit");
         }
+    }
+
+    /// Takes `commit` back from the remote's and the local `branch`.
+    async fn withdraw(&self, branch: &str, commit: ObjectId, previous: Option<ObjectId>) {
+        let undone = match previous {
+            None => self.remote.delete_branch(branch, commit).await,
+            Some(previous) => {
+                self.remote
+                    .push_branch(previous, branch, Some(commit), &[])
+                    .await
+            }
+        };
+        if let Err(e) = undone {
+            tracing::warn!(%branch, error = %e, advice = e.advice(), "cannot take a failed proposal back from the remote; its branch has a commit nobody reviews: delete it by hand");
+        }
+        self.withdraw_local(branch, commit, previous).await;
     }
 
     /// The commit's change, as `git show` prints it.
@@ -438,49 +531,92 @@ impl Reviewer {
         }
     }
 
-    /// Finds the reviews left open by an earlier run: every local branch under the
-    /// template's prefix, looked up on the forge by its branch.
+    /// Finds the reviews left open by an earlier run: the review branches of the
+    /// local repository and of the remote (a new local repository has none), each
+    /// looked up on the forge by its branch.
     pub async fn recover(&self) {
         let Some(prefix) = prefix(&self.config.branch).map(str::to_owned) else {
             return;
         };
         let store = self.store.clone();
-        let found = tokio::task::spawn_blocking(move || store.branches_under(&prefix)).await;
-        let branches = match found {
-            Ok(Ok(branches)) => branches,
+        let under = prefix.clone();
+        match tokio::task::spawn_blocking(move || store.branches_under(&under)).await {
+            Ok(Ok(local)) => self
+                .unknown_lock()
+                .extend(local.into_iter().map(|(b, _)| b)),
             Ok(Err(e)) => {
-                tracing::warn!(rule = %self.rule, error = %e, "cannot list the review branches; open reviews are not followed until the next start");
-                return;
+                tracing::warn!(rule = %self.rule, error = %e, "cannot list the local review branches")
             }
             Err(_) => return,
-        };
-        *self.unknown.lock().unwrap_or_else(|e| e.into_inner()) = branches;
+        }
+        self.list_remote(&prefix).await;
         self.look_up_unknown().await;
     }
 
+    fn unknown_lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.unknown.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the remote's review branches the local repository lacks home.
+    async fn list_remote(&self, prefix: &str) {
+        match self.remote.branches_under(prefix).await {
+            Ok(remote) => {
+                for (branch, _) in remote {
+                    if let Err(e) = self.remote.fetch_branch(&branch).await {
+                        tracing::warn!(rule = %self.rule, %branch, error = %e, "cannot fetch a review branch");
+                        continue;
+                    }
+                    self.unknown_lock().insert(branch);
+                }
+                self.listed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(rule = %self.rule, error = %e, advice = e.advice(), "cannot list the remote's review branches; trying again at the next poll")
+            }
+        }
+    }
+
+    /// The local tip of `branch`, if it has one.
+    async fn local_tip(&self, branch: &str) -> Option<ObjectId> {
+        let name = format!("refs/heads/{branch}");
+        self.remote
+            .read_local(&[
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                &name,
+            ])
+            .await
+            .ok()
+            .and_then(|out| out.trim().parse().ok())
+    }
+
     async fn look_up_unknown(&self) {
-        let unknown = std::mem::take(&mut *self.unknown.lock().unwrap_or_else(|e| e.into_inner()));
+        let unknown = std::mem::take(&mut *self.unknown_lock());
         let mut left = Vec::new();
-        for (branch, tip) in unknown {
+        for branch in unknown {
+            if self.open().contains_key(&branch) {
+                continue;
+            }
+            let Some(tip) = self.local_tip(&branch).await else {
+                continue;
+            };
             match self.api.find(&branch, &self.base).await {
                 Ok(Some(pull_request)) => match pull_request.state {
                     State::Open { conflicting } => {
                         let (user, paths) = self.branch_facts(&branch).await;
-                        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-                        open.insert(
-                            branch.clone(),
-                            Open {
-                                number: pull_request.number,
-                                url: pull_request.url,
-                                user,
-                                tip,
-                                paths,
-                                since: Instant::now(),
-                                etag: None,
-                                conflicting,
-                            },
-                        );
-                        self.open_count(&open);
+                        self.open().entry(branch.clone()).or_insert(Open {
+                            number: pull_request.number,
+                            url: pull_request.url,
+                            user,
+                            tip,
+                            paths,
+                            since: Instant::now(),
+                            etag: None,
+                            conflicting,
+                        });
                         tracing::info!(rule = %self.rule, %branch, "following an open review from before the restart");
                     }
                     _ => self.finished(&branch, tip, &pull_request).await,
@@ -493,14 +629,12 @@ impl Reviewer {
                 }
                 Err(error) => {
                     self.api_error(&error);
-                    left.push((branch, tip));
+                    left.push(branch);
                 }
             }
         }
-        self.unknown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(left);
+        self.unknown_lock().extend(left);
+        self.count_open();
     }
 
     /// The user who proposed `branch` and the files it changes.
@@ -528,111 +662,135 @@ impl Reviewer {
         (user, paths)
     }
 
-    /// Forgets `branch`'s review (so a session's next write starts anew) and
-    /// finishes it.
-    async fn forget_and_finish(&self, branch: &str, pull_request: PullRequest) {
-        let forgotten = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(branch);
+    /// Forgets `branch`'s review `number` (so a session's next write starts anew)
+    /// and finishes it; nothing when the branch has another review by now.
+    async fn forget_and_finish(&self, branch: &str, number: u64, pull_request: PullRequest) {
+        let forgotten = {
+            let mut open = self.open();
+            match open.get(branch) {
+                Some(entry) if entry.number == number => open.remove(branch),
+                _ => None,
+            }
+        };
         if let Some(open) = forgotten {
             self.finished(branch, open.tip, &pull_request).await;
         }
+        self.count_open();
     }
 
-    fn session_lock(&self, branch: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        (self.config.group == Grouping::Session).then(|| {
-            self.sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(branch.to_owned())
-                .or_default()
-                .clone()
-        })
-    }
-
-    /// A merged or closed review: forget it, and delete its branch (a closed one
-    /// only with `deleteClosedBranches`; the local one always, so a session starts
-    /// afresh).
+    /// A merged or closed review: delete its branch (a closed one only with
+    /// `deleteClosedBranches`; the local one always).
     async fn finished(&self, branch: &str, tip: ObjectId, pull_request: &PullRequest) {
         let merged = pull_request.state == State::Merged;
         self.outcome(if merged { "merged" } else { "closed" });
         tracing::info!(rule = %self.rule, %branch, url = %pull_request.url, merged, "review finished");
         if merged && pull_request.head.is_some_and(|head| head != tip) {
-            // A session's write landed on the branch after the merge: it is not
-            // in the merged change, and its branch is the only place it is in.
+            // A session's write landed on the branch after the merge: it is not in
+            // the merged change, and its branch is the only place it is in.
             tracing::error!(rule = %self.rule, %branch, url = %pull_request.url, "the branch has commits the merged pull request does not; kept for a person to propose again");
             return;
         }
         if merged || self.config.delete_closed_branches {
             self.delete(branch, tip).await;
-        } else if let Err(e) = self.store.move_review(branch, tip, None).await {
-            tracing::warn!(%branch, error = %e, "cannot delete the local review branch");
+        } else {
+            self.withdraw_local(branch, tip, None).await;
         }
     }
 
+    /// Deletes review branch `branch` on the remote and locally, if kubescribe's
+    /// commit `tip` is still its tip (a person's commit on it makes it theirs).
     async fn delete(&self, branch: &str, tip: ObjectId) {
-        if let Err(e) = self.remote.delete_branch(branch, tip).await {
-            tracing::warn!(rule = %self.rule, %branch, error = %e, advice = e.advice(), "cannot delete the review branch on the remote (it moved, or the remote refused); left as it is");
+        let hex = tip.to_string();
+        let committer = self
+            .remote
+            .read_local(&["log", "-1", "--format=%ce", "--end-of-options", &hex])
+            .await
+            .unwrap_or_default();
+        if committer.trim() != self.store.committer_email() {
+            tracing::info!(rule = %self.rule, %branch, "the review branch's last commit is not kubescribe's; left as it is");
+            self.withdraw_local(branch, tip, None).await;
+            return;
         }
-        if let Err(e) = self.store.move_review(branch, tip, None).await {
-            tracing::warn!(%branch, error = %e, "cannot delete the local review branch");
+        match self.remote.delete_branch(branch, tip).await {
+            Ok(()) => self.withdraw_local(branch, tip, None).await,
+            Err(e @ (PushError::Conflict { .. } | PushError::Rejected { .. })) => {
+                tracing::info!(rule = %self.rule, %branch, error = %e, "the review branch moved on the remote; left to whoever moved it");
+                self.withdraw_local(branch, tip, None).await;
+            }
+            Err(e) => {
+                tracing::warn!(rule = %self.rule, %branch, error = %e, advice = e.advice(), "cannot delete the review branch on the remote; trying again at the next poll");
+                self.to_delete
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((branch.to_owned(), tip));
+            }
         }
     }
 
     /// Looks at every open review once.
     pub async fn poll(&self) {
-        if !self
-            .unknown
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
+        let retry = std::mem::take(&mut *self.to_delete.lock().unwrap_or_else(|e| e.into_inner()));
+        for (branch, tip) in retry {
+            self.delete(&branch, tip).await;
+        }
+        if !self.listed.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(prefix) = prefix(&self.config.branch).map(str::to_owned) {
+                self.list_remote(&prefix).await;
+            }
+        }
+        if !self.unknown_lock().is_empty() {
             self.look_up_unknown().await;
         }
         let open: Vec<(String, Open)> = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .open()
             .iter()
             .map(|(b, o)| (b.clone(), o.clone()))
             .collect();
         for (branch, review) in open {
-            match self.api.read(review.number, review.etag.as_deref()).await {
-                Ok(forge::Read::Unchanged) => {}
+            let finished = match self.api.read(review.number, review.etag.as_deref()).await {
+                Ok(forge::Read::Unchanged) => None,
                 Ok(forge::Read::Changed(pull_request, etag)) => match pull_request.state {
                     State::Open { conflicting } => {
                         if conflicting && !review.conflicting {
                             tracing::warn!(rule = %self.rule, %branch, url = %review.url, "the pull request conflicts with its branch; resolve it on the forge, or close it and write again");
                         }
-                        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-                        if let Some(entry) = open.get_mut(&branch) {
+                        if let Some(entry) = self
+                            .open()
+                            .get_mut(&branch)
+                            .filter(|e| e.number == review.number)
+                        {
                             entry.etag = etag;
                             entry.conflicting = conflicting;
                         }
+                        None
                     }
-                    _ => {
-                        // Not while a session's write is being added to it.
-                        let session = self.session_lock(&branch);
-                        let _turn = match &session {
-                            Some(lock) => Some(lock.lock().await),
-                            None => None,
-                        };
-                        self.forget_and_finish(&branch, pull_request).await;
-                    }
+                    _ => Some(pull_request),
                 },
+                Ok(forge::Read::Gone) => {
+                    tracing::warn!(rule = %self.rule, %branch, url = %review.url, "the pull request was deleted on the forge");
+                    Some(gone(&review))
+                }
                 Err(error) => {
                     self.api_error(&error);
                     tracing::warn!(rule = %self.rule, %branch, %error, advice = error.advice(), "cannot read the pull request");
                     if matches!(error, ApiError::RateLimited { .. }) {
                         break;
                     }
+                    None
                 }
+            };
+            if let Some(pull_request) = finished {
+                // Not while a session's write is being added to it.
+                let turn = self.turn(&review.user);
+                let _turn = match &turn {
+                    Some(turn) => Some(turn.lock().await),
+                    None => None,
+                };
+                self.forget_and_finish(&branch, review.number, pull_request)
+                    .await;
             }
         }
-        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        self.open_count(&open);
+        self.count_open();
     }
 
     /// Follows the open reviews every `pollInterval`, until the task is aborted.
@@ -645,10 +803,15 @@ impl Reviewer {
             }
         })
     }
+}
 
-    /// The forge, for messages.
-    pub fn forge(&self) -> Forge {
-        self.config.forge
+/// A deleted pull request, as a closed one.
+fn gone(open: &Open) -> PullRequest {
+    PullRequest {
+        number: open.number,
+        url: open.url.clone(),
+        state: State::Closed,
+        head: None,
     }
 }
 

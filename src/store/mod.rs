@@ -789,6 +789,11 @@ impl StoreHandle {
         Ok(found)
     }
 
+    /// The e-mail of kubescribe's own committer identity.
+    pub fn committer_email(&self) -> &str {
+        &self.committer_email
+    }
+
     /// The repository's path and branch.
     pub fn location(&self) -> (&Path, &str) {
         (&self.location.0, &self.location.1)

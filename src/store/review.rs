@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::writer::Writer;
 use super::*;
+use crate::manifest::Action;
 
 /// A change to propose on `branch`.
 pub(super) struct ReviewJob {
@@ -53,11 +54,22 @@ impl Writer {
         if reply.is_closed() {
             return;
         }
-        let result = self.commit_review(change, &branch);
+        let mut result = self.commit_review(change.clone(), &branch);
+        if matches!(result, Err(StoreError::Write { .. })) && self.repack.is_some() {
+            // A repack may have moved objects out of a pack gix still had open.
+            self.reopen();
+            result = self.commit_review(change, &branch);
+        }
         if let Err(error) = &result {
             self.count_error(error.label(), 1);
         }
-        let _ = reply.send(result);
+        if let Err(Ok(Proposed::Committed { commit, previous })) = reply.send(result) {
+            // Nobody will push it: its proposer gave up. Left on the local branch,
+            // the next proposal there would build on a commit the remote never got.
+            if let Err(e) = self.move_review(&branch, commit, previous) {
+                tracing::warn!(%branch, error = %e, "cannot withdraw a review commit nobody waits for");
+            }
+        }
     }
 
     fn commit_review(&mut self, change: Change, branch: &str) -> Result<Proposed, StoreError> {
@@ -86,8 +98,21 @@ impl Writer {
                     .map_err(|e| write_error(&e))?
                     .detach(),
             ),
+            None if !self.reverts.is_empty() || !self.withheld.is_empty() => {
+                // The branch holds a denied write until its revert is committed: a
+                // review from here would propose that write too.
+                return Ok(Proposed::Refused {
+                    reason: "a denied write is being reverted on the branch right now; retry the write in a moment".to_owned(),
+                });
+            }
             None => (self.tip, self.tree),
         };
+        let mut change = change;
+        if previous.is_some() {
+            if let Some(refused) = self.merge_into_session(&mut change, tree)? {
+                return Ok(refused);
+            }
+        }
         let job = Job {
             change,
             waiter: None,
@@ -100,7 +125,16 @@ impl Writer {
         let commit = match outcomes.into_iter().next() {
             Some(Outcome::Committed { commit }) => commit,
             Some(Outcome::Refused { reason }) => return Ok(Proposed::Refused { reason }),
-            Some(Outcome::Unchanged | Outcome::ParentMissing) | None => {
+            Some(Outcome::ParentMissing) => {
+                self.repo.objects.reset_object_memory();
+                return Ok(Proposed::Refused {
+                    reason: format!(
+                        "{} has no file in git to scale; propose the object itself first",
+                        job.change.path
+                    ),
+                });
+            }
+            Some(Outcome::Unchanged) | None => {
                 self.repo.objects.reset_object_memory();
                 return Ok(Proposed::Unchanged);
             }
@@ -143,6 +177,64 @@ impl Writer {
                 reason: e.to_string(),
             })?;
         Ok(Proposed::Committed { commit, previous })
+    }
+
+    /// In a session (a review branch with earlier writes), a whole-file write is
+    /// the object as the cluster has it, which never got the session's earlier
+    /// changes: written as it is, it would undo them. So only its own change (from
+    /// the rule's branch to it) is merged into the session's file, as `git
+    /// merge-file` does; where both change the same lines, it is refused. Edits in
+    /// place are already changes of fields, applied to the session's file.
+    fn merge_into_session(
+        &self,
+        change: &mut Change,
+        session: ObjectId,
+    ) -> Result<Option<Proposed>, StoreError> {
+        let Action::Put(bytes) = &change.action else {
+            return Ok(None);
+        };
+        if change.in_place.is_some() {
+            return Ok(None);
+        }
+        let read_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let path = change.path.to_string();
+        let base = lookup(&self.repo, self.tree, &path).map_err(|e| read_error(&e))?;
+        let current = lookup(&self.repo, session, &path).map_err(|e| read_error(&e))?;
+        let (Some(base), Some(current)) = (base, current) else {
+            // New in the session, or gone from the branch: the write says it all.
+            return Ok(None);
+        };
+        if base == current {
+            return Ok(None);
+        }
+        let blob = |id: ObjectId| -> Result<Vec<u8>, StoreError> {
+            Ok(self
+                .repo
+                .find_blob(id)
+                .map_err(|e| read_error(&e))?
+                .data
+                .clone())
+        };
+        match super::merge::merge(
+            &std::env::temp_dir(),
+            &blob(current)?,
+            &blob(base)?,
+            bytes,
+            super::merge::Conflicts::Refuse,
+        ) {
+            Ok(Some(merged)) => {
+                change.action = Action::Put(merged);
+                Ok(None)
+            }
+            Ok(None) => Ok(Some(Proposed::Refused {
+                reason: format!(
+                    "this write changes the same lines of {path} as an earlier write in your open pull request; change it there, or close that pull request and write again"
+                ),
+            })),
+            Err(reason) => Err(StoreError::Write { reason }),
+        }
     }
 
     /// Moves review branch `branch` from `from` back to `to` (`None`: deletes it),

@@ -706,7 +706,7 @@ fn answer(
                 None => (404, Some(json!({"message": "Not Found"}))),
             }
         }
-        "pulls/list" | "list-project-merge-requests" => {
+        "pulls/list" | "repoListPullRequests" | "list-project-merge-requests" => {
             let (head, base) = match forge {
                 "github" => (
                     q("head").map(|h| h.split_once(':').map_or(h.clone(), |(_, b)| b.to_owned())),
@@ -714,9 +714,13 @@ fn answer(
                 ),
                 _ => (q("source_branch"), q("target_branch")),
             };
-            // GitHub lists open ones by default, GitLab all.
+            let limit = q("limit")
+                .or_else(|| q("per_page"))
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(usize::MAX);
+            // GitHub and Gitea list open ones by default, GitLab all.
             let wanted = q("state")
-                .unwrap_or_else(|| if forge == "github" { "open" } else { "all" }.to_owned());
+                .unwrap_or_else(|| if forge == "gitlab" { "all" } else { "open" }.to_owned());
             let list: Vec<Value> = state
                 .pulls
                 .iter()
@@ -724,12 +728,13 @@ fn answer(
                 .filter(|p| base.as_ref().is_none_or(|b| *b == p.base))
                 .filter(|p| match (forge, wanted.as_str()) {
                     (_, "all") => true,
-                    ("github", "closed") => p.state != "open",
-                    ("github", _) => p.state == "open",
+                    ("github" | "gitea", "closed") => p.state != "open",
+                    ("github" | "gitea", _) => p.state == "open",
                     (_, "opened") => p.state == "open",
                     (_, other) => p.state == other,
                 })
                 .map(|p| show(forge, op, 200, p, addr))
+                .take(limit)
                 .collect();
             (200, Some(Value::Array(list)))
         }
