@@ -703,6 +703,11 @@ pub struct ReviewConfig {
     /// The longest one API call may take.
     #[serde(default = "default_api_timeout", with = "duration_str")]
     pub timeout: std::time::Duration,
+    /// A file with the secret of the forge's webhook; with it, `POST
+    /// /reviews/<rule>` takes the forge's pull request events (signature checked)
+    /// as a hint to poll at once.
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 fn default_review_branch() -> String {

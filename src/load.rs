@@ -113,12 +113,27 @@ impl Connection {
         content_type: Option<&str>,
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), LoadError> {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|c| ("content-type", c))
+            .into_iter()
+            .collect();
+        self.send_with(method, path, &headers, body).await
+    }
+
+    /// [`Self::send`] with any headers (a forge's webhook signature, say).
+    pub async fn send_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), LoadError> {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "kubescribe");
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let request = request.body(Full::new(body))?;
         self.sender.ready().await?;

@@ -187,6 +187,14 @@ pub struct ReviewMetrics {
     /// `opened`, `updated` (a session's later write), `merged`, `closed`.
     pub outcomes: Family<RuleOutcomeLabels, Counter>,
     pub api_errors: Family<RuleReasonLabels, Counter>,
+    /// Forge webhooks, by result: `accepted` or `refused` (a bad signature).
+    pub webhooks: Family<RuleResultLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleResultLabels {
+    pub rule: String,
+    pub result: &'static str,
 }
 
 impl ReviewMetrics {
@@ -216,6 +224,11 @@ impl ReviewMetrics {
             "api_errors",
             "Forge API calls that failed, by reason: auth, not_found, rate_limited, unavailable, refused, credentials, invalid",
             self.api_errors.clone(),
+        );
+        r.register(
+            "webhooks",
+            "Forge webhooks received, by result: accepted, refused (no or a wrong signature)",
+            self.webhooks.clone(),
         );
     }
 }

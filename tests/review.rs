@@ -604,3 +604,88 @@ async fn a_session_merges_each_write_s_own_change_into_its_file() {
     assert_eq!(forge.calls("pulls/create").len(), 1);
     server.server.shutdown().await.unwrap();
 }
+
+/// A forge's webhook makes kubescribe look at once, instead of at the next poll;
+/// one without the right signature is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_forge_webhook_makes_the_merge_known_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let remote = seeded_remote(dir.path());
+    let forge = ForgeServer::start("github", TOKEN).await;
+    let token = token_file(dir.path());
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "It's a Secret to Everybody\n").unwrap();
+    let config = review_config(
+        &format!("file://{}", remote.display()),
+        &forge,
+        &token,
+        &format!("    webhookSecretFile: {}\n", secret.display()),
+    )
+    .replace("pollInterval: 1s", "pollInterval: 3600s");
+    let server = TestServer::start(&config).await;
+    let answer = send(&server, &review_of("009")).await;
+    assert!(message(&answer).contains("/team/apps/pull/1"), "{answer}");
+    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    git(&remote, &["update-ref", "refs/heads/main", &tip]);
+    forge.merge(1, &tip);
+
+    // GitHub's documented example: this body signed with this secret.
+    let body = bytes::Bytes::from_static(b"Hello, World!");
+    let signature = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    let mut connection = server.connect().await;
+    let (status, answer) = connection
+        .send_with(
+            axum::http::Method::POST,
+            "/reviews/review",
+            &[
+                ("x-hub-signature-256", "sha256=00"),
+                ("x-github-event", "pull_request"),
+            ],
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 401, "{answer:?}");
+    assert!(String::from_utf8_lossy(&answer).contains("webhookSecretFile"));
+    let (status, _) = connection
+        .send_with(
+            axum::http::Method::POST,
+            "/reviews/nosuchrule",
+            &[("x-hub-signature-256", signature)],
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    assert!(
+        branches(&remote).contains(&BRANCH_009.to_owned()),
+        "nothing happened"
+    );
+
+    let (status, _) = connection
+        .send_with(
+            axum::http::Method::POST,
+            "/reviews/review",
+            &[
+                ("x-hub-signature-256", signature),
+                ("x-github-event", "pull_request"),
+            ],
+            body,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    eventually(Duration::from_secs(20), "the merge is known", || {
+        branches(&remote) == ["main"]
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &server,
+            "kubescribe_reviews_webhooks_total{rule=\"review\",result=\"refused\"}"
+        )
+        .await,
+        1.0
+    );
+    server.server.shutdown().await.unwrap();
+}

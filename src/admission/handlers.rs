@@ -120,7 +120,10 @@ pub fn routes(
             crate::caller::require_caller,
         ));
     }
+    // The forges' webhooks cannot prove they are the apiserver: their own
+    // signature is checked instead, and they can only ask for an early poll.
     router = router
+        .route("/reviews/{rule}", post(forge_hook))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
     if with_metrics {
@@ -670,6 +673,69 @@ async fn cascade_warning(
 
 /// How long the answer may spend listing what a delete takes out of git.
 const CASCADE_LOOKUP_MAX: Duration = Duration::from_secs(1);
+
+/// A forge's webhook for rule `rule`'s pull requests: checked against the
+/// webhook's secret, then only a hint to poll now (see [`crate::review::hook`]).
+async fn forge_hook(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(rule): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let message = |status: StatusCode, text: &str| {
+        (
+            status,
+            axum::Json(serde_json::json!({"message": text, "status": status.as_u16()})),
+        )
+            .into_response()
+    };
+    let Some(reviewer) = state.reviews.iter().find(|r| r.rule() == rule) else {
+        return message(StatusCode::NOT_FOUND, "no review rule of that name");
+    };
+    let secret = match reviewer.webhook_secret() {
+        None => {
+            return message(
+                StatusCode::NOT_FOUND,
+                "this rule's review takes no webhooks: set review.webhookSecretFile",
+            )
+        }
+        Some(Err(error)) => {
+            tracing::error!(%rule, %error, "cannot read the forge webhook's secret");
+            return message(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "kubescribe cannot read this webhook's secret; see its logs",
+            );
+        }
+        Some(Ok(secret)) => secret,
+    };
+    let result = crate::review::hook::verify(reviewer.forge(), &secret, &headers, &body);
+    state
+        .metrics
+        .reviews
+        .webhooks
+        .get_or_create(&crate::metrics::RuleResultLabels {
+            rule: rule.clone(),
+            result: if result.is_ok() {
+                "accepted"
+            } else {
+                "refused"
+            },
+        })
+        .inc();
+    match result {
+        Ok(()) => {
+            reviewer.poke();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(why) => {
+            tracing::warn!(%rule, why, "forge webhook refused");
+            message(
+                StatusCode::UNAUTHORIZED,
+                &format!("{why}: give the forge's webhook the secret in review.webhookSecretFile"),
+            )
+        }
+    }
+}
 
 /// A write under a `review` rule: proposed in a pull request, and denied with its
 /// URL (see [`crate::review`]). The proposal runs on its own task, so a slow forge

@@ -23,6 +23,7 @@
 //!   user, who is told it failed, finds nothing of it anywhere.
 
 pub mod forge;
+pub mod hook;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,8 @@ pub struct Reviewer {
     to_delete: Mutex<Vec<(String, ObjectId)>>,
     /// With `group: session`, one proposal at a time per user.
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// A forge webhook asks for a poll now.
+    poke: tokio::sync::Notify,
 }
 
 /// `{user}`, `{id}` and `{branch}` of `template` filled in, each made safe for a
@@ -213,6 +216,7 @@ impl Reviewer {
             listed: std::sync::atomic::AtomicBool::new(false),
             to_delete: Mutex::default(),
             turns: Mutex::default(),
+            poke: tokio::sync::Notify::new(),
         })
     }
 
@@ -223,6 +227,28 @@ impl Reviewer {
     /// The forge, for messages.
     pub fn forge(&self) -> Forge {
         self.config.forge
+    }
+
+    /// The forge webhook's secret, when the rule takes webhooks: `None` when it
+    /// does not, `Some(Err)` when the file cannot be read.
+    pub fn webhook_secret(&self) -> Option<Result<Vec<u8>, String>> {
+        let path = self.config.webhook_secret_file.as_ref()?;
+        Some(
+            std::fs::read(path)
+                .map(|mut secret| {
+                    while secret.last().is_some_and(u8::is_ascii_whitespace) {
+                        secret.pop();
+                    }
+                    secret
+                })
+                .map_err(|e| format!("{}: {e}", path.display())),
+        )
+    }
+
+    /// Polls at once (a forge webhook said something changed); pokes while a poll
+    /// is due fold into it.
+    pub fn poke(&self) {
+        self.poke.notify_one();
     }
 
     fn outcome(&self, outcome: &'static str) {
@@ -798,7 +824,10 @@ impl Reviewer {
         tokio::spawn(async move {
             self.recover().await;
             loop {
-                tokio::time::sleep(self.config.poll_interval).await;
+                tokio::select! {
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = self.poke.notified() => {}
+                }
                 self.poll().await;
             }
         })
