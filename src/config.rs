@@ -1066,6 +1066,15 @@ impl Config {
                         rule.name, rule.name
                     )));
                 }
+                if let Some(under) = targets
+                    .iter()
+                    .find(|t| t.repository.branch.starts_with(&prefix))
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "rule {:?}: review branches go under {prefix:?}, where repository {:?} has its branch {:?}; kubescribe takes every branch there for a review, so give `branch` another directory",
+                        rule.name, under.name, under.repository.branch
+                    )));
+                }
                 prefixes.push((target.name.clone(), prefix, rule.name.clone()));
             }
         }
@@ -1432,5 +1441,7 @@ mod tests {
             rule("", deny)
         );
         assert!(error(two).contains("overlap"));
+        let under = rule("", deny).replace("remote:", "branch: kubescribe/prod\n  remote:");
+        assert!(error(under).contains("has its branch \"kubescribe/prod\""));
     }
 }

@@ -455,13 +455,49 @@ async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
     assert!(message(&answer).contains("/team/apps/pull/1"), "{answer}");
     server.server.shutdown().await.unwrap();
 
-    // An orphan: pushed by an earlier run that stopped before opening its pull
-    // request (kubescribe's own commit, so it is kubescribe's to delete).
+    // An orphan: pushed an hour ago by a run that stopped before opening its
+    // pull request (kubescribe's own commit of this rule's review, so it is
+    // kubescribe's to delete).
     let orphan = "kubescribe/bob/0badf00d";
     let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    let hour_ago = format!(
+        "{} +0000",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 3600
+    );
+    let tree = format!("{tip}^{{tree}}");
+    let old = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&remote)
+        .args([
+            "commit-tree",
+            &tree,
+            "-p",
+            &tip,
+            "-m",
+            "update v1 ConfigMap team-a/app-config\n\nKubernetes-User: bob\nKubescribe-Review: review into main",
+        ])
+        .env("GIT_AUTHOR_NAME", "bob")
+        .env("GIT_AUTHOR_EMAIL", "bob@example.com")
+        .env("GIT_COMMITTER_NAME", "kubescribe")
+        .env("GIT_COMMITTER_EMAIL", "kubescribe@localhost")
+        .env("GIT_COMMITTER_DATE", &hour_ago)
+        .output()
+        .unwrap();
+    assert!(old.status.success());
+    let orphan_tip = String::from_utf8(old.stdout).unwrap().trim().to_owned();
     git(
         &remote,
-        &["update-ref", &format!("refs/heads/{orphan}"), &tip],
+        &["update-ref", &format!("refs/heads/{orphan}"), &orphan_tip],
+    );
+    // Fresh, and so perhaps still being proposed by another process: kept.
+    let fresh = "kubescribe/dave/0f0f0f0f";
+    git(
+        &remote,
+        &["update-ref", &format!("refs/heads/{fresh}"), &tip],
     );
     // A branch someone else made under the prefix, with no pull request: not
     // kubescribe's commit, so left alone.
@@ -486,7 +522,7 @@ async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
     eventually(
         Duration::from_secs(20),
         "the merge is noticed after the restart",
-        || branches(&remote) == [theirs, "main"],
+        || branches(&remote) == [theirs, fresh, "main"],
     )
     .await;
     assert_eq!(forge.problems(), Vec::<String>::new());
@@ -530,6 +566,19 @@ async fn a_failed_push_proposes_nothing() {
         .trim()
         .is_empty());
     assert!(forge.seen().is_empty());
+    // No rule takes forge webhooks here, so the path is not there at all.
+    let (status, _) = server
+        .connect()
+        .await
+        .send_with(
+            axum::http::Method::POST,
+            "/reviews/review",
+            &[("x-hub-signature-256", "sha256=00")],
+            bytes::Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
     server.server.shutdown().await.unwrap();
 }
 

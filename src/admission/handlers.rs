@@ -121,9 +121,12 @@ pub fn routes(
         ));
     }
     // The forges' webhooks cannot prove they are the apiserver: their own
-    // signature is checked instead, and they can only ask for an early poll.
+    // signature is checked instead, and they can only ask for an early poll. The
+    // path is there only when a rule takes them.
+    if state.reviews.iter().any(|r| r.takes_webhooks()) {
+        router = router.route("/reviews/{rule}", post(forge_hook));
+    }
     router = router
-        .route("/reviews/{rule}", post(forge_hook))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz));
     if with_metrics {
@@ -439,7 +442,15 @@ async fn answer(
         review,
     } = recording;
     if review {
-        return propose(state, write, change, rule.as_deref(), response, deadline).await;
+        return propose(
+            state,
+            write,
+            (change, target),
+            rule.as_deref(),
+            response,
+            deadline,
+        )
+        .await;
     }
     let target_index = target;
     let target = &state.targets[target];
@@ -674,13 +685,16 @@ async fn cascade_warning(
 /// How long the answer may spend listing what a delete takes out of git.
 const CASCADE_LOOKUP_MAX: Duration = Duration::from_secs(1);
 
+/// The largest forge webhook body read, and how long it may take to arrive.
+const HOOK_BODY_BYTES: usize = 1 << 20;
+const HOOK_BODY_TIME: Duration = Duration::from_secs(10);
+
 /// A forge's webhook for rule `rule`'s pull requests: checked against the
 /// webhook's secret, then only a hint to poll now (see [`crate::review::hook`]).
 async fn forge_hook(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(rule): axum::extract::Path<String>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    request: axum::extract::Request,
 ) -> Response {
     let message = |status: StatusCode, text: &str| {
         (
@@ -708,7 +722,24 @@ async fn forge_hook(
         }
         Some(Ok(secret)) => secret,
     };
-    let result = crate::review::hook::verify(reviewer.forge(), &secret, &headers, &body);
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    // Pull request events are a few KiB; nothing is read before the rule and its
+    // secret are known, and never more than this.
+    let result = match crate::review::hook::signature_present(reviewer.forge(), &headers) {
+        Err(why) => Err(why),
+        Ok(()) => match tokio::time::timeout(
+            HOOK_BODY_TIME,
+            axum::body::to_bytes(body, HOOK_BODY_BYTES),
+        )
+        .await
+        {
+            Ok(Ok(body)) => crate::review::hook::verify(reviewer.forge(), &secret, &headers, &body),
+            Ok(Err(_)) | Err(_) => Err(format!(
+                "the body is over {HOOK_BODY_BYTES} bytes or did not arrive within {HOOK_BODY_TIME:?}"
+            )),
+        },
+    };
     state
         .metrics
         .reviews
@@ -728,7 +759,9 @@ async fn forge_hook(
             StatusCode::NO_CONTENT.into_response()
         }
         Err(why) => {
-            tracing::warn!(%rule, why, "forge webhook refused");
+            // Anyone can call this path: the metric counts refusals, the log
+            // does not grow with them.
+            tracing::debug!(%rule, why, "forge webhook refused");
             message(
                 StatusCode::UNAUTHORIZED,
                 &format!("{why}: give the forge's webhook the secret in review.webhookSecretFile"),
@@ -743,7 +776,7 @@ async fn forge_hook(
 async fn propose(
     state: &AppState,
     write: &Write,
-    change: manifest::Change,
+    (change, target): (manifest::Change, usize),
     rule: Option<&str>,
     mut response: AdmissionResponse,
     deadline: Deadline,
@@ -766,7 +799,23 @@ async fn propose(
     }
     let branch = reviewer.branch_of(write);
     let warnings = response.warnings.clone().unwrap_or_default();
-    let task = tokio::spawn(reviewer.propose(Arc::new(write.clone()), change, warnings));
+    // The object before the write, as a file: what a session merges the write's
+    // own change from.
+    let base = write.old_object.as_ref().and_then(|old| {
+        let before = Write {
+            object: Some(old.clone()),
+            old_object: None,
+            ..write.clone()
+        };
+        match manifest::plan(&before, &state.targets[target].layout, state.policy.secrets) {
+            Ok(manifest::Change {
+                action: manifest::Action::Put(bytes),
+                ..
+            }) => Some(bytes),
+            _ => None,
+        }
+    });
+    let task = tokio::spawn(reviewer.propose(Arc::new(write.clone()), change, base, warnings));
     let gitops = "this cluster changes only through GitOps, so the write is not applied now; your GitOps tool applies it once the pull request is merged";
     let (message, label) = match tokio::time::timeout_at(deadline.hard.into(), task).await {
         Ok(Ok(Ok(Proposal::Opened {

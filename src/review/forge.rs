@@ -128,6 +128,9 @@ const MAX_ANSWER: usize = 8 << 20;
 /// A rate limit without `Retry-After` (GitHub's secondary limits say "wait a
 /// minute").
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How many pages of 50 of a Gitea project's pull requests are searched for a
+/// branch's, where Gitea cannot look one up by branch.
+const GITEA_PAGES: usize = 20;
 
 impl ForgeApi {
     pub fn new(config: &ReviewConfig) -> Result<Self, ApiError> {
@@ -264,9 +267,12 @@ impl ForgeApi {
         };
         let answer = match self.call(Method::GET, &path, None, None).await {
             Ok((_, answer, _)) => answer,
-            // Gitea answers 404 both for "no such pull request" and for a project
-            // the token cannot see: only the first is "none".
-            Err(ApiError::NotFound { .. }) if !list && self.visible().await? => return Ok(None),
+            // Gitea answers 404 for "no such pull request", for a project the
+            // token cannot see, and (before 1.22) for this whole endpoint: the
+            // project's list of pull requests tells them apart.
+            Err(ApiError::NotFound { .. }) if !list && self.visible().await? => {
+                return self.gitea_search(head, base).await
+            }
             Err(e) => return Err(e),
         };
         let Some(answer) = answer else {
@@ -303,6 +309,34 @@ impl ForgeApi {
         }
         let answer = answer.ok_or_else(|| self.invalid(format!("{status} without a body")))?;
         Ok(Read::Changed(self.pull_request(&answer)?, etag))
+    }
+
+    /// Gitea's pull request from `head` into `base`, read off its list (newest
+    /// first, at most [`GITEA_PAGES`] pages).
+    async fn gitea_search(&self, head: &str, base: &str) -> Result<Option<PullRequest>, ApiError> {
+        const LIMIT: usize = 50;
+        let mut found = Vec::new();
+        for page in 1..=GITEA_PAGES {
+            let path = format!(
+                "{}/pulls?state=all&limit={LIMIT}&page={page}",
+                self.project_path()
+            );
+            let (_, answer, _) = self.call(Method::GET, &path, None, None).await?;
+            let items = answer.unwrap_or_default();
+            let items = items.as_array().ok_or_else(|| {
+                self.invalid("a list of pull requests is not a JSON array".into())
+            })?;
+            for item in items {
+                if item["head"]["ref"] == head && item["base"]["ref"] == base {
+                    found.push(self.pull_request(item)?);
+                }
+            }
+            if items.len() < LIMIT {
+                break;
+            }
+        }
+        found.sort_by_key(|pr| (matches!(pr.state, State::Open { .. }), pr.number));
+        Ok(found.pop())
     }
 
     /// Whether the project is there for this token: a 404 about one of its pull

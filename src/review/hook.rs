@@ -41,6 +41,20 @@ pub fn verify(forge: Forge, secret: &[u8], headers: &HeaderMap, body: &[u8]) -> 
     }
 }
 
+/// Whether `headers` carry the header `forge` signs with, before any of the body
+/// is read.
+pub fn signature_present(forge: Forge, headers: &HeaderMap) -> Result<(), String> {
+    let names: &[&str] = match forge {
+        Forge::Gitlab => &["x-gitlab-token"],
+        Forge::Github | Forge::Gitea => &["x-hub-signature-256", "x-gitea-signature"],
+    };
+    if names.iter().any(|name| headers.contains_key(*name)) {
+        Ok(())
+    } else {
+        Err(format!("no {} header", names.join(" or ")))
+    }
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;

@@ -106,6 +106,36 @@ pub struct Reviewer {
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// A forge webhook asks for a poll now.
     poke: tokio::sync::Notify,
+    /// Branches being proposed right now, which recovery must not take for
+    /// orphans.
+    in_flight: Mutex<std::collections::HashSet<String>>,
+}
+
+/// Marks a branch as being proposed while it lives.
+struct InFlight<'a> {
+    set: &'a Mutex<std::collections::HashSet<String>>,
+    branch: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(set: &'a Mutex<std::collections::HashSet<String>>, branch: &str) -> Self {
+        set.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(branch.to_owned());
+        Self {
+            set,
+            branch: branch.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.branch);
+    }
 }
 
 /// `{user}`, `{id}` and `{branch}` of `template` filled in, each made safe for a
@@ -185,6 +215,11 @@ fn short_id(uid: &str) -> String {
 /// characters in all).
 const DIFF_SHOWN: usize = 48 * 1024;
 
+/// How old a review branch without a pull request must be before it is taken for
+/// an orphan (a proposal that stopped half-way) and deleted: longer than any
+/// proposal takes.
+const ORPHAN_GRACE: Duration = Duration::from_secs(600);
+
 /// How long a proposal waits for the store: the proposal outlives the admission
 /// answer (which says so when it is late), so this only bounds a stuck writer.
 const STORE_PATIENCE: Duration = Duration::from_secs(60);
@@ -217,6 +252,7 @@ impl Reviewer {
             to_delete: Mutex::default(),
             turns: Mutex::default(),
             poke: tokio::sync::Notify::new(),
+            in_flight: Mutex::default(),
         })
     }
 
@@ -229,19 +265,29 @@ impl Reviewer {
         self.config.forge
     }
 
+    /// Whether the rule takes forge webhooks (`webhookSecretFile`).
+    pub fn takes_webhooks(&self) -> bool {
+        self.config.webhook_secret_file.is_some()
+    }
+
     /// The forge webhook's secret, when the rule takes webhooks: `None` when it
     /// does not, `Some(Err)` when the file cannot be read.
     pub fn webhook_secret(&self) -> Option<Result<Vec<u8>, String>> {
         let path = self.config.webhook_secret_file.as_ref()?;
         Some(
             std::fs::read(path)
-                .map(|mut secret| {
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|mut secret| {
                     while secret.last().is_some_and(u8::is_ascii_whitespace) {
                         secret.pop();
                     }
-                    secret
-                })
-                .map_err(|e| format!("{}: {e}", path.display())),
+                    // An empty key is a signature anyone can make.
+                    if secret.is_empty() {
+                        Err(format!("{} is empty", path.display()))
+                    } else {
+                        Ok(secret)
+                    }
+                }),
         )
     }
 
@@ -349,13 +395,21 @@ impl Reviewer {
             .collect()
     }
 
+    /// What every commit of this rule's reviews ends with: which rule, into which
+    /// branch. Only a branch with it is taken for one of this rule's reviews.
+    fn trailer(&self) -> String {
+        format!("Kubescribe-Review: {} into {}", self.rule, self.base)
+    }
+
     /// Proposes `change` (of `write`): commits it on the write's review branch,
-    /// pushes that, and opens (or, in a session, adds to) its pull request.
+    /// pushes that, and opens (or, in a session, adds to) its pull request. `base`
+    /// is the object before the write, rendered as a file (for a session's merge);
     /// `warnings` are the answer's, for the description.
     pub async fn propose(
         self: Arc<Self>,
         write: Arc<Write>,
         change: Change,
+        base: Option<Vec<u8>>,
         warnings: Vec<String>,
     ) -> Result<Proposal, ReviewError> {
         let turn = self.turn(&write.user);
@@ -367,46 +421,22 @@ impl Reviewer {
         if let Some((branch, open)) = &existing {
             // The session's pull request may have been merged or closed since the
             // last poll: adding to it then would add to nothing.
-            match self.api.read(open.number, None).await {
-                Ok(forge::Read::Changed(pull_request, _))
-                    if !matches!(pull_request.state, State::Open { .. }) =>
-                {
-                    self.forget_and_finish(branch, open.number, pull_request)
-                        .await;
+            match self.still_open(open).await {
+                Ok(Some(finished)) => {
+                    self.forget_and_finish(branch, open.number, finished).await;
                     existing = None;
                 }
-                Ok(forge::Read::Gone) => {
-                    self.forget_and_finish(branch, open.number, gone(open))
-                        .await;
-                    existing = None;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    self.api_error(&error);
-                    return Err(ReviewError::Api(error));
-                }
+                Ok(None) => {}
+                Err(error) => return Err(ReviewError::Api(error)),
             }
         }
         let branch = match &existing {
             Some((branch, _)) => branch.clone(),
             None => self.branch_of(&write),
         };
-        let existing = existing.map(|(_, open)| open);
+        let mut existing = existing.map(|(_, open)| open);
+        let _in_flight = InFlight::new(&self.in_flight, &branch);
         let path = change.path.to_string();
-        let (commit, previous) = match self
-            .store
-            .propose(change.clone(), &branch, Instant::now() + STORE_PATIENCE)
-            .await
-            .map_err(ReviewError::Store)?
-        {
-            Proposed::Committed { commit, previous } => (commit, previous),
-            Proposed::Unchanged => {
-                return Ok(Proposal::Unchanged {
-                    url: existing.map(|o| o.url),
-                })
-            }
-            Proposed::Refused { reason } => return Err(ReviewError::Refused(reason)),
-        };
         let opens_by_push = self.config.open_with == OpenWith::PushOptions && existing.is_none();
         let options = if opens_by_push {
             vec![
@@ -418,18 +448,85 @@ impl Reviewer {
         } else {
             Vec::new()
         };
-        if let Err(error) = self
-            .remote
-            .push_branch(commit, &branch, previous, &options)
-            .await
-        {
-            if !self.remote_has(&branch, commit).await {
-                self.withdraw_local(&branch, commit, previous).await;
-                return Err(ReviewError::Push { branch, error });
+        let mut fetched = false;
+        let (commit, previous) = loop {
+            let (commit, previous) = match self
+                .store
+                .propose(
+                    change.clone(),
+                    &branch,
+                    &self.trailer(),
+                    base.clone(),
+                    Instant::now() + STORE_PATIENCE,
+                )
+                .await
+                .map_err(ReviewError::Store)?
+            {
+                Proposed::Committed { commit, previous } => (commit, previous),
+                Proposed::Unchanged => {
+                    return Ok(Proposal::Unchanged {
+                        url: existing.map(|o| o.url),
+                    })
+                }
+                Proposed::Refused { reason } => return Err(ReviewError::Refused(reason)),
+            };
+            match self
+                .remote
+                .push_branch(commit, &branch, previous, &options)
+                .await
+            {
+                Ok(()) => break (commit, previous),
+                // The session's branch moved on the remote (a reviewer pushed a
+                // fixup to the pull request): build on what it has now, once.
+                Err(PushError::Conflict { .. }) if previous.is_some() && !fetched => {
+                    fetched = true;
+                    self.withdraw_local(&branch, commit, previous).await;
+                    if let Err(error) = self.remote.fetch_branch(&branch).await {
+                        return Err(ReviewError::Push { branch, error });
+                    }
+                }
+                // Refused: nothing landed.
+                Err(
+                    error @ (PushError::Conflict { .. }
+                    | PushError::Rejected { .. }
+                    | PushError::Auth { .. }
+                    | PushError::HostKey { .. }
+                    | PushError::Credentials { .. }),
+                ) => {
+                    self.withdraw_local(&branch, commit, previous).await;
+                    return Err(ReviewError::Push { branch, error });
+                }
+                // The outcome is unknown (a timeout, a dropped connection): the
+                // remote says whether it has the commit.
+                Err(error) => {
+                    if self.remote_has(&branch, commit).await == Ok(true) {
+                        tracing::info!(%branch, %error, "the push's answer was lost, but the remote has it");
+                        break (commit, previous);
+                    }
+                    // Taken back with a lease, which is safe whether it landed or not.
+                    self.withdraw(&branch, commit, previous).await;
+                    return Err(ReviewError::Push { branch, error });
+                }
             }
-            // The push landed though git did not hear it (a timeout, a dropped
-            // connection): carry on.
-            tracing::info!(%branch, %error, "the push's answer was lost, but the remote has it");
+        };
+        if let Some(open) = &existing {
+            // Merged or closed while the commit was being pushed: the commit is in
+            // no pull request, so it gets a new one, from the same branch.
+            match self.still_open(open).await {
+                Ok(Some(finished)) => {
+                    self.outcome(if finished.state == State::Merged {
+                        "merged"
+                    } else {
+                        "closed"
+                    });
+                    existing = None;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    self.withdraw(&branch, commit, previous).await;
+                    return Err(ReviewError::Api(error));
+                }
+            }
         }
         let pull_request = match &existing {
             Some(open) => Ok(PullRequest {
@@ -473,7 +570,7 @@ impl Reviewer {
         self.outcome(if added { "updated" } else { "opened" });
         {
             let mut open = self.open();
-            let entry = open.entry(branch.clone()).or_insert_with(|| Open {
+            let fresh = || Open {
                 number: pull_request.number,
                 url: pull_request.url.clone(),
                 user: write.user.clone(),
@@ -482,7 +579,13 @@ impl Reviewer {
                 since: Instant::now(),
                 etag: None,
                 conflicting: false,
-            });
+            };
+            let entry = open.entry(branch.clone()).or_insert_with(fresh);
+            if entry.number != pull_request.number {
+                // A new pull request from a session's branch.
+                let paths = std::mem::take(&mut entry.paths);
+                *entry = Open { paths, ..fresh() };
+            }
             entry.tip = commit;
             entry.paths.insert(path);
         }
@@ -496,12 +599,27 @@ impl Reviewer {
         })
     }
 
-    /// Whether the remote's `branch` is at `commit`.
-    async fn remote_has(&self, branch: &str, commit: ObjectId) -> bool {
-        match self.remote.branches_under(branch).await {
-            Ok(found) => found.iter().any(|(b, tip)| b == branch && *tip == commit),
-            Err(_) => false,
+    /// `None` while `open`'s pull request is open; what it became otherwise.
+    async fn still_open(&self, open: &Open) -> Result<Option<PullRequest>, ApiError> {
+        match self.api.read(open.number, None).await {
+            Ok(forge::Read::Changed(pull_request, _))
+                if !matches!(pull_request.state, State::Open { .. }) =>
+            {
+                Ok(Some(pull_request))
+            }
+            Ok(forge::Read::Gone) => Ok(Some(gone(open))),
+            Ok(_) => Ok(None),
+            Err(error) => {
+                self.api_error(&error);
+                Err(error)
+            }
         }
+    }
+
+    /// Whether the remote's `branch` is at `commit`.
+    async fn remote_has(&self, branch: &str, commit: ObjectId) -> Result<bool, PushError> {
+        let found = self.remote.branches_under(branch).await?;
+        Ok(found.iter().any(|(b, tip)| b == branch && *tip == commit))
     }
 
     /// Puts the local review branch back where it was before `commit`.
@@ -623,16 +741,26 @@ impl Reviewer {
         let unknown = std::mem::take(&mut *self.unknown_lock());
         let mut left = Vec::new();
         for branch in unknown {
-            if self.open().contains_key(&branch) {
+            let busy = self.open().contains_key(&branch)
+                || self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(&branch);
+            if busy || branch == self.base {
                 continue;
             }
             let Some(tip) = self.local_tip(&branch).await else {
                 continue;
             };
+            let Some(facts) = self.branch_facts(&branch).await else {
+                tracing::debug!(rule = %self.rule, %branch, "not one of this rule's review branches");
+                continue;
+            };
             match self.api.find(&branch, &self.base).await {
                 Ok(Some(pull_request)) => match pull_request.state {
                     State::Open { conflicting } => {
-                        let (user, paths) = self.branch_facts(&branch).await;
+                        let (user, paths) = facts;
                         self.open().entry(branch.clone()).or_insert(Open {
                             number: pull_request.number,
                             url: pull_request.url,
@@ -647,6 +775,11 @@ impl Reviewer {
                     }
                     _ => self.finished(&branch, tip, &pull_request).await,
                 },
+                Ok(None) if self.age(tip).await < ORPHAN_GRACE => {
+                    // Perhaps still being proposed (by another process): look again
+                    // later.
+                    left.push(branch);
+                }
                 Ok(None) => {
                     // Pushed, but the pull request was never opened (the process
                     // stopped in between): nobody was told of it.
@@ -663,9 +796,47 @@ impl Reviewer {
         self.count_open();
     }
 
-    /// The user who proposed `branch` and the files it changes.
-    async fn branch_facts(&self, branch: &str) -> (String, BTreeSet<String>) {
-        let range = format!("refs/heads/{}...refs/heads/{branch}", self.base);
+    /// How long ago `commit` was made.
+    async fn age(&self, commit: ObjectId) -> Duration {
+        let hex = commit.to_string();
+        let made = self
+            .remote
+            .read_local(&["log", "-1", "--format=%ct", "--end-of-options", &hex])
+            .await
+            .ok()
+            .and_then(|out| out.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Duration::from_secs(now.saturating_sub(made))
+    }
+
+    /// Of one of this rule's review branches (a commit of it says so in its
+    /// trailer): the user who proposed it (the `Kubernetes-User` of its first such
+    /// commit) and the files it changes. `None` for any other branch.
+    async fn branch_facts(&self, branch: &str) -> Option<(String, BTreeSet<String>)> {
+        let head = format!("refs/heads/{branch}");
+        let log = self
+            .remote
+            .read_local(&[
+                "log",
+                "--max-count=500",
+                "--format=%(trailers:key=Kubescribe-Review,valueonly,separator=%x2C)%x00%(trailers:key=Kubernetes-User,valueonly,separator=%x2C)",
+                "--end-of-options",
+                &head,
+            ])
+            .await
+            .ok()?;
+        let ours = self.trailer();
+        let ours = ours.trim_start_matches("Kubescribe-Review: ");
+        // Newest first: the last of ours is the first write.
+        let user = log
+            .lines()
+            .filter_map(|line| line.split_once('\0'))
+            .rfind(|(review, _)| review.trim() == ours)
+            .map(|(_, user)| user.trim().to_owned())?;
+        let range = format!("refs/heads/{}...{head}", self.base);
         let paths = self
             .remote
             .read_local(&[
@@ -678,14 +849,7 @@ impl Reviewer {
             .await
             .map(|out| out.lines().map(str::to_owned).collect())
             .unwrap_or_default();
-        let head = format!("refs/heads/{branch}");
-        let user = self
-            .remote
-            .read_local(&["log", "-1", "--format=%an", "--end-of-options", &head])
-            .await
-            .map(|out| out.trim().to_owned())
-            .unwrap_or_default();
-        (user, paths)
+        Some((user, paths))
     }
 
     /// Forgets `branch`'s review `number` (so a session's next write starts anew)
@@ -698,10 +862,10 @@ impl Reviewer {
                 _ => None,
             }
         };
+        self.count_open();
         if let Some(open) = forgotten {
             self.finished(branch, open.tip, &pull_request).await;
         }
-        self.count_open();
     }
 
     /// A merged or closed review: delete its branch (a closed one only with
@@ -723,24 +887,39 @@ impl Reviewer {
         }
     }
 
-    /// Deletes review branch `branch` on the remote and locally, if kubescribe's
-    /// commit `tip` is still its tip (a person's commit on it makes it theirs).
+    /// Deletes review branch `branch` on the remote and locally, if `tip` is still
+    /// its tip and is kubescribe's commit of this rule's review (a person's commit
+    /// on it makes the branch theirs).
     async fn delete(&self, branch: &str, tip: ObjectId) {
         let hex = tip.to_string();
-        let committer = self
+        let made = self
             .remote
-            .read_local(&["log", "-1", "--format=%ce", "--end-of-options", &hex])
+            .read_local(&[
+                "log",
+                "-1",
+                "--format=%ce%x00%(trailers:key=Kubescribe-Review,valueonly)",
+                "--end-of-options",
+                &hex,
+            ])
             .await
             .unwrap_or_default();
-        if committer.trim() != self.store.committer_email() {
+        let (committer, review) = made.split_once('\0').unwrap_or_default();
+        let ours = self.trailer();
+        if committer.trim() != self.store.committer_email()
+            || review.trim() != ours.trim_start_matches("Kubescribe-Review: ")
+        {
             tracing::info!(rule = %self.rule, %branch, "the review branch's last commit is not kubescribe's; left as it is");
             self.withdraw_local(branch, tip, None).await;
             return;
         }
         match self.remote.delete_branch(branch, tip).await {
             Ok(()) => self.withdraw_local(branch, tip, None).await,
-            Err(e @ (PushError::Conflict { .. } | PushError::Rejected { .. })) => {
+            Err(e @ PushError::Conflict { .. }) => {
                 tracing::info!(rule = %self.rule, %branch, error = %e, "the review branch moved on the remote; left to whoever moved it");
+                self.withdraw_local(branch, tip, None).await;
+            }
+            Err(e @ PushError::Rejected { .. }) => {
+                tracing::warn!(rule = %self.rule, %branch, error = %e, advice = e.advice(), "the remote refuses to delete the review branch; delete it by hand");
                 self.withdraw_local(branch, tip, None).await;
             }
             Err(e) => {

@@ -279,7 +279,12 @@ impl Writer {
                             &author_email(&change.user, &self.settings.email_domain),
                             now,
                         );
-                        (author, commit_message(change, &api_version, &kind, &body))
+                        let mut message = commit_message(change, &api_version, &kind, &body);
+                        if let Some(trailer) = &job.trailer {
+                            message.push_str(&one_line(trailer));
+                            message.push('\n');
+                        }
+                        (author, message)
                     })
                 }
             };

@@ -176,6 +176,9 @@ struct Job {
     /// This change's share of `store.queueBytes`, given back once it is committed
     /// (or dropped).
     _queued_bytes: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// One more trailer line for the commit message (a review commit's
+    /// `Kubescribe-Review`).
+    trailer: Option<String>,
 }
 
 /// Many file changes made as one commit, authored by the committer identity.
@@ -430,6 +433,7 @@ impl StoreHandle {
             revert: None,
             bundle: None,
             _queued_bytes: None,
+            trailer: None,
         };
         let receipt = wait_until.map(|deadline| {
             let (reply, committed) = oneshot::channel();
@@ -600,6 +604,7 @@ impl StoreHandle {
             revert: None,
             bundle: Some(Bundle { changes, message }),
             _queued_bytes: None,
+            trailer: None,
         };
         let permit = tokio::time::timeout_at(deadline.into(), self.tx.reserve())
             .await
@@ -718,11 +723,15 @@ impl StoreHandle {
 
     /// Commits `change` on review branch `branch` (new, from the rule's branch, or on
     /// top of it when it exists), never on the rule's branch; waits until
-    /// `deadline`. The outbox never sees the commit: the reviewer pushes it.
+    /// `deadline`; `trailer` ends the commit message; `base` is the file as it was
+    /// before the write (see `merge_into_session`). The outbox never sees the
+    /// commit: the reviewer pushes it.
     pub async fn propose(
         &self,
         change: Change,
         branch: &str,
+        trailer: &str,
+        base: Option<Vec<u8>>,
         deadline: Instant,
     ) -> Result<Proposed, StoreError> {
         let (reply, answer) = oneshot::channel();
@@ -730,6 +739,8 @@ impl StoreHandle {
             .send(Control::Propose(Box::new(review::ReviewJob {
                 change,
                 branch: branch.to_owned(),
+                trailer: trailer.to_owned(),
+                base,
                 reply,
             })))
             .map_err(|_| StoreError::Closed)?;

@@ -229,6 +229,7 @@ impl Writer {
                 }),
                 bundle: None,
                 _queued_bytes: None,
+                trailer: None,
             })
             .collect();
         self.repo.objects.reset_object_memory();

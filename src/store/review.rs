@@ -19,6 +19,10 @@ use crate::manifest::Action;
 pub(super) struct ReviewJob {
     pub(super) change: Change,
     pub(super) branch: String,
+    /// Says which review the commit is of (see [`crate::review`]).
+    pub(super) trailer: String,
+    /// The object's file before the write, for a session's merge.
+    pub(super) base: Option<Vec<u8>>,
     pub(super) reply: oneshot::Sender<Result<Proposed, StoreError>>,
 }
 
@@ -49,16 +53,18 @@ impl Writer {
         let ReviewJob {
             change,
             branch,
+            trailer,
+            base,
             reply,
         } = job;
         if reply.is_closed() {
             return;
         }
-        let mut result = self.commit_review(change.clone(), &branch);
+        let mut result = self.commit_review(change.clone(), &branch, &trailer, base.as_deref());
         if matches!(result, Err(StoreError::Write { .. })) && self.repack.is_some() {
             // A repack may have moved objects out of a pack gix still had open.
             self.reopen();
-            result = self.commit_review(change, &branch);
+            result = self.commit_review(change, &branch, &trailer, base.as_deref());
         }
         if let Err(error) = &result {
             self.count_error(error.label(), 1);
@@ -72,7 +78,13 @@ impl Writer {
         }
     }
 
-    fn commit_review(&mut self, change: Change, branch: &str) -> Result<Proposed, StoreError> {
+    fn commit_review(
+        &mut self,
+        change: Change,
+        branch: &str,
+        trailer: &str,
+        base: Option<&[u8]>,
+    ) -> Result<Proposed, StoreError> {
         let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
             reason: e.to_string(),
         };
@@ -109,7 +121,7 @@ impl Writer {
         };
         let mut change = change;
         if previous.is_some() {
-            if let Some(refused) = self.merge_into_session(&mut change, tree)? {
+            if let Some(refused) = self.merge_into_session(&mut change, tree, base)? {
                 return Ok(refused);
             }
         }
@@ -120,6 +132,7 @@ impl Writer {
             revert: None,
             bundle: None,
             _queued_bytes: None,
+            trailer: Some(trailer.to_owned()),
         };
         let (outcomes, _, _) = self.apply_on(std::slice::from_ref(&job), parent, tree)?;
         let commit = match outcomes.into_iter().next() {
@@ -182,13 +195,15 @@ impl Writer {
     /// In a session (a review branch with earlier writes), a whole-file write is
     /// the object as the cluster has it, which never got the session's earlier
     /// changes: written as it is, it would undo them. So only its own change (from
-    /// the rule's branch to it) is merged into the session's file, as `git
+    /// `before`, the object before the write rendered alike, or else the rule's
+    /// branch's file, to it) is merged into the session's file, as `git
     /// merge-file` does; where both change the same lines, it is refused. Edits in
     /// place are already changes of fields, applied to the session's file.
     fn merge_into_session(
         &self,
         change: &mut Change,
         session: ObjectId,
+        before: Option<&[u8]>,
     ) -> Result<Option<Proposed>, StoreError> {
         let Action::Put(bytes) = &change.action else {
             return Ok(None);
@@ -200,13 +215,13 @@ impl Writer {
             reason: e.to_string(),
         };
         let path = change.path.to_string();
-        let base = lookup(&self.repo, self.tree, &path).map_err(|e| read_error(&e))?;
+        let on_branch = lookup(&self.repo, self.tree, &path).map_err(|e| read_error(&e))?;
         let current = lookup(&self.repo, session, &path).map_err(|e| read_error(&e))?;
-        let (Some(base), Some(current)) = (base, current) else {
+        let (Some(on_branch), Some(current)) = (on_branch, current) else {
             // New in the session, or gone from the branch: the write says it all.
             return Ok(None);
         };
-        if base == current {
+        if on_branch == current {
             return Ok(None);
         }
         let blob = |id: ObjectId| -> Result<Vec<u8>, StoreError> {
@@ -217,10 +232,16 @@ impl Writer {
                 .data
                 .clone())
         };
+        // The object before the write says best what the write changed: the
+        // branch's file may be behind a merge kubescribe has not fetched yet.
+        let base = match before {
+            Some(before) => before.to_vec(),
+            None => blob(on_branch)?,
+        };
         match super::merge::merge(
             &std::env::temp_dir(),
             &blob(current)?,
-            &blob(base)?,
+            &base,
             bytes,
             super::merge::Conflicts::Refuse,
         ) {

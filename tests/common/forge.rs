@@ -27,6 +27,8 @@ pub struct Operation {
     pub query_params: Vec<String>,
     pub body_schema: Option<Value>,
     pub body_required: bool,
+    /// The schema of each query parameter, where the description gives one.
+    pub query_schemas: BTreeMap<String, Value>,
     /// By status code: the response schema, if published, and its examples.
     pub responses: BTreeMap<u16, (Option<Value>, Vec<Value>)>,
     /// The file, for `$ref`s into its `definitions`.
@@ -95,6 +97,7 @@ pub fn operations(forge: &str) -> Vec<Operation> {
                 path: root["path"].as_str().unwrap().to_owned(),
                 path_params: names("pathParams"),
                 query_params: names("queryParams"),
+                query_schemas: query_schemas(&root["operation"]["parameters"]),
                 body_schema: pointer(&contract["requestBodySchema"]),
                 body_required: contract["requestBodyRequired"].as_bool().unwrap_or(false),
                 responses,
@@ -159,6 +162,21 @@ fn gitlab_operation(file: &Path, root: Value) -> Operation {
         path: root["path"].as_str().unwrap_or_default().to_owned(),
         path_params: named("path"),
         query_params: named("query"),
+        query_schemas: params
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .filter_map(|p| {
+                let kind = match p["type"].as_str()? {
+                    "integer" => "integer",
+                    "boolean" => "boolean",
+                    _ => return None,
+                };
+                Some((
+                    p["name"].as_str()?.to_owned(),
+                    serde_json::json!({"type": kind}),
+                ))
+            })
+            .collect(),
         body_required: root["requestBody"]["requiredAttributes"]
             .as_array()
             .is_some_and(|r| !r.is_empty()),
@@ -168,7 +186,62 @@ fn gitlab_operation(file: &Path, root: Value) -> Operation {
     }
 }
 
+/// Query parameters' schemas: OpenAPI 3's `schema`, or Swagger 2's own `type`
+/// and `enum`.
+fn query_schemas(parameters: &Value) -> BTreeMap<String, Value> {
+    parameters
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["in"] == "query")
+        .filter_map(|p| {
+            let name = p["name"].as_str()?.to_owned();
+            let schema = match p.get("schema") {
+                Some(schema) => schema.clone(),
+                None => {
+                    let mut schema = serde_json::Map::new();
+                    for key in ["type", "enum"] {
+                        if let Some(value) = p.get(key) {
+                            schema.insert(key.to_owned(), value.clone());
+                        }
+                    }
+                    Value::Object(schema)
+                }
+            };
+            Some((name, schema))
+        })
+        .collect()
+}
+
 impl Operation {
+    /// Checks one query parameter's value (as sent, a string) against its
+    /// schema's type and `enum`.
+    pub fn check_query(&self, name: &str, value: &str) -> Result<(), String> {
+        let Some(schema) = self.query_schemas.get(name) else {
+            return Ok(());
+        };
+        let typed = match schema["type"].as_str() {
+            Some("integer") => value
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| format!("query {name}={value:?} is not an integer"))?,
+            Some("boolean") => value
+                .parse::<bool>()
+                .map(Value::from)
+                .map_err(|_| format!("query {name}={value:?} is not a boolean"))?,
+            _ => Value::from(value),
+        };
+        if let Some(allowed) = schema["enum"].as_array() {
+            if !allowed.contains(&typed) {
+                return Err(format!(
+                    "query {name}={value:?} is not one of {}",
+                    Value::Array(allowed.clone())
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks a request body: it must match the schema, and (since no published
     /// schema forbids them, and a misspelt field would pass unnoticed) name no
     /// property the schema does not declare.

@@ -343,12 +343,15 @@ fn serve(
         return (StatusCode::NOT_FOUND, "{}").into_response();
     };
     let mut problems = Vec::new();
-    for (name, _) in &query {
+    for (name, value) in &query {
         if !op.query_params.contains(name) {
             problems.push(format!(
                 "{}: query parameter {name:?} is not documented",
                 op.id
             ));
+        }
+        if let Err(e) = op.check_query(name, value) {
+            problems.push(format!("{}: {e}", op.id));
         }
     }
     let json: Option<Value> = if body.is_empty() {
@@ -714,6 +717,7 @@ fn answer(
                 ),
                 _ => (q("source_branch"), q("target_branch")),
             };
+            let page: usize = q("page").and_then(|p| p.parse().ok()).unwrap_or(1);
             let limit = q("limit")
                 .or_else(|| q("per_page"))
                 .and_then(|l| l.parse().ok())
@@ -734,6 +738,7 @@ fn answer(
                     (_, other) => p.state == other,
                 })
                 .map(|p| show(forge, op, 200, p, addr))
+                .skip(page.saturating_sub(1) * limit.min(1 << 20))
                 .take(limit)
                 .collect();
             (200, Some(Value::Array(list)))
