@@ -15,43 +15,16 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "forge-token-1";
 
-/// `git -C dir args`.
-fn git_in(dir: &Path, args: &[&str]) {
-    let output = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// A bare remote whose `main` has one commit, as a team's repository would.
 fn seeded_remote(dir: &Path) -> PathBuf {
     let remote = dir.join("remote.git");
-    git_in(dir, &["init", "-q", "--bare", "-b", "main", "remote.git"]);
-    git_in(dir, &["init", "-q", "-b", "main", "seed"]);
-    let work = dir.join("seed");
-    std::fs::write(work.join("README.md"), "# apps\n").unwrap();
-    git_in(&work, &["add", "README.md"]);
-    git_in(
-        &work,
-        &[
-            "-c",
-            "user.name=seed",
-            "-c",
-            "user.email=seed@example.com",
-            "commit",
-            "-q",
-            "-m",
-            "seed",
-        ],
-    );
-    git_in(&work, &["push", "-q", remote.to_str().unwrap(), "main"]);
+    let init = std::process::Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(&remote)
+        .status()
+        .unwrap();
+    assert!(init.success());
+    common::remotes::seed_main(&remote, dir);
     remote
 }
 
@@ -68,6 +41,40 @@ fn token_file(dir: &Path) -> PathBuf {
     let path = dir.join("token");
     std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
     path
+}
+
+/// What every test here starts from: a seeded `file://` remote, a loopback forge
+/// and the token file it accepts.
+struct Setup {
+    dir: tempfile::TempDir,
+    remote: PathBuf,
+    forge: ForgeServer,
+    token: PathBuf,
+}
+
+impl Setup {
+    async fn new(forge: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let remote = seeded_remote(dir.path());
+        let forge = ForgeServer::start(forge, TOKEN).await;
+        let token = token_file(dir.path());
+        Self {
+            dir,
+            remote,
+            forge,
+            token,
+        }
+    }
+
+    /// A review rule for this remote and forge, with `extra` review settings.
+    fn config(&self, extra: &str) -> String {
+        review_config(
+            &format!("file://{}", self.remote.display()),
+            &self.forge,
+            &self.token,
+            extra,
+        )
+    }
 }
 
 fn review_of(prefix: &str) -> Value {
@@ -111,12 +118,9 @@ async fn open_count(server: &TestServer) -> f64 {
 /// authored by the user, on top of `main`; once merged on the forge (and in git),
 /// the next poll counts it merged and deletes the branch.
 async fn review_lifecycle(forge_name: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = seeded_remote(dir.path());
-    let forge = ForgeServer::start(forge_name, TOKEN).await;
-    let token = token_file(dir.path());
-    let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
-    let server = TestServer::start(&config).await;
+    let setup = Setup::new(forge_name).await;
+    let (remote, forge) = (&setup.remote, &setup.forge);
+    let server = TestServer::start(&setup.config("")).await;
     let main_before = git(&remote, &["rev-parse", "main"]);
 
     let mut dry = review_of("009");
@@ -233,17 +237,9 @@ async fn a_write_under_review_becomes_a_gitlab_merge_request_until_merged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_gathers_a_user_s_writes_and_others_are_warned() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = seeded_remote(dir.path());
-    let forge = ForgeServer::start("github", TOKEN).await;
-    let token = token_file(dir.path());
-    let config = review_config(
-        &format!("file://{}", remote.display()),
-        &forge,
-        &token,
-        "    group: session\n",
-    );
-    let server = TestServer::start(&config).await;
+    let setup = Setup::new("github").await;
+    let (remote, forge) = (&setup.remote, &setup.forge);
+    let server = TestServer::start(&setup.config("    group: session\n")).await;
     // Named after the session's first write, so a branch left behind by an
     // earlier session never stands in a new one's way.
     let session = BRANCH_009;
@@ -316,12 +312,9 @@ fn canned(status: u16, headers: Vec<(&'static str, String)>, body: Value) -> Can
 /// used at the next write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_are_classified_and_leave_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = seeded_remote(dir.path());
-    let forge = ForgeServer::start("github", TOKEN).await;
-    let token = token_file(dir.path());
-    let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
-    let server = TestServer::start(&config).await;
+    let setup = Setup::new("github").await;
+    let (remote, forge, token) = (&setup.remote, &setup.forge, &setup.token);
+    let server = TestServer::start(&setup.config("")).await;
     let nothing_left = |server: &TestServer| {
         assert_eq!(branches(&remote), ["main"]);
         assert!(server
@@ -407,12 +400,10 @@ async fn api_errors_are_classified_and_leave_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_pull_request_for_the_branch_is_found_not_duplicated() {
     for forge_name in ["github", "gitea", "gitlab"] {
-        let dir = tempfile::tempdir().unwrap();
-        let remote = seeded_remote(dir.path());
-        let forge = ForgeServer::start(forge_name, TOKEN).await;
+        let setup = Setup::new(forge_name).await;
+        let forge = &setup.forge;
         forge.open_pull(BRANCH_009, "main");
-        let token = token_file(dir.path());
-        let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
+        let config = setup.config("");
         let server = TestServer::start(&config).await;
         let answer = send(&server, &review_of("009")).await;
         let text = message(&answer);
@@ -437,17 +428,14 @@ async fn an_existing_pull_request_for_the_branch_is_found_not_duplicated() {
 /// branch kubescribe pushed whose pull request was never opened is deleted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = seeded_remote(dir.path());
-    let forge = ForgeServer::start("gitea", TOKEN).await;
-    let token = token_file(dir.path());
+    let setup = Setup::new("gitea").await;
+    let (remote, forge) = (&setup.remote, &setup.forge);
     let state = tempfile::tempdir().unwrap();
     let config = |data: &str, poll: &str| {
         format!(
             "dataDir: {}\n{}",
             state.path().join(data).display(),
-            review_config(&format!("file://{}", remote.display()), &forge, &token, "")
-                .replace("pollInterval: 1s", poll)
+            setup.config("").replace("pollInterval: 1s", poll)
         )
     };
     let server = TestServer::start(&config("first", "pollInterval: 600s")).await;
@@ -532,12 +520,9 @@ async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
 /// A push that fails leaves nothing: no local branch, no API call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_push_proposes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = seeded_remote(dir.path());
-    let forge = ForgeServer::start("github", TOKEN).await;
-    let token = token_file(dir.path());
-    let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "");
-    let server = TestServer::start(&config).await;
+    let setup = Setup::new("github").await;
+    let (remote, forge) = (&setup.remote, &setup.forge);
+    let server = TestServer::start(&setup.config("")).await;
     // The remote refuses everything from now on.
     let hook = remote.join("hooks").join("pre-receive");
     std::fs::write(
@@ -658,19 +643,13 @@ async fn a_session_merges_each_write_s_own_change_into_its_file() {
 /// one without the right signature is refused and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_forge_webhook_makes_the_merge_known_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let remote = seeded_remote(dir.path());
-    let forge = ForgeServer::start("github", TOKEN).await;
-    let token = token_file(dir.path());
-    let secret = dir.path().join("webhook-secret");
+    let setup = Setup::new("github").await;
+    let (remote, forge) = (&setup.remote, &setup.forge);
+    let secret = setup.dir.path().join("webhook-secret");
     std::fs::write(&secret, "It's a Secret to Everybody\n").unwrap();
-    let config = review_config(
-        &format!("file://{}", remote.display()),
-        &forge,
-        &token,
-        &format!("    webhookSecretFile: {}\n", secret.display()),
-    )
-    .replace("pollInterval: 1s", "pollInterval: 3600s");
+    let config = setup
+        .config(&format!("    webhookSecretFile: {}\n", secret.display()))
+        .replace("pollInterval: 1s", "pollInterval: 3600s");
     let server = TestServer::start(&config).await;
     let answer = send(&server, &review_of("009")).await;
     assert!(message(&answer).contains("/team/apps/pull/1"), "{answer}");
@@ -736,5 +715,66 @@ async fn a_signed_forge_webhook_makes_the_merge_known_at_once() {
         .await,
         1.0
     );
+    server.server.shutdown().await.unwrap();
+}
+
+/// GitLab's push options open the merge request with the push itself: a real
+/// `git http-backend` remote that advertises push options, with a pre-receive hook
+/// that records `GIT_PUSH_OPTION_*` (and, as GitLab does, opens the merge request
+/// they ask for); kubescribe then only reads the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_push_options_open_the_merge_request_as_documented() {
+    let http = common::remotes::SmartHttp::start();
+    let remote = http.repo();
+    let dir = tempfile::tempdir().unwrap();
+    // Seed main through the file system, as the team's repository would have it.
+    common::remotes::seed_main(&remote, dir.path());
+    git(&remote, &["config", "receive.advertisePushOptions", "true"]);
+    let forge = ForgeServer::start("gitlab", TOKEN).await;
+    let log = dir.path().join("push-options.log");
+    let hook = remote.join("hooks").join("pre-receive");
+    std::fs::write(&hook, forge.push_hook(&log)).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let password = dir.path().join("password");
+    std::fs::write(&password, common::remotes::SmartHttp::password()).unwrap();
+    let token = token_file(dir.path());
+    let config = review_config(
+        &format!(
+            "{}\n    username: {}\n    passwordFile: {}",
+            http.url(),
+            common::remotes::SmartHttp::username(),
+            password.display()
+        ),
+        &forge,
+        &token,
+        "    openWith: pushOptions\n",
+    );
+    let server = TestServer::start(&config).await;
+    let answer = send(&server, &review_of("009")).await;
+    let text = message(&answer);
+    assert!(text.contains("/team/apps/-/merge_requests/1"), "{text}");
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        logged,
+        format!(
+            "ref refs/heads/{BRANCH_009}\ncount 4\noption merge_request.create\noption merge_request.target=main\noption merge_request.title=alice: create ConfigMap team-a/app-config\noption merge_request.remove_source_branch\n"
+        )
+    );
+    // No merge request was created through the API; it was looked up by branch.
+    assert!(forge.calls("create-merge-request").is_empty());
+    let lookups = forge.calls("list-project-merge-requests");
+    assert_eq!(lookups.len(), 1);
+    assert!(lookups[0]
+        .query
+        .contains(&("source_branch".to_owned(), BRANCH_009.to_owned())));
+    assert_eq!(
+        forge.pulls()[0].title,
+        "alice: create ConfigMap team-a/app-config"
+    );
+    assert_eq!(forge.problems(), Vec::<String>::new());
     server.server.shutdown().await.unwrap();
 }

@@ -158,17 +158,7 @@ impl Remote {
     pub async fn fetch(&self) -> Result<Option<ObjectId>, PushError> {
         let tracking = tracking_ref(&self.branch);
         let refspec = format!("+refs/heads/{}:{tracking}", self.branch);
-        let output = self
-            .run(&[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                "--",
-                &self.config.url,
-                &refspec,
-            ])
-            .await?;
+        let output = self.fetch_refspec(&refspec).await?;
         if !output.success {
             if output.stderr.contains("couldn't find remote ref") {
                 return Ok(None);
@@ -221,21 +211,25 @@ impl Remote {
     /// the local one has commits the remote's does not (never forced).
     pub async fn fetch_branch(&self, branch: &str) -> Result<(), PushError> {
         let refspec = format!("refs/heads/{branch}:refs/heads/{branch}");
-        let output = self
-            .run(&[
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                "--",
-                &self.config.url,
-                &refspec,
-            ])
-            .await?;
+        let output = self.fetch_refspec(&refspec).await?;
         if output.success {
             return Ok(());
         }
         Err(self.classify(&output, false))
+    }
+
+    /// `git fetch` of one refspec from the remote, quietly, without tags.
+    async fn fetch_refspec(&self, refspec: &str) -> Result<Output, PushError> {
+        self.run(&[
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--",
+            &self.config.url,
+            refspec,
+        ])
+        .await
     }
 
     /// Runs git on the local repository only and returns what it printed, or why

@@ -153,18 +153,7 @@ impl Writer {
             }
         };
         let objects = self.repo.objects.reset_object_memory().unwrap_or_default();
-        let written = pack::write(
-            &self.repo.git_dir().join("objects"),
-            &objects,
-            self.repo.object_hash(),
-        )
-        .map_err(|e| StoreError::Write {
-            reason: e.to_string(),
-        })?;
-        self.packs_written += 1;
-        written.sync().map_err(|e| StoreError::Sync {
-            reason: e.to_string(),
-        })?;
+        let written = self.write_pack(&objects)?;
         let expected = match previous {
             Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
             None => PreviousValue::MustNotExist,
@@ -180,15 +169,7 @@ impl Writer {
             tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
         }
         moved?;
-        let ref_file = self.repo.git_dir().join(name.as_bstr().to_string());
-        std::fs::File::open(&ref_file)
-            .and_then(|f| f.sync_all())
-            .and_then(|()| {
-                std::fs::File::open(ref_file.parent().unwrap_or(&self.settings.path))?.sync_all()
-            })
-            .map_err(|e| StoreError::Sync {
-                reason: e.to_string(),
-            })?;
+        self.sync_ref(&name)?;
         Ok(Proposed::Committed { commit, previous })
     }
 

@@ -456,24 +456,11 @@ impl Writer {
         let Some(tip) = tip.filter(|tip| Some(*tip) != self.tip) else {
             return Ok(());
         };
-        let sync_error = |e: std::io::Error| StoreError::Sync {
-            reason: e.to_string(),
-        };
         // A replay onto the remote's tip with nothing of ours left writes no objects.
         let written = if objects.is_empty() {
             None
         } else {
-            let written = pack::write(
-                &self.repo.git_dir().join("objects"),
-                &objects,
-                self.repo.object_hash(),
-            )
-            .map_err(|e| StoreError::Write {
-                reason: e.to_string(),
-            })?;
-            self.packs_written += 1;
-            written.sync().map_err(sync_error)?;
-            Some(written)
+            Some(self.write_pack(&objects)?)
         };
         let previous = match self.tip {
             Some(old) => PreviousValue::MustExistAndMatch(gix::refs::Target::Object(old)),
@@ -501,14 +488,39 @@ impl Writer {
         }
         self.tip = Some(tip);
         self.tree = tree;
-        let ref_file = self
-            .repo
-            .git_dir()
-            .join(self.branch_ref.as_bstr().to_string());
+        self.sync_ref(&self.branch_ref.clone())
+    }
+
+    /// Writes `objects` as one pack and flushes it; it keeps its `.keep` until a
+    /// ref names what it holds.
+    pub(super) fn write_pack(
+        &mut self,
+        objects: &gix::odb::memory::Storage,
+    ) -> Result<pack::Written, StoreError> {
+        let written = pack::write(
+            &self.repo.git_dir().join("objects"),
+            objects,
+            self.repo.object_hash(),
+        )
+        .map_err(|e| StoreError::Write {
+            reason: e.to_string(),
+        })?;
+        self.packs_written += 1;
+        written.sync().map_err(|e| StoreError::Sync {
+            reason: e.to_string(),
+        })?;
+        Ok(written)
+    }
+
+    /// Flushes ref `name`'s file and its directory, once it moved.
+    pub(super) fn sync_ref(&self, name: &gix::refs::FullName) -> Result<(), StoreError> {
+        let ref_file = self.repo.git_dir().join(name.as_bstr().to_string());
         File::open(&ref_file)
             .and_then(|f| f.sync_all())
             .and_then(|()| File::open(ref_file.parent().unwrap_or(&self.settings.path))?.sync_all())
-            .map_err(sync_error)
+            .map_err(|e| StoreError::Sync {
+                reason: e.to_string(),
+            })
     }
 
     /// Folds the per-batch packs together now and then with a geometric `git repack`

@@ -990,3 +990,43 @@ fn start_on_free_port(what: &str, mut make: impl FnMut(u16) -> Process) -> Proce
     }
     panic!("{what} did not start:\n{}", errors.join("\n---\n"));
 }
+
+/// Gives the git repository `remote` (a path or URL git can push to) a `main`
+/// with one commit, a README, as a team's repository has; `scratch` holds the
+/// work tree it is made in.
+pub fn seed_main(remote: &Path, scratch: &Path) {
+    let run = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let work = scratch.join("seed");
+    run(scratch, &["init", "-q", "-b", "main", "seed"]);
+    fs::write(work.join("README.md"), "# apps\n").expect("README");
+    run(&work, &["add", "README.md"]);
+    run(
+        &work,
+        &[
+            "-c",
+            "user.name=seed",
+            "-c",
+            "user.email=seed@example.com",
+            "commit",
+            "-q",
+            "-m",
+            "seed",
+        ],
+    );
+    run(
+        &work,
+        &["push", "-q", remote.to_str().expect("UTF-8 path"), "main"],
+    );
+}

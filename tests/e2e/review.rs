@@ -13,48 +13,13 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Gives `remote` a `main` with one commit, as a team's repository has.
-fn seed(remote: &std::path::Path, dir: &std::path::Path) {
-    let work = dir.join("seed");
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&["init", "-q", "-b", "main", "seed"]);
-    std::fs::write(work.join("README.md"), "# apps\n").unwrap();
-    let w = work.to_str().unwrap();
-    run(&["-C", w, "add", "README.md"]);
-    run(&[
-        "-C",
-        w,
-        "-c",
-        "user.name=seed",
-        "-c",
-        "user.email=seed@example.com",
-        "commit",
-        "-q",
-        "-m",
-        "seed",
-    ]);
-    run(&["-C", w, "push", "-q", remote.to_str().unwrap(), "main"]);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_under_review_is_denied_with_a_pull_request_applied_once_merged() {
     let plane = ControlPlane::shared();
     let ns = plane.namespace("review");
     let http = SmartHttp::start();
     let dir = tempfile::tempdir().unwrap();
-    seed(&http.repo(), dir.path());
+    crate::common::remotes::seed_main(&http.repo(), dir.path());
     let forge = ForgeServer::start("github", "e2e-forge-token").await;
     let password = dir.path().join("password");
     std::fs::write(&password, format!("{}\n", SmartHttp::password())).unwrap();
