@@ -121,7 +121,7 @@ async fn review_lifecycle(forge_name: &str) {
     let setup = Setup::new(forge_name).await;
     let (remote, forge) = (&setup.remote, &setup.forge);
     let server = TestServer::start(&setup.config("")).await;
-    let main_before = git(&remote, &["rev-parse", "main"]);
+    let main_before = git(remote, &["rev-parse", "main"]);
 
     let mut dry = review_of("009");
     dry["request"]["dryRun"] = Value::Bool(true);
@@ -129,7 +129,7 @@ async fn review_lifecycle(forge_name: &str) {
     assert!(!allowed(&answer), "{answer}");
     assert!(message(&answer).contains("would propose"), "{answer}");
     assert!(forge.seen().is_empty(), "a dry run calls no API");
-    assert_eq!(branches(&remote), ["main"]);
+    assert_eq!(branches(remote), ["main"]);
 
     let answer = send(&server, &review_of("009")).await;
     assert!(!allowed(&answer), "{answer}");
@@ -144,15 +144,15 @@ async fn review_lifecycle(forge_name: &str) {
 
     // The remote: main as it was, and the review branch one commit on top of it,
     // by alice, adding exactly the file.
-    assert_eq!(git(&remote, &["rev-parse", "main"]), main_before);
-    assert_eq!(branches(&remote), [BRANCH_009, "main"]);
+    assert_eq!(git(remote, &["rev-parse", "main"]), main_before);
+    assert_eq!(branches(remote), [BRANCH_009, "main"]);
     let range = format!("main..{BRANCH_009}");
     assert_eq!(
-        git(&remote, &["log", "--format=%an", &range]).trim(),
+        git(remote, &["log", "--format=%an", &range]).trim(),
         "alice"
     );
     assert_eq!(
-        git(&remote, &["diff", "--name-status", "main", BRANCH_009]).trim(),
+        git(remote, &["diff", "--name-status", "main", BRANCH_009]).trim(),
         format!("A\t{FILE_009}")
     );
     // Nothing reached the local main either: the change exists only for review.
@@ -193,11 +193,11 @@ async fn review_lifecycle(forge_name: &str) {
     .await;
 
     // A person merges it: the remote's main moves to the branch, the forge says so.
-    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
-    git(&remote, &["update-ref", "refs/heads/main", &tip]);
+    let tip = git(remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    git(remote, &["update-ref", "refs/heads/main", &tip]);
     forge.merge(1, &tip);
     eventually(Duration::from_secs(20), "the merge is noticed", || {
-        !branches(&remote).contains(&BRANCH_009.to_owned())
+        !branches(remote).contains(&BRANCH_009.to_owned())
     })
     .await;
     assert_eq!(
@@ -258,7 +258,7 @@ async fn a_session_gathers_a_user_s_writes_and_others_are_warned() {
     assert!(text.contains("/team/apps/pull/1"), "{text}");
     assert_eq!(forge.calls("pulls/create").len(), 1, "one pull request");
     let range = format!("main..{session}");
-    assert_eq!(git(&remote, &["rev-list", "--count", &range]).trim(), "2");
+    assert_eq!(git(remote, &["rev-list", "--count", &range]).trim(), "2");
 
     // Bob changes the same object: his own pull request, and a warning naming
     // alice's.
@@ -278,7 +278,7 @@ async fn a_session_gathers_a_user_s_writes_and_others_are_warned() {
     // next write starts a new session.
     forge.close(1);
     eventually(Duration::from_secs(20), "the close is noticed", || {
-        !branches(&remote).contains(&session.to_owned())
+        !branches(remote).contains(&session.to_owned())
     })
     .await;
     let mut again = review_of("009");
@@ -286,7 +286,7 @@ async fn a_session_gathers_a_user_s_writes_and_others_are_warned() {
     let again = send(&server, &again).await;
     assert!(message(&again).contains("/team/apps/pull/3"), "{again}");
     let range = "main..kubescribe/alice/5e551049";
-    assert_eq!(git(&remote, &["rev-list", "--count", range]).trim(), "1");
+    assert_eq!(git(remote, &["rev-list", "--count", range]).trim(), "1");
     assert_eq!(
         metric(
             &server,
@@ -316,7 +316,7 @@ async fn api_errors_are_classified_and_leave_nothing_behind() {
     let (remote, forge, token) = (&setup.remote, &setup.forge, &setup.token);
     let server = TestServer::start(&setup.config("")).await;
     let nothing_left = |server: &TestServer| {
-        assert_eq!(branches(&remote), ["main"]);
+        assert_eq!(branches(remote), ["main"]);
         assert!(server
             .git(&["branch", "--list", "kubescribe/*"])
             .trim()
@@ -333,7 +333,7 @@ async fn api_errors_are_classified_and_leave_nothing_behind() {
     assert!(!text.contains("forge-token"), "never the token: {text}");
     nothing_left(&server);
     // Rotated in the file too: used at once.
-    std::fs::write(&token, "forge-token-2\n").unwrap();
+    std::fs::write(token, "forge-token-2\n").unwrap();
 
     let cases = [
         (
@@ -447,7 +447,7 @@ async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
     // pull request (kubescribe's own commit of this rule's review, so it is
     // kubescribe's to delete).
     let orphan = "kubescribe/bob/0badf00d";
-    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    let tip = git(remote, &["rev-parse", BRANCH_009]).trim().to_owned();
     let hour_ago = format!(
         "{} +0000",
         std::time::SystemTime::now()
@@ -459,7 +459,7 @@ async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
     let tree = format!("{tip}^{{tree}}");
     let old = std::process::Command::new("git")
         .arg("--git-dir")
-        .arg(&remote)
+        .arg(remote)
         .args([
             "commit-tree",
             &tree,
@@ -478,39 +478,39 @@ async fn open_reviews_survive_a_restart_and_the_loss_of_the_local_repository() {
     assert!(old.status.success());
     let orphan_tip = String::from_utf8(old.stdout).unwrap().trim().to_owned();
     git(
-        &remote,
+        remote,
         &["update-ref", &format!("refs/heads/{orphan}"), &orphan_tip],
     );
     // Fresh, and so perhaps still being proposed by another process: kept.
     let fresh = "kubescribe/dave/0f0f0f0f";
     git(
-        &remote,
+        remote,
         &["update-ref", &format!("refs/heads/{fresh}"), &tip],
     );
     // A branch someone else made under the prefix, with no pull request: not
     // kubescribe's commit, so left alone.
-    let main = git(&remote, &["rev-parse", "main"]).trim().to_owned();
+    let main = git(remote, &["rev-parse", "main"]).trim().to_owned();
     let theirs = "kubescribe/carol/handmade";
     git(
-        &remote,
+        remote,
         &["update-ref", &format!("refs/heads/{theirs}"), &main],
     );
 
     // A new local repository: everything is on the remote.
     let server = TestServer::start(&config("second", "pollInterval: 1s")).await;
     eventually(Duration::from_secs(20), "the orphan is deleted", || {
-        !branches(&remote).contains(&orphan.to_owned())
+        !branches(remote).contains(&orphan.to_owned())
     })
     .await;
     // Branches are looked up in order: alice's before the orphan's.
     assert_eq!(open_count(&server).await, 1.0);
-    assert!(branches(&remote).contains(&theirs.to_owned()));
-    git(&remote, &["update-ref", "refs/heads/main", &tip]);
+    assert!(branches(remote).contains(&theirs.to_owned()));
+    git(remote, &["update-ref", "refs/heads/main", &tip]);
     forge.merge(1, &tip);
     eventually(
         Duration::from_secs(20),
         "the merge is noticed after the restart",
-        || branches(&remote) == [theirs, fresh, "main"],
+        || branches(remote) == [theirs, fresh, "main"],
     )
     .await;
     assert_eq!(forge.problems(), Vec::<String>::new());
@@ -545,7 +545,7 @@ async fn a_failed_push_proposes_nothing() {
         text.contains("branch's protection rules and server-side hooks"),
         "{text}"
     );
-    assert_eq!(branches(&remote), ["main"]);
+    assert_eq!(branches(remote), ["main"]);
     assert!(server
         .git(&["branch", "--list", "kubescribe/*"])
         .trim()
@@ -653,8 +653,8 @@ async fn a_signed_forge_webhook_makes_the_merge_known_at_once() {
     let server = TestServer::start(&config).await;
     let answer = send(&server, &review_of("009")).await;
     assert!(message(&answer).contains("/team/apps/pull/1"), "{answer}");
-    let tip = git(&remote, &["rev-parse", BRANCH_009]).trim().to_owned();
-    git(&remote, &["update-ref", "refs/heads/main", &tip]);
+    let tip = git(remote, &["rev-parse", BRANCH_009]).trim().to_owned();
+    git(remote, &["update-ref", "refs/heads/main", &tip]);
     forge.merge(1, &tip);
 
     // GitHub's documented example: this body signed with this secret.
@@ -686,7 +686,7 @@ async fn a_signed_forge_webhook_makes_the_merge_known_at_once() {
         .unwrap();
     assert_eq!(status, 404);
     assert!(
-        branches(&remote).contains(&BRANCH_009.to_owned()),
+        branches(remote).contains(&BRANCH_009.to_owned()),
         "nothing happened"
     );
 
@@ -704,7 +704,7 @@ async fn a_signed_forge_webhook_makes_the_merge_known_at_once() {
         .unwrap();
     assert_eq!(status, 204);
     eventually(Duration::from_secs(20), "the merge is known", || {
-        branches(&remote) == ["main"]
+        branches(remote) == ["main"]
     })
     .await;
     assert_eq!(
