@@ -332,6 +332,16 @@ async fn api_errors_are_classified_and_leave_nothing_behind() {
     assert!(text.contains("check the review's tokenFile"), "{text}");
     assert!(!text.contains("forge-token"), "never the token: {text}");
     nothing_left(&server);
+    // The token's Secret is not mounted.
+    std::fs::remove_file(token).unwrap();
+    let answer = send(&server, &review_of("009")).await;
+    let text = message(&answer);
+    assert!(text.contains("cannot read the forge token"), "{text}");
+    assert!(
+        text.contains("check that the token Secret is mounted"),
+        "{text}"
+    );
+    nothing_left(&server);
     // Rotated in the file too: used at once.
     std::fs::write(token, "forge-token-2\n").unwrap();
 
@@ -339,6 +349,10 @@ async fn api_errors_are_classified_and_leave_nothing_behind() {
         (
             canned(500, vec![], json!({"message": "Server Error"})),
             "GitHub is unavailable: 500",
+        ),
+        (
+            canned(201, vec![], json!({"message": "created"})),
+            "GitHub answered something kubescribe cannot read: the pull request has no `number`",
         ),
         (
             canned(404, vec![], json!({"message": "Not Found"})),
@@ -386,7 +400,14 @@ async fn api_errors_are_classified_and_leave_nothing_behind() {
         .await
             >= 2.0
     );
-    for reason in ["auth", "unavailable", "not_found", "refused"] {
+    for reason in [
+        "auth",
+        "credentials",
+        "unavailable",
+        "invalid",
+        "not_found",
+        "refused",
+    ] {
         let sample =
             format!("kubescribe_reviews_api_errors_total{{rule=\"review\",reason=\"{reason}\"}}");
         assert_eq!(metric(&server, &sample).await, 1.0, "{reason}");
@@ -775,6 +796,62 @@ async fn gitlab_push_options_open_the_merge_request_as_documented() {
         forge.pulls()[0].title,
         "alice: create ConfigMap team-a/app-config"
     );
+    assert_eq!(forge.problems(), Vec::<String>::new());
+    server.server.shutdown().await.unwrap();
+}
+
+/// In a repository a team keeps, the review branch holds the same edit a direct
+/// commit would make: one changed line of the document that declares the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_in_a_repository_people_keep_is_the_minimal_edit_of_their_file() {
+    let (_fixture, remote) = common::gitops::seeded_fixture("stefanprodan__podinfo");
+    let forge = ForgeServer::start("github", TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let config = review_config(&format!("file://{}", remote.display()), &forge, &token, "")
+        .replace(
+            "rules:\n",
+            "  inPlace:\n    enabled: true\n    namespaces:\n      kustomize: podinfo\nrules:\n",
+        );
+    let server = TestServer::start(&config).await;
+
+    let path = "deploy/webapp/backend/deployment.yaml";
+    let text = git(&remote, &["show", &format!("main:{path}")]);
+    let first = serde_yaml_ng::Deserializer::from_str(&text).next().unwrap();
+    let mut old: Value = serde::Deserialize::deserialize(first).unwrap();
+    old["metadata"]["namespace"] = json!("webapp");
+    old["metadata"]["uid"] = json!("00000001-1111-4000-8000-000000000000");
+    old["metadata"]["resourceVersion"] = json!("101");
+    let mut new = old.clone();
+    new["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("ghcr.io/stefanprodan/podinfo:6.15.0");
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "1a2b3c4d-0000-4000-8000-000000000001",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "name": "backend",
+            "namespace": "webapp",
+            "operation": "UPDATE",
+            "userInfo": {"username": "alice", "groups": ["devs"]},
+            "object": new,
+            "oldObject": old,
+            "dryRun": false,
+            "options": {},
+        }
+    });
+    let answer = send(&server, &review).await;
+    assert!(message(&answer).contains("/team/apps/pull/1"), "{answer}");
+    let branch = "kubescribe/alice/1a2b3c4d";
+    let change = common::gitops::change_of(&remote, branch);
+    assert_eq!(change.files, [path]);
+    assert_eq!(change.added.len(), 1, "{:?}", change.added);
+    assert!(change.added[0].contains("ghcr.io/stefanprodan/podinfo:6.15.0"));
+    assert_eq!(change.removed.len(), 1, "{:?}", change.removed);
+    let body = forge.calls("pulls/create")[0].body.clone().unwrap();
+    assert!(body["body"].as_str().unwrap().contains(path));
     assert_eq!(forge.problems(), Vec::<String>::new());
     server.server.shutdown().await.unwrap();
 }

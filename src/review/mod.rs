@@ -771,6 +771,7 @@ impl Reviewer {
                             etag: None,
                             conflicting,
                         });
+                        self.count_open();
                         tracing::info!(rule = %self.rule, %branch, "following an open review from before the restart");
                     }
                     _ => self.finished(&branch, tip, &pull_request).await,

@@ -424,6 +424,7 @@ fn serve(
         .iter_mut()
         .find(|(id, _)| *id == op.id)
         .and_then(|(_, queue)| queue.pop_front());
+    let is_canned = canned.is_some();
     let (status, extra, answer) = if let Some(canned) = canned {
         (canned.status, canned.headers, Some(canned.body))
     } else if !authorized {
@@ -436,7 +437,8 @@ fn serve(
     };
     // What the description says of this status, checked on what is sent.
     if let Some(answer) = &answer {
-        if (200..300).contains(&status) && forge != "gitlab" {
+        // A canned answer is the test's, wrong on purpose where it is.
+        if (200..300).contains(&status) && forge != "gitlab" && !is_canned {
             if let Err(e) = op.check_response(status, answer) {
                 state
                     .problems
