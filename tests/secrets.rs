@@ -88,6 +88,9 @@ fn age_unwrap(dir: &Path, text: &str, key_file: &Path) -> Vec<Vec<u8>> {
     keys
 }
 
+/// The file's path in the repository, which a data key's tag binds.
+const PATH: &str = "team-a/core/secrets/db.yaml";
+
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
@@ -100,7 +103,13 @@ fn secret(password: &str) -> Value {
         "metadata": {"name": "db", "namespace": "team-a", "labels": {"app": "db"}},
         "type": "Opaque",
         "immutable": false,
-        "data": {"password": b64(password.as_bytes()), "binary": b64(&binary), "empty": ""},
+        "data": {
+            "password": b64(password.as_bytes()),
+            "binary": b64(&binary),
+            "empty": "",
+            "tls.crt": b64(b"-----BEGIN CERTIFICATE-----"),
+            "unset": null,
+        },
         "stringData": {"url": "postgres://app:s3cr3t-url@db:5432/app"},
     })
 }
@@ -118,7 +127,7 @@ fn ciphertexts(text: &str) -> Vec<(String, String)> {
             for (k, v) in map {
                 out.push((
                     format!("{section}.{}", k.as_str().unwrap()),
-                    v.as_str().unwrap().to_owned(),
+                    v.as_str().unwrap_or("null").to_owned(),
                 ));
             }
         }
@@ -134,7 +143,7 @@ fn sops_and_age_read_what_kubescribe_writes_and_nothing_churns() {
     let recipients = [ours_public.clone(), flux.clone()];
 
     let plain = secret("hunter2");
-    let first = sops::encrypt(&plain, &recipients, Some(&ours), None, at(0)).unwrap();
+    let first = sops::encrypt(&plain, &recipients, Some(&ours), None, PATH, at(0)).unwrap();
     // Nothing of a value is in the file, in any form.
     for needle in [
         "hunter2".to_owned(),
@@ -153,6 +162,7 @@ fn sops_and_age_read_what_kubescribe_writes_and_nothing_churns() {
             "data.binary",
             "data.empty",
             "data.password",
+            "data.tls.crt",
             "stringData.url"
         ]
     );
@@ -177,7 +187,15 @@ fn sops_and_age_read_what_kubescribe_writes_and_nothing_churns() {
     );
 
     // The same Secret again: the same file, byte for byte.
-    let again = sops::encrypt(&plain, &recipients, Some(&ours), Some(&first.text), at(60)).unwrap();
+    let again = sops::encrypt(
+        &plain,
+        &recipients,
+        Some(&ours),
+        Some(&first.text),
+        PATH,
+        at(60),
+    )
+    .unwrap();
     assert_eq!(again.text, first.text);
     assert!(again.changed.is_empty());
 
@@ -188,6 +206,7 @@ fn sops_and_age_read_what_kubescribe_writes_and_nothing_churns() {
         &recipients,
         Some(&ours),
         Some(&first.text),
+        PATH,
         at(120),
     )
     .unwrap();
@@ -215,6 +234,7 @@ fn sops_and_age_read_what_kubescribe_writes_and_nothing_churns() {
         &recipients,
         Some(&ours),
         Some(&second.text),
+        PATH,
         at(180),
     )
     .unwrap();
@@ -227,7 +247,8 @@ fn sops_and_age_read_what_kubescribe_writes_and_nothing_churns() {
     // A recipient is added: the data key is wrapped for it too, values stay.
     let (other_key, _, other) = keygen(dir.path(), "other");
     let more = [ours_public.clone(), flux.clone(), other];
-    let fourth = sops::encrypt(&fewer, &more, Some(&ours), Some(&third.text), at(240)).unwrap();
+    let fourth =
+        sops::encrypt(&fewer, &more, Some(&ours), Some(&third.text), PATH, at(240)).unwrap();
     assert!(fourth.changed.is_empty());
     assert_eq!(ciphertexts(&fourth.text), ciphertexts(&third.text));
     assert_eq!(
@@ -247,20 +268,143 @@ fn a_file_changed_behind_kubescribe_s_back_is_written_anew_and_sops_refuses_it()
     let (_, ours, ours_public) = keygen(dir.path(), "kubescribe");
     let recipients = [ours_public, flux];
     let plain = secret("hunter2");
-    let first = sops::encrypt(&plain, &recipients, Some(&ours), None, at(0)).unwrap();
+    let first = sops::encrypt(&plain, &recipients, Some(&ours), None, PATH, at(0)).unwrap();
     // Someone edits a readable field without updating the MAC.
     let tampered = first.text.replace("app: db", "app: evil");
     assert!(sops_decrypt(dir.path(), &tampered, &flux_key)
         .unwrap_err()
         .contains("MAC mismatch"));
     // kubescribe does not build on it: every value is encrypted afresh.
-    let next = sops::encrypt(&plain, &recipients, Some(&ours), Some(&tampered), at(60)).unwrap();
-    assert_eq!(next.changed.len(), 4);
+    let next = sops::encrypt(
+        &plain,
+        &recipients,
+        Some(&ours),
+        Some(&tampered),
+        PATH,
+        at(60),
+    )
+    .unwrap();
+    assert_eq!(next.changed.len(), 5);
     assert_eq!(sops_decrypt(dir.path(), &next.text, &flux_key), Ok(plain));
 }
 
 #[test]
 fn without_a_recipient_nothing_is_written() {
-    let error = sops::encrypt(&secret("x"), &[], None, None, at(0)).unwrap_err();
+    let error = sops::encrypt(&secret("x"), &[], None, None, PATH, at(0)).unwrap_err();
     assert_eq!(error, sops::SopsError::NoRecipients);
+}
+
+/// As `sops` writes them: `key: ENC[…]` unquoted, which tools that look for
+/// `mac: ENC[` rely on.
+#[test]
+fn encrypted_values_are_written_plain_as_sops_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, ours, _) = keygen(dir.path(), "kubescribe");
+    let file = sops::encrypt(&secret("x"), &[], Some(&ours), None, PATH, at(0)).unwrap();
+    assert!(
+        file.text.contains("\n  mac: ENC[AES256_GCM,data:"),
+        "{}",
+        file.text
+    );
+    assert!(
+        file.text.contains("\n  password: ENC[AES256_GCM,data:"),
+        "{}",
+        file.text
+    );
+    assert!(!file.text.contains("'ENC["), "{}", file.text);
+}
+
+/// A data key kubescribe did not make (someone who can push planted a file whose
+/// key they know) is never built on, and neither is one a removed recipient holds:
+/// the next write has a new key, unwrapped only by the recipients now.
+#[test]
+fn a_key_someone_else_knows_is_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (flux_key, _, flux) = keygen(dir.path(), "flux");
+    let (_, ours, ours_public) = keygen(dir.path(), "kubescribe");
+    let plain = secret("hunter2");
+
+    // Planted: a valid SOPS file for kubescribe and Flux, made without
+    // kubescribe's identity (so by whoever chose its key).
+    let planted = sops::encrypt(
+        &plain,
+        &[ours_public.clone(), flux.clone()],
+        None,
+        None,
+        PATH,
+        at(0),
+    )
+    .unwrap();
+    assert_eq!(
+        sops_decrypt(dir.path(), &planted.text, &flux_key),
+        Ok(plain.clone())
+    );
+    let planted_key = age_unwrap(dir.path(), &planted.text, &flux_key);
+    let updated = secret("correct horse");
+    let next = sops::encrypt(
+        &updated,
+        &[ours_public.clone(), flux.clone()],
+        Some(&ours),
+        Some(&planted.text),
+        PATH,
+        at(60),
+    )
+    .unwrap();
+    assert_ne!(age_unwrap(dir.path(), &next.text, &flux_key), planted_key);
+    assert_eq!(
+        next.changed,
+        ["data.password"],
+        "values are compared all the same"
+    );
+    assert_eq!(
+        sops_decrypt(dir.path(), &next.text, &flux_key),
+        Ok(updated.clone())
+    );
+
+    // The same key, moved to another file, is not this file's either.
+    let elsewhere = sops::encrypt(
+        &updated,
+        &[ours_public.clone(), flux.clone()],
+        Some(&ours),
+        Some(&next.text),
+        "team-b/core/secrets/db.yaml",
+        at(90),
+    )
+    .unwrap();
+    assert_ne!(
+        age_unwrap(dir.path(), &elsewhere.text, &flux_key),
+        age_unwrap(dir.path(), &next.text, &flux_key)
+    );
+
+    // A recipient is removed: it holds the old key, so there is a new one.
+    let (gone_key, _, gone) = keygen(dir.path(), "gone");
+    let three = sops::encrypt(
+        &updated,
+        &[ours_public.clone(), flux.clone(), gone],
+        Some(&ours),
+        Some(&next.text),
+        PATH,
+        at(120),
+    )
+    .unwrap();
+    let shared = age_unwrap(dir.path(), &three.text, &gone_key);
+    assert_eq!(shared.len(), 1);
+    let two = sops::encrypt(
+        &updated,
+        &[ours_public, flux],
+        Some(&ours),
+        Some(&three.text),
+        PATH,
+        at(180),
+    )
+    .unwrap();
+    assert!(
+        two.changed.is_empty(),
+        "no value changed: {:?}",
+        two.changed
+    );
+    assert!(age_unwrap(dir.path(), &two.text, &gone_key).is_empty());
+    assert_ne!(age_unwrap(dir.path(), &two.text, &flux_key), shared);
+    assert_ne!(ciphertexts(&two.text), ciphertexts(&three.text));
+    assert_eq!(sops_decrypt(dir.path(), &two.text, &flux_key), Ok(updated));
 }

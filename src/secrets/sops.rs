@@ -63,34 +63,55 @@ pub struct Encrypted {
     pub changed: Vec<String>,
 }
 
-/// What kubescribe could read of a previous file: its data key, the age
-/// recipients it was wrapped for, and each encrypted value's plaintext and
-/// ciphertext by key path.
+/// A key path: `["data", "tls.crt"]` (keys may hold dots).
+type KeyPath = Vec<String>;
+
+/// What kubescribe could read of a previous file.
 struct Previous {
     text: String,
     key: [u8; 32],
+    /// Whether kubescribe made this data key for this file (its tag says so):
+    /// only then are the key and the ciphertexts built on. A key someone else put
+    /// there may be one they know.
+    ours: bool,
+    /// The age recipients the key is wrapped for, sorted, and the entries as they
+    /// are.
     recipients: Vec<String>,
-    age: Value,
-    values: BTreeMap<String, (String, String)>,
+    age: Vec<Value>,
+    /// Each encrypted value's plaintext and ciphertext.
+    values: BTreeMap<KeyPath, (String, String)>,
     plain: Value,
 }
 
-/// Writes `plain` (a sanitised Secret, as JSON) as a SOPS file for `recipients`.
-/// With `previous` (the file as it is now) and an `identity` among its
-/// recipients, unchanged values keep their ciphertexts and the data key is kept;
-/// a file whose plaintext and recipients are unchanged comes back as it was.
+/// Writes `plain` (a sanitised Secret, as JSON) as a SOPS file for `recipients`
+/// (and `identity`'s own recipient, added when missing, so kubescribe can read the
+/// file back). `context` names the file (its path in the repository): the data
+/// key's tag binds it, so a key cannot be moved from one file to another.
+///
+/// With `previous` (the file as it is now) that kubescribe wrote: unchanged values
+/// keep their ciphertexts and the data key is kept; a file whose plaintext and
+/// recipients are unchanged comes back as it was. A recipient removed, or a key
+/// kubescribe did not make, gets a new data key and every value encrypted afresh.
 pub fn encrypt(
     plain: &Value,
     recipients: &[age::x25519::Recipient],
     identity: Option<&age::x25519::Identity>,
     previous: Option<&str>,
+    context: &str,
     now: SystemTime,
 ) -> Result<Encrypted, SopsError> {
+    let mut recipients = recipients.to_vec();
+    if let Some(identity) = identity {
+        let own = identity.to_public();
+        if !recipients.iter().any(|r| r.to_string() == own.to_string()) {
+            recipients.push(own);
+        }
+    }
     if recipients.is_empty() {
         return Err(SopsError::NoRecipients);
     }
     let previous = match (previous, identity) {
-        (Some(text), Some(identity)) => match read(text, identity) {
+        (Some(text), Some(identity)) => match read(text, identity, context) {
             Ok(previous) => Some(previous),
             Err(e) => {
                 tracing::debug!(error = %e, "the previous SOPS file cannot be read back; writing it anew");
@@ -101,7 +122,8 @@ pub fn encrypt(
     };
     let mut wanted: Vec<String> = recipients.iter().map(ToString::to_string).collect();
     wanted.sort();
-    if let Some(previous) = &previous {
+    wanted.dedup();
+    if let Some(previous) = previous.as_ref().filter(|p| p.ours) {
         if previous.plain == *plain && previous.recipients == wanted {
             return Ok(Encrypted {
                 text: previous.text.clone(),
@@ -109,7 +131,11 @@ pub fn encrypt(
             });
         }
     }
-    let key = match &previous {
+    // Kept only while every holder of the key is still a recipient.
+    let kept = previous
+        .as_ref()
+        .filter(|p| p.ours && p.recipients.iter().all(|r| wanted.contains(r)));
+    let key = match kept {
         Some(previous) => previous.key,
         None => {
             let mut key = [0u8; 32];
@@ -117,111 +143,185 @@ pub fn encrypt(
             key
         }
     };
-    let age = match &previous {
-        // Same recipients: the same wrapped key (no churn).
-        Some(previous) if previous.recipients == wanted => previous.age.clone(),
-        _ => wrap(&key, recipients)?,
+    let age = match kept {
+        Some(previous) => {
+            // The entries as they are (no churn), and the new recipients'.
+            let mut age = previous.age.clone();
+            let new: Vec<age::x25519::Recipient> = recipients
+                .iter()
+                .filter(|r| !previous.recipients.contains(&r.to_string()))
+                .cloned()
+                .collect();
+            age.extend(wrap(&key, &new)?);
+            age
+        }
+        None => wrap(&key, &recipients)?,
     };
     let mut changed = Vec::new();
+    let mut seen = Vec::new();
     let mut encrypted = plain.clone();
     encrypt_values(
         &mut encrypted,
         &mut Vec::new(),
         &key,
-        previous.as_ref().map(|p| &p.values),
+        Values {
+            before: previous.as_ref().map(|p| &p.values),
+            reuse: kept.is_some(),
+        },
         &mut changed,
+        &mut seen,
     )?;
     if let Some(previous) = &previous {
-        // Keys that went.
-        let now: std::collections::BTreeSet<&String> = changed.iter().collect();
-        let mut gone: Vec<String> = previous
-            .values
-            .keys()
-            .filter(|path| !now.contains(path) && !has_path(plain, path))
-            .cloned()
-            .collect();
-        changed.append(&mut gone);
+        changed.extend(
+            previous
+                .values
+                .keys()
+                .filter(|path| !seen.contains(path))
+                .cloned(),
+        );
     }
+    let mut changed: Vec<String> = changed.iter().map(|path| path.join(".")).collect();
     changed.sort();
     changed.dedup();
     let lastmodified = rfc3339(now);
-    let mac = mac(plain)?;
+    let mac = mac(&ordered(plain)?)?;
     let mac = seal(&key, mac.as_bytes(), lastmodified.as_bytes())?;
+    let mut sops = serde_json::json!({
+        "age": age,
+        "lastmodified": lastmodified,
+        "mac": mac,
+        "encrypted_regex": ENCRYPTED_REGEX,
+        "version": SOPS_VERSION,
+    });
+    if let Some(identity) = identity {
+        sops[KEY_TAG] = Value::String(key_tag(identity, context, &key, &age));
+    }
     let object = encrypted
         .as_object_mut()
         .ok_or_else(|| SopsError::Encrypt("a Secret is an object".to_owned()))?;
-    object.insert(
-        "sops".to_owned(),
-        serde_json::json!({
-            "age": age,
-            "lastmodified": lastmodified,
-            "mac": mac,
-            "encrypted_regex": ENCRYPTED_REGEX,
-            "version": SOPS_VERSION,
-        }),
-    );
+    object.insert("sops".to_owned(), sops);
     Ok(Encrypted {
-        text: crate::yaml::render(&encrypted),
+        text: unquote_encrypted(&crate::yaml::render(&encrypted)),
         changed,
     })
 }
 
-fn has_path(value: &Value, path: &str) -> bool {
-    let mut at = value;
-    for part in path.split('.') {
-        match at.get(part) {
-            Some(next) => at = next,
-            None => return false,
+/// Where kubescribe keeps the tag of its data key; `sops` and Flux ignore it.
+const KEY_TAG: &str = "kubescribe_key_tag";
+
+/// HMAC-SHA256, under a key only kubescribe's identity gives, of the file's name,
+/// its data key and its wrapped keys: proof that kubescribe made this key for this
+/// file and wrapped it for exactly these recipients.
+fn key_tag(
+    identity: &age::x25519::Identity,
+    context: &str,
+    key: &[u8; 32],
+    age: &[Value],
+) -> String {
+    use age::secrecy::ExposeSecret as _;
+    let secret = identity.to_string();
+    let derived = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("kubescribe sops key tag v1\0{}", secret.expose_secret()).as_bytes(),
+    );
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
+    let mut context_ = ring::hmac::Context::with_key(&hmac);
+    context_.update(context.as_bytes());
+    context_.update(b"\0");
+    context_.update(key);
+    for entry in age {
+        for field in ["recipient", "enc"] {
+            context_.update(b"\0");
+            context_.update(entry[field].as_str().unwrap_or_default().as_bytes());
         }
     }
-    true
+    context_
+        .sign()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `key: 'ENC[…]'` as `key: ENC[…]`, as `sops` writes it (and as tools that look
+/// for `mac: ENC[` expect). An `ENC[…]` value is base64, `,`, `:`, `=`, `[` and
+/// `]` only, which YAML reads back the same plain.
+fn unquote_encrypted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        match body.split_once(": 'ENC[AES256_GCM,") {
+            Some((key, rest)) if rest.ends_with("]'") && rest.matches('\'').count() == 1 => {
+                out.push_str(key);
+                out.push_str(": ENC[AES256_GCM,");
+                out.push_str(&rest[..rest.len() - 1]);
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 fn is_encrypted(path: &[String]) -> bool {
     path.iter().any(|key| key == "data" || key == "stringData")
 }
 
+/// The previous file's values: compared always, their ciphertexts reused only
+/// under the same, trusted key.
+#[derive(Clone, Copy)]
+struct Values<'a> {
+    before: Option<&'a BTreeMap<KeyPath, (String, String)>>,
+    reuse: bool,
+}
+
 fn encrypt_values(
     value: &mut Value,
-    path: &mut Vec<String>,
+    path: &mut KeyPath,
     key: &[u8; 32],
-    previous: Option<&BTreeMap<String, (String, String)>>,
-    changed: &mut Vec<String>,
+    values: Values<'_>,
+    changed: &mut Vec<KeyPath>,
+    seen: &mut Vec<KeyPath>,
 ) -> Result<(), SopsError> {
     match value {
         Value::Object(map) => {
             for (name, child) in map.iter_mut() {
                 path.push(name.clone());
-                encrypt_values(child, path, key, previous, changed)?;
+                encrypt_values(child, path, key, values, changed, seen)?;
                 path.pop();
             }
             Ok(())
         }
         Value::Array(items) => {
             for item in items {
-                encrypt_values(item, path, key, previous, changed)?;
+                encrypt_values(item, path, key, values, changed, seen)?;
             }
             Ok(())
         }
+        // SOPS leaves a null as it is, outside the MAC.
+        Value::Null => Ok(()),
         leaf if is_encrypted(path) => {
-            let dotted = path.join(".");
             let Value::String(plaintext) = leaf else {
-                return Err(SopsError::NotAString { path: dotted });
+                return Err(SopsError::NotAString {
+                    path: path.join("."),
+                });
             };
-            let kept = previous
-                .and_then(|p| p.get(&dotted))
-                .filter(|(before, _)| before == plaintext)
+            seen.push(path.clone());
+            let before = values.before.and_then(|b| b.get(path.as_slice()));
+            if before.is_none_or(|(was, _)| was != plaintext) {
+                changed.push(path.clone());
+            }
+            let kept = before
+                .filter(|(was, _)| values.reuse && was == plaintext)
                 .map(|(_, enc)| enc.clone());
             let enc = match kept {
                 Some(enc) => enc,
+                None if plaintext.is_empty() => String::new(),
                 None => {
-                    changed.push(dotted);
-                    if plaintext.is_empty() {
-                        String::new()
-                    } else {
-                        let aad = format!("{}:", path.join(":"));
-                        seal(key, plaintext.as_bytes(), aad.as_bytes())?
-                    }
+                    let aad = format!("{}:", path.join(":"));
+                    seal(key, plaintext.as_bytes(), aad.as_bytes())?
                 }
             };
             *leaf = Value::String(enc);
@@ -304,7 +404,7 @@ fn open(key: &[u8; 32], enc: &str, aad: &[u8]) -> Result<String, SopsError> {
 }
 
 /// The data key wrapped for every recipient, as SOPS lists it.
-fn wrap(key: &[u8; 32], recipients: &[age::x25519::Recipient]) -> Result<Value, SopsError> {
+fn wrap(key: &[u8; 32], recipients: &[age::x25519::Recipient]) -> Result<Vec<Value>, SopsError> {
     let mut entries = Vec::new();
     for recipient in recipients {
         let encrypt_error = |e: &dyn std::fmt::Display| SopsError::Encrypt(format!("age: {e}"));
@@ -329,24 +429,30 @@ fn wrap(key: &[u8; 32], recipients: &[age::x25519::Recipient]) -> Result<Value, 
             "enc": enc,
         }));
     }
-    Ok(Value::Array(entries))
+    Ok(entries)
 }
 
-/// Reads a SOPS file with `identity`: the data key, and every encrypted value.
-fn read(text: &str, identity: &age::x25519::Identity) -> Result<Previous, SopsError> {
+/// Reads a SOPS file with `identity`: the data key, every encrypted value, and
+/// whether kubescribe made the key for this file (`context`).
+fn read(
+    text: &str,
+    identity: &age::x25519::Identity,
+    context: &str,
+) -> Result<Previous, SopsError> {
     let unreadable = |why: String| SopsError::Unreadable(why);
-    let yaml: serde_yaml_ng::Value =
+    let mut yaml: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(text).map_err(|e| unreadable(format!("not YAML: {e}")))?;
-    let mut json: Value =
-        serde_json::to_value(&yaml).map_err(|e| unreadable(format!("not JSON-like: {e}")))?;
-    let sops = json
-        .as_object_mut()
-        .and_then(|o| o.remove("sops"))
+    let sops = yaml
+        .as_mapping_mut()
+        // Shifted out, not swapped: the MAC is over the others in their order.
+        .and_then(|m| m.shift_remove("sops"))
         .ok_or_else(|| unreadable("no `sops` section".to_owned()))?;
-    let age = sops["age"].clone();
+    let sops: Value =
+        serde_json::to_value(&sops).map_err(|e| unreadable(format!("its `sops` section: {e}")))?;
+    let age: Vec<Value> = sops["age"].as_array().cloned().unwrap_or_default();
     let mut key = None;
     let mut recipients = Vec::new();
-    for entry in age.as_array().into_iter().flatten() {
+    for entry in &age {
         if let Some(recipient) = entry["recipient"].as_str() {
             recipients.push(recipient.to_owned());
         }
@@ -372,13 +478,14 @@ fn read(text: &str, identity: &age::x25519::Identity) -> Result<Previous, SopsEr
         }
     }
     recipients.sort();
+    recipients.dedup();
     let key = key.ok_or_else(|| {
         unreadable("kubescribe's identity is not among its recipients".to_owned())
     })?;
     let mut values = BTreeMap::new();
-    let mut plain = json.clone();
-    decrypt_values(&mut plain, &mut Vec::new(), &key, &mut values)?;
-    // The MAC proves nobody changed a value or the layout behind our back.
+    decrypt_values(&mut yaml, &mut Vec::new(), &key, &mut values)?;
+    // The MAC, in the file's own order, proves nobody changed a value or the
+    // layout without the key.
     let lastmodified = sops["lastmodified"]
         .as_str()
         .ok_or_else(|| unreadable("no lastmodified".to_owned()))?;
@@ -387,12 +494,20 @@ fn read(text: &str, identity: &age::x25519::Identity) -> Result<Previous, SopsEr
         sops["mac"].as_str().unwrap_or_default(),
         lastmodified.as_bytes(),
     )?;
-    if stored != mac(&plain)? {
+    if stored != mac(&yaml)? {
         return Err(unreadable("its MAC does not match its values".to_owned()));
     }
+    let ours = sops[KEY_TAG].as_str().is_some_and(|tag| {
+        let expected = key_tag(identity, context, &key, &age);
+        use subtle::ConstantTimeEq as _;
+        bool::from(tag.as_bytes().ct_eq(expected.as_bytes()))
+    });
+    let plain =
+        serde_json::to_value(&yaml).map_err(|e| unreadable(format!("not JSON-like: {e}")))?;
     Ok(Previous {
         text: text.to_owned(),
         key,
+        ours,
         recipients,
         age,
         values,
@@ -401,49 +516,51 @@ fn read(text: &str, identity: &age::x25519::Identity) -> Result<Previous, SopsEr
 }
 
 fn decrypt_values(
-    value: &mut Value,
-    path: &mut Vec<String>,
+    value: &mut serde_yaml_ng::Value,
+    path: &mut KeyPath,
     key: &[u8; 32],
-    out: &mut BTreeMap<String, (String, String)>,
+    out: &mut BTreeMap<KeyPath, (String, String)>,
 ) -> Result<(), SopsError> {
+    use serde_yaml_ng::Value as Y;
     match value {
-        Value::Object(map) => {
+        Y::Mapping(map) => {
             for (name, child) in map.iter_mut() {
-                path.push(name.clone());
+                path.push(name.as_str().unwrap_or_default().to_owned());
                 decrypt_values(child, path, key, out)?;
                 path.pop();
             }
             Ok(())
         }
-        Value::Array(items) => {
+        Y::Sequence(items) => {
             for item in items {
                 decrypt_values(item, path, key, out)?;
             }
             Ok(())
         }
-        Value::String(enc) if is_encrypted(path) => {
+        Y::String(enc) if is_encrypted(path) => {
             let plain = if enc.is_empty() {
                 String::new()
             } else {
                 open(key, enc, format!("{}:", path.join(":")).as_bytes())?
             };
-            out.insert(path.join("."), (plain.clone(), enc.clone()));
-            *value = Value::String(plain);
+            out.insert(path.clone(), (plain.clone(), enc.clone()));
+            *value = Y::String(plain);
             Ok(())
         }
         _ => Ok(()),
     }
 }
 
-/// SHA-512 over every leaf value in the order the rendered file lists them, as
-/// upper-case hex. The order is read off the rendering itself, so it is the order
-/// `sops` reads.
-fn mac(plain: &Value) -> Result<String, SopsError> {
-    let rendered = crate::yaml::render(plain);
-    let ordered: serde_yaml_ng::Value = serde_yaml_ng::from_str(&rendered)
-        .map_err(|e| SopsError::Encrypt(format!("the rendered Secret is not YAML: {e}")))?;
+/// `plain` in the order the rendered file lists it.
+fn ordered(plain: &Value) -> Result<serde_yaml_ng::Value, SopsError> {
+    serde_yaml_ng::from_str(&crate::yaml::render(plain))
+        .map_err(|e| SopsError::Encrypt(format!("the rendered Secret is not YAML: {e}")))
+}
+
+/// SHA-512 over every leaf value of `document` in its order, as upper-case hex.
+fn mac(document: &serde_yaml_ng::Value) -> Result<String, SopsError> {
     let mut digest = ring::digest::Context::new(&ring::digest::SHA512);
-    leaves(&ordered, &mut |bytes| digest.update(bytes))?;
+    leaves(document, &mut |bytes| digest.update(bytes))?;
     let sum = digest.finish();
     Ok(sum
         .as_ref()
@@ -453,7 +570,8 @@ fn mac(plain: &Value) -> Result<String, SopsError> {
 }
 
 /// Calls `each` with every leaf's bytes as SOPS turns them into bytes: strings as
-/// they are, integers in decimal, floats shortest, booleans `True`/`False`.
+/// they are, integers in decimal, booleans `True`/`False` (a Secret holds no
+/// floats, whose Go formatting this does not copy).
 fn leaves(value: &serde_yaml_ng::Value, each: &mut dyn FnMut(&[u8])) -> Result<(), SopsError> {
     use serde_yaml_ng::Value as Y;
     match value {
@@ -507,7 +625,7 @@ mod tests {
     #[test]
     fn times_are_written_as_sops_writes_them() {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_650_245);
-        assert_eq!(rfc3339(at), "2026-12-07T14:10:45Z");
+        assert_eq!(rfc3339(at), "2026-12-07T13:30:45Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
         let leap = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00Z");
