@@ -609,3 +609,21 @@ fn history_is_kept_by_default_and_upgrades_roll_when_the_remote_keeps_it() {
     let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
     assert!(mounts.iter().any(|m| m["name"] == "data"), "{mounts:?}");
 }
+
+/// A rule's `review` passes the chart's schema and gets a holding entry like any
+/// `wait: push` rule; a forge the schema does not know is refused at render time.
+#[test]
+fn a_review_rule_renders_and_an_unknown_forge_is_refused() {
+    let review = |forge: &str| {
+        format!(
+            r#"config={{"repository":{{"remote":{{"url":"https://git.example.com/apps.git"}}}},"rules":[{{"name":"apps","wait":"push","then":"deny","review":{{"forge":"{forge}","api":"https://api.github.com","project":"acme/apps","tokenFile":"/etc/kubescribe/git/forge-token","group":"session"}}}}]}}"#
+        )
+    };
+    let objects = render(&["--set-json", &review("github")]);
+    let hooks = &find(&objects, "ValidatingWebhookConfiguration").unwrap()["webhooks"];
+    assert_eq!(hooks[0]["failurePolicy"], "Fail", "{hooks}");
+    let config = find(&objects, "ConfigMap").unwrap()["data"].to_string();
+    assert!(config.contains("forge-token"), "{config}");
+    let refused = render_result(&["--set-json", &review("bitbucket")]).unwrap_err();
+    assert!(refused.contains("forge"), "{refused}");
+}
