@@ -196,8 +196,13 @@ async fn review_lifecycle(forge_name: &str) {
     let tip = git(remote, &["rev-parse", BRANCH_009]).trim().to_owned();
     git(remote, &["update-ref", "refs/heads/main", &tip]);
     forge.merge(1, &tip);
+    // The remote's branch goes first, then the local one.
     eventually(Duration::from_secs(20), "the merge is noticed", || {
         !branches(remote).contains(&BRANCH_009.to_owned())
+            && server
+                .git(&["branch", "--list", "kubescribe/*"])
+                .trim()
+                .is_empty()
     })
     .await;
     assert_eq!(
