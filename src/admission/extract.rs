@@ -43,10 +43,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        let body = serde_json::json!({ "message": self.to_string(), "status": status.as_u16() });
-        (status, axum::Json(body)).into_response()
+        refusal(self.status(), &self.to_string())
     }
+}
+
+/// An answer that is not an AdmissionReview, as every such answer is:
+/// `{"message", "status"}`.
+pub(crate) fn refusal(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "message": message, "status": status.as_u16() });
+    (status, axum::Json(body)).into_response()
 }
 
 /// How much of an oversized body is read and thrown away so that the 413 reaches the
@@ -82,11 +87,10 @@ pub(crate) async fn settle_body(
         Ok(Err(error)) => error.into_response(),
         Err(_) => {
             metrics.overload_refused("body_timeout");
-            let body = serde_json::json!({
-                "message": format!("the request body did not arrive within server.requestTimeout ({timeout:?}) or before the apiserver's deadline"),
-                "status": 408,
-            });
-            (StatusCode::REQUEST_TIMEOUT, axum::Json(body)).into_response()
+            refusal(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the request body did not arrive within server.requestTimeout ({timeout:?}) or before the apiserver's deadline"),
+            )
         }
     }
 }

@@ -696,13 +696,7 @@ async fn forge_hook(
     axum::extract::Path(rule): axum::extract::Path<String>,
     request: axum::extract::Request,
 ) -> Response {
-    let message = |status: StatusCode, text: &str| {
-        (
-            status,
-            axum::Json(serde_json::json!({"message": text, "status": status.as_u16()})),
-        )
-            .into_response()
-    };
+    let message = super::extract::refusal;
     let Some(reviewer) = state.reviews.iter().find(|r| r.rule() == rule) else {
         return message(StatusCode::NOT_FOUND, "no review rule of that name");
     };

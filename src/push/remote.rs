@@ -199,10 +199,8 @@ impl Remote {
             .filter_map(|line| {
                 let (id, name) = line.split_once('\t')?;
                 let branch = name.strip_prefix("refs/heads/")?;
-                branch
-                    .starts_with(prefix)
-                    .then(|| Some((branch.to_owned(), id.parse().ok()?)))
-                    .flatten()
+                let id = id.parse().ok().filter(|_| branch.starts_with(prefix))?;
+                Some((branch.to_owned(), id))
             })
             .collect())
     }

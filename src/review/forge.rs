@@ -239,28 +239,27 @@ impl ForgeApi {
 
     /// The pull request from `head` into `base`, open or not (the newest one).
     pub async fn find(&self, head: &str, base: &str) -> Result<Option<PullRequest>, ApiError> {
-        let encode = |s: &str| form_encode(s);
         let (path, list) = match self.forge {
             Forge::Github => (
                 format!(
                     "{}/pulls?head={}&base={}&state=all",
                     self.project_path(),
-                    encode(&format!("{}:{head}", self.owner())),
-                    encode(base)
+                    form_encode(&format!("{}:{head}", self.owner())),
+                    form_encode(base)
                 ),
                 true,
             ),
             // Gitea's router takes the rest of the path as the head branch.
             Forge::Gitea => (
-                format!("{}/pulls/{}/{head}", self.project_path(), encode(base)),
+                format!("{}/pulls/{}/{head}", self.project_path(), form_encode(base)),
                 false,
             ),
             Forge::Gitlab => (
                 format!(
                     "{}/merge_requests?source_branch={}&target_branch={}",
                     self.project_path(),
-                    encode(head),
-                    encode(base)
+                    form_encode(head),
+                    form_encode(base)
                 ),
                 true,
             ),

@@ -260,7 +260,7 @@ impl Reviewer {
         &self.rule
     }
 
-    /// The forge, for messages.
+    /// The forge, whose way of signing webhooks is checked.
     pub fn forge(&self) -> Forge {
         self.config.forge
     }
@@ -341,16 +341,20 @@ impl Reviewer {
         reviews.oldest_seconds.get_or_create(&labels).set(oldest);
     }
 
-    /// With `group: session`, the user's turn: one proposal at a time.
-    fn turn(&self, user: &str) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        (self.config.group == Grouping::Session).then(|| {
-            self.turns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(user.to_owned())
-                .or_default()
-                .clone()
-        })
+    /// With `group: session`, waits for the user's turn (one proposal at a time)
+    /// and holds it while the guard lives.
+    async fn turn(&self, user: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        if self.config.group != Grouping::Session {
+            return None;
+        }
+        let turn = self
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(user.to_owned())
+            .or_default()
+            .clone();
+        Some(turn.lock_owned().await)
     }
 
     /// The user's open session: its branch and review.
@@ -412,11 +416,7 @@ impl Reviewer {
         base: Option<Vec<u8>>,
         warnings: Vec<String>,
     ) -> Result<Proposal, ReviewError> {
-        let turn = self.turn(&write.user);
-        let _turn = match &turn {
-            Some(turn) => Some(turn.lock().await),
-            None => None,
-        };
+        let _turn = self.turn(&write.user).await;
         let mut existing = self.session_of(&write.user);
         if let Some((branch, open)) = &existing {
             // The session's pull request may have been merged or closed since the
@@ -987,11 +987,7 @@ impl Reviewer {
             };
             if let Some(pull_request) = finished {
                 // Not while a session's write is being added to it.
-                let turn = self.turn(&review.user);
-                let _turn = match &turn {
-                    Some(turn) => Some(turn.lock().await),
-                    None => None,
-                };
+                let _turn = self.turn(&review.user).await;
                 self.forget_and_finish(&branch, review.number, pull_request)
                     .await;
             }

@@ -805,11 +805,6 @@ impl StoreHandle {
         &self.committer_email
     }
 
-    /// The repository's path and branch.
-    pub fn location(&self) -> (&Path, &str) {
-        (&self.location.0, &self.location.1)
-    }
-
     /// What a pusher needs to ask for replays; it does not keep the writer alive.
     pub fn replayer(&self) -> Replayer {
         Replayer {
