@@ -16,6 +16,7 @@ lint:
 bench: deps
 	scripts/bench.sh
 	scripts/bench-memory.sh
+	scripts/bench-secrets.sh
 
 # What kubescribe promises under kill -9, a full disk and a remote that is down
 # (about 20 minutes; the disk scenario needs root). docs/operations.md has figures.

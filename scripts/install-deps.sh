@@ -23,6 +23,7 @@ command -v openssl >/dev/null || need+=(openssl)
 # helm for the chart tests comes from npm (scripts/install-helm.sh).
 command -v npm >/dev/null || need+=(npm)
 command -v unzip >/dev/null || need+=(unzip)
+command -v jq >/dev/null || need+=(jq) # make bench (scripts/bench-secrets.sh)
 # The real `age` CLI checks that the SOPS files' wrapped data keys open (issue 17).
 command -v age >/dev/null && command -v age-keygen >/dev/null || need+=(age)
 command -v rustfmt >/dev/null || rustup component add rustfmt

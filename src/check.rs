@@ -195,11 +195,42 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             Some((index, target.repository.in_place.clone()))
         })
         .collect();
-    let place = |target: usize, change: &mut manifest::Change, write: &Write| match &indexes[target]
-    {
-        // The diff routes through the overlays, with the checkout's files.
-        Some((index, in_place)) => manifest::plan_in_place(index, in_place, change, write, None),
-        None => Placement::Canonical,
+    // With `--repo` and `secrets: sops`, Secrets are encrypted as the webhook
+    // would, for the recipients of HEAD's `.sops.yaml` (or the config's). Without
+    // kubescribe's identity, every value shows as changed.
+    let sealers: Vec<Option<crate::secrets::Sealer>> = targets
+        .iter()
+        .map(|_| {
+            let repo = repo.as_ref().filter(|_| config.uses_sops())?;
+            let keys = crate::secrets::Keys::load(&config.sops, true).ok()?;
+            let sealer = crate::secrets::Sealer::new(std::sync::Arc::new(keys));
+            let head = repo.head_commit().ok().and_then(|c| c.tree().ok());
+            let blob = head
+                .and_then(|mut tree| {
+                    tree.peel_to_entry_by_path(crate::secrets::SOPS_YAML)
+                        .ok()
+                        .flatten()
+                })
+                .map(|entry| entry.object_id());
+            sealer.follow(blob, |id| {
+                repo.find_blob(id)
+                    .map(|b| b.detach().data)
+                    .map_err(|e| e.to_string())
+            });
+            Some(sealer)
+        })
+        .collect();
+    let place = |target: usize, change: &mut manifest::Change, write: &Write| {
+        if let Some(placement) = manifest::seal_placement(change, sealers[target].as_ref()) {
+            return placement;
+        }
+        match &indexes[target] {
+            // The diff routes through the overlays, with the checkout's files.
+            Some((index, in_place)) => {
+                manifest::plan_in_place(index, in_place, change, write, None)
+            }
+            None => Placement::Canonical,
+        }
     };
     let mut report = Report {
         allowed: true,
@@ -272,7 +303,12 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
                 let mut verdict = verdict::evaluate(&write, &policy, |i| &layouts[i], place);
                 let diff = match (&repo, &verdict.record) {
                     (Some(repo), Some(recording)) => {
-                        match diff(repo, &recording.change, indexes[recording.target].as_ref()) {
+                        match diff(
+                            repo,
+                            &recording.change,
+                            indexes[recording.target].as_ref(),
+                            sealers[recording.target].as_ref(),
+                        ) {
                             Ok(diff) => Some(diff),
                             Err(reason) => {
                                 // The store would refuse it when it commits: the
@@ -819,6 +855,7 @@ fn diff(
     repo: &gix::Repository,
     change: &manifest::Change,
     index: Option<&(crate::declared::Index, crate::config::InPlaceConfig)>,
+    sealer: Option<&crate::secrets::Sealer>,
 ) -> Result<String, String> {
     let path = change.path.as_str();
     let current: Option<Vec<u8>> = repo
@@ -884,15 +921,41 @@ fn diff(
         // position): no commit, and never a canonical rewrite of a person's file.
         return Ok(String::new());
     }
+    let mut changed_values = None;
     let new = match &change.action {
         _ if edited.is_some() => edited.unwrap_or_default(),
         Action::Put(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        Action::Seal(sealed) => {
+            let sealer = sealer.ok_or_else(|| {
+                "secrets: sops: kubescribe check needs the config's sops settings to encrypt it"
+                    .to_owned()
+            })?;
+            let encrypted = sealer
+                .seal(
+                    sealed.plain(),
+                    path,
+                    current.is_some().then_some(old.as_str()),
+                    std::time::SystemTime::now(),
+                )
+                .map_err(|e| e.to_string())?;
+            changed_values = Some(encrypted.changed);
+            encrypted.text
+        }
         Action::Remove | Action::Cascade(_) => String::new(),
         Action::SetReplicas(replicas) => manifest::set_replicas(old.as_bytes(), *replicas)
             .map(|r| String::from_utf8_lossy(&r.bytes).into_owned())
             .unwrap_or_else(|| old.clone()),
     };
     let mut text = file_diff(path, current.is_some(), &old, &new);
+    if let Some(changed) = changed_values.filter(|_| !text.is_empty()) {
+        // Which values change, by key; the values themselves are never shown.
+        let list = if changed.is_empty() {
+            "none".to_owned()
+        } else {
+            changed.join(", ")
+        };
+        text = format!("# {path}: values changed (encrypted with SOPS): {list}\n{text}");
+    }
     for other in others {
         text.push_str(&file_diff(&other.path, true, &other.before, &other.after));
     }

@@ -47,6 +47,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub reconcile: ReconcileConfig,
     pub secrets: SecretMode,
+    /// How Secrets are encrypted under `secrets: sops`.
+    pub sops: SopsConfig,
     pub ignore: IgnoreConfig,
     pub guard_rails: GuardRails,
     /// `/mutate` stamps recorded objects with `kubescribe.io/git-path` and
@@ -71,6 +73,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             reconcile: ReconcileConfig::default(),
             secrets: SecretMode::Omit,
+            sops: SopsConfig::default(),
             ignore: IgnoreConfig::default(),
             guard_rails: GuardRails::default(),
             annotate: false,
@@ -477,6 +480,43 @@ pub enum SecretMode {
     /// Secret writes are refused: Secrets belong in git encrypted (SOPS, sealed
     /// secrets), not written to the cluster directly.
     Deny,
+    /// Recorded as SOPS files: every `data` and `stringData` value encrypted for
+    /// age recipients (see [`SopsConfig`]), everything else readable.
+    Sops,
+}
+
+impl SecretMode {
+    /// Whether Secret writes are recorded (in some form) in this mode.
+    pub fn records(self) -> bool {
+        matches!(self, SecretMode::Redact | SecretMode::Sops)
+    }
+}
+
+/// `secrets: sops`: who a Secret's file is encrypted for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct SopsConfig {
+    /// kubescribe's own age identity (the `AGE-SECRET-KEY-1...` line `age-keygen`
+    /// writes). Its recipient is added to every file, so kubescribe can read back
+    /// what it wrote and leave unchanged values as they are. Required with
+    /// `secrets: sops`.
+    pub identity_file: Option<PathBuf>,
+    /// The age recipients (`age1...`) of files no `.sops.yaml` covers: used only when
+    /// the repository has no `.sops.yaml` at its root.
+    pub recipients: Vec<String>,
+    /// What happens to a Secret no recipient covers (besides kubescribe's own).
+    pub without_recipients: WithoutRecipients,
+}
+
+/// What happens to a Secret write whose file has no age recipient to encrypt for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WithoutRecipients {
+    /// The write is refused, with a message saying what to add.
+    #[default]
+    Deny,
+    /// The write is admitted and not recorded, with a warning.
+    Omit,
 }
 
 /// Checks that can refuse a write, each `off`, `audit` (allow, with a warning) or
@@ -661,6 +701,8 @@ pub struct Rule {
     /// the repository's branch instead of committing them to it. Needs `wait: push`
     /// and `then: deny`: the cluster changes once the pull request is merged.
     pub review: Option<ReviewConfig>,
+    /// How this rule's Secrets are treated; the top-level `secrets` when unset.
+    pub secrets: Option<SecretMode>,
 }
 
 /// A rule's reviews: where pull requests are opened and how writes are grouped.
@@ -788,6 +830,7 @@ impl Default for Rule {
             prune: Prune::Never,
             record: Record::Immediate,
             review: None,
+            secrets: None,
         }
     }
 }
@@ -1003,6 +1046,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_sops()?;
         let mut names = std::collections::HashSet::new();
         // Review branches by repository: their prefixes must not overlap, since a
         // rule takes the branches under its prefix for its own.
@@ -1077,6 +1121,29 @@ impl Config {
                 }
                 prefixes.push((target.name.clone(), prefix, rule.name.clone()));
             }
+        }
+        Ok(())
+    }
+
+    /// Whether some rule writes Secrets as SOPS files.
+    pub fn uses_sops(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| rule.secrets.unwrap_or(self.secrets) == SecretMode::Sops)
+    }
+
+    fn validate_sops(&self) -> Result<(), ConfigError> {
+        for recipient in &self.sops.recipients {
+            if recipient.trim().parse::<age::x25519::Recipient>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "sops.recipients: {recipient:?} is not an age recipient (age1...); give the public key age-keygen prints"
+                )));
+            }
+        }
+        if self.uses_sops() && self.sops.identity_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "secrets: sops needs sops.identityFile, kubescribe's own age identity (make one with `age-keygen -o identity.txt` and mount it from a Kubernetes Secret); see docs/secrets.md".to_owned(),
+            ));
         }
         Ok(())
     }

@@ -226,6 +226,88 @@ pub fn spread_review(review: &Value, n: usize, namespaces: usize) -> Value {
     review
 }
 
+/// A create of a Secret or a ConfigMap (`kind`: `secret`, `configmap`) in
+/// `team-a`, by alice, with `keys` values of `value_bytes` bytes each, base64
+/// text in both kinds, so both objects are the same size ([`vary_values`] gives
+/// them their bytes).
+pub fn synthetic_create(kind: &str, keys: usize, value_bytes: usize) -> Result<Fixture, LoadError> {
+    use base64::Engine as _;
+    let (kind, resource) = match kind {
+        "secret" => ("Secret", "secrets"),
+        "configmap" => ("ConfigMap", "configmaps"),
+        other => {
+            return Err(LoadError::Fixtures(format!(
+                "synthetic: {other:?} is neither secret nor configmap"
+            )))
+        }
+    };
+    let mut data = serde_json::Map::new();
+    for key in 0..keys {
+        let text = base64::engine::general_purpose::STANDARD.encode(vec![0u8; value_bytes]);
+        data.insert(format!("key-{key}"), Value::String(text));
+    }
+    let object = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {"name": "bench", "namespace": "team-a", "uid": "6a3c9f6e-0000-4000-8000-000000000000", "resourceVersion": "1"},
+        "data": data,
+    });
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "6a3c9f6e-0000-4000-8000-000000000000",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": resource},
+            "requestKind": {"group": "", "version": "v1", "kind": kind},
+            "requestResource": {"group": "", "version": "v1", "resource": resource},
+            "name": "bench",
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice", "groups": ["devs", "system:authenticated"]},
+            "object": object,
+            "oldObject": null,
+            "dryRun": false,
+        },
+    });
+    Ok(Fixture {
+        file: format!("synthetic-{resource}"),
+        path: "/validate?timeout=10s".to_owned(),
+        review,
+    })
+}
+
+/// Gives every value of the object's `data` in `review` new bytes (as many as
+/// before), made from `n`: values that do not compress and differ from write to
+/// write, as real Secrets (and their ciphertexts) do, and the same every run.
+pub fn vary_values(review: &mut Value, n: usize) {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let Some(data) = review
+        .pointer_mut("/request/object/data")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    for value in data.values_mut() {
+        let len = value
+            .as_str()
+            .and_then(|text| engine.decode(text).ok())
+            .map_or(0, |bytes| bytes.len());
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                // xorshift
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        *value = Value::String(engine.encode(bytes));
+    }
+}
+
 /// What to send and how hard.
 pub struct LoadSpec {
     /// (path, body) pairs, sent in turn.

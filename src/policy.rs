@@ -150,7 +150,7 @@ impl std::fmt::Display for SkipReason {
                 )
             }
             SkipReason::SecretOmitted => {
-                write!(f, "Secrets are not recorded (secrets: omit; set secrets: redact to record their keys)")
+                write!(f, "Secrets are not recorded (secrets: omit; set secrets: sops to record them encrypted, or redact to record their keys only)")
             }
             SkipReason::ControlPlane(why) => write!(
                 f,
@@ -213,13 +213,35 @@ impl Policy {
         if self.noise.iter().any(|(g, r)| g == group && r == resource) {
             return false;
         }
-        if group.is_empty() && resource == "secrets" && self.secrets != SecretMode::Redact {
-            return false;
-        }
+        let secret = group.is_empty() && resource == "secrets";
         let any = |list: &[String], value: &str| list.iter().any(|p| p == "*" || p == value);
+        self.rules.iter().any(|(rule, _)| {
+            any(&rule.groups, group)
+                && any(&rule.resources, resource)
+                && (!secret || self.secrets_of(rule).records())
+        })
+    }
+
+    /// How the rule named `rule` treats Secrets: its own `secrets`, else the
+    /// top-level one.
+    pub fn secret_mode(&self, rule: &str) -> SecretMode {
         self.rules
             .iter()
-            .any(|(rule, _)| any(&rule.groups, group) && any(&rule.resources, resource))
+            .find(|(r, _)| r.name == rule)
+            .map_or(self.secrets, |(r, _)| self.secrets_of(r))
+    }
+
+    fn secrets_of(&self, rule: &Rule) -> SecretMode {
+        rule.secrets.unwrap_or(self.secrets)
+    }
+
+    /// How a write to a Secret is treated: as the first rule matching it says, else
+    /// as the top-level `secrets` says.
+    fn secret_mode_for(&self, write: &Write) -> SecretMode {
+        self.rules
+            .iter()
+            .find(|(rule, _)| matches(rule, write))
+            .map_or(self.secrets, |(rule, _)| self.secrets_of(rule))
     }
 
     /// Whether rule `rule` proposes its writes in pull requests.
@@ -290,7 +312,7 @@ pub fn decide(write: &Write, policy: &Policy) -> Decision {
     ) {
         return Decision::Skip(SkipReason::ControlPlane(why));
     }
-    if group.is_empty() && resource == "secrets" && policy.secrets != SecretMode::Redact {
+    if group.is_empty() && resource == "secrets" && !policy.secret_mode_for(write).records() {
         return Decision::Skip(SkipReason::SecretOmitted);
     }
     match policy.rules.iter().find(|(rule, _)| matches(rule, write)) {
@@ -367,9 +389,9 @@ pub fn guard(write: &Write, decision: &Decision, policy: &Policy) -> Vec<Finding
             });
         }
     }
-    if policy.secrets == SecretMode::Deny
-        && write.resource.group.is_empty()
+    if write.resource.group.is_empty()
         && write.resource.resource == "secrets"
+        && policy.secret_mode_for(write) == SecretMode::Deny
     {
         findings.push(Finding {
             rail: "secrets",
@@ -570,6 +592,31 @@ mod tests {
                 w.user
             );
         }
+    }
+
+    #[test]
+    fn a_rule_s_secrets_mode_decides_for_the_secrets_it_matches() {
+        let p = policy(
+            "secrets: omit\nsops:\n  identityFile: /k\nrules:\n- name: vault\n  namespaces: [vault]\n  secrets: sops\n- name: locked\n  namespaces: [locked]\n  secrets: deny\n- name: rest\n",
+        );
+        let secret = |ns: &str| write("", "secrets", Some(ns), "alice");
+        assert!(
+            matches!(decide(&secret("vault"), &p), Decision::Record { rule, .. } if rule == "vault")
+        );
+        assert_eq!(p.secret_mode("vault"), SecretMode::Sops);
+        assert_eq!(
+            decide(&secret("a"), &p),
+            Decision::Skip(SkipReason::SecretOmitted)
+        );
+        assert_eq!(p.secret_mode("rest"), SecretMode::Omit);
+        // `deny` on a rule refuses its Secrets, and only its own.
+        let locked = secret("locked");
+        let findings = guard(&locked, &decide(&locked, &p), &p);
+        assert!(findings.iter().any(|f| f.rail == "secrets"), "{findings:?}");
+        assert!(guard(&secret("a"), &decide(&secret("a"), &p), &p).is_empty());
+        // The reconciler lists Secrets: one rule records them.
+        assert!(p.records_resource("", "secrets"));
+        assert!(!policy("rules:\n- name: all\n").records_resource("", "secrets"));
     }
 
     #[test]

@@ -98,6 +98,16 @@ impl Server {
         let mut pushers = Vec::new();
         let mut clean_control_plane = Vec::new();
         let mut remotes = Vec::new();
+        // `secrets: sops`: kubescribe's identity, loaded once; a missing or broken
+        // one stops the start, since no Secret may then be recorded.
+        let keys = if config.uses_sops() {
+            let keys = crate::secrets::Keys::load(&config.sops, false)
+                .map_err(|e| ServeError::Config(e.to_string()))?;
+            tracing::info!(recipient = ?keys.recipient(), "secrets: sops: Secrets are encrypted for .sops.yaml's recipients (or sops.recipients) and this one of kubescribe's own");
+            Some(Arc::new(keys))
+        } else {
+            None
+        };
         for target in config.targets() {
             let layout = Layout::new(&target.repository.root, &target.repository.path_template)
                 .map_err(|e| ServeError::Config(e.to_string()))?;
@@ -141,7 +151,10 @@ impl Server {
                     }),
             );
             remotes.push(remote.clone());
-            let settings = StoreSettings::from_config(config, &target);
+            let mut settings = StoreSettings::from_config(config, &target);
+            settings.sealer = keys
+                .clone()
+                .map(|keys| Arc::new(crate::secrets::Sealer::new(keys)));
             let outbox = settings.outbox.clone();
             let (store, writer) = StoreHandle::open(settings, metrics.clone())?;
             writers.push(writer);

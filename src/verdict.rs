@@ -125,7 +125,8 @@ pub fn evaluate<'a>(
     };
     let require_recording = policy.guard_rails.require_recording.mode;
 
-    let planned = manifest::plan(write, layout(target), policy.secrets).map(|mut change| {
+    let secrets = policy.secret_mode(verdict.rule.as_deref().unwrap_or_default());
+    let planned = manifest::plan(write, layout(target), secrets).map(|mut change| {
         // A person's delete of a namespace or a definition takes the files of its
         // objects with it (the controllers' deletes that follow are not recorded).
         if let (Some(scope), manifest::Action::Remove) =
@@ -192,6 +193,29 @@ pub fn evaluate<'a>(
             }
             // Still handed to the store, which records it only if a delete
             // admitted before it took the document out by then.
+        }
+        Placement::Denied(reason) => {
+            verdict.allowed = false;
+            verdict.message = Some(format!("kubescribe: {reason}"));
+            verdict.label = if write.dry_run {
+                DecisionLabel::DryRun
+            } else {
+                DecisionLabel::Denied
+            };
+            return verdict;
+        }
+        Placement::Omitted(reason) => {
+            verdict.warnings.push(if write.dry_run {
+                format!("kubescribe: dry run: would not record: {reason}")
+            } else {
+                format!("kubescribe: not recorded: {reason}")
+            });
+            verdict.label = if write.dry_run {
+                DecisionLabel::DryRun
+            } else {
+                DecisionLabel::Unrecorded
+            };
+            return verdict;
         }
         Placement::Refused(reason) => {
             if write.dry_run {

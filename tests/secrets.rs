@@ -5,88 +5,14 @@
 //! own code on the reading side, except for the no-churn read back it is there
 //! for.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
+use common::sops::{age_unwrap, keygen, sops_decrypt};
 use kubescribe::secrets::sops;
 use serde_json::{json, Value};
-
-fn sops_binary() -> PathBuf {
-    let home = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache"));
-    let path = home.join("kubescribe/sops-3.11.0/sops_binary/bin/sops");
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/install-deps.sh",
-        path.display()
-    );
-    path
-}
-
-/// A new age identity from the real `age-keygen`: (its key file, its identity,
-/// its recipient).
-fn keygen(dir: &Path, name: &str) -> (PathBuf, age::x25519::Identity, age::x25519::Recipient) {
-    let file = dir.join(format!("{name}.key"));
-    let out = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&file)
-        .output()
-        .expect("age-keygen runs: run scripts/install-deps.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&file).unwrap();
-    let secret = text
-        .lines()
-        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .unwrap();
-    let identity: age::x25519::Identity = secret.parse().unwrap();
-    let recipient = identity.to_public();
-    (file, identity, recipient)
-}
-
-/// `sops --decrypt` of `text` with the identity in `key_file`, parsed.
-fn sops_decrypt(dir: &Path, text: &str, key_file: &Path) -> Result<Value, String> {
-    let file = dir.join("secret.yaml");
-    std::fs::write(&file, text).unwrap();
-    let out = Command::new(sops_binary())
-        .args(["--disable-version-check", "--decrypt"])
-        .arg(&file)
-        .env("SOPS_AGE_KEY_FILE", key_file)
-        .env_remove("SOPS_AGE_KEY")
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
-    Ok(serde_json::to_value(yaml).unwrap())
-}
-
-/// The data key of each `sops.age[].enc`, unwrapped by the real `age` CLI.
-fn age_unwrap(dir: &Path, text: &str, key_file: &Path) -> Vec<Vec<u8>> {
-    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
-    let mut keys = Vec::new();
-    for entry in yaml["sops"]["age"].as_sequence().unwrap() {
-        let enc = dir.join("key.age");
-        std::fs::write(&enc, entry["enc"].as_str().unwrap()).unwrap();
-        let out = Command::new("age")
-            .args(["--decrypt", "-i"])
-            .arg(key_file)
-            .arg(&enc)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            keys.push(out.stdout);
-        }
-    }
-    keys
-}
 
 /// The file's path in the repository, which a data key's tag binds.
 const PATH: &str = "team-a/core/secrets/db.yaml";
@@ -407,4 +333,450 @@ fn a_key_someone_else_knows_is_never_reused() {
     assert_ne!(age_unwrap(dir.path(), &two.text, &flux_key), shared);
     assert_ne!(ciphertexts(&two.text), ciphertexts(&three.text));
     assert_eq!(sops_decrypt(dir.path(), &two.text, &flux_key), Ok(updated));
+}
+
+// ---- Through the webhook: `secrets: sops` ----
+
+use common::{allowed, body, message, recorded_sha, warnings, TestServer};
+
+/// Fixture 027 (alice creates Secret team-a/db-creds) as `operation`, with `data`
+/// (and the object before, for an update or a delete), in `namespace`.
+fn secret_review(
+    operation: &str,
+    namespace: &str,
+    data: Option<Value>,
+    old: Option<Value>,
+    dry_run: bool,
+) -> Value {
+    let mut review = common::fixture("027").review;
+    let request = &mut review["request"];
+    request["operation"] = json!(operation);
+    request["namespace"] = json!(namespace);
+    request["dryRun"] = json!(dry_run);
+    let object = |data: Value| {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "db-creds", "namespace": namespace, "uid": "aa75a6df", "resourceVersion": "7"},
+            "type": "Opaque",
+            "data": data,
+        })
+    };
+    request["object"] = data.map_or(Value::Null, object);
+    request["oldObject"] = old.map_or(Value::Null, object);
+    review
+}
+
+async fn send(server: &TestServer, review: &Value) -> Value {
+    let (status, answer) = server
+        .connect()
+        .await
+        .review("/validate?timeout=10s", body(review))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    answer
+}
+
+/// Every object the repository holds, as `git cat-file` prints it, and its whole
+/// history as patches: where a leaked value would be.
+fn everything_in(repo: &std::path::Path) -> String {
+    let objects = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["cat-file", "--batch-all-objects", "--batch"])
+        .output()
+        .unwrap();
+    assert!(objects.status.success());
+    let mut text = String::from_utf8_lossy(&objects.stdout).into_owned();
+    text.push_str(&common::git(repo, &["log", "-p", "--all"]));
+    text
+}
+
+fn config(ours: &std::path::Path, recipients: &[&age::x25519::Recipient], rest: &str) -> String {
+    let list: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
+    format!(
+        "secrets: sops\nsops:\n  identityFile: {}\n  recipients: [{}]\n{rest}rules:\n- name: all\n  wait: commit\n",
+        ours.display(),
+        list.join(", ")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_committed_as_sops_files_that_decrypt_to_the_secret_and_never_leak() {
+    let keys = tempfile::tempdir().unwrap();
+    let (flux_key, _, flux) = keygen(keys.path(), "flux");
+    let (ours_key, _, _) = keygen(keys.path(), "kubescribe");
+    let server = TestServer::start(&config(&ours_key, &[&flux], "")).await;
+    let path = "team-a/core/secrets/db-creds.yaml";
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    let data = json!({"password": b64(b"correct-horse"), "blob": b64(&binary)});
+
+    // A create: a SOPS file sops decrypts, with Flux's key, to the Secret's data.
+    let answer = send(
+        &server,
+        &secret_review("CREATE", "team-a", Some(data.clone()), None, false),
+    )
+    .await;
+    let first = recorded_sha(&answer).unwrap_or_else(|| panic!("recorded: {answer}"));
+    let file = server.git(&["show", &format!("{first}:{path}")]);
+    let decrypted = sops_decrypt(keys.path(), &file, &flux_key).unwrap();
+    assert_eq!(decrypted["data"], data);
+    assert_eq!(
+        decrypted["metadata"],
+        json!({"name": "db-creds", "namespace": "team-a"})
+    );
+    assert!(
+        file.contains("name: db-creds") && file.contains("type: Opaque"),
+        "{file}"
+    );
+    let said = server.git(&["log", "-1", "--format=%an%n%B", &first]);
+    assert!(said.starts_with("alice\n"), "{said}");
+    assert!(
+        said.contains("Values changed (encrypted with SOPS): data.blob, data.password."),
+        "{said}"
+    );
+
+    // The same Secret again: no commit (the file is read back, not re-encrypted).
+    let answer = send(
+        &server,
+        &secret_review(
+            "UPDATE",
+            "team-a",
+            Some(data.clone()),
+            Some(data.clone()),
+            false,
+        ),
+    )
+    .await;
+    assert!(
+        allowed(&answer) && recorded_sha(&answer).is_none(),
+        "{answer}"
+    );
+    assert!(server.git(&["rev-parse", "main"]).starts_with(&first));
+
+    // One key changes, and a tool's copy of the object rides along in an
+    // annotation: only that key's ciphertext changes, and the copy stays out.
+    let updated = json!({"password": b64(b"battery-staple"), "blob": b64(&binary)});
+    let mut review = secret_review(
+        "UPDATE",
+        "team-a",
+        Some(updated.clone()),
+        Some(data.clone()),
+        false,
+    );
+    review["request"]["object"]["metadata"]["annotations"] = json!({
+        "kapp.k14s.io/original": format!("{{\"data\":{{\"password\":\"{}\"}}}}", b64(b"battery-staple")),
+        "team": "payments",
+    });
+    let answer = send(&server, &review).await;
+    let second = recorded_sha(&answer).unwrap_or_else(|| panic!("recorded: {answer}"));
+    let next = server.git(&["show", &format!("{second}:{path}")]);
+    let (before, after) = (ciphertexts(&file), ciphertexts(&next));
+    assert_eq!(before[0], after[0], "data.blob keeps its ciphertext");
+    assert_ne!(before[1], after[1], "data.password is encrypted anew");
+    assert!(
+        !next.contains("kapp.k14s.io/original") && next.contains("team: payments"),
+        "{next}"
+    );
+    let said = server.git(&["log", "-1", "--format=%B", &second]);
+    assert!(
+        said.contains("Values changed (encrypted with SOPS): data.password."),
+        "{said}"
+    );
+    assert_eq!(
+        sops_decrypt(keys.path(), &next, &flux_key).unwrap()["data"],
+        updated
+    );
+
+    // A dry run says where it would go, and writes nothing.
+    let answer = send(
+        &server,
+        &secret_review(
+            "UPDATE",
+            "team-a",
+            Some(data.clone()),
+            Some(updated.clone()),
+            true,
+        ),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    assert!(
+        warnings(&answer).iter().any(|w| w.contains(path)),
+        "{answer}"
+    );
+
+    // A delete takes the file away.
+    let answer = send(
+        &server,
+        &secret_review("DELETE", "team-a", None, Some(updated.clone()), false),
+    )
+    .await;
+    let third = recorded_sha(&answer).unwrap_or_else(|| panic!("recorded: {answer}"));
+    assert!(server
+        .git(&["ls-tree", "-r", "--name-only", &third])
+        .trim()
+        .is_empty());
+
+    // No value, in any form, anywhere in the repository: objects, history, packs.
+    let everything = everything_in(&server.repo);
+    for needle in [
+        "correct-horse".to_owned(),
+        b64(b"correct-horse"),
+        "battery-staple".to_owned(),
+        b64(b"battery-staple"),
+        b64(&binary),
+    ] {
+        assert!(
+            !everything.contains(&needle),
+            "{needle} is in the repository"
+        );
+    }
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_s_sops_yaml_picks_the_recipients_and_a_path_it_misses_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let (flux_key, _, flux) = keygen(keys.path(), "flux");
+    let (other_key, _, other) = keygen(keys.path(), "other");
+    let (ours_key, _, _) = keygen(keys.path(), "kubescribe");
+    // The branch already has a .sops.yaml, as a Flux repository does.
+    let repo = dir.path().join("data/repo.git");
+    let work = dir.path().join("work");
+    let run = |args: &[&str], cwd: &std::path::Path| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::create_dir_all(&work).unwrap();
+    run(
+        &["init", "-q", "--bare", "-b", "main", repo.to_str().unwrap()],
+        dir.path(),
+    );
+    run(&["init", "-q", "-b", "main"], &work);
+    std::fs::write(
+        work.join(".sops.yaml"),
+        format!("creation_rules:\n  - path_regex: ^team-a/.*\\.yaml$\n    encrypted_regex: ^(data|stringData)$\n    age: {flux}\n"),
+    )
+    .unwrap();
+    run(&["add", "."], &work);
+    run(
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+            "commit",
+            "-qm",
+            "sops",
+        ],
+        &work,
+    );
+    run(&["push", "-q", repo.to_str().unwrap(), "main"], &work);
+
+    // sops.recipients is only for a branch without .sops.yaml: not used here.
+    let server = TestServer::start_in(dir, &config(&ours_key, &[&other], "")).await;
+    let data = json!({"password": b64(b"correct-horse")});
+    let answer = send(
+        &server,
+        &secret_review("CREATE", "team-a", Some(data.clone()), None, false),
+    )
+    .await;
+    let sha = recorded_sha(&answer).unwrap_or_else(|| panic!("recorded: {answer}"));
+    let file = server.git(&["show", &format!("{sha}:team-a/core/secrets/db-creds.yaml")]);
+    assert_eq!(
+        sops_decrypt(keys.path(), &file, &flux_key).unwrap()["data"],
+        data
+    );
+    assert!(sops_decrypt(keys.path(), &file, &other_key).is_err());
+
+    // team-b is not covered: refused, saying what to add, dry run or not.
+    for dry_run in [true, false] {
+        let answer = send(
+            &server,
+            &secret_review("CREATE", "team-b", Some(data.clone()), None, dry_run),
+        )
+        .await;
+        assert!(!allowed(&answer), "{answer}");
+        let said = message(&answer);
+        assert!(
+            said.contains(
+                "no creation rule of .sops.yaml matches team-b/core/secrets/db-creds.yaml"
+            ) && said.contains("path_regex"),
+            "{said}"
+        );
+    }
+    assert_eq!(server.git(&["rev-list", "--count", "main"]).trim(), "2");
+    server.server.shutdown().await.unwrap();
+
+    // With `withoutRecipients: omit`, admitted with a warning, and not recorded.
+    let server = TestServer::start(&config(&ours_key, &[], "  withoutRecipients: omit\n")).await;
+    let answer = send(
+        &server,
+        &secret_review("CREATE", "team-b", Some(data), None, false),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    assert!(
+        warnings(&answer)
+            .iter()
+            .any(|w| w.contains("not recorded") && w.contains("sops.recipients")),
+        "{answer}"
+    );
+    assert!(server.git(&["rev-list", "--all"]).trim().is_empty());
+    server.server.shutdown().await.unwrap();
+}
+
+#[test]
+fn secrets_sops_without_an_identity_is_refused_at_start() {
+    let error = kubescribe::config::Config::from_yaml("secrets: sops\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("sops.identityFile") && error.contains("age-keygen"),
+        "{error}"
+    );
+    let error = kubescribe::config::Config::from_yaml(
+        "sops:\n  recipients: [age1nope]\nrules:\n- name: a\n  secrets: sops\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("age1nope"), "{error}");
+}
+
+#[test]
+fn check_shows_which_values_would_change_and_never_a_value() {
+    use kubescribe::check::{self, CheckArgs, CheckOperation, OutputFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, flux) = keygen(dir.path(), "flux");
+    let (ours_key, ours, ours_public) = keygen(dir.path(), "kubescribe");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(work.join("team-a/core/secrets")).unwrap();
+    let path = "team-a/core/secrets/db-creds.yaml";
+    let secret = |password: &str| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db-creds", "namespace": "team-a"},
+            "type": "Opaque",
+            "data": {"password": b64(password.as_bytes()), "user": b64(b"app")},
+        })
+    };
+    let recorded = sops::encrypt(
+        &secret("correct-horse"),
+        &[flux.clone(), ours_public],
+        Some(&ours),
+        None,
+        path,
+        at(0),
+    )
+    .unwrap();
+    std::fs::write(work.join(path), &recorded.text).unwrap();
+    std::fs::write(
+        work.join(".sops.yaml"),
+        format!("creation_rules:\n  - path_regex: ^team-a/\n    age: {flux}\n"),
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&work)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@x",
+        "commit",
+        "-qm",
+        "seed",
+    ]);
+    let config = dir.path().join("kubescribe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "secrets: sops\nsops:\n  identityFile: {}\nrules:\n- name: all\n  wait: commit\n",
+            ours_key.display()
+        ),
+    )
+    .unwrap();
+    let manifest = dir.path().join("secret.yaml");
+    std::fs::write(
+        &manifest,
+        serde_json::to_string(&secret("battery-staple")).unwrap(),
+    )
+    .unwrap();
+    let args = CheckArgs {
+        files: vec![manifest],
+        kustomize: Vec::new(),
+        review: Vec::new(),
+        user: "alice".to_owned(),
+        groups: vec!["system:authenticated".to_owned()],
+        operation: CheckOperation::Update,
+        config: Some(config),
+        repo: Some(work.clone()),
+        output: OutputFormat::Text,
+        api_resources: None,
+    };
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    let result = &report.results[0];
+    assert_eq!(result.path.as_deref(), Some(path));
+    let diff = result.diff.as_deref().unwrap();
+    assert!(
+        diff.starts_with(&format!(
+            "# {path}: values changed (encrypted with SOPS): data.password\n"
+        )),
+        "{diff}"
+    );
+    // Only the password's line, the MAC and the time change; never a value shows.
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .map(|l| {
+            l.trim_start_matches('+')
+                .trim_start()
+                .split(':')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(changed, ["password", "lastmodified", "mac"], "{diff}");
+    for needle in ["battery-staple", &b64(b"battery-staple"), "correct-horse"] {
+        assert!(!diff.contains(needle), "{needle} shown:\n{diff}");
+    }
+
+    // A path .sops.yaml does not cover is refused, as the webhook refuses it.
+    let mut other = secret("x");
+    other["metadata"]["namespace"] = json!("team-b");
+    std::fs::write(&args.files[0], serde_json::to_string(&other).unwrap()).unwrap();
+    let report = check::run(&args, &mut std::io::empty()).unwrap();
+    let result = &report.results[0];
+    assert!(!result.allowed, "{:?}", result);
+    assert!(
+        result
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no creation rule of .sops.yaml matches team-b/"),
+        "{:?}",
+        result.message
+    );
 }

@@ -58,7 +58,11 @@ impl AppState {
     /// Where `change` goes in target `target`: its own document when the branch is
     /// edited in place and declares it (see [`manifest::plan_in_place`]).
     fn place(&self, target: usize, change: &mut manifest::Change, write: &Write) -> Placement {
-        match self.targets[target].store.declared() {
+        let store = &self.targets[target].store;
+        if let Some(placement) = manifest::seal_placement(change, store.sealer()) {
+            return placement;
+        }
+        match store.declared() {
             Some(shared) => {
                 let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
                 // Only `overlay: patch` reads the branch's files at admission.

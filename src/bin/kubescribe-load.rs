@@ -54,6 +54,15 @@ enum Command {
         namespaces: usize,
         #[arg(long, default_value = "run")]
         label: String,
+        /// Instead of the fixtures, creates of one kind made here: `secret` or
+        /// `configmap`, each with `--keys` values of `--value-bytes` bytes
+        /// (base64 in both, new bytes for every write), so both weigh the same.
+        #[arg(long)]
+        synthetic: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        keys: usize,
+        #[arg(long, default_value_t = 192)]
+        value_bytes: usize,
     },
     /// Send distinct ConfigMap creates until the server stops answering (or
     /// `--requests`), printing the repository path of each write the server
@@ -354,12 +363,21 @@ async fn main() -> anyhow::Result<()> {
             offset,
             namespaces,
             label,
+            synthetic,
+            keys,
+            value_bytes,
         } => {
-            let fixtures = record_fixtures(&fixtures)?;
+            let fixtures = match synthetic.as_deref() {
+                Some(kind) => vec![load::synthetic_create(kind, keys, value_bytes)?],
+                None => record_fixtures(&fixtures)?,
+            };
             let bodies: Vec<(String, Bytes)> = (0..requests)
                 .map(|i| {
                     let fixture = &fixtures[i % fixtures.len()];
-                    let review = load::spread_review(&fixture.review, offset + i, namespaces);
+                    let mut review = load::spread_review(&fixture.review, offset + i, namespaces);
+                    if synthetic.is_some() {
+                        load::vary_values(&mut review, offset + i);
+                    }
                     (
                         fixture.path.clone(),
                         Bytes::from(serde_json::to_vec(&review).expect("JSON values serialise")),

@@ -26,6 +26,11 @@ pub enum Placement {
     Declared(String),
     /// Not recorded, and why.
     Refused(String),
+    /// Refused, whatever the rule waits for: a Secret with no recipient to encrypt
+    /// it for (`sops.withoutRecipients: deny`).
+    Denied(String),
+    /// Admitted and not recorded, with a warning (`sops.withoutRecipients: omit`).
+    Omitted(String),
 }
 
 /// Why an object is never written as a plain file, if Helm renders it: Flux's
@@ -189,7 +194,9 @@ pub fn plan_in_place(
             Value::Null,
         ),
         Action::Remove => (Vec::new(), Value::Null, Value::Null),
-        Action::Cascade(_) => return Placement::Canonical,
+        // A Secret no document declares: its own SOPS file (declared ones are
+        // refused above).
+        Action::Cascade(_) | Action::Seal(_) => return Placement::Canonical,
     };
     let mut in_place = InPlace {
         key,

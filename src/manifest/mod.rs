@@ -40,11 +40,43 @@ pub enum ManifestError {
     Layout(#[from] LayoutError),
 }
 
+/// A sanitised Secret with its plaintext values, to be encrypted by the store. Its
+/// `Debug` shows the key paths only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(Value);
+
+impl Sealed {
+    pub fn plain(&self) -> &Value {
+        &self.0
+    }
+
+    /// The key paths of its values (`data.password`), never the values.
+    pub fn keys(&self) -> Vec<String> {
+        ["data", "stringData"]
+            .iter()
+            .filter_map(|field| Some((field, self.0.get(*field)?.as_object()?)))
+            .flat_map(|(field, map)| map.keys().map(move |key| format!("{field}.{key}")))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("keys", &self.keys())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the store does with the file at [`Change::path`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write these bytes (a rendered, sanitised manifest).
     Put(Vec<u8>),
+    /// Write this Secret as a SOPS file (`secrets: sops`). The store encrypts it
+    /// when it commits, against the file as the branch has it then, so unchanged
+    /// values keep their ciphertexts.
+    Seal(Box<Sealed>),
     /// Remove the file, if it is there.
     Remove,
     /// Remove the file and the files of every object the delete takes with it (a
@@ -300,11 +332,19 @@ pub fn plan(write: &Write, layout: &Layout, secrets: SecretMode) -> Result<Chang
                 let mut clean = object.clone();
                 sanitize(&mut clean, &write.resource.group, &kind)?;
                 if write.resource.group.is_empty() && kind == "Secret" {
-                    // Policy skips Secrets in `omit` mode; whatever reaches here is redacted.
-                    debug_assert_eq!(secrets, SecretMode::Redact);
-                    redact_secret(&mut clean);
+                    drop_copies(&mut clean);
+                    if secrets == SecretMode::Sops {
+                        (verb, Action::Seal(Box::new(Sealed(clean))))
+                    } else {
+                        // Policy skips Secrets in `omit` and `deny` modes; whatever
+                        // else reaches here is redacted.
+                        debug_assert_eq!(secrets, SecretMode::Redact);
+                        redact_secret(&mut clean);
+                        (verb, Action::Put(yaml::render(&clean).into_bytes()))
+                    }
+                } else {
+                    (verb, Action::Put(yaml::render(&clean).into_bytes()))
                 }
-                (verb, Action::Put(yaml::render(&clean).into_bytes()))
             }
         }
     };
@@ -492,6 +532,54 @@ fn retain_keys(meta: &mut Map<String, Value>, field: &str, keep: impl Fn(&str) -
     }
 }
 
+/// Takes out of a Secret's annotations and labels every value that holds one of
+/// its secret values (as written, or base64-decoded), such as a tool's copy of the
+/// whole object (`kapp.k14s.io/original`): the metadata stays readable in git, so
+/// it must not carry what the data hides. `last-applied-configuration` went with
+/// the sanitiser already.
+fn drop_copies(object: &mut Value) {
+    use base64::Engine as _;
+    let mut secrets: Vec<String> = Vec::new();
+    for field in ["data", "stringData"] {
+        if let Some(Value::Object(map)) = object.get(field) {
+            for value in map.values().filter_map(Value::as_str) {
+                secrets.push(value.to_owned());
+                if field == "data" {
+                    if let Some(text) = base64::engine::general_purpose::STANDARD
+                        .decode(value)
+                        .ok()
+                        .and_then(|bytes| String::from_utf8(bytes).ok())
+                    {
+                        secrets.push(text);
+                    }
+                }
+            }
+        }
+    }
+    // Shorter values would match by chance (`true`, `1`); a copy of the object
+    // holds them next to the longer ones anyway.
+    secrets.retain(|s| s.len() >= 4);
+    if secrets.is_empty() {
+        return;
+    }
+    for field in ["annotations", "labels"] {
+        let Some(Value::Object(map)) = object.get_mut("metadata").and_then(|m| m.get_mut(field))
+        else {
+            continue;
+        };
+        map.retain(|_, value| {
+            value
+                .as_str()
+                .is_none_or(|value| !secrets.iter().any(|s| value.contains(s.as_str())))
+        });
+        if map.is_empty() {
+            if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
+                metadata.remove(field);
+            }
+        }
+    }
+}
+
 fn redact_secret(object: &mut Value) {
     for field in ["data", "stringData"] {
         if let Some(Value::Object(map)) = object.get_mut(field) {
@@ -505,6 +593,28 @@ fn redact_secret(object: &mut Value) {
 /// Renders a (sanitised) object as byte-stable YAML.
 pub fn render(object: &Value) -> String {
     yaml::render(object)
+}
+
+/// For a Secret to be written as a SOPS file, what happens when its path has no
+/// age recipient (`sops.withoutRecipients`); `None` when it can be encrypted, or
+/// is no such Secret, or there is no `sealer` to ask (`kubescribe check` without a
+/// repository).
+pub fn seal_placement(
+    change: &Change,
+    sealer: Option<&crate::secrets::Sealer>,
+) -> Option<Placement> {
+    let (Action::Seal(_), Some(sealer)) = (&change.action, sealer) else {
+        return None;
+    };
+    let error = sealer.recipients(change.path.as_str()).err()?;
+    let reason = format!(
+        "Secret {} cannot be recorded encrypted: {error}",
+        change.object_ref()
+    );
+    Some(match sealer.without_recipients() {
+        crate::config::WithoutRecipients::Deny => Placement::Denied(reason),
+        crate::config::WithoutRecipients::Omit => Placement::Omitted(reason),
+    })
 }
 
 /// A recorded manifest with a new `spec.replicas`.
@@ -550,6 +660,40 @@ mod tests {
             after,
             state: false,
         }
+    }
+
+    #[test]
+    fn a_secret_s_metadata_never_carries_its_values_and_sealed_shows_only_keys() {
+        use base64::Engine as _;
+        let password = base64::engine::general_purpose::STANDARD.encode("hunter22");
+        let mut secret = json!({
+            "metadata": {
+                "name": "db",
+                "annotations": {
+                    "kapp.k14s.io/original": format!("{{\"data\":{{\"password\":\"{password}\"}}}}"),
+                    "note": "the password is hunter22",
+                    "team": "payments",
+                },
+                "labels": {"app": "db"},
+            },
+            "data": {"password": password, "flag": "MQ=="},
+            "stringData": {"url": "postgres://u:pw-in-url@db/app"},
+        });
+        drop_copies(&mut secret);
+        assert_eq!(
+            secret["metadata"],
+            json!({"name": "db", "annotations": {"team": "payments"}, "labels": {"app": "db"}})
+        );
+        let sealed = Sealed(secret);
+        assert_eq!(
+            sealed.keys(),
+            ["data.flag", "data.password", "stringData.url"]
+        );
+        let shown = format!("{sealed:?}");
+        assert!(
+            !shown.contains("aHVudGVy") && !shown.contains("pw-in-url"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ use crate::metrics::Metrics;
 enum Expect {
     /// The blob id of the recorded bytes.
     Put(gix::ObjectId),
+    /// A hash of the Secret's plaintext (its file's ciphertexts differ each time).
+    Sealed(gix::ObjectId),
     Remove,
     Replicas(i64),
 }
@@ -36,6 +38,7 @@ impl Expect {
     fn of(action: &Action) -> Self {
         match action {
             Action::Put(bytes) => Expect::Put(blob_id(bytes)),
+            Action::Seal(sealed) => Expect::Sealed(blob_id(sealed.plain().to_string().as_bytes())),
             // The reconciler confirms the object's own file; its cascade went with it.
             Action::Remove | Action::Cascade(_) => Expect::Remove,
             Action::SetReplicas(n) => Expect::Replicas(*n),
@@ -47,6 +50,9 @@ impl Expect {
     fn shown_by(&self, seen: &Action) -> bool {
         match (self, seen) {
             (Expect::Put(id), Action::Put(bytes)) => *id == blob_id(bytes),
+            (Expect::Sealed(id), Action::Seal(sealed)) => {
+                *id == blob_id(sealed.plain().to_string().as_bytes())
+            }
             (Expect::Remove, Action::Remove | Action::Cascade(_)) => true,
             (Expect::Replicas(n), Action::Put(bytes)) => {
                 serde_yaml_ng::from_slice::<serde_json::Value>(bytes)

@@ -453,7 +453,8 @@ impl Reconciler {
         if then == crate::config::Then::Deny {
             return None;
         }
-        match crate::manifest::plan(write, &self.targets[target].0, self.policy.secrets) {
+        let secrets = self.policy.secret_mode(&rule);
+        match crate::manifest::plan(write, &self.targets[target].0, secrets) {
             Ok(mut change) => {
                 // A state the cluster shows, not a write: ordered as such against
                 // other replicas' records (see store::replay).

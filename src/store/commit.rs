@@ -171,6 +171,20 @@ impl Writer {
                         Action::Put(bytes) => {
                             files += u64::from(put_blob(repo, &mut editor, path, bytes, current)?);
                         }
+                        Action::Seal(sealed) => match self.seal(sealed, path, current)? {
+                            Ok(file) => {
+                                files += u64::from(put_blob(
+                                    repo,
+                                    &mut editor,
+                                    path,
+                                    &file.bytes,
+                                    current,
+                                )?);
+                            }
+                            Err(reason) => {
+                                tracing::warn!(path, %reason, "Secret not recorded");
+                            }
+                        },
                         // The reconciler's changes never cascade (see crate::cascade).
                         Action::Remove | Action::Cascade(_) if current.is_some() => {
                             editor
@@ -335,6 +349,13 @@ impl Writer {
         let mut body = String::new();
         let bytes = match &change.action {
             Action::Put(bytes) => Cow::Borrowed(bytes.as_slice()),
+            Action::Seal(sealed) => match self.seal(sealed, path, current)? {
+                Ok(file) => {
+                    body = file.body();
+                    Cow::Owned(file.bytes)
+                }
+                Err(reason) => return Ok(Err(Outcome::Refused { reason })),
+            },
             Action::Remove => {
                 if current.is_none() {
                     return Ok(Err(Outcome::Unchanged));

@@ -649,7 +649,7 @@ impl Writer {
     /// write where the path template says).
     pub(super) fn declared_elsewhere(&self, change: &Change) -> Option<String> {
         let declared = self.declared.as_ref()?;
-        if !matches!(change.action, Action::Put(_)) {
+        if !matches!(change.action, Action::Put(_) | Action::Seal(_)) {
             return None;
         }
         let group = change.api_version.rsplit_once('/').map_or("", |(g, _)| g);

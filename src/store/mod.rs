@@ -36,6 +36,7 @@ mod recovery;
 mod replay;
 mod revert;
 mod review;
+mod sealed;
 mod writer;
 
 pub use review::Proposed;
@@ -230,6 +231,8 @@ pub struct StoreHandle {
     committer_email: Arc<str>,
     /// What the branch declares, when it is edited in place.
     declared: Option<SharedIndex>,
+    /// Encrypts Secrets, following the branch's `.sops.yaml`.
+    sealer: Option<Arc<crate::secrets::Sealer>>,
 }
 
 /// The receivers for one waiting change; see [`StoreHandle::submit`].
@@ -287,6 +290,8 @@ pub struct StoreSettings {
     pub failing_disk: Option<crate::fault::Switch>,
     /// The index of what the branch declares, when it is edited in place.
     pub in_place: Option<SharedIndex>,
+    /// Encrypts Secrets (`secrets: sops`); set by the caller, which loads the keys.
+    pub sealer: Option<Arc<crate::secrets::Sealer>>,
 }
 
 impl StoreSettings {
@@ -315,6 +320,7 @@ impl StoreSettings {
                 .in_place
                 .enabled
                 .then(|| SharedIndex::new(&target.repository)),
+            sealer: None,
         }
     }
 }
@@ -334,6 +340,7 @@ impl StoreHandle {
         let location = Arc::new((settings.path.clone(), settings.branch.clone()));
         let committer_email: Arc<str> = settings.committer.email.as_str().into();
         let declared = settings.in_place.clone();
+        let sealer = settings.sealer.clone();
         let (control, control_rx) = mpsc::unbounded_channel();
         let failing = Arc::new(std::sync::Mutex::new(None));
         let writer_failing = failing.clone();
@@ -363,6 +370,10 @@ impl StoreHandle {
                 // opened yet (a volume not mounted, a full disk) is tried again, and
                 // meanwhile /readyz says why.
                 let first = Writer::open_repository(&settings, &thread_metrics);
+                if let (Ok(opened), Some(sealer)) = (&first, &settings.sealer) {
+                    // Before start returns: admission asks it for recipients.
+                    sealed::follow(sealer, &opened.repo, opened.tree);
+                }
                 if let Err(error) = &first {
                     // Before start returns: /readyz must never pass meanwhile.
                     *writer_not_open.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -388,6 +399,7 @@ impl StoreHandle {
                 let mut writer = Writer::new(settings, opened, rx, control_rx, thread_metrics);
                 writer.failing = writer_failing;
                 writer.retry = retry;
+                writer.follow_sops();
                 runtime.block_on(writer.run());
             })
             .map_err(|e| StoreError::Open {
@@ -407,6 +419,7 @@ impl StoreHandle {
                     location,
                     committer_email,
                     declared,
+                    sealer,
                 },
                 WriterThread(thread),
             )),
@@ -461,6 +474,9 @@ impl StoreHandle {
         // at once for an answer that does not wait, until the deadline otherwise.
         let units = match &job.change.action {
             crate::manifest::Action::Put(bytes) => bytes.len().div_ceil(1024),
+            crate::manifest::Action::Seal(sealed) => {
+                sealed.plain().to_string().len().div_ceil(1024)
+            }
             _ => 1,
         }
         .clamp(1, self.queue_units) as u32;
@@ -635,6 +651,11 @@ impl StoreHandle {
     /// The index of what the branch declares, when it is edited in place.
     pub fn declared(&self) -> Option<&SharedIndex> {
         self.declared.as_ref()
+    }
+
+    /// What encrypts the branch's Secrets (`secrets: sops`).
+    pub fn sealer(&self) -> Option<&crate::secrets::Sealer> {
+        self.sealer.as_deref()
     }
 
     /// The files on the branch as it is now that `cascade` would remove besides the

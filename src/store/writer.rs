@@ -439,6 +439,7 @@ impl Writer {
                 }
                 self.tip = tip;
                 self.tree = tree;
+                self.follow_sops();
             }
             Err(e) => tracing::error!(error = %e, "cannot read the branch after a failed update"),
         }
@@ -488,6 +489,7 @@ impl Writer {
         }
         self.tip = Some(tip);
         self.tree = tree;
+        self.follow_sops();
         self.sync_ref(&self.branch_ref.clone())
     }
 

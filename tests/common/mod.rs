@@ -12,6 +12,7 @@ pub mod forge_server;
 pub mod gitops;
 pub mod helm;
 pub mod remotes;
+pub mod sops;
 
 use std::path::{Path, PathBuf};
 

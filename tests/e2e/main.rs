@@ -16,4 +16,5 @@ mod crd;
 mod in_place;
 mod kubectl;
 mod review;
+mod secrets;
 mod wait;

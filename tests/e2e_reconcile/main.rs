@@ -564,3 +564,80 @@ async fn confirmed_rules_record_what_the_cluster_shows_by_its_user_and_never_a_f
     let client = plane.client(ADMIN).await;
     assert_git_matches_cluster(&scribe.repo, "main", &client, &[real]).await;
 }
+
+/// `secrets: sops` in the reconciler (issue 17): the snapshot writes a Secret made
+/// before kubescribe as a SOPS file that decrypts to the live data, a second
+/// snapshot of the same Secret leaves its file alone, and a change made while
+/// kubescribe was down is caught up encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_writes_secrets_encrypted_and_never_churns_them() {
+    use common::sops::{keygen, sops_decrypt};
+    let plane = plane();
+    let ns = plane.namespace("snapsops");
+    let n = ns.as_str();
+    ok(
+        plane,
+        ALICE,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "db",
+            "-n",
+            n,
+            "--from-literal=password=correct-horse",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (flux_key, _, flux) = keygen(dir.path(), "flux");
+    let (ours_key, _, _) = keygen(dir.path(), "kubescribe");
+    let config = format!(
+        "secrets: sops\nsops:\n  identityFile: {}\n  recipients: [{flux}]\n{}",
+        ours_key.display(),
+        reconcile_config(plane, dir.path(), n)
+    );
+    let mut scribe = Kubescribe::start(plane, "snapsops", &config);
+    let path = format!("{n}/core/secrets/db.yaml");
+    let live = |plane: &ControlPlane| -> serde_json::Value {
+        let out = plane.kubectl_ok(ADMIN, &["-n", n, "get", "secret", "db", "-o", "json"], None);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["data"].clone()
+    };
+    let decrypted = |scribe: &Kubescribe| {
+        let file = scribe
+            .file(&path)
+            .unwrap_or_else(|| panic!("{path} recorded: {}", scribe.log()));
+        sops_decrypt(dir.path(), &file, &flux_key).unwrap()["data"].clone()
+    };
+    assert_eq!(decrypted(&scribe), live(plane));
+    let commits = |scribe: &Kubescribe| scribe.git(&["rev-list", "--count", "main", "--", &path]);
+    assert_eq!(commits(&scribe).trim(), "1");
+
+    // A restart snapshots the same Secret again: its file stays as it is.
+    scribe.stop();
+    scribe.restart();
+    assert_eq!(commits(&scribe).trim(), "1", "{}", scribe.log());
+
+    // Changed while kubescribe is down: caught up, encrypted.
+    scribe.stop();
+    ok(
+        plane,
+        ALICE,
+        &[
+            "patch",
+            "secret",
+            "db",
+            "-n",
+            n,
+            "-p",
+            r#"{"stringData":{"password":"battery-staple"}}"#,
+        ],
+    );
+    scribe.restart();
+    assert_eq!(decrypted(&scribe), live(plane));
+    assert_eq!(commits(&scribe).trim(), "2");
+    let history = scribe.git(&["log", "-p", "--all"]);
+    assert!(
+        !history.contains("correct-horse") && !history.contains("battery-staple"),
+        "{history}"
+    );
+}
