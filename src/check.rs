@@ -205,13 +205,13 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             let keys = crate::secrets::Keys::load(&config.sops, true).ok()?;
             let sealer = crate::secrets::Sealer::new(std::sync::Arc::new(keys));
             let head = repo.head_commit().ok().and_then(|c| c.tree().ok());
-            let blob = head
+            let blob = Ok(head
                 .and_then(|mut tree| {
                     tree.peel_to_entry_by_path(crate::secrets::SOPS_YAML)
                         .ok()
                         .flatten()
                 })
-                .map(|entry| entry.object_id());
+                .map(|entry| entry.object_id()));
             sealer.follow(blob, |id| {
                 repo.find_blob(id)
                     .map(|b| b.detach().data)
@@ -221,16 +221,14 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
         })
         .collect();
     let place = |target: usize, change: &mut manifest::Change, write: &Write| {
-        if let Some(placement) = manifest::seal_placement(change, sealers[target].as_ref()) {
-            return placement;
-        }
-        match &indexes[target] {
+        let placement = match &indexes[target] {
             // The diff routes through the overlays, with the checkout's files.
             Some((index, in_place)) => {
                 manifest::plan_in_place(index, in_place, change, write, None)
             }
             None => Placement::Canonical,
-        }
+        };
+        manifest::sealable(placement, change, sealers[target].as_ref())
     };
     let mut report = Report {
         allowed: true,
@@ -889,8 +887,29 @@ fn diff(
                 Some(entry.object().ok()?.data.clone())
             }),
         });
-    let (edited, others) = match (&change.in_place, &current) {
-        (Some(in_place), Some(file)) if in_place.new_file.is_none() => {
+    let mut changed_values = None;
+    let (edited, others) = match (&change.in_place, &current, &change.action) {
+        // A Secret a person's SOPS file declares: that file, written anew.
+        (Some(in_place), Some(file), Action::Seal(sealed))
+            if in_place.new_file.is_none() && in_place.canonical != path =>
+        {
+            let sealer = sealer.ok_or_else(|| {
+                "secrets: sops: kubescribe check needs the config's sops settings to encrypt it"
+                    .to_owned()
+            })?;
+            let encrypted = sealer.seal_declared(
+                &String::from_utf8_lossy(file),
+                sealed.plain(),
+                &in_place.old,
+                &in_place.new,
+                path,
+                &format!("Secret {}", change.object_ref()),
+                std::time::SystemTime::now(),
+            )?;
+            changed_values = Some(encrypted.changed);
+            (Some(encrypted.text), Vec::new())
+        }
+        (Some(in_place), Some(file), _) if in_place.new_file.is_none() => {
             let mut refused = None;
             match in_place_edit(
                 file,
@@ -921,7 +940,6 @@ fn diff(
         // position): no commit, and never a canonical rewrite of a person's file.
         return Ok(String::new());
     }
-    let mut changed_values = None;
     let new = match &change.action {
         _ if edited.is_some() => edited.unwrap_or_default(),
         Action::Put(bytes) => String::from_utf8_lossy(bytes).into_owned(),
@@ -954,7 +972,12 @@ fn diff(
         } else {
             changed.join(", ")
         };
-        text = format!("# {path}: values changed (encrypted with SOPS): {list}\n{text}");
+        let unread = if sealer.is_some_and(|s| !s.reads_back()) {
+            " (sops.identityFile is not readable here, so every value is listed)"
+        } else {
+            ""
+        };
+        text = format!("# {path}: values changed (encrypted with SOPS): {list}{unread}\n{text}");
     }
     for other in others {
         text.push_str(&file_diff(&other.path, true, &other.before, &other.after));

@@ -164,7 +164,17 @@ pub fn evaluate<'a>(
         }
     };
     // In a repository edited in place, the object's own document, if it has one.
-    match place(target, &mut change, write) {
+    let placement = match place(target, &mut change, write) {
+        // A rule whose writes change the cluster only through git, or that must
+        // record every write, never lets one through unrecorded.
+        Placement::Omitted(reason)
+            if then == Then::Deny || require_recording == RailMode::Enforce =>
+        {
+            Placement::Denied(reason)
+        }
+        placement => placement,
+    };
+    match placement {
         Placement::Canonical | Placement::InPlace => {}
         Placement::Declared(path) => {
             verdict.path = Some(path.clone());

@@ -780,3 +780,283 @@ fn check_shows_which_values_would_change_and_never_a_value() {
         result.message
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_s_sops_file_is_written_anew_in_place_when_kubescribe_can_read_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let (flux_key, _, flux) = keygen(keys.path(), "flux");
+    let (ours_key, _, ours) = keygen(keys.path(), "kubescribe");
+    let dir = tempfile::tempdir().unwrap();
+    // A Flux repository whose Secrets people encrypted with the real sops: one
+    // for Flux and kubescribe, one for Flux only, and one left in plain text.
+    let repo = common::gitops::seeded_in(dir.path(), |work| {
+        std::fs::write(
+            work.join(".sops.yaml"),
+            format!(
+                "creation_rules:\n  - path_regex: ^apps/locked/\n    encrypted_regex: ^(data|stringData)$\n    age: {flux}\n  - path_regex: ^apps/\n    encrypted_regex: ^(data|stringData)$\n    age: {flux},{ours}\n"
+            ),
+        )
+        .unwrap();
+        for (app, data) in [
+            (
+                "db",
+                "stringData:\n  url: postgres://app:old-password@db/app\ndata:\n  blob: AAE=\n",
+            ),
+            ("locked", "stringData:\n  token: locked-token-value\n"),
+            ("plain", "stringData:\n  token: plain-token-value\n"),
+        ] {
+            let at = work.join("apps").join(app);
+            std::fs::create_dir_all(&at).unwrap();
+            std::fs::write(
+                at.join("kustomization.yaml"),
+                "namespace: team-a\nresources:\n- secret.yaml\n",
+            )
+            .unwrap();
+            std::fs::write(
+                at.join("secret.yaml"),
+                format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {app}\n  labels:\n    app: {app}\ntype: Opaque\n{data}"),
+            )
+            .unwrap();
+            if app != "plain" {
+                let out = std::process::Command::new(common::sops::sops_binary())
+                    .args(["--disable-version-check", "--encrypt", "--in-place"])
+                    .arg(format!("apps/{app}/secret.yaml"))
+                    .current_dir(work)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    });
+    let config = format!(
+        "repository:\n  path: {}\n  inPlace:\n    enabled: true\nsecrets: sops\nsops:\n  identityFile: {}\nrules:\n- name: all\n  wait: commit\n",
+        repo.display(),
+        ours_key.display()
+    );
+    let server = TestServer::start(&config).await;
+    let live = |name: &str, data: Value, labels: Value| {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "team-a", "uid": "u1", "resourceVersion": "9", "labels": labels},
+            "type": "Opaque",
+            "data": data,
+        })
+    };
+    let update = |name: &str, old: Value, new: Value| {
+        let mut review = secret_review("UPDATE", "team-a", None, None, false);
+        review["request"]["name"] = json!(name);
+        review["request"]["object"] = new;
+        review["request"]["oldObject"] = old;
+        review
+    };
+    let before = json!({"url": b64(b"postgres://app:old-password@db/app"), "blob": "AAE="});
+    let after = json!({"url": b64(b"postgres://app:new-password@db/app"), "blob": "AAE="});
+    let answer = send(
+        &server,
+        &update(
+            "db",
+            live("db", before, json!({"app": "db"})),
+            live("db", after.clone(), json!({"app": "db", "tier": "data"})),
+        ),
+    )
+    .await;
+    let sha = recorded_sha(&answer).unwrap_or_else(|| panic!("recorded: {answer}"));
+    let files = common::git(&repo, &["show", "--name-only", "--format=", &sha]);
+    assert_eq!(
+        files.trim(),
+        "apps/db/secret.yaml",
+        "edited where it is declared"
+    );
+    let file = common::git(&repo, &["show", &format!("{sha}:apps/db/secret.yaml")]);
+    let decrypted = sops_decrypt(keys.path(), &file, &flux_key).unwrap();
+    // The file keeps its shape: url stays under stringData, no namespace is added
+    // (its kustomization gives it), and the new label is there.
+    assert_eq!(
+        decrypted,
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "labels": {"app": "db", "tier": "data"}},
+            "type": "Opaque",
+            "stringData": {"url": "postgres://app:new-password@db/app"},
+            "data": {"blob": "AAE="},
+        })
+    );
+    let said = common::git(&repo, &["log", "-1", "--format=%B", &sha]);
+    assert!(
+        said.contains("Values changed (encrypted with SOPS): stringData.url."),
+        "{said}"
+    );
+
+    // A file kubescribe's key cannot read, and one in plain text: refused, naming
+    // what to do; neither is touched.
+    let answer = send(
+        &server,
+        &update(
+            "locked",
+            live(
+                "locked",
+                json!({"token": b64(b"locked-token-value")}),
+                json!({"app": "locked"}),
+            ),
+            live(
+                "locked",
+                json!({"token": b64(b"other-token-value")}),
+                json!({"app": "locked"}),
+            ),
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    let said = message(&answer);
+    assert!(
+        said.contains("apps/locked/secret.yaml")
+            && said.contains(&ours.to_string())
+            && said.contains("sops updatekeys"),
+        "{said}"
+    );
+    let answer = send(
+        &server,
+        &update(
+            "plain",
+            live(
+                "plain",
+                json!({"token": b64(b"plain-token-value")}),
+                json!({"app": "plain"}),
+            ),
+            live(
+                "plain",
+                json!({"token": b64(b"other-token-value")}),
+                json!({"app": "plain"}),
+            ),
+        ),
+    )
+    .await;
+    assert!(!allowed(&answer), "{answer}");
+    assert!(
+        message(&answer).contains("in plain text"),
+        "{}",
+        message(&answer)
+    );
+    assert_eq!(
+        common::git(&repo, &["rev-list", "--count", "main"]).trim(),
+        "2"
+    );
+
+    // A delete takes the file out, and out of its kustomization.
+    let answer = send(&server, &{
+        let mut review = secret_review("DELETE", "team-a", None, None, false);
+        review["request"]["name"] = json!("db");
+        review["request"]["oldObject"] = live("db", after, json!({"app": "db", "tier": "data"}));
+        review
+    })
+    .await;
+    let sha = recorded_sha(&answer).unwrap_or_else(|| panic!("recorded: {answer}"));
+    let files = common::git(&repo, &["ls-tree", "-r", "--name-only", &sha]);
+    assert!(!files.contains("apps/db/secret.yaml"), "{files}");
+    let everything = everything_in(&repo);
+    assert!(!everything.contains("new-password") && !everything.contains("other-token-value"));
+    server.server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_replayed_onto_a_remote_whose_sops_yaml_changed_is_encrypted_for_its_recipients() {
+    let keys = tempfile::tempdir().unwrap();
+    let (flux_key, _, flux) = keygen(keys.path(), "flux");
+    let (other_key, _, other) = keygen(keys.path(), "other");
+    let (ours_key, _, _) = keygen(keys.path(), "kubescribe");
+    let dir = tempfile::tempdir().unwrap();
+    // The remote: a .sops.yaml for Flux.
+    let remote = common::gitops::seeded_in(dir.path(), |work| {
+        std::fs::write(
+            work.join(".sops.yaml"),
+            format!("creation_rules:\n  - age: {flux}\n"),
+        )
+        .unwrap();
+    });
+    let config = format!(
+        "repository:\n  remote:\n    url: file://{}\nsecrets: sops\nsops:\n  identityFile: {}\nrules:\n- name: all\n  wait: push\n",
+        remote.display(),
+        ours_key.display()
+    );
+    let server = TestServer::start(&config).await;
+    let path = "team-a/core/secrets/db-creds.yaml";
+    let first = json!({"password": b64(b"correct-horse")});
+    let answer = send(
+        &server,
+        &secret_review("CREATE", "team-a", Some(first.clone()), None, false),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let pushed = common::git(&remote, &["show", &format!("main:{path}")]);
+    assert_eq!(
+        sops_decrypt(keys.path(), &pushed, &flux_key).unwrap()["data"],
+        first
+    );
+
+    // Someone replaces Flux's key with another in the remote's .sops.yaml.
+    let work = dir.path().join("person");
+    let run = |args: &[&str], cwd: &std::path::Path| {
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(
+        &[
+            "clone",
+            "-q",
+            remote.to_str().unwrap(),
+            work.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    std::fs::write(
+        work.join(".sops.yaml"),
+        format!("creation_rules:\n  - age: {other}\n"),
+    )
+    .unwrap();
+    run(
+        &[
+            "-c",
+            "user.name=p",
+            "-c",
+            "user.email=p@x",
+            "commit",
+            "-qam",
+            "rotate",
+        ],
+        &work,
+    );
+    run(&["push", "-q", "origin", "main"], &work);
+
+    // kubescribe commits the next write on its older tip (still Flux's rules),
+    // meets the remote's new one when it pushes, and replays onto it: what reaches
+    // the remote is for the new recipient, with a new data key Flux's never held.
+    let second = json!({"password": b64(b"battery-staple")});
+    let answer = send(
+        &server,
+        &secret_review("UPDATE", "team-a", Some(second.clone()), Some(first), false),
+    )
+    .await;
+    assert!(allowed(&answer), "{answer}");
+    let pushed = common::git(&remote, &["show", &format!("main:{path}")]);
+    assert_eq!(
+        sops_decrypt(keys.path(), &pushed, &other_key).unwrap()["data"],
+        second
+    );
+    assert!(
+        sops_decrypt(keys.path(), &pushed, &flux_key).is_err(),
+        "a removed recipient reads the new value:\n{pushed}"
+    );
+    server.server.shutdown().await.unwrap();
+}

@@ -56,13 +56,11 @@ pub struct AppState {
 
 impl AppState {
     /// Where `change` goes in target `target`: its own document when the branch is
-    /// edited in place and declares it (see [`manifest::plan_in_place`]).
+    /// edited in place and declares it (see [`manifest::plan_in_place`]); and
+    /// whether a Secret can be encrypted there ([`manifest::sealable`]).
     fn place(&self, target: usize, change: &mut manifest::Change, write: &Write) -> Placement {
         let store = &self.targets[target].store;
-        if let Some(placement) = manifest::seal_placement(change, store.sealer()) {
-            return placement;
-        }
-        match store.declared() {
+        let placement = match store.declared() {
             Some(shared) => {
                 let index = shared.index.read().unwrap_or_else(|e| e.into_inner());
                 // Only `overlay: patch` reads the branch's files at admission.
@@ -75,7 +73,8 @@ impl AppState {
                 manifest::plan_in_place(&index, &shared.config, change, write, read)
             }
             None => Placement::Canonical,
-        }
+        };
+        manifest::sealable(placement, change, store.sealer())
     }
 }
 
@@ -798,14 +797,15 @@ async fn propose(
     let branch = reviewer.branch_of(write);
     let warnings = response.warnings.clone().unwrap_or_default();
     // The object before the write, as a file: what a session merges the write's
-    // own change from.
+    // own change from. A Secret is written whole (encrypted), never merged.
+    let secrets = state.policy.secret_mode(rule.unwrap_or_default());
     let base = write.old_object.as_ref().and_then(|old| {
         let before = Write {
             object: Some(old.clone()),
             old_object: None,
             ..write.clone()
         };
-        match manifest::plan(&before, &state.targets[target].layout, state.policy.secrets) {
+        match manifest::plan(&before, &state.targets[target].layout, secrets) {
             Ok(manifest::Change {
                 action: manifest::Action::Put(bytes),
                 ..

@@ -5,7 +5,8 @@
 //! Invariants: an object is edited where it is declared only when exactly one
 //! document declares it; a create of an object the branch already declares records
 //! nothing (git has it); a file the path template itself placed is written the
-//! canonical way, as before; Secrets are never edited in place.
+//! canonical way, as before; a Secret is edited in place only as a SOPS file kubescribe
+//! can read (`secrets: sops`), written whole.
 
 use serde_json::Value;
 
@@ -165,9 +166,32 @@ pub fn plan_in_place(
             return Placement::Refused(refusal);
         }
     }
-    let creates = matches!(change.action, Action::Put(_)) && write.old_object.is_none();
+    let creates =
+        matches!(change.action, Action::Put(_) | Action::Seal(_)) && write.old_object.is_none();
     let (ops, old, new) = match &change.action {
-        Action::Put(_) if creates => (Vec::new(), Value::Null, Value::Null),
+        Action::Put(_) | Action::Seal(_) if creates => (Vec::new(), Value::Null, Value::Null),
+        Action::Seal(_) => {
+            // A SOPS file is written whole from its decrypted document (see
+            // crate::secrets::Sealer::seal_declared): no field edits, and the
+            // objects before and after without their values, which never travel
+            // outside the Sealed.
+            let (Some(old), Some(new)) = (write.old_object.as_ref(), write.object.as_ref()) else {
+                return Placement::Canonical;
+            };
+            let clean = |object: &Value| {
+                let mut object = object.clone();
+                sanitize(&mut object, &write.resource.group, &kind).ok()?;
+                super::drop_copies(&mut object);
+                let map = object.as_object_mut()?;
+                map.remove("data");
+                map.remove("stringData");
+                Some(object)
+            };
+            let (Some(old), Some(new)) = (clean(old), clean(new)) else {
+                return Placement::Canonical;
+            };
+            (Vec::new(), old, new)
+        }
         Action::Put(_) => {
             let (Some(old), Some(new)) = (write.old_object.as_ref(), write.object.as_ref()) else {
                 return Placement::Canonical;
@@ -194,9 +218,7 @@ pub fn plan_in_place(
             Value::Null,
         ),
         Action::Remove => (Vec::new(), Value::Null, Value::Null),
-        // A Secret no document declares: its own SOPS file (declared ones are
-        // refused above).
-        Action::Cascade(_) | Action::Seal(_) => return Placement::Canonical,
+        Action::Cascade(_) => return Placement::Canonical,
     };
     let mut in_place = InPlace {
         key,
@@ -210,7 +232,11 @@ pub fn plan_in_place(
     let Some(declared) = declared else {
         // Not declared now; the store looks again when it commits (an object created
         // a moment ago may be in a file by then), so it carries the edit either way.
-        if creates && config.new_objects == NewObjects::Namespace {
+        // A new Secret gets a SOPS file of its own where the path template says.
+        if creates
+            && config.new_objects == NewObjects::Namespace
+            && !matches!(change.action, Action::Seal(_))
+        {
             if let Some((home, path)) = new_home(index, change) {
                 change.path = path;
                 in_place.new_file = Some(home);
@@ -330,7 +356,7 @@ fn cascade_in(index: &Index, cascade: &crate::cascade::Cascade, change: &Change)
 }
 
 /// Why the document that declares the object is not edited for this write, if it
-/// is not: a Secret, or (with `overlay: deny`) a document an overlay transforms or
+/// is not: a Secret not written as SOPS, or (with `overlay: deny`) a document an overlay transforms or
 /// several overlays share.
 fn refusal(
     index: &Index,
@@ -341,9 +367,16 @@ fn refusal(
 ) -> Option<String> {
     let path = &declared.path;
     let object = change.object_ref();
-    if change.api_version == "v1" && kind == "Secret" {
+    // Under `secrets: sops`, a declared Secret's SOPS file is written anew with
+    // the write's values (the store checks it is one kubescribe can read); a
+    // delete takes its document out. Any other Secret write would put values in
+    // a person's file unencrypted.
+    if change.api_version == "v1"
+        && kind == "Secret"
+        && !matches!(change.action, Action::Seal(_) | Action::Remove)
+    {
         return Some(format!(
-            "Secret {object} is declared in {path}, and kubescribe does not edit Secrets in place: change that file"
+            "Secret {object} is declared in {path}, and kubescribe edits a declared Secret only as a SOPS file (secrets: sops): change that file"
         ));
     }
     let shared = index.declarations(path, declared.document);

@@ -533,44 +533,68 @@ fn retain_keys(meta: &mut Map<String, Value>, field: &str, keep: impl Fn(&str) -
 }
 
 /// Takes out of a Secret's annotations and labels every value that holds one of
-/// its secret values (as written, or base64-decoded), such as a tool's copy of the
-/// whole object (`kapp.k14s.io/original`): the metadata stays readable in git, so
-/// it must not carry what the data hides. `last-applied-configuration` went with
+/// its secret values, since the metadata stays readable in git and must not carry
+/// what the data hides: a value as written, base64-decoded, JSON-escaped (also as
+/// Go escapes `&`, `<` and `>`), or any line of a multi-line one; and any value
+/// that is itself a copy of a Secret (JSON or YAML with `data` or `stringData`),
+/// such as kapp's `kapp.k14s.io/original`. `last-applied-configuration` went with
 /// the sanitiser already.
-fn drop_copies(object: &mut Value) {
+pub(crate) fn drop_copies(object: &mut Value) {
     use base64::Engine as _;
-    let mut secrets: Vec<String> = Vec::new();
+    // Shorter ones would match by chance (`true`, `1`, a line `}`); a copy of the
+    // object holds them next to the longer ones anyway.
+    const WHOLE: usize = 4;
+    const LINE: usize = 8;
+    let mut needles: Vec<String> = Vec::new();
     for field in ["data", "stringData"] {
-        if let Some(Value::Object(map)) = object.get(field) {
-            for value in map.values().filter_map(Value::as_str) {
-                secrets.push(value.to_owned());
-                if field == "data" {
-                    if let Some(text) = base64::engine::general_purpose::STANDARD
-                        .decode(value)
-                        .ok()
-                        .and_then(|bytes| String::from_utf8(bytes).ok())
-                    {
-                        secrets.push(text);
-                    }
-                }
-            }
+        let Some(Value::Object(map)) = object.get(field) else {
+            continue;
+        };
+        for value in map.values().filter_map(Value::as_str) {
+            needles.push(value.to_owned());
+            let text = if field == "data" {
+                base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+            } else {
+                Some(value.to_owned())
+            };
+            let Some(text) = text else { continue };
+            let json = serde_json::to_string(&text).unwrap_or_default();
+            let json = json.trim_matches('"').to_owned();
+            let go = json
+                .replace('&', "\\u0026")
+                .replace('<', "\\u003c")
+                .replace('>', "\\u003e");
+            needles.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|line| line.len() >= LINE)
+                    .map(str::to_owned),
+            );
+            needles.extend([text, json, go]);
         }
     }
-    // Shorter values would match by chance (`true`, `1`); a copy of the object
-    // holds them next to the longer ones anyway.
-    secrets.retain(|s| s.len() >= 4);
-    if secrets.is_empty() {
-        return;
-    }
+    needles.retain(|s| s.len() >= WHOLE);
+    let copy_of_a_secret = |value: &str| {
+        let parsed = serde_json::from_str::<Value>(value)
+            .ok()
+            .or_else(|| serde_yaml_ng::from_str::<Value>(value).ok());
+        parsed
+            .as_ref()
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.contains_key("data") || m.contains_key("stringData"))
+    };
     for field in ["annotations", "labels"] {
         let Some(Value::Object(map)) = object.get_mut("metadata").and_then(|m| m.get_mut(field))
         else {
             continue;
         };
         map.retain(|_, value| {
-            value
-                .as_str()
-                .is_none_or(|value| !secrets.iter().any(|s| value.contains(s.as_str())))
+            value.as_str().is_none_or(|value| {
+                !copy_of_a_secret(value) && !needles.iter().any(|s| value.contains(s.as_str()))
+            })
         });
         if map.is_empty() {
             if let Some(Value::Object(metadata)) = object.get_mut("metadata") {
@@ -595,26 +619,31 @@ pub fn render(object: &Value) -> String {
     yaml::render(object)
 }
 
-/// For a Secret to be written as a SOPS file, what happens when its path has no
-/// age recipient (`sops.withoutRecipients`); `None` when it can be encrypted, or
-/// is no such Secret, or there is no `sealer` to ask (`kubescribe check` without a
-/// repository).
-pub fn seal_placement(
+/// `placement`, unless `change` is a Secret to write as a SOPS file (there, at its
+/// path) for which `sealer` knows no age recipient: then what
+/// `sops.withoutRecipients` says. Without a `sealer` (`kubescribe check` without a
+/// repository), `placement`.
+pub fn sealable(
+    placement: Placement,
     change: &Change,
     sealer: Option<&crate::secrets::Sealer>,
-) -> Option<Placement> {
-    let (Action::Seal(_), Some(sealer)) = (&change.action, sealer) else {
-        return None;
+) -> Placement {
+    let (Placement::Canonical | Placement::InPlace, Action::Seal(_), Some(sealer)) =
+        (&placement, &change.action, sealer)
+    else {
+        return placement;
     };
-    let error = sealer.recipients(change.path.as_str()).err()?;
+    let Err(error) = sealer.recipients(change.path.as_str()) else {
+        return placement;
+    };
     let reason = format!(
         "Secret {} cannot be recorded encrypted: {error}",
         change.object_ref()
     );
-    Some(match sealer.without_recipients() {
+    match sealer.without_recipients() {
         crate::config::WithoutRecipients::Deny => Placement::Denied(reason),
         crate::config::WithoutRecipients::Omit => Placement::Omitted(reason),
-    })
+    }
 }
 
 /// A recorded manifest with a new `spec.replicas`.
@@ -672,12 +701,20 @@ mod tests {
                 "annotations": {
                     "kapp.k14s.io/original": format!("{{\"data\":{{\"password\":\"{password}\"}}}}"),
                     "note": "the password is hunter22",
+                    "escaped": "{\"stringData\":{\"key\":\"-----BEGIN KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END KEY-----\"}}",
+                    "go": "url is postgres://u:pw\\u0026more@db",
+                    "line": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+                    "copy": "data:\n  other: x\n",
                     "team": "payments",
                 },
                 "labels": {"app": "db"},
             },
             "data": {"password": password, "flag": "MQ=="},
-            "stringData": {"url": "postgres://u:pw-in-url@db/app"},
+            "stringData": {
+                "url": "postgres://u:pw-in-url@db/app",
+                "key": "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END KEY-----",
+                "go": "postgres://u:pw&more@db",
+            },
         });
         drop_copies(&mut secret);
         assert_eq!(
@@ -687,7 +724,13 @@ mod tests {
         let sealed = Sealed(secret);
         assert_eq!(
             sealed.keys(),
-            ["data.flag", "data.password", "stringData.url"]
+            [
+                "data.flag",
+                "data.password",
+                "stringData.go",
+                "stringData.key",
+                "stringData.url"
+            ]
         );
         let shown = format!("{sealed:?}");
         assert!(

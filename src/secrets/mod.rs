@@ -30,6 +30,8 @@ pub struct Keys {
     /// unchanged value can keep its ciphertext. `None` only for `kubescribe
     /// check`, which may run without it.
     identity: Option<age::x25519::Identity>,
+    /// The identity's recipient.
+    own: Option<String>,
     /// For a branch without `.sops.yaml`.
     fallback: Vec<age::x25519::Recipient>,
     without: WithoutRecipients,
@@ -38,7 +40,7 @@ pub struct Keys {
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keys")
-            .field("recipient", &self.recipient())
+            .field("recipient", &self.own)
             .field("fallback", &self.fallback.len())
             .finish_non_exhaustive()
     }
@@ -83,6 +85,7 @@ impl Keys {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
+            own: identity.as_ref().map(|i| i.to_public().to_string()),
             identity,
             fallback,
             without: config.without_recipients,
@@ -91,7 +94,7 @@ impl Keys {
 
     /// kubescribe's own recipient (public key), to list in `.sops.yaml`.
     pub fn recipient(&self) -> Option<String> {
-        self.identity.as_ref().map(|i| i.to_public().to_string())
+        self.own.clone()
     }
 }
 
@@ -112,11 +115,17 @@ fn read_identity(path: &Path) -> Result<age::x25519::Identity, KeysError> {
 }
 
 /// The branch's `.sops.yaml` as the sealer last saw it.
-#[derive(Default)]
-struct Seen {
-    /// The blob id of `.sops.yaml`, `None` when the tree has none.
-    blob: Option<gix::hash::ObjectId>,
-    rules: Option<Result<Arc<rules::CreationRules>, String>>,
+enum Seen {
+    /// Not known: the branch was not read yet, or could not be. Nothing is
+    /// encrypted meanwhile (a guess could leave a recipient out).
+    Unknown(String),
+    /// The branch has no `.sops.yaml`: the configured recipients.
+    Absent,
+    /// `.sops.yaml` at this blob, parsed, or why it cannot be.
+    Rules {
+        blob: gix::hash::ObjectId,
+        rules: Result<Arc<rules::CreationRules>, String>,
+    },
 }
 
 /// Encrypts one branch's Secrets: [`Keys`] and the branch's `.sops.yaml`.
@@ -145,61 +154,149 @@ impl Sealer {
     pub fn new(keys: Arc<Keys>) -> Self {
         Self {
             keys,
-            seen: RwLock::default(),
+            seen: RwLock::new(Seen::Unknown(
+                "kubescribe has not read the branch yet".to_owned(),
+            )),
         }
     }
 
-    /// Follows the branch's `.sops.yaml` (its blob id in the tree the branch is at
-    /// now); `read` gives a blob's bytes. Parsed again only when it changed.
+    /// Follows the branch's `.sops.yaml`: `blob` is its blob id in the tree the
+    /// branch is at now (`Ok(None)`: there is none; `Err`: the tree could not be
+    /// read), and `read` gives a blob's bytes. Parsed again only when it changed;
+    /// a blob that could not be read is tried again at the next call.
     pub fn follow(
         &self,
-        blob: Option<gix::hash::ObjectId>,
+        blob: Result<Option<gix::hash::ObjectId>, String>,
         read: impl FnOnce(gix::hash::ObjectId) -> Result<Vec<u8>, String>,
     ) {
-        {
-            let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
-            if seen.blob == blob && (blob.is_none() || seen.rules.is_some()) {
-                return;
+        let next = match blob {
+            Err(error) => Seen::Unknown(format!("the branch cannot be read ({error})")),
+            Ok(None) => Seen::Absent,
+            Ok(Some(id)) => {
+                if let Seen::Rules { blob, .. } =
+                    &*self.seen.read().unwrap_or_else(|e| e.into_inner())
+                {
+                    if *blob == id {
+                        return;
+                    }
+                }
+                match read(id) {
+                    Ok(text) => Seen::Rules {
+                        blob: id,
+                        rules: rules::CreationRules::parse(&text).map(Arc::new),
+                    },
+                    Err(error) => Seen::Unknown(format!("its .sops.yaml cannot be read ({error})")),
+                }
             }
+        };
+        match &next {
+            Seen::Unknown(why) => {
+                tracing::warn!(why = %why, "Secrets are not recorded until the branch's .sops.yaml can be read")
+            }
+            Seen::Rules {
+                rules: Err(error), ..
+            } => {
+                tracing::warn!(%error, "the branch's .sops.yaml is not valid; Secrets are not recorded until it is fixed")
+            }
+            _ => {}
         }
-        let rules = blob.map(|id| {
-            read(id)
-                .and_then(|text| rules::CreationRules::parse(&text))
-                .map(Arc::new)
-        });
-        if let Some(Err(error)) = &rules {
-            tracing::warn!(%error, "the branch's .sops.yaml cannot be read; Secrets are not recorded until it is fixed");
-        }
-        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = Seen { blob, rules };
+        *self.seen.write().unwrap_or_else(|e| e.into_inner()) = next;
     }
 
     /// The age recipients of the file at `path`: the branch's `.sops.yaml`'s, or
-    /// without one the configured ones. Never empty.
+    /// without one the configured ones. Never empty, and never only kubescribe's
+    /// own (the GitOps tool could not read the file).
     pub fn recipients(&self, path: &str) -> Result<Vec<age::x25519::Recipient>, SealError> {
         let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
-        let recipients = match &seen.rules {
-            Some(Ok(rules)) => rules
+        let mut recipients = match &*seen {
+            Seen::Rules {
+                rules: Ok(rules), ..
+            } => rules
                 .recipients(path)
                 .map_err(|e| SealError::NoRecipients(e.to_string()))?
                 .to_vec(),
-            Some(Err(error)) => {
+            Seen::Rules {
+                rules: Err(error), ..
+            } => {
                 return Err(SealError::NoRecipients(format!(
-                    "the repository's .sops.yaml cannot be read ({error}): fix it"
+                    "the repository's .sops.yaml is not valid ({error}): fix it"
                 )))
             }
-            None => self.keys.fallback.clone(),
+            Seen::Unknown(why) => {
+                return Err(SealError::NoRecipients(format!(
+                    "{why}; retry once kubescribe is ready"
+                )))
+            }
+            Seen::Absent => self.keys.fallback.clone(),
         };
+        if let Some(own) = &self.keys.own {
+            recipients.retain(|r| r.to_string() != *own);
+        }
         if recipients.is_empty() {
             return Err(SealError::NoRecipients(format!(
-                "no age recipient to encrypt {path} for: add a .sops.yaml with a creation rule for it to the repository, or set sops.recipients, with the age recipient of your GitOps tool"
+                "no age recipient besides kubescribe's own to encrypt {path} for: add a .sops.yaml with a creation rule for it to the repository, or set sops.recipients, with the age recipient of your GitOps tool"
             )));
         }
         Ok(recipients)
     }
 
+    /// The plaintext document of a SOPS file kubescribe's identity can read.
+    pub fn open(&self, file: &str) -> Result<Value, String> {
+        let identity = self
+            .keys
+            .identity
+            .as_ref()
+            .ok_or_else(|| "kubescribe has no identity (sops.identityFile)".to_owned())?;
+        sops::decrypt(file, identity).map_err(|e| e.to_string())
+    }
+
+    /// Whether kubescribe's identity is loaded, so a previous file is read back
+    /// (and only the values that change are named).
+    pub fn reads_back(&self) -> bool {
+        self.keys.identity.is_some()
+    }
+
     /// What happens to a Secret without recipients.
     pub fn without_recipients(&self) -> WithoutRecipients {
         self.keys.without
+    }
+
+    /// A new state of the Secret that the SOPS file `file` at `path` declares (a
+    /// person's file, in a repository edited in place): the file's document as it
+    /// decrypts, with the values `written` has (each kept under `data` or
+    /// `stringData`, wherever the file had it) and the labels, annotations, type
+    /// and `immutable` the write changed (`old` to `new`, both without values);
+    /// everything else as the file has it. Encrypted for `path`'s recipients.
+    /// `Err` says why it cannot be written, and what to do: a file in plain text,
+    /// or one kubescribe's identity cannot read, is never written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_declared(
+        &self,
+        file: &str,
+        written: &Value,
+        old: &Value,
+        new: &Value,
+        path: &str,
+        object: &str,
+        now: SystemTime,
+    ) -> Result<sops::Encrypted, String> {
+        let parsed: Value = serde_yaml_ng::from_str(file).map_err(|e| {
+            format!("{path}, which declares {object}, is not YAML kubescribe can read: {e}")
+        })?;
+        if parsed.get("sops").is_none() {
+            return Err(format!(
+                "{path} declares {object} in plain text, and kubescribe never writes a Secret's values in plain text: encrypt that file with sops (encrypted_regex ^(data|stringData)$), or change it in git"
+            ));
+        }
+        let recipient = self.keys.recipient().unwrap_or_default();
+        let current = self.open(file).map_err(|e| {
+            format!(
+                "{path} declares {object} in a SOPS file kubescribe cannot read ({e}): add kubescribe's recipient {recipient} to the file's recipients (in .sops.yaml, then `sops updatekeys {path}`), or change it in git"
+            )
+        })?;
+        let plain = reshape(current, written, old, new);
+        self.seal(&plain, path, Some(file), now)
+            .map_err(|e| format!("{object}: {e}"))
     }
 
     /// `plain` (a sanitised Secret) as the SOPS file at `path`, built on
@@ -224,13 +321,74 @@ impl Sealer {
     }
 }
 
+/// The Secret document `file` with the values of `written`, and the metadata the
+/// write changed; see [`Sealer::seal_declared`].
+fn reshape(mut file: Value, written: &Value, old: &Value, new: &Value) -> Value {
+    use base64::Engine as _;
+    let section = |doc: &Value, name: &str| doc.get(name).and_then(Value::as_object).cloned();
+    let had_text = section(&file, "stringData").unwrap_or_default();
+    let mut data = serde_json::Map::new();
+    let mut text = serde_json::Map::new();
+    if let Some(values) = section(written, "data") {
+        for (key, value) in values {
+            let as_text = had_text
+                .contains_key(&key)
+                .then(|| value.as_str())
+                .flatten()
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .and_then(|bytes| String::from_utf8(bytes).ok());
+            match as_text {
+                Some(plain) => text.insert(key, Value::String(plain)),
+                None => data.insert(key, value),
+            };
+        }
+    }
+    if let Some(values) = section(written, "stringData") {
+        text.extend(values);
+    }
+    let Some(doc) = file.as_object_mut() else {
+        return file;
+    };
+    for (name, values) in [("data", data), ("stringData", text)] {
+        if values.is_empty() {
+            doc.remove(name);
+        } else {
+            doc.insert(name.to_owned(), Value::Object(values));
+        }
+    }
+    let changed = |pointer: &str| old.pointer(pointer) != new.pointer(pointer);
+    for field in ["labels", "annotations"] {
+        if !changed(&format!("/metadata/{field}")) {
+            continue;
+        }
+        let Some(Value::Object(metadata)) = doc.get_mut("metadata") else {
+            continue;
+        };
+        match new.pointer(&format!("/metadata/{field}")) {
+            Some(value) => metadata.insert(field.to_owned(), value.clone()),
+            None => metadata.remove(field),
+        };
+    }
+    for field in ["type", "immutable"] {
+        if changed(&format!("/{field}")) {
+            match new.get(field) {
+                Some(value) => doc.insert(field.to_owned(), value.clone()),
+                None => doc.remove(field),
+            };
+        }
+    }
+    file
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn keys(recipients: &[&str]) -> Arc<Keys> {
+        let identity = age::x25519::Identity::generate();
         Arc::new(Keys {
-            identity: Some(age::x25519::Identity::generate()),
+            own: Some(identity.to_public().to_string()),
+            identity: Some(identity),
             fallback: recipients.iter().map(|r| r.parse().unwrap()).collect(),
             without: WithoutRecipients::Deny,
         })
@@ -239,26 +397,77 @@ mod tests {
     const FLUX: &str = "age1helqcqsh9464r8chnwc2fzj8uv7vr5ntnsft0tn45v2xtz0hpfwq98cmsg";
 
     #[test]
+    fn a_declared_secret_keeps_its_shape_and_takes_the_write_s_values() {
+        use serde_json::json;
+        let file = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "labels": {"app": "db"}},
+            "type": "Opaque",
+            "stringData": {"url": "postgres://old", "gone": "x"},
+            "data": {"blob": "AAE="},
+        });
+        // The live Secret: every value in data (the apiserver merges stringData).
+        let written = json!({
+            "data": {"url": "cG9zdGdyZXM6Ly9uZXc=", "blob": "AAI=", "new": "bmV3"},
+        });
+        let old = json!({"metadata": {"name": "db", "namespace": "a", "labels": {"app": "db"}}, "type": "Opaque"});
+        let mut new = old.clone();
+        new["metadata"]["labels"]["tier"] = json!("data");
+        let shaped = reshape(file, &written, &old, &new);
+        assert_eq!(
+            shaped,
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                // No namespace added: the file's kustomization gives it.
+                "metadata": {"name": "db", "labels": {"app": "db", "tier": "data"}},
+                "type": "Opaque",
+                "stringData": {"url": "postgres://new"},
+                "data": {"blob": "AAI=", "new": "bmV3"},
+            })
+        );
+    }
+
+    #[test]
     fn sops_yaml_wins_over_the_configured_recipients_and_is_followed() {
-        let sealer = Sealer::new(keys(&[FLUX]));
+        let flux = keys(&[FLUX]);
+        let own = flux.recipient().unwrap();
+        let sealer = Sealer::new(flux);
+        // Before the branch is read: nothing, not a guess.
+        let error = sealer.recipients("a/s.yaml").unwrap_err();
+        assert!(error.to_string().contains("not read the branch"), "{error}");
+        sealer.follow(Ok(None), |_| unreachable!());
         assert_eq!(sealer.recipients("a/s.yaml").unwrap().len(), 1);
         let id = gix::hash::ObjectId::null(gix::hash::Kind::Sha1);
         // A .sops.yaml that covers other paths only: nothing for this one.
-        sealer.follow(Some(id), |_| {
-            Ok(format!("creation_rules:\n  - path_regex: ^b/\n    age: {FLUX}\n").into_bytes())
+        sealer.follow(Ok(Some(id)), |_| {
+            Ok(format!("creation_rules:\n  - path_regex: ^b/\n    age: {FLUX}\n  - path_regex: ^c/\n    age: {own}\n").into_bytes())
         });
         let error = sealer.recipients("a/s.yaml").unwrap_err();
         assert!(error.to_string().contains("no creation rule"), "{error}");
         assert_eq!(sealer.recipients("b/s.yaml").unwrap().len(), 1);
+        // kubescribe's own recipient alone is no recipient: Flux could not read it.
+        let error = sealer.recipients("c/s.yaml").unwrap_err();
+        assert!(
+            error.to_string().contains("besides kubescribe's own"),
+            "{error}"
+        );
         // A broken one refuses every path, with the reason.
         let other = gix::hash::ObjectId::empty_blob(gix::hash::Kind::Sha1);
-        sealer.follow(Some(other), |_| Ok(b"creation_rules: [".to_vec()));
+        sealer.follow(Ok(Some(other)), |_| Ok(b"creation_rules: [".to_vec()));
         let error = sealer.recipients("b/s.yaml").unwrap_err();
-        assert!(error.to_string().contains("cannot be read"), "{error}");
+        assert!(error.to_string().contains("not valid"), "{error}");
+        // One that cannot be read is read again at the next call.
+        sealer.follow(Ok(Some(id)), |_| Err("disk".to_owned()));
+        assert!(sealer.recipients("b/s.yaml").is_err());
+        sealer.follow(Ok(Some(id)), |_| {
+            Ok(format!("creation_rules:\n  - age: {FLUX}\n").into_bytes())
+        });
+        assert_eq!(sealer.recipients("b/s.yaml").unwrap().len(), 1);
         // Gone again: the configured recipients.
-        sealer.follow(None, |_| unreachable!());
+        sealer.follow(Ok(None), |_| unreachable!());
         assert_eq!(sealer.recipients("a/s.yaml").unwrap().len(), 1);
         let none = Sealer::new(keys(&[]));
+        none.follow(Ok(None), |_| unreachable!());
         let error = none.recipients("a/s.yaml").unwrap_err();
         assert!(error.to_string().contains("sops.recipients"), "{error}");
     }

@@ -29,6 +29,9 @@ struct Rule {
     /// Whether the rule names keys other than age (PGP, KMS, Vault): `sops` would
     /// encrypt for those, which kubescribe cannot.
     others: bool,
+    /// Whether the rule splits the data key over several key groups (Shamir's
+    /// secret sharing), which kubescribe does not do.
+    split: bool,
 }
 
 /// Why a path has no recipients under a `.sops.yaml`.
@@ -42,6 +45,8 @@ pub enum NoRecipients {
         regex: String,
         others: &'static str,
     },
+    #[error("creation rule {index} of .sops.yaml (path_regex {regex:?}) splits the data key over several key_groups, which kubescribe does not do: give Secrets kubescribe writes a rule with one group, or `age:`")]
+    Split { index: usize, regex: String },
 }
 
 /// `age` as SOPS takes it: `age1…,age1…` or a list.
@@ -69,11 +74,17 @@ struct RawRule {
     gcp_kms: Option<serde_yaml_ng::Value>,
     azure_keyvault: Option<serde_yaml_ng::Value>,
     hc_vault_transit_uri: Option<serde_yaml_ng::Value>,
+    shamir_threshold: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Deserialize)]
 struct RawGroup {
     age: Option<AgeKeys>,
+    pgp: Option<serde_yaml_ng::Value>,
+    kms: Option<serde_yaml_ng::Value>,
+    gcp_kms: Option<serde_yaml_ng::Value>,
+    azure_keyvault: Option<serde_yaml_ng::Value>,
+    hc_vault: Option<serde_yaml_ng::Value>,
 }
 
 impl CreationRules {
@@ -92,9 +103,27 @@ impl CreationRules {
                 }
                 None => None,
             };
+            // As sops: with key_groups, only the groups' keys count.
+            let split = raw.key_groups.len() > 1 || raw.shamir_threshold.is_some();
+            let group_others = raw.key_groups.iter().any(|g| {
+                g.pgp.is_some()
+                    || g.kms.is_some()
+                    || g.gcp_kms.is_some()
+                    || g.azure_keyvault.is_some()
+                    || g.hc_vault.is_some()
+            });
+            let (top, others) = if raw.key_groups.is_empty() {
+                let others = raw.pgp.is_some()
+                    || raw.kms.is_some()
+                    || raw.gcp_kms.is_some()
+                    || raw.azure_keyvault.is_some()
+                    || raw.hc_vault_transit_uri.is_some();
+                (raw.age, others)
+            } else {
+                (None, group_others)
+            };
             let mut age = Vec::new();
-            for keys in raw
-                .age
+            for keys in top
                 .into_iter()
                 .chain(raw.key_groups.into_iter().filter_map(|g| g.age))
             {
@@ -112,15 +141,11 @@ impl CreationRules {
                     })?);
                 }
             }
-            let others = raw.pgp.is_some()
-                || raw.kms.is_some()
-                || raw.gcp_kms.is_some()
-                || raw.azure_keyvault.is_some()
-                || raw.hc_vault_transit_uri.is_some();
             rules.push(Rule {
                 path_regex,
                 age,
                 others,
+                split,
             });
         }
         Ok(Self { rules })
@@ -141,13 +166,21 @@ impl CreationRules {
             .ok_or_else(|| NoRecipients::NoRule {
                 path: path.to_owned(),
             })?;
+        let regex = || {
+            rule.path_regex
+                .as_ref()
+                .map_or_else(|| "(any)".to_owned(), |(p, _)| p.clone())
+        };
+        if rule.split {
+            return Err(NoRecipients::Split {
+                index: index + 1,
+                regex: regex(),
+            });
+        }
         if rule.age.is_empty() {
             return Err(NoRecipients::NoAge {
                 index: index + 1,
-                regex: rule
-                    .path_regex
-                    .as_ref()
-                    .map_or_else(|| "(any)".to_owned(), |(p, _)| p.clone()),
+                regex: regex(),
                 others: if rule.others {
                     " (only keys kubescribe cannot encrypt for: PGP, KMS or Vault)"
                 } else {
@@ -183,6 +216,27 @@ mod tests {
         assert_eq!(names("clusters/prod/app/secret.yaml"), [FLUX, OTHER]);
         assert_eq!(names("clusters/dev/app/secret.yaml"), [OTHER]);
         assert_eq!(names("README.md"), [FLUX]);
+    }
+
+    #[test]
+    fn key_groups_replace_the_top_level_keys_and_a_split_key_is_refused() {
+        let text = format!(
+            "creation_rules:\n  - path_regex: ^one/\n    age: {FLUX}\n    key_groups:\n      - age: [{OTHER}]\n  - path_regex: ^split/\n    key_groups:\n      - age: [{FLUX}]\n      - age: [{OTHER}]\n  - path_regex: ^kms/\n    key_groups:\n      - kms:\n          - arn: x\n"
+        );
+        let rules = CreationRules::parse(text.as_bytes()).unwrap();
+        let one: Vec<String> = rules
+            .recipients("one/s.yaml")
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(one, [OTHER]);
+        assert!(matches!(
+            rules.recipients("split/s.yaml"),
+            Err(NoRecipients::Split { index: 2, .. })
+        ));
+        let error = rules.recipients("kms/s.yaml").unwrap_err();
+        assert!(error.to_string().contains("PGP, KMS"), "{error}");
     }
 
     #[test]

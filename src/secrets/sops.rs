@@ -206,6 +206,12 @@ pub fn encrypt(
     })
 }
 
+/// The plaintext document of a SOPS file `identity` is a recipient of, its MAC
+/// checked, without its `sops` section: what `sops --decrypt` prints.
+pub fn decrypt(text: &str, identity: &age::x25519::Identity) -> Result<Value, SopsError> {
+    Ok(read(text, identity, "")?.plain)
+}
+
 /// Where kubescribe keeps the tag of its data key; `sops` and Flux ignore it.
 const KEY_TAG: &str = "kubescribe_key_tag";
 

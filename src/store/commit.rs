@@ -156,6 +156,8 @@ impl Writer {
             // author and message, or answer without a commit.
             let mut files = 0;
             let staged = if let Some(bundle) = &job.bundle {
+                // Which values of which Secrets changed, for the message.
+                let mut sealed_values = Vec::new();
                 for change in &bundle.changes {
                     let path = change.path.as_str();
                     if let Some(declared) = self.declared_elsewhere(change) {
@@ -173,13 +175,10 @@ impl Writer {
                         }
                         Action::Seal(sealed) => match self.seal(sealed, path, current)? {
                             Ok(file) => {
-                                files += u64::from(put_blob(
-                                    repo,
-                                    &mut editor,
-                                    path,
-                                    &file.bytes,
-                                    current,
-                                )?);
+                                if put_blob(repo, &mut editor, path, &file.bytes, current)? {
+                                    files += 1;
+                                    sealed_values.push((path.to_owned(), file.changed));
+                                }
                             }
                             Err(reason) => {
                                 tracing::warn!(path, %reason, "Secret not recorded");
@@ -195,7 +194,10 @@ impl Writer {
                         Action::Remove | Action::Cascade(_) | Action::SetReplicas(_) => {}
                     }
                 }
-                Ok((us(), bundle.message.clone()))
+                Ok((
+                    us(),
+                    super::sealed::with_values(&bundle.message, &sealed_values),
+                ))
             } else {
                 let change = &job.change;
                 let path = change.path.as_str();
@@ -351,7 +353,7 @@ impl Writer {
             Action::Put(bytes) => Cow::Borrowed(bytes.as_slice()),
             Action::Seal(sealed) => match self.seal(sealed, path, current)? {
                 Ok(file) => {
-                    body = file.body();
+                    body = super::sealed::body(&file.changed);
                     Cow::Owned(file.bytes)
                 }
                 Err(reason) => return Ok(Err(Outcome::Refused { reason })),

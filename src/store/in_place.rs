@@ -442,6 +442,44 @@ impl Writer {
             .unwrap_or_default()
             .to_owned();
         let kind = in_place.key.kind.clone();
+        if let Action::Seal(sealed) = &change.action {
+            let object = change.object_ref();
+            if overlaid.is_some() || documents.len() != 1 {
+                return refused(format!(
+                    "Secret {object} is declared in {path}, which {}; kubescribe writes a Secret's SOPS file whole, from one document: change it in git",
+                    if overlaid.is_some() { "overlays change" } else { "holds other documents too" }
+                ));
+            }
+            let Some(sealer) = &self.settings.sealer else {
+                return refused("secrets: sops has no keys for this repository".to_owned());
+            };
+            let file = String::from_utf8_lossy(&bytes);
+            let sealed = match sealer.seal_declared(
+                &file,
+                sealed.plain(),
+                &in_place.old,
+                &in_place.new,
+                path,
+                &format!("Secret {object}"),
+                std::time::SystemTime::now(),
+            ) {
+                Ok(sealed) => sealed,
+                Err(reason) => return refused(reason),
+            };
+            if !put_blob(
+                &self.repo,
+                editor,
+                path,
+                sealed.text.as_bytes(),
+                Some(current),
+            )? {
+                return Ok(Staged::Done(Err(Outcome::Unchanged)));
+            }
+            // No in-place trailer: the file is the Secret's alone, so a revert
+            // puts the whole file back.
+            let body = super::sealed::body(&sealed.changed);
+            return Ok(Staged::Done(Ok((api_version, kind, body))));
+        }
         let mut body = String::new();
         // With `overlay: patch`, the fields an overlay sets are edited there.
         let mut ops = Cow::Borrowed(in_place.ops.as_slice());

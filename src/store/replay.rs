@@ -13,6 +13,7 @@ use gix::bstr::BString;
 use gix::hash::ObjectId;
 use gix::objs::tree::EntryKind;
 
+use super::sealed::Resealed;
 use super::*;
 
 pub(super) type TreeChange = (String, Option<(EntryKind, ObjectId)>);
@@ -312,6 +313,10 @@ impl Writer {
             None => None,
         };
         let theirs = remote_versions(repo, onto, base).map_err(|e| write_error(&e))?;
+        // Secrets are encrypted for the recipients of the tree they land on.
+        if let Some(sealer) = &self.settings.sealer {
+            super::sealed::follow(sealer, repo, tree);
+        }
         let mut renamed = Vec::with_capacity(commits.len());
         for &id in commits {
             let found = repo.find_commit(id).map_err(|e| write_error(&e))?;
@@ -392,6 +397,20 @@ impl Writer {
                     if lookup(repo, tree, &path).map_err(|e| write_error(&e))? != wrote {
                         tracing::info!(%path, commit = %id, "the denied change a revert undoes is no longer there; nothing to revert");
                         continue;
+                    }
+                }
+                if let Some((_, blob)) = entry {
+                    match self.reseal(&path, blob, tree)? {
+                        Resealed::Same => {}
+                        Resealed::New(bytes) => {
+                            let current = lookup(repo, tree, &path).map_err(|e| write_error(&e))?;
+                            put_blob(repo, &mut editor, &path, &bytes, current)?;
+                            continue;
+                        }
+                        Resealed::Not(reason) => {
+                            tracing::error!(%path, commit = %id, %reason, "a Secret is not replayed onto the remote: it cannot be encrypted for the recipients the remote's .sops.yaml names now; write it again once that is fixed");
+                            continue;
+                        }
                     }
                 }
                 match entry {

@@ -17,13 +17,7 @@ use crate::secrets::{Sealer, SOPS_YAML};
 
 /// Points `sealer` at the `.sops.yaml` of `tree`.
 pub(super) fn follow(sealer: &Sealer, repo: &gix::Repository, tree: ObjectId) {
-    let blob = match lookup(repo, tree, SOPS_YAML) {
-        Ok(blob) => blob,
-        Err(error) => {
-            tracing::warn!(%error, "cannot look for the branch's .sops.yaml");
-            return;
-        }
-    };
+    let blob = lookup(repo, tree, SOPS_YAML).map_err(|e| e.to_string());
     sealer.follow(blob, |id| {
         repo.find_blob(id)
             .map(|blob| blob.detach().data)
@@ -37,21 +31,95 @@ pub(super) struct SealedFile {
     pub(super) changed: Vec<String>,
 }
 
-impl SealedFile {
-    /// The commit message's account of the change: key paths, never values.
-    pub(super) fn body(&self) -> String {
-        if self.changed.is_empty() {
-            "No value changed (values are encrypted with SOPS).\n\n".to_owned()
-        } else {
-            format!(
-                "Values changed (encrypted with SOPS): {}.\n\n",
-                self.changed.join(", ")
-            )
-        }
+/// The commit message's account of a Secret's change: key paths, never values.
+pub(super) fn body(changed: &[String]) -> String {
+    if changed.is_empty() {
+        "No value changed (values are encrypted with SOPS).\n\n".to_owned()
+    } else {
+        format!(
+            "Values changed (encrypted with SOPS): {}.\n\n",
+            changed.join(", ")
+        )
     }
 }
 
+/// A bundle's message (the reconciler's: a subject, maybe a body, then its
+/// trailers) with the values each Secret of `sealed` changed, before the trailers.
+pub(super) fn with_values(message: &str, sealed: &[(String, Vec<String>)]) -> String {
+    if sealed.is_empty() {
+        return message.to_owned();
+    }
+    let mut list = String::from("Secrets, values changed (encrypted with SOPS):\n");
+    for (path, changed) in sealed {
+        let changed = if changed.is_empty() {
+            "none".to_owned()
+        } else {
+            changed.join(", ")
+        };
+        list.push_str(&format!("- {path}: {changed}\n"));
+    }
+    list.push('\n');
+    // The trailers are the last paragraph.
+    let trimmed = message.trim_end_matches('\n');
+    match trimmed.rfind("\n\n") {
+        Some(at) => format!("{}\n\n{list}{}\n", &trimmed[..at], &trimmed[at + 2..]),
+        None => format!("{trimmed}\n\n{list}"),
+    }
+}
+
+/// A replayed file, encrypted for the tree it lands on.
+pub(super) enum Resealed {
+    /// Not a Secret kubescribe can read, or already right: replayed as it is.
+    Same,
+    /// The Secret encrypted anew for the recipients there.
+    New(Vec<u8>),
+    /// It has no recipient there, so it is not replayed.
+    Not(String),
+}
+
 impl Writer {
+    /// The file `blob` that one of our commits wrote at `path`, as it must be on
+    /// `tree` (the remote's tip, where it is replayed): a Secret kubescribe can
+    /// read is encrypted again for the recipients `tree`'s `.sops.yaml` names
+    /// (followed by the caller), against the file `tree` has, so nothing changes
+    /// where the plaintext and recipients are the same, and a recipient removed
+    /// there never gets a value written here before.
+    pub(super) fn reseal(
+        &self,
+        path: &str,
+        blob: ObjectId,
+        tree: ObjectId,
+    ) -> Result<Resealed, StoreError> {
+        let Some(sealer) = &self.settings.sealer else {
+            return Ok(Resealed::Same);
+        };
+        let write_error = |e: &dyn std::fmt::Display| StoreError::Write {
+            reason: e.to_string(),
+        };
+        let read = |id: ObjectId| -> Result<String, StoreError> {
+            let blob = self.repo.find_blob(id).map_err(|e| write_error(&e))?;
+            Ok(String::from_utf8_lossy(&blob.data).into_owned())
+        };
+        let text = read(blob)?;
+        if !text.contains("\nsops:\n") {
+            return Ok(Resealed::Same);
+        }
+        let Ok(plain) = sealer.open(&text) else {
+            return Ok(Resealed::Same);
+        };
+        let theirs = match lookup(&self.repo, tree, path).map_err(|e| write_error(&e))? {
+            Some(id) => Some(read(id)?),
+            None => None,
+        };
+        Ok(
+            match sealer.seal(&plain, path, theirs.as_deref(), SystemTime::now()) {
+                Ok(sealed) if sealed.text == text => Resealed::Same,
+                Ok(sealed) => Resealed::New(sealed.text.into_bytes()),
+                Err(error) => Resealed::Not(error.to_string()),
+            },
+        )
+    }
+
     /// Follows the `.sops.yaml` of the tree the branch is at.
     pub(super) fn follow_sops(&self) {
         if let Some(sealer) = &self.settings.sealer {
@@ -90,5 +158,26 @@ impl Writer {
                 Err(error) => Err(error.to_string()),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_bundle_names_each_secret_s_changed_values_before_its_trailers() {
+        let message =
+            "reconcile: snapshot of secrets (2 objects)\n\nKubescribe-Reconcile: snapshot\n";
+        let sealed = [
+            (
+                "a/core/secrets/x.yaml".to_owned(),
+                vec!["data.k".to_owned()],
+            ),
+            ("a/core/secrets/y.yaml".to_owned(), Vec::new()),
+        ];
+        assert_eq!(
+            super::with_values(message, &sealed),
+            "reconcile: snapshot of secrets (2 objects)\n\nSecrets, values changed (encrypted with SOPS):\n- a/core/secrets/x.yaml: data.k\n- a/core/secrets/y.yaml: none\n\nKubescribe-Reconcile: snapshot\n"
+        );
+        assert_eq!(super::with_values(message, &[]), message);
     }
 }

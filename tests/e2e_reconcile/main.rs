@@ -635,6 +635,14 @@ async fn the_snapshot_writes_secrets_encrypted_and_never_churns_them() {
     scribe.restart();
     assert_eq!(decrypted(&scribe), live(plane));
     assert_eq!(commits(&scribe).trim(), "2");
+    // The snapshot's commit names the value that changed, never the value.
+    let said = scribe.git(&["log", "-1", "--format=%B", "main", "--", &path]);
+    assert!(
+        said.contains(&format!(
+            "Secrets, values changed (encrypted with SOPS):\n- {path}: data.password\n"
+        )),
+        "{said}"
+    );
     let history = scribe.git(&["log", "-p", "--all"]);
     assert!(
         !history.contains("correct-horse") && !history.contains("battery-staple"),
