@@ -900,6 +900,7 @@ fn diff(
             let encrypted = sealer.seal_declared(
                 &String::from_utf8_lossy(file),
                 sealed.plain(),
+                sealed.before(),
                 &in_place.old,
                 &in_place.new,
                 path,

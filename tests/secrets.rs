@@ -872,6 +872,12 @@ async fn a_person_s_sops_file_is_written_anew_in_place_when_kubescribe_can_read_
         "edited where it is declared"
     );
     let file = common::git(&repo, &["show", &format!("{sha}:apps/db/secret.yaml")]);
+    // The person's data key is not built on: kubescribe did not make it.
+    let theirs = common::git(&repo, &["show", &format!("{sha}~1:apps/db/secret.yaml")]);
+    assert_ne!(
+        age_unwrap(keys.path(), &file, &flux_key),
+        age_unwrap(keys.path(), &theirs, &flux_key)
+    );
     let decrypted = sops_decrypt(keys.path(), &file, &flux_key).unwrap();
     // The file keeps its shape: url stays under stringData, no namespace is added
     // (its kustomization gives it), and the new label is there.
@@ -957,6 +963,11 @@ async fn a_person_s_sops_file_is_written_anew_in_place_when_kubescribe_can_read_
     let sha = recorded_sha(&answer).unwrap_or_else(|| panic!("recorded: {answer}"));
     let files = common::git(&repo, &["ls-tree", "-r", "--name-only", &sha]);
     assert!(!files.contains("apps/db/secret.yaml"), "{files}");
+    let listed = common::git(
+        &repo,
+        &["show", &format!("{sha}:apps/db/kustomization.yaml")],
+    );
+    assert!(!listed.contains("secret.yaml"), "{listed}");
     let everything = everything_in(&repo);
     assert!(!everything.contains("new-password") && !everything.contains("other-token-value"));
     server.server.shutdown().await.unwrap();
@@ -996,6 +1007,8 @@ async fn a_secret_replayed_onto_a_remote_whose_sops_yaml_changed_is_encrypted_fo
         sops_decrypt(keys.path(), &pushed, &flux_key).unwrap()["data"],
         first
     );
+    let flux_held = age_unwrap(keys.path(), &pushed, &flux_key);
+    assert_eq!(flux_held.len(), 1);
 
     // Someone replaces Flux's key with another in the remote's .sops.yaml.
     let work = dir.path().join("person");
@@ -1058,5 +1071,6 @@ async fn a_secret_replayed_onto_a_remote_whose_sops_yaml_changed_is_encrypted_fo
         sops_decrypt(keys.path(), &pushed, &flux_key).is_err(),
         "a removed recipient reads the new value:\n{pushed}"
     );
+    assert_ne!(age_unwrap(keys.path(), &pushed, &other_key), flux_held);
     server.server.shutdown().await.unwrap();
 }

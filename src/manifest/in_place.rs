@@ -181,7 +181,7 @@ pub fn plan_in_place(
             let clean = |object: &Value| {
                 let mut object = object.clone();
                 sanitize(&mut object, &write.resource.group, &kind).ok()?;
-                super::drop_copies(&mut object);
+                super::drop_copies(&mut object, Some(old));
                 let map = object.as_object_mut()?;
                 map.remove("data");
                 map.remove("stringData");
@@ -381,6 +381,16 @@ fn refusal(
     }
     let shared = index.declarations(path, declared.document);
     let transformed = !declared.transformed_by.is_empty();
+    // A SOPS file is written whole from what this cluster has: an overlay's
+    // patch, or another cluster's or overlay's use of the same file, would be
+    // written into it, whatever `overlay` says.
+    if matches!(change.action, Action::Seal(_))
+        && (transformed || shared > 1 || declared.elsewhere || declared.several_routes)
+    {
+        return Some(format!(
+            "Secret {object} is declared in {path}, which overlays change or other overlays or clusters render too; kubescribe writes a Secret's SOPS file whole, from this cluster's Secret: change it in git"
+        ));
+    }
     let refuse = match config.overlay {
         Overlay::Deny => transformed || shared > 1 || declared.several_routes || declared.elsewhere,
         Overlay::Base => false,

@@ -40,14 +40,21 @@ pub enum ManifestError {
     Layout(#[from] LayoutError),
 }
 
-/// A sanitised Secret with its plaintext values, to be encrypted by the store. Its
-/// `Debug` shows the key paths only.
+/// A sanitised Secret with its plaintext values, to be encrypted by the store, and
+/// the values it had before the write (an update's), so a file a person keeps is
+/// changed only where the write changed it. Its `Debug` shows the key paths only.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Sealed(Value);
+pub struct Sealed(Value, Option<Value>);
 
 impl Sealed {
     pub fn plain(&self) -> &Value {
         &self.0
+    }
+
+    /// The object before the write, as far as its values go (`data` and
+    /// `stringData`); `None` for a create.
+    pub fn before(&self) -> Option<&Value> {
+        self.1.as_ref()
     }
 
     /// The key paths of its values (`data.password`), never the values.
@@ -332,9 +339,22 @@ pub fn plan(write: &Write, layout: &Layout, secrets: SecretMode) -> Result<Chang
                 let mut clean = object.clone();
                 sanitize(&mut clean, &write.resource.group, &kind)?;
                 if write.resource.group.is_empty() && kind == "Secret" {
-                    drop_copies(&mut clean);
+                    drop_copies(&mut clean, write.old_object.as_ref());
                     if secrets == SecretMode::Sops {
-                        (verb, Action::Seal(Box::new(Sealed(clean))))
+                        let before = write
+                            .old_object
+                            .as_ref()
+                            .filter(|_| verb == Verb::Update)
+                            .map(|old| {
+                                let values = ["data", "stringData"].map(|field| {
+                                    (
+                                        field.to_owned(),
+                                        old.get(field).cloned().unwrap_or(Value::Null),
+                                    )
+                                });
+                                Value::Object(values.into_iter().collect())
+                            });
+                        (verb, Action::Seal(Box::new(Sealed(clean, before))))
                     } else {
                         // Policy skips Secrets in `omit` and `deny` modes; whatever
                         // else reaches here is redacted.
@@ -539,15 +559,23 @@ fn retain_keys(meta: &mut Map<String, Value>, field: &str, keep: impl Fn(&str) -
 /// that is itself a copy of a Secret (JSON or YAML with `data` or `stringData`),
 /// such as kapp's `kapp.k14s.io/original`. `last-applied-configuration` went with
 /// the sanitiser already.
-pub(crate) fn drop_copies(object: &mut Value) {
+/// `previous` is the object before the write, whose values count too (an
+/// annotation may still carry an old one).
+pub(crate) fn drop_copies(object: &mut Value, previous: Option<&Value>) {
     use base64::Engine as _;
     // Shorter ones would match by chance (`true`, `1`, a line `}`); a copy of the
     // object holds them next to the longer ones anyway.
     const WHOLE: usize = 4;
     const LINE: usize = 8;
     let mut needles: Vec<String> = Vec::new();
-    for field in ["data", "stringData"] {
-        let Some(Value::Object(map)) = object.get(field) else {
+    let sections = ["data", "stringData"].into_iter().flat_map(|field| {
+        [Some(&*object), previous]
+            .into_iter()
+            .flatten()
+            .map(move |o| (field, o.get(field)))
+    });
+    for (field, section) in sections {
+        let Some(Value::Object(map)) = section else {
             continue;
         };
         for value in map.values().filter_map(Value::as_str) {
@@ -701,8 +729,10 @@ mod tests {
                 "annotations": {
                     "kapp.k14s.io/original": format!("{{\"data\":{{\"password\":\"{password}\"}}}}"),
                     "note": "the password is hunter22",
+                    "was": "it was old-one-22",
                     "escaped": "{\"stringData\":{\"key\":\"-----BEGIN KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\\n-----END KEY-----\"}}",
                     "go": "url is postgres://u:pw\\u0026more@db",
+                    "quoted": "{\"pw\":\"pa\\\"ss\\\"word\"}",
                     "line": "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
                     "copy": "data:\n  other: x\n",
                     "team": "payments",
@@ -714,14 +744,20 @@ mod tests {
                 "url": "postgres://u:pw-in-url@db/app",
                 "key": "-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END KEY-----",
                 "go": "postgres://u:pw&more@db",
+                "quoted": "pa\"ss\"word",
             },
         });
-        drop_copies(&mut secret);
+        drop_copies(
+            &mut secret,
+            Some(
+                &json!({"data": {"password": base64::engine::general_purpose::STANDARD.encode("old-one-22")}}),
+            ),
+        );
         assert_eq!(
             secret["metadata"],
             json!({"name": "db", "annotations": {"team": "payments"}, "labels": {"app": "db"}})
         );
-        let sealed = Sealed(secret);
+        let sealed = Sealed(secret, None);
         assert_eq!(
             sealed.keys(),
             [
@@ -729,6 +765,7 @@ mod tests {
                 "data.password",
                 "stringData.go",
                 "stringData.key",
+                "stringData.quoted",
                 "stringData.url"
             ]
         );

@@ -250,6 +250,20 @@ impl Sealer {
         sops::decrypt(file, identity).map_err(|e| e.to_string())
     }
 
+    /// kubescribe's own recipient, added to every file.
+    pub fn own_recipient(&self) -> Option<String> {
+        self.keys.recipient()
+    }
+
+    /// Whether the branch's `.sops.yaml` is not known (not read yet, or it could
+    /// not be read): nothing is encrypted until it is.
+    pub fn is_unknown(&self) -> bool {
+        matches!(
+            *self.seen.read().unwrap_or_else(|e| e.into_inner()),
+            Seen::Unknown(_)
+        )
+    }
+
     /// Whether kubescribe's identity is loaded, so a previous file is read back
     /// (and only the values that change are named).
     pub fn reads_back(&self) -> bool {
@@ -274,27 +288,43 @@ impl Sealer {
         &self,
         file: &str,
         written: &Value,
+        before: Option<&Value>,
         old: &Value,
         new: &Value,
         path: &str,
         object: &str,
         now: SystemTime,
     ) -> Result<sops::Encrypted, String> {
-        let parsed: Value = serde_yaml_ng::from_str(file).map_err(|e| {
-            format!("{path}, which declares {object}, is not YAML kubescribe can read: {e}")
+        // Not serde's message: it can quote the text, which may be a value.
+        let parsed: Value = serde_yaml_ng::from_str(file).map_err(|_| {
+            format!("{path}, which declares {object}, is not YAML kubescribe can read")
         })?;
-        if parsed.get("sops").is_none() {
+        let Some(keys) = parsed.get("sops") else {
             return Err(format!(
                 "{path} declares {object} in plain text, and kubescribe never writes a Secret's values in plain text: encrypt that file with sops (encrypted_regex ^(data|stringData)$), or change it in git"
             ));
+        };
+        // kubescribe writes age only: the file's other holders would lose it.
+        if ["pgp", "kms", "gcp_kms", "azure_kv", "hc_vault"]
+            .iter()
+            .any(|k| {
+                keys.get(*k)
+                    .and_then(Value::as_array)
+                    .is_some_and(|a| !a.is_empty())
+            })
+        {
+            return Err(format!(
+                "{path} declares {object} in a SOPS file also encrypted for PGP, KMS or Vault keys, which kubescribe cannot encrypt for: change it in git"
+            ));
         }
-        let recipient = self.keys.recipient().unwrap_or_default();
-        let current = self.open(file).map_err(|e| {
-            format!(
+        let current = self.open(file).map_err(|e| match self.keys.recipient() {
+            Some(recipient) => format!(
                 "{path} declares {object} in a SOPS file kubescribe cannot read ({e}): add kubescribe's recipient {recipient} to the file's recipients (in .sops.yaml, then `sops updatekeys {path}`), or change it in git"
-            )
+            ),
+            None => format!("{path} declares {object} in a SOPS file, and kubescribe's identity (sops.identityFile) is not readable here"),
         })?;
-        let plain = reshape(current, written, old, new);
+        let plain = reshape(current, written, before, old, new)
+            .map_err(|e| format!("{path} declares {object}, but {e}: change it in git"))?;
         self.seal(&plain, path, Some(file), now)
             .map_err(|e| format!("{object}: {e}"))
     }
@@ -321,63 +351,139 @@ impl Sealer {
     }
 }
 
-/// The Secret document `file` with the values of `written`, and the metadata the
-/// write changed; see [`Sealer::seal_declared`].
-fn reshape(mut file: Value, written: &Value, old: &Value, new: &Value) -> Value {
+/// The Secret document `file` with what the write changed (see
+/// [`Sealer::seal_declared`]): each value that differs between `before` (the
+/// values before the write; `None`: every value counts as changed) and `written`,
+/// each label and annotation that differs between `old` and `new`, and `type` and
+/// `immutable`. A value the file holds for something else to fill in (a Flux
+/// `${VAR}`) is never written over.
+fn reshape(
+    mut file: Value,
+    written: &Value,
+    before: Option<&Value>,
+    old: &Value,
+    new: &Value,
+) -> Result<Value, String> {
     use base64::Engine as _;
-    let section = |doc: &Value, name: &str| doc.get(name).and_then(Value::as_object).cloned();
-    let had_text = section(&file, "stringData").unwrap_or_default();
-    let mut data = serde_json::Map::new();
-    let mut text = serde_json::Map::new();
-    if let Some(values) = section(written, "data") {
-        for (key, value) in values {
-            let as_text = had_text
-                .contains_key(&key)
-                .then(|| value.as_str())
-                .flatten()
-                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-                .and_then(|bytes| String::from_utf8(bytes).ok());
-            match as_text {
-                Some(plain) => text.insert(key, Value::String(plain)),
-                None => data.insert(key, value),
-            };
+    let engine = base64::engine::general_purpose::STANDARD;
+    // The apiserver keeps every value in `data`, base64.
+    let values = |doc: Option<&Value>| -> serde_json::Map<String, Value> {
+        let mut all = doc
+            .and_then(|d| d.get("data"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(text) = doc
+            .and_then(|d| d.get("stringData"))
+            .and_then(Value::as_object)
+        {
+            for (key, value) in text {
+                if let Some(value) = value.as_str() {
+                    all.insert(key.clone(), Value::String(engine.encode(value)));
+                }
+            }
         }
-    }
-    if let Some(values) = section(written, "stringData") {
-        text.extend(values);
-    }
-    let Some(doc) = file.as_object_mut() else {
-        return file;
+        all
     };
-    for (name, values) in [("data", data), ("stringData", text)] {
-        if values.is_empty() {
+    let (was, now) = (values(before), values(Some(written)));
+    let Some(doc) = file.as_object_mut() else {
+        return Ok(file);
+    };
+    let mut keys: Vec<&String> = was.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        if before.is_some() && was.get(key) == now.get(key) {
+            continue;
+        }
+        let section = |doc: &serde_json::Map<String, Value>, name: &str| {
+            doc.get(name)
+                .and_then(|s| s.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (as_data, as_text) = (section(doc, "data"), section(doc, "stringData"));
+        if as_text.iter().chain(&as_data).any(|v| v.contains("${")) {
+            return Err(format!(
+                "its {key} holds a variable for the GitOps tool to fill in (${{…}}); kubescribe does not write over it"
+            ));
+        }
+        for name in ["data", "stringData"] {
+            if let Some(Value::Object(map)) = doc.get_mut(name) {
+                map.remove(key);
+            }
+        }
+        let Some(value) = now.get(key) else { continue };
+        let text = as_text
+            .is_some()
+            .then(|| value.as_str())
+            .flatten()
+            .and_then(|v| engine.decode(v).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok());
+        let (name, value) = match text {
+            Some(text) => ("stringData", Value::String(text)),
+            None => ("data", value.clone()),
+        };
+        doc.entry(name)
+            .or_insert_with(|| Value::Object(serde_json::Map::new()))
+            .as_object_mut()
+            .ok_or_else(|| format!("its {name} is not a mapping"))?
+            .insert(key.clone(), value);
+    }
+    for name in ["data", "stringData"] {
+        if doc
+            .get(name)
+            .and_then(Value::as_object)
+            .is_some_and(|m| m.is_empty())
+        {
             doc.remove(name);
-        } else {
-            doc.insert(name.to_owned(), Value::Object(values));
         }
     }
-    let changed = |pointer: &str| old.pointer(pointer) != new.pointer(pointer);
     for field in ["labels", "annotations"] {
-        if !changed(&format!("/metadata/{field}")) {
-            continue;
+        let map_of = |doc: &Value| {
+            doc.pointer(&format!("/metadata/{field}"))
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let (was, now) = (map_of(old), map_of(new));
+        let mut keys: Vec<&String> = was.keys().chain(now.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for key in keys.into_iter().filter(|k| was.get(*k) != now.get(*k)) {
+            let metadata = doc
+                .entry("metadata")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            let Some(metadata) = metadata.as_object_mut() else {
+                continue;
+            };
+            let map = metadata
+                .entry(field)
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if let Some(map) = map.as_object_mut() {
+                match now.get(key) {
+                    Some(value) => map.insert(key.clone(), value.clone()),
+                    None => map.remove(key),
+                };
+            }
+            if metadata
+                .get(field)
+                .and_then(Value::as_object)
+                .is_some_and(|m| m.is_empty())
+            {
+                metadata.remove(field);
+            }
         }
-        let Some(Value::Object(metadata)) = doc.get_mut("metadata") else {
-            continue;
-        };
-        match new.pointer(&format!("/metadata/{field}")) {
-            Some(value) => metadata.insert(field.to_owned(), value.clone()),
-            None => metadata.remove(field),
-        };
     }
     for field in ["type", "immutable"] {
-        if changed(&format!("/{field}")) {
+        if old.get(field) != new.get(field) {
             match new.get(field) {
                 Some(value) => doc.insert(field.to_owned(), value.clone()),
                 None => doc.remove(field),
             };
         }
     }
-    file
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -397,34 +503,47 @@ mod tests {
     const FLUX: &str = "age1helqcqsh9464r8chnwc2fzj8uv7vr5ntnsft0tn45v2xtz0hpfwq98cmsg";
 
     #[test]
-    fn a_declared_secret_keeps_its_shape_and_takes_the_write_s_values() {
+    fn a_declared_secret_keeps_its_shape_and_takes_only_what_the_write_changed() {
         use serde_json::json;
         let file = json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "db", "labels": {"app": "db"}},
+            "metadata": {"name": "db", "labels": {"app": "db", "kept": "as-is"}},
             "type": "Opaque",
-            "stringData": {"url": "postgres://old", "gone": "x"},
-            "data": {"blob": "AAE="},
+            "stringData": {"url": "postgres://old", "gone": "x", "host": "${DB_HOST}"},
+            "data": {"blob": "AAE=", "patched": "b2xk"},
         });
-        // The live Secret: every value in data (the apiserver merges stringData).
-        let written = json!({
-            "data": {"url": "cG9zdGdyZXM6Ly9uZXc=", "blob": "AAI=", "new": "bmV3"},
-        });
-        let old = json!({"metadata": {"name": "db", "namespace": "a", "labels": {"app": "db"}}, "type": "Opaque"});
+        // The live Secret, before and after: every value in data (the apiserver
+        // merges stringData). `patched` differs from the file (an overlay set it)
+        // but the write did not change it; `host` is Flux's to fill in.
+        let before = json!({"data": {
+            "url": "cG9zdGdyZXM6Ly9vbGQ=", "gone": "eA==", "blob": "AAE=",
+            "patched": "b3ZlcmxhaWQ=", "host": "ZGIubG9jYWw=",
+        }});
+        let written = json!({"data": {
+            "url": "cG9zdGdyZXM6Ly9uZXc=", "blob": "AAI=", "new": "bmV3",
+            "patched": "b3ZlcmxhaWQ=", "host": "ZGIubG9jYWw=",
+        }});
+        let old = json!({"metadata": {"name": "db", "namespace": "a", "labels": {"app": "db", "common": "x"}}, "type": "Opaque"});
         let mut new = old.clone();
         new["metadata"]["labels"]["tier"] = json!("data");
-        let shaped = reshape(file, &written, &old, &new);
+        let shaped = reshape(file.clone(), &written, Some(&before), &old, &new).unwrap();
         assert_eq!(
             shaped,
             json!({
                 "apiVersion": "v1", "kind": "Secret",
-                // No namespace added: the file's kustomization gives it.
-                "metadata": {"name": "db", "labels": {"app": "db", "tier": "data"}},
+                // No namespace added (its kustomization gives it), no `common`
+                // label (an overlay's): only the label the write added.
+                "metadata": {"name": "db", "labels": {"app": "db", "kept": "as-is", "tier": "data"}},
                 "type": "Opaque",
-                "stringData": {"url": "postgres://new"},
-                "data": {"blob": "AAI=", "new": "bmV3"},
+                "stringData": {"url": "postgres://new", "host": "${DB_HOST}"},
+                "data": {"blob": "AAI=", "patched": "b2xk", "new": "bmV3"},
             })
         );
+        // A write to the value Flux fills in is refused.
+        let mut over = written.clone();
+        over["data"]["host"] = json!("b3RoZXI=");
+        let error = reshape(file, &over, Some(&before), &old, &old).unwrap_err();
+        assert!(error.contains("host") && error.contains("${"), "{error}");
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub enum NoRecipients {
         regex: String,
         others: &'static str,
     },
+    #[error("creation rule {index} of .sops.yaml (path_regex {regex:?}) also names PGP, KMS or Vault keys, which kubescribe cannot encrypt for: give Secrets kubescribe writes a rule with age recipients only")]
+    Others { index: usize, regex: String },
     #[error("creation rule {index} of .sops.yaml (path_regex {regex:?}) splits the data key over several key_groups, which kubescribe does not do: give Secrets kubescribe writes a rule with one group, or `age:`")]
     Split { index: usize, regex: String },
 }
@@ -177,6 +179,12 @@ impl CreationRules {
                 regex: regex(),
             });
         }
+        if rule.others && !rule.age.is_empty() {
+            return Err(NoRecipients::Others {
+                index: index + 1,
+                regex: regex(),
+            });
+        }
         if rule.age.is_empty() {
             return Err(NoRecipients::NoAge {
                 index: index + 1,
@@ -237,6 +245,13 @@ mod tests {
         ));
         let error = rules.recipients("kms/s.yaml").unwrap_err();
         assert!(error.to_string().contains("PGP, KMS"), "{error}");
+        // age beside keys kubescribe cannot encrypt for: the file would lack them.
+        let both = format!("creation_rules:\n  - age: {FLUX}\n    pgp: ABCDEF\n");
+        let rules = CreationRules::parse(both.as_bytes()).unwrap();
+        assert!(matches!(
+            rules.recipients("x.yaml"),
+            Err(NoRecipients::Others { index: 1, .. })
+        ));
     }
 
     #[test]

@@ -212,6 +212,23 @@ pub fn decrypt(text: &str, identity: &age::x25519::Identity) -> Result<Value, So
     Ok(read(text, identity, "")?.plain)
 }
 
+/// The age recipients a SOPS file's data key is wrapped for, sorted; none for a
+/// text that is not one.
+pub fn recipients_of(text: &str) -> Vec<String> {
+    let Ok(yaml) = serde_yaml_ng::from_str::<serde_yaml_ng::Value>(text) else {
+        return Vec::new();
+    };
+    let mut recipients: Vec<String> = yaml["sops"]["age"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["recipient"].as_str().map(str::to_owned))
+        .collect();
+    recipients.sort();
+    recipients.dedup();
+    recipients
+}
+
 /// Where kubescribe keeps the tag of its data key; `sops` and Flux ignore it.
 const KEY_TAG: &str = "kubescribe_key_tag";
 
@@ -560,7 +577,10 @@ fn decrypt_values(
 /// `plain` in the order the rendered file lists it.
 fn ordered(plain: &Value) -> Result<serde_yaml_ng::Value, SopsError> {
     serde_yaml_ng::from_str(&crate::yaml::render(plain))
-        .map_err(|e| SopsError::Encrypt(format!("the rendered Secret is not YAML: {e}")))
+        // serde's message can quote the text it could not read: a value.
+        .map_err(|_| {
+            SopsError::Encrypt("the rendered Secret does not read back as YAML".to_owned())
+        })
 }
 
 /// SHA-512 over every leaf value of `document` in its order, as upper-case hex.

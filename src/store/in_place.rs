@@ -442,9 +442,18 @@ impl Writer {
             .unwrap_or_default()
             .to_owned();
         let kind = in_place.key.kind.clone();
+        // A SOPS file has one MAC over all its documents: taking one out, or
+        // writing one, breaks the others.
+        let several = documents.iter().filter(|d| !d.is_null()).count() > 1;
+        if several && documents[at].get("sops").is_some() {
+            return refused(format!(
+                "{} is declared in {path}, a SOPS file of several documents, which kubescribe does not edit: change it in git",
+                change.object_ref()
+            ));
+        }
         if let Action::Seal(sealed) = &change.action {
             let object = change.object_ref();
-            if overlaid.is_some() || documents.len() != 1 {
+            if overlaid.is_some() || several {
                 return refused(format!(
                     "Secret {object} is declared in {path}, which {}; kubescribe writes a Secret's SOPS file whole, from one document: change it in git",
                     if overlaid.is_some() { "overlays change" } else { "holds other documents too" }
@@ -457,6 +466,7 @@ impl Writer {
             let sealed = match sealer.seal_declared(
                 &file,
                 sealed.plain(),
+                sealed.before(),
                 &in_place.old,
                 &in_place.new,
                 path,

@@ -653,9 +653,20 @@ impl StoreHandle {
         self.declared.as_ref()
     }
 
-    /// What encrypts the branch's Secrets (`secrets: sops`).
+    /// What encrypts the branch's Secrets (`secrets: sops`). While it does not
+    /// know the branch's `.sops.yaml` (the writer could not read it), it reads the
+    /// branch itself first: a workload of Secrets alone never moves the branch,
+    /// which is when the writer reads it again.
     pub fn sealer(&self) -> Option<&crate::secrets::Sealer> {
-        self.sealer.as_deref()
+        let sealer = self.sealer.as_deref()?;
+        if sealer.is_unknown() {
+            match branch_tree(&self.location.0, &self.location.1) {
+                Ok(Some((repo, _, tree))) => sealed::follow(sealer, &repo, tree),
+                Ok(None) => sealer.follow(Ok(None), |_| Err(String::new())),
+                Err(error) => tracing::debug!(%error, "cannot read the branch for its .sops.yaml"),
+            }
+        }
+        Some(sealer)
     }
 
     /// The files on the branch as it is now that `cascade` would remove besides the

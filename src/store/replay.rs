@@ -255,6 +255,9 @@ impl Writer {
             }
             Err(error) => {
                 self.repo.objects.reset_object_memory();
+                // The rebuild followed the remote's `.sops.yaml`; the branch is
+                // still where it was.
+                self.follow_sops();
                 let unchanged = pending
                     .into_iter()
                     .map(|u| (Some(u.commit), u.waiters))
@@ -318,6 +321,10 @@ impl Writer {
             super::sealed::follow(sealer, repo, tree);
         }
         let mut renamed = Vec::with_capacity(commits.len());
+        // Secrets encrypted again for the remote's recipients: their first blob,
+        // and the new one, so a revert still finds what it undoes.
+        let mut resealed: std::collections::HashMap<ObjectId, ObjectId> =
+            std::collections::HashMap::new();
         for &id in commits {
             let found = repo.find_commit(id).map_err(|e| write_error(&e))?;
             let decoded = found.decode().map_err(|e| write_error(&e))?;
@@ -394,23 +401,24 @@ impl Writer {
                     let wrote = revert_edit(repo, denied, &path)
                         .map(|(wrote, _)| wrote)
                         .map_err(|e| write_error(&e))?;
-                    if lookup(repo, tree, &path).map_err(|e| write_error(&e))? != wrote {
+                    let now = lookup(repo, tree, &path).map_err(|e| write_error(&e))?;
+                    if now != wrote && now != wrote.and_then(|w| resealed.get(&w).copied()) {
                         tracing::info!(%path, commit = %id, "the denied change a revert undoes is no longer there; nothing to revert");
                         continue;
                     }
                 }
                 if let Some((_, blob)) = entry {
-                    match self.reseal(&path, blob, tree)? {
-                        Resealed::Same => {}
-                        Resealed::New(bytes) => {
-                            let current = lookup(repo, tree, &path).map_err(|e| write_error(&e))?;
-                            put_blob(repo, &mut editor, &path, &bytes, current)?;
-                            continue;
-                        }
-                        Resealed::Not(reason) => {
-                            tracing::error!(%path, commit = %id, %reason, "a Secret is not replayed onto the remote: it cannot be encrypted for the recipients the remote's .sops.yaml names now; write it again once that is fixed");
-                            continue;
-                        }
+                    if let Resealed::New(bytes) = self.reseal(&path, blob, tree)? {
+                        let current = lookup(repo, tree, &path).map_err(|e| write_error(&e))?;
+                        put_blob(repo, &mut editor, &path, &bytes, current)?;
+                        let id = gix::objs::compute_hash(
+                            repo.object_hash(),
+                            gix::objs::Kind::Blob,
+                            &bytes,
+                        )
+                        .map_err(|e| write_error(&e))?;
+                        resealed.insert(blob, id);
+                        continue;
                     }
                 }
                 match entry {

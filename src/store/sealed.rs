@@ -69,21 +69,23 @@ pub(super) fn with_values(message: &str, sealed: &[(String, Vec<String>)]) -> St
 
 /// A replayed file, encrypted for the tree it lands on.
 pub(super) enum Resealed {
-    /// Not a Secret kubescribe can read, or already right: replayed as it is.
+    /// Not a Secret kubescribe can read, or already for the recipients there:
+    /// replayed as it is.
     Same,
     /// The Secret encrypted anew for the recipients there.
     New(Vec<u8>),
-    /// It has no recipient there, so it is not replayed.
-    Not(String),
 }
 
 impl Writer {
     /// The file `blob` that one of our commits wrote at `path`, as it must be on
     /// `tree` (the remote's tip, where it is replayed): a Secret kubescribe can
-    /// read is encrypted again for the recipients `tree`'s `.sops.yaml` names
-    /// (followed by the caller), against the file `tree` has, so nothing changes
-    /// where the plaintext and recipients are the same, and a recipient removed
-    /// there never gets a value written here before.
+    /// read whose recipients are not those `tree`'s `.sops.yaml` names (followed
+    /// by the caller) is encrypted again for them, against the file `tree` has, so
+    /// a recipient removed there never gets a value written here before. Any
+    /// other file stays as it is, byte for byte (a revert finds what it undoes by
+    /// its blob). `Err` when the Secret has no recipient there: nothing is pushed
+    /// until `.sops.yaml` names one, so the write is neither lost nor pushed
+    /// readable by the wrong keys.
     pub(super) fn reseal(
         &self,
         path: &str,
@@ -107,17 +109,33 @@ impl Writer {
         let Ok(plain) = sealer.open(&text) else {
             return Ok(Resealed::Same);
         };
+        let cannot = |error: &dyn std::fmt::Display| {
+            StoreError::Write {
+            reason: format!(
+                "the Secret at {path} cannot be encrypted for the remote's .sops.yaml ({error}); kubescribe pushes nothing until it can: give that path an age recipient there"
+            ),
+        }
+        };
+        let mut wanted: Vec<String> = sealer
+            .recipients(path)
+            .map_err(|e| cannot(&e))?
+            .iter()
+            .map(ToString::to_string)
+            .chain(sealer.own_recipient())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        if crate::secrets::sops::recipients_of(&text) == wanted {
+            return Ok(Resealed::Same);
+        }
         let theirs = match lookup(&self.repo, tree, path).map_err(|e| write_error(&e))? {
             Some(id) => Some(read(id)?),
             None => None,
         };
-        Ok(
-            match sealer.seal(&plain, path, theirs.as_deref(), SystemTime::now()) {
-                Ok(sealed) if sealed.text == text => Resealed::Same,
-                Ok(sealed) => Resealed::New(sealed.text.into_bytes()),
-                Err(error) => Resealed::Not(error.to_string()),
-            },
-        )
+        let sealed = sealer
+            .seal(&plain, path, theirs.as_deref(), SystemTime::now())
+            .map_err(|e| cannot(&e))?;
+        Ok(Resealed::New(sealed.text.into_bytes()))
     }
 
     /// Follows the `.sops.yaml` of the tree the branch is at.
