@@ -899,23 +899,21 @@ async fn a_person_s_sops_file_is_written_anew_in_place_when_kubescribe_can_read_
 
     // A file kubescribe's key cannot read, and one in plain text: refused, naming
     // what to do; neither is touched.
-    let answer = send(
-        &server,
-        &update(
-            "locked",
+    // Each file's token, changed by the write.
+    let token_update = |name: &str| {
+        let token = |value: &[u8]| json!({"token": b64(value)});
+        let labels = json!({"app": name});
+        update(
+            name,
             live(
-                "locked",
-                json!({"token": b64(b"locked-token-value")}),
-                json!({"app": "locked"}),
+                name,
+                token(format!("{name}-token-value").as_bytes()),
+                labels.clone(),
             ),
-            live(
-                "locked",
-                json!({"token": b64(b"other-token-value")}),
-                json!({"app": "locked"}),
-            ),
-        ),
-    )
-    .await;
+            live(name, token(b"other-token-value"), labels),
+        )
+    };
+    let answer = send(&server, &token_update("locked")).await;
     assert!(!allowed(&answer), "{answer}");
     let said = message(&answer);
     assert!(
@@ -924,23 +922,7 @@ async fn a_person_s_sops_file_is_written_anew_in_place_when_kubescribe_can_read_
             && said.contains("sops updatekeys"),
         "{said}"
     );
-    let answer = send(
-        &server,
-        &update(
-            "plain",
-            live(
-                "plain",
-                json!({"token": b64(b"plain-token-value")}),
-                json!({"app": "plain"}),
-            ),
-            live(
-                "plain",
-                json!({"token": b64(b"other-token-value")}),
-                json!({"app": "plain"}),
-            ),
-        ),
-    )
-    .await;
+    let answer = send(&server, &token_update("plain")).await;
     assert!(!allowed(&answer), "{answer}");
     assert!(
         message(&answer).contains("in plain text"),
