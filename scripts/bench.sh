@@ -94,12 +94,16 @@ print(json.dumps({"label": "index", "manifests": s["manifests"], "files": s["fil
 PY
 if [[ -n ${INDEX_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
 
-echo "== reconcile snapshot of $SNAPSHOT_OBJECTS objects"
+# One run per size in SNAPSHOT_OBJECTS (space-separated, e.g. "10000 50000 100000"):
+# the cost per object should stay flat as the cluster grows.
+for snapshot_objects in $SNAPSHOT_OBJECTS; do
+echo "== reconcile snapshot of $snapshot_objects objects"
 # A synthetic cluster (recorded core discovery, N ConfigMaps made from a recorded one,
 # paged like kube-apiserver) on plain HTTP; kubescribe lists it at start and is ready
 # once every file is committed.
-"$BIN/kubescribe-load" cluster --listen 127.0.0.1:18470 --objects "$SNAPSHOT_OBJECTS" &
-pids+=("$!")
+"$BIN/kubescribe-load" cluster --listen 127.0.0.1:18470 --objects "$snapshot_objects" &
+cluster_pid=$!
+pids+=("$cluster_pid")
 cat >"$OUT/kubeconfig" <<KCFG
 apiVersion: v1
 kind: Config
@@ -122,6 +126,7 @@ while True:
 print("%.3f" % (time.time() - start))
 PY
 )
+rm -rf "$OUT/snapshot"
 cat >"$OUT/snapshot.yaml" <<YAML
 server:
   listen: 127.0.0.1:18471
@@ -143,11 +148,18 @@ until curl -sf --cacert "$OUT/certs/ca.crt" https://127.0.0.1:18471/readyz >/dev
   sleep 0.02
 done
 t1=$(date +%s%N)
+# Peak RSS, and at the end its anonymous and file-backed parts (the binary and the
+# packs gix maps are file-backed: clean page cache).
 peak_kb=$(awk '/VmHWM/ {print $2}' "/proc/$snapshot_pid/status")
+anon_kb=$(awk '/RssAnon/ {print $2}' "/proc/$snapshot_pid/status")
+file_kb=$(awk '/RssFile/ {print $2}' "/proc/$snapshot_pid/status")
+cpu_s=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15 + $16 + $17) / hz}' "/proc/$snapshot_pid/stat")
 files=$(git --git-dir "$OUT/snapshot/repo.git" ls-tree -r --name-only main | wc -l)
 ready_s=$(awk "BEGIN {print ($t1 - $t0) / 1e9}")
-echo "{\"label\":\"snapshot\",\"objects\":$SNAPSHOT_OBJECTS,\"files\":$files,\"seconds\":$ready_s,\"list_seconds\":$list_s,\"peak_kb\":$peak_kb}" | tee -a "$OUT/runs.jsonl"
-kill "$snapshot_pid"
+echo "{\"label\":\"snapshot\",\"objects\":$snapshot_objects,\"files\":$files,\"seconds\":$ready_s,\"cpu_seconds\":$cpu_s,\"list_seconds\":$list_s,\"peak_kb\":$peak_kb,\"anon_kb\":$anon_kb,\"file_kb\":$file_kb}" | tee -a "$OUT/runs.jsonl"
+kill "$snapshot_pid" "$cluster_pid"
+wait "$snapshot_pid" "$cluster_pid" 2>/dev/null || true
+done
 if [[ -n ${SNAPSHOT_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
 
 echo "== kubescribe check on $CHECK_FILES manifests"

@@ -226,6 +226,13 @@ pub struct SnapshotReport {
 /// Who the reconciler's writes are attributed to when the policy decides on them.
 const RECONCILE_USER: &str = "system:kubescribe:reconcile";
 
+/// A snapshot commits a resource's pages together, up to this many objects or
+/// file bytes per commit: every commit rewrites the trees of the directories it
+/// touches, so a commit per page made a large cluster's snapshot quadratic in its
+/// directories' sizes; this bounds what waits in memory.
+const SNAPSHOT_COMMIT_OBJECTS: usize = 5_000;
+const SNAPSHOT_COMMIT_BYTES: usize = 16 << 20;
+
 /// How long a reconcile commit may wait for the writer.
 const COMMIT_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -288,9 +295,10 @@ impl Reconciler {
     }
 
     /// Lists every recorded resource, a page at a time, and writes each object's file
-    /// as admission would have, one commit per page and repository, authored by
-    /// kubescribe itself; files already equal make no commit. Then prunes, where a
-    /// rule says `prune: always`, files whose object no list showed.
+    /// as admission would have, in commits of up to [`SNAPSHOT_COMMIT_OBJECTS`] per
+    /// repository, authored by kubescribe itself; files already equal make no
+    /// commit. Then prunes, where a rule says `prune: always`, files whose object no
+    /// list showed.
     pub async fn snapshot(&self) -> Result<SnapshotReport, ReconcileError> {
         let mut report = SnapshotReport::default();
         let mut live: Live = vec![HashSet::new(); self.targets.len()];
@@ -298,8 +306,12 @@ impl Reconciler {
         for resource in recorded_resources(&self.client, &self.policy).await? {
             match self.list(&resource, &mut report).await {
                 Ok((resource_version, known)) => {
-                    for (all, these) in live.iter_mut().zip(&known) {
-                        all.extend(these.iter().cloned());
+                    // Every live file, once more, only when something is pruned
+                    // by it: at 100,000 objects that is megabytes.
+                    if self.policy.prunes() {
+                        for (all, these) in live.iter_mut().zip(&known) {
+                            all.extend(these.iter().cloned());
+                        }
                     }
                     report.resources += 1;
                     listed.push(resource.clone());
@@ -355,13 +367,15 @@ impl Reconciler {
                 ("", "namespaces") | ("apiextensions.k8s.io", "customresourcedefinitions")
             );
         let mut scopes = HashSet::new();
+        // Changes waiting for their commit, by target, and their weight.
+        let mut by_target: Vec<Vec<Change>> = vec![Vec::new(); self.targets.len()];
+        let (mut waiting, mut waiting_bytes) = (0, 0);
         while let Some(page) = pager.next().await? {
             report.objects += page.len();
             self.metrics
                 .reconcile
                 .objects_listed
                 .inc_by(page.len() as u64);
-            let mut by_target: Vec<Vec<Change>> = vec![Vec::new(); self.targets.len()];
             for object in page {
                 let write = write_for(resource, object, Operation::Create);
                 self.see_leaving(&write);
@@ -382,7 +396,14 @@ impl Reconciler {
                     live[target].insert(change.path.as_str().to_owned());
                 }
                 match self.observe(target, &change) {
-                    Observed::Write => by_target[target].push(change),
+                    Observed::Write => {
+                        waiting += 1;
+                        waiting_bytes += match &change.action {
+                            Action::Put(bytes) => bytes.len(),
+                            _ => 0,
+                        };
+                        by_target[target].push(change);
+                    }
                     Observed::Hold => {}
                     Observed::Record {
                         change,
@@ -395,20 +416,12 @@ impl Reconciler {
                     }
                 }
             }
-            for (target, changes) in by_target.into_iter().enumerate() {
-                if changes.is_empty() {
-                    continue;
-                }
-                let message = format!(
-                    "reconcile: snapshot of {} ({} objects)\n\nKubescribe-Reconcile: snapshot\n",
-                    resource.resource,
-                    changes.len()
-                );
-                if self.commit(target, changes, message).await? {
-                    report.commits += 1;
-                }
+            if waiting >= SNAPSHOT_COMMIT_OBJECTS || waiting_bytes >= SNAPSHOT_COMMIT_BYTES {
+                report.commits += self.commit_snapshot(resource, &mut by_target).await?;
+                (waiting, waiting_bytes) = (0, 0);
             }
         }
+        report.commits += self.commit_snapshot(resource, &mut by_target).await?;
         if let (true, Some(confirmations)) = (defines_scopes, &self.confirmations) {
             confirmations.leaving.relisted(
                 resource.group.is_empty(),
@@ -540,6 +553,31 @@ impl Reconciler {
                 error.advice()
             ))),
         }
+    }
+
+    /// Commits each target's waiting snapshot changes of `resource` (taking them);
+    /// how many commits were made.
+    async fn commit_snapshot(
+        &self,
+        resource: &Recorded,
+        by_target: &mut [Vec<Change>],
+    ) -> Result<usize, ReconcileError> {
+        let mut commits = 0;
+        for (target, changes) in by_target.iter_mut().enumerate() {
+            if changes.is_empty() {
+                continue;
+            }
+            let changes = std::mem::take(changes);
+            let message = format!(
+                "reconcile: snapshot of {} ({} objects)\n\nKubescribe-Reconcile: snapshot\n",
+                resource.resource,
+                changes.len()
+            );
+            if self.commit(target, changes, message).await? {
+                commits += 1;
+            }
+        }
+        Ok(commits)
     }
 
     /// Commits `changes` as one commit by kubescribe; whether a commit was made.

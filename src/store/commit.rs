@@ -48,6 +48,84 @@ pub(super) fn lookup(
         .map(|(_, id)| id))
 }
 
+/// The files of one tree, each directory decoded once: a bundle of thousands of
+/// changes (a reconcile snapshot's) looks up every one of its files, and a
+/// directory of thousands of entries decoded once per file made a snapshot
+/// quadratic in the size of its directories.
+pub(super) struct TreeFiles<'r> {
+    repo: &'r gix::Repository,
+    tree: ObjectId,
+    /// Each directory read so far, by path (`""` is the root): its entries, or
+    /// `None` when it is not a directory of the tree.
+    dirs: std::collections::HashMap<
+        String,
+        Option<std::collections::HashMap<BString, (EntryKind, ObjectId)>>,
+    >,
+}
+
+impl<'r> TreeFiles<'r> {
+    pub(super) fn new(repo: &'r gix::Repository, tree: ObjectId) -> Self {
+        Self {
+            repo,
+            tree,
+            dirs: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The blob at `path`, as [`lookup`] finds it.
+    pub(super) fn lookup(
+        &mut self,
+        path: &str,
+    ) -> Result<Option<ObjectId>, Box<dyn std::error::Error + Send + Sync>> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        Ok(self
+            .entries(dir)?
+            .and_then(|entries| entries.get(name.as_bytes()))
+            .filter(|(kind, _)| {
+                !matches!(kind, EntryKind::Link | EntryKind::Tree | EntryKind::Commit)
+            })
+            .map(|(_, id)| *id))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn entries(
+        &mut self,
+        dir: &str,
+    ) -> Result<
+        Option<&std::collections::HashMap<BString, (EntryKind, ObjectId)>>,
+        Box<dyn std::error::Error + Send + Sync>,
+    > {
+        if !self.dirs.contains_key(dir) {
+            let id = if dir.is_empty() {
+                Some(self.tree).filter(|t| !t.is_empty_tree())
+            } else {
+                let (parent, name) = dir.rsplit_once('/').unwrap_or(("", dir));
+                self.entries(parent)?
+                    .and_then(|entries| entries.get(name.as_bytes()))
+                    .filter(|(kind, _)| *kind == EntryKind::Tree)
+                    .map(|(_, id)| *id)
+            };
+            let entries = match id {
+                Some(id) => {
+                    let tree = self.repo.find_tree(id)?;
+                    let mut entries = std::collections::HashMap::new();
+                    for entry in tree.iter() {
+                        let entry = entry?;
+                        entries.insert(
+                            entry.filename().to_owned(),
+                            (entry.mode().kind(), entry.object_id()),
+                        );
+                    }
+                    Some(entries)
+                }
+                None => None,
+            };
+            self.dirs.insert(dir.to_owned(), entries);
+        }
+        Ok(self.dirs.get(dir).and_then(Option::as_ref))
+    }
+}
+
 /// The file at `path` of `tree`, with its kind (a plain, executable or link blob).
 pub(super) fn lookup_entry(
     repo: &gix::Repository,
@@ -158,6 +236,7 @@ impl Writer {
             let staged = if let Some(bundle) = &job.bundle {
                 // Which values of which Secrets changed, for the message.
                 let mut sealed_values = Vec::new();
+                let mut files_of = TreeFiles::new(repo, tree);
                 for change in &bundle.changes {
                     let path = change.path.as_str();
                     if let Some(declared) = self.declared_elsewhere(change) {
@@ -168,7 +247,7 @@ impl Writer {
                         );
                         continue;
                     }
-                    let current = lookup(repo, tree, path).map_err(|e| write_error(&e))?;
+                    let current = files_of.lookup(path).map_err(|e| write_error(&e))?;
                     match &change.action {
                         Action::Put(bytes) => {
                             files += u64::from(put_blob(repo, &mut editor, path, bytes, current)?);
@@ -428,5 +507,54 @@ impl Writer {
             return Ok(Err(Outcome::Unchanged));
         }
         Ok(Ok((api_version, kind, body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_files_find_what_lookup_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let out = std::process::Command::new("git")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        };
+        git(&["init", "-q", "-b", "main"]);
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("top.yaml"), "1").unwrap();
+        std::fs::write(dir.path().join("a/b/c.yaml"), "2").unwrap();
+        std::fs::write(dir.path().join("a/d.yaml"), "3").unwrap();
+        std::os::unix::fs::symlink("d.yaml", dir.path().join("a/link.yaml")).unwrap();
+        git(&["add", "."]);
+        git(&["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "t"]);
+        let repo = gix::open(dir.path()).unwrap();
+        let tree = repo.head_commit().unwrap().tree_id().unwrap().detach();
+        let mut files = TreeFiles::new(&repo, tree);
+        for path in [
+            "top.yaml",
+            "a/b/c.yaml",
+            "a/d.yaml",
+            "a/link.yaml",
+            "a/b",
+            "a",
+            "missing.yaml",
+            "a/missing/x.yaml",
+            "top.yaml/x",
+        ] {
+            assert_eq!(
+                files.lookup(path).unwrap(),
+                lookup(&repo, tree, path).unwrap(),
+                "{path}"
+            );
+        }
+        assert!(files.lookup("a/b/c.yaml").unwrap().is_some());
+        let empty = ObjectId::empty_tree(repo.object_hash());
+        assert_eq!(TreeFiles::new(&repo, empty).lookup("top.yaml").unwrap(), None);
     }
 }
