@@ -13,7 +13,7 @@
 # (writes of the one-push-per-write baseline, default 40), CHECK_FILES (manifests for
 # the check timing, default 1000), CHECK_ONLY=1 (only that), REMOTE_TUNED=1 (the push
 # remote keeps pushes as packs and runs no gc on pushes), SNAPSHOT_OBJECTS (objects
-# of the reconcile snapshot, default 10000), SNAPSHOT_PRUNE=always (the snapshot
+# of the reconcile snapshot, default 10000; a list, "10000 50000 100000", runs each), SNAPSHOT_PRUNE=always (the snapshot
 # also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that), INDEX_MANIFESTS
 # (objects of the synthetic repository the index is built of, default 10000),
 # INDEX_ONLY=1 (only that).

@@ -532,7 +532,15 @@ mod tests {
         std::fs::write(dir.path().join("a/d.yaml"), "3").unwrap();
         std::os::unix::fs::symlink("d.yaml", dir.path().join("a/link.yaml")).unwrap();
         git(&["add", "."]);
-        git(&["-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "t"]);
+        git(&[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@x",
+            "commit",
+            "-qm",
+            "t",
+        ]);
         let repo = gix::open(dir.path()).unwrap();
         let tree = repo.head_commit().unwrap().tree_id().unwrap().detach();
         let mut files = TreeFiles::new(&repo, tree);
@@ -555,6 +563,9 @@ mod tests {
         }
         assert!(files.lookup("a/b/c.yaml").unwrap().is_some());
         let empty = ObjectId::empty_tree(repo.object_hash());
-        assert_eq!(TreeFiles::new(&repo, empty).lookup("top.yaml").unwrap(), None);
+        assert_eq!(
+            TreeFiles::new(&repo, empty).lookup("top.yaml").unwrap(),
+            None
+        );
     }
 }
