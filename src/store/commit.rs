@@ -57,11 +57,11 @@ pub(super) struct TreeFiles<'r> {
     tree: ObjectId,
     /// Each directory read so far, by path (`""` is the root): its entries, or
     /// `None` when it is not a directory of the tree.
-    dirs: std::collections::HashMap<
-        String,
-        Option<std::collections::HashMap<BString, (EntryKind, ObjectId)>>,
-    >,
+    dirs: std::collections::HashMap<String, Option<Entries>>,
 }
+
+/// A directory's entries by name.
+type Entries = std::collections::HashMap<BString, (EntryKind, ObjectId)>;
 
 impl<'r> TreeFiles<'r> {
     pub(super) fn new(repo: &'r gix::Repository, tree: ObjectId) -> Self {
@@ -87,14 +87,10 @@ impl<'r> TreeFiles<'r> {
             .map(|(_, id)| *id))
     }
 
-    #[allow(clippy::type_complexity)]
     fn entries(
         &mut self,
         dir: &str,
-    ) -> Result<
-        Option<&std::collections::HashMap<BString, (EntryKind, ObjectId)>>,
-        Box<dyn std::error::Error + Send + Sync>,
-    > {
+    ) -> Result<Option<&Entries>, Box<dyn std::error::Error + Send + Sync>> {
         if !self.dirs.contains_key(dir) {
             let id = if dir.is_empty() {
                 Some(self.tree).filter(|t| !t.is_empty_tree())
