@@ -16,7 +16,8 @@
 # of the reconcile snapshot, default 10000; a list, "10000 50000 100000", runs each), SNAPSHOT_PRUNE=always (the snapshot
 # also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that), INDEX_MANIFESTS
 # (objects of the synthetic repository the index is built of, default 10000),
-# INDEX_ONLY=1 (only that).
+# INDEX_ONLY=1 (only that), CPU_REQUESTS and CPU_RATE (requests per server for the
+# CPU figures, default 30000, and their pace, default 5000/s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,6 +72,31 @@ load() { # label port rate-or-empty requests concurrency offset
   "$BIN/kubescribe-load" run --addr "127.0.0.1:$2" --ca "$OUT/certs/ca.crt" --label "$1" \
     --requests "$4" --concurrency "$5" --offset "$6" "${rate_args[@]}" | tee -a "$OUT/runs.jsonl"
 }
+
+# CPU seconds (utime+stime) of a pid and its children such as `git repack`: those
+# it reaped (in its cutime/cstime) and those not reaped yet (a finished repack stays
+# a zombie until the writer's next batch), so reaping moves time, never adds it.
+cpu_of() {
+  local hz
+  hz=$(getconf CLK_TCK)
+  { cat "/proc/$1/stat"; { grep -l "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status 2>/dev/null |
+      sed 's/status$/stat/' | xargs -r cat 2>/dev/null; } || true; } |
+    awk -v hz="$hz" '{ s += $14 + $15 + $16 + $17 } END { print s / hz }'
+}
+# Waits until a server stops using CPU (its writer's backlog and repacks done).
+quiesce() {
+  local last now
+  last=$(cpu_of "$1")
+  while sleep 0.3; now=$(cpu_of "$1"); [[ $now != "$last" ]]; do last=$now; done
+}
+# CPU seconds of this shell's finished children in a file bash's `times` wrote (run
+# in this shell: in a subshell they would be the subshell's children).
+children_cpu() { awk 'NR == 2 { s = 0; for (i = 1; i <= 2; i++) { split($i, t, "m"); s += t[1] * 60 + t[2] } print s }' "$1"; }
+CPU_REQUESTS=${CPU_REQUESTS:-30000}
+# Paced, so a `wait: none` server's writer keeps up: under a closed loop it sheds
+# writes its queue has no room for (admitted unrecorded), which is not the cost of
+# recording them.
+CPU_RATE=${CPU_RATE:-5000}
 
 PUSH_REQUESTS=${PUSH_REQUESTS:-3000}
 NAIVE=${NAIVE:-40}
@@ -205,7 +231,8 @@ idle_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$none_pid/status")
 echo "{\"label\":\"idle_rss\",\"kb\":$idle_rss_kb}" | tee -a "$OUT/runs.jsonl"
 
 "$BIN/kubescribe-load" noop --listen 127.0.0.1:18444 --cert "$OUT/certs/tls.crt" --key "$OUT/certs/tls.key" &
-pids+=("$!")
+noop_pid=$!
+pids+=("$noop_pid")
 wait_ready_noop() {
   for _ in $(seq 1 200); do
     if curl -s --cacert "$OUT/certs/ca.crt" -o /dev/null "https://127.0.0.1:18444/validate" -d '{}' -H 'Content-Type: application/json'; then return 0; fi
@@ -234,6 +261,25 @@ load noop_max 18444 "" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
 load none_max 18443 "" "$REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
 offset=$((offset + REQUESTS))
 
+echo "== CPU per request ($CPU_REQUESTS requests each at $CPU_RATE/s)"
+# The request path alone: a server whose rule matches no namespace records nothing.
+start_kubescribe quiet 18446 "- name: nothing
+  namespaces: [no-such-namespace]
+  wait: none"
+quiet_pid=$server_pid
+for target in "noop 18444 $noop_pid" "quiet 18446 $quiet_pid" "none 18443 $none_pid"; do
+  read -r name port pid <<<"$target"
+  commits() { git --git-dir "$OUT/$name/repo.git" rev-list --count main 2>/dev/null || echo 0; }
+  quiesce "$pid"
+  before=$(cpu_of "$pid")
+  commits_before=$(commits)
+  load "cpu_$name" "$port" "$CPU_RATE" "$CPU_REQUESTS" "$CONCURRENCY" "$offset" >/dev/null
+  quiesce "$pid" # a `wait: none` server's commits come after its answers
+  after=$(cpu_of "$pid")
+  offset=$((offset + CPU_REQUESTS))
+  echo "{\"label\":\"cpu_${name}_seconds\",\"requests\":$CPU_REQUESTS,\"cpu_seconds\":$(awk -v a="$before" -v b="$after" 'BEGIN {print b - a}'),\"commits\":$(( $(commits) - commits_before ))}" | tee -a "$OUT/runs.jsonl"
+done
+
 # Stop the latency servers first: the wait: none server may still be committing or
 # repacking its backlog, which would compete with the next run.
 cleanup
@@ -243,19 +289,28 @@ if [[ -n ${LATENCY_ONLY:-} ]]; then exit 0; fi # the latency rounds only (runs.j
 echo "== wait: commit throughput"
 start_kubescribe commit 18445 "- name: all
   wait: commit"
+commit_pid=$server_pid
+before=$(cpu_of "$commit_pid")
 load commit_max 18445 "" "$COMMITS" 64 0 >/dev/null
+quiesce "$commit_pid"
+commit_cpu=$(awk -v a="$before" -v b="$(cpu_of "$commit_pid")" 'BEGIN {print b - a}')
 commit_count=$(git --git-dir "$OUT/commit/repo.git" rev-list --count main)
-echo "{\"label\":\"commit_count\",\"commits\":$commit_count}" | tee -a "$OUT/runs.jsonl"
+echo "{\"label\":\"commit_count\",\"commits\":$commit_count,\"requests\":$COMMITS,\"cpu_seconds\":$commit_cpu}" | tee -a "$OUT/runs.jsonl"
 
 echo "== git fast-import baseline ($commit_count commits)"
 "$BIN/kubescribe-load" fast-import --commits "$commit_count" >"$OUT/fast-import.stream"
 git init -q --bare "$OUT/fast-import.git"
 start=$(date +%s%N)
+times >"$OUT/times.before"
 git --git-dir "$OUT/fast-import.git" fast-import --quiet <"$OUT/fast-import.stream"
 sync -f "$OUT/fast-import.git" # durable, like kubescribe's answer
+times >"$OUT/times.after"
+cpu_before=$(children_cpu "$OUT/times.before")
+cpu_after=$(children_cpu "$OUT/times.after")
 end=$(date +%s%N)
 seconds=$(awk "BEGIN {print ($end - $start) / 1e9}")
-echo "{\"label\":\"fast_import\",\"commits\":$commit_count,\"seconds\":$seconds}" | tee -a "$OUT/runs.jsonl"
+fast_import_cpu=$(awk -v a="$cpu_before" -v b="$cpu_after" 'BEGIN {print b - a}')
+echo "{\"label\":\"fast_import\",\"commits\":$commit_count,\"seconds\":$seconds,\"cpu_seconds\":$fast_import_cpu}" | tee -a "$OUT/runs.jsonl"
 
 fi # PUSH_ONLY
 

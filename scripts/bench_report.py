@@ -81,6 +81,30 @@ for c in snapshots:
             c.get("anon_kb", 0) / 1024, c.get("file_kb", 0) / 1024),
         "%.2f s (python3 reading and parsing the same pages)" % c["list_seconds"],
         "%.1f×" % (c["seconds"] / c["list_seconds"]), "≤ 10 s and ≤ 100 MB at 100,000")
+# CPU per request (issue 18): utime+stime of each server, children included, per
+# 10,000 requests of the same closed-loop load; a recorded write against the no-op
+# plus `git fast-import`'s CPU for the same commits.
+if "cpu_noop_seconds" in runs:
+    noop = runs["cpu_noop_seconds"]
+    per = lambda r: r["cpu_seconds"] / r["requests"] * 10000
+    fast = runs.get("fast_import")
+    fast_per_commit = fast["cpu_seconds"] / fast["commits"] if fast and fast.get("cpu_seconds") is not None else None
+    if "cpu_quiet_seconds" in runs:
+        q = runs["cpu_quiet_seconds"]
+        row("CPU per 10,000 requests, nothing recorded (the request path)", "%.2f s" % per(q),
+            "%.2f s (no-op axum+rustls, same load)" % per(noop), "%.2f×" % (per(q) / per(noop)), "≤ 2×")
+    if "cpu_none_seconds" in runs:
+        n = runs["cpu_none_seconds"]
+        floor = per(noop) + (fast_per_commit * n["commits"] / n["requests"] * 10000 if fast_per_commit else 0)
+        row("CPU per 10,000 requests, `wait: none` recording (%d of %d writes committed)" % (n["commits"], n["requests"]),
+            "%.2f s" % per(n), "%.2f s (no-op + fast-import's CPU per commit)" % floor,
+            "%.2f×" % (per(n) / floor), "≤ 1×")
+    c = runs.get("commit_count")
+    if c and c.get("cpu_seconds") is not None and fast_per_commit:
+        floor = per(noop) + fast_per_commit * 10000
+        row("CPU per 10,000 writes, `wait: commit` (64 connections)", "%.2f s" % (c["cpu_seconds"] / c["requests"] * 10000),
+            "%.2f s (no-op + fast-import's CPU per commit)" % floor,
+            "%.2f×" % (c["cpu_seconds"] / c["requests"] * 10000 / floor), "≤ 1×")
 if "check" in runs:
     c = runs["check"]
     row("`kubescribe check` on %d manifest files (fastest of 5)" % c["files"],
