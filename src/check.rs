@@ -204,19 +204,16 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             let repo = repo.as_ref().filter(|_| config.uses_sops())?;
             let keys = crate::secrets::Keys::load(&config.sops, true).ok()?;
             let sealer = crate::secrets::Sealer::new(std::sync::Arc::new(keys));
-            let head = repo.head_commit().ok().and_then(|c| c.tree().ok());
-            let blob = Ok(head
-                .and_then(|mut tree| {
-                    tree.peel_to_entry_by_path(crate::secrets::SOPS_YAML)
-                        .ok()
-                        .flatten()
-                })
-                .map(|entry| entry.object_id()));
-            sealer.follow(blob, |id| {
-                repo.find_blob(id)
-                    .map(|b| b.detach().data)
-                    .map_err(|e| e.to_string())
-            });
+            // HEAD's `.sops.yaml`, read as the writer reads the branch's.
+            let tree = repo
+                .head_commit()
+                .ok()
+                .and_then(|c| c.tree_id().ok())
+                .map_or_else(
+                    || gix::ObjectId::empty_tree(repo.object_hash()),
+                    |id| id.detach(),
+                );
+            crate::store::follow_sops(&sealer, repo, tree);
             Some(sealer)
         })
         .collect();

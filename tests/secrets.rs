@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
-use common::sops::{age_unwrap, keygen, sops_decrypt};
+use common::sops::{age_unwrap, everything_in, keygen, sops_decrypt};
 use kubescribe::secrets::sops;
 use serde_json::{json, Value};
 
@@ -378,21 +378,6 @@ async fn send(server: &TestServer, review: &Value) -> Value {
     answer
 }
 
-/// Every object the repository holds, as `git cat-file` prints it, and its whole
-/// history as patches: where a leaked value would be.
-fn everything_in(repo: &std::path::Path) -> String {
-    let objects = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(repo)
-        .args(["cat-file", "--batch-all-objects", "--batch"])
-        .output()
-        .unwrap();
-    assert!(objects.status.success());
-    let mut text = String::from_utf8_lossy(&objects.stdout).into_owned();
-    text.push_str(&common::git(repo, &["log", "-p", "--all"]));
-    text
-}
-
 fn config(ours: &std::path::Path, recipients: &[&age::x25519::Recipient], rest: &str) -> String {
     let list: Vec<String> = recipients.iter().map(|r| r.to_string()).collect();
     format!(
@@ -543,46 +528,15 @@ async fn the_repository_s_sops_yaml_picks_the_recipients_and_a_path_it_misses_is
     let (flux_key, _, flux) = keygen(keys.path(), "flux");
     let (other_key, _, other) = keygen(keys.path(), "other");
     let (ours_key, _, _) = keygen(keys.path(), "kubescribe");
-    // The branch already has a .sops.yaml, as a Flux repository does.
-    let repo = dir.path().join("data/repo.git");
-    let work = dir.path().join("work");
-    let run = |args: &[&str], cwd: &std::path::Path| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::create_dir_all(&work).unwrap();
-    run(
-        &["init", "-q", "--bare", "-b", "main", repo.to_str().unwrap()],
-        dir.path(),
-    );
-    run(&["init", "-q", "-b", "main"], &work);
-    std::fs::write(
-        work.join(".sops.yaml"),
-        format!("creation_rules:\n  - path_regex: ^team-a/.*\\.yaml$\n    encrypted_regex: ^(data|stringData)$\n    age: {flux}\n"),
-    )
-    .unwrap();
-    run(&["add", "."], &work);
-    run(
-        &[
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@x",
-            "commit",
-            "-qm",
-            "sops",
-        ],
-        &work,
-    );
-    run(&["push", "-q", repo.to_str().unwrap(), "main"], &work);
+    // The branch already has a .sops.yaml, as a Flux repository does (at
+    // data/repo.git, where the server keeps its repository).
+    common::gitops::seeded_in(&dir.path().join("data"), |work| {
+        std::fs::write(
+            work.join(".sops.yaml"),
+            format!("creation_rules:\n  - path_regex: ^team-a/.*\\.yaml$\n    encrypted_regex: ^(data|stringData)$\n    age: {flux}\n"),
+        )
+        .unwrap();
+    });
 
     // sops.recipients is only for a branch without .sops.yaml: not used here.
     let server = TestServer::start_in(dir, &config(&ours_key, &[&other], "")).await;
@@ -660,8 +614,6 @@ fn check_shows_which_values_would_change_and_never_a_value() {
     let dir = tempfile::tempdir().unwrap();
     let (_, _, flux) = keygen(dir.path(), "flux");
     let (ours_key, ours, ours_public) = keygen(dir.path(), "kubescribe");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(work.join("team-a/core/secrets")).unwrap();
     let path = "team-a/core/secrets/db-creds.yaml";
     let secret = |password: &str| {
         json!({
@@ -680,35 +632,17 @@ fn check_shows_which_values_would_change_and_never_a_value() {
         at(0),
     )
     .unwrap();
-    std::fs::write(work.join(path), &recorded.text).unwrap();
-    std::fs::write(
-        work.join(".sops.yaml"),
-        format!("creation_rules:\n  - path_regex: ^team-a/\n    age: {flux}\n"),
-    )
-    .unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(&work)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["add", "."]);
-    git(&[
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@x",
-        "commit",
-        "-qm",
-        "seed",
-    ]);
+    // A checkout whose HEAD has the file kubescribe wrote and a .sops.yaml.
+    common::gitops::seeded_in(dir.path(), |work| {
+        std::fs::create_dir_all(work.join("team-a/core/secrets")).unwrap();
+        std::fs::write(work.join(path), &recorded.text).unwrap();
+        std::fs::write(
+            work.join(".sops.yaml"),
+            format!("creation_rules:\n  - path_regex: ^team-a/\n    age: {flux}\n"),
+        )
+        .unwrap();
+    });
+    let work = dir.path().join("work");
     let config = dir.path().join("kubescribe.yaml");
     std::fs::write(
         &config,

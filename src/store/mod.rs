@@ -40,6 +40,7 @@ mod sealed;
 mod writer;
 
 pub use review::Proposed;
+pub(crate) use sealed::follow as follow_sops;
 
 pub(crate) use outgoing::{Outgoing, PackSource};
 

@@ -16,7 +16,7 @@ use crate::manifest::Sealed;
 use crate::secrets::{Sealer, SOPS_YAML};
 
 /// Points `sealer` at the `.sops.yaml` of `tree`.
-pub(super) fn follow(sealer: &Sealer, repo: &gix::Repository, tree: ObjectId) {
+pub(crate) fn follow(sealer: &Sealer, repo: &gix::Repository, tree: ObjectId) {
     let blob = lookup(repo, tree, SOPS_YAML).map_err(|e| e.to_string());
     sealer.follow(blob, |id| {
         repo.find_blob(id)

@@ -81,3 +81,18 @@ pub fn age_unwrap(dir: &Path, text: &str, key_file: &Path) -> Vec<Vec<u8>> {
     }
     keys
 }
+
+/// Every object the repository holds, as `git cat-file` prints it, and its whole
+/// history as patches: where a leaked value would be.
+pub fn everything_in(repo: &Path) -> String {
+    let objects = Command::new("git")
+        .arg("--git-dir")
+        .arg(repo)
+        .args(["cat-file", "--batch-all-objects", "--batch"])
+        .output()
+        .unwrap();
+    assert!(objects.status.success());
+    let mut text = String::from_utf8_lossy(&objects.stdout).into_owned();
+    text.push_str(&super::git(repo, &["log", "-p", "--all"]));
+    text
+}

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::kubectl::ok;
-use crate::common::sops::{keygen, sops_decrypt};
+use crate::common::sops::{everything_in, keygen, sops_decrypt};
 use crate::envtest::{ControlPlane, Kubescribe, ALICE, BOB};
 
 fn b64(bytes: &[u8]) -> String {
@@ -166,14 +166,7 @@ async fn kubectl_secrets_become_sops_files_that_decrypt_to_the_live_data() {
     );
 
     // No value, in any form, anywhere in the repository's objects or history.
-    let objects = std::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(&scribe.repo)
-        .args(["cat-file", "--batch-all-objects", "--batch"])
-        .output()
-        .unwrap();
-    let mut everything = String::from_utf8_lossy(&objects.stdout).into_owned();
-    everything.push_str(&scribe.git(&["log", "-p", "--all"]));
+    let everything = everything_in(&scribe.repo);
     for needle in [
         "correct-horse".to_owned(),
         b64(b"correct-horse"),
