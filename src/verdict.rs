@@ -330,3 +330,58 @@ pub fn annotation_patch(write: &Write, path: &str, repo: &str) -> Option<serde_j
     }
     (!ops.is_empty()).then_some(Value::Array(ops))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube_core::{GroupVersionKind, GroupVersionResource};
+
+    fn configmap() -> Write {
+        Write {
+            uid: "u".into(),
+            operation: kube_core::admission::Operation::Create,
+            kind: GroupVersionKind::gvk("", "v1", "ConfigMap"),
+            resource: GroupVersionResource::gvr("", "v1", "configmaps"),
+            sub_resource: None,
+            namespace: Some("a".into()),
+            name: "c".into(),
+            user: "alice".into(),
+            groups: Vec::new(),
+            dry_run: false,
+            object: Some(
+                serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "a"}}),
+            ),
+            old_object: None,
+            from_cluster: false,
+        }
+    }
+
+    #[test]
+    fn an_omitted_write_is_refused_where_the_cluster_must_not_change_outside_git() {
+        let layouts = [Layout::new("", "{namespace}/{group}/{resource}/{name}.yaml").unwrap()];
+        let omitted =
+            |_: usize, _: &mut Change, _: &Write| Placement::Omitted("no recipient".into());
+        let verdict_of = |yaml: &str| {
+            let policy = Policy::new(&crate::config::Config::from_yaml(yaml).unwrap());
+            evaluate(&configmap(), &policy, |i| &layouts[i], omitted)
+        };
+        let admitted = verdict_of("rules:\n- name: r\n");
+        assert!(
+            admitted.allowed && admitted.record.is_none(),
+            "{admitted:?}"
+        );
+        assert_eq!(admitted.label, DecisionLabel::Unrecorded);
+        assert!(admitted
+            .warnings
+            .iter()
+            .any(|w| w.contains("not recorded: no recipient")));
+        for yaml in [
+            "repository:\n  remote:\n    url: file:///r\nrules:\n- name: r\n  wait: push\n  then: deny\n",
+            "guardRails:\n  requireRecording:\n    mode: enforce\nrules:\n- name: r\n",
+        ] {
+            let refused = verdict_of(yaml);
+            assert!(!refused.allowed, "{yaml}: {refused:?}");
+            assert_eq!(refused.message.as_deref(), Some("kubescribe: no recipient"));
+        }
+    }
+}
