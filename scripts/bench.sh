@@ -17,7 +17,9 @@
 # also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that), INDEX_MANIFESTS
 # (objects of the synthetic repository the index is built of, default 10000),
 # INDEX_ONLY=1 (only that), CPU_REQUESTS and CPU_RATE (requests per server for the
-# CPU figures, default 30000, and their pace, default 5000/s).
+# CPU figures, default 30000, and their pace, default 5000/s), CHURN_RATE, CHURN_SECONDS
+# and CHURN_OBJECTS (the watch churn: changes/s, default 1000, for how long, default
+# 60, over how many objects, default 10000), CHURN_ONLY=1 (only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,6 +106,117 @@ NAIVE=${NAIVE:-40}
 CHECK_FILES=${CHECK_FILES:-1000}
 SNAPSHOT_OBJECTS=${SNAPSHOT_OBJECTS:-10000}
 
+# Watch churn (issue 18): a synthetic cluster whose ConfigMaps watch streams
+# CHURN_RATE changes/s for CHURN_SECONDS after a warm-up of 50 changes at 10/s (the
+# idle baseline, in the same run). Lag is kubescribe's own histogram, from a watch
+# event's arrival to git having it; the cluster reports how late it could hand each
+# change over (a reader that falls behind holds the stream back).
+churn_run() {
+echo "== watch churn: $CHURN_RATE changes/s for $CHURN_SECONDS s over $CHURN_OBJECTS objects"
+"$BIN/kubescribe-load" cluster --listen 127.0.0.1:18472 --objects "$CHURN_OBJECTS" \
+  --churn-rate "$CHURN_RATE" --churn-seconds "$CHURN_SECONDS" --churn-warmup 50 >"$OUT/churn-cluster.json" &
+local cluster_pid=$!
+pids+=("$cluster_pid")
+cat >"$OUT/churn-kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters: [{name: bench, cluster: {server: "http://127.0.0.1:18472"}}]
+contexts: [{name: bench, context: {cluster: bench, user: bench}}]
+current-context: bench
+users: [{name: bench, user: {}}]
+KCFG
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18472/version >/dev/null && break; sleep 0.05; done
+rm -rf "$OUT/churn"
+cat >"$OUT/churn.yaml" <<YAML
+server:
+  listen: 127.0.0.1:18473
+  metricsListen: 127.0.0.1:18474
+  devCertDir: $OUT/certs
+dataDir: $OUT/churn
+rules:
+  - name: default
+reconcile:
+  enabled: true
+  kubeconfig: $PWD/$OUT/churn-kubeconfig
+YAML
+RUST_LOG=warn "$BIN/kubescribe" serve --config "$OUT/churn.yaml" >"$OUT/churn.log" 2>&1 &
+local pid=$!
+pids+=("$pid")
+until curl -sf http://127.0.0.1:18474/readyz >/dev/null 2>&1; do
+  kill -0 "$pid" 2>/dev/null || { echo "kubescribe (churn) exited" >&2; exit 1; }
+  sleep 0.05
+done
+local before
+before=$(git --git-dir "$OUT/churn/repo.git" rev-list --count main)
+lag_count() { curl -sf http://127.0.0.1:18474/metrics | awk '/^kubescribe_reconcile_watch_lag_seconds_count/ {print $2}'; }
+until [[ $(lag_count) -ge 50 ]]; do sleep 0.2; done
+curl -sf http://127.0.0.1:18474/metrics >"$OUT/churn-warm.prom"
+local cpu0 total
+cpu0=$(cpu_of "$pid")
+total=$((CHURN_RATE * CHURN_SECONDS))
+: >"$OUT/churn-rss.txt"
+# Memory every second until every change is in git (or nothing moves for 30 s).
+local last=-1 still=0
+while true; do
+  awk '/RssAnon/ {a = $2} /VmRSS/ {r = $2} END {print a, r}' "/proc/$pid/status" >>"$OUT/churn-rss.txt"
+  now=$(lag_count)
+  [[ -s $OUT/churn-cluster.json && $now -ge $((total + 50)) ]] && break
+  if [[ $now == "$last" ]]; then still=$((still + 1)); else still=0; fi
+  [[ $still -ge 30 ]] && { echo "churn: no progress for 30 s at $now of $((total + 50)) changes" >&2; break; }
+  last=$now
+  sleep 1
+done
+curl -sf http://127.0.0.1:18474/metrics >"$OUT/churn-end.prom"
+local cpu1 after
+cpu1=$(cpu_of "$pid")
+after=$(git --git-dir "$OUT/churn/repo.git" rev-list --count main)
+python3 - "$OUT" "$CHURN_RATE" "$CHURN_SECONDS" "$CHURN_OBJECTS" "$before" "$after" "$cpu0" "$cpu1" <<'PY' | tee -a "$OUT/runs.jsonl"
+import json, sys
+out, rate, seconds, objects, before, after, cpu0, cpu1 = sys.argv[1:]
+def hist(name):
+    buckets, count = [], 0.0
+    for line in open(f"{out}/{name}"):
+        if line.startswith("kubescribe_reconcile_watch_lag_seconds_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+        elif line.startswith("kubescribe_reconcile_watch_commits_total"):
+            count = float(line.split()[-1])
+    return buckets, count
+def quantile(buckets, q):
+    total = buckets[-1][1]
+    if total == 0:
+        return None
+    prev_le, prev_n = 0.0, 0.0
+    for le, n in buckets:
+        if n >= q * total:
+            if le == float("inf"):
+                return prev_le * 1000
+            return (prev_le + (le - prev_le) * (q * total - prev_n) / max(n - prev_n, 1e-9)) * 1000
+        prev_le, prev_n = le, n
+warm, warm_commits = hist("churn-warm.prom")
+end, end_commits = hist("churn-end.prom")
+churn = [(le, n - w) for (le, n), (_, w) in zip(end, warm)]
+rss = [tuple(map(int, l.split())) for l in open(f"{out}/churn-rss.txt") if l.strip()]
+server = json.loads(open(f"{out}/churn-cluster.json").read().splitlines()[-1])
+changes = churn[-1][1]
+commits = end_commits - warm_commits
+print(json.dumps({"label": "churn", "rate": int(rate), "seconds": int(seconds), "objects": int(objects),
+    "changes": changes, "commits": commits, "git_commits": int(after) - int(before),
+    "lag_p50_ms": quantile(churn, 0.5), "lag_p99_ms": quantile(churn, 0.99),
+    "idle_lag_p50_ms": quantile(warm, 0.5), "idle_lag_p99_ms": quantile(warm, 0.99),
+    "late_p99_ms": server["late_p99_ms"], "late_max_ms": server["late_max_ms"],
+    "cpu_seconds": float(cpu1) - float(cpu0),
+    "anon_kb_first": rss[0][0], "anon_kb_max": max(r[0] for r in rss), "anon_kb_last": rss[-1][0],
+    "rss_kb_max": max(r[1] for r in rss)}))
+PY
+kill "$pid" "$cluster_pid"
+wait "$pid" "$cluster_pid" 2>/dev/null || true
+}
+CHURN_RATE=${CHURN_RATE:-1000}
+CHURN_SECONDS=${CHURN_SECONDS:-60}
+CHURN_OBJECTS=${CHURN_OBJECTS:-10000}
+if [[ -n ${CHURN_ONLY:-} ]]; then churn_run; python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+
 echo "== index of an existing repository: $INDEX_MANIFESTS manifests"
 # The index of what people declared (issue 15), next to its floor: parsing every
 # document of the same files once. Also the real fixture repositories.
@@ -187,6 +300,8 @@ kill "$snapshot_pid" "$cluster_pid"
 wait "$snapshot_pid" "$cluster_pid" 2>/dev/null || true
 done
 if [[ -n ${SNAPSHOT_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+
+churn_run
 
 echo "== kubescribe check on $CHECK_FILES manifests"
 # The same manifests for both: the tests' check fixtures (ConfigMaps, a Flux-managed

@@ -81,6 +81,15 @@ for c in snapshots:
             c.get("anon_kb", 0) / 1024, c.get("file_kb", 0) / 1024),
         "%.2f s (python3 reading and parsing the same pages)" % c["list_seconds"],
         "%.1f×" % (c["seconds"] / c["list_seconds"]), "≤ 10 s and ≤ 100 MB at 100,000")
+# Watch churn (issue 18): lag from a watch event's arrival to git having it, under
+# the churn and in the warm-up at 10 changes/s (the baseline, same run).
+for c in (json.loads(l) for l in open(sys.argv[1]) if '"label": "churn"' in l or '"label":"churn"' in l):
+    row("watch churn: %d changes/s for %d s over %d objects; lag p99 (p50)" % (c["rate"], c["seconds"], c["objects"]),
+        "%.1f ms (%.1f ms); %d changes in %d commits (%.1f per commit); the cluster handed changes over at most %.1f ms late; CPU %.1f s (children included); anonymous RSS %.1f → max %.1f → %.1f MB" % (
+            c["lag_p99_ms"], c["lag_p50_ms"], c["changes"], c["commits"], c["changes"] / max(c["commits"], 1),
+            c["late_max_ms"], c["cpu_seconds"], c["anon_kb_first"] / 1024, c["anon_kb_max"] / 1024, c["anon_kb_last"] / 1024),
+        "%.1f ms (%.1f ms) at 10 changes/s" % (c["idle_lag_p99_ms"], c["idle_lag_p50_ms"]),
+        "%.1f×" % (c["lag_p99_ms"] / c["idle_lag_p99_ms"]), "keeps up, batched, flat memory")
 # CPU per request (issue 18): utime+stime of each server, children included, per
 # 10,000 requests of the same closed-loop load; a recorded write against the no-op
 # plus `git fast-import`'s CPU for the same commits.

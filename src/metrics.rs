@@ -247,6 +247,14 @@ pub struct ReconcileMetrics {
     /// `record: confirmed` changes committed, and how long after admission.
     pub noted_recorded: Counter,
     pub noted_latency: Histogram,
+    /// From a watch event's arrival to git having it (committed, or already there).
+    pub watch_lag: Histogram,
+    /// Commits the watches made, and the changes in them (a commit groups the
+    /// changes that arrived while the one before it was being made).
+    pub watch_commits: Counter,
+    pub watch_changes: Counter,
+    /// Changes the watches read that wait for their commit.
+    pub watch_waiting: Gauge,
 }
 
 impl Default for ReconcileMetrics {
@@ -263,6 +271,11 @@ impl Default for ReconcileMetrics {
             noted_recorded: Counter::default(),
             // 5 ms to about 80 s.
             noted_latency: Histogram::new(exponential_buckets(0.005, 2.0, 15)),
+            // 1 ms to about 30 s, in steps of 1.5×, fine enough for a p99.
+            watch_lag: Histogram::new(exponential_buckets(0.001, 1.5, 26)),
+            watch_commits: Counter::default(),
+            watch_changes: Counter::default(),
+            watch_waiting: Gauge::default(),
         }
     }
 }
@@ -319,6 +332,26 @@ impl ReconcileMetrics {
             "noted_latency_seconds",
             "record: confirmed changes: from admission's note to the durable commit",
             self.noted_latency.clone(),
+        );
+        r.register(
+            "watch_lag_seconds",
+            "From a watch event's arrival to git having its change (committed durably, or already there)",
+            self.watch_lag.clone(),
+        );
+        r.register(
+            "watch_commits",
+            "Commits made by the watches",
+            self.watch_commits.clone(),
+        );
+        r.register(
+            "watch_changes",
+            "Changes the watches committed (several to a commit under churn)",
+            self.watch_changes.clone(),
+        );
+        r.register(
+            "watch_waiting",
+            "Changes the watches read that wait for their commit",
+            self.watch_waiting.clone(),
         );
     }
 }

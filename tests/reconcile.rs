@@ -195,8 +195,25 @@ fn reconciler(
     std::path::PathBuf,
     kubescribe::store::WriterThread,
 ) {
+    let (reconciler, repo, writer, _) = reconciler_with(client, dir, config, Default::default());
+    (reconciler, repo, writer)
+}
+
+/// [`reconciler`] with fault points, and its metrics.
+fn reconciler_with(
+    client: kube::Client,
+    dir: &std::path::Path,
+    config: &str,
+    faults: kubescribe::fault::Faults,
+) -> (
+    reconcile::Reconciler,
+    std::path::PathBuf,
+    kubescribe::store::WriterThread,
+    std::sync::Arc<kubescribe::metrics::Metrics>,
+) {
     let config = Config {
         data_dir: dir.join("data"),
+        faults,
         ..Config::from_yaml(config).unwrap()
     };
     let target = &config.targets()[0];
@@ -215,10 +232,10 @@ fn reconciler(
         client,
         Policy::new(&config),
         vec![(layout, handle)],
-        metrics,
+        metrics.clone(),
         2,
     );
-    (reconciler, target.path.clone(), writer)
+    (reconciler, target.path.clone(), writer, metrics)
 }
 
 /// The recorded resource for core ConfigMaps.
@@ -421,6 +438,137 @@ async fn an_admitted_change_the_cluster_never_persisted_is_reverted_to_the_clust
         "the confirmed label was no phantom"
     );
     server.server.shutdown().await.unwrap();
+}
+
+/// Under churn the watch is read while a commit is being made, and what comes
+/// meanwhile goes into the next commit together. A file changed again meanwhile
+/// starts another commit, so every state the watch showed is some commit's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together() {
+    let scenario = ScenarioHandle::default();
+    scenario.list(CONFIGMAPS, "500", &[]);
+    let api = ApiServer::scenario(scenario.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
+        .await
+        .unwrap();
+    let configmaps = configmaps(&client).await;
+    // The first commit is held until everything after it has been read.
+    let slow_disk = kubescribe::fault::Gate::closed();
+    let (reconciler, repo, writer, metrics) = reconciler_with(
+        client,
+        dir.path(),
+        "",
+        kubescribe::fault::Faults {
+            before_durable: Some(slow_disk.clone()),
+            ..Default::default()
+        },
+    );
+    let data = |n: &str| serde_json::json!({ "count": n });
+    scenario.event(
+        CONFIGMAPS,
+        "ADDED",
+        &configmap("c1", "c0", data("0"), "501"),
+    );
+    for (i, rv) in (1..=5).zip(502..) {
+        let name = format!("c{i}");
+        scenario.event(
+            CONFIGMAPS,
+            "ADDED",
+            &configmap("c1", &name, data("1"), &rv.to_string()),
+        );
+    }
+    scenario.event(
+        CONFIGMAPS,
+        "MODIFIED",
+        &configmap("c1", "c1", data("2"), "507"),
+    );
+    scenario.event(
+        CONFIGMAPS,
+        "ADDED",
+        &configmap("c1", "c6", data("1"), "508"),
+    );
+
+    let reconciler = std::sync::Arc::new(reconciler);
+    let following = tokio::spawn({
+        let reconciler = reconciler.clone();
+        async move {
+            let mut known = vec![std::collections::HashSet::new()];
+            reconciler.follow(&configmaps, "500", 30, &mut known).await
+        }
+    });
+    slow_disk.arrivals(1).await;
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "the 7 changes after the first wait",
+        || metrics.reconcile.watch_waiting.get() == 7,
+    )
+    .await;
+    slow_disk.open();
+    let followed = following.await.unwrap().unwrap();
+    assert_eq!(followed.written, 8, "{followed:?}");
+    assert_eq!(followed.resource_version, "508");
+    assert_eq!(metrics.reconcile.watch_waiting.get(), 0);
+    assert_eq!(metrics.reconcile.watch_commits.get(), 3);
+    assert_eq!(metrics.reconcile.watch_changes.get(), 8);
+
+    let log = common::git(
+        &repo,
+        &["log", "--reverse", "--format=%s", "--name-status", "main"],
+    );
+    let log: Vec<&str> = log.lines().filter(|l| !l.is_empty()).collect();
+    let file = |name: &str| format!("team-a/core/configmaps/{name}.yaml");
+    assert_eq!(
+        log,
+        [
+            "reconcile: create v1 ConfigMap team-a/c0".to_owned(),
+            format!("A\t{}", file("c0")),
+            "reconcile: 5 changes of configmaps from the watch".to_owned(),
+            format!("A\t{}", file("c1")),
+            format!("A\t{}", file("c2")),
+            format!("A\t{}", file("c3")),
+            format!("A\t{}", file("c4")),
+            format!("A\t{}", file("c5")),
+            // c1 again: the next commit, so its first state stays in history.
+            "reconcile: 2 changes of configmaps from the watch".to_owned(),
+            format!("M\t{}", file("c1")),
+            format!("A\t{}", file("c6")),
+        ]
+    );
+    let n_of = |rev: &str| {
+        let text = common::git(&repo, &["show", &format!("{rev}:{}", file("c1"))]);
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("count: "))
+            .unwrap_or_else(|| panic!("no count in {text}"));
+        line.trim()
+            .trim_start_matches("count: ")
+            .trim_matches(['\'', '"'])
+            .to_owned()
+    };
+    assert_eq!(n_of("main~"), "1");
+    assert_eq!(n_of("main"), "2");
+    // Each file of a commit of many says where its state stands, for replays.
+    let message = common::git(&repo, &["log", "-1", "--format=%B", "main~"]);
+    assert!(
+        message.contains("create v1 ConfigMap team-a/c3\n"),
+        "{message}"
+    );
+    assert!(message.contains("Resource-Version: 506\n"), "{message}");
+    for (i, rv) in (1..=5).zip(502..) {
+        let trailer = format!("Object-Version-Of: {} uid-c{i} ", file(&format!("c{i}")));
+        let line = message.lines().find(|l| l.starts_with(&trailer));
+        assert!(
+            line.is_some_and(|l| l.ends_with(&format!(" state:{rv}"))),
+            "{trailer}…state:{rv} in\n{message}"
+        );
+    }
+
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,12 +10,14 @@
 //!   the server acknowledged;
 //! - `cluster` serves a synthetic cluster over plain HTTP for the reconcile snapshot:
 //!   the recorded v1.19 core discovery, and N ConfigMaps made from a recorded one,
-//!   paged with `limit`/`continue` like kube-apiserver.
+//!   paged with `limit`/`continue` like kube-apiserver; with `--churn-rate`, its
+//!   ConfigMaps watch streams that many changes per second (watch churn).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -102,6 +104,8 @@ enum Command {
         objects: usize,
         #[arg(long, default_value = "tests/fixtures/api/k8s-1.19")]
         fixtures: PathBuf,
+        #[command(flatten)]
+        churn: Churn,
     },
     /// Write a fast-import stream of the same commits a `run` with the same
     /// --requests and --namespaces records: same paths, same file bytes.
@@ -520,7 +524,8 @@ async fn main() -> anyhow::Result<()> {
             listen,
             objects,
             fixtures,
-        } => cluster(listen, objects, &fixtures).await?,
+            churn,
+        } => cluster(listen, objects, &fixtures, churn).await?,
         Command::FastImport {
             commits,
             fixtures,
@@ -640,13 +645,158 @@ async fn acked(
     Ok(())
 }
 
-/// The synthetic cluster behind the snapshot benchmark: core discovery as recorded
-/// (no API groups, so only core resources are discovered), `objects` ConfigMaps
-/// spread over 16 namespaces, every other list empty.
+/// Changes the synthetic cluster's ConfigMaps watch streams: first `warmup` changes at
+/// 10 per second (the idle baseline), then `rate` per second for `seconds`. Change `k`
+/// has resourceVersion `368 + k` and is due at a fixed time from the first watch, so
+/// a watch started again from any resourceVersion goes on where the last one ended.
+#[derive(clap::Args, Clone, Copy)]
+struct Churn {
+    /// Changes per second after the warm-up; 0 streams no changes.
+    #[arg(long = "churn-rate", default_value_t = 0)]
+    rate: u64,
+    #[arg(long = "churn-seconds", default_value_t = 60)]
+    seconds: u64,
+    #[arg(long = "churn-warmup", default_value_t = 20)]
+    warmup: u64,
+}
+
+impl Churn {
+    const WARMUP_RATE: u64 = 10;
+
+    fn total(&self) -> u64 {
+        if self.rate == 0 {
+            return 0;
+        }
+        self.warmup + self.rate * self.seconds
+    }
+
+    /// When change `k` is due, after the first watch.
+    fn due(&self, k: u64) -> Duration {
+        if k < self.warmup {
+            return Duration::from_millis(k * 1000 / Self::WARMUP_RATE);
+        }
+        let warm = Duration::from_millis(self.warmup * 1000 / Self::WARMUP_RATE);
+        warm + Duration::from_nanos((k - self.warmup) * 1_000_000_000 / self.rate.max(1))
+    }
+}
+
+/// The synthetic cluster's state shared by its handlers.
+struct ClusterState {
+    version: Bytes,
+    api: Bytes,
+    api_v1: Bytes,
+    template: serde_json::Value,
+    objects: usize,
+    churn: Churn,
+    /// When the first ConfigMaps watch came: change 0 is due then.
+    started: std::sync::OnceLock<tokio::time::Instant>,
+    /// How late each change was handed to the watch's connection (µs), for the
+    /// report: a reader that falls behind holds the stream back.
+    late_us: std::sync::Mutex<Vec<u64>>,
+}
+
+impl ClusterState {
+    fn object(&self, i: usize, revision: Option<u64>) -> serde_json::Value {
+        let mut item = self.template.clone();
+        item["metadata"]["name"] = format!("cm-{i:05}").into();
+        item["metadata"]["namespace"] = format!("team-{}", i % 16).into();
+        item["metadata"]["uid"] = format!("00000000-0000-0000-0000-{i:012}").into();
+        item["data"] = serde_json::json!({ "index": i.to_string(), "payload": "x".repeat(200) });
+        if let Some(k) = revision {
+            item["metadata"]["resourceVersion"] = (368 + k).to_string().into();
+            item["data"]["revision"] = k.to_string().into();
+        }
+        item
+    }
+
+    /// The ConfigMaps watch from `from` (a resourceVersion) for `timeout`: the churn's
+    /// changes after `from` as they fall due, then nothing until the timeout.
+    fn watch(
+        self: Arc<Self>,
+        from: u64,
+        timeout: Duration,
+    ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+        let started = *self.started.get_or_init(tokio::time::Instant::now);
+        let ends = tokio::time::Instant::now() + timeout;
+        let next = from.saturating_sub(367);
+        futures::stream::unfold((self, next), move |(state, next)| async move {
+            if next >= state.churn.total() {
+                tokio::time::sleep_until(ends).await;
+                return None;
+            }
+            let due = started + state.churn.due(next);
+            if due >= ends {
+                tokio::time::sleep_until(ends).await;
+                return None;
+            }
+            tokio::time::sleep_until(due).await;
+            // Every change due by now, in one chunk.
+            let now = tokio::time::Instant::now();
+            let mut chunk = Vec::new();
+            let mut k = next;
+            let mut late = Vec::new();
+            while k < state.churn.total()
+                && started + state.churn.due(k) <= now
+                && chunk.len() < 1 << 20
+            {
+                let i = ((k * 7919) % state.objects.max(1) as u64) as usize;
+                let event =
+                    serde_json::json!({ "type": "MODIFIED", "object": state.object(i, Some(k)) });
+                serde_json::to_writer(&mut chunk, &event).unwrap_or_default();
+                chunk.push(b'\n');
+                late.push(
+                    now.saturating_duration_since(started + state.churn.due(k))
+                        .as_micros() as u64,
+                );
+                k += 1;
+            }
+            state
+                .late_us
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(late);
+            if k == state.churn.total() {
+                state.report();
+            }
+            Some((Ok(Bytes::from(chunk)), (state, k)))
+        })
+    }
+
+    /// Prints how late the changes were handed over (one JSON line on stdout).
+    fn report(&self) {
+        let mut late = self
+            .late_us
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        late.sort_unstable();
+        let at = |q: f64| {
+            late.get(((late.len() as f64 * q) as usize).min(late.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "changes": late.len(),
+                "late_p50_ms": at(0.5) as f64 / 1000.0,
+                "late_p99_ms": at(0.99) as f64 / 1000.0,
+                "late_max_ms": late.last().copied().unwrap_or(0) as f64 / 1000.0,
+            })
+        );
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// The synthetic cluster behind the snapshot and churn benchmarks: core discovery as
+/// recorded (no API groups, so only core resources are discovered), `objects`
+/// ConfigMaps spread over 16 namespaces, every other list empty, and watches that
+/// stay open until their timeout (the ConfigMaps one streaming `churn`).
 async fn cluster(
     listen: SocketAddr,
     objects: usize,
     fixtures: &std::path::Path,
+    churn: Churn,
 ) -> anyhow::Result<()> {
     use axum::http::{header, Uri};
     use axum::response::IntoResponse;
@@ -660,11 +810,20 @@ async fn cluster(
     let api_v1 = read("disc_api_v1.json")?;
     let list: serde_json::Value = serde_json::from_slice(&read("list_configmaps_all.json")?)?;
     let template = list["items"][0].clone();
-    let state = Arc::new((version, api, api_v1, template, objects));
+    let state = Arc::new(ClusterState {
+        version,
+        api,
+        api_v1,
+        template,
+        objects,
+        churn,
+        started: std::sync::OnceLock::new(),
+        late_us: std::sync::Mutex::new(Vec::new()),
+    });
     let app = axum::Router::new().fallback(move |uri: Uri| {
         let state = state.clone();
         async move {
-            let (version, api, api_v1, template, objects) = &*state;
+            let objects = &state.objects;
             let json = |body: Bytes| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             let query = uri.query().unwrap_or_default();
             let param = |key: &str| {
@@ -673,25 +832,30 @@ async fn cluster(
                     .find_map(|p| p.strip_prefix(key))
                     .and_then(|v| v.parse::<usize>().ok())
             };
+            if query.split('&').any(|p| p == "watch=true" || p == "watch=1") {
+                let timeout = Duration::from_secs(param("timeoutSeconds=").unwrap_or(300) as u64);
+                let body = if uri.path() == "/api/v1/configmaps" && churn.rate > 0 {
+                    let from = param("resourceVersion=").unwrap_or(367) as u64;
+                    axum::body::Body::from_stream(state.clone().watch(from, timeout))
+                } else {
+                    axum::body::Body::from_stream(futures::stream::once(async move {
+                        tokio::time::sleep(timeout).await;
+                        Ok::<_, std::convert::Infallible>(Bytes::new())
+                    }))
+                };
+                return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+            }
             match uri.path() {
-                "/version" => json(version.clone()),
-                "/api" => json(api.clone()),
-                "/api/v1" => json(api_v1.clone()),
+                "/version" => json(state.version.clone()),
+                "/api" => json(state.api.clone()),
+                "/api/v1" => json(state.api_v1.clone()),
                 "/apis" => json(Bytes::from_static(br#"{"kind":"APIGroupList","apiVersion":"v1","groups":[]}"#)),
                 "/api/v1/configmaps" => {
                     let start = param("continue=").unwrap_or(0);
                     let limit = param("limit=").unwrap_or(*objects).max(1);
                     let end = (start + limit).min(*objects);
-                    let items: Vec<serde_json::Value> = (start..end)
-                        .map(|i| {
-                            let mut item = template.clone();
-                            item["metadata"]["name"] = format!("cm-{i:05}").into();
-                            item["metadata"]["namespace"] = format!("team-{}", i % 16).into();
-                            item["metadata"]["uid"] = format!("00000000-0000-0000-0000-{i:012}").into();
-                            item["data"] = serde_json::json!({ "index": i.to_string(), "payload": "x".repeat(200) });
-                            item
-                        })
-                        .collect();
+                    let items: Vec<serde_json::Value> =
+                        (start..end).map(|i| state.object(i, None)).collect();
                     let mut metadata = serde_json::json!({ "resourceVersion": "367" });
                     if end < *objects {
                         metadata["continue"] = end.to_string().into();

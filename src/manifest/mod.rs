@@ -241,6 +241,49 @@ impl ObjectVersion {
             state,
         })
     }
+
+    /// The trailer that carries it for one file of a commit of many:
+    /// `Object-Version-Of: <path> <uid> <created> create|after:<rv>|state:<rv>`.
+    pub fn trailer_of(&self, path: &str) -> String {
+        let after = match (self.after, self.state) {
+            (Some(rv), false) => format!("after:{rv}"),
+            (Some(rv), true) => format!("state:{rv}"),
+            (None, _) => "create".to_owned(),
+        };
+        format!(
+            "Object-Version-Of: {path} {} {} {after}\n",
+            self.uid, self.created
+        )
+    }
+
+    /// The version of `path` in a commit of many, from its [`Self::trailer_of`].
+    pub fn of_path(message: &str, path: &str) -> Option<Self> {
+        message.lines().rev().find_map(|line| {
+            // From the right: a path may hold spaces, a uid and a time do not.
+            let mut fields = line.strip_prefix("Object-Version-Of: ")?.rsplitn(4, ' ');
+            let (after, created, uid, of) = (
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+                fields.next()?,
+            );
+            if of != path {
+                return None;
+            }
+            let (after, state) = match after.split_once(':') {
+                None if after == "create" => (None, false),
+                Some(("after", rv)) => (Some(rv.parse().ok()?), false),
+                Some(("state", rv)) => (Some(rv.parse().ok()?), true),
+                _ => return None,
+            };
+            Some(Self {
+                uid: uid.to_owned(),
+                created: created.to_owned(),
+                after,
+                state,
+            })
+        })
+    }
 }
 
 impl Change {
@@ -802,6 +845,33 @@ mod tests {
         assert_eq!(state(10).newer_than(&state(10)), None);
         let message = format!("reconcile: x\n\n{}", state(12).trailers());
         assert_eq!(ObjectVersion::from_message(&message), Some(state(12)));
+    }
+
+    #[test]
+    fn each_file_of_a_commit_of_many_has_its_own_version() {
+        let state = ObjectVersion {
+            state: true,
+            ..version("u-1", "2026-01-01T00:00:00Z", Some(12))
+        };
+        let create = version("u-2", "2026-01-02T00:00:00Z", None);
+        let update = version("u-3", "2026-01-03T00:00:00Z", Some(7));
+        let message = format!(
+            "reconcile: 3 changes\n\nKubescribe-Reconcile: watch\n{}{}{}",
+            state.trailer_of("team a/x.yaml"),
+            create.trailer_of("b.yaml"),
+            update.trailer_of("c.yaml")
+        );
+        assert_eq!(
+            ObjectVersion::of_path(&message, "team a/x.yaml"),
+            Some(state)
+        );
+        assert_eq!(ObjectVersion::of_path(&message, "b.yaml"), Some(create));
+        assert_eq!(ObjectVersion::of_path(&message, "c.yaml"), Some(update));
+        assert_eq!(ObjectVersion::of_path(&message, "x.yaml"), None);
+        assert_eq!(
+            ObjectVersion::of_path("Object-Version-Of: b.yaml u 1 after:x", "b.yaml"),
+            None
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 mod cleanup;
 mod confirm;
+mod watch;
 
 use kube::discovery::{verbs, ApiCapabilities, ApiResource, Discovery, Scope};
 
@@ -762,112 +763,6 @@ impl Reconciler {
         self.remove_gone(std::slice::from_ref(resource), &live, Some(known))
             .await?;
         Ok((resource_version, live))
-    }
-
-    /// Watches `resource` from `resource_version` (with bookmarks) until the server
-    /// ends the watch, writing every change git does not have yet: objects created or
-    /// changed without an admission record (kubescribe was down, the webhook failed
-    /// open), and deletions behind its back (garbage collection). Each is its own
-    /// commit, authored by kubescribe, saying so. Admitted changes the watch shows are
-    /// confirmed. `known` follows the files of live objects. `Expired` (410 Gone)
-    /// means the caller must relist.
-    pub async fn follow(
-        &self,
-        resource: &Recorded,
-        resource_version: &str,
-        timeout_seconds: u32,
-        known: &mut Live,
-    ) -> Result<Followed, ReconcileError> {
-        use futures::TryStreamExt as _;
-        use kube::api::WatchEvent;
-        let ar = resource.api_resource();
-        let api = resource.api(&self.client, None);
-        // Bookmarks are on by default.
-        let params = kube::api::WatchParams::default().timeout(timeout_seconds);
-        let watch_error = |e: &dyn std::fmt::Display| ReconcileError::List {
-            resource: resource.resource.clone(),
-            reason: format!("watch: {e}"),
-        };
-        let stream = api
-            .watch(&params, resource_version)
-            .await
-            .map_err(|e| watch_error(&e))?;
-        futures::pin_mut!(stream);
-        let mut followed = Followed {
-            resource_version: resource_version.to_owned(),
-            ..Followed::default()
-        };
-        while let Some(event) = stream.try_next().await.map_err(|e| watch_error(&e))? {
-            let (object, operation) = match event {
-                WatchEvent::Added(object) => (object, Operation::Create),
-                WatchEvent::Modified(object) => (object, Operation::Update),
-                WatchEvent::Deleted(object) => (object, Operation::Delete),
-                WatchEvent::Bookmark(bookmark) => {
-                    followed.bookmarks += 1;
-                    followed.resource_version = bookmark.metadata.resource_version;
-                    continue;
-                }
-                WatchEvent::Error(status) if status.code == 410 => {
-                    return Err(ReconcileError::Expired {
-                        resource: resource.resource.clone(),
-                    });
-                }
-                WatchEvent::Error(status) => return Err(watch_error(&status.message)),
-            };
-            if let Some(version) = object.metadata.resource_version.clone() {
-                followed.resource_version = version;
-            }
-            let write = write_for(resource, object_json(object, &ar), operation);
-            self.see_leaving(&write);
-            let Some((target, _, change)) = self.plan(&write) else {
-                continue;
-            };
-            let path = change.path.as_str().to_owned();
-            if change.action == Action::Remove {
-                known[target].remove(&path);
-            } else {
-                known[target].insert(path);
-            }
-            match self.observe(target, &change) {
-                Observed::Write => {}
-                Observed::Hold => {
-                    followed.held += 1;
-                    continue;
-                }
-                Observed::Record {
-                    change,
-                    note,
-                    since,
-                } => {
-                    if self.record_noted(target, *change, *note, since).await? {
-                        followed.written += 1;
-                    } else {
-                        followed.confirmed += 1;
-                    }
-                    continue;
-                }
-            }
-            let message = format!(
-                "reconcile: {verb} {api_version} {kind} {object}\n\nThe cluster has this, and git did not: admission never recorded it (kubescribe was down, the webhook failed open, or the change came from inside the cluster, such as garbage collection).\n\nKubescribe-Reconcile: watch\nResource-Version: {rv}\n{version}",
-                verb = change.verb.as_str(),
-                api_version = change.api_version,
-                kind = change.kind,
-                object = change.object_ref(),
-                rv = followed.resource_version,
-                // Where this state stands in the object's history, so a replay
-                // between replicas keeps the newest record (see store::replay).
-                version = change
-                    .version
-                    .as_ref()
-                    .map_or_else(String::new, |v| v.trailers()),
-            );
-            if self.commit(target, vec![change], message).await? {
-                followed.written += 1;
-            } else {
-                followed.confirmed += 1;
-            }
-        }
-        Ok(followed)
     }
 
     /// Reads back every admitted change whose confirmation window ended: if the

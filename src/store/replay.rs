@@ -54,17 +54,21 @@ fn remote_versions(
         let mut changes = Vec::new();
         diff_trees(repo, parent_tree, decoded.tree(), "", &mut changes)?;
         // A version speaks for the one object its commit changed; a commit of many
-        // files (a person's, a reconcile snapshot) says nothing about each of them,
-        // and neither does one without trailers: the newest record that does counts.
-        if let (Some(version), [(path, _)]) = (version, changes.as_slice()) {
+        // files says nothing about each of them (a person's, a reconcile snapshot)
+        // unless it has a trailer per file (a watch's), and neither does one without
+        // trailers: the newest record that does counts.
+        let single = changes.len() == 1;
+        let message = String::from_utf8_lossy(decoded.message);
+        for (path, _) in changes {
+            let version = if single {
+                version.clone()
+            } else {
+                crate::manifest::ObjectVersion::of_path(&message, &path)
+            };
             // Newest first: the first version seen of a file is its latest.
-            let newest = versions.entry(path.clone()).or_insert(None);
+            let newest = versions.entry(path).or_insert(None);
             if newest.is_none() {
-                *newest = Some(version);
-            }
-        } else {
-            for (path, _) in changes {
-                versions.entry(path).or_insert(None);
+                *newest = version;
             }
         }
         next = parent;
@@ -376,8 +380,21 @@ impl Writer {
                         None => {}
                     }
                 }
+                // A commit of many (a watch's) may say where each file stands.
+                let of_path = (!single)
+                    .then(|| {
+                        crate::manifest::ObjectVersion::of_path(
+                            &String::from_utf8_lossy(&original.message),
+                            &path,
+                        )
+                    })
+                    .flatten();
                 let keep_theirs = match (theirs.get(&path), &ours) {
                     (None, _) => false,
+                    (Some(Some(newer)), _) if of_path.is_some() => of_path
+                        .as_ref()
+                        .is_some_and(|ours| newer.newer_than(ours) == Some(true)),
+                    (Some(_), _) if of_path.is_some() => false,
                     // A version speaks for its commit's one file.
                     (Some(Some(newer)), Some(ours)) if single => {
                         newer.newer_than(ours) == Some(true)
@@ -449,5 +466,74 @@ impl Writer {
             renamed.push(Some(new_id));
         }
         Ok((renamed, tip, tree))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn the_remote_s_versions_come_from_one_file_commits_and_from_per_file_trailers() {
+        use crate::manifest::ObjectVersion;
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        git(work, &["init", "-q", "-b", "main"]);
+        let state = |uid: &str, rv: u64| ObjectVersion {
+            uid: uid.to_owned(),
+            created: "2026-01-01T00:00:00Z".to_owned(),
+            after: Some(rv),
+            state: true,
+        };
+        let commit = |files: &[&str], message: &str| {
+            for file in files {
+                std::fs::write(work.join(file), message).unwrap();
+            }
+            git(work, &["add", "-A"]);
+            git(work, &["commit", "-q", "-m", message]);
+            git(work, &["rev-parse", "HEAD"])
+        };
+        let base = commit(&["x.yaml"], "start");
+        // Oldest first: a one-file commit, a commit of many with a trailer per file
+        // (one file has none), then a one-file commit without trailers.
+        commit(
+            &["a.yaml"],
+            &format!("one\n\n{}", state("u-a", 5).trailers()),
+        );
+        commit(
+            &["a.yaml", "b.yaml", "c.yaml"],
+            &format!(
+                "many\n\nKubescribe-Reconcile: watch\n{}{}",
+                state("u-a", 9).trailer_of("a.yaml"),
+                state("u-b", 8).trailer_of("b.yaml")
+            ),
+        );
+        let tip = commit(&["b.yaml"], "a person's edit");
+        let repo = gix::open(work.join(".git")).unwrap();
+        let id = |hex: &str| ObjectId::from_hex(hex.as_bytes()).unwrap();
+        let versions = remote_versions(&repo, Some(id(&tip)), Some(id(&base))).unwrap();
+        // a: its newest record says 9 (the commit of many), not 5.
+        assert_eq!(versions["a.yaml"], Some(state("u-a", 9)));
+        // b: the newest commit says nothing, so the newest that does counts.
+        assert_eq!(versions["b.yaml"], Some(state("u-b", 8)));
+        // c: no commit says.
+        assert_eq!(versions["c.yaml"], None);
+        assert!(!versions.contains_key("x.yaml"));
     }
 }
