@@ -20,6 +20,9 @@
 # CPU figures, default 30000, and their pace, default 5000/s), CHURN_RATE, CHURN_SECONDS
 # and CHURN_OBJECTS (the watch churn: changes/s, default 1000, for how long, default
 # 60, over how many objects, default 10000), CHURN_ONLY=1 (only that).
+# LARGE_FILES (files of the large repository, default 100000), LARGE_WRITES and
+# LARGE_ROUNDS (one-at-a-time writes per round into it and into an empty one, default
+# 200 and 3), LARGE_ONLY=1 (only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -217,6 +220,58 @@ CHURN_SECONDS=${CHURN_SECONDS:-60}
 CHURN_OBJECTS=${CHURN_OBJECTS:-10000}
 if [[ -n ${CHURN_ONLY:-} ]]; then churn_run; python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
 
+# A repository of LARGE_FILES files (issue 18): the idle RSS of a server on it, and
+# one recorded write's latency (`wait: commit`, one at a time) next to the same
+# writes into an empty repository, in alternating rounds of the same run.
+large_run() {
+echo "== a repository of $LARGE_FILES files"
+rm -rf "$OUT/large" "$OUT/small"
+mkdir -p "$OUT/large"
+git init -q --bare -b main "$OUT/large/repo.git"
+# One commit of LARGE_FILES ConfigMaps in the directories the load writes into
+# (team-a-0 … team-a-63, as `kubescribe-load run` spreads them).
+python3 - "$LARGE_FILES" <<'PY' | git --git-dir "$OUT/large/repo.git" fast-import --quiet
+import sys
+files = int(sys.argv[1])
+out = sys.stdout.buffer
+out.write(b"commit refs/heads/main\ncommitter bench <bench@example.com> 1700000000 +0000\ndata 5\nbulk\n")
+for i in range(files):
+    ns = "team-a-%d" % (i % 64)
+    body = ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bulk-%d\n  namespace: %s\ndata:\n  index: '%d'\n  payload: %s\n" % (i, ns, i, "x" * 120)).encode()
+    out.write(b"M 100644 inline %s/core/configmaps/bulk-%d.yaml\ndata %d\n" % (ns.encode(), i, len(body)))
+    out.write(body + b"\n")
+out.write(b"\n")
+PY
+local rules="  - name: default
+    wait: commit"
+start_kubescribe large 18480 "$rules"
+local large_pid=$server_pid
+start_kubescribe small 18481 "$rules"
+local small_pid=$server_pid
+sleep 2
+local large_rss small_rss
+large_rss=$(awk '/VmRSS/ {print $2}' "/proc/$large_pid/status")
+small_rss=$(awk '/VmRSS/ {print $2}' "/proc/$small_pid/status")
+local offset=1000000
+for round in $(seq 1 "$LARGE_ROUNDS"); do
+  load "large_write_$round" 18480 20 "$LARGE_WRITES" 1 "$offset"
+  load "small_write_$round" 18481 20 "$LARGE_WRITES" 1 "$offset"
+  offset=$((offset + LARGE_WRITES))
+done
+local files
+files=$(git --git-dir "$OUT/large/repo.git" ls-tree -r --name-only main | wc -l)
+local large_after small_after
+large_after=$(awk '/VmRSS/ {print $2}' "/proc/$large_pid/status")
+small_after=$(awk '/VmRSS/ {print $2}' "/proc/$small_pid/status")
+echo "{\"label\":\"large_repo\",\"files\":$files,\"idle_kb\":$large_rss,\"empty_idle_kb\":$small_rss,\"after_kb\":$large_after,\"empty_after_kb\":$small_after,\"rounds\":$LARGE_ROUNDS}" | tee -a "$OUT/runs.jsonl"
+kill "$large_pid" "$small_pid"
+wait "$large_pid" "$small_pid" 2>/dev/null || true
+}
+LARGE_FILES=${LARGE_FILES:-100000}
+LARGE_WRITES=${LARGE_WRITES:-200}
+LARGE_ROUNDS=${LARGE_ROUNDS:-3}
+if [[ -n ${LARGE_ONLY:-} ]]; then large_run; python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+
 echo "== index of an existing repository: $INDEX_MANIFESTS manifests"
 # The index of what people declared (issue 15), next to its floor: parsing every
 # document of the same files once. Also the real fixture repositories.
@@ -302,6 +357,7 @@ done
 if [[ -n ${SNAPSHOT_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
 
 churn_run
+large_run
 
 echo "== kubescribe check on $CHECK_FILES manifests"
 # The same manifests for both: the tests' check fixtures (ConfigMaps, a Flux-managed

@@ -81,6 +81,20 @@ for c in snapshots:
             c.get("anon_kb", 0) / 1024, c.get("file_kb", 0) / 1024),
         "%.2f s (python3 reading and parsing the same pages)" % c["list_seconds"],
         "%.1f×" % (c["seconds"] / c["list_seconds"]), "≤ 10 s and ≤ 100 MB at 100,000")
+# A large repository (issue 18): idle RSS, and one write at a time into it against
+# the same writes into an empty repository (medians of alternating rounds).
+if "large_repo" in runs:
+    c = runs["large_repo"]
+    rounds = range(1, c["rounds"] + 1)
+    large = [runs["large_write_%d" % r] for r in rounds]
+    small = [runs["small_write_%d" % r] for r in rounds]
+    med = lambda rs, k: statistics.median(r[k] for r in rs)
+    row("idle RSS with a repository of %d files" % c["files"], "%.1f MB (%.1f MB after the writes)" % (c["idle_kb"] / 1024, c["after_kb"] / 1024),
+        "%.1f MB (empty repository)" % (c["empty_idle_kb"] / 1024), "%.2f×" % (c["idle_kb"] / c["empty_idle_kb"]), "≤ 30 MB")
+    row("one `wait: commit` write at a time into it: p50 / p99 (medians of %d alternating rounds)" % c["rounds"],
+        "%.2f / %.2f ms" % (med(large, "p50_ms"), med(large, "p99_ms")),
+        "%.2f / %.2f ms (the same writes into an empty repository)" % (med(small, "p50_ms"), med(small, "p99_ms")),
+        "%.2f× / %.2f×" % (med(large, "p50_ms") / med(small, "p50_ms"), med(large, "p99_ms") / med(small, "p99_ms")), "≤ 1.5×")
 # Watch churn (issue 18): lag from a watch event's arrival to git having it, under
 # the churn and in the warm-up at 10 changes/s (the baseline, same run).
 for c in (json.loads(l) for l in open(sys.argv[1]) if '"label": "churn"' in l or '"label":"churn"' in l):
