@@ -571,6 +571,59 @@ async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together(
     common::git(&repo, &["fsck", "--strict"]);
 }
 
+/// A deletion read from the watch but not committed yet when the watch expires is
+/// not forgotten: its file goes back among the live ones, so the relist sweeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_waiting_for_its_commit_when_the_watch_expires_is_swept_by_the_relist() {
+    let scenario = ScenarioHandle::default();
+    scenario.list(CONFIGMAPS, "500", &[]);
+    let api = ApiServer::scenario(scenario.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
+        .await
+        .unwrap();
+    let configmaps = configmaps(&client).await;
+    let slow_disk = kubescribe::fault::Gate::closed();
+    let (reconciler, repo, writer, metrics) = reconciler_with(
+        client,
+        dir.path(),
+        "",
+        kubescribe::fault::Faults {
+            before_durable: Some(slow_disk.clone()),
+            ..Default::default()
+        },
+    );
+    let data = serde_json::json!({ "count": "1" });
+    scenario.event(
+        CONFIGMAPS,
+        "ADDED",
+        &configmap("c1", "c0", data.clone(), "501"),
+    );
+    scenario.event(CONFIGMAPS, "DELETED", &configmap("c1", "c9", data, "502"));
+    let expired = serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version","reason":"Expired","code":410});
+    scenario.event(CONFIGMAPS, "ERROR", &expired);
+    let c9 = "team-a/core/configmaps/c9.yaml".to_owned();
+    let mut known = vec![std::collections::HashSet::from([c9.clone()])];
+    // c0's commit is held; c9's deletion waits behind it when the 410 comes.
+    let ended = reconciler.follow(&configmaps, "500", 30, &mut known).await;
+    assert!(
+        matches!(ended, Err(reconcile::ReconcileError::Expired { .. })),
+        "{ended:?}"
+    );
+    assert!(known[0].contains(&c9), "{known:?}");
+    assert!(
+        known[0].contains("team-a/core/configmaps/c0.yaml"),
+        "{known:?}"
+    );
+    assert_eq!(metrics.reconcile.watch_waiting.get(), 0);
+    slow_disk.open();
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_410_in_the_middle_of_a_watch_relists_losing_nothing_and_writing_nothing_twice() {
     let scenario = ScenarioHandle::default();

@@ -256,33 +256,35 @@ impl ObjectVersion {
         )
     }
 
-    /// The version of `path` in a commit of many, from its [`Self::trailer_of`].
-    pub fn of_path(message: &str, path: &str) -> Option<Self> {
-        message.lines().rev().find_map(|line| {
-            // From the right: a path may hold spaces, a uid and a time do not.
-            let mut fields = line.strip_prefix("Object-Version-Of: ")?.rsplitn(4, ' ');
-            let (after, created, uid, of) = (
-                fields.next()?,
-                fields.next()?,
-                fields.next()?,
-                fields.next()?,
-            );
-            if of != path {
-                return None;
-            }
-            let (after, state) = match after.split_once(':') {
-                None if after == "create" => (None, false),
-                Some(("after", rv)) => (Some(rv.parse().ok()?), false),
-                Some(("state", rv)) => (Some(rv.parse().ok()?), true),
-                _ => return None,
-            };
-            Some(Self {
-                uid: uid.to_owned(),
-                created: created.to_owned(),
-                after,
-                state,
+    /// The version of each file a commit of many names in its [`Self::trailer_of`]
+    /// trailers (read once: such a commit may name thousands).
+    pub fn of_paths(message: &str) -> std::collections::HashMap<String, Self> {
+        message
+            .lines()
+            .filter_map(|line| {
+                // From the right: a path may hold spaces, a uid and a time do not.
+                let mut fields = line.strip_prefix("Object-Version-Of: ")?.rsplitn(4, ' ');
+                let (after, created, uid, path) = (
+                    fields.next()?,
+                    fields.next()?,
+                    fields.next()?,
+                    fields.next()?,
+                );
+                let (after, state) = match after.split_once(':') {
+                    None if after == "create" => (None, false),
+                    Some(("after", rv)) => (Some(rv.parse().ok()?), false),
+                    Some(("state", rv)) => (Some(rv.parse().ok()?), true),
+                    _ => return None,
+                };
+                let version = Self {
+                    uid: uid.to_owned(),
+                    created: created.to_owned(),
+                    after,
+                    state,
+                };
+                Some((path.to_owned(), version))
             })
-        })
+            .collect()
     }
 }
 
@@ -861,17 +863,12 @@ mod tests {
             create.trailer_of("b.yaml"),
             update.trailer_of("c.yaml")
         );
-        assert_eq!(
-            ObjectVersion::of_path(&message, "team a/x.yaml"),
-            Some(state)
-        );
-        assert_eq!(ObjectVersion::of_path(&message, "b.yaml"), Some(create));
-        assert_eq!(ObjectVersion::of_path(&message, "c.yaml"), Some(update));
-        assert_eq!(ObjectVersion::of_path(&message, "x.yaml"), None);
-        assert_eq!(
-            ObjectVersion::of_path("Object-Version-Of: b.yaml u 1 after:x", "b.yaml"),
-            None
-        );
+        let versions = ObjectVersion::of_paths(&message);
+        assert_eq!(versions.get("team a/x.yaml"), Some(&state));
+        assert_eq!(versions.get("b.yaml"), Some(&create));
+        assert_eq!(versions.get("c.yaml"), Some(&update));
+        assert_eq!(versions.len(), 3);
+        assert!(ObjectVersion::of_paths("Object-Version-Of: b.yaml u 1 after:x").is_empty());
     }
 
     #[test]

@@ -13,7 +13,12 @@
 //! - commits are made in the order the watch showed their changes;
 //! - the resourceVersion handed back (to watch from next) is only handed back once
 //!   every change before it is in git;
-//! - at most [`WAITING_MAX`] changes wait; reading stops while that many do.
+//! - at most [`WAITING_MAX`] changes wait besides the commit being made; reading
+//!   stops while that many do;
+//! - a change to a file an admitted change waits on is not written over it (see
+//!   [`super::confirm`]), checked again when its commit is made;
+//! - a watch that fails loses no deletion: the files of deletions not yet committed
+//!   go back into `known`, so the relist sweeps them.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -59,7 +64,8 @@ struct Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        // A watch that fails drops what waits: it is watched again from before it.
+        // A watch that fails drops what waits: it is watched again from before it,
+        // or relisted.
         self.gauge.dec_by(self.count as i64);
     }
 }
@@ -109,6 +115,9 @@ impl Waiting {
 struct Committed {
     written: usize,
     confirmed: usize,
+    held: usize,
+    /// `(target, path)` of the files of deleted objects it took out.
+    removed: Vec<(usize, String)>,
 }
 
 type Committing<'a> = Pin<Box<dyn Future<Output = Result<Committed, ReconcileError>> + Send + 'a>>;
@@ -150,13 +159,18 @@ impl Reconciler {
         };
         let mut waiting = Waiting::new(self.metrics.reconcile.watch_waiting.clone());
         let mut committing: Option<Committing<'_>> = None;
+        // Files of deleted objects not known to be removed from git yet. `known`
+        // forgets them at once; if the watch fails first, it gets them back, so the
+        // relist that follows still sweeps them.
+        let mut removing: HashSet<(usize, String)> = HashSet::new();
+        let outcome = async {
         loop {
             tokio::select! {
                 // Finish commits first, so what waits is bounded by what one
                 // commit's time lets arrive.
                 biased;
                 done = async { committing.as_mut().expect("only polled while committing").await }, if committing.is_some() => {
-                    followed.add(done?);
+                    followed.add(done?, &mut removing);
                     committing = waiting.pop().map(|batch| self.commit_batch(resource, batch));
                 }
                 event = stream.try_next(), if waiting.count < WAITING_MAX => {
@@ -191,6 +205,7 @@ impl Reconciler {
                     let path = change.path.as_str().to_owned();
                     if change.action == Action::Remove {
                         known[target].remove(&path);
+                        removing.insert((target, path));
                     } else {
                         known[target].insert(path);
                     }
@@ -210,10 +225,10 @@ impl Reconciler {
                             // Its user's commit comes after everything the watch
                             // showed before it.
                             if let Some(earlier) = committing.take() {
-                                followed.add(earlier.await?);
+                                followed.add(earlier.await?, &mut removing);
                             }
                             while let Some(batch) = waiting.pop() {
-                                followed.add(self.commit_batch(resource, batch).await?);
+                                followed.add(self.commit_batch(resource, batch).await?, &mut removing);
                             }
                             if self.record_noted(target, *change, *note, since).await? {
                                 followed.written += 1;
@@ -226,20 +241,47 @@ impl Reconciler {
             }
         }
         if let Some(last) = committing.take() {
-            followed.add(last.await?);
+            followed.add(last.await?, &mut removing);
         }
         while let Some(batch) = waiting.pop() {
-            followed.add(self.commit_batch(resource, batch).await?);
+            followed.add(self.commit_batch(resource, batch).await?, &mut removing);
         }
         Ok(followed)
+        }
+        .await;
+        if outcome.is_err() {
+            for (target, path) in removing {
+                known[target].insert(path);
+            }
+        }
+        outcome
     }
 
     /// Commits a batch's changes, one commit per target, and notes how long each
-    /// change waited since its event arrived.
+    /// change waited since its event arrived. A change to a file an admitted change
+    /// now waits on is left out, as if the watch had shown it then (it is older
+    /// than what admission recorded since).
     fn commit_batch<'a>(&'a self, resource: &'a Recorded, batch: Batch) -> Committing<'a> {
         Box::pin(async move {
             let mut committed = Committed::default();
             for (target, changes) in batch.changes.into_iter().enumerate() {
+                committed.removed.extend(
+                    changes
+                        .iter()
+                        .filter(|(c, _)| c.action == Action::Remove)
+                        .map(|(c, _)| (target, c.path.as_str().to_owned())),
+                );
+                let before = changes.len();
+                let changes: Vec<(Change, Instant)> = changes
+                    .into_iter()
+                    .filter(|(c, _)| {
+                        !self
+                            .confirmations
+                            .as_ref()
+                            .is_some_and(|k| k.is_pending(target, c.path.as_str()))
+                    })
+                    .collect();
+                committed.held += before - changes.len();
                 if changes.is_empty() {
                     continue;
                 }
@@ -266,9 +308,13 @@ impl Reconciler {
 }
 
 impl Followed {
-    fn add(&mut self, committed: Committed) {
+    fn add(&mut self, committed: Committed, removing: &mut HashSet<(usize, String)>) {
         self.written += committed.written;
         self.confirmed += committed.confirmed;
+        self.held += committed.held;
+        for removed in committed.removed {
+            removing.remove(&removed);
+        }
     }
 }
 

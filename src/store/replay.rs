@@ -53,17 +53,19 @@ fn remote_versions(
         };
         let mut changes = Vec::new();
         diff_trees(repo, parent_tree, decoded.tree(), "", &mut changes)?;
-        // A version speaks for the one object its commit changed; a commit of many
-        // files says nothing about each of them (a person's, a reconcile snapshot)
-        // unless it has a trailer per file (a watch's), and neither does one without
+        // A trailer per file (a watch's commit, however many files it ends up
+        // changing) speaks for its file. Otherwise a version speaks for the one
+        // object its commit changed; a commit of many files says nothing about each
+        // of them (a person's, a reconcile snapshot), and neither does one without
         // trailers: the newest record that does counts.
         let single = changes.len() == 1;
-        let message = String::from_utf8_lossy(decoded.message);
+        let mut of_paths =
+            crate::manifest::ObjectVersion::of_paths(&String::from_utf8_lossy(decoded.message));
         for (path, _) in changes {
-            let version = if single {
-                version.clone()
-            } else {
-                crate::manifest::ObjectVersion::of_path(&message, &path)
+            let version = match of_paths.remove(&path) {
+                Some(version) => Some(version),
+                None if single => version.clone(),
+                None => None,
             };
             // Newest first: the first version seen of a file is its latest.
             let newest = versions.entry(path).or_insert(None);
@@ -340,6 +342,9 @@ impl Writer {
             let ours = crate::manifest::ObjectVersion::from_message(&String::from_utf8_lossy(
                 &original.message,
             ));
+            let of_paths = crate::manifest::ObjectVersion::of_paths(&String::from_utf8_lossy(
+                &original.message,
+            ));
             // A revert undoes its denied commit only where the file still holds what
             // that commit wrote (a newer record may have replaced both meanwhile).
             let reverts = String::from_utf8_lossy(&original.message)
@@ -380,20 +385,13 @@ impl Writer {
                         None => {}
                     }
                 }
-                // A commit of many (a watch's) may say where each file stands.
-                let of_path = (!single)
-                    .then(|| {
-                        crate::manifest::ObjectVersion::of_path(
-                            &String::from_utf8_lossy(&original.message),
-                            &path,
-                        )
-                    })
-                    .flatten();
+                // A watch's commit says where each of its files stands.
+                let of_path = of_paths.get(&path);
                 let keep_theirs = match (theirs.get(&path), &ours) {
                     (None, _) => false,
-                    (Some(Some(newer)), _) if of_path.is_some() => of_path
-                        .as_ref()
-                        .is_some_and(|ours| newer.newer_than(ours) == Some(true)),
+                    (Some(Some(newer)), _) if of_path.is_some() => {
+                        of_path.is_some_and(|ours| newer.newer_than(ours) == Some(true))
+                    }
                     (Some(_), _) if of_path.is_some() => false,
                     // A version speaks for its commit's one file.
                     (Some(Some(newer)), Some(ours)) if single => {
@@ -524,6 +522,15 @@ mod tests {
                 state("u-b", 8).trailer_of("b.yaml")
             ),
         );
+        // A watch's commit of many whose other changes git already had: one file.
+        commit(
+            &["d.yaml"],
+            &format!(
+                "many\n\nKubescribe-Reconcile: watch\n{}{}",
+                state("u-a", 10).trailer_of("a.yaml"),
+                state("u-d", 11).trailer_of("d.yaml")
+            ),
+        );
         let tip = commit(&["b.yaml"], "a person's edit");
         let repo = gix::open(work.join(".git")).unwrap();
         let id = |hex: &str| ObjectId::from_hex(hex.as_bytes()).unwrap();
@@ -532,6 +539,7 @@ mod tests {
         assert_eq!(versions["a.yaml"], Some(state("u-a", 9)));
         // b: the newest commit says nothing, so the newest that does counts.
         assert_eq!(versions["b.yaml"], Some(state("u-b", 8)));
+        assert_eq!(versions["d.yaml"], Some(state("u-d", 11)));
         // c: no commit says.
         assert_eq!(versions["c.yaml"], None);
         assert!(!versions.contains_key("x.yaml"));
