@@ -646,7 +646,7 @@ async fn acked(
 }
 
 /// Changes the synthetic cluster's ConfigMaps watch streams: first `warmup` changes at
-/// 10 per second (the idle baseline), then `rate` per second for `seconds`. Change `k`
+/// 10 per second (the idle baseline), then, after 2 s, `rate` per second for `seconds`. Change `k`
 /// has resourceVersion `368 + k` and is due at a fixed time from the first watch, so
 /// a watch started again from any resourceVersion goes on where the last one ended.
 #[derive(clap::Args, Clone, Copy)]
@@ -675,7 +675,8 @@ impl Churn {
         if k < self.warmup {
             return Duration::from_millis(k * 1000 / Self::WARMUP_RATE);
         }
-        let warm = Duration::from_millis(self.warmup * 1000 / Self::WARMUP_RATE);
+        // A pause after the warm-up, so its figures can be read apart.
+        let warm = Duration::from_millis(self.warmup * 1000 / Self::WARMUP_RATE + 2000);
         warm + Duration::from_nanos((k - self.warmup) * 1_000_000_000 / self.rate.max(1))
     }
 }
