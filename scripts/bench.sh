@@ -109,6 +109,26 @@ NAIVE=${NAIVE:-40}
 CHECK_FILES=${CHECK_FILES:-1000}
 SNAPSHOT_OBJECTS=${SNAPSHOT_OBJECTS:-10000}
 
+# Starts `kubescribe-load cluster` on a port with the arguments after it (its output
+# into $OUT/<name>-cluster.json), writes $OUT/<name>-kubeconfig for it and waits until
+# it answers; sets $cluster_pid.
+start_cluster() {
+  local name=$1 port=$2
+  shift 2
+  "$BIN/kubescribe-load" cluster --listen "127.0.0.1:$port" "$@" >"$OUT/$name-cluster.json" &
+  cluster_pid=$!
+  pids+=("$cluster_pid")
+  cat >"$OUT/$name-kubeconfig" <<KCFG
+apiVersion: v1
+kind: Config
+clusters: [{name: bench, cluster: {server: "http://127.0.0.1:$port"}}]
+contexts: [{name: bench, context: {cluster: bench, user: bench}}]
+current-context: bench
+users: [{name: bench, user: {}}]
+KCFG
+  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/version" >/dev/null && break; sleep 0.05; done
+}
+
 # Watch churn (issue 18): a synthetic cluster whose ConfigMaps watch streams
 # CHURN_RATE changes/s for CHURN_SECONDS after a warm-up of 50 changes at 10/s (the
 # idle baseline, in the same run). Lag is kubescribe's own histogram, from a watch
@@ -116,19 +136,8 @@ SNAPSHOT_OBJECTS=${SNAPSHOT_OBJECTS:-10000}
 # change over (a reader that falls behind holds the stream back).
 churn_run() {
 echo "== watch churn: $CHURN_RATE changes/s for $CHURN_SECONDS s over $CHURN_OBJECTS objects"
-"$BIN/kubescribe-load" cluster --listen 127.0.0.1:18472 --objects "$CHURN_OBJECTS" \
-  --churn-rate "$CHURN_RATE" --churn-seconds "$CHURN_SECONDS" --churn-warmup 50 >"$OUT/churn-cluster.json" &
-local cluster_pid=$!
-pids+=("$cluster_pid")
-cat >"$OUT/churn-kubeconfig" <<KCFG
-apiVersion: v1
-kind: Config
-clusters: [{name: bench, cluster: {server: "http://127.0.0.1:18472"}}]
-contexts: [{name: bench, context: {cluster: bench, user: bench}}]
-current-context: bench
-users: [{name: bench, user: {}}]
-KCFG
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18472/version >/dev/null && break; sleep 0.05; done
+start_cluster churn 18472 --objects "$CHURN_OBJECTS" \
+  --churn-rate "$CHURN_RATE" --churn-seconds "$CHURN_SECONDS" --churn-warmup 50
 rm -rf "$OUT/churn"
 cat >"$OUT/churn.yaml" <<YAML
 server:
@@ -295,18 +304,7 @@ echo "== reconcile snapshot of $snapshot_objects objects"
 # A synthetic cluster (recorded core discovery, N ConfigMaps made from a recorded one,
 # paged like kube-apiserver) on plain HTTP; kubescribe lists it at start and is ready
 # once every file is committed.
-"$BIN/kubescribe-load" cluster --listen 127.0.0.1:18470 --objects "$snapshot_objects" &
-cluster_pid=$!
-pids+=("$cluster_pid")
-cat >"$OUT/kubeconfig" <<KCFG
-apiVersion: v1
-kind: Config
-clusters: [{name: bench, cluster: {server: "http://127.0.0.1:18470"}}]
-contexts: [{name: bench, context: {cluster: bench, user: bench}}]
-current-context: bench
-users: [{name: bench, user: {}}]
-KCFG
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18470/version >/dev/null && break; sleep 0.05; done
+start_cluster snapshot 18470 --objects "$snapshot_objects"
 # Baseline: reading the same pages (500 objects each) and parsing them, nothing else.
 list_s=$(python3 - <<'PY'
 import json, time, urllib.request
@@ -331,7 +329,7 @@ rules:
     prune: ${SNAPSHOT_PRUNE:-never}
 reconcile:
   enabled: true
-  kubeconfig: $PWD/$OUT/kubeconfig
+  kubeconfig: $PWD/$OUT/snapshot-kubeconfig
 YAML
 t0=$(date +%s%N)
 RUST_LOG=info "$BIN/kubescribe" serve --config "$OUT/snapshot.yaml" >"$OUT/snapshot.log" 2>&1 &

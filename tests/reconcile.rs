@@ -440,30 +440,71 @@ async fn an_admitted_change_the_cluster_never_persisted_is_reverted_to_the_clust
     server.server.shutdown().await.unwrap();
 }
 
+/// A reconciler of an empty scenario's ConfigMaps whose writer is held before each
+/// batch is durable until `slow_disk` opens.
+struct SlowDisk {
+    scenario: ScenarioHandle,
+    _api: ApiServer,
+    _dir: tempfile::TempDir,
+    configmaps: reconcile::Recorded,
+    slow_disk: kubescribe::fault::Gate,
+    reconciler: reconcile::Reconciler,
+    repo: std::path::PathBuf,
+    writer: kubescribe::store::WriterThread,
+    metrics: std::sync::Arc<kubescribe::metrics::Metrics>,
+}
+
+impl SlowDisk {
+    async fn new() -> Self {
+        let scenario = ScenarioHandle::default();
+        scenario.list(CONFIGMAPS, "500", &[]);
+        let api = ApiServer::scenario(scenario.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
+            .await
+            .unwrap();
+        let configmaps = configmaps(&client).await;
+        let slow_disk = kubescribe::fault::Gate::closed();
+        let (reconciler, repo, writer, metrics) = reconciler_with(
+            client,
+            dir.path(),
+            "",
+            kubescribe::fault::Faults {
+                before_durable: Some(slow_disk.clone()),
+                ..Default::default()
+            },
+        );
+        Self {
+            scenario,
+            _api: api,
+            _dir: dir,
+            configmaps,
+            slow_disk,
+            reconciler,
+            repo,
+            writer,
+            metrics,
+        }
+    }
+}
+
 /// Under churn the watch is read while a commit is being made, and what comes
 /// meanwhile goes into the next commit together. A file changed again meanwhile
 /// starts another commit, so every state the watch showed is some commit's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together() {
-    let scenario = ScenarioHandle::default();
-    scenario.list(CONFIGMAPS, "500", &[]);
-    let api = ApiServer::scenario(scenario.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
-        .await
-        .unwrap();
-    let configmaps = configmaps(&client).await;
+    let SlowDisk {
+        scenario,
+        _api,
+        _dir,
+        configmaps,
+        slow_disk,
+        reconciler,
+        repo,
+        writer,
+        metrics,
+    } = SlowDisk::new().await;
     // The first commit is held until everything after it has been read.
-    let slow_disk = kubescribe::fault::Gate::closed();
-    let (reconciler, repo, writer, metrics) = reconciler_with(
-        client,
-        dir.path(),
-        "",
-        kubescribe::fault::Faults {
-            before_durable: Some(slow_disk.clone()),
-            ..Default::default()
-        },
-    );
     let data = |n: &str| serde_json::json!({ "count": n });
     scenario.event(
         CONFIGMAPS,
@@ -575,24 +616,17 @@ async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together(
 /// not forgotten: its file goes back among the live ones, so the relist sweeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_waiting_for_its_commit_when_the_watch_expires_is_swept_by_the_relist() {
-    let scenario = ScenarioHandle::default();
-    scenario.list(CONFIGMAPS, "500", &[]);
-    let api = ApiServer::scenario(scenario.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
-        .await
-        .unwrap();
-    let configmaps = configmaps(&client).await;
-    let slow_disk = kubescribe::fault::Gate::closed();
-    let (reconciler, repo, writer, metrics) = reconciler_with(
-        client,
-        dir.path(),
-        "",
-        kubescribe::fault::Faults {
-            before_durable: Some(slow_disk.clone()),
-            ..Default::default()
-        },
-    );
+    let SlowDisk {
+        scenario,
+        _api,
+        _dir,
+        configmaps,
+        slow_disk,
+        reconciler,
+        repo,
+        writer,
+        metrics,
+    } = SlowDisk::new().await;
     let data = serde_json::json!({ "count": "1" });
     scenario.event(
         CONFIGMAPS,
