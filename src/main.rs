@@ -6,6 +6,7 @@ use clap::Parser;
 use kubescribe::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -30,6 +31,22 @@ fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// glibc's malloc serves blocks from 128 KiB up with their own mappings, but raises
+/// that threshold to the largest such block freed, up to 32 MiB. After a snapshot's
+/// commits (list pages, packs of several MiB) every later large block then comes
+/// from the heap, where freed memory stays in RSS: 20 MB of a 100,000-object
+/// snapshot's 66 MB. A fixed threshold keeps large blocks in mappings that go back
+/// to the system when freed. Requests' blocks are far smaller, so their path does
+/// not change.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc parameter; it is called before any thread
+    // starts, and a refused value (it returns 0) leaves glibc's default.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }
 

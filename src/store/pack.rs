@@ -23,6 +23,8 @@ use gix::odb::memory::Storage;
 pub(super) struct Written {
     files: Vec<PathBuf>,
     keep: Option<PathBuf>,
+    /// The pack's size (0 when it was there already).
+    pub(super) bytes: u64,
 }
 
 impl Written {
@@ -56,6 +58,7 @@ pub(super) fn write(
         return Ok(Written {
             files: Vec::new(),
             keep: None,
+            bytes: 0,
         });
     }
     let (pack, mut entries, checksum) = encode(objects, hash)?;
@@ -71,6 +74,7 @@ pub(super) fn write(
         return Ok(Written {
             files: vec![pack_path, index_path],
             keep: None,
+            bytes: 0,
         });
     }
     let keep = base.with_extension("keep");
@@ -85,6 +89,7 @@ pub(super) fn write(
     Ok(Written {
         files: vec![pack_path, index_path],
         keep: Some(keep),
+        bytes: pack.len() as u64,
     })
 }
 

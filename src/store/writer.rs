@@ -34,6 +34,11 @@ pub(super) struct Writer {
     /// too late.
     pub(super) batch_cost: Duration,
     pub(super) packs_written: u64,
+    /// Bytes of the packs written since the repository was last opened: gix maps
+    /// each pack whole and keeps it mapped, and the trees a commit reads make up
+    /// most of a pack, so its pages stay in this process's RSS until it is opened
+    /// again (see [`Writer::maintain`]).
+    pub(super) pack_bytes_mapped: u64,
     pub(super) repack: Option<std::process::Child>,
     /// Shared with [`StoreHandle::unavailable`].
     pub(super) failing: Arc<std::sync::Mutex<Option<String>>>,
@@ -71,6 +76,10 @@ pub(super) fn supersedes(change: &Change) -> String {
         _ => change.path.as_str().to_owned(),
     }
 }
+
+/// How many bytes of packs written since the repository was opened make the writer
+/// open it again, so their mappings go (a 100,000-object snapshot writes 40 MB).
+const MAPPED_PACKS_MAX: u64 = 8 << 20;
 
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
 pub(super) const WRITER_NICENESS: i32 = 19;
@@ -118,6 +127,7 @@ impl Writer {
             backoff: MIN_BACKOFF,
             batch_cost: Duration::ZERO,
             packs_written: 0,
+            pack_bytes_mapped: 0,
             repack: None,
             failing: Arc::default(),
             reverts,
@@ -508,6 +518,7 @@ impl Writer {
             reason: e.to_string(),
         })?;
         self.packs_written += 1;
+        self.pack_bytes_mapped += written.bytes;
         written.sync().map_err(|e| StoreError::Sync {
             reason: e.to_string(),
         })?;
@@ -540,6 +551,11 @@ impl Writer {
                 Err(e) => tracing::warn!(error = %e, "cannot wait for git repack"),
             }
             self.repack = None;
+            self.reopen();
+        }
+        // Packs written since the last open stay mapped (and their pages resident)
+        // as long as this handle lives; a fresh one maps only what it reads next.
+        if self.pack_bytes_mapped >= MAPPED_PACKS_MAX {
             self.reopen();
         }
         if self.settings.repack_after_packs == 0
@@ -576,7 +592,10 @@ impl Writer {
 
     pub(super) fn reopen(&mut self) {
         match open_repository(&self.settings.path) {
-            Ok(repo) => self.repo = repo,
+            Ok(repo) => {
+                self.repo = repo;
+                self.pack_bytes_mapped = 0;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen the repository; keeping the old handle")
             }
