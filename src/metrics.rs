@@ -149,6 +149,9 @@ pub struct Metrics {
     pub latency: Family<EndpointLabels, Histogram>,
     pub rejected: Family<RejectionLabels, Counter>,
     pub commits: Counter,
+    /// Times the writer opened the repository again (after a repack, or after
+    /// enough new packs, so their mappings go).
+    pub store_reopens: Counter,
     pub denied_reverted: Counter,
     pub queue_depth: Gauge,
     pub retry_depth: Gauge,
@@ -391,6 +394,12 @@ impl Metrics {
             "Commits written to the repository",
             commits.clone(),
         );
+        let store_reopens = Counter::default();
+        registry.register(
+            "store_reopens",
+            "Times the writer opened its repository again: after a git repack, or after enough new packs that their mappings should go",
+            store_reopens.clone(),
+        );
         let denied_reverted = Counter::default();
         registry.register(
             "denied_reverted",
@@ -507,6 +516,7 @@ impl Metrics {
             latency,
             rejected,
             commits,
+            store_reopens,
             denied_reverted,
             queue_depth,
             retry_depth,

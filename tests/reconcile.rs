@@ -195,16 +195,19 @@ fn reconciler(
     std::path::PathBuf,
     kubescribe::store::WriterThread,
 ) {
-    let (reconciler, repo, writer, _) = reconciler_with(client, dir, config, Default::default());
+    let (reconciler, repo, writer, _) =
+        reconciler_with(client, dir, config, Default::default(), |_| {});
     (reconciler, repo, writer)
 }
 
-/// [`reconciler`] with fault points, and its metrics.
+/// [`reconciler`] with fault points and the store's settings as `tweak` leaves
+/// them, and its metrics.
 fn reconciler_with(
     client: kube::Client,
     dir: &std::path::Path,
     config: &str,
     faults: kubescribe::fault::Faults,
+    tweak: impl FnOnce(&mut kubescribe::store::StoreSettings),
 ) -> (
     reconcile::Reconciler,
     std::path::PathBuf,
@@ -223,11 +226,9 @@ fn reconciler_with(
     )
     .unwrap();
     let metrics = std::sync::Arc::new(kubescribe::metrics::Metrics::new());
-    let (handle, writer) = kubescribe::store::StoreHandle::open(
-        kubescribe::store::StoreSettings::from_config(&config, target),
-        metrics.clone(),
-    )
-    .unwrap();
+    let mut settings = kubescribe::store::StoreSettings::from_config(&config, target);
+    tweak(&mut settings);
+    let (handle, writer) = kubescribe::store::StoreHandle::open(settings, metrics.clone()).unwrap();
     let reconciler = reconcile::Reconciler::new(
         client,
         Policy::new(&config),
@@ -473,6 +474,7 @@ impl SlowDisk {
                 before_durable: Some(slow_disk.clone()),
                 ..Default::default()
             },
+            |_| {},
         );
         Self {
             scenario,
@@ -605,6 +607,93 @@ async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together(
         );
     }
 
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
+}
+
+/// The writer opens its repository again after enough new packs (8 MiB in a
+/// cluster; here after every one): a snapshot and the watch's commits after it
+/// lose nothing, and the branch stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_go_on_whole_when_the_writer_opens_its_repository_again_after_each_pack() {
+    let scenario = ScenarioHandle::default();
+    let data = |n: &str| serde_json::json!({ "count": n });
+    let listed: Vec<serde_json::Value> = (0..6)
+        .map(|i| configmap("c1", &format!("c{i}"), data("0"), "500"))
+        .collect();
+    scenario.list(CONFIGMAPS, "500", &listed);
+    let api = ApiServer::scenario(scenario.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
+        .await
+        .unwrap();
+    let configmaps = configmaps(&client).await;
+    let (reconciler, repo, writer, metrics) =
+        reconciler_with(client, dir.path(), "", Default::default(), |settings| {
+            settings.reopen_after_pack_bytes = 1
+        });
+    let report = reconciler.snapshot().await.unwrap();
+    assert!(report.commits >= 1, "{report:?}");
+    let after_snapshot = metrics.store_reopens.get();
+    assert!(after_snapshot >= 1, "reopened after the snapshot's pack");
+
+    for (i, rv) in (0..3).zip(501..) {
+        let name = format!("c{i}");
+        scenario.event(
+            CONFIGMAPS,
+            "MODIFIED",
+            &configmap("c1", &name, data("1"), &rv.to_string()),
+        );
+    }
+    scenario.event(
+        CONFIGMAPS,
+        "DELETED",
+        &configmap("c1", "c3", data("0"), "504"),
+    );
+    scenario.event(
+        CONFIGMAPS,
+        "ADDED",
+        &configmap("c1", "c9", data("1"), "505"),
+    );
+    let mut known = vec![std::collections::HashSet::new()];
+    let followed = reconciler
+        .follow(&configmaps, "500", 30, &mut known)
+        .await
+        .unwrap();
+    assert_eq!(followed.written, 5, "{followed:?}");
+    let commits = metrics.reconcile.watch_commits.get();
+    assert!(
+        metrics.store_reopens.get() >= after_snapshot + commits,
+        "one reopen per pack: {} after {commits} watch commits",
+        metrics.store_reopens.get()
+    );
+
+    let files = common::git(
+        &repo,
+        &[
+            "ls-tree",
+            "-r",
+            "--name-only",
+            "main",
+            "team-a/core/configmaps",
+        ],
+    );
+    let file = |name: &str| format!("team-a/core/configmaps/{name}.yaml");
+    assert_eq!(
+        files.lines().collect::<Vec<_>>(),
+        ["c0", "c1", "c2", "c4", "c5", "c9"].map(file)
+    );
+    for (name, count) in [("c0", "1"), ("c2", "1"), ("c4", "0"), ("c9", "1")] {
+        let text = common::git(&repo, &["show", &format!("main:{}", file(name))]);
+        assert!(
+            text.contains(&format!("count: '{count}'"))
+                || text.contains(&format!("count: \"{count}\"")),
+            "{name}: {text}"
+        );
+    }
     drop(reconciler);
     tokio::task::spawn_blocking(move || writer.join())
         .await

@@ -281,6 +281,10 @@ pub struct StoreSettings {
     /// Run a geometric `git repack` after this many new packs (one per batch); 0
     /// turns it off.
     pub repack_after_packs: u64,
+    /// Open the repository again once this many bytes of packs were written since
+    /// it was last opened: gix keeps every pack it opened mapped, and the pages it
+    /// read stay in RSS until then.
+    pub reopen_after_pack_bytes: u64,
     /// Where durable commits go for the pusher, when the branch has a remote.
     pub outbox: Option<Arc<Outbox>>,
     /// Held before a batch is made durable, in tests.
@@ -308,6 +312,7 @@ impl StoreSettings {
             max_batch: config.store.max_batch,
             linger: config.store.linger,
             repack_after_packs: 32,
+            reopen_after_pack_bytes: 8 << 20,
             outbox: target
                 .repository
                 .remote

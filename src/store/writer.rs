@@ -77,10 +77,6 @@ pub(super) fn supersedes(change: &Change) -> String {
     }
 }
 
-/// How many bytes of packs written since the repository was opened make the writer
-/// open it again, so their mappings go (a 100,000-object snapshot writes 40 MB).
-const MAPPED_PACKS_MAX: u64 = 8 << 20;
-
 /// Niceness of the writer thread and of `git repack`, relative to the request path.
 pub(super) const WRITER_NICENESS: i32 = 19;
 
@@ -555,7 +551,7 @@ impl Writer {
         }
         // Packs written since the last open stay mapped (and their pages resident)
         // as long as this handle lives; a fresh one maps only what it reads next.
-        if self.pack_bytes_mapped >= MAPPED_PACKS_MAX {
+        if self.pack_bytes_mapped >= self.settings.reopen_after_pack_bytes {
             self.reopen();
         }
         if self.settings.repack_after_packs == 0
@@ -595,6 +591,7 @@ impl Writer {
             Ok(repo) => {
                 self.repo = repo;
                 self.pack_bytes_mapped = 0;
+                self.metrics.store_reopens.inc();
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen the repository; keeping the old handle")
