@@ -39,8 +39,8 @@ fn main() -> ExitCode {
 /// commits (list pages, packs of several MiB) every later large block then comes
 /// from the heap, where freed memory stays in RSS: 20 MB of a 100,000-object
 /// snapshot's 66 MB. A fixed threshold keeps large blocks in mappings that go back
-/// to the system when freed. Requests' blocks are far smaller, so their path does
-/// not change.
+/// to the system when freed. Typical requests' blocks are far smaller; a body of
+/// 256 KiB or more now gets a mapping of its own, given back when it is freed.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a malloc parameter; it is called before any thread

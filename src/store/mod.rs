@@ -283,7 +283,7 @@ pub struct StoreSettings {
     pub repack_after_packs: u64,
     /// Open the repository again once this many bytes of packs were written since
     /// it was last opened: gix keeps every pack it opened mapped, and the pages it
-    /// read stay in RSS until then.
+    /// read stay in RSS until then. 0 turns it off.
     pub reopen_after_pack_bytes: u64,
     /// Where durable commits go for the pusher, when the branch has a remote.
     pub outbox: Option<Arc<Outbox>>,

@@ -31,6 +31,9 @@ pub(crate) const MAX_COMMITS: usize = 5_000;
 /// holds the whole pack in memory.
 pub(crate) const MAX_BYTES: usize = 16 << 20;
 
+/// After packing this many bytes, the pack thread opens the repository again.
+const REOPEN_AFTER_BYTES: usize = 8 << 20;
+
 /// What [`Outgoing::build`] found.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
@@ -62,10 +65,21 @@ impl PackSource {
             .name("kubescribe-pack".to_owned())
             .spawn(move || {
                 let mut repo = None;
+                // gix keeps every pack it read from mapped, and the pages it read
+                // resident, as long as the handle lives: start a fresh one now and
+                // then, as the writer does.
+                let mut packed_since_open = 0;
                 for request in receiver {
                     let result = open(&git_dir, &mut repo)
                         .and_then(|repo| build(repo, request.base, request.tip))
                         .map_err(|e| e.to_string());
+                    if let Ok(Outgoing::Pack { bytes, .. }) = &result {
+                        packed_since_open += bytes.len();
+                    }
+                    if packed_since_open >= REOPEN_AFTER_BYTES {
+                        repo = None;
+                        packed_since_open = 0;
+                    }
                     let _ = request.reply.send(result);
                 }
             })?;

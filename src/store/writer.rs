@@ -551,7 +551,9 @@ impl Writer {
         }
         // Packs written since the last open stay mapped (and their pages resident)
         // as long as this handle lives; a fresh one maps only what it reads next.
-        if self.pack_bytes_mapped >= self.settings.reopen_after_pack_bytes {
+        if self.settings.reopen_after_pack_bytes > 0
+            && self.pack_bytes_mapped >= self.settings.reopen_after_pack_bytes
+        {
             self.reopen();
         }
         if self.settings.repack_after_packs == 0
@@ -594,6 +596,8 @@ impl Writer {
                 self.metrics.store_reopens.inc();
             }
             Err(e) => {
+                // Tried again after as many new packs, not after every batch.
+                self.pack_bytes_mapped = 0;
                 tracing::error!(error = %e, "cannot reopen the repository; keeping the old handle")
             }
         }
