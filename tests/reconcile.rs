@@ -344,6 +344,17 @@ fn admitted_object(prefix: &str, rv: &str) -> serde_json::Value {
     object
 }
 
+/// Sends a watch event of ConfigMap `name` (the recorded c1, renamed) with
+/// `data: {count}`, at `rv`.
+fn send(scenario: &ScenarioHandle, kind: &str, name: &str, count: &str, rv: u64) {
+    let data = serde_json::json!({ "count": count });
+    scenario.event(
+        CONFIGMAPS,
+        kind,
+        &configmap("c1", name, data, &rv.to_string()),
+    );
+}
+
 /// A recorded ConfigMap (c1 or c2 of team-a), renamed, with `data` and at `rv`.
 fn configmap(recorded: &str, name: &str, data: serde_json::Value, rv: &str) -> serde_json::Value {
     let list = common::apiserver::recorded_json("list_configmaps_all.json");
@@ -507,30 +518,13 @@ async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together(
         metrics,
     } = SlowDisk::new().await;
     // The first commit is held until everything after it has been read.
-    let data = |n: &str| serde_json::json!({ "count": n });
-    scenario.event(
-        CONFIGMAPS,
-        "ADDED",
-        &configmap("c1", "c0", data("0"), "501"),
-    );
+    send(&scenario, "ADDED", "c0", "0", 501);
     for (i, rv) in (1..=5).zip(502..) {
         let name = format!("c{i}");
-        scenario.event(
-            CONFIGMAPS,
-            "ADDED",
-            &configmap("c1", &name, data("1"), &rv.to_string()),
-        );
+        send(&scenario, "ADDED", &name, "1", rv);
     }
-    scenario.event(
-        CONFIGMAPS,
-        "MODIFIED",
-        &configmap("c1", "c1", data("2"), "507"),
-    );
-    scenario.event(
-        CONFIGMAPS,
-        "ADDED",
-        &configmap("c1", "c6", data("1"), "508"),
-    );
+    send(&scenario, "MODIFIED", "c1", "2", 507);
+    send(&scenario, "ADDED", "c6", "1", 508);
 
     let reconciler = std::sync::Arc::new(reconciler);
     let following = tokio::spawn({
@@ -642,22 +636,10 @@ async fn commits_go_on_whole_when_the_writer_opens_its_repository_again_after_ea
 
     for (i, rv) in (0..3).zip(501..) {
         let name = format!("c{i}");
-        scenario.event(
-            CONFIGMAPS,
-            "MODIFIED",
-            &configmap("c1", &name, data("1"), &rv.to_string()),
-        );
+        send(&scenario, "MODIFIED", &name, "1", rv);
     }
-    scenario.event(
-        CONFIGMAPS,
-        "DELETED",
-        &configmap("c1", "c3", data("0"), "504"),
-    );
-    scenario.event(
-        CONFIGMAPS,
-        "ADDED",
-        &configmap("c1", "c9", data("1"), "505"),
-    );
+    send(&scenario, "DELETED", "c3", "0", 504);
+    send(&scenario, "ADDED", "c9", "1", 505);
     let mut known = vec![std::collections::HashSet::new()];
     let followed = reconciler
         .follow(&configmaps, "500", 30, &mut known)
@@ -716,13 +698,8 @@ async fn a_deletion_waiting_for_its_commit_when_the_watch_expires_is_swept_by_th
         writer,
         metrics,
     } = SlowDisk::new().await;
-    let data = serde_json::json!({ "count": "1" });
-    scenario.event(
-        CONFIGMAPS,
-        "ADDED",
-        &configmap("c1", "c0", data.clone(), "501"),
-    );
-    scenario.event(CONFIGMAPS, "DELETED", &configmap("c1", "c9", data, "502"));
+    send(&scenario, "ADDED", "c0", "1", 501);
+    send(&scenario, "DELETED", "c9", "1", 502);
     let expired = serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version","reason":"Expired","code":410});
     scenario.event(CONFIGMAPS, "ERROR", &expired);
     let c9 = "team-a/core/configmaps/c9.yaml".to_owned();
