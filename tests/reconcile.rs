@@ -608,6 +608,94 @@ async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together(
     common::git(&repo, &["fsck", "--strict"]);
 }
 
+/// A change the watch showed that waits for its commit is left out when an admitted
+/// change to its file starts waiting for confirmation meanwhile: git never goes back
+/// to the older state over what admission recorded since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_watch_change_never_lands_over_a_newer_admitted_one() {
+    let SlowDisk {
+        scenario,
+        _api,
+        _dir,
+        configmaps,
+        slow_disk,
+        reconciler,
+        repo,
+        writer,
+        metrics,
+    } = SlowDisk::new().await;
+    let confirmations = std::sync::Arc::new(reconcile::Confirmations::new(
+        std::time::Duration::from_secs(60),
+        metrics.clone(),
+    ));
+    let reconciler = std::sync::Arc::new(reconciler.with_confirmations(confirmations.clone()));
+    send(&scenario, "ADDED", "c0", "0", 501);
+    send(&scenario, "ADDED", "c1", "1", 502);
+    let following = tokio::spawn({
+        let reconciler = reconciler.clone();
+        async move {
+            let mut known = vec![std::collections::HashSet::new()];
+            reconciler.follow(&configmaps, "500", 30, &mut known).await
+        }
+    });
+    // c0's commit is held; c1 waits behind it. Then admission records c1 anew.
+    slow_disk.arrivals(1).await;
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "c1 waits for its commit",
+        || metrics.reconcile.watch_waiting.get() == 1,
+    )
+    .await;
+    let admitted = kubescribe::policy::Write {
+        uid: "admitted".into(),
+        operation: kube_core::admission::Operation::Update,
+        kind: kube_core::GroupVersionKind::gvk("", "v1", "ConfigMap"),
+        resource: kube_core::GroupVersionResource::gvr("", "v1", "configmaps"),
+        sub_resource: None,
+        namespace: Some("team-a".into()),
+        name: "c1".into(),
+        user: "alice".into(),
+        groups: Vec::new(),
+        dry_run: false,
+        object: Some(configmap(
+            "c1",
+            "c1",
+            serde_json::json!({ "count": "9" }),
+            "503",
+        )),
+        old_object: None,
+        from_cluster: false,
+    };
+    let layout =
+        kubescribe::manifest::Layout::new("", "{namespace}/{group}/{resource}/{name}.yaml")
+            .unwrap();
+    let admitted =
+        kubescribe::manifest::plan(&admitted, &layout, kubescribe::config::SecretMode::Omit)
+            .unwrap();
+    assert_eq!(admitted.path.as_str(), "team-a/core/configmaps/c1.yaml");
+    confirmations.expect(0, &admitted, "", "configmaps", false);
+    slow_disk.open();
+    let followed = following.await.unwrap().unwrap();
+    assert_eq!(followed.written, 1, "{followed:?}");
+    assert_eq!(followed.held, 1, "{followed:?}");
+    let files = common::git(
+        &repo,
+        &[
+            "ls-tree",
+            "-r",
+            "--name-only",
+            "main",
+            "team-a/core/configmaps",
+        ],
+    );
+    assert_eq!(files.trim(), "team-a/core/configmaps/c0.yaml");
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    common::git(&repo, &["fsck", "--strict"]);
+}
+
 /// The writer opens its repository again after enough new packs (8 MiB in a
 /// cluster; here after every one): a snapshot and the watch's commits after it
 /// lose nothing, and the branch stays whole.

@@ -232,6 +232,65 @@ async fn an_expired_watch_relists_without_losing_or_reordering_a_change() {
     assert_git_matches_cluster(&scribe.repo, "main", &client, &[counter]).await;
 }
 
+/// Many changes behind admission's back at once (one `kubectl apply` of a List, by
+/// the ignored GitOps user): the watch records them all, in commits that may group
+/// them, and each file's history holds every state the cluster had, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_from_the_watch_is_recorded_whole_and_in_order() {
+    let plane = plane();
+    let ns = plane.namespace("burst");
+    let n = ns.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let scribe = Kubescribe::start(plane, "burst", &reconcile_config(plane, dir.path(), n));
+    scribe.await_webhook(n);
+    const OBJECTS: usize = 30;
+    let list = |count: u32| {
+        let items: Vec<String> = (0..OBJECTS)
+            .map(|i| format!("- apiVersion: v1\n  kind: ConfigMap\n  metadata:\n    name: burst-{i}\n    namespace: {n}\n  data:\n    count: \"{count}\"\n"))
+            .collect();
+        format!("apiVersion: v1\nkind: List\nitems:\n{}", items.concat())
+    };
+    plane.kubectl_ok(GITOPS, &["apply", "-f", "-"], Some(&list(1)));
+    plane.kubectl_ok(GITOPS, &["apply", "-f", "-"], Some(&list(2)));
+    let names: Vec<String> = (0..OBJECTS).map(|i| format!("burst-{i}")).collect();
+    let objects: Vec<Obj> = names
+        .iter()
+        .map(|name| Obj::namespaced("v1", "configmaps", n, name))
+        .collect();
+    eventually(
+        Duration::from_secs(60),
+        "git has every second state",
+        || {
+            objects
+                .iter()
+                .all(|o| scribe.file(&o.path()).is_some_and(|f| count_in(&f) == 2))
+        },
+    );
+    for object in &objects {
+        let revs = scribe.git(&["rev-list", "--reverse", "main", "--", &object.path()]);
+        let seen: Vec<u32> = revs
+            .lines()
+            .map(|rev| {
+                count_in(&envtest::scribe::file_at(&scribe.repo, rev, &object.path()).unwrap())
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [1, 2],
+            "{}: the states in commit order",
+            object.path()
+        );
+    }
+    // Every one of those commits is the watch's.
+    let subjects = scribe.git(&["log", "--format=%s", "main", "--", &format!("{n}/")]);
+    assert!(
+        subjects.lines().all(|s| s.starts_with("reconcile: ")),
+        "{subjects}"
+    );
+    let client = plane.client(ADMIN).await;
+    assert_git_matches_cluster(&scribe.repo, "main", &client, &objects).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn controller_manager_writes_are_not_recorded_as_people_s() {
     let plane = plane();
