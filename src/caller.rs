@@ -21,9 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -112,7 +111,7 @@ impl ClientCa {
 
 /// WebPKI verification against every CA in the bundle. A client may present no
 /// certificate at all (the health probes do not); whether that is enough is decided
-/// per route by [`require_caller`].
+/// per route by [`CallerPolicy::check`].
 fn verifier(path: &Path, pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, CallerError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
@@ -293,8 +292,9 @@ impl Peer {
     }
 }
 
-/// A connection's service: its [`Peer`] added to every request's extensions, and
-/// its slot of `maxConnections` held while it lives.
+/// A connection's service: its [`Peer`], if it presented a certificate, added to
+/// every request's extensions, and its slot of `maxConnections` held while it
+/// lives.
 #[derive(Clone)]
 pub struct WithPeer<S> {
     inner: S,
@@ -315,7 +315,11 @@ where
     }
 
     fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
-        request.extensions_mut().insert(self.peer.clone());
+        // No certificate proves nothing, as no extension does; not inserting it
+        // saves a map per request.
+        if self.peer.0.is_some() {
+            request.extensions_mut().insert(self.peer.clone());
+        }
         self.inner.call(request)
     }
 }
@@ -550,42 +554,39 @@ impl Refusal {
 const DRAIN_BYTES: usize = 16 << 20;
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Middleware for the recording endpoints, outermost: 401 with a JSON message for a
-/// caller that proves nothing (or the wrong thing), before it takes a slot in
-/// flight or memory, and without decoding its body.
-pub async fn require_caller(
-    State(policy): State<Arc<CallerPolicy>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match policy.refusal(&request) {
-        None => next.run(request).await,
-        Some(refusal) => {
-            // Read (and drop) what the caller is still sending, briefly, so the 401
-            // reaches it over HTTP/2 instead of a stream reset; nothing is kept.
-            let path = request.uri().path().to_owned();
-            let _ = tokio::time::timeout(
-                DRAIN_TIME,
-                crate::admission::discard_body(request.into_body(), DRAIN_BYTES),
-            )
-            .await;
-            policy.metrics.caller_refused(refusal.reason());
-            tracing::warn!(
-                reason = refusal.reason(),
-                %path,
-                "refused an unauthenticated call"
-            );
-            let body = serde_json::json!({
-                "message": refusal.message(),
-                "status": 401,
-            });
-            (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                axum::Json(body),
-            )
-                .into_response()
-        }
+impl CallerPolicy {
+    /// For the recording endpoints, before anything else: `None` when the caller
+    /// proved it is the apiserver (or nothing is required), else the 401 with a
+    /// JSON message, answered before the caller takes a slot in flight or memory,
+    /// and without decoding its body.
+    pub(crate) async fn check(&self, request: Request) -> Result<Request, Response> {
+        let Some(refusal) = self.refusal(&request) else {
+            return Ok(request);
+        };
+        // Read (and drop) what the caller is still sending, briefly, so the 401
+        // reaches it over HTTP/2 instead of a stream reset; nothing is kept.
+        let path = request.uri().path().to_owned();
+        let _ = tokio::time::timeout(
+            DRAIN_TIME,
+            crate::admission::discard_body(request.into_body(), DRAIN_BYTES),
+        )
+        .await;
+        self.metrics.caller_refused(refusal.reason());
+        tracing::warn!(
+            reason = refusal.reason(),
+            %path,
+            "refused an unauthenticated call"
+        );
+        let body = serde_json::json!({
+            "message": refusal.message(),
+            "status": 401,
+        });
+        Err((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            axum::Json(body),
+        )
+            .into_response())
     }
 }
 

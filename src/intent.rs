@@ -42,7 +42,12 @@ pub fn control_plane(
     }
     let object = object?;
     let meta = object.get("metadata")?;
-    if meta.pointer("/labels/kubernetes.io~1bootstrapping") == Some(&Value::from("rbac-defaults")) {
+    let label = |key| {
+        meta.get("labels")
+            .and_then(|l| l.get(key))
+            .and_then(Value::as_str)
+    };
+    if label("kubernetes.io/bootstrapping") == Some("rbac-defaults") {
         return Some("it is the API server's bootstrap policy".to_owned());
     }
     // Per admission request: no allocation unless the answer is "control plane".

@@ -13,9 +13,8 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -118,87 +117,85 @@ impl InFlight {
             metrics,
         })
     }
-}
 
-/// Waits for one of `maxInFlight` slots, at most until the apiserver's deadline
-/// for this request (its `?timeout=`, less the margin); past it, 503 with a JSON
-/// message. A waiting request has not read its body yet, so it holds no more than
-/// its connection's flow-control window. A `Fail` webhook then refuses the write
-/// and an `Ignore` one lets it through unrecorded, as for any webhook that cannot
-/// answer in time.
-pub async fn limit_in_flight(
-    State(limit): State<Arc<InFlight>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let arrived = std::time::Instant::now();
-    let deadline = crate::admission::deadline(
-        request.uri().query(),
-        arrived,
-        limit.default_timeout,
-        limit.deadline_margin,
-    );
-    request.extensions_mut().insert(Arrival {
-        at: arrived,
-        deadline,
-    });
-    // Stop waiting a little before the deadline: the drain and the 503 must still
-    // reach the apiserver in time.
-    let wait_until = deadline
-        - limit
-            .deadline_margin
-            .min(deadline.saturating_duration_since(arrived) / 4);
-    // The memory the request may take, from its announced length (the largest body
-    // when it announces none; the body is never read past it).
-    let length = request
-        .headers()
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(limit.max_body_bytes)
-        .min(limit.max_body_bytes);
-    let units = (length.saturating_mul(MEMORY_PER_BODY_BYTE) / UNIT).clamp(1, limit.memory_units);
-    let acquired = tokio::time::timeout_at(wait_until.into(), async {
-        let slot = limit.slots.clone().acquire_owned().await?;
-        let memory = limit
-            .memory
-            .clone()
-            .acquire_many_owned(units as u32)
-            .await?;
-        Ok::<_, tokio::sync::AcquireError>((slot, memory))
-    })
-    .await;
-    let Ok(Ok(permit)) = acquired else {
-        limit.metrics.overload_refused("in_flight");
-        // Read (and drop) what the client is still sending, briefly, so the 503
-        // reaches it over HTTP/2 instead of a stream reset.
-        let cap = limit
-            .max_body_bytes
-            .saturating_mul(crate::admission::DRAIN_FACTOR);
-        let _ = tokio::time::timeout_at(
-            deadline.into(),
-            crate::admission::discard_body(request.into_body(), cap),
-        )
+    /// Waits for one of `maxInFlight` slots, at most until the apiserver's
+    /// deadline for this request (its `?timeout=`, less the margin); past it, 503
+    /// with a JSON message. A waiting request has not read its body yet, so it
+    /// holds no more than its connection's flow-control window. A `Fail` webhook
+    /// then refuses the write and an `Ignore` one lets it through unrecorded, as
+    /// for any webhook that cannot answer in time.
+    pub(crate) async fn enter(
+        &self,
+        request: Request,
+    ) -> Result<(Request, Arrival, InFlightSlot), Response> {
+        let arrived = std::time::Instant::now();
+        let deadline = crate::admission::deadline(
+            request.uri().query(),
+            arrived,
+            self.default_timeout,
+            self.deadline_margin,
+        );
+        let arrival = Arrival {
+            at: arrived,
+            deadline,
+        };
+        // Stop waiting a little before the deadline: the drain and the 503 must
+        // still reach the apiserver in time.
+        let wait_until = deadline
+            - self
+                .deadline_margin
+                .min(deadline.saturating_duration_since(arrived) / 4);
+        // The memory the request may take, from its announced length (the largest
+        // body when it announces none; the body is never read past it).
+        let length = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(self.max_body_bytes)
+            .min(self.max_body_bytes);
+        let units =
+            (length.saturating_mul(MEMORY_PER_BODY_BYTE) / UNIT).clamp(1, self.memory_units);
+        let acquired = tokio::time::timeout_at(wait_until.into(), async {
+            let slot = self.slots.clone().acquire_owned().await?;
+            let memory = self.memory.clone().acquire_many_owned(units as u32).await?;
+            Ok::<_, tokio::sync::AcquireError>((slot, memory))
+        })
         .await;
-        let body = serde_json::json!({
-            "message": format!(
-                "kubescribe was handling server.maxInFlight ({}) requests, or server.maxInFlightBytes of them, until this one's deadline; retry the write, and raise those limits if this is the normal load",
-                limit.max
-            ),
-            "status": 503,
-        });
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-    };
-    limit.metrics.requests_in_flight.inc();
-    // Released however the request ends, a client that hangs up included.
-    let _slot = InFlightSlot {
-        _permit: permit,
-        metrics: limit.metrics.clone(),
-    };
-    next.run(request).await
+        let Ok(Ok(permit)) = acquired else {
+            self.metrics.overload_refused("in_flight");
+            // Read (and drop) what the client is still sending, briefly, so the 503
+            // reaches it over HTTP/2 instead of a stream reset.
+            let cap = self
+                .max_body_bytes
+                .saturating_mul(crate::admission::DRAIN_FACTOR);
+            let _ = tokio::time::timeout_at(
+                deadline.into(),
+                crate::admission::discard_body(request.into_body(), cap),
+            )
+            .await;
+            let body = serde_json::json!({
+                "message": format!(
+                    "kubescribe was handling server.maxInFlight ({}) requests, or server.maxInFlightBytes of them, until this one's deadline; retry the write, and raise those limits if this is the normal load",
+                    self.max
+                ),
+                "status": 503,
+            });
+            return Err((StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response());
+        };
+        self.metrics.requests_in_flight.inc();
+        // Released however the request ends, a client that hangs up included.
+        let slot = InFlightSlot {
+            _permit: permit,
+            metrics: self.metrics.clone(),
+        };
+        Ok((request, arrival, slot))
+    }
 }
 
-struct InFlightSlot {
+/// A request's share of `maxInFlight` and `maxInFlightBytes`, released when it is
+/// dropped.
+pub(crate) struct InFlightSlot {
     _permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
     metrics: Arc<Metrics>,
 }

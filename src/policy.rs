@@ -5,7 +5,7 @@
 //! can never disagree. A dry run is decided exactly like a real write; the caller
 //! turns a `Record` into a "would record" warning instead of a commit.
 
-use kube_core::admission::{AdmissionRequest, Operation};
+use kube_core::admission::Operation;
 use kube_core::{GroupVersionKind, GroupVersionResource};
 use serde_json::Value;
 
@@ -41,39 +41,6 @@ pub struct Write {
 }
 
 impl Write {
-    /// Builds a write from kube-core's request and the raw objects taken from the same
-    /// body (kept raw so no field is lost to a typed round trip).
-    pub fn from_request<T: kube_core::Resource>(
-        request: &AdmissionRequest<T>,
-        object: Option<Value>,
-        old_object: Option<Value>,
-    ) -> Self {
-        Self {
-            uid: request.uid.clone(),
-            operation: request.operation.clone(),
-            kind: request.kind.clone(),
-            resource: request.resource.clone(),
-            sub_resource: request.sub_resource.clone().filter(|s| !s.is_empty()),
-            // The apiserver sets a Namespace's own name as its namespace (since 1.20 on
-            // every operation, before only on update and delete); it is cluster-scoped.
-            namespace: request
-                .namespace
-                .clone()
-                .filter(|s| !s.is_empty())
-                .filter(|_| {
-                    !(request.resource.group.is_empty()
-                        && request.resource.resource == "namespaces")
-                }),
-            name: request.name.clone(),
-            user: request.user_info.username.clone().unwrap_or_default(),
-            groups: request.user_info.groups.clone().unwrap_or_default(),
-            dry_run: request.dry_run,
-            object: object.filter(|o| !o.is_null()),
-            old_object: old_object.filter(|o| !o.is_null()),
-            from_cluster: false,
-        }
-    }
-
     /// The object as it is after the write: `oldObject` for a DELETE.
     pub(crate) fn live_object(&self) -> Option<&Value> {
         match self.operation {
@@ -453,7 +420,10 @@ fn gitops_source(object: &Value) -> Option<String> {
 }
 
 fn controller_owner(object: Option<&Value>) -> Option<SkipReason> {
-    let owners = object?.pointer("/metadata/ownerReferences")?.as_array()?;
+    let owners = object?
+        .get("metadata")?
+        .get("ownerReferences")?
+        .as_array()?;
     owners
         .iter()
         .find(|o| o.get("controller") == Some(&Value::Bool(true)))

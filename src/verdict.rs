@@ -304,7 +304,7 @@ pub fn annotation_patch(write: &Write, path: &str, repo: &str) -> Option<serde_j
     }
     let object = write.object.as_ref()?;
     let wanted = [(GIT_PATH_ANNOTATION, path), (GIT_REPO_ANNOTATION, repo)];
-    let annotations = object.pointer("/metadata/annotations");
+    let annotations = object.get("metadata").and_then(|m| m.get("annotations"));
     let mut ops = Vec::new();
     match annotations.and_then(Value::as_object) {
         None => {

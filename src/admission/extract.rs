@@ -1,16 +1,13 @@
 //! Reading a review out of an HTTP request, and the errors for requests we cannot read.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use kube_core::admission::AdmissionRequest;
+use kube_core::admission::Operation;
+use kube_core::{GroupVersionKind, GroupVersionResource};
 
 use super::object::RawObject;
-
-use super::AppState;
 use crate::policy::Write;
 
 /// A request we could not read as an AdmissionReview. These are transport errors;
@@ -65,32 +62,20 @@ pub(crate) const DRAIN_FACTOR: usize = 4;
 /// framing error instead of the answer. An oversized body is read and dropped up to
 /// [`DRAIN_FACTOR`] times the limit, then answered 413.
 pub(crate) async fn settle_body(
-    axum::extract::State((limit, timeout, metrics)): axum::extract::State<(
-        usize,
-        std::time::Duration,
-        Arc<crate::metrics::Metrics>,
-    )>,
-    request: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let (parts, body) = request.into_parts();
-    // No longer than the apiserver waits for this request, nor than requestTimeout.
-    let until = match parts.extensions.get::<crate::limits::Arrival>() {
-        Some(arrival) => arrival.deadline.min(std::time::Instant::now() + timeout),
-        None => std::time::Instant::now() + timeout,
-    };
-    match tokio::time::timeout_at(until.into(), read_bounded(&parts, body, limit)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-                .await
-        }
-        Ok(Err(error)) => error.into_response(),
+    parts: &Parts,
+    body: axum::body::Body,
+    (limit, timeout, until): (usize, std::time::Duration, std::time::Instant),
+    metrics: &crate::metrics::Metrics,
+) -> Result<Bytes, Response> {
+    match tokio::time::timeout_at(until.into(), read_bounded(parts, body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => Err(error.into_response()),
         Err(_) => {
             metrics.overload_refused("body_timeout");
-            refusal(
+            Err(refusal(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!("the request body did not arrive within server.requestTimeout ({timeout:?}) or before the apiserver's deadline"),
-            )
+            ))
         }
     }
 }
@@ -113,7 +98,7 @@ pub(crate) async fn discard_body(mut body: axum::body::Body, cap: usize) {
 /// The body, at most `limit` bytes; past that, read and dropped up to
 /// [`DRAIN_FACTOR`] times the limit, then [`ApiError::TooLarge`].
 async fn read_bounded(
-    parts: &axum::http::request::Parts,
+    parts: &Parts,
     mut body: axum::body::Body,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
@@ -147,47 +132,36 @@ async fn read_bounded(
     Ok(bytes.freeze())
 }
 
-/// A decoded review: kube-core's typed request, plus the write with its objects kept
-/// as the raw JSON the apiserver sent.
+/// A decoded review: the write, with its objects kept as the raw JSON the
+/// apiserver sent.
 pub struct Review {
-    pub request: AdmissionRequest<RawObject>,
     pub write: Write,
 }
 
-impl FromRequest<Arc<AppState>> for Review {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        let content_type = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default();
-        let essence = content_type.split(';').next().unwrap_or_default().trim();
-        if !essence.eq_ignore_ascii_case("application/json") {
-            return Err(ApiError::ContentType(content_type));
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::TooLarge {
-                    limit: state.max_body_bytes,
-                }
-            } else {
-                ApiError::Body(rejection.body_text())
-            }
-        })?;
-        decode(&bytes)
+/// Reads the review in a body that has arrived whole.
+pub(crate) fn read_review(parts: &Parts, bytes: &[u8]) -> Result<Review, ApiError> {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default();
+    if !essence
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"application/json")
+    {
+        return Err(ApiError::ContentType(
+            String::from_utf8_lossy(content_type).into_owned(),
+        ));
     }
-}
-
-/// Decodes a review body.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Review, ApiError> {
     decode_review(bytes)
 }
 
 /// The envelope, read in one pass. kube-core's `AdmissionReview` flattens its type
-/// fields, which makes serde buffer the whole body first; its `AdmissionRequest`
-/// does not, so we read that directly.
+/// fields, which makes serde buffer the whole body first.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope {
@@ -195,11 +169,46 @@ struct Envelope {
     api_version: String,
     #[serde(default)]
     kind: String,
-    request: Option<AdmissionRequest<RawObject>>,
+    request: Option<WireRequest>,
 }
 
-/// Decodes an AdmissionReview v1 body exactly as the webhook does: kube-core's typed
-/// request and the write with its objects as the JSON that was sent.
+/// The fields of an AdmissionRequest that kubescribe reads, decoded straight into
+/// what [`Write`] owns. The rest (`requestKind`, `options`, `userInfo.extra`, ...)
+/// is skipped while parsing, never built: this is the request path's largest cost
+/// after TLS. Required and optional fields are those of kube-core's
+/// `AdmissionRequest`, so the same bodies are accepted and refused.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRequest {
+    uid: String,
+    kind: GroupVersionKind,
+    resource: GroupVersionResource,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: Operation,
+    user_info: UserInfo,
+    #[serde(default)]
+    object: Option<RawObject>,
+    #[serde(default)]
+    old_object: Option<RawObject>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct UserInfo {
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+}
+
+/// Decodes an AdmissionReview v1 body exactly as the webhook does: the write with
+/// its objects as the JSON that was sent.
 pub fn decode_review(bytes: &[u8]) -> Result<Review, ApiError> {
     let envelope: Envelope = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
@@ -216,22 +225,112 @@ pub fn decode_review(bytes: &[u8]) -> Result<Review, ApiError> {
         };
         return Err(ApiError::NotAReview(got));
     }
-    let Some(mut request) = envelope.request else {
+    let Some(request) = envelope.request else {
         return Err(ApiError::NotAReview(
             "an AdmissionReview without a request".to_owned(),
         ));
-    };
-    request.types = kube_core::TypeMeta {
-        api_version: envelope.api_version,
-        kind: envelope.kind,
     };
     if request.uid.is_empty() {
         return Err(ApiError::NotAReview(
             "an AdmissionReview whose request has no uid".to_owned(),
         ));
     }
-    let object = request.object.take().map(|o| o.value);
-    let old_object = request.old_object.take().map(|o| o.value);
-    let write = Write::from_request(&request, object, old_object);
-    Ok(Review { request, write })
+    // The apiserver sets a Namespace's own name as its namespace (since 1.20 on
+    // every operation, before only on update and delete); it is cluster-scoped.
+    let a_namespace =
+        request.resource.group.is_empty() && request.resource.resource == "namespaces";
+    let write = Write {
+        uid: request.uid,
+        operation: request.operation,
+        kind: request.kind,
+        resource: request.resource,
+        sub_resource: request.sub_resource.filter(|s| !s.is_empty()),
+        namespace: request
+            .namespace
+            .filter(|s| !s.is_empty())
+            .filter(|_| !a_namespace),
+        name: request.name,
+        user: request.user_info.username.unwrap_or_default(),
+        groups: request.user_info.groups.unwrap_or_default(),
+        dry_run: request.dry_run,
+        object: request.object.map(|o| o.0).filter(|o| !o.is_null()),
+        old_object: request.old_object.map(|o| o.0).filter(|o| !o.is_null()),
+        from_cluster: false,
+    };
+    Ok(Review { write })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(request: serde_json::Value) -> Result<Write, ApiError> {
+        let body = serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": request,
+        });
+        decode_review(&serde_json::to_vec(&body).unwrap()).map(|r| r.write)
+    }
+
+    fn namespace_create() -> serde_json::Value {
+        serde_json::json!({
+            "uid": "u-1",
+            "kind": {"group": "", "version": "v1", "kind": "Namespace"},
+            "resource": {"group": "", "version": "v1", "resource": "namespaces"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Namespace"},
+            "requestResource": {"group": "", "version": "v1", "resource": "namespaces"},
+            "subResource": "",
+            "name": "team-a",
+            "namespace": "team-a",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice", "uid": "1", "groups": ["devs"], "extra": {"k": ["v"]}},
+            "object": {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}},
+            "oldObject": null,
+            "dryRun": true,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        })
+    }
+
+    #[test]
+    fn the_write_takes_what_policy_reads_and_skips_the_rest() {
+        let write = review(namespace_create()).unwrap();
+        assert_eq!(write.uid, "u-1");
+        assert_eq!(write.operation, Operation::Create);
+        assert_eq!(write.kind.kind, "Namespace");
+        assert_eq!(write.resource.resource, "namespaces");
+        // A Namespace is cluster-scoped, whatever namespace the apiserver names.
+        assert_eq!(write.namespace, None);
+        assert_eq!(write.sub_resource, None);
+        assert_eq!(
+            (write.user.as_str(), write.groups),
+            ("alice", vec!["devs".to_owned()])
+        );
+        assert!(write.dry_run);
+        assert_eq!(
+            write.object,
+            Some(
+                serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
+            )
+        );
+        assert_eq!(write.old_object, None);
+        assert!(!write.from_cluster);
+    }
+
+    #[test]
+    fn a_request_without_what_kube_core_requires_is_not_a_review() {
+        for field in ["uid", "kind", "resource", "operation", "userInfo"] {
+            let mut request = namespace_create();
+            request.as_object_mut().unwrap().remove(field);
+            let error = review(request).err().unwrap_or_else(|| panic!("{field}"));
+            assert!(matches!(error, ApiError::NotAReview(_)), "{field}: {error}");
+            assert_eq!(error.status(), StatusCode::BAD_REQUEST);
+        }
+        let mut request = namespace_create();
+        request["uid"] = "".into();
+        assert!(matches!(review(request), Err(ApiError::NotAReview(m)) if m.contains("no uid")));
+        let mut request = namespace_create();
+        request["operation"] = "PATCH".into();
+        assert!(matches!(review(request), Err(ApiError::NotAReview(_))));
+    }
 }

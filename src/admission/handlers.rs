@@ -4,15 +4,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use kube_core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use axum::Router;
+use kube_core::admission::Operation;
 use tracing::{field::Empty, Instrument};
 
-use super::extract::{ApiError, Review};
+use super::answer::Answer;
+use super::extract::ApiError;
+use super::gate::Gate;
 use crate::config::{RailMode, Then, Wait};
 use crate::manifest::{self, Layout, Placement};
 use crate::metrics::{
@@ -93,7 +95,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// The webhook's router. Production and every test build it here. With `callers`,
 /// `/validate` and `/mutate` refuse callers that do not prove they are the
-/// apiserver ([`crate::caller::require_caller`]); the probes stay open. Without
+/// apiserver ([`crate::caller::CallerPolicy::check`]); the probes stay open. Without
 /// `with_metrics`, `/metrics` is served elsewhere ([`probes`]).
 pub fn routes(
     state: Arc<AppState>,
@@ -102,27 +104,24 @@ pub fn routes(
     in_flight: Arc<crate::limits::InFlight>,
     body_timeout: Duration,
 ) -> Router {
-    let limit = state.max_body_bytes;
-    // Layers run outermost first, the last added: who the caller is (headers and
-    // the handshake only), then a slot in flight, then the whole body, then the
-    // handler. So a caller that proves nothing never takes a slot or memory.
+    // Who the caller is, a slot in flight, the whole body: see [`Gate`].
+    let gate = Arc::new(Gate {
+        callers,
+        in_flight,
+        body_limit: state.max_body_bytes,
+        body_timeout,
+        metrics: state.metrics.clone(),
+    });
+    let mutate_gate = gate.clone();
     let mut router = Router::new()
-        .route("/validate", post(validate))
-        .route("/mutate", post(mutate))
-        .route_layer(axum::middleware::from_fn_with_state(
-            (limit, body_timeout, state.metrics.clone()),
-            super::extract::settle_body,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            in_flight,
-            crate::limits::limit_in_flight,
-        ));
-    if let Some(callers) = callers {
-        router = router.route_layer(axum::middleware::from_fn_with_state(
-            callers,
-            crate::caller::require_caller,
-        ));
-    }
+        .route(
+            "/validate",
+            post(move |State(state), request| validate(state, gate.clone(), request)),
+        )
+        .route(
+            "/mutate",
+            post(move |State(state), request| mutate(state, mutate_gate.clone(), request)),
+        );
     // The forges' webhooks cannot prove they are the apiserver: their own
     // signature is checked instead, and they can only ask for an early poll. The
     // path is there only when a rule takes them.
@@ -135,7 +134,7 @@ pub fn routes(
     if with_metrics {
         router = router.route("/metrics", get(metrics));
     }
-    router.layer(DefaultBodyLimit::max(limit)).with_state(state)
+    router.with_state(state)
 }
 
 /// `/metrics`, `/healthz` and `/readyz` alone, for `server.metricsListen`.
@@ -183,28 +182,15 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn validate(
-    State(state): State<Arc<AppState>>,
-    RawQuery(query): RawQuery,
-    arrival: Option<axum::Extension<crate::limits::Arrival>>,
-    review: Result<Review, ApiError>,
-) -> Response {
-    // The deadline counts from the request's arrival, before any wait for a slot
-    // and for the body; `limit_in_flight` worked it out then.
-    let (started, deadline) = match arrival {
-        Some(axum::Extension(arrival)) => (arrival.at, arrival.deadline),
-        None => {
-            let now = Instant::now();
-            let until = deadline(
-                query.as_deref(),
-                now,
-                state.default_timeout,
-                state.deadline_margin,
-            );
-            (now, until)
-        }
+async fn validate(state: Arc<AppState>, gate: Arc<Gate>, request: Request) -> Response {
+    let entered = match gate.enter(request).await {
+        Ok(entered) => entered,
+        Err(refusal) => return refusal,
     };
-    let review = match review {
+    // The deadline counts from the request's arrival, before any wait for a slot
+    // and for the body.
+    let (started, deadline) = (entered.arrival.at, entered.arrival.deadline);
+    let review = match entered.review {
         Ok(review) => review,
         Err(error) => return reject(&state, error),
     };
@@ -213,7 +199,7 @@ async fn validate(
         soft: deadline,
         hard: deadline + grace(state.deadline_margin, started, deadline),
     };
-    let (response, decision) = answer(&state, &review.request, &review.write, deadline)
+    let (response, decision) = answer(&state, &review.write, deadline)
         .instrument(span.clone())
         .await;
     span.record("decision", tracing::field::debug(decision));
@@ -231,12 +217,16 @@ async fn validate(
         decision,
         started,
     );
-    Json(response.into_review()).into_response()
+    response.into_response(&review.write.uid)
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, review: Result<Review, ApiError>) -> Response {
-    let started = Instant::now();
-    let review = match review {
+async fn mutate(state: Arc<AppState>, gate: Arc<Gate>, request: Request) -> Response {
+    let entered = match gate.enter(request).await {
+        Ok(entered) => entered,
+        Err(refusal) => return refusal,
+    };
+    let started = entered.arrival.at;
+    let review = match entered.review {
         Ok(review) => review,
         Err(error) => return reject(&state, error),
     };
@@ -247,48 +237,27 @@ async fn mutate(State(state): State<Arc<AppState>>, review: Result<Review, ApiEr
         DecisionLabel::Mutate,
         started,
     );
-    let response = AdmissionResponse::from(&review.request);
+    let response = Answer::allow();
     let patch = if state.annotate {
         annotation(&state, &review.write)
     } else {
         None
     };
     let Some(patch) = patch else {
-        return Json(response.into_review()).into_response();
+        return response.into_response(&review.write.uid);
     };
-    // The apiserver reads `patch` as Go's []byte: a base64 string. kube-core would
-    // write the bytes as a JSON array of numbers, which the apiserver rejects, so the
-    // JSON Patch (built and checked with json-patch) is put in as base64 here.
-    let patch = match serde_json::from_value::<json_patch::Patch>(patch)
+    // The apiserver reads `patch` as Go's []byte: a base64 string of the JSON Patch,
+    // built and checked with json-patch.
+    match serde_json::from_value::<json_patch::Patch>(patch)
         .and_then(|patch| serde_json::to_vec(&patch))
     {
-        Ok(bytes) => bytes,
+        Ok(bytes) => response.with_patch(&bytes).into_response(&review.write.uid),
         Err(error) => {
             // Never block a write over an annotation.
             tracing::warn!(%error, "cannot build the annotation patch");
-            return Json(response.into_review()).into_response();
+            response.into_response(&review.write.uid)
         }
-    };
-    let mut review = match serde_json::to_value(response.into_review()) {
-        Ok(review) => review,
-        Err(error) => {
-            // Never block a write over an annotation: answer without it.
-            tracing::error!(%error, "cannot encode the answer with a patch");
-            return Json(AdmissionResponse::from(&review.request).into_review()).into_response();
-        }
-    };
-    if let Some(answer) = review.get_mut("response").and_then(|r| r.as_object_mut()) {
-        use base64::Engine as _;
-        answer.insert(
-            "patch".to_owned(),
-            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
-        );
-        answer.insert(
-            "patchType".to_owned(),
-            serde_json::Value::String("JSONPatch".to_owned()),
-        );
     }
-    Json(review).into_response()
 }
 
 /// The annotation patch for a write the validating webhook would record.
@@ -400,13 +369,8 @@ fn grace(margin: Duration, started: Instant, soft: Instant) -> Duration {
 }
 
 /// Decides and, if recording, hands the change to the store and waits as the rule says.
-async fn answer(
-    state: &AppState,
-    request: &AdmissionRequest<super::RawObject>,
-    write: &Write,
-    deadline: Deadline,
-) -> (AdmissionResponse, DecisionLabel) {
-    let mut response = AdmissionResponse::from(request);
+async fn answer(state: &AppState, write: &Write, deadline: Deadline) -> (Answer, DecisionLabel) {
+    let mut response = Answer::allow();
     let mut verdict = crate::verdict::evaluate(
         write,
         &state.policy,
@@ -417,7 +381,7 @@ async fn answer(
         verdict.warnings.push(warning);
     }
     for warning in verdict.warnings {
-        warn(&mut response, warning);
+        response.warn(warning);
     }
     let rule = verdict.rule;
     let Some(recording) = verdict.record else {
@@ -468,9 +432,7 @@ async fn answer(
                 return (response, DecisionLabel::Noted);
             }
             None => {
-                warn(
-                    &mut response,
-                    format!("kubescribe: not recorded: {path} waits for the reconciler, which is not running"),
+                response.warn(format!("kubescribe: not recorded: {path} waits for the reconciler, which is not running"),
                 );
                 return (response, DecisionLabel::Unrecorded);
             }
@@ -529,9 +491,7 @@ async fn answer(
             }
             match (submitted, require_recording) {
                 (Ok(()), RailMode::Audit) if unavailable.is_some() => {
-                    warn(
-                        &mut response,
-                        format!(
+                    response.warn(format!(
                             "kubescribe: audit: requireRecording: the repository is unavailable ({}); the change is queued and retried",
                             unavailable.unwrap_or_default()
                         ),
@@ -550,10 +510,7 @@ async fn answer(
                             reason: "queue_full",
                         })
                         .inc();
-                    warn(
-                        &mut response,
-                        format!("kubescribe: not recorded in git: {error}"),
-                    );
+                    response.warn(format!("kubescribe: not recorded in git: {error}"));
                     (response, DecisionLabel::Unrecorded)
                 }
             }
@@ -569,7 +526,7 @@ async fn answer(
             let ticket = pushed.as_ref().map(|p| p.ticket);
             match outcome {
                 Ok(Outcome::ParentMissing) => {
-                    warn(&mut response, format!("kubescribe: {path} is not recorded yet, so this scale change is not either"));
+                    response.warn(format!("kubescribe: {path} is not recorded yet, so this scale change is not either"));
                     (response, DecisionLabel::Unrecorded)
                 }
                 Ok(Outcome::Refused { reason }) => {
@@ -624,11 +581,11 @@ async fn answer(
                         Outcome::Committed { commit } => {
                             keep_expected();
                             let short = commit.to_hex_with_len(12);
-                            warn(&mut response, format!("recorded {short} {path}"));
+                            response.warn(format!("recorded {short} {path}"));
                             (response, DecisionLabel::Recorded)
                         }
                         _ => {
-                            warn(&mut response, format!("unchanged {path}"));
+                            response.warn(format!("unchanged {path}"));
                             (response, DecisionLabel::Unchanged)
                         }
                     },
@@ -775,9 +732,9 @@ async fn propose(
     write: &Write,
     (change, target): (manifest::Change, usize),
     rule: Option<&str>,
-    mut response: AdmissionResponse,
+    mut response: Answer,
     deadline: Deadline,
-) -> (AdmissionResponse, DecisionLabel) {
+) -> (Answer, DecisionLabel) {
     let Some(reviewer) = state
         .reviews
         .iter()
@@ -789,13 +746,11 @@ async fn propose(
     };
     let path = change.path.to_string();
     for (user, url) in reviewer.others_on(&path, &write.user) {
-        warn(
-            &mut response,
-            format!("kubescribe: {path} is also changed by an open pull request of {user}: {url}; the second one merged may conflict"),
+        response.warn(format!("kubescribe: {path} is also changed by an open pull request of {user}: {url}; the second one merged may conflict"),
         );
     }
     let branch = reviewer.branch_of(write);
-    let warnings = response.warnings.clone().unwrap_or_default();
+    let warnings = response.warnings.clone();
     // The object before the write, as a file: what a session merges the write's
     // own change from. A Secret is written whole (encrypted), never merged.
     let secrets = state.policy.secret_mode(rule.unwrap_or_default());
@@ -870,10 +825,10 @@ async fn propose(
 /// The denial of a write `requireRecording: enforce` needs recorded, and cannot be
 /// (`error` says why and what to do).
 fn deny_unrecorded(
-    response: AdmissionResponse,
+    response: Answer,
     path: &manifest::RepoPath,
     error: &str,
-) -> (AdmissionResponse, DecisionLabel) {
+) -> (Answer, DecisionLabel) {
     tracing::error!(%error, %path, "write denied: cannot be recorded (requireRecording)");
     (
         response.deny(format!(
@@ -975,13 +930,13 @@ async fn commit_and_wait(
 /// appended, so the remote never gets it alone; when the push in flight carries
 /// it, the denial says the change may still reach the remote.
 fn answer_push(
-    response: AdmissionResponse,
+    response: Answer,
     push: &PushHandle,
     target: &TargetState,
     (change, outcome, ticket): (manifest::Change, Outcome, Option<u64>),
     result: Option<Pushed>,
     then: Then,
-) -> (AdmissionResponse, DecisionLabel) {
+) -> (Answer, DecisionLabel) {
     let mut response = response;
     let Some(Pushed { commit }) = result else {
         let reason = match push.outbox.last_error() {
@@ -1059,7 +1014,7 @@ fn answer_push(
     };
     match then {
         Then::Allow => {
-            warn(&mut response, text);
+            response.warn(text);
             (response, DecisionLabel::Pushed)
         }
         Then::Deny => (
@@ -1103,10 +1058,6 @@ impl Drop for Unanswered<'_> {
             Some(ticket),
         );
     }
-}
-
-fn warn(response: &mut AdmissionResponse, text: String) {
-    response.warnings.get_or_insert_with(Vec::new).push(text);
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //! stamps the git path (see [`crate::verdict::annotation_patch`]). Every wait is bounded by the apiserver's
 //! `?timeout=` minus a margin. Request bodies are never logged: they carry Secrets.
 
+mod answer;
 mod extract;
+mod gate;
 mod handlers;
 mod object;
 
@@ -17,4 +19,3 @@ pub use extract::{decode_review, ApiError, Review};
 pub(crate) use extract::{discard_body, DRAIN_FACTOR};
 pub(crate) use handlers::deadline;
 pub use handlers::{app, probes, routes, AppState, TargetState};
-pub use object::RawObject;

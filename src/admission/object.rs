@@ -6,66 +6,23 @@
 //! apiserver sent it, except those two, which it skips while parsing instead of
 //! building and then throwing them away.
 
-use std::borrow::Cow;
 use std::fmt;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 /// An object from a review, as raw JSON without `status` and `metadata.managedFields`.
 #[derive(Debug, Clone, Default)]
-pub struct RawObject {
-    /// Empty: kube-core's `Resource` wants an `ObjectMeta`; the real one is in `value`.
-    meta: ObjectMeta,
-    pub value: Value,
-}
-
-impl kube_core::Resource for RawObject {
-    type DynamicType = ();
-    type Scope = kube_core::DynamicResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        Cow::Borrowed("")
-    }
-
-    fn meta(&self) -> &ObjectMeta {
-        &self.meta
-    }
-
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.meta
-    }
-}
-
-impl Serialize for RawObject {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.value.serialize(serializer)
-    }
-}
+pub struct RawObject(pub Value);
 
 impl<'de> Deserialize<'de> for RawObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = deserializer.deserialize_any(Pruning {
-            depth: Depth::Object,
-        })?;
-        Ok(Self {
-            meta: ObjectMeta::default(),
-            value,
-        })
+        deserializer
+            .deserialize_any(Pruning {
+                depth: Depth::Object,
+            })
+            .map(Self)
     }
 }
 
@@ -158,7 +115,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            object.value,
+            object.0,
             serde_json::json!({"apiVersion":"v1","kind":"X","metadata":{"name":"a","futureField":{"x":1}},"spec":{"status":"kept"}})
         );
         let none: Option<RawObject> = serde_json::from_str("null").unwrap();

@@ -468,7 +468,10 @@ pub fn sanitize(object: &mut Value, group: &str, kind: &str) -> Result<(), Manif
 
     let pvc_bound_by_controller = object
         .get("metadata")
-        .and_then(|m| m.pointer("/annotations/pv.kubernetes.io~1bound-by-controller"))
+        .and_then(|m| {
+            m.get("annotations")?
+                .get("pv.kubernetes.io/bound-by-controller")
+        })
         .and_then(Value::as_str)
         == Some("yes");
 
