@@ -14,7 +14,9 @@
 # the check timing, default 1000), CHECK_ONLY=1 (that, after the
 # index and snapshot), REMOTE_TUNED=1 (the push
 # remote keeps pushes as packs and runs no gc on pushes), SNAPSHOT_OBJECTS (objects
-# of the reconcile snapshot, default 10000; a list, "10000 50000 100000", runs each), SNAPSHOT_PRUNE=always (the snapshot
+# of the reconcile snapshot, default 10000; a list, "10000 50000 100000", runs each),
+# SNAPSHOT_ORDER=spread (the cluster lists each object in the next namespace instead of
+# kube-apiserver's key order), SNAPSHOT_PRUNE=always (the snapshot
 # also prunes: every file is read back), SNAPSHOT_ONLY=1 (only that), INDEX_MANIFESTS
 # (objects of the synthetic repository the index is built of, default 10000),
 # INDEX_ONLY=1 (only that), CPU_REQUESTS and CPU_RATE (requests per server for the
@@ -314,9 +316,10 @@ if [[ -n ${INDEX_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jso
 for snapshot_objects in $SNAPSHOT_OBJECTS; do
 echo "== reconcile snapshot of $snapshot_objects objects"
 # A synthetic cluster (recorded core discovery, N ConfigMaps made from a recorded one,
-# paged like kube-apiserver) on plain HTTP; kubescribe lists it at start and is ready
-# once every file is committed.
-start_cluster snapshot 18470 --objects "$snapshot_objects"
+# paged like kube-apiserver, in its key order, or in SNAPSHOT_ORDER=spread, each object
+# in the next namespace) on plain HTTP; kubescribe lists it at start and is ready once
+# every file is committed.
+start_cluster snapshot 18470 --objects "$snapshot_objects" --order "${SNAPSHOT_ORDER:-key}"
 # Baseline: reading the same pages (500 objects each) and parsing them, nothing else.
 list_s=$(python3 - <<'PY'
 import json, time, urllib.request
@@ -360,7 +363,7 @@ file_kb=$(awk '/RssFile/ {print $2}' "/proc/$snapshot_pid/status")
 cpu_s=$(awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15 + $16 + $17) / hz}' "/proc/$snapshot_pid/stat")
 files=$(git --git-dir "$OUT/snapshot/repo.git" ls-tree -r --name-only main | wc -l)
 ready_s=$(awk "BEGIN {print ($t1 - $t0) / 1e9}")
-echo "{\"label\":\"snapshot\",\"objects\":$snapshot_objects,\"files\":$files,\"seconds\":$ready_s,\"cpu_seconds\":$cpu_s,\"list_seconds\":$list_s,\"peak_kb\":$peak_kb,\"anon_kb\":$anon_kb,\"file_kb\":$file_kb}" | tee -a "$OUT/runs.jsonl"
+echo "{\"label\":\"snapshot\",\"order\":\"${SNAPSHOT_ORDER:-key}\",\"objects\":$snapshot_objects,\"files\":$files,\"seconds\":$ready_s,\"cpu_seconds\":$cpu_s,\"list_seconds\":$list_s,\"peak_kb\":$peak_kb,\"anon_kb\":$anon_kb,\"file_kb\":$file_kb}" | tee -a "$OUT/runs.jsonl"
 kill "$snapshot_pid" "$cluster_pid"
 wait "$snapshot_pid" "$cluster_pid" 2>/dev/null || true
 done

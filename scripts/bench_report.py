@@ -75,7 +75,7 @@ if "push_paced" in runs:
 # Every snapshot size of the run (SNAPSHOT_OBJECTS), smallest first.
 snapshots = sorted((json.loads(l) for l in open(sys.argv[1]) if '"label":"snapshot"' in l), key=lambda c: c["objects"])
 for c in snapshots:
-    row("reconcile snapshot of %d objects from a paged API (start to ready; %d files committed)" % (c["objects"], c["files"]),
+    row("reconcile snapshot of %d objects from a paged API in %s order (start to ready; %d files committed)" % (c["objects"], c.get("order", "spread"), c["files"]),
         "%.2f s, %.1f µs/object (peak RSS %.1f MB; at the end %.1f MB anonymous, %.1f MB file-backed)" % (
             c["seconds"], c["seconds"] / c["objects"] * 1e6, c["peak_kb"] / 1024,
             c.get("anon_kb", 0) / 1024, c.get("file_kb", 0) / 1024),

@@ -10,7 +10,7 @@
 //!   the server acknowledged;
 //! - `cluster` serves a synthetic cluster over plain HTTP for the reconcile snapshot:
 //!   the recorded v1.19 core discovery, and N ConfigMaps made from a recorded one,
-//!   paged with `limit`/`continue` like kube-apiserver; with `--churn-rate`, its
+//!   paged with `limit`/`continue` and in key order like kube-apiserver; with `--churn-rate`, its
 //!   ConfigMaps watch streams that many changes per second (watch churn).
 
 use std::io::Write as _;
@@ -104,6 +104,11 @@ enum Command {
         objects: usize,
         #[arg(long, default_value = "tests/fixtures/api/k8s-1.19")]
         fixtures: PathBuf,
+        /// The order lists return objects in: `key`, kube-apiserver's (etcd's key
+        /// order: namespace, then name), or `spread`, object 0, 1, 2, ... (each
+        /// in the next namespace), so every page touches every namespace.
+        #[arg(long, value_enum, default_value_t = ListOrder::Key)]
+        order: ListOrder,
         #[command(flatten)]
         churn: Churn,
     },
@@ -524,8 +529,9 @@ async fn main() -> anyhow::Result<()> {
             listen,
             objects,
             fixtures,
+            order,
             churn,
-        } => cluster(listen, objects, &fixtures, churn).await?,
+        } => cluster(listen, objects, &fixtures, order, churn).await?,
         Command::FastImport {
             commits,
             fixtures,
@@ -682,12 +688,20 @@ impl Churn {
 }
 
 /// The synthetic cluster's state shared by its handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ListOrder {
+    Key,
+    Spread,
+}
+
 struct ClusterState {
     version: Bytes,
     api: Bytes,
     api_v1: Bytes,
     template: serde_json::Value,
     objects: usize,
+    /// The objects in the order lists return them.
+    listed: Vec<usize>,
     churn: Churn,
     /// When the first ConfigMaps watch came: change 0 is due then.
     started: std::sync::OnceLock<tokio::time::Instant>,
@@ -697,10 +711,18 @@ struct ClusterState {
 }
 
 impl ClusterState {
+    fn name(i: usize) -> String {
+        format!("cm-{i:05}")
+    }
+
+    fn namespace(i: usize) -> String {
+        format!("team-{}", i % 16)
+    }
+
     fn object(&self, i: usize, revision: Option<u64>) -> serde_json::Value {
         let mut item = self.template.clone();
-        item["metadata"]["name"] = format!("cm-{i:05}").into();
-        item["metadata"]["namespace"] = format!("team-{}", i % 16).into();
+        item["metadata"]["name"] = Self::name(i).into();
+        item["metadata"]["namespace"] = Self::namespace(i).into();
         item["metadata"]["uid"] = format!("00000000-0000-0000-0000-{i:012}").into();
         item["data"] = serde_json::json!({ "index": i.to_string(), "payload": "x".repeat(200) });
         if let Some(k) = revision {
@@ -791,12 +813,13 @@ impl ClusterState {
 
 /// The synthetic cluster behind the snapshot and churn benchmarks: core discovery as
 /// recorded (no API groups, so only core resources are discovered), `objects`
-/// ConfigMaps spread over 16 namespaces, every other list empty, and watches that
+/// ConfigMaps spread over 16 namespaces (listed in `order`), every other list empty, and watches that
 /// stay open until their timeout (the ConfigMaps one streaming `churn`).
 async fn cluster(
     listen: SocketAddr,
     objects: usize,
     fixtures: &std::path::Path,
+    order: ListOrder,
     churn: Churn,
 ) -> anyhow::Result<()> {
     use axum::http::{header, Uri};
@@ -811,12 +834,17 @@ async fn cluster(
     let api_v1 = read("disc_api_v1.json")?;
     let list: serde_json::Value = serde_json::from_slice(&read("list_configmaps_all.json")?)?;
     let template = list["items"][0].clone();
+    let mut listed: Vec<usize> = (0..objects).collect();
+    if order == ListOrder::Key {
+        listed.sort_by_cached_key(|&i| (ClusterState::namespace(i), ClusterState::name(i)));
+    }
     let state = Arc::new(ClusterState {
         version,
         api,
         api_v1,
         template,
         objects,
+        listed,
         churn,
         started: std::sync::OnceLock::new(),
         late_us: std::sync::Mutex::new(Vec::new()),
@@ -856,7 +884,7 @@ async fn cluster(
                     let limit = param("limit=").unwrap_or(*objects).max(1);
                     let end = (start + limit).min(*objects);
                     let items: Vec<serde_json::Value> =
-                        (start..end).map(|i| state.object(i, None)).collect();
+                        (start..end).map(|p| state.object(state.listed[p], None)).collect();
                     let mut metadata = serde_json::json!({ "resourceVersion": "367" });
                     if end < *objects {
                         metadata["continue"] = end.to_string().into();
