@@ -107,7 +107,7 @@ async fn oversized_bodies_get_413_with_a_message() {
             push: None,
         }],
         reviews: Vec::new(),
-        metrics,
+        metrics: metrics.clone(),
         ready: true.into(),
         max_body_bytes: config.server.max_body_bytes,
         default_timeout: config.server.default_timeout,
@@ -127,6 +127,11 @@ async fn oversized_bodies_get_413_with_a_message() {
         assert_eq!(answer["status"], 413);
         assert_eq!(answer["message"], "request body is larger than 8388608 bytes; raise server.maxBodyBytes if the apiserver really sends objects this large");
     }
+    let exposition = metrics.encode();
+    assert!(
+        exposition.contains("kubescribe_http_rejections_total{status=\"413\"} 2"),
+        "{exposition}"
+    );
     drop(app);
     tokio::task::spawn_blocking(move || writer.join())
         .await

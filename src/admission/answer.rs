@@ -1,7 +1,8 @@
 //! The AdmissionReview kubescribe answers with.
 //!
-//! Only the fields the apiserver reads are written: `uid`, `allowed`,
-//! `status.message` on a denial, `warnings`, and on `/mutate` a base64 JSON Patch.
+//! Besides `apiVersion` and `kind`, only the fields the apiserver reads are
+//! written: `uid`, `allowed`, `status` (with its `message` on a denial), `warnings`,
+//! and on `/mutate` a base64 JSON Patch.
 //! It is serialised straight from borrowed strings into one buffer: kube-core's
 //! `AdmissionResponse` copies the uid and the type strings twice on the way, which
 //! showed up as a tenth of the request path's allocations.

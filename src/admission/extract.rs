@@ -55,9 +55,9 @@ pub(crate) fn refusal(status: StatusCode, message: &str) -> Response {
 /// client, as a multiple of `server.maxBodyBytes`; past it the stream is reset.
 pub(crate) const DRAIN_FACTOR: usize = 4;
 
-/// Reads the request body (at most `limit` bytes) before anything answers, so every
-/// answer, an early refusal (401, 413, 415) included, comes after the client has
-/// sent the whole request. Over HTTP/2, an answer to a stream that is still sending
+/// Reads the request body (at most `limit` bytes) before the review is read, so
+/// every answer after it, a refusal (413, 415, 400) included, comes after the client
+/// has sent the whole request. Over HTTP/2, an answer to a stream that is still sending
 /// is followed by RST_STREAM, which clients (curl, in 8 of 10 tries) report as a
 /// framing error instead of the answer. An oversized body is read and dropped up to
 /// [`DRAIN_FACTOR`] times the limit, then answered 413.
@@ -69,7 +69,16 @@ pub(crate) async fn settle_body(
 ) -> Result<Bytes, Response> {
     match tokio::time::timeout_at(until.into(), read_bounded(parts, body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) => Err(error.into_response()),
+        Ok(Err(error)) => {
+            tracing::warn!(status = error.status().as_u16(), %error, "unreadable admission request");
+            metrics
+                .rejected
+                .get_or_create(&crate::metrics::RejectionLabels {
+                    status: error.status().as_u16(),
+                })
+                .inc();
+            Err(error.into_response())
+        }
         Err(_) => {
             metrics.overload_refused("body_timeout");
             Err(refusal(
@@ -175,8 +184,9 @@ struct Envelope {
 /// The fields of an AdmissionRequest that kubescribe reads, decoded straight into
 /// what [`Write`] owns. The rest (`requestKind`, `options`, `userInfo.extra`, ...)
 /// is skipped while parsing, never built: this is the request path's largest cost
-/// after TLS. Required and optional fields are those of kube-core's
-/// `AdmissionRequest`, so the same bodies are accepted and refused.
+/// after TLS. The fields read are required or optional as in kube-core's
+/// `AdmissionRequest`; the rest are not checked, and the apiserver always sends
+/// them well formed.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WireRequest {

@@ -1,9 +1,10 @@
 //! The way into `/validate` and `/mutate`, in order: the caller proves it is the
 //! apiserver (headers and the handshake only), then a slot in flight and its share
 //! of memory, then the whole body within the request's deadline, then the review
-//! read from it. So a caller that proves nothing never takes a slot or memory, and
-//! every early refusal (401, 503, 408, 413) answers a client that has sent all it
-//! meant to.
+//! read from it. So a caller that proves nothing never takes a slot or memory. Each
+//! early refusal (401, 503, 413) first reads and drops, for a bounded time and
+//! size, what the client is still sending, so it reaches an HTTP/2 client instead
+//! of a stream reset; 408 is for a body that did not arrive in time.
 //!
 //! This is one function the handlers call, not a stack of tower middlewares: each
 //! `from_fn` layer boxed a future and a service per request, and handing the body
@@ -31,8 +32,8 @@ pub(crate) struct Gate {
     pub(crate) metrics: Arc<Metrics>,
 }
 
-/// A request through the gate: when it arrived, its slot (held until the answer is
-/// sent), and its review or why it could not be read.
+/// A request through the gate: when it arrived, its slot (held until the handler
+/// has built its answer), and its review or why it could not be read.
 pub(crate) struct Entered {
     pub(crate) arrival: Arrival,
     pub(crate) review: Result<Review, ApiError>,
