@@ -26,6 +26,7 @@ use gix::hash::ObjectId;
 use tokio::sync::{mpsc, oneshot};
 
 mod commit;
+mod delta;
 mod denials;
 mod in_place;
 mod merge;

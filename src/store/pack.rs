@@ -134,18 +134,17 @@ fn encode(
     out.append(&2u32.to_be_bytes());
     let count = u32::try_from(objects.len()).map_err(std::io::Error::other)?;
     out.append(&count.to_be_bytes());
-    let mut entries = Vec::with_capacity(objects.len());
+    let mut entries: Vec<Entry> = Vec::with_capacity(objects.len());
     // One compressor for every entry: creating one allocates and clears its window.
     let mut deflate =
         gix::zlib::stream::deflate::Write::new(out.clone(), gix::zlib::Compression::BEST_SPEED);
-    for (id, (kind, data)) in objects.iter() {
+    let mut write_entry = |id: ObjectId,
+                           type_id: u8,
+                           base: Option<u64>,
+                           data: &[u8],
+                           entries: &mut Vec<Entry>|
+     -> std::io::Result<()> {
         let start = out.len();
-        let type_id: u8 = match kind {
-            Kind::Commit => 1,
-            Kind::Tree => 2,
-            Kind::Blob => 3,
-            Kind::Tag => 4,
-        };
         // Entry header: the type, then the size in little-endian base-128.
         let mut size = data.len();
         let mut byte = (type_id << 4) | (size & 0x0f) as u8;
@@ -156,15 +155,53 @@ fn encode(
             size >>= 7;
         }
         out.append(&[byte]);
+        if let Some(base) = base {
+            // An offset delta: how far back its base starts, big-endian base-128
+            // where each continuation also adds one (git's `OFS_DELTA`).
+            let mut distance = start as u64 - base;
+            let mut bytes = vec![(distance & 0x7f) as u8];
+            while distance >> 7 > 0 {
+                distance = (distance >> 7) - 1;
+                bytes.push(0x80 | (distance & 0x7f) as u8);
+            }
+            bytes.reverse();
+            out.append(&bytes);
+        }
         deflate.reset();
         deflate.write_all(data)?;
         deflate.flush()?;
         let crc32 = crc32fast::hash(&out.0.borrow()[start..]);
         entries.push(Entry {
-            id: *id,
+            id,
             offset: start as u64,
             crc32,
         });
+        Ok(())
+    };
+    let plan = super::delta::plan(objects, hash);
+    for id in plan.whole {
+        let Some((kind, data)) = objects.get(&id) else {
+            continue;
+        };
+        let type_id: u8 = match kind {
+            Kind::Commit => 1,
+            Kind::Tree => 2,
+            Kind::Blob => 3,
+            Kind::Tag => 4,
+        };
+        write_entry(id, type_id, None, data, &mut entries)?;
+    }
+    // Each base is written before its delta (see `delta::plan`).
+    let mut offsets: gix::hashtable::HashMap<ObjectId, u64> =
+        entries.iter().map(|e| (e.id, e.offset)).collect();
+    for (id, base, delta) in plan.deltas {
+        let base = offsets.get(&base).copied().ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the base of delta {id} is not in the pack before it"
+            ))
+        })?;
+        write_entry(id, 6, Some(base), &delta, &mut entries)?;
+        offsets.insert(id, entries.last().map_or(0, |e| e.offset));
     }
     drop(deflate);
     let mut pack = out.0.take();
@@ -294,5 +331,127 @@ mod tests {
             );
         }
         assert!(!index.with_extension("keep").exists());
+    }
+
+    fn git(dir: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(dir)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output.stdout
+    }
+
+    /// A batch of commits, each changing one file of 300 directories, the last one
+    /// putting back an earlier tree: git reads every object back byte for byte from
+    /// a pack whose trees are deltas, `fsck` finds the history whole, and no chain
+    /// is longer than `delta::MAX_DEPTH`.
+    #[test]
+    fn trees_stored_as_deltas_read_back_whole_in_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let hash = gix::hash::Kind::Sha1;
+        let mut storage = Storage::default();
+        let mut put = |kind: Kind, data: Vec<u8>| {
+            let id = gix::objs::compute_hash(hash, kind, &data).unwrap();
+            storage.insert(id, (kind, data));
+            id
+        };
+        let tree = |entries: &[(String, &[u8], ObjectId)]| {
+            let mut out = Vec::new();
+            for (name, mode, id) in entries {
+                out.extend_from_slice(mode);
+                out.push(b' ');
+                out.extend_from_slice(name.as_bytes());
+                out.push(0);
+                out.extend_from_slice(id.as_bytes());
+            }
+            out
+        };
+        let mut dirs: Vec<(String, &[u8], ObjectId)> = (0..300)
+            .map(|d| {
+                let blob = put(Kind::Blob, format!("dir {d} version 0\n").into_bytes());
+                let sub = put(Kind::Tree, tree(&[("f.yaml".into(), b"100644", blob)]));
+                (format!("dir-{d:03}"), &b"40000"[..], sub)
+            })
+            .collect();
+        let mut roots = vec![put(Kind::Tree, tree(&dirs))];
+        let commit = |tree: ObjectId, parent: Option<ObjectId>, n: usize| {
+            let parent = parent.map_or(String::new(), |p| format!("parent {p}\n"));
+            format!("tree {tree}\n{parent}author A <a@x> 0 +0000\ncommitter A <a@x> 0 +0000\n\ncommit {n}\n").into_bytes()
+        };
+        let mut tip = put(Kind::Commit, commit(roots[0], None, 0));
+        for n in 1..=40 {
+            let d = n * 7 % 300;
+            let blob = put(Kind::Blob, format!("dir {d} version {n}\n").into_bytes());
+            dirs[d].2 = put(Kind::Tree, tree(&[("f.yaml".into(), b"100644", blob)]));
+            roots.push(put(Kind::Tree, tree(&dirs)));
+            tip = put(Kind::Commit, commit(*roots.last().unwrap(), Some(tip), n));
+        }
+        // A revert: the tree of commit 20 again.
+        tip = put(Kind::Commit, commit(roots[20], Some(tip), 41));
+
+        let written = write(&dir.path().join("objects"), &storage, hash).unwrap();
+        let index = written.files[1].clone();
+        written.release().unwrap();
+        let verify = String::from_utf8(git(
+            dir.path(),
+            &["verify-pack", "-v", index.to_str().unwrap()],
+            b"",
+        ))
+        .unwrap();
+        let chains: Vec<usize> = verify
+            .lines()
+            .filter_map(|l| l.strip_prefix("chain length = "))
+            .filter_map(|l| l.split(':').next()?.parse().ok())
+            .collect();
+        assert!(
+            chains.iter().max() == Some(&(super::super::delta::MAX_DEPTH as usize)),
+            "{verify}"
+        );
+        let deltas = verify
+            .lines()
+            .filter(|l| l.contains(" tree ") && l.split_whitespace().count() == 7)
+            .count();
+        // The 40 new roots less the two that start a chain again after 16 deltas;
+        // the one-file directories are too small to be worth a delta.
+        assert_eq!(deltas, 38, "trees stored as deltas:\n{verify}");
+
+        std::fs::write(dir.path().join("refs/heads/main"), format!("{tip}\n")).unwrap();
+        git(
+            dir.path(),
+            &["fsck", "--full", "--strict", "--no-dangling"],
+            b"",
+        );
+        let ids: String = storage.keys().map(|id| format!("{id}\n")).collect();
+        let batch = git(dir.path(), &["cat-file", "--batch"], ids.as_bytes());
+        let mut rest = batch.as_slice();
+        for _ in 0..storage.len() {
+            let line_end = rest.iter().position(|b| *b == b'\n').unwrap();
+            let header = std::str::from_utf8(&rest[..line_end]).unwrap().to_owned();
+            let mut fields = header.split(' ');
+            let id = ObjectId::from_hex(fields.next().unwrap().as_bytes()).unwrap();
+            let size: usize = fields.nth(1).unwrap().parse().unwrap();
+            let data = &rest[line_end + 1..line_end + 1 + size];
+            assert_eq!(data, storage[&id].1.as_slice(), "{id}");
+            rest = &rest[line_end + 1 + size + 1..];
+        }
     }
 }

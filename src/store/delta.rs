@@ -1,0 +1,334 @@
+//! Tree deltas inside one batch's pack.
+//!
+//! Every commit rewrites each directory on its files' paths, so a batch of N
+//! commits holds N versions of the root tree, each differing from the one before by
+//! an entry or two. Stored whole they were about half of every pack's bytes, all of
+//! them compressed by the writer and then searched for deltas again by `git repack`.
+//! Here each tree a commit changed is stored as a git delta against the same
+//! directory in its parent commit, when that version is in the same pack (a pack on
+//! disk must hold its own bases). `git repack` reuses such deltas as they are.
+//!
+//! Which tree is "the same directory" comes from the objects alone: a commit's tree
+//! is paired with its parent's, and a changed entry that is a tree on both sides is
+//! paired the same way, down the path. The delta copies the bytes both versions
+//! share at the start and at the end and inserts the rest, which for trees that
+//! differ by a few entries is most of the saving a full delta search finds.
+//!
+//! Invariants: a base is always written before its delta; a chain is at most
+//! [`MAX_DEPTH`] deltas long; every delta is applied to its base and compared with
+//! the tree before it is used, so a wrong one is never written (the tree is then
+//! stored whole).
+
+use gix::hash::ObjectId;
+use gix::objs::Kind;
+use gix::odb::memory::Storage;
+
+/// Longest chain of deltas: git's own default for `pack.depth` is 50, and a reader
+/// applies each link, so a short chain keeps reading the tip's trees cheap.
+pub(super) const MAX_DEPTH: u32 = 16;
+
+/// How the objects of a pack are stored, in the order they are written: first the
+/// whole ones, then each delta after its base.
+pub(super) struct Plan {
+    pub(super) whole: Vec<ObjectId>,
+    /// (tree, its base, the delta's bytes)
+    pub(super) deltas: Vec<(ObjectId, ObjectId, Vec<u8>)>,
+}
+
+/// Decides which trees of `objects` are stored as deltas.
+pub(super) fn plan(objects: &Storage, hash: gix::hash::Kind) -> Plan {
+    // Depth of each tree placed so far as a delta or as a base (0: whole).
+    let mut placed: gix::hashtable::HashMap<ObjectId, u32> = Default::default();
+    let mut deltas = Vec::new();
+    for commit in commits_parents_first(objects, hash) {
+        let Some(parent) = commit.parent else {
+            continue;
+        };
+        let Some(parent_tree) = objects.get(&parent).and_then(|(kind, data)| {
+            (*kind == Kind::Commit)
+                .then(|| tree_of(data, hash))
+                .flatten()
+        }) else {
+            continue;
+        };
+        pair(
+            objects,
+            hash,
+            commit.tree,
+            parent_tree,
+            &mut placed,
+            &mut deltas,
+        );
+    }
+    let in_delta: gix::hashtable::HashSet<ObjectId> = deltas.iter().map(|(id, _, _)| *id).collect();
+    let whole = objects
+        .keys()
+        .filter(|id| !in_delta.contains(*id))
+        .copied()
+        .collect();
+    Plan { whole, deltas }
+}
+
+/// Stores `new` as a delta of `old` when both are trees of this pack and `new` is
+/// not placed yet, then does the same for the subtrees that differ.
+fn pair(
+    objects: &Storage,
+    hash: gix::hash::Kind,
+    new: ObjectId,
+    old: ObjectId,
+    placed: &mut gix::hashtable::HashMap<ObjectId, u32>,
+    deltas: &mut Vec<(ObjectId, ObjectId, Vec<u8>)>,
+) {
+    if new == old || placed.contains_key(&new) {
+        return;
+    }
+    let (Some((Kind::Tree, target)), Some((Kind::Tree, base))) =
+        (objects.get(&new), objects.get(&old))
+    else {
+        return;
+    };
+    let depth = *placed.entry(old).or_insert(0) + 1;
+    match (depth <= MAX_DEPTH).then(|| encode(base, target)).flatten() {
+        Some(delta) if apply(base, &delta).as_deref() == Some(target.as_slice()) => {
+            placed.insert(new, depth);
+            deltas.push((new, old, delta));
+        }
+        _ => {
+            placed.insert(new, 0);
+        }
+    }
+    // The same directories below, where they changed.
+    let (Some(new_entries), Some(old_entries)) = (subtrees(target, hash), subtrees(base, hash))
+    else {
+        return;
+    };
+    for (name, id) in new_entries {
+        if let Some((_, before)) = old_entries.iter().find(|(n, _)| *n == name) {
+            pair(objects, hash, id, *before, placed, deltas);
+        }
+    }
+}
+
+/// A commit of the pack: its tree and its first parent.
+struct Commit {
+    tree: ObjectId,
+    parent: Option<ObjectId>,
+}
+
+/// The pack's commits, each after its parent when that is in the pack too.
+fn commits_parents_first(objects: &Storage, hash: gix::hash::Kind) -> Vec<Commit> {
+    let mut commits: Vec<(ObjectId, Commit)> = objects
+        .iter()
+        .filter(|(_, (kind, _))| *kind == Kind::Commit)
+        .filter_map(|(id, (_, data))| {
+            let tree = tree_of(data, hash)?;
+            let parent = header_ids(data, b"parent ", hash).next();
+            Some((*id, Commit { tree, parent }))
+        })
+        .collect();
+    // A chain's order: each commit's number of ancestors in the pack.
+    let parents: gix::hashtable::HashMap<ObjectId, Option<ObjectId>> =
+        commits.iter().map(|(id, c)| (*id, c.parent)).collect();
+    let generation = |mut id: ObjectId| {
+        let mut n = 0usize;
+        while let Some(Some(parent)) = parents.get(&id) {
+            if n > parents.len() {
+                break; // not a chain (cannot happen with real commits)
+            }
+            n += 1;
+            id = *parent;
+        }
+        n
+    };
+    let mut keyed: Vec<(usize, ObjectId, Commit)> = commits
+        .drain(..)
+        .map(|(id, c)| (generation(id), id, c))
+        .collect();
+    keyed.sort_by_key(|(g, id, _)| (*g, *id));
+    keyed.into_iter().map(|(_, _, c)| c).collect()
+}
+
+fn tree_of(commit: &[u8], hash: gix::hash::Kind) -> Option<ObjectId> {
+    header_ids(commit, b"tree ", hash).next()
+}
+
+/// The ids of a commit's header lines that start with `key`.
+fn header_ids<'a>(
+    commit: &'a [u8],
+    key: &'a [u8],
+    hash: gix::hash::Kind,
+) -> impl Iterator<Item = ObjectId> + 'a {
+    commit
+        .split(|b| *b == b'\n')
+        .take_while(|line| !line.is_empty())
+        .filter_map(move |line| line.strip_prefix(key))
+        .filter(move |hex| hex.len() == hash.len_in_hex())
+        .filter_map(|hex| ObjectId::from_hex(hex).ok())
+}
+
+/// The entries of a tree that are trees: (name, id).
+fn subtrees(tree: &[u8], hash: gix::hash::Kind) -> Option<Vec<(&[u8], ObjectId)>> {
+    let mut out = Vec::new();
+    let mut rest = tree;
+    let id_len = hash.len_in_bytes();
+    while !rest.is_empty() {
+        let space = rest.iter().position(|b| *b == b' ')?;
+        let mode = &rest[..space];
+        let nul = space + 1 + rest[space + 1..].iter().position(|b| *b == 0)?;
+        let name = &rest[space + 1..nul];
+        let id = rest.get(nul + 1..nul + 1 + id_len)?;
+        if mode == b"40000" {
+            out.push((name, ObjectId::from_bytes_or_panic(id)));
+        }
+        rest = &rest[nul + 1 + id_len..];
+    }
+    Some(out)
+}
+
+/// Longest copy one instruction holds here (git's own encoder splits at this too).
+const MAX_COPY: usize = 0x10000;
+
+/// A git delta that makes `target` from `base`: copy the bytes they share at the
+/// start, insert the middle, copy the bytes they share at the end. `None` when
+/// that saves less than half of `target`.
+pub(super) fn encode(base: &[u8], target: &[u8]) -> Option<Vec<u8>> {
+    let prefix = base.iter().zip(target).take_while(|(a, b)| a == b).count();
+    let room = base.len().min(target.len()) - prefix;
+    let suffix = base
+        .iter()
+        .rev()
+        .zip(target.iter().rev())
+        .take(room)
+        .take_while(|(a, b)| a == b)
+        .count();
+    let middle = &target[prefix..target.len() - suffix];
+    let mut out = Vec::with_capacity(32 + middle.len() + middle.len() / 127);
+    varint(&mut out, base.len());
+    varint(&mut out, target.len());
+    copy(&mut out, 0, prefix);
+    for chunk in middle.chunks(127) {
+        out.push(chunk.len() as u8);
+        out.extend_from_slice(chunk);
+    }
+    copy(&mut out, base.len() - suffix, suffix);
+    (out.len() < target.len() / 2).then_some(out)
+}
+
+fn varint(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// Copy instructions for `len` bytes of the base from `offset`.
+fn copy(out: &mut Vec<u8>, mut offset: usize, mut len: usize) {
+    while len > 0 {
+        let size = len.min(MAX_COPY);
+        let at = out.len();
+        out.push(0x80);
+        for i in 0..4 {
+            let byte = (offset >> (8 * i)) as u8;
+            if byte != 0 {
+                out[at] |= 1 << i;
+                out.push(byte);
+            }
+        }
+        // A size of 0x10000 is written as no size bytes at all.
+        if size != MAX_COPY {
+            for i in 0..3 {
+                let byte = (size >> (8 * i)) as u8;
+                if byte != 0 {
+                    out[at] |= 0x10 << i;
+                    out.push(byte);
+                }
+            }
+        }
+        offset += size;
+        len -= size;
+    }
+}
+
+/// Applies a git delta to `base`; `None` if it is malformed or does not fit.
+pub(super) fn apply(base: &[u8], delta: &[u8]) -> Option<Vec<u8>> {
+    let mut rest = delta;
+    let mut read_varint = || {
+        let mut n = 0usize;
+        for shift in (0..64).step_by(7) {
+            let (byte, tail) = rest.split_first()?;
+            rest = tail;
+            n |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    };
+    let base_len = read_varint()?;
+    let target_len = read_varint()?;
+    if base_len != base.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(target_len);
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        if op & 0x80 != 0 {
+            let mut field = |bits: u8, count: usize| {
+                let mut n = 0usize;
+                for i in 0..count {
+                    if bits & (1 << i) != 0 {
+                        let (byte, tail) = rest.split_first()?;
+                        rest = tail;
+                        n |= usize::from(*byte) << (8 * i);
+                    }
+                }
+                Some(n)
+            };
+            let offset = field(op & 0x0f, 4)?;
+            let size = match field((op >> 4) & 0x07, 3)? {
+                0 => MAX_COPY,
+                size => size,
+            };
+            out.extend_from_slice(base.get(offset..offset.checked_add(size)?)?);
+        } else if op != 0 {
+            let (literal, tail) = rest.split_at_checked(usize::from(op))?;
+            out.extend_from_slice(literal);
+            rest = tail;
+        } else {
+            return None;
+        }
+    }
+    (out.len() == target_len).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_make_the_target_from_the_base_and_copies_split_at_64_kib() {
+        let base: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut target = base.clone();
+        target.splice(
+            70_000..70_010,
+            b"changed entry, longer than before".iter().copied(),
+        );
+        let delta = encode(&base, &target).unwrap();
+        assert!(delta.len() < 100, "{} bytes", delta.len());
+        assert_eq!(apply(&base, &delta).unwrap(), target);
+        // An entry added at the end, one taken from the start, and nothing changed.
+        for target in [
+            [base.as_slice(), b"new"].concat(),
+            base[40..].to_vec(),
+            base.clone(),
+        ] {
+            let delta = encode(&base, &target).unwrap();
+            assert_eq!(apply(&base, &delta).unwrap(), target);
+        }
+        // Nothing shared: not worth a delta.
+        assert!(encode(b"abcdefgh", b"12345678").is_none());
+        // A delta for another base is refused, not misapplied.
+        assert!(apply(&base[1..], &delta).is_none());
+    }
+}
