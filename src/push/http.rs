@@ -619,6 +619,10 @@ fn parse_advertisement(body: &[u8], refname: &str) -> Result<Option<ObjectId>, S
     if !words.clone().any(|c| c == "report-status") {
         return Err("the server does not offer report-status".into());
     }
+    // Our packs store trees as offset deltas (see `store::delta`).
+    if !words.clone().any(|c| c == "ofs-delta") {
+        return Err("the server does not take offset deltas (ofs-delta)".into());
+    }
     if words.any(|c| c.starts_with("object-format=") && c != "object-format=sha1") {
         return Err("the repository does not use SHA-1".into());
     }
@@ -814,10 +818,23 @@ mod tests {
         let sha256 = format!(
             "{}0000",
             pkt(&format!(
-                "{TIP} refs/heads/main\0report-status object-format=sha256\n"
+                "{TIP} refs/heads/main\0report-status ofs-delta object-format=sha256\n"
             ))
         );
-        assert!(parse_advertisement(sha256.as_bytes(), "refs/heads/main").is_err());
+        assert_eq!(
+            parse_advertisement(sha256.as_bytes(), "refs/heads/main"),
+            Err("the repository does not use SHA-1".into())
+        );
+        let no_deltas = format!(
+            "{}0000",
+            pkt(&format!(
+                "{TIP} refs/heads/main\0report-status object-format=sha1\n"
+            ))
+        );
+        assert_eq!(
+            parse_advertisement(no_deltas.as_bytes(), "refs/heads/main"),
+            Err("the server does not take offset deltas (ofs-delta)".into())
+        );
         assert!(parse_advertisement(b"<html>", "refs/heads/main").is_err());
     }
 

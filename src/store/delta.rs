@@ -97,14 +97,17 @@ fn pair(
             placed.insert(new, 0);
         }
     }
-    // The same directories below, where they changed.
+    // The same directories below, where they changed. A tree of S directories
+    // is indexed once, not searched once per directory.
     let (Some(new_entries), Some(old_entries)) = (subtrees(target, hash), subtrees(base, hash))
     else {
         return;
     };
+    let before: std::collections::HashMap<&[u8], ObjectId> = old_entries.into_iter().collect();
     for (name, id) in new_entries {
-        if let Some((_, before)) = old_entries.iter().find(|(n, _)| *n == name) {
-            pair(objects, hash, id, *before, placed, deltas);
+        match before.get(name) {
+            Some(old) if *old != id => pair(objects, hash, id, *old, placed, deltas),
+            _ => {}
         }
     }
 }
@@ -117,7 +120,7 @@ struct Commit {
 
 /// The pack's commits, each after its parent when that is in the pack too.
 fn commits_parents_first(objects: &Storage, hash: gix::hash::Kind) -> Vec<Commit> {
-    let mut commits: Vec<(ObjectId, Commit)> = objects
+    let commits: Vec<(ObjectId, Commit)> = objects
         .iter()
         .filter(|(_, (kind, _))| *kind == Kind::Commit)
         .filter_map(|(id, (_, data))| {
@@ -126,26 +129,31 @@ fn commits_parents_first(objects: &Storage, hash: gix::hash::Kind) -> Vec<Commit
             Some((*id, Commit { tree, parent }))
         })
         .collect();
-    // A chain's order: each commit's number of ancestors in the pack.
-    let parents: gix::hashtable::HashMap<ObjectId, Option<ObjectId>> =
-        commits.iter().map(|(id, c)| (*id, c.parent)).collect();
-    let generation = |mut id: ObjectId| {
-        let mut n = 0usize;
-        while let Some(Some(parent)) = parents.get(&id) {
-            if n > parents.len() {
-                break; // not a chain (cannot happen with real commits)
-            }
-            n += 1;
-            id = *parent;
+    // Parents first: from the commits whose parent is not in the pack, down each
+    // commit's children. Linear in the number of commits.
+    let ids: gix::hashtable::HashSet<ObjectId> = commits.iter().map(|(id, _)| *id).collect();
+    let mut children: gix::hashtable::HashMap<ObjectId, Vec<usize>> = Default::default();
+    let mut ready = Vec::new();
+    for (i, (_, commit)) in commits.iter().enumerate() {
+        match commit.parent.filter(|p| ids.contains(p)) {
+            Some(parent) => children.entry(parent).or_default().push(i),
+            None => ready.push(i),
         }
-        n
-    };
-    let mut keyed: Vec<(usize, ObjectId, Commit)> = commits
-        .drain(..)
-        .map(|(id, c)| (generation(id), id, c))
-        .collect();
-    keyed.sort_by_key(|(g, id, _)| (*g, *id));
-    keyed.into_iter().map(|(_, _, c)| c).collect()
+    }
+    // Deterministic: the same objects always give the same pack.
+    ready.sort_by_key(|i| std::cmp::Reverse(commits[*i].0));
+    let mut order = Vec::with_capacity(commits.len());
+    while let Some(i) = ready.pop() {
+        order.push(i);
+        if let Some(mut next) = children.remove(&commits[i].0) {
+            next.sort_by_key(|i| std::cmp::Reverse(commits[*i].0));
+            ready.extend(next);
+        }
+    }
+    // Commits in a cycle (impossible for real commits, whose ids hash their
+    // parents) are left out: their trees are then stored whole.
+    let mut slots: Vec<Option<Commit>> = commits.into_iter().map(|(_, c)| Some(c)).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 fn tree_of(commit: &[u8], hash: gix::hash::Kind) -> Option<ObjectId> {

@@ -10,7 +10,10 @@
 //! writer makes); anything else, a merge, a `base` that is not an ancestor, or more
 //! than [`MAX_COMMITS`] commits or [`MAX_BYTES`] of objects, is left to the `git`
 //! CLI. The pack holds each commit, then every tree and blob it adds to its parent's
-//! tree, undeltified; objects the remote may already have are harmless. Commits are
+//! tree; a changed tree whose earlier version is in the pack too is stored as an
+//! offset delta of it ([`super::delta`]; the push requires the server's
+//! `ofs-delta`), everything else whole. Objects the remote may already have are
+//! harmless. Commits are
 //! taken oldest first, so every tree already in the pack has everything below it
 //! either in the pack or on the remote: that is what lets a tree met again (a later
 //! commit going back to an earlier state) be skipped whole.
@@ -371,5 +374,30 @@ mod tests {
                 .unwrap(),
             Outgoing::NotOnTop
         ));
+
+        // Two commits changing a wide directory: the second one's tree goes as an
+        // offset delta of the first's, which the remote's index-pack resolves.
+        for i in 0..60 {
+            std::fs::create_dir_all(work.join("wide")).unwrap();
+            std::fs::write(work.join(format!("wide/file-{i:02}.yaml")), "x\n").unwrap();
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "wide"]);
+        commit(&work, "wide/file-10.yaml", "changed\n");
+        let wide: ObjectId = commit(&work, "wide/file-50.yaml", "changed\n");
+        let Outgoing::Pack { bytes, commits } = source.build(Some(tip), wide).await.unwrap() else {
+            panic!("packed");
+        };
+        assert_eq!(commits, 3);
+        std::fs::write(dir.path().join("wide.pack"), &bytes).unwrap();
+        git(dir.path(), &["index-pack", "wide.pack"]);
+        let verify = git(dir.path(), &["verify-pack", "-v", "wide.idx"]);
+        assert!(
+            verify
+                .lines()
+                .any(|l| l.contains(" tree ") && l.split_whitespace().count() == 7),
+            "no tree was sent as a delta:\n{verify}"
+        );
+        receive(&remote, &bytes, wide);
     }
 }
