@@ -292,16 +292,16 @@ impl std::io::Write for Shared {
 mod tests {
     use super::*;
 
+    fn bare_repository() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "--bare"], b"");
+        dir
+    }
+
     /// `git verify-pack` (the real git) checks every entry, CRC and checksum.
     #[test]
     fn packs_and_indexes_pass_git_verify_pack() {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("git")
-            .args(["init", "-q", "--bare"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let dir = bare_repository();
         let mut storage = Storage::default();
         let hash = gix::hash::Kind::Sha1;
         let big = vec![b'x'; 100_000];
@@ -314,18 +314,12 @@ mod tests {
         let index = written.files[1].clone();
         assert!(written.keep.as_ref().unwrap().exists());
         written.release().unwrap();
-        let output = std::process::Command::new("git")
-            .arg("verify-pack")
-            .arg("-v")
-            .arg(&index)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let text = git(
+            dir.path(),
+            &["verify-pack", "-v", index.to_str().unwrap()],
+            b"",
         );
-        let text = String::from_utf8_lossy(&output.stdout);
+        let text = String::from_utf8_lossy(&text);
         for (id, _) in storage.iter() {
             assert!(
                 text.contains(&id.to_hex().to_string()),
@@ -368,13 +362,7 @@ mod tests {
     /// longer than `delta::MAX_DEPTH`.
     #[test]
     fn trees_stored_as_deltas_read_back_whole_in_git() {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("git")
-            .args(["init", "-q", "--bare"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(status.success());
+        let dir = bare_repository();
         let hash = gix::hash::Kind::Sha1;
         let mut storage = Storage::default();
         let mut put = |kind: Kind, data: Vec<u8>| {
