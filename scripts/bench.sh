@@ -36,6 +36,11 @@ COMMITS=${COMMITS:-20000}
 INDEX_MANIFESTS=${INDEX_MANIFESTS:-10000}
 ROUNDS=${ROUNDS:-7}
 OUT=target/bench
+# The report of what ran so far, for the *_ONLY runs that stop early.
+report_and_exit() {
+  python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"
+  exit 0
+}
 BIN=target/release
 
 cargo build --release --locked --bins
@@ -241,7 +246,7 @@ wait "$pid" "$cluster_pid" 2>/dev/null || true
 CHURN_RATE=${CHURN_RATE:-1000}
 CHURN_SECONDS=${CHURN_SECONDS:-60}
 CHURN_OBJECTS=${CHURN_OBJECTS:-10000}
-if [[ -n ${CHURN_ONLY:-} ]]; then churn_run; python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+if [[ -n ${CHURN_ONLY:-} ]]; then churn_run; report_and_exit; fi
 
 # A repository of LARGE_FILES files (issue 18): the idle RSS of a server on it, and
 # one recorded write's latency (`wait: commit`, one at a time) next to the same
@@ -293,7 +298,7 @@ wait "$large_pid" "$small_pid" 2>/dev/null || true
 LARGE_FILES=${LARGE_FILES:-100000}
 LARGE_WRITES=${LARGE_WRITES:-200}
 LARGE_ROUNDS=${LARGE_ROUNDS:-3}
-if [[ -n ${LARGE_ONLY:-} ]]; then large_run; python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+if [[ -n ${LARGE_ONLY:-} ]]; then large_run; report_and_exit; fi
 
 echo "== index of an existing repository: $INDEX_MANIFESTS manifests"
 # The index of what people declared (issue 15), next to its floor: parsing every
@@ -309,7 +314,7 @@ print(json.dumps({"label": "index", "manifests": s["manifests"], "files": s["fil
                   "fixtures": {k: v for k, v in report.items() if k not in ("synthetic", "edit")},
                   "edit": report["edit"]}))
 PY
-if [[ -n ${INDEX_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+if [[ -n ${INDEX_ONLY:-} ]]; then report_and_exit; fi
 
 # One run per size in SNAPSHOT_OBJECTS (space-separated, e.g. "10000 50000 100000"):
 # the cost per object should stay flat as the cluster grows.
@@ -367,7 +372,7 @@ echo "{\"label\":\"snapshot\",\"order\":\"${SNAPSHOT_ORDER:-key}\",\"objects\":$
 kill "$snapshot_pid" "$cluster_pid"
 wait "$snapshot_pid" "$cluster_pid" 2>/dev/null || true
 done
-if [[ -n ${SNAPSHOT_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+if [[ -n ${SNAPSHOT_ONLY:-} ]]; then report_and_exit; fi
 
 # The push and check figures alone need neither.
 if [[ -z ${PUSH_ONLY:-}${CHECK_ONLY:-} ]]; then
@@ -405,7 +410,7 @@ reader_s=$(best python3 -c 'import sys, pathlib, yaml
 for p in sorted(pathlib.Path(sys.argv[1]).iterdir()):
     list(yaml.safe_load_all(p.read_text()))' "$check_dir")
 echo "{\"label\":\"check\",\"files\":$CHECK_FILES,\"seconds\":$check_s,\"reader_seconds\":$reader_s}" | tee -a "$OUT/runs.jsonl"
-if [[ -n ${CHECK_ONLY:-} ]]; then python3 scripts/bench_report.py "$OUT/runs.jsonl" | tee "$OUT/report.md"; exit 0; fi
+if [[ -n ${CHECK_ONLY:-} ]]; then report_and_exit; fi
 
 
 if [[ -z ${PUSH_ONLY:-}${CHECK_ONLY:-} ]]; then

@@ -344,14 +344,10 @@ pub fn run(args: &CheckArgs, stdin: &mut dyn std::io::Read) -> Result<Report, Ch
             .and_then(|bytes| crate::admission::decode_review(&bytes).map_err(|e| e.to_string()));
         match parsed {
             Ok(review) => {
-                let verdict = verdict::evaluate(&review.write, &policy, |i| &layouts[i], place);
-                report.results.push(result(
-                    source,
-                    &review.write,
-                    verdict,
-                    None,
-                    repos.as_deref(),
-                ));
+                let verdict = verdict::evaluate(&review, &policy, |i| &layouts[i], place);
+                report
+                    .results
+                    .push(result(source, &review, verdict, None, repos.as_deref()));
             }
             Err(message) => report.errors.push(InputError { source, message }),
         }

@@ -157,10 +157,7 @@ async fn a_snapshot_into_an_empty_repository_writes_every_recorded_object_once()
     // A second snapshot of the same cluster changes nothing.
     let again = reconciler.snapshot().await.unwrap();
     assert_eq!(again.commits, 0, "{again:?}");
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     common::git(&repo, &["fsck", "--strict"]);
 }
 
@@ -298,10 +295,7 @@ async fn changes_admission_never_saw_are_written_from_the_watch_and_410_asks_for
         "{expired}"
     );
 
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     common::git(&repo, &["fsck", "--strict"]);
 }
 
@@ -450,6 +444,15 @@ async fn an_admitted_change_the_cluster_never_persisted_is_reverted_to_the_clust
         "the confirmed label was no phantom"
     );
     server.server.shutdown().await.unwrap();
+}
+
+/// Stops the reconciler (dropping the last handle on it), then waits for its writer
+/// to finish every commit.
+async fn stop<R>(reconciler: R, writer: kubescribe::store::WriterThread) {
+    drop(reconciler);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
 }
 
 /// A reconciler of an empty scenario's ConfigMaps whose writer is held before each
@@ -601,10 +604,7 @@ async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together(
         );
     }
 
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     common::git(&repo, &["fsck", "--strict"]);
 }
 
@@ -689,10 +689,7 @@ async fn a_waiting_watch_change_never_lands_over_a_newer_admitted_one() {
         ],
     );
     assert_eq!(files.trim(), "team-a/core/configmaps/c0.yaml");
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     common::git(&repo, &["fsck", "--strict"]);
 }
 
@@ -764,10 +761,7 @@ async fn commits_go_on_whole_when_the_writer_opens_its_repository_again_after_ea
             "{name}: {text}"
         );
     }
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     common::git(&repo, &["fsck", "--strict"]);
 }
 
@@ -805,10 +799,7 @@ async fn a_deletion_waiting_for_its_commit_when_the_watch_expires_is_swept_by_th
     );
     assert_eq!(metrics.reconcile.watch_waiting.get(), 0);
     slow_disk.open();
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     common::git(&repo, &["fsck", "--strict"]);
 }
 
@@ -1021,10 +1012,7 @@ async fn snapshot_into_stale_repository(
         &format!("rules:\n- name: everything\n  prune: {prune}\n"),
     );
     let report = reconciler.snapshot().await.unwrap();
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     common::git(&repo, &["fsck", "--strict"]);
     let files = common::git(&repo, &["ls-tree", "-r", "--name-only", "main"])
         .lines()
@@ -1121,10 +1109,7 @@ async fn files_of_then_deny_rules_are_never_written_over_by_the_cluster() {
         (0, 0, 0),
         "{report:?}"
     );
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     let c1 = common::git(&repo, &["show", "main:team-a/core/configmaps/c1.yaml"]);
     assert!(c1.contains("a: old"), "{c1}");
     assert_eq!(
@@ -1216,10 +1201,7 @@ async fn snapshot_with_cleanup(clean: bool) -> (reconcile::SnapshotReport, Vec<S
     let (reconciler, repo, writer) = reconciler(client, dir.path(), "");
     let reconciler = reconciler.with_control_plane_cleanup(vec![clean]);
     let report = reconciler.snapshot().await.unwrap();
-    drop(reconciler);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(reconciler, writer).await;
     let files = common::git(&repo, &["ls-tree", "-r", "--name-only", "main"])
         .lines()
         .map(str::to_owned)

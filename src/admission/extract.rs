@@ -65,28 +65,23 @@ pub(crate) async fn settle_body(
     parts: &Parts,
     body: axum::body::Body,
     (limit, timeout, until): (usize, std::time::Duration, std::time::Instant),
-    metrics: &crate::metrics::Metrics,
-) -> Result<Bytes, Response> {
+) -> Result<Bytes, Refusal> {
     match tokio::time::timeout_at(until.into(), read_bounded(parts, body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) => {
-            tracing::warn!(status = error.status().as_u16(), %error, "unreadable admission request");
-            metrics
-                .rejected
-                .get_or_create(&crate::metrics::RejectionLabels {
-                    status: error.status().as_u16(),
-                })
-                .inc();
-            Err(error.into_response())
-        }
-        Err(_) => {
-            metrics.overload_refused("body_timeout");
-            Err(refusal(
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("the request body did not arrive within server.requestTimeout ({timeout:?}) or before the apiserver's deadline"),
-            ))
-        }
+        Ok(Err(error)) => Err(Refusal::Unreadable(error)),
+        Err(_) => Err(Refusal::TooSlow(refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("the request body did not arrive within server.requestTimeout ({timeout:?}) or before the apiserver's deadline"),
+        ))),
     }
+}
+
+/// Why [`settle_body`] has no body to give.
+pub(crate) enum Refusal {
+    /// The body did not arrive in time: the 408 to send.
+    TooSlow(Response),
+    /// It cannot be read (too large, broken).
+    Unreadable(ApiError),
 }
 
 /// Reads and drops up to `cap` bytes of `body`, so an early answer reaches a client
@@ -141,14 +136,8 @@ async fn read_bounded(
     Ok(bytes.freeze())
 }
 
-/// A decoded review: the write, with its objects kept as the raw JSON the
-/// apiserver sent.
-pub struct Review {
-    pub write: Write,
-}
-
 /// Reads the review in a body that has arrived whole.
-pub(crate) fn read_review(parts: &Parts, bytes: &[u8]) -> Result<Review, ApiError> {
+pub(crate) fn read_review(parts: &Parts, bytes: &[u8]) -> Result<Write, ApiError> {
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -219,7 +208,7 @@ struct UserInfo {
 
 /// Decodes an AdmissionReview v1 body exactly as the webhook does: the write with
 /// its objects as the JSON that was sent.
-pub fn decode_review(bytes: &[u8]) -> Result<Review, ApiError> {
+pub fn decode_review(bytes: &[u8]) -> Result<Write, ApiError> {
     let envelope: Envelope = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::NotAReview(format!("an invalid AdmissionReview: {e}"))
@@ -267,7 +256,7 @@ pub fn decode_review(bytes: &[u8]) -> Result<Review, ApiError> {
         old_object: request.old_object.map(|o| o.0).filter(|o| !o.is_null()),
         from_cluster: false,
     };
-    Ok(Review { write })
+    Ok(write)
 }
 
 #[cfg(test)]
@@ -280,7 +269,7 @@ mod tests {
             "kind": "AdmissionReview",
             "request": request,
         });
-        decode_review(&serde_json::to_vec(&body).unwrap()).map(|r| r.write)
+        decode_review(&serde_json::to_vec(&body).unwrap())
     }
 
     fn namespace_create() -> serde_json::Value {

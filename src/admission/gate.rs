@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use axum::extract::Request;
 use axum::response::Response;
 
-use super::extract::{read_review, settle_body, ApiError, Review};
+use super::extract::{read_review, settle_body, ApiError, Refusal};
 use crate::caller::CallerPolicy;
 use crate::limits::{Arrival, InFlight, InFlightSlot};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RejectionLabels};
+use crate::policy::Write;
 
 /// The checks every request to a recording endpoint passes, shared by them all.
 pub(crate) struct Gate {
@@ -33,10 +34,10 @@ pub(crate) struct Gate {
 }
 
 /// A request through the gate: when it arrived, its slot (held until the handler
-/// has built its answer), and its review or why it could not be read.
+/// has built its answer), and the write its review asks for.
 pub(crate) struct Entered {
     pub(crate) arrival: Arrival,
-    pub(crate) review: Result<Review, ApiError>,
+    pub(crate) write: Write,
     _slot: InFlightSlot,
 }
 
@@ -52,17 +53,33 @@ impl Gate {
         // No longer than the apiserver waits for this request, nor than
         // requestTimeout.
         let until = arrival.deadline.min(Instant::now() + self.body_timeout);
-        let bytes = settle_body(
-            &parts,
-            body,
-            (self.body_limit, self.body_timeout, until),
-            &self.metrics,
-        )
-        .await?;
+        let bytes = settle_body(&parts, body, (self.body_limit, self.body_timeout, until))
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::TooSlow(response) => {
+                    self.metrics.overload_refused("body_timeout");
+                    response
+                }
+                Refusal::Unreadable(error) => unreadable(&self.metrics, error),
+            })?;
+        let write = read_review(&parts, &bytes).map_err(|e| unreadable(&self.metrics, e))?;
         Ok(Entered {
             arrival,
-            review: read_review(&parts, &bytes),
+            write,
             _slot: slot,
         })
     }
+}
+
+/// The answer to a request whose review cannot be read (400, 413, 415), logged and
+/// counted in `kubescribe_http_rejections_total`.
+fn unreadable(metrics: &Metrics, error: ApiError) -> Response {
+    use axum::response::IntoResponse as _;
+    let status = error.status().as_u16();
+    tracing::warn!(status, %error, "unreadable admission request");
+    metrics
+        .rejected
+        .get_or_create(&RejectionLabels { status })
+        .inc();
+    error.into_response()
 }

@@ -13,13 +13,11 @@ use kube_core::admission::Operation;
 use tracing::{field::Empty, Instrument};
 
 use super::answer::Answer;
-use super::extract::ApiError;
 use super::gate::Gate;
 use crate::config::{RailMode, Then, Wait};
 use crate::manifest::{self, Layout, Placement};
 use crate::metrics::{
-    DecisionLabel, EndpointLabel, EndpointLabels, Metrics, OperationLabel, RejectionLabels,
-    RequestLabels,
+    DecisionLabel, EndpointLabel, EndpointLabels, Metrics, OperationLabel, RequestLabels,
 };
 use crate::policy::{Policy, Write};
 use crate::push::{Denial, PushHandle, Pushed};
@@ -190,16 +188,13 @@ async fn validate(state: Arc<AppState>, gate: Arc<Gate>, request: Request) -> Re
     // The deadline counts from the request's arrival, before any wait for a slot
     // and for the body.
     let (started, deadline) = (entered.arrival.at, entered.arrival.deadline);
-    let review = match entered.review {
-        Ok(review) => review,
-        Err(error) => return reject(&state, error),
-    };
-    let span = review_span(&review.write);
+    let write = &entered.write;
+    let span = review_span(write);
     let deadline = Deadline {
         soft: deadline,
         hard: deadline + grace(state.deadline_margin, started, deadline),
     };
-    let (response, decision) = answer(&state, &review.write, deadline)
+    let (response, decision) = answer(&state, write, deadline)
         .instrument(span.clone())
         .await;
     span.record("decision", tracing::field::debug(decision));
@@ -210,14 +205,8 @@ async fn validate(state: Arc<AppState>, gate: Arc<Gate>, request: Request) -> Re
             "answered"
         );
     });
-    finish(
-        &state,
-        EndpointLabel::Validate,
-        &review.write,
-        decision,
-        started,
-    );
-    response.into_response(&review.write.uid)
+    finish(&state, EndpointLabel::Validate, write, decision, started);
+    response.into_response(&write.uid)
 }
 
 async fn mutate(state: Arc<AppState>, gate: Arc<Gate>, request: Request) -> Response {
@@ -225,37 +214,33 @@ async fn mutate(state: Arc<AppState>, gate: Arc<Gate>, request: Request) -> Resp
         Ok(entered) => entered,
         Err(refusal) => return refusal,
     };
-    let started = entered.arrival.at;
-    let review = match entered.review {
-        Ok(review) => review,
-        Err(error) => return reject(&state, error),
-    };
+    let write = &entered.write;
     finish(
         &state,
         EndpointLabel::Mutate,
-        &review.write,
+        write,
         DecisionLabel::Mutate,
-        started,
+        entered.arrival.at,
     );
     let response = Answer::allow();
     let patch = if state.annotate {
-        annotation(&state, &review.write)
+        annotation(&state, write)
     } else {
         None
     };
     let Some(patch) = patch else {
-        return response.into_response(&review.write.uid);
+        return response.into_response(&write.uid);
     };
     // The apiserver reads `patch` as Go's []byte: a base64 string of the JSON Patch,
     // built and checked with json-patch.
     match serde_json::from_value::<json_patch::Patch>(patch)
         .and_then(|patch| serde_json::to_vec(&patch))
     {
-        Ok(bytes) => response.with_patch(&bytes).into_response(&review.write.uid),
+        Ok(bytes) => response.with_patch(&bytes).into_response(&write.uid),
         Err(error) => {
             // Never block a write over an annotation.
             tracing::warn!(%error, "cannot build the annotation patch");
-            response.into_response(&review.write.uid)
+            response.into_response(&write.uid)
         }
     }
 }
@@ -273,18 +258,6 @@ fn annotation(state: &AppState, write: &Write) -> Option<serde_json::Value> {
     }
     let target = &state.targets[verdict.target?];
     crate::verdict::annotation_patch(write, verdict.path.as_deref()?, &target.repo)
-}
-
-fn reject(state: &AppState, error: ApiError) -> Response {
-    tracing::warn!(status = error.status().as_u16(), %error, "unreadable admission request");
-    state
-        .metrics
-        .rejected
-        .get_or_create(&RejectionLabels {
-            status: error.status().as_u16(),
-        })
-        .inc();
-    error.into_response()
 }
 
 fn review_span(write: &Write) -> tracing::Span {

@@ -15,7 +15,7 @@ mod gate;
 mod handlers;
 mod object;
 
-pub use extract::{decode_review, ApiError, Review};
+pub use extract::{decode_review, ApiError};
 pub(crate) use extract::{discard_body, DRAIN_FACTOR};
 pub(crate) use handlers::deadline;
 pub use handlers::{app, probes, routes, AppState, TargetState};

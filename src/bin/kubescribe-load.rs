@@ -548,7 +548,7 @@ async fn main() -> anyhow::Result<()> {
                 let fixture = &fixtures[i % fixtures.len()];
                 let review = load::spread_review(&fixture.review, i, namespaces);
                 let decoded = kubescribe::admission::decode_review(&serde_json::to_vec(&review)?)?;
-                let change = kubescribe::manifest::plan(&decoded.write, &layout, config.secrets)?;
+                let change = kubescribe::manifest::plan(&decoded, &layout, config.secrets)?;
                 let kubescribe::manifest::Action::Put(data) = &change.action else {
                     anyhow::bail!("{} is not a create", fixture.file);
                 };
@@ -637,7 +637,7 @@ async fn acked(
                 ) else {
                     continue;
                 };
-                if let Ok(change) = kubescribe::manifest::plan(&decoded.write, &layout, secrets) {
+                if let Ok(change) = kubescribe::manifest::plan(&decoded, &layout, secrets) {
                     let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
                     let _ = writeln!(out, "{}", change.path);
                     let _ = out.flush();
