@@ -86,9 +86,9 @@ load() { # label port rate-or-empty requests concurrency offset
     --requests "$4" --concurrency "$5" --offset "$6" "${rate_args[@]}" | tee -a "$OUT/runs.jsonl"
 }
 
-# CPU seconds (utime+stime) of a pid and its children such as `git repack`: those
-# it reaped (in its cutime/cstime) and those not reaped yet (a finished repack stays
-# a zombie until the writer's next batch), so reaping moves time, never adds it.
+# CPU seconds (utime+stime) of a pid, its threads (the writer's background fold of
+# packs among them) and its children such as `git`: those it reaped (in its
+# cutime/cstime) and those not reaped yet, so reaping moves time, never adds it.
 cpu_of() {
   local hz
   hz=$(getconf CLK_TCK)
@@ -96,7 +96,7 @@ cpu_of() {
       sed 's/status$/stat/' | xargs -r cat 2>/dev/null; } || true; } |
     awk -v hz="$hz" '{ s += $14 + $15 + $16 + $17 } END { print s / hz }'
 }
-# Waits until a server stops using CPU (its writer's backlog and repacks done).
+# Waits until a server stops using CPU (its writer's backlog and folds done).
 quiesce() {
   local last now
   last=$(cpu_of "$1")
@@ -434,11 +434,10 @@ wait_ready_noop() {
 }
 wait_ready_noop
 
-# The wait: none server keeps committing (and repacking) briefly after a round; let it
-# finish so it does not slow down the baseline's next round.
+# The wait: none server keeps committing (and folding packs) briefly after a round;
+# let it finish so it does not slow down the baseline's next round.
 settle() {
-  sleep 0.5
-  while pgrep -f "$OUT/none/repo.git repack" >/dev/null; do sleep 0.1; done
+  quiesce "$none_pid"
 }
 
 offset=0

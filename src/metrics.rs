@@ -149,8 +149,8 @@ pub struct Metrics {
     pub latency: Family<EndpointLabels, Histogram>,
     pub rejected: Family<RejectionLabels, Counter>,
     pub commits: Counter,
-    /// Times the writer opened the repository again (after a repack, or after
-    /// enough new packs, so their mappings go).
+    /// Times the writer opened the repository again (after a fold of packs, or
+    /// after enough new packs, so their mappings go).
     pub store_reopens: Counter,
     pub denied_reverted: Counter,
     pub queue_depth: Gauge,
@@ -397,7 +397,7 @@ impl Metrics {
         let store_reopens = Counter::default();
         registry.register(
             "store_reopens",
-            "Times the writer opened its repository again: after a git repack, or after enough new packs that their mappings should go",
+            "Times the writer opened its repository again: after a fold of its packs (or a git repack), or after enough new packs that their mappings should go",
             store_reopens.clone(),
         );
         let denied_reverted = Counter::default();

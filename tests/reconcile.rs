@@ -765,6 +765,91 @@ async fn commits_go_on_whole_when_the_writer_opens_its_repository_again_after_ea
     common::git(&repo, &["fsck", "--strict"]);
 }
 
+/// The writer folds its packs together in the background as it goes (here after
+/// every pack): nothing is lost, the folded pack stores each changed file as a delta
+/// of its version from an earlier commit's pack, and fsck finds the history whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packs_folded_while_the_writer_commits_lose_nothing_and_keep_files_as_deltas() {
+    let scenario = ScenarioHandle::default();
+    // Large enough that a one-value change is worth a delta.
+    let data = |n: &str| {
+        let mut data = serde_json::json!({ "count": n });
+        for key in 0..40 {
+            data[format!("key-{key}")] = format!("the value of key {key}, which stays").into();
+        }
+        data
+    };
+    let listed: Vec<serde_json::Value> = (0..6)
+        .map(|i| configmap("c1", &format!("c{i}"), data("0"), "500"))
+        .collect();
+    scenario.list(CONFIGMAPS, "500", &listed);
+    let api = ApiServer::scenario(scenario.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
+        .await
+        .unwrap();
+    let configmaps = configmaps(&client).await;
+    let (reconciler, repo, writer, _) =
+        reconciler_with(client, dir.path(), "", Default::default(), |settings| {
+            settings.fold_after_packs = 1
+        });
+    reconciler.snapshot().await.unwrap();
+    let mut known = vec![std::collections::HashSet::new()];
+    let mut version = 500;
+    for round in 1..=8 {
+        version += 1;
+        let name = format!("c{}", round % 6);
+        let mut object = configmap("c1", &name, data(&round.to_string()), &version.to_string());
+        object["metadata"]["uid"] = format!("uid-{name}").into();
+        scenario.event(CONFIGMAPS, "MODIFIED", &object);
+        let followed = reconciler
+            .follow(&configmaps, &(version - 1).to_string(), 30, &mut known)
+            .await
+            .unwrap();
+        assert_eq!(followed.written, 1, "round {round}: {followed:?}");
+    }
+    stop(reconciler, writer).await;
+
+    let commits = common::git(&repo, &["rev-list", "--count", "main"]);
+    let commits: usize = commits.trim().parse().unwrap();
+    let pack_dir = repo.join("objects/pack");
+    let indexes: Vec<std::path::PathBuf> = std::fs::read_dir(&pack_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    assert!(
+        indexes.len() < commits,
+        "{} packs for {commits} commits",
+        indexes.len()
+    );
+    let blob_deltas: usize = indexes
+        .iter()
+        .map(|index| {
+            common::git(&repo, &["verify-pack", "-v", index.to_str().unwrap()])
+                .lines()
+                .filter(|l| l.contains(" blob ") && l.split_whitespace().count() == 7)
+                .count()
+        })
+        .sum();
+    assert!(
+        blob_deltas > 0,
+        "a file changed by one commit per pack is a delta of its earlier version only after a fold"
+    );
+    for (i, count) in [(0, "6"), (1, "7"), (2, "8"), (5, "5")] {
+        let text = common::git(
+            &repo,
+            &["show", &format!("main:team-a/core/configmaps/c{i}.yaml")],
+        );
+        assert!(
+            text.contains(&format!("count: '{count}'"))
+                || text.contains(&format!("count: \"{count}\"")),
+            "c{i}: {text}"
+        );
+    }
+    common::git(&repo, &["fsck", "--full", "--strict"]);
+}
+
 /// A deletion read from the watch but not committed yet when the watch expires is
 /// not forgotten: its file goes back among the live ones, so the relist sweeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

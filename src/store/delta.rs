@@ -1,23 +1,27 @@
-//! Tree deltas inside one batch's pack.
+//! Deltas inside one batch's pack: each changed tree or file stored as a git delta of
+//! its path's previous version.
 //!
 //! Every commit rewrites each directory on its files' paths, so a batch of N
 //! commits holds N versions of the root tree, each differing from the one before by
 //! an entry or two. Stored whole they were about half of every pack's bytes, all of
-//! them compressed by the writer and then searched for deltas again by `git repack`.
-//! Here each tree a commit changed is stored as a git delta against the same
-//! directory in its parent commit, when that version is in the same pack (a pack on
-//! disk must hold its own bases). `git repack` reuses such deltas as they are.
+//! them compressed by the writer. Here each tree and file a commit changed is stored
+//! as a git delta against the same path in its parent commit, when that version is
+//! in the same pack (a pack on disk must hold its own bases). When it is in an
+//! earlier pack, the pair is kept as a hint, and the fold that brings both packs
+//! together makes the delta then ([`super::compact`]). `git fast-import` stores a
+//! repository the same way: every version as a delta of the one before it.
 //!
-//! Which tree is "the same directory" comes from the objects alone: a commit's tree
-//! is paired with its parent's, and a changed entry that is a tree on both sides is
+//! Which object is "the same path" comes from the objects alone: a commit's tree is
+//! paired with its parent's, and a changed entry of the same kind on both sides is
 //! paired the same way, down the path. The delta copies the bytes both versions
 //! share at the start and at the end and inserts the rest, which for trees that
-//! differ by a few entries is most of the saving a full delta search finds.
+//! differ by a few entries, or a manifest with one field changed, is most of the
+//! saving a full delta search finds.
 //!
 //! Invariants: a base is always written before its delta; a chain is at most
 //! [`MAX_DEPTH`] deltas long; every delta is applied to its base and compared with
-//! the tree before it is used, so a wrong one is never written (the tree is then
-//! stored whole).
+//! the object before it is used, so a wrong one is never written (the object is
+//! then stored whole).
 
 use gix::hash::ObjectId;
 use gix::objs::Kind;
@@ -31,83 +35,131 @@ pub(super) const MAX_DEPTH: u32 = 16;
 /// whole ones, then each delta after its base.
 pub(super) struct Plan {
     pub(super) whole: Vec<ObjectId>,
-    /// (tree, its base, the delta's bytes)
+    /// (object, its base, the delta's bytes)
     pub(super) deltas: Vec<(ObjectId, ObjectId, Vec<u8>)>,
+    pub(super) hints: Vec<Hint>,
 }
 
-/// Decides which trees of `objects` are stored as deltas.
-pub(super) fn plan(objects: &Storage, hash: gix::hash::Kind) -> Plan {
-    // Depth of each tree placed so far as a delta or as a base (0: whole).
-    let mut placed: gix::hashtable::HashMap<ObjectId, u32> = Default::default();
-    let mut deltas = Vec::new();
+/// (object stored whole, the previous version of its path), where that version is
+/// in an earlier pack: a fold of both packs may store the one as a delta of the
+/// other ([`super::compact`]).
+pub(super) type Hint = (ObjectId, ObjectId);
+
+/// Reads an object that is not in the pack, for [`Plan::hints`].
+pub(super) type Outside<'a> = &'a dyn Fn(&ObjectId) -> Option<Vec<u8>>;
+
+/// Decides which trees and files of `objects` are stored as deltas; with
+/// `outside`, also which are worth a delta once their base is in the same pack.
+pub(super) fn plan(objects: &Storage, hash: gix::hash::Kind, outside: Option<Outside>) -> Plan {
+    let mut planner = Planner {
+        objects,
+        hash,
+        outside,
+        placed: Default::default(),
+        deltas: Vec::new(),
+        hints: Vec::new(),
+    };
     for commit in commits_parents_first(objects, hash) {
         let Some(parent) = commit.parent else {
             continue;
         };
-        let Some(parent_tree) = objects.get(&parent).and_then(|(kind, data)| {
-            (*kind == Kind::Commit)
-                .then(|| tree_of(data, hash))
-                .flatten()
-        }) else {
-            continue;
+        let parent_tree = match objects.get(&parent) {
+            Some((Kind::Commit, data)) => tree_of(data, hash),
+            Some(_) => None,
+            None => outside
+                .and_then(|read| read(&parent))
+                .and_then(|data| tree_of(&data, hash)),
         };
-        pair(
-            objects,
-            hash,
-            commit.tree,
-            parent_tree,
-            &mut placed,
-            &mut deltas,
-        );
+        if let Some(parent_tree) = parent_tree {
+            planner.pair(commit.tree, parent_tree);
+        }
     }
+    let Planner { deltas, hints, .. } = planner;
     let in_delta: gix::hashtable::HashSet<ObjectId> = deltas.iter().map(|(id, _, _)| *id).collect();
     let whole = objects
         .keys()
         .filter(|id| !in_delta.contains(*id))
         .copied()
         .collect();
-    Plan { whole, deltas }
+    Plan {
+        whole,
+        deltas,
+        hints,
+    }
 }
 
-/// Stores `new` as a delta of `old` when both are trees of this pack and `new` is
-/// not placed yet, then does the same for the subtrees that differ.
-fn pair(
-    objects: &Storage,
+struct Planner<'a> {
+    objects: &'a Storage,
     hash: gix::hash::Kind,
-    new: ObjectId,
-    old: ObjectId,
-    placed: &mut gix::hashtable::HashMap<ObjectId, u32>,
-    deltas: &mut Vec<(ObjectId, ObjectId, Vec<u8>)>,
-) {
-    if new == old || placed.contains_key(&new) {
-        return;
-    }
-    let (Some((Kind::Tree, target)), Some((Kind::Tree, base))) =
-        (objects.get(&new), objects.get(&old))
-    else {
-        return;
-    };
-    let depth = *placed.entry(old).or_insert(0) + 1;
-    match (depth <= MAX_DEPTH).then(|| encode(base, target)).flatten() {
-        Some(delta) if apply(base, &delta).as_deref() == Some(target.as_slice()) => {
-            placed.insert(new, depth);
-            deltas.push((new, old, delta));
+    outside: Option<Outside<'a>>,
+    /// Depth of each object placed so far as a delta or as a base (0: whole).
+    placed: gix::hashtable::HashMap<ObjectId, u32>,
+    deltas: Vec<(ObjectId, ObjectId, Vec<u8>)>,
+    hints: Vec<Hint>,
+}
+
+impl Planner<'_> {
+    /// Stores `new` as a delta of `old`, the same path's previous version, when both
+    /// are in this pack, are of one kind and `new` is not placed yet; then does the
+    /// same for the entries that differ, when they are trees.
+    fn pair(&mut self, new: ObjectId, old: ObjectId) {
+        if new == old || self.placed.contains_key(&new) {
+            return;
         }
-        _ => {
-            placed.insert(new, 0);
+        let Some((kind, target)) = self.objects.get(&new) else {
+            return;
+        };
+        let base = match self.objects.get(&old) {
+            Some((base_kind, base)) if base_kind == kind => {
+                let depth = *self.placed.entry(old).or_insert(0) + 1;
+                match (depth <= MAX_DEPTH).then(|| encode(base, target)).flatten() {
+                    Some(delta) if apply(base, &delta).as_deref() == Some(target.as_slice()) => {
+                        self.placed.insert(new, depth);
+                        self.deltas.push((new, old, delta));
+                    }
+                    _ => {
+                        self.placed.insert(new, 0);
+                    }
+                }
+                std::borrow::Cow::Borrowed(base.as_slice())
+            }
+            Some(_) => return,
+            None => {
+                let Some(read) = self.outside else {
+                    return;
+                };
+                self.placed.insert(new, 0);
+                self.hints.push((new, old));
+                if *kind != Kind::Tree {
+                    return;
+                }
+                match read(&old) {
+                    Some(base) => std::borrow::Cow::Owned(base),
+                    None => return,
+                }
+            }
+        };
+        if *kind != Kind::Tree {
+            return;
         }
-    }
-    // The same directories below, where they changed. A tree of S directories
-    // is indexed once, not searched once per directory.
-    let (Some(new_entries), Some(old_entries)) = (subtrees(target, hash), subtrees(base, hash))
-    else {
-        return;
-    };
-    let before: std::collections::HashMap<&[u8], ObjectId> = old_entries.into_iter().collect();
-    for (name, id) in new_entries {
-        match before.get(name) {
-            Some(old) if *old != id => pair(objects, hash, id, *old, placed, deltas),
-            _ => {}
+        // The same paths below, where they changed. A tree of S entries is indexed
+        // once, not searched once per entry.
+        let (Some(new_entries), Some(old_entries)) =
+            (entries(target, self.hash), entries(&base, self.hash))
+        else {
+            return;
+        };
+        let before: std::collections::HashMap<&[u8], (Mode, ObjectId)> = old_entries
+            .into_iter()
+            .map(|(mode, name, id)| (name, (mode, id)))
+            .collect();
+        for (mode, name, id) in new_entries {
+            match before.get(name) {
+                Some((old_mode, old)) if *old != id && *old_mode == mode && mode != Mode::Other => {
+                    self.pair(id, *old)
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -174,20 +226,32 @@ fn header_ids<'a>(
         .filter_map(|hex| ObjectId::from_hex(hex).ok())
 }
 
-/// The entries of a tree that are trees: (name, id).
-fn subtrees(tree: &[u8], hash: gix::hash::Kind) -> Option<Vec<(&[u8], ObjectId)>> {
+/// What a tree entry names, as far as pairing versions goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Tree,
+    /// A file or a symbolic link.
+    Blob,
+    /// A submodule's commit.
+    Other,
+}
+
+/// The entries of a tree: (what it names, name, id).
+fn entries(tree: &[u8], hash: gix::hash::Kind) -> Option<Vec<(Mode, &[u8], ObjectId)>> {
     let mut out = Vec::new();
     let mut rest = tree;
     let id_len = hash.len_in_bytes();
     while !rest.is_empty() {
         let space = rest.iter().position(|b| *b == b' ')?;
-        let mode = &rest[..space];
+        let mode = match &rest[..space] {
+            b"40000" => Mode::Tree,
+            b"100644" | b"100755" | b"120000" => Mode::Blob,
+            _ => Mode::Other,
+        };
         let nul = space + 1 + rest[space + 1..].iter().position(|b| *b == 0)?;
         let name = &rest[space + 1..nul];
         let id = rest.get(nul + 1..nul + 1 + id_len)?;
-        if mode == b"40000" {
-            out.push((name, ObjectId::from_bytes_or_panic(id)));
-        }
+        out.push((mode, name, ObjectId::from_bytes_or_panic(id)));
         rest = &rest[nul + 1 + id_len..];
     }
     Some(out)

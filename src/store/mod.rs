@@ -26,6 +26,7 @@ use gix::hash::ObjectId;
 use tokio::sync::{mpsc, oneshot};
 
 mod commit;
+mod compact;
 mod delta;
 mod denials;
 mod in_place;
@@ -279,9 +280,9 @@ pub struct StoreSettings {
     pub max_batch: usize,
     /// How long the writer gathers changes nobody waits for before committing them.
     pub linger: Duration,
-    /// Run a geometric `git repack` after this many new packs (one per batch); 0
-    /// turns it off.
-    pub repack_after_packs: u64,
+    /// Fold the packs together in the background after this many new packs (one
+    /// per batch; see `store::compact`); 0 turns it off.
+    pub fold_after_packs: u64,
     /// Open the repository again once this many bytes of packs were written since
     /// it was last opened: gix keeps every pack it opened mapped, and the pages it
     /// read stay in RSS until then. 0 turns it off.
@@ -312,7 +313,7 @@ impl StoreSettings {
             queue_bytes: config.store.queue_bytes,
             max_batch: config.store.max_batch,
             linger: config.store.linger,
-            repack_after_packs: 32,
+            fold_after_packs: 32,
             reopen_after_pack_bytes: 8 << 20,
             outbox: target
                 .repository

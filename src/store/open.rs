@@ -81,7 +81,7 @@ pub(super) const REOPEN_MAX: Duration = Duration::from_secs(30);
 
 /// Opens the repository with object writes kept in memory until the batch is packed.
 pub(super) fn open_repository(path: &Path) -> Result<gix::Repository, String> {
-    // Every batch adds a pack until the next repack folds them together, so allow for
+    // Every batch adds a pack until the next fold takes them together, so allow for
     // more packs than gix assumes by default.
     let options = gix::open::Options::isolated().object_store_slots(
         gix::odb::store::init::Slots::AsNeededByDiskState {

@@ -113,7 +113,7 @@ fn open<'a>(
     repo: &'a mut Option<gix::Repository>,
 ) -> Result<&'a gix::Repository, BoxError> {
     if repo.is_none() {
-        // As many packs as the writer allows for (one per batch until a repack).
+        // As many packs as the writer allows for (one per batch until a fold).
         let options = gix::open::Options::isolated().object_store_slots(
             gix::odb::store::init::Slots::AsNeededByDiskState {
                 multiplier: 2.0,

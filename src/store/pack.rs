@@ -6,10 +6,10 @@
 //! trees a commit changed are stored as deltas of the same directories in its parent
 //! commit when those are in the pack ([`super::delta`]); everything else is stored
 //! whole. The index is written here too, since we already know every object's id,
-//! offset and CRC, so nothing is inflated or hashed a second time. `git repack`
-//! later deltifies the rest and folds the packs together.
+//! offset and CRC, so nothing is inflated or hashed a second time.
+//! [`super::compact`] later folds the packs together.
 //!
-//! Order on disk: `.keep` first (so a concurrent `git repack` leaves the pack alone
+//! Order on disk: `.keep` first (so neither a fold nor a `git repack` takes the pack
 //! until the branch names its objects), then the pack, then its index, each written
 //! under a temporary name and renamed, so a reader never sees half a pack.
 
@@ -27,6 +27,8 @@ pub(super) struct Written {
     keep: Option<PathBuf>,
     /// The pack's size (0 when it was there already).
     pub(super) bytes: u64,
+    /// See [`super::delta::Plan::hints`].
+    pub(super) hints: Vec<super::delta::Hint>,
 }
 
 impl Written {
@@ -42,6 +44,11 @@ impl Written {
         Ok(())
     }
 
+    /// The pack's path, unless the batch had no objects.
+    pub(super) fn pack(&self) -> Option<&Path> {
+        self.files.first().map(PathBuf::as_path)
+    }
+
     pub(super) fn release(self) -> std::io::Result<()> {
         match self.keep {
             Some(keep) => std::fs::remove_file(keep),
@@ -51,19 +58,27 @@ impl Written {
 }
 
 /// Writes every object of `objects` into one new pack under `objects_dir/pack`.
+/// `outside` reads the objects of earlier packs, for [`Written::hints`].
 pub(super) fn write(
     objects_dir: &Path,
     objects: &Storage,
     hash: gix::hash::Kind,
+    outside: super::delta::Outside,
 ) -> std::io::Result<Written> {
     if objects.is_empty() {
         return Ok(Written {
             files: Vec::new(),
             keep: None,
             bytes: 0,
+            hints: Vec::new(),
         });
     }
-    let (pack, mut entries, checksum) = encode(objects, hash)?;
+    let Encoded {
+        pack,
+        mut entries,
+        checksum,
+        hints,
+    } = encode(objects, hash, Some(outside))?;
     let index = encode_index(&mut entries, &checksum, hash)?;
 
     let dir = objects_dir.join("pack");
@@ -77,6 +92,7 @@ pub(super) fn write(
             files: vec![pack_path, index_path],
             keep: None,
             bytes: 0,
+            hints,
         });
     }
     let keep = base.with_extension("keep");
@@ -92,6 +108,7 @@ pub(super) fn write(
         files: vec![pack_path, index_path],
         keep: Some(keep),
         bytes: pack.len() as u64,
+        hints,
     })
 }
 
@@ -109,22 +126,32 @@ fn write_renamed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// One pack entry: its object, where it starts, and the CRC32 of its packed bytes.
-struct Entry {
-    id: ObjectId,
-    offset: u64,
-    crc32: u32,
+pub(super) struct Entry {
+    pub(super) id: ObjectId,
+    pub(super) offset: u64,
+    pub(super) crc32: u32,
 }
 
 /// The bytes of a pack holding `objects`, without an index: what a push sends.
 pub(super) fn bytes(objects: &Storage, hash: gix::hash::Kind) -> std::io::Result<Vec<u8>> {
-    encode(objects, hash).map(|(pack, _, _)| pack)
+    encode(objects, hash, None).map(|encoded| encoded.pack)
 }
 
-/// A version 2 pack: header, one zlib stream per object, then the checksum.
+/// A pack made in memory.
+struct Encoded {
+    pack: Vec<u8>,
+    entries: Vec<Entry>,
+    checksum: ObjectId,
+    hints: Vec<super::delta::Hint>,
+}
+
+/// A version 2 pack: header, one zlib stream per object, then the checksum; and the
+/// plan's hints.
 fn encode(
     objects: &Storage,
     hash: gix::hash::Kind,
-) -> std::io::Result<(Vec<u8>, Vec<Entry>, ObjectId)> {
+    outside: Option<super::delta::Outside>,
+) -> std::io::Result<Encoded> {
     let capacity = objects
         .values()
         .map(|(_, data)| data.len() / 2 + 16)
@@ -147,28 +174,11 @@ fn encode(
                            entries: &mut Vec<Entry>|
      -> std::io::Result<()> {
         let start = out.len();
-        // Entry header: the type, then the size in little-endian base-128.
-        let mut size = data.len();
-        let mut byte = (type_id << 4) | (size & 0x0f) as u8;
-        size >>= 4;
-        while size > 0 {
-            out.append(&[byte | 0x80]);
-            byte = (size & 0x7f) as u8;
-            size >>= 7;
-        }
-        out.append(&[byte]);
-        if let Some(base) = base {
-            // An offset delta: how far back its base starts, big-endian base-128
-            // where each continuation also adds one (git's `OFS_DELTA`).
-            let mut distance = start as u64 - base;
-            let mut bytes = vec![(distance & 0x7f) as u8];
-            while distance >> 7 > 0 {
-                distance = (distance >> 7) - 1;
-                bytes.push(0x80 | (distance & 0x7f) as u8);
-            }
-            bytes.reverse();
-            out.append(&bytes);
-        }
+        out.append(&entry_header(
+            type_id,
+            data.len(),
+            base.map(|base| start as u64 - base),
+        ));
         deflate.reset();
         deflate.write_all(data)?;
         deflate.flush()?;
@@ -180,7 +190,7 @@ fn encode(
         });
         Ok(())
     };
-    let plan = super::delta::plan(objects, hash);
+    let plan = super::delta::plan(objects, hash, outside);
     for id in plan.whole {
         let Some((kind, data)) = objects.get(&id) else {
             continue;
@@ -209,11 +219,79 @@ fn encode(
     let mut pack = out.0.take();
     let checksum = digest(hash, &pack)?;
     pack.extend_from_slice(checksum.as_bytes());
-    Ok((pack, entries, checksum))
+    Ok(Encoded {
+        pack,
+        entries,
+        checksum,
+        hints: plan.hints,
+    })
+}
+
+/// An entry's header: the type, then the size in little-endian base-128; for an
+/// offset delta, how far back its base starts, big-endian base-128 where each
+/// continuation also adds one (git's `OFS_DELTA`).
+pub(super) fn entry_header(type_id: u8, mut size: usize, distance: Option<u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16);
+    let mut byte = (type_id << 4) | (size & 0x0f) as u8;
+    size >>= 4;
+    while size > 0 {
+        out.push(byte | 0x80);
+        byte = (size & 0x7f) as u8;
+        size >>= 7;
+    }
+    out.push(byte);
+    if let Some(mut distance) = distance {
+        let start = out.len();
+        out.push((distance & 0x7f) as u8);
+        while distance >> 7 > 0 {
+            distance = (distance >> 7) - 1;
+            out.push(0x80 | (distance & 0x7f) as u8);
+        }
+        out[start..].reverse();
+    }
+    out
+}
+
+/// The type, the size and the header's length of the entry `bytes` starts with;
+/// for an offset delta, also how far back its base starts and the length with it.
+pub(super) fn parse_entry_header(bytes: &[u8]) -> Option<(u8, usize, Option<u64>, usize)> {
+    let mut at = 0;
+    let mut next = || {
+        let byte = *bytes.get(at)?;
+        at += 1;
+        Some(byte)
+    };
+    let mut byte = next()?;
+    let type_id = (byte >> 4) & 0x07;
+    let mut size = usize::from(byte & 0x0f);
+    let mut shift = 4;
+    while byte & 0x80 != 0 {
+        byte = next()?;
+        size |= usize::from(byte & 0x7f).checked_shl(shift)?;
+        shift += 7;
+        if shift > 60 {
+            return None;
+        }
+    }
+    let distance = if type_id == 6 {
+        byte = next()?;
+        let mut distance = u64::from(byte & 0x7f);
+        while byte & 0x80 != 0 {
+            byte = next()?;
+            distance = distance
+                .checked_add(1)?
+                .checked_mul(128)?
+                .checked_add(u64::from(byte & 0x7f))?;
+        }
+        Some(distance)
+    } else {
+        None
+    };
+    Some((type_id, size, distance, at))
 }
 
 /// A version 2 pack index for `entries`, which it sorts by id.
-fn encode_index(
+pub(super) fn encode_index(
     entries: &mut [Entry],
     pack_checksum: &ObjectId,
     hash: gix::hash::Kind,
@@ -263,6 +341,30 @@ fn digest(hash: gix::hash::Kind, bytes: &[u8]) -> std::io::Result<ObjectId> {
     hasher.try_finalize().map_err(std::io::Error::other)
 }
 
+/// One zlib compressor for many entries: making one allocates and clears a window
+/// of a few hundred KiB, which glibc then maps and unmaps each time.
+pub(super) struct Deflater {
+    out: Shared,
+    stream: gix::zlib::stream::deflate::Write<Shared>,
+}
+
+impl Deflater {
+    pub(super) fn new() -> Self {
+        let out = Shared::default();
+        let stream =
+            gix::zlib::stream::deflate::Write::new(out.clone(), gix::zlib::Compression::BEST_SPEED);
+        Self { out, stream }
+    }
+
+    /// `data` as one zlib stream.
+    pub(super) fn compress(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.stream.reset();
+        self.stream.write_all(data)?;
+        self.stream.flush()?;
+        Ok(self.out.0.take())
+    }
+}
+
 /// A byte buffer the compressor and the entry headers both append to.
 #[derive(Clone, Default)]
 struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
@@ -289,10 +391,10 @@ impl std::io::Write for Shared {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn bare_repository() -> tempfile::TempDir {
+    pub(in crate::store) fn bare_repository() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         git(dir.path(), &["init", "-q", "--bare"], b"");
         dir
@@ -309,7 +411,7 @@ mod tests {
             let id = gix::objs::compute_hash(hash, Kind::Blob, data).unwrap();
             storage.insert(id, (Kind::Blob, data.to_vec()));
         }
-        let written = write(&dir.path().join("objects"), &storage, hash).unwrap();
+        let written = write(&dir.path().join("objects"), &storage, hash, &|_| None).unwrap();
         written.sync().unwrap();
         let index = written.files[1].clone();
         assert!(written.keep.as_ref().unwrap().exists());
@@ -329,7 +431,7 @@ mod tests {
         assert!(!index.with_extension("keep").exists());
     }
 
-    fn git(dir: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    pub(in crate::store) fn git(dir: &Path, args: &[&str], stdin: &[u8]) -> Vec<u8> {
         use std::io::Write as _;
         let mut child = std::process::Command::new("git")
             .arg("--git-dir")
@@ -370,17 +472,6 @@ mod tests {
             storage.insert(id, (kind, data));
             id
         };
-        let tree = |entries: &[(String, &[u8], ObjectId)]| {
-            let mut out = Vec::new();
-            for (name, mode, id) in entries {
-                out.extend_from_slice(mode);
-                out.push(b' ');
-                out.extend_from_slice(name.as_bytes());
-                out.push(0);
-                out.extend_from_slice(id.as_bytes());
-            }
-            out
-        };
         let mut dirs: Vec<(String, &[u8], ObjectId)> = (0..4000)
             .map(|d| {
                 let blob = put(Kind::Blob, format!("dir {d} version 0\n").into_bytes());
@@ -389,10 +480,6 @@ mod tests {
             })
             .collect();
         let mut roots = vec![put(Kind::Tree, tree(&dirs))];
-        let commit = |tree: ObjectId, parent: Option<ObjectId>, n: usize| {
-            let parent = parent.map_or(String::new(), |p| format!("parent {p}\n"));
-            format!("tree {tree}\n{parent}author A <a@x> 0 +0000\ncommitter A <a@x> 0 +0000\n\ncommit {n}\n").into_bytes()
-        };
         let mut tip = put(Kind::Commit, commit(roots[0], None, 0));
         for n in 1..=40 {
             let d = n * 97 % 4000;
@@ -404,7 +491,7 @@ mod tests {
         // A revert: the tree of commit 20 again.
         tip = put(Kind::Commit, commit(roots[20], Some(tip), 41));
 
-        let written = write(&dir.path().join("objects"), &storage, hash).unwrap();
+        let written = write(&dir.path().join("objects"), &storage, hash, &|_| None).unwrap();
         let index = written.files[1].clone();
         written.release().unwrap();
         let verify = String::from_utf8(git(
@@ -436,8 +523,31 @@ mod tests {
             &["fsck", "--full", "--strict", "--no-dangling"],
             b"",
         );
+        assert_reads_back(dir.path(), &storage);
+    }
+
+    /// A tree's bytes: (name, mode, id) in git's order.
+    pub(in crate::store) fn tree(entries: &[(String, &[u8], ObjectId)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, mode, id) in entries {
+            out.extend_from_slice(mode);
+            out.push(b' ');
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(id.as_bytes());
+        }
+        out
+    }
+
+    pub(in crate::store) fn commit(tree: ObjectId, parent: Option<ObjectId>, n: usize) -> Vec<u8> {
+        let parent = parent.map_or(String::new(), |p| format!("parent {p}\n"));
+        format!("tree {tree}\n{parent}author A <a@x> 0 +0000\ncommitter A <a@x> 0 +0000\n\ncommit {n}\n").into_bytes()
+    }
+
+    /// git and gix read every object of `storage` back from `dir` byte for byte.
+    pub(in crate::store) fn assert_reads_back(dir: &Path, storage: &Storage) {
         let ids: String = storage.keys().map(|id| format!("{id}\n")).collect();
-        let batch = git(dir.path(), &["cat-file", "--batch"], ids.as_bytes());
+        let batch = git(dir, &["cat-file", "--batch"], ids.as_bytes());
         let mut rest = batch.as_slice();
         for _ in 0..storage.len() {
             let line_end = rest.iter().position(|b| *b == b'\n').unwrap();
@@ -450,7 +560,7 @@ mod tests {
             rest = &rest[line_end + 1 + size + 1..];
         }
         // And gix, which the store reads with.
-        let repo = gix::open(dir.path()).unwrap();
+        let repo = gix::open(dir).unwrap();
         for (id, (kind, data)) in storage.iter() {
             let object = repo.find_object(*id).unwrap();
             assert_eq!(

@@ -2,18 +2,19 @@
 //! cleaned before the writer opens it.
 //!
 //! kubescribe is the only writer of its repository, and nothing of an earlier run
-//! (its writer, its `git repack`, its pushes) is running when a new writer starts, so
-//! every lock file is stale and every half-written pack is garbage:
+//! (its writer and its fold of packs, its `git repack`, its pushes) is running when a
+//! new writer starts, so every lock file is stale and every half-written pack is
+//! garbage:
 //! - `*.lock` files under `refs/`, and `packed-refs.lock` / `HEAD.lock` /
 //!   `config.lock`: left by a kill during a ref update, they would fail every later
 //!   batch ("another process moved or locked the branch");
 //! - `.keep` files that kubescribe wrote (their content says so) for a batch's pack:
-//!   they protect a pack from a concurrent repack until the branch names it; at start
-//!   there is no concurrent repack, and a pack the branch never named holds only
-//!   objects nothing refers to, which the next repack may fold in harmlessly;
+//!   they protect a pack from a concurrent fold until the branch names it; at start
+//!   there is no concurrent fold, and a pack the branch never named holds only
+//!   objects nothing refers to, which the next fold may take in harmlessly;
 //! - packs without their index (a kill between the two renames), indexes without
-//!   their pack, and the temporary files of our pack writer and of git's
-//!   (`*.tmp`, `tmp_*`, `.tmp-*`).
+//!   their pack, and the temporary files of our pack writer, of our fold and of
+//!   git's (`*.tmp`, `tmp_*`, `.tmp-*`).
 //!
 //! Acknowledged writes are never touched: a commit the branch names has its pack and
 //! index complete (both are renamed into place and fsynced before the ref moves).
@@ -96,8 +97,9 @@ pub(super) fn recover(git_dir: &Path) -> Recovered {
     let has = |name: &str| names.iter().any(|n| n == name);
     for name in &names {
         let path = packs.join(name);
-        // Ours (`*.tmp`) and git's (`tmp_pack_*`, `tmp_idx_*`, `tmp_rev_*`, ... and
-        // repack's `.tmp-<pid>-*`): nothing of an earlier run is still writing.
+        // Ours (`*.tmp`, the fold's `tmp_fold_*`) and git's (`tmp_pack_*`,
+        // `tmp_idx_*`, `tmp_rev_*`, ... and repack's `.tmp-<pid>-*`): nothing of an
+        // earlier run is still writing.
         if name.ends_with(".tmp") || name.starts_with("tmp_") || name.starts_with(".tmp-") {
             if remove(&path) {
                 recovered.temporaries.push(path);

@@ -166,7 +166,7 @@ impl Writer {
                 reason: error_chain(&e),
             });
         if let Err(e) = written.release() {
-            tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
+            tracing::warn!(error = %e, "cannot remove a pack's .keep file; packs are never folded with that one");
         }
         moved?;
         self.sync_ref(&name)?;

@@ -39,7 +39,10 @@ pub(super) struct Writer {
     /// most of a pack, so its pages stay in this process's RSS until it is opened
     /// again (see [`Writer::maintain`]).
     pub(super) pack_bytes_mapped: u64,
-    pub(super) repack: Option<std::process::Child>,
+    /// A fold of the packs, or a `git repack`, running in the background.
+    pub(super) repack: Option<super::compact::Running>,
+    /// What the fold needs to know of the packs written ([`super::compact::Ledger`]).
+    pub(super) ledger: super::compact::Ledger,
     /// Shared with [`StoreHandle::unavailable`].
     pub(super) failing: Arc<std::sync::Mutex<Option<String>>>,
     /// Reverts of denied writes not committed yet (their commit failed); retried
@@ -77,7 +80,8 @@ pub(super) fn supersedes(change: &Change) -> String {
     }
 }
 
-/// Niceness of the writer thread and of `git repack`, relative to the request path.
+/// Niceness of the writer thread (and so of the fold's thread it starts) and of
+/// `git repack`, relative to the request path.
 pub(super) const WRITER_NICENESS: i32 = 19;
 
 pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -125,6 +129,7 @@ impl Writer {
             packs_written: 0,
             pack_bytes_mapped: 0,
             repack: None,
+            ledger: Default::default(),
             failing: Arc::default(),
             reverts,
             withheld,
@@ -198,8 +203,10 @@ impl Writer {
                 "shutting down with denied writes not reverted; their commits stay local and unpushed, and are pushed after the next start unless reverted by hand"
             );
         }
-        if let Some(mut child) = self.repack.take() {
-            let _ = child.wait();
+        if let Some(running) = self.repack.take() {
+            // Stopped part way, a fold removes what it wrote: the packs stay as they are.
+            self.ledger.stop();
+            running.wait();
         }
         if !self.retry.is_empty() {
             tracing::error!(
@@ -487,7 +494,7 @@ impl Writer {
             });
         // Named by the branch or not, the pack needs no protection any more.
         if let Some(Err(e)) = written.map(|w| w.release()) {
-            tracing::warn!(error = %e, "cannot remove a pack's .keep file; git repack will skip that pack");
+            tracing::warn!(error = %e, "cannot remove a pack's .keep file; packs are never folded with that one");
         }
         moved?;
         if let Some(declared) = &mut self.declared {
@@ -505,14 +512,21 @@ impl Writer {
         &mut self,
         objects: &gix::odb::memory::Storage,
     ) -> Result<pack::Written, StoreError> {
-        let written = pack::write(
+        let repo = &self.repo;
+        let outside = |id: &ObjectId| repo.find_object(*id).ok().map(|o| o.detach().data);
+        let mut written = pack::write(
             &self.repo.git_dir().join("objects"),
             objects,
             self.repo.object_hash(),
+            &outside,
         )
         .map_err(|e| StoreError::Write {
             reason: e.to_string(),
         })?;
+        if let Some(pack) = written.pack() {
+            self.ledger
+                .written(pack.with_extension(""), std::mem::take(&mut written.hints));
+        }
         self.packs_written += 1;
         self.pack_bytes_mapped += written.bytes;
         written.sync().map_err(|e| StoreError::Sync {
@@ -532,22 +546,54 @@ impl Writer {
             })
     }
 
-    /// Folds the per-batch packs together now and then with a geometric `git repack`
-    /// in the background. That is safe next to the writer: it rewrites only whole
-    /// packs, and a pack no branch names yet keeps its `.keep` until it is named.
-    /// When it ends, the repository is reopened so gix sees exactly the packs on disk.
+    /// Folds the per-batch packs together now and then, in the background
+    /// ([`super::compact`]), or has `git repack` do it when the fold cannot. Both are
+    /// safe next to the writer: they rewrite whole packs only, and a pack no branch
+    /// names yet keeps its `.keep` until it is named. When either ends, the
+    /// repository is reopened so gix sees exactly the packs on disk.
     pub(super) fn maintain(&mut self) {
-        if let Some(child) = &mut self.repack {
-            match child.try_wait() {
-                Ok(None) => return,
-                Ok(Some(status)) if !status.success() => {
-                    tracing::warn!(%status, "git repack failed; packs accumulate until the next try");
+        if let Some(running) = self.repack.take() {
+            use super::compact::{Ended, Outcome};
+            match running.try_end() {
+                Err(running) => {
+                    self.repack = Some(running);
+                    return;
                 }
-                Ok(Some(_)) => tracing::debug!("repacked"),
-                Err(e) => tracing::warn!(error = %e, "cannot wait for git repack"),
+                Ok(Ended::Fold(Ok(Outcome::Nothing))) => {}
+                Ok(Ended::Fold(Ok(Outcome::Folded {
+                    packs,
+                    objects,
+                    bytes,
+                    deltas,
+                }))) => {
+                    tracing::debug!(packs, objects, bytes, deltas, "folded packs");
+                    self.reopen();
+                }
+                Ok(Ended::Fold(Ok(Outcome::NeedsGit(reason)))) => {
+                    tracing::info!(
+                        reason,
+                        "these packs need git to fold them; running git repack"
+                    );
+                    self.start_git_repack();
+                    return;
+                }
+                Ok(Ended::Fold(Err(e))) => {
+                    tracing::warn!(error = %e, "cannot fold packs; they accumulate until the next try");
+                    self.reopen();
+                }
+                Ok(Ended::Git(Ok(status))) if !status.success() => {
+                    tracing::warn!(%status, "git repack failed; packs accumulate until the next try");
+                    self.reopen();
+                }
+                Ok(Ended::Git(Ok(_))) => {
+                    tracing::debug!("repacked");
+                    self.reopen();
+                }
+                Ok(Ended::Git(Err(e))) => {
+                    tracing::warn!(error = %e, "cannot wait for git repack");
+                    self.reopen();
+                }
             }
-            self.repack = None;
-            self.reopen();
         }
         // Packs written since the last open stay mapped (and their pages resident)
         // as long as this handle lives; a fresh one maps only what it reads next.
@@ -556,32 +602,27 @@ impl Writer {
         {
             self.reopen();
         }
-        if self.settings.repack_after_packs == 0
-            || self.packs_written < self.settings.repack_after_packs
+        if self.settings.fold_after_packs == 0
+            || self.packs_written < self.settings.fold_after_packs
         {
             return;
         }
         self.packs_written = 0;
-        let mut repack = std::process::Command::new("nice");
-        repack
-            .args(["-n", "19", "git", "--git-dir"])
-            .arg(&self.settings.path)
-            .args(["repack", "-d", "-q", "--geometric=2"])
-            .stdin(std::process::Stdio::null());
-        // A repack never outlives this writer: SIGTERM (git then removes its
-        // temporary packs) when the writer's thread ends, however the process ends.
-        // SAFETY: prctl is async-signal-safe and allocates nothing.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            repack.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::TERM,
-                ))
-                .map_err(std::io::Error::from)
-            });
+        match super::compact::Running::fold(
+            self.settings.path.clone(),
+            self.repo.object_hash(),
+            self.ledger.clone(),
+        ) {
+            Ok(running) => self.repack = Some(running),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start folding packs; they accumulate until the next try")
+            }
         }
-        match repack.spawn() {
-            Ok(child) => self.repack = Some(child),
+    }
+
+    fn start_git_repack(&mut self) {
+        match super::compact::Running::git(&self.settings.path, WRITER_NICENESS) {
+            Ok(running) => self.repack = Some(running),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot run git repack; packs accumulate until the next try")
             }
