@@ -456,46 +456,50 @@ async fn stop<R>(reconciler: R, writer: kubescribe::store::WriterThread) {
 }
 
 /// A reconciler of an empty scenario's ConfigMaps whose writer is held before each
-/// batch is durable until `slow_disk` opens.
-struct SlowDisk {
+/// batch is durable until the gate opens.
+async fn slow_disk() -> (Following, kubescribe::fault::Gate) {
+    let slow_disk = kubescribe::fault::Gate::closed();
+    let faults = kubescribe::fault::Faults {
+        before_durable: Some(slow_disk.clone()),
+        ..Default::default()
+    };
+    (Following::start(&[], faults, |_| {}).await, slow_disk)
+}
+
+/// A reconciler of the ConfigMaps `listed` at resourceVersion 500, its store's
+/// settings changed by `tweak`.
+struct Following {
     scenario: ScenarioHandle,
     _api: ApiServer,
     _dir: tempfile::TempDir,
     configmaps: reconcile::Recorded,
-    slow_disk: kubescribe::fault::Gate,
     reconciler: reconcile::Reconciler,
     repo: std::path::PathBuf,
     writer: kubescribe::store::WriterThread,
     metrics: std::sync::Arc<kubescribe::metrics::Metrics>,
 }
 
-impl SlowDisk {
-    async fn new() -> Self {
+impl Following {
+    async fn start(
+        listed: &[serde_json::Value],
+        faults: kubescribe::fault::Faults,
+        tweak: impl FnOnce(&mut kubescribe::store::StoreSettings),
+    ) -> Self {
         let scenario = ScenarioHandle::default();
-        scenario.list(CONFIGMAPS, "500", &[]);
+        scenario.list(CONFIGMAPS, "500", listed);
         let api = ApiServer::scenario(scenario.clone()).await;
         let dir = tempfile::tempdir().unwrap();
         let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
             .await
             .unwrap();
         let configmaps = configmaps(&client).await;
-        let slow_disk = kubescribe::fault::Gate::closed();
-        let (reconciler, repo, writer, metrics) = reconciler_with(
-            client,
-            dir.path(),
-            "",
-            kubescribe::fault::Faults {
-                before_durable: Some(slow_disk.clone()),
-                ..Default::default()
-            },
-            |_| {},
-        );
+        let (reconciler, repo, writer, metrics) =
+            reconciler_with(client, dir.path(), "", faults, tweak);
         Self {
             scenario,
             _api: api,
             _dir: dir,
             configmaps,
-            slow_disk,
             reconciler,
             repo,
             writer,
@@ -509,17 +513,19 @@ impl SlowDisk {
 /// starts another commit, so every state the watch showed is some commit's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together() {
-    let SlowDisk {
-        scenario,
-        _api,
-        _dir,
-        configmaps,
+    let (
+        Following {
+            scenario,
+            _api,
+            _dir,
+            configmaps,
+            reconciler,
+            repo,
+            writer,
+            metrics,
+        },
         slow_disk,
-        reconciler,
-        repo,
-        writer,
-        metrics,
-    } = SlowDisk::new().await;
+    ) = slow_disk().await;
     // The first commit is held until everything after it has been read.
     send(&scenario, "ADDED", "c0", "0", 501);
     for (i, rv) in (1..=5).zip(502..) {
@@ -613,17 +619,19 @@ async fn changes_that_come_while_a_commit_is_made_go_into_the_next_one_together(
 /// to the older state over what admission recorded since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_watch_change_never_lands_over_a_newer_admitted_one() {
-    let SlowDisk {
-        scenario,
-        _api,
-        _dir,
-        configmaps,
+    let (
+        Following {
+            scenario,
+            _api,
+            _dir,
+            configmaps,
+            reconciler,
+            repo,
+            writer,
+            metrics,
+        },
         slow_disk,
-        reconciler,
-        repo,
-        writer,
-        metrics,
-    } = SlowDisk::new().await;
+    ) = slow_disk().await;
     let confirmations = std::sync::Arc::new(reconcile::Confirmations::new(
         std::time::Duration::from_secs(60),
         metrics.clone(),
@@ -698,22 +706,23 @@ async fn a_waiting_watch_change_never_lands_over_a_newer_admitted_one() {
 /// lose nothing, and the branch stays whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_go_on_whole_when_the_writer_opens_its_repository_again_after_each_pack() {
-    let scenario = ScenarioHandle::default();
     let data = |n: &str| serde_json::json!({ "count": n });
     let listed: Vec<serde_json::Value> = (0..6)
         .map(|i| configmap("c1", &format!("c{i}"), data("0"), "500"))
         .collect();
-    scenario.list(CONFIGMAPS, "500", &listed);
-    let api = ApiServer::scenario(scenario.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
-        .await
-        .unwrap();
-    let configmaps = configmaps(&client).await;
-    let (reconciler, repo, writer, metrics) =
-        reconciler_with(client, dir.path(), "", Default::default(), |settings| {
-            settings.reopen_after_pack_bytes = 1
-        });
+    let Following {
+        scenario,
+        configmaps,
+        reconciler,
+        repo,
+        writer,
+        metrics,
+        _api,
+        _dir,
+    } = Following::start(&listed, Default::default(), |settings| {
+        settings.reopen_after_pack_bytes = 1
+    })
+    .await;
     let report = reconciler.snapshot().await.unwrap();
     assert!(report.commits >= 1, "{report:?}");
     let after_snapshot = metrics.store_reopens.get();
@@ -770,7 +779,6 @@ async fn commits_go_on_whole_when_the_writer_opens_its_repository_again_after_ea
 /// of its version from an earlier commit's pack, and fsck finds the history whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn packs_folded_while_the_writer_commits_lose_nothing_and_keep_files_as_deltas() {
-    let scenario = ScenarioHandle::default();
     // Large enough that a one-value change is worth a delta.
     let data = |n: &str| {
         let mut data = serde_json::json!({ "count": n });
@@ -780,19 +788,13 @@ async fn packs_folded_while_the_writer_commits_lose_nothing_and_keep_files_as_de
         data
     };
     let listed: Vec<serde_json::Value> = (0..6)
-        .map(|i| configmap("c1", &format!("c{i}"), data("0"), "500"))
+        .map(|n| configmap("c1", &format!("c{n}"), data("0"), "500"))
         .collect();
-    scenario.list(CONFIGMAPS, "500", &listed);
-    let api = ApiServer::scenario(scenario.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let client = reconcile::client(Some(&api.kubeconfig(dir.path())))
-        .await
-        .unwrap();
-    let configmaps = configmaps(&client).await;
-    let (reconciler, repo, writer, _) =
-        reconciler_with(client, dir.path(), "", Default::default(), |settings| {
-            settings.fold_after_packs = 1
-        });
+    let following = Following::start(&listed, Default::default(), |settings| {
+        settings.fold_after_packs = 1
+    })
+    .await;
+    let reconciler = following.reconciler;
     reconciler.snapshot().await.unwrap();
     let mut known = vec![std::collections::HashSet::new()];
     let mut version = 500;
@@ -801,14 +803,20 @@ async fn packs_folded_while_the_writer_commits_lose_nothing_and_keep_files_as_de
         let name = format!("c{}", round % 6);
         let mut object = configmap("c1", &name, data(&round.to_string()), &version.to_string());
         object["metadata"]["uid"] = format!("uid-{name}").into();
-        scenario.event(CONFIGMAPS, "MODIFIED", &object);
+        following.scenario.event(CONFIGMAPS, "MODIFIED", &object);
         let followed = reconciler
-            .follow(&configmaps, &(version - 1).to_string(), 30, &mut known)
+            .follow(
+                &following.configmaps,
+                &(version - 1).to_string(),
+                30,
+                &mut known,
+            )
             .await
             .unwrap();
         assert_eq!(followed.written, 1, "round {round}: {followed:?}");
     }
-    stop(reconciler, writer).await;
+    stop(reconciler, following.writer).await;
+    let repo = following.repo;
 
     let commits = common::git(&repo, &["rev-list", "--count", "main"]);
     let commits: usize = commits.trim().parse().unwrap();
@@ -854,17 +862,19 @@ async fn packs_folded_while_the_writer_commits_lose_nothing_and_keep_files_as_de
 /// not forgotten: its file goes back among the live ones, so the relist sweeps it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_waiting_for_its_commit_when_the_watch_expires_is_swept_by_the_relist() {
-    let SlowDisk {
-        scenario,
-        _api,
-        _dir,
-        configmaps,
+    let (
+        Following {
+            scenario,
+            _api,
+            _dir,
+            configmaps,
+            reconciler,
+            repo,
+            writer,
+            metrics,
+        },
         slow_disk,
-        reconciler,
-        repo,
-        writer,
-        metrics,
-    } = SlowDisk::new().await;
+    ) = slow_disk().await;
     send(&scenario, "ADDED", "c0", "1", 501);
     send(&scenario, "DELETED", "c9", "1", 502);
     let expired = serde_json::json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version","reason":"Expired","code":410});
