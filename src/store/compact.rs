@@ -30,7 +30,7 @@
 //!   reader never finds an index without its pack. A crash in between leaves objects
 //!   in two packs, which git allows;
 //! - an object in two of the chosen packs is copied once, and a delta on its second
-//!   copy is pointed at the first, which has the same bytes;
+//!   copy is pointed at the first: the same object, however each copy is stored;
 //! - what git must handle is left to `git repack`: a version 1 index, a
 //!   multi-pack-index.
 
@@ -76,6 +76,10 @@ pub(super) struct Ledger(Arc<LedgerShared>);
 #[derive(Default)]
 struct LedgerShared {
     state: Mutex<LedgerState>,
+    /// Held while the writer writes and flushes a pack, and while a fold removes
+    /// the packs it folded: the writer skips writing a pack whose index is there
+    /// already, and must not find one the fold is removing.
+    removing: Mutex<()>,
     /// Set at shutdown: a running fold stops (and removes what it wrote).
     stop: std::sync::atomic::AtomicBool,
 }
@@ -112,6 +116,11 @@ impl Ledger {
         state.hints.extend(hints);
     }
 
+    /// Held while the writer writes and flushes a pack; see [`LedgerShared::removing`].
+    pub(super) fn writing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.0.removing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Asks a running fold to stop.
     pub(super) fn stop(&self) {
         self.0
@@ -121,6 +130,21 @@ impl Ledger {
 
     fn stopping(&self) -> bool {
         self.0.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Forgets packs no longer on disk (`names` is a listing of the pack
+    /// directory made after `next` was read: packs written since are kept).
+    fn forget_missing(&self, dir: &Path, names: &std::collections::HashSet<String>, next: u64) {
+        let on_disk = |stem: &PathBuf| {
+            stem.parent() == Some(dir)
+                && stem
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| names.contains(&format!("{n}.pack")))
+        };
+        let mut state = self.state();
+        state.order.retain(|stem, n| *n > next || on_disk(stem));
+        state.damaged.retain(|stem| on_disk(stem));
     }
 
     /// After a fold into `stem` of `sources` holding `folded` (sorted by id): the
@@ -185,17 +209,25 @@ pub(super) fn fold(
     let mut ids: Vec<ObjectId> = Vec::new();
     for candidate in chosen.iter().copied() {
         let index_path = candidate.stem.with_extension("idx");
-        let index =
-            gix::odb::pack::index::File::at(&index_path, hash).map_err(std::io::Error::other)?;
+        let index = match gix::odb::pack::index::File::at(&index_path, hash) {
+            Ok(index) => index,
+            Err(e) => {
+                ledger.state().damaged.insert(candidate.stem.clone());
+                return Err(damaged(&index_path, &format!("cannot be read ({e})")));
+            }
+        };
         if index.version() != gix::odb::pack::index::Version::V2 {
             return Ok(Outcome::NeedsGit("a pack has a version 1 index"));
         }
         // Its ids and offsets are copied into the new index: a flipped bit there
         // would lose an object.
         if index
-            .verify_checksum(&mut gix::progress::Discard, &Default::default())
+            .verify_checksum(&mut gix::progress::Discard, &ledger.0.stop)
             .is_err()
         {
+            if ledger.stopping() {
+                return Err(std::io::Error::other("kubescribe is shutting down"));
+            }
             ledger.state().damaged.insert(candidate.stem.clone());
             return Err(damaged(&index_path, "does not match its checksum"));
         }
@@ -264,26 +296,38 @@ pub(super) fn fold(
     let stem = dir.join(format!("pack-{}", checksum.to_hex()));
     // The pack before its index: a reader finds packs through their indexes. If
     // either rename fails, the old packs still hold everything.
+    let existed = stem.with_extension("pack").exists();
     let renamed = std::fs::rename(&temp_pack, stem.with_extension("pack"))
         .and_then(|()| std::fs::rename(&temp_index, stem.with_extension("idx")))
         .and_then(|()| std::fs::File::open(&dir)?.sync_all());
     if let Err(e) = renamed {
         let _ = std::fs::remove_file(&temp_pack);
         let _ = std::fs::remove_file(&temp_index);
+        if !existed && !stem.with_extension("idx").exists() {
+            let _ = std::fs::remove_file(stem.with_extension("pack"));
+        }
         return Err(e);
     }
+    ledger.folded(stem.clone(), &sources, &entries);
 
-    for candidate in chosen.iter().filter(|c| c.stem != stem) {
-        // The index first: a reader looks a pack up through its index.
-        for extension in ["idx", "pack", "rev", "bitmap"] {
-            match std::fs::remove_file(candidate.stem.with_extension(extension)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+    {
+        let _writer_waits = ledger.writing();
+        for candidate in chosen.iter().filter(|c| c.stem != stem) {
+            // Written again by a batch since (the same objects make the same pack):
+            // the batch's now.
+            if candidate.stem.with_extension("keep").exists() {
+                continue;
+            }
+            // The index first: a reader looks a pack up through its index.
+            for extension in ["idx", "pack", "rev", "bitmap"] {
+                match std::fs::remove_file(candidate.stem.with_extension(extension)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
             }
         }
     }
     std::fs::File::open(&dir)?.sync_all()?;
-    ledger.folded(stem, &sources, &entries);
     Ok(Outcome::Folded {
         packs: take,
         objects: entries.len(),
@@ -297,10 +341,12 @@ const HEADER: u64 = 12;
 
 /// The packs of `dir` that may be folded.
 fn candidates(dir: &Path, ledger: &Ledger) -> std::io::Result<Vec<Candidate>> {
+    let next = ledger.state().next;
     let names: std::collections::HashSet<String> = std::fs::read_dir(dir)?
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
+    ledger.forget_missing(dir, &names, next);
     let mut out = Vec::new();
     for name in &names {
         let Some(stem) = name.strip_suffix(".pack") else {
@@ -432,10 +478,24 @@ impl Copier<'_> {
     ) -> std::io::Result<()> {
         let id_len = self.hash.len_in_bytes();
         let pack_path = source.candidate.stem.with_extension("pack");
+        let end = source
+            .candidate
+            .bytes
+            .checked_sub(id_len as u64)
+            .filter(|end| *end >= HEADER)
+            .ok_or_else(|| damaged(&pack_path, "is too short for a pack"))?;
         let mut input =
             std::io::BufReader::with_capacity(1 << 16, std::fs::File::open(&pack_path)?);
+        let mut read = |buffer: &mut [u8]| {
+            input.read_exact(buffer).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => {
+                    damaged(&pack_path, "ends before its index says it does")
+                }
+                _ => e,
+            })
+        };
         let mut head = [0u8; HEADER as usize];
-        input.read_exact(&mut head)?;
+        read(&mut head)?;
         let version = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
         let objects = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
         if &head[..4] != b"PACK"
@@ -447,12 +507,6 @@ impl Copier<'_> {
                 "has a header that does not match its index",
             ));
         }
-        let end = source
-            .candidate
-            .bytes
-            .checked_sub(id_len as u64)
-            .filter(|end| *end >= HEADER)
-            .ok_or_else(|| damaged(&pack_path, "is too short for a pack"))?;
         let mut at = HEADER;
         // Where each entry of this pack went, and its delta depth.
         let mut placed: Vec<(u64, u32)> = Vec::with_capacity(source.entries.len());
@@ -468,7 +522,7 @@ impl Copier<'_> {
                 ));
             }
             buffer.resize((next - at) as usize, 0);
-            input.read_exact(buffer)?;
+            read(buffer)?;
             if crc32fast::hash(buffer) != entry.crc32 {
                 return Err(damaged(
                     &pack_path,
@@ -488,10 +542,15 @@ impl Copier<'_> {
                         &format!("has an unreadable entry at offset {at}"),
                     )
                 })?;
+            if !matches!(type_id, 1..=4 | 6 | 7) {
+                return Err(damaged(
+                    &pack_path,
+                    &format!("has an entry of no type at offset {at}"),
+                ));
+            }
             let offset = out.position;
             let mut crc = crc32fast::Hasher::new();
-            let depth = if let Some((delta, depth)) = self.hinted(entry.id, type_id) {
-                let (base_offset, _) = self.bases[&self.hints[&entry.id]];
+            let depth = if let Some((delta, base_offset, depth)) = self.hinted(entry.id, type_id) {
                 let head = pack::entry_header(6, delta.len(), Some(offset - base_offset));
                 let data = self.deflater.compress(&delta)?;
                 crc.update(&head);
@@ -551,7 +610,7 @@ impl Copier<'_> {
             return Err(damaged(&pack_path, "has bytes its index does not name"));
         }
         buffer.resize(id_len, 0);
-        input.read_exact(buffer)?;
+        read(buffer)?;
         if buffer != source.checksum.as_bytes() {
             return Err(damaged(
                 &pack_path,
@@ -561,15 +620,15 @@ impl Copier<'_> {
         Ok(())
     }
 
-    /// The delta to store `id` (of pack type `type_id`) as, and its depth, when a
-    /// hint names its base, that base is already in the new pack, the chain stays
-    /// short and the delta is worth it and checked.
-    fn hinted(&mut self, id: ObjectId, type_id: u8) -> Option<(Vec<u8>, u32)> {
+    /// The delta to store `id` (of pack type `type_id`) as, its base's offset in
+    /// the new pack and its depth, when a hint names its base, that base is already
+    /// in the new pack, the chain stays short and the delta is worth it and checked.
+    fn hinted(&mut self, id: ObjectId, type_id: u8) -> Option<(Vec<u8>, u64, u32)> {
         if !(1..=4).contains(&type_id) {
             return None;
         }
         let base = *self.hints.get(&id)?;
-        let (_, base_depth) = *self.bases.get(&base)?;
+        let (base_offset, base_depth) = *self.bases.get(&base)?;
         if base_depth >= MAX_DEPTH {
             return None;
         }
@@ -586,7 +645,7 @@ impl Copier<'_> {
         }
         let delta = super::delta::encode(&base.data, &target.data)?;
         (super::delta::apply(&base.data, &delta).as_deref() == Some(target.data.as_slice()))
-            .then_some((delta, base_depth + 1))
+            .then_some((delta, base_offset, base_depth + 1))
     }
 }
 
@@ -1036,5 +1095,180 @@ mod tests {
         );
         assert_reads_back(dir.path(), &all);
         assert_reads_back(dir.path(), &more);
+    }
+
+    /// The lines of `git verify-pack -v` that are objects: (id, its base if a delta).
+    fn listed(verify: &str) -> Vec<(String, Option<String>)> {
+        verify
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 5 && f[0].len() == 40)
+            .map(|f| (f[0].to_owned(), f.get(6).map(|b| (*b).to_owned())))
+            .collect()
+    }
+
+    /// A pack git made with offset deltas, copied after packs that hold some of its
+    /// objects: its deltas move (their distance to the base is written again), and
+    /// a delta whose base was copied from another pack first points at that copy.
+    #[test]
+    fn offset_deltas_move_and_lean_on_the_first_copy_of_their_base() {
+        let dir = bare_repository();
+        let (all, ledger, tip) = history(dir.path(), 12);
+        let writer_packs: Vec<PathBuf> = {
+            let state = ledger.state();
+            let mut order: Vec<(&PathBuf, &u64)> = state.order.iter().collect();
+            order.sort_by_key(|(_, n)| **n);
+            order
+                .into_iter()
+                .map(|(stem, _)| stem.with_extension("pack"))
+                .collect()
+        };
+        // git's pack of what the last 6 commits added.
+        let list = git(
+            dir.path(),
+            &[
+                "rev-list",
+                "--objects",
+                &tip.to_string(),
+                &format!("^{tip}~6"),
+            ],
+            b"",
+        );
+        let ids: Vec<u8> = list
+            .split(|b| *b == b'\n')
+            .filter(|l| l.len() >= 40)
+            .flat_map(|l| l[..40].iter().copied().chain([b'\n']))
+            .collect();
+        let stem = dir.path().join("objects/pack/pack");
+        let name = git(
+            dir.path(),
+            &[
+                "pack-objects",
+                "-q",
+                "--delta-base-offset",
+                stem.to_str().unwrap(),
+            ],
+            &ids,
+        );
+        let git_stem = dir.path().join(format!(
+            "objects/pack/pack-{}",
+            String::from_utf8(name).unwrap().trim()
+        ));
+        ledger.written(git_stem.clone(), Vec::new());
+        // The writer's packs of 3 of those commits go; those of the last 3 stay, and
+        // are copied before git's (git makes older versions deltas of newer ones).
+        let ids_of = |pack: &Path| -> std::collections::HashSet<String> {
+            listed(&verify(dir.path(), pack))
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        let kept: std::collections::HashSet<String> = writer_packs[10..13]
+            .iter()
+            .flat_map(|p| ids_of(p))
+            .collect();
+        let gone: std::collections::HashSet<String> =
+            writer_packs[7..10].iter().flat_map(|p| ids_of(p)).collect();
+        for pack in &writer_packs[7..10] {
+            std::fs::remove_file(pack.with_extension("idx")).unwrap();
+            std::fs::remove_file(pack).unwrap();
+        }
+        let git_deltas: Vec<(String, String)> =
+            listed(&verify(dir.path(), &git_stem.with_extension("pack")))
+                .into_iter()
+                .filter_map(|(id, base)| Some((id, base?)))
+                .collect();
+        let on_first_copy = git_deltas
+            .iter()
+            .filter(|(id, base)| gone.contains(id) && kept.contains(base) && !gone.contains(base))
+            .count();
+        let moved = git_deltas
+            .iter()
+            .filter(|(id, base)| gone.contains(id) && gone.contains(base))
+            .count();
+        assert!(
+            on_first_copy > 0 && moved > 0,
+            "the set-up must have both kinds of delta: {on_first_copy} on a first copy, {moved} moved\n{git_deltas:?}"
+        );
+
+        let outcome = fold(dir.path(), gix::hash::Kind::Sha1, &ledger).unwrap();
+        assert!(matches!(outcome, Outcome::Folded { .. }), "{outcome:?}");
+        assert!(
+            !git_stem.with_extension("pack").exists(),
+            "git's pack was folded"
+        );
+        let mut folded: std::collections::HashMap<String, Option<String>> = Default::default();
+        for pack in packs(dir.path()) {
+            folded.extend(listed(&verify(dir.path(), &pack)));
+        }
+        assert_eq!(folded.len(), all.len(), "each object once");
+        for (id, base) in git_deltas.iter().filter(|(id, _)| gone.contains(id)) {
+            assert_eq!(
+                folded[id].as_ref(),
+                Some(base),
+                "{id} stays a delta of {base}"
+            );
+        }
+        git(
+            dir.path(),
+            &["fsck", "--full", "--strict", "--no-dangling"],
+            b"",
+        );
+        assert_reads_back(dir.path(), &all);
+    }
+
+    /// A fold asked to stop at shutdown, or given a truncated pack, changes nothing
+    /// on disk; the truncated pack is left out afterwards, and packs no longer on
+    /// disk leave the ledger. A multi-pack-index is git's to handle.
+    #[test]
+    fn a_stopped_fold_or_a_truncated_pack_changes_nothing() {
+        let dir = bare_repository();
+        let (all, ledger, _) = history(dir.path(), 6);
+        let files = || {
+            let mut files: Vec<String> = std::fs::read_dir(dir.path().join("objects/pack"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            files.sort();
+            files
+        };
+        let before = files();
+        let stopped = Ledger::default();
+        stopped.stop();
+        let error = fold(dir.path(), gix::hash::Kind::Sha1, &stopped).unwrap_err();
+        assert!(error.to_string().contains("shutting down"), "{error}");
+        assert_eq!(files(), before);
+
+        let truncated = packs(dir.path()).pop().unwrap();
+        let bytes = std::fs::read(&truncated).unwrap();
+        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+        let error = fold(dir.path(), gix::hash::Kind::Sha1, &ledger).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
+        assert_eq!(files(), before);
+        std::fs::write(&truncated, b"").unwrap();
+        let outcome = fold(dir.path(), gix::hash::Kind::Sha1, &ledger).unwrap();
+        let Outcome::Folded { packs: folded, .. } = outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(truncated.exists(), "the damaged pack is left as it is");
+        assert_eq!(
+            ledger.state().order.len(),
+            7 - folded + 1,
+            "the folded packs are gone from the ledger, the new one is in: {:?}",
+            ledger.state().order
+        );
+        std::fs::write(&truncated, &bytes).unwrap();
+        git(
+            dir.path(),
+            &["fsck", "--full", "--strict", "--no-dangling"],
+            b"",
+        );
+        assert_reads_back(dir.path(), &all);
+
+        std::fs::create_dir(dir.path().join("objects/pack/multi-pack-index.d")).unwrap();
+        assert_eq!(
+            fold(dir.path(), gix::hash::Kind::Sha1, &ledger).unwrap(),
+            Outcome::NeedsGit("a multi-pack-index lists the packs")
+        );
     }
 }

@@ -18,8 +18,9 @@
 //! differ by a few entries, or a manifest with one field changed, is most of the
 //! saving a full delta search finds.
 //!
-//! Invariants: a base is always written before its delta; a chain is at most
-//! [`MAX_DEPTH`] deltas long; every delta is applied to its base and compared with
+//! Invariants: a base is always written before its delta; a chain in the pack
+//! written here is at most [`MAX_DEPTH`] deltas long (a fold can lengthen it); every
+//! delta is applied to its base and compared with
 //! the object before it is used, so a wrong one is never written (the object is
 //! then stored whole).
 

@@ -514,6 +514,10 @@ impl Writer {
     ) -> Result<pack::Written, StoreError> {
         let repo = &self.repo;
         let outside = |id: &ObjectId| repo.find_object(*id).ok().map(|o| o.detach().data);
+        // Not while a fold removes packs: this batch's pack may be one of them
+        // (the same objects make the same pack), which `pack::write` would then
+        // take for complete.
+        let _fold_waits = self.ledger.writing();
         let mut written = pack::write(
             &self.repo.git_dir().join("objects"),
             objects,
