@@ -698,6 +698,56 @@ pub(super) enum Ended {
     Git(std::io::Result<std::process::ExitStatus>),
 }
 
+/// What the writer does after a [`Running`] ended.
+pub(super) enum Next {
+    Nothing,
+    /// Open the repository again, so gix sees the packs on disk now.
+    Reopen,
+    /// Have `git repack` fold the packs.
+    RunGit,
+}
+
+impl Ended {
+    /// Logs how it ended, and says what comes next.
+    pub(super) fn report(self) -> Next {
+        match self {
+            Ended::Fold(Ok(Outcome::Nothing)) => Next::Nothing,
+            Ended::Fold(Ok(Outcome::Folded {
+                packs,
+                objects,
+                bytes,
+                deltas,
+            })) => {
+                tracing::debug!(packs, objects, bytes, deltas, "folded packs");
+                Next::Reopen
+            }
+            Ended::Fold(Ok(Outcome::NeedsGit(reason))) => {
+                tracing::info!(
+                    reason,
+                    "these packs need git to fold them; running git repack"
+                );
+                Next::RunGit
+            }
+            Ended::Fold(Err(e)) => {
+                tracing::warn!(error = %e, "cannot fold packs; they accumulate until the next try");
+                Next::Reopen
+            }
+            Ended::Git(Ok(status)) if !status.success() => {
+                tracing::warn!(%status, "git repack failed; packs accumulate until the next try");
+                Next::Reopen
+            }
+            Ended::Git(Ok(_)) => {
+                tracing::debug!("repacked");
+                Next::Reopen
+            }
+            Ended::Git(Err(e)) => {
+                tracing::warn!(error = %e, "cannot wait for git repack");
+                Next::Reopen
+            }
+        }
+    }
+}
+
 impl Running {
     /// Starts a [`fold`] on its own thread, which inherits the writer thread's
     /// niceness.

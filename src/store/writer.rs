@@ -557,45 +557,17 @@ impl Writer {
     /// repository is reopened so gix sees exactly the packs on disk.
     pub(super) fn maintain(&mut self) {
         if let Some(running) = self.repack.take() {
-            use super::compact::{Ended, Outcome};
-            match running.try_end() {
+            use super::compact::Next;
+            match running.try_end().map(super::compact::Ended::report) {
                 Err(running) => {
                     self.repack = Some(running);
                     return;
                 }
-                Ok(Ended::Fold(Ok(Outcome::Nothing))) => {}
-                Ok(Ended::Fold(Ok(Outcome::Folded {
-                    packs,
-                    objects,
-                    bytes,
-                    deltas,
-                }))) => {
-                    tracing::debug!(packs, objects, bytes, deltas, "folded packs");
-                    self.reopen();
-                }
-                Ok(Ended::Fold(Ok(Outcome::NeedsGit(reason)))) => {
-                    tracing::info!(
-                        reason,
-                        "these packs need git to fold them; running git repack"
-                    );
+                Ok(Next::Nothing) => {}
+                Ok(Next::Reopen) => self.reopen(),
+                Ok(Next::RunGit) => {
                     self.start_git_repack();
                     return;
-                }
-                Ok(Ended::Fold(Err(e))) => {
-                    tracing::warn!(error = %e, "cannot fold packs; they accumulate until the next try");
-                    self.reopen();
-                }
-                Ok(Ended::Git(Ok(status))) if !status.success() => {
-                    tracing::warn!(%status, "git repack failed; packs accumulate until the next try");
-                    self.reopen();
-                }
-                Ok(Ended::Git(Ok(_))) => {
-                    tracing::debug!("repacked");
-                    self.reopen();
-                }
-                Ok(Ended::Git(Err(e))) => {
-                    tracing::warn!(error = %e, "cannot wait for git repack");
-                    self.reopen();
                 }
             }
         }
