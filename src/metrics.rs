@@ -138,6 +138,7 @@ pub struct Metrics {
     certificate_reloads: Family<ResultLabels, Counter>,
     callers_refused: Family<ReasonLabels, Counter>,
     store_recovered: Family<LeftoverLabels, Counter>,
+    store_folds: Family<ResultLabels, Counter>,
     pub push_duration: Family<RepositoryLabels, Histogram>,
     pub push_failures: Family<PushFailureLabels, Counter>,
     pub unpushed: Family<RepositoryLabels, Gauge>,
@@ -493,6 +494,12 @@ impl Metrics {
             "Files an abrupt stop left in a repository, removed at start: ref_lock, keep, pack_without_index, temporary",
             store_recovered.clone(),
         );
+        let store_folds = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "store_folds",
+            "Background folds of the writer's packs that ended: folded, nothing (the packs already grew geometrically), needs_git (left to git repack), failed (see the log); and git repacks: repacked, repack_failed",
+            store_folds.clone(),
+        );
         let reconcile = ReconcileMetrics::default();
         reconcile.register(&mut registry);
         let reviews = ReviewMetrics::default();
@@ -503,6 +510,7 @@ impl Metrics {
             requests_in_flight,
             overload_refused,
             store_recovered,
+            store_folds,
             registry,
             reconcile,
             certificate_reloads,
@@ -548,6 +556,13 @@ impl Metrics {
                 .get_or_create(&LeftoverLabels { leftover })
                 .inc_by(count);
         }
+    }
+
+    /// Counts a fold of packs, or a `git repack`, that ended with `result`.
+    pub fn store_folded(&self, result: &'static str) {
+        self.store_folds
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts a call refused for want of credentials.

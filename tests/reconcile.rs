@@ -817,6 +817,14 @@ async fn packs_folded_while_the_writer_commits_lose_nothing_and_keep_files_as_de
     }
     stop(reconciler, following.writer).await;
     let repo = following.repo;
+    let exposition = following.metrics.encode();
+    let folded = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("kubescribe_store_folds_total{result=\"folded\"} "))
+        .and_then(|n| n.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(folded >= 1.0, "{exposition}");
+    assert!(!exposition.contains("result=\"failed\""), "{exposition}");
 
     let commits = common::git(&repo, &["rev-list", "--count", "main"]);
     let commits: usize = commits.trim().parse().unwrap();

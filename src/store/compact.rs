@@ -708,10 +708,15 @@ pub(super) enum Next {
 }
 
 impl Ended {
-    /// Logs how it ended, and says what comes next.
-    pub(super) fn report(self) -> Next {
-        match self {
+    /// Logs how it ended, and says what comes next and how to count it.
+    pub(super) fn report(self) -> (Next, &'static str) {
+        let next = match &self {
             Ended::Fold(Ok(Outcome::Nothing)) => Next::Nothing,
+            Ended::Fold(Ok(Outcome::NeedsGit(_))) => Next::RunGit,
+            _ => Next::Reopen,
+        };
+        let result = match self {
+            Ended::Fold(Ok(Outcome::Nothing)) => "nothing",
             Ended::Fold(Ok(Outcome::Folded {
                 packs,
                 objects,
@@ -719,32 +724,33 @@ impl Ended {
                 deltas,
             })) => {
                 tracing::debug!(packs, objects, bytes, deltas, "folded packs");
-                Next::Reopen
+                "folded"
             }
             Ended::Fold(Ok(Outcome::NeedsGit(reason))) => {
                 tracing::info!(
                     reason,
                     "these packs need git to fold them; running git repack"
                 );
-                Next::RunGit
+                "needs_git"
             }
             Ended::Fold(Err(e)) => {
                 tracing::warn!(error = %e, "cannot fold packs; they accumulate until the next try");
-                Next::Reopen
+                "failed"
             }
             Ended::Git(Ok(status)) if !status.success() => {
                 tracing::warn!(%status, "git repack failed; packs accumulate until the next try");
-                Next::Reopen
+                "repack_failed"
             }
             Ended::Git(Ok(_)) => {
                 tracing::debug!("repacked");
-                Next::Reopen
+                "repacked"
             }
             Ended::Git(Err(e)) => {
                 tracing::warn!(error = %e, "cannot wait for git repack");
-                Next::Reopen
+                "repack_failed"
             }
-        }
+        };
+        (next, result)
     }
 }
 

@@ -558,14 +558,19 @@ impl Writer {
     pub(super) fn maintain(&mut self) {
         if let Some(running) = self.repack.take() {
             use super::compact::Next;
-            match running.try_end().map(super::compact::Ended::report) {
+            let ended = match running.try_end() {
+                Ok(ended) => ended,
                 Err(running) => {
                     self.repack = Some(running);
                     return;
                 }
-                Ok(Next::Nothing) => {}
-                Ok(Next::Reopen) => self.reopen(),
-                Ok(Next::RunGit) => {
+            };
+            let (next, result) = ended.report();
+            self.metrics.store_folded(result);
+            match next {
+                Next::Nothing => {}
+                Next::Reopen => self.reopen(),
+                Next::RunGit => {
                     self.start_git_repack();
                     return;
                 }
