@@ -915,6 +915,35 @@ mod tests {
         (all, ledger, tip)
     }
 
+    /// A pack `git pack-objects` (with `option`) makes of the objects `revs` reach:
+    /// its path without the extension.
+    fn git_pack(dir: &Path, revs: &[&str], option: &str) -> PathBuf {
+        let mut args = vec!["rev-list", "--objects"];
+        args.extend_from_slice(revs);
+        let list = git(dir, &args, b"");
+        let ids: Vec<u8> = list
+            .split(|b| *b == b'\n')
+            .filter(|l| l.len() >= 40)
+            .flat_map(|l| l[..40].iter().copied().chain([b'\n']))
+            .collect();
+        let stem = dir.join("objects/pack/pack");
+        let name = git(
+            dir,
+            &["pack-objects", "-q", option, stem.to_str().unwrap()],
+            &ids,
+        );
+        dir.join(format!(
+            "objects/pack/pack-{}",
+            String::from_utf8(name).unwrap().trim()
+        ))
+    }
+
+    /// `git fsck` finds the history whole, and git and gix read every object back.
+    fn assert_whole(dir: &Path, all: &Storage) {
+        git(dir, &["fsck", "--full", "--strict", "--no-dangling"], b"");
+        assert_reads_back(dir, all);
+    }
+
     fn packs(dir: &Path) -> Vec<PathBuf> {
         let mut packs: Vec<PathBuf> = std::fs::read_dir(dir.join("objects/pack"))
             .unwrap()
@@ -996,12 +1025,7 @@ mod tests {
             "the new pack takes the newest source's place"
         );
 
-        git(
-            dir.path(),
-            &["fsck", "--full", "--strict", "--no-dangling"],
-            b"",
-        );
-        assert_reads_back(dir.path(), &all);
+        assert_whole(dir.path(), &all);
         assert_eq!(
             fold(dir.path(), gix::hash::Kind::Sha1, &ledger).unwrap(),
             Outcome::Nothing
@@ -1016,22 +1040,7 @@ mod tests {
     fn git_packs_and_objects_in_two_packs_fold_and_kept_or_damaged_ones_are_left_alone() {
         let dir = bare_repository();
         let (all, ledger, _) = history(dir.path(), 12);
-        let list = git(dir.path(), &["rev-list", "--objects", "--all"], b"");
-        let ids: Vec<u8> = list
-            .split(|b| *b == b'\n')
-            .filter(|l| l.len() >= 40)
-            .flat_map(|l| l[..40].iter().copied().chain([b'\n']))
-            .collect();
-        let stem = dir.path().join("objects/pack/pack");
-        let name = git(
-            dir.path(),
-            &["pack-objects", "-q", "--window=10", stem.to_str().unwrap()],
-            &ids,
-        );
-        let git_pack = dir.path().join(format!(
-            "objects/pack/pack-{}.pack",
-            String::from_utf8(name).unwrap().trim()
-        ));
+        let git_pack = git_pack(dir.path(), &["--all"], "--window=10").with_extension("pack");
         assert!(deltas(&verify(dir.path(), &git_pack), "blob") > 0);
         let outcome = fold(dir.path(), gix::hash::Kind::Sha1, &ledger).unwrap();
         assert!(
@@ -1050,12 +1059,7 @@ mod tests {
             })
             .count();
         assert_eq!(entries, all.len(), "each object once:\n{listed}");
-        git(
-            dir.path(),
-            &["fsck", "--full", "--strict", "--no-dangling"],
-            b"",
-        );
-        assert_reads_back(dir.path(), &all);
+        assert_whole(dir.path(), &all);
 
         // Three packs of one file each; the first not named by a branch yet.
         let mut more = Storage::default();
@@ -1144,12 +1148,7 @@ mod tests {
             "{after:?}"
         );
         kept.unwrap().release().unwrap();
-        git(
-            dir.path(),
-            &["fsck", "--full", "--strict", "--no-dangling"],
-            b"",
-        );
-        assert_reads_back(dir.path(), &all);
+        assert_whole(dir.path(), &all);
         assert_reads_back(dir.path(), &more);
     }
 
@@ -1180,36 +1179,11 @@ mod tests {
                 .collect()
         };
         // git's pack of what the last 6 commits added.
-        let list = git(
+        let git_stem = git_pack(
             dir.path(),
-            &[
-                "rev-list",
-                "--objects",
-                &tip.to_string(),
-                &format!("^{tip}~6"),
-            ],
-            b"",
+            &[&tip.to_string(), &format!("^{tip}~6")],
+            "--delta-base-offset",
         );
-        let ids: Vec<u8> = list
-            .split(|b| *b == b'\n')
-            .filter(|l| l.len() >= 40)
-            .flat_map(|l| l[..40].iter().copied().chain([b'\n']))
-            .collect();
-        let stem = dir.path().join("objects/pack/pack");
-        let name = git(
-            dir.path(),
-            &[
-                "pack-objects",
-                "-q",
-                "--delta-base-offset",
-                stem.to_str().unwrap(),
-            ],
-            &ids,
-        );
-        let git_stem = dir.path().join(format!(
-            "objects/pack/pack-{}",
-            String::from_utf8(name).unwrap().trim()
-        ));
         ledger.written(git_stem.clone(), Vec::new());
         // The writer's packs of 3 of those commits go; those of the last 3 stay, and
         // are copied before git's (git makes older versions deltas of newer ones).
@@ -1265,12 +1239,7 @@ mod tests {
                 "{id} stays a delta of {base}"
             );
         }
-        git(
-            dir.path(),
-            &["fsck", "--full", "--strict", "--no-dangling"],
-            b"",
-        );
-        assert_reads_back(dir.path(), &all);
+        assert_whole(dir.path(), &all);
     }
 
     /// A fold asked to stop at shutdown, or given a truncated pack, changes nothing
@@ -1314,12 +1283,7 @@ mod tests {
             ledger.state().order
         );
         std::fs::write(&truncated, &bytes).unwrap();
-        git(
-            dir.path(),
-            &["fsck", "--full", "--strict", "--no-dangling"],
-            b"",
-        );
-        assert_reads_back(dir.path(), &all);
+        assert_whole(dir.path(), &all);
 
         std::fs::create_dir(dir.path().join("objects/pack/multi-pack-index.d")).unwrap();
         assert_eq!(
