@@ -157,16 +157,13 @@ fn encode(
         .map(|(_, data)| data.len() / 2 + 16)
         .sum::<usize>()
         + 32;
-    let out = Shared::default();
-    out.0.borrow_mut().reserve(capacity);
-    out.append(b"PACK");
-    out.append(&2u32.to_be_bytes());
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(b"PACK");
+    out.extend_from_slice(&2u32.to_be_bytes());
     let count = u32::try_from(objects.len()).map_err(std::io::Error::other)?;
-    out.append(&count.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
     let mut entries: Vec<Entry> = Vec::with_capacity(objects.len());
-    // One compressor for every entry: creating one allocates and clears its window.
-    let mut deflate =
-        gix::zlib::stream::deflate::Write::new(out.clone(), gix::zlib::Compression::BEST_SPEED);
+    let mut deflater = Deflater::new();
     let mut write_entry = |id: ObjectId,
                            type_id: u8,
                            base: Option<u64>,
@@ -174,15 +171,13 @@ fn encode(
                            entries: &mut Vec<Entry>|
      -> std::io::Result<()> {
         let start = out.len();
-        out.append(&entry_header(
+        out.extend_from_slice(&entry_header(
             type_id,
             data.len(),
             base.map(|base| start as u64 - base),
         ));
-        deflate.reset();
-        deflate.write_all(data)?;
-        deflate.flush()?;
-        let crc32 = crc32fast::hash(&out.0.borrow()[start..]);
+        out.extend_from_slice(&deflater.compress(data)?);
+        let crc32 = crc32fast::hash(&out[start..]);
         entries.push(Entry {
             id,
             offset: start as u64,
@@ -215,8 +210,7 @@ fn encode(
         write_entry(id, 6, Some(base), &delta, &mut entries)?;
         offsets.insert(id, entries.last().map_or(0, |e| e.offset));
     }
-    drop(deflate);
-    let mut pack = out.0.take();
+    let mut pack = out;
     let checksum = digest(hash, &pack)?;
     pack.extend_from_slice(checksum.as_bytes());
     Ok(Encoded {
@@ -365,23 +359,13 @@ impl Deflater {
     }
 }
 
-/// A byte buffer the compressor and the entry headers both append to.
+/// The buffer a [`Deflater`]'s stream writes into.
 #[derive(Clone, Default)]
 struct Shared(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
 
-impl Shared {
-    fn append(&self, bytes: &[u8]) {
-        self.0.borrow_mut().extend_from_slice(bytes);
-    }
-
-    fn len(&self) -> usize {
-        self.0.borrow().len()
-    }
-}
-
 impl std::io::Write for Shared {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.append(buf);
+        self.0.borrow_mut().extend_from_slice(buf);
         Ok(buf.len())
     }
 
