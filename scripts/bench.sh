@@ -547,21 +547,28 @@ done
 naive="$OUT/naive"
 git clone -q -c "http.extraHeader=$auth_header" "$remote_url" "$naive" 2>/dev/null
 git -C "$naive" checkout -q -b main 2>/dev/null || true
-push_ms=()
-naive_start=$(date +%s%N)
-for i in $(seq 1 "$NAIVE"); do
-  echo "value: $i" >"$naive/naive-$i.yaml"
-  git -C "$naive" add "naive-$i.yaml"
-  git -C "$naive" -c user.name=bench -c user.email=bench@x commit -qm "naive $i"
-  t0=$(date +%s%N)
-  git -C "$naive" -c "http.extraHeader=$auth_header" push -q origin HEAD:refs/heads/naive
-  t1=$(date +%s%N)
-  push_ms+=("$(awk "BEGIN {print ($t1 - $t0) / 1e6}")")
-done
-naive_end=$(date +%s%N)
-naive_seconds=$(awk "BEGIN {print ($naive_end - $naive_start) / 1e9}")
-push_median=$(printf '%s\n' "${push_ms[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
-echo "{\"label\":\"naive_push\",\"writes\":$NAIVE,\"seconds\":$naive_seconds,\"push_median_ms\":$push_median}" | tee -a "$OUT/runs.jsonl"
+naive_pushes() { # label writes
+  local push_ms=() start end seconds median t0 t1 i
+  start=$(date +%s%N)
+  for i in $(seq 1 "$2"); do
+    echo "value: $i" >"$naive/$1-$i.yaml"
+    git -C "$naive" add "$1-$i.yaml"
+    git -C "$naive" -c user.name=bench -c user.email=bench@x commit -qm "$1 $i"
+    t0=$(date +%s%N)
+    git -C "$naive" -c "http.extraHeader=$auth_header" push -q origin HEAD:refs/heads/naive
+    t1=$(date +%s%N)
+    push_ms+=("$(awk "BEGIN {print ($t1 - $t0) / 1e6}")")
+  done
+  end=$(date +%s%N)
+  seconds=$(awk "BEGIN {print ($end - $start) / 1e9}")
+  median=$(printf '%s\n' "${push_ms[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  # What the remote holds by now: its push cost grows with its packs and loose objects.
+  local packs loose
+  packs=$(find "$http_root/remote.git/objects/pack" -name '*.pack' | wc -l)
+  loose=$(find "$http_root/remote.git/objects" -mindepth 2 -type f -path '*/objects/[0-9a-f][0-9a-f]/*' | wc -l)
+  echo "{\"label\":\"$1\",\"writes\":$2,\"seconds\":$seconds,\"push_median_ms\":$median,\"remote_packs\":$packs,\"remote_loose\":$loose}" | tee -a "$OUT/runs.jsonl"
+}
+naive_pushes naive_push "$NAIVE"
 
 push_rules="- name: all
   wait: push"
@@ -600,8 +607,39 @@ push_mean() { # port label
 }
 load push_paced 18451 200 "$PUSH_REQUESTS" 128 0 >/dev/null
 push_mean 18451 push_mean
+# The same idle push again, against the remote as that load left it.
+naive_pushes naive_push_after 10
 # Kept for a closer look: the push histogram, and how often a push was held.
 curl -s --cacert "$OUT/certs/ca.crt" https://127.0.0.1:18451/metrics >"$OUT/push-paced.prom"
+# Where a write's wait went: its commit, the wait for a push to start, the push.
+python3 - "$OUT/push-paced.prom" <<'PY' | tee -a "$OUT/runs.jsonl"
+import json, re, sys
+stages = {}
+for line in open(sys.argv[1]):
+    m = re.match(r'kubescribe_push_wait_seconds_(bucket|sum|count)\{(.*)\} (\S+)', line)
+    if not m:
+        continue
+    kind, labels, value = m.groups()
+    stage = re.search(r'stage="(\w+)"', labels).group(1)
+    s = stages.setdefault(stage, {"buckets": []})
+    if kind == "bucket":
+        le = re.search(r'le="([^"]+)"', labels).group(1)
+        s["buckets"].append((float(le), float(value)))
+    else:
+        s[kind] = float(value)
+out = {"label": "push_stages"}
+for stage, s in stages.items():
+    # The 99th percentile as Prometheus' histogram_quantile estimates it: linear
+    # within the bucket it falls in.
+    rank, lower, below, p99 = 0.99 * s["count"], 0.0, 0.0, None
+    for le, cumulative in sorted(s["buckets"]):
+        if cumulative >= rank:
+            p99 = lower if le == float("inf") else lower + (le - lower) * (rank - below) / max(cumulative - below, 1)
+            break
+        lower, below = le, cumulative
+    out[stage] = {"mean_ms": 1000 * s["sum"] / s["count"], "p99_ms": 1000 * p99, "writes": int(s["count"])}
+print(json.dumps(out))
+PY
 load push_max 18451 "" "$PUSH_REQUESTS" 256 "$PUSH_REQUESTS" >/dev/null
 pushed=$(git --git-dir "$http_root/remote.git" rev-list --count main)
 echo "{\"label\":\"push_count\",\"commits\":$pushed}" | tee -a "$OUT/runs.jsonl"

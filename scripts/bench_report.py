@@ -56,10 +56,22 @@ if "push_paced" in runs:
         "%.1f ms (p50 %.1f, max %.1f)" % (paced["p99_ms"], paced["p50_ms"], paced["max_ms"]),
         "%.1f ms (one `git push` round trip, median of %d)" % (rtt, naive["writes"]),
         "%.2f×" % (paced["p99_ms"] / rtt), "≤ 2.5×, at 200 writes/s (issue 18)")
+    if "naive_push_after" in runs:
+        after = runs["naive_push_after"]
+        row("one idle `git push` right after that load (median of %d; the remote then held %d packs and %d loose objects, %d and %d after the first baseline)"
+            % (after["writes"], after["remote_packs"], after["remote_loose"], naive.get("remote_packs", 0), naive.get("remote_loose", 0)),
+            "%.1f ms" % after["push_median_ms"], "%.1f ms (before the load)" % rtt,
+            "%.2f× (the p99 over it: %.2f×)" % (after["push_median_ms"] / rtt, paced["p99_ms"] / after["push_median_ms"]), "")
     if "push_mean" in runs:
         row("one push under that load (mean, from `kubescribe_push_duration_seconds`)",
             "%.1f ms (%d pushes)" % (runs["push_mean"]["mean_ms"], runs["push_mean"]["pushes"]),
             "%.1f ms (one `git push` round trip)" % rtt, "%.2f×" % (runs["push_mean"]["mean_ms"] / rtt), "")
+    if "push_stages" in runs:
+        stages = runs["push_stages"]
+        row("where that wait went, mean / p99 (`kubescribe_push_wait_seconds`)",
+            "; ".join("%s %.1f / %.1f ms" % (stage, stages[stage]["mean_ms"], stages[stage]["p99_ms"])
+                      for stage in ("commit", "queued", "pushing") if stage in stages),
+            "", "", "")
     if "push_paced_git" in runs:
         git_paced = runs["push_paced_git"]
         git_mean = runs.get("push_mean_git", {})

@@ -113,6 +113,13 @@ pub struct RepositoryLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushWaitLabels {
+    pub repository: String,
+    /// `commit`, `queued` or `pushing`: see [`crate::outbox::Waited`].
+    pub stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PushFailureLabels {
     pub repository: String,
     pub reason: &'static str,
@@ -140,6 +147,7 @@ pub struct Metrics {
     store_recovered: Family<LeftoverLabels, Counter>,
     store_folds: Family<ResultLabels, Counter>,
     pub push_duration: Family<RepositoryLabels, Histogram>,
+    push_wait: Family<PushWaitLabels, Histogram>,
     pub push_failures: Family<PushFailureLabels, Counter>,
     pub unpushed: Family<RepositoryLabels, Gauge>,
     seconds_since_push: Family<RepositoryLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -457,6 +465,16 @@ impl Metrics {
             "Time a successful git push took, by repository",
             push_duration.clone(),
         );
+        // Finer than the push's own buckets: a stage of a few milliseconds matters
+        // against a push of tens.
+        let push_wait = Family::<PushWaitLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 1.5, 24))
+        });
+        registry.register(
+            "push_wait_seconds",
+            "How long a write waiting for its push waited, by stage: commit (until its commit was durable), queued (until the push carrying it started), pushing (that push)",
+            push_wait.clone(),
+        );
         let push_failures = Family::<PushFailureLabels, Counter>::default();
         registry.register(
             "push_failures",
@@ -516,6 +534,7 @@ impl Metrics {
             certificate_reloads,
             callers_refused,
             push_duration,
+            push_wait,
             push_failures,
             unpushed,
             seconds_since_push,
@@ -570,6 +589,22 @@ impl Metrics {
         self.callers_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// Notes how long a write that a push answered waited, stage by stage.
+    pub(crate) fn push_waited(&self, repository: &str, waited: crate::outbox::Waited) {
+        for (stage, duration) in [
+            ("commit", waited.commit),
+            ("queued", waited.queued),
+            ("pushing", waited.pushing),
+        ] {
+            self.push_wait
+                .get_or_create(&PushWaitLabels {
+                    repository: repository.to_owned(),
+                    stage,
+                })
+                .observe(duration.as_secs_f64());
+        }
     }
 
     /// Notes a successful push (or a pusher's start) for `seconds_since_last_push`.

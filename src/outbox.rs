@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use gix::hash::ObjectId;
 use tokio::sync::{oneshot, Notify};
@@ -38,6 +39,24 @@ pub struct Pushed {
 pub(crate) struct PushWaiter {
     pub ticket: u64,
     pub tx: oneshot::Sender<Pushed>,
+    /// When its change was handed to the writer.
+    created: Instant,
+    /// When the outbox first had it (its commit durable, or a change that made no
+    /// commit joining the newest one); a replay keeps it.
+    handed: Option<Instant>,
+}
+
+/// How long a waiter that a push answered waited, in three consecutive stages that
+/// add up to its whole wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Waited {
+    /// From its change reaching the writer until its commit was durable.
+    pub commit: Duration,
+    /// Then until the push that carried it started: the push in flight, and any
+    /// failed attempts and backoff.
+    pub queued: Duration,
+    /// That push.
+    pub pushing: Duration,
 }
 
 impl PushWaiter {
@@ -46,7 +65,13 @@ impl PushWaiter {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let (tx, rx) = oneshot::channel();
         let ticket = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (Self { ticket, tx }, rx)
+        let waiter = Self {
+            ticket,
+            tx,
+            created: Instant::now(),
+            handed: None,
+        };
+        (waiter, rx)
     }
 
     /// False when nobody listens any more.
@@ -86,6 +111,8 @@ struct OutboxInner {
     last_error: Option<PushError>,
     /// The commit the push in flight carries the branch to.
     in_flight: Option<ObjectId>,
+    /// When that push started.
+    in_flight_since: Option<Instant>,
     /// Tickets of denied writes whose revert is not appended yet: no push goes past
     /// the commit that carries one.
     holds: std::collections::HashSet<u64>,
@@ -121,9 +148,18 @@ impl Outbox {
     pub(crate) fn append(
         &self,
         commits: Vec<Unpushed>,
-        tip_waiters: Vec<PushWaiter>,
+        mut tip_waiters: Vec<PushWaiter>,
         tip: Option<ObjectId>,
     ) {
+        let now = Instant::now();
+        let mut commits = commits;
+        for waiter in commits
+            .iter_mut()
+            .flat_map(|c| c.waiters.iter_mut())
+            .chain(&mut tip_waiters)
+        {
+            waiter.handed.get_or_insert(now);
+        }
         let mut inner = self.lock();
         inner.unpushed.extend(commits);
         match inner.unpushed.back_mut() {
@@ -244,20 +280,32 @@ impl Outbox {
             .checked_sub(1)
             .map(|last| inner.unpushed[last].commit);
         inner.in_flight = target;
+        inner.in_flight_since = target.map(|_| Instant::now());
         target
     }
 
-    /// The remote accepted `pushed`: it and everything before it are done.
-    pub(crate) fn pushed(&self, pushed: ObjectId) -> usize {
+    /// The remote accepted `pushed`: it and everything before it are done. Each
+    /// waiter told is also passed to `waited`, with how long it waited.
+    pub(crate) fn pushed(&self, pushed: ObjectId, mut waited: impl FnMut(Waited)) -> usize {
+        let now = Instant::now();
         let mut inner = self.lock();
         inner.last_error = None;
         inner.in_flight = None;
+        let started = inner.in_flight_since.take().unwrap_or(now);
         let Some(index) = inner.unpushed.iter().position(|u| u.commit == pushed) else {
             return inner.unpushed.len();
         };
         let done: Vec<Unpushed> = inner.unpushed.drain(..=index).collect();
         for done in done {
             for waiter in done.waiters {
+                let handed = waiter.handed.unwrap_or(now);
+                // A change that made no commit can join one already in flight.
+                let pushing_since = started.max(handed);
+                waited(Waited {
+                    commit: handed.saturating_duration_since(waiter.created),
+                    queued: pushing_since.saturating_duration_since(handed),
+                    pushing: now.saturating_duration_since(pushing_since),
+                });
                 let ticket = waiter.ticket;
                 if !waiter.send(Pushed {
                     commit: Some(done.commit),
@@ -276,11 +324,14 @@ impl Outbox {
         let mut inner = self.lock();
         inner.last_error = Some(error);
         inner.in_flight = None;
+        inner.in_flight_since = None;
     }
 
     /// The push in flight ended without an answer worth keeping (a conflict).
     pub(crate) fn landed_nothing(&self) {
-        self.lock().in_flight = None;
+        let mut inner = self.lock();
+        inner.in_flight = None;
+        inner.in_flight_since = None;
     }
 }
 
@@ -320,7 +371,7 @@ mod tests {
             Some(id(1)),
             "a push stops before the held commit"
         );
-        assert_eq!(outbox.pushed(id(1)), 2);
+        assert_eq!(outbox.pushed(id(1), |_| {}), 2);
         assert_eq!(
             outbox.start_push(),
             None,
@@ -380,7 +431,7 @@ mod tests {
         let mut waiters = waiters;
         let (unheard, rx) = waiters.remove(1);
         drop(rx);
-        assert_eq!(outbox.pushed(id(2)), 1);
+        assert_eq!(outbox.pushed(id(2), |_| {}), 1);
         assert_eq!(outbox.deny(unheard), Denial::Gone, "told it got there");
         // A deny of a commit not handed over yet holds it from the moment it is.
         let (waiter, _rx) = PushWaiter::new();
@@ -396,6 +447,58 @@ mod tests {
             None,
         );
         assert_eq!(outbox.start_push(), Some(id(3)), "held on arrival");
+    }
+
+    #[test]
+    fn a_waiter_hears_how_long_each_stage_took() {
+        let secs = Duration::from_secs;
+        let now = Instant::now();
+        let outbox = Outbox::default();
+        // Its change reached the writer 10 s ago, and its commit was durable 6 s ago
+        // (as a replay would keep it).
+        let (mut early, _rx) = PushWaiter::new();
+        early.created = now - secs(10);
+        early.handed = Some(now - secs(6));
+        outbox.append(
+            vec![Unpushed {
+                commit: id(1),
+                waiters: vec![early],
+            }],
+            Vec::new(),
+            None,
+        );
+        assert_eq!(outbox.start_push(), Some(id(1)));
+        outbox.lock().in_flight_since = Some(now - secs(2));
+        // A change that made no commit joins the commit in flight: no queue, and only
+        // the rest of that push.
+        let (mut late, _rx) = PushWaiter::new();
+        late.created = now - secs(3);
+        outbox.append(Vec::new(), vec![late], None);
+
+        let mut heard = Vec::new();
+        assert_eq!(outbox.pushed(id(1), |w| heard.push(w)), 0);
+        let about = |d: Duration, s: u64| d.abs_diff(secs(s)) < Duration::from_millis(500);
+        let [early, late] = heard[..] else {
+            panic!("two waiters heard, got {heard:?}")
+        };
+        assert!(about(early.commit, 4), "{early:?}");
+        assert!(about(early.queued, 4), "{early:?}");
+        assert!(about(early.pushing, 2), "{early:?}");
+        assert!(about(late.commit, 3), "{late:?}");
+        assert_eq!(late.queued, Duration::ZERO, "{late:?}");
+        assert!(about(late.pushing, 0), "{late:?}");
+        // A failed push forgets when it started: the next one's queue includes it.
+        outbox.append(
+            vec![Unpushed {
+                commit: id(2),
+                waiters: Vec::new(),
+            }],
+            Vec::new(),
+            None,
+        );
+        outbox.start_push();
+        outbox.landed_nothing();
+        assert_eq!(outbox.lock().in_flight_since, None);
     }
 
     #[test]

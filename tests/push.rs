@@ -62,6 +62,19 @@ async fn replay_arrives(config: &str, remote_repo: &Path) {
         pushed >= 10,
         "most fixtures are recorded and pushed: {pushed}"
     );
+    // Each write a push answered is timed in its three stages (a write answered
+    // without a push, everything being pushed already, is not).
+    let mut counts = Vec::new();
+    for stage in ["commit", "queued", "pushing"] {
+        let sample = format!(
+            "kubescribe_push_wait_seconds_count{{repository=\"default\",stage=\"{stage}\"}}"
+        );
+        counts.push(common::metric(&server, &sample).await);
+    }
+    assert!(
+        counts.iter().all(|c| *c == counts[0]) && counts[0] >= 10.0 && counts[0] <= pushed as f64,
+        "stage counts {counts:?} for {pushed} pushed answers"
+    );
     let local = server.git(&["rev-parse", "main"]);
     assert_eq!(git(remote_repo, &["rev-parse", "main"]), local);
     let authors = git(remote_repo, &["log", "--format=%an", "main"]);

@@ -179,7 +179,9 @@ impl Pusher {
                     self.metrics.pushed(&self.name);
                     // Waiters first; the writer records the remote's new tip (in
                     // process, no git child on the way to the next push).
-                    let left = self.outbox.pushed(target);
+                    let left = self.outbox.pushed(target, |waited| {
+                        self.metrics.push_waited(&self.name, waited);
+                    });
                     self.store.pushed(target);
                     self.metrics
                         .unpushed
