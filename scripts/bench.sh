@@ -564,8 +564,9 @@ naive_pushes() { # label writes
   median=$(printf '%s\n' "${push_ms[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
   # What the remote holds by now: its push cost grows with its packs and loose objects.
   local packs loose
-  packs=$(find "$http_root/remote.git/objects/pack" -name '*.pack' | wc -l)
-  loose=$(find "$http_root/remote.git/objects" -mindepth 2 -type f -path '*/objects/[0-9a-f][0-9a-f]/*' | wc -l)
+  # (The remote's own gc may remove files while find walks them.)
+  packs=$({ find "$http_root/remote.git/objects/pack" -name '*.pack' 2>/dev/null || true; } | wc -l)
+  loose=$({ find "$http_root/remote.git/objects" -mindepth 2 -type f -path '*/objects/[0-9a-f][0-9a-f]/*' 2>/dev/null || true; } | wc -l)
   echo "{\"label\":\"$1\",\"writes\":$2,\"seconds\":$seconds,\"push_median_ms\":$median,\"remote_packs\":$packs,\"remote_loose\":$loose}" | tee -a "$OUT/runs.jsonl"
 }
 naive_pushes naive_push "$NAIVE"
@@ -620,6 +621,8 @@ for line in open(sys.argv[1]):
     if not m:
         continue
     kind, labels, value = m.groups()
+    if 'repository="default"' not in labels:
+        continue
     stage = re.search(r'stage="(\w+)"', labels).group(1)
     s = stages.setdefault(stage, {"buckets": []})
     if kind == "bucket":
@@ -629,6 +632,8 @@ for line in open(sys.argv[1]):
         s[kind] = float(value)
 out = {"label": "push_stages"}
 for stage, s in stages.items():
+    if not s.get("count"):
+        continue
     # The 99th percentile as Prometheus' histogram_quantile estimates it: linear
     # within the bucket it falls in.
     rank, lower, below, p99 = 0.99 * s["count"], 0.0, 0.0, None

@@ -39,21 +39,32 @@ pub struct Pushed {
 pub(crate) struct PushWaiter {
     pub ticket: u64,
     pub tx: oneshot::Sender<Pushed>,
-    /// When its change was handed to the writer.
+    /// When its change was submitted to the writer.
     created: Instant,
-    /// When the outbox first had it (its commit durable, or a change that made no
-    /// commit joining the newest one); a replay keeps it.
-    handed: Option<Instant>,
+    /// When its commit was durable (or, for a change that made no commit, when it
+    /// joined the newest one): see [`note_durable`]. A replay keeps it.
+    durable: Option<Instant>,
+}
+
+/// Notes that these waiters' commits are durable now; a waiter noted before keeps
+/// its time. The writer notes them as it publishes a batch, whether the outbox takes
+/// them at once or they wait behind a revert first.
+pub(crate) fn note_durable<'a>(waiters: impl IntoIterator<Item = &'a mut PushWaiter>) {
+    let now = Instant::now();
+    for waiter in waiters {
+        waiter.durable.get_or_insert(now);
+    }
 }
 
 /// How long a waiter that a push answered waited, in three consecutive stages that
 /// add up to its whole wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Waited {
-    /// From its change reaching the writer until its commit was durable.
+    /// From its change's submission until its commit was durable: room in the
+    /// writer's queue, the batch ahead, its own batch.
     pub commit: Duration,
-    /// Then until the push that carried it started: the push in flight, and any
-    /// failed attempts and backoff.
+    /// Then until the push that carried it started: the push in flight, any failed
+    /// attempts and their backoff, a replay, a revert it was held behind.
     pub queued: Duration,
     /// That push.
     pub pushing: Duration,
@@ -69,7 +80,7 @@ impl PushWaiter {
             ticket,
             tx,
             created: Instant::now(),
-            handed: None,
+            durable: None,
         };
         (waiter, rx)
     }
@@ -151,15 +162,14 @@ impl Outbox {
         mut tip_waiters: Vec<PushWaiter>,
         tip: Option<ObjectId>,
     ) {
-        let now = Instant::now();
         let mut commits = commits;
-        for waiter in commits
-            .iter_mut()
-            .flat_map(|c| c.waiters.iter_mut())
-            .chain(&mut tip_waiters)
-        {
-            waiter.handed.get_or_insert(now);
-        }
+        // Already noted by the writer; these are for callers that append directly.
+        note_durable(
+            commits
+                .iter_mut()
+                .flat_map(|c| c.waiters.iter_mut())
+                .chain(&mut tip_waiters),
+        );
         let mut inner = self.lock();
         inner.unpushed.extend(commits);
         match inner.unpushed.back_mut() {
@@ -176,7 +186,8 @@ impl Outbox {
 
     /// Adds the commits that revert denied writes (none when a newer change had
     /// replaced them already) and lifts those writes' holds, in one step.
-    pub(crate) fn append_reverts(&self, commits: Vec<Unpushed>, released: &[u64]) {
+    pub(crate) fn append_reverts(&self, mut commits: Vec<Unpushed>, released: &[u64]) {
+        note_durable(commits.iter_mut().flat_map(|c| c.waiters.iter_mut()));
         let mut inner = self.lock();
         inner.unpushed.extend(commits);
         for ticket in released {
@@ -285,10 +296,12 @@ impl Outbox {
     }
 
     /// The remote accepted `pushed`: it and everything before it are done. Each
-    /// waiter told is also passed to `waited`, with how long it waited.
+    /// waiter that heard it is then passed to `waited`, with how long it waited (not
+    /// one that had stopped listening, such as a write denied at its deadline).
     pub(crate) fn pushed(&self, pushed: ObjectId, mut waited: impl FnMut(Waited)) -> usize {
-        let now = Instant::now();
         let mut inner = self.lock();
+        // After the lock: every waiter appended before it is durable before `now`.
+        let now = Instant::now();
         inner.last_error = None;
         inner.in_flight = None;
         let started = inner.in_flight_since.take().unwrap_or(now);
@@ -296,20 +309,23 @@ impl Outbox {
             return inner.unpushed.len();
         };
         let done: Vec<Unpushed> = inner.unpushed.drain(..=index).collect();
+        let mut heard = Vec::new();
         for done in done {
             for waiter in done.waiters {
-                let handed = waiter.handed.unwrap_or(now);
+                let durable = waiter.durable.unwrap_or(now);
                 // A change that made no commit can join one already in flight.
-                let pushing_since = started.max(handed);
-                waited(Waited {
-                    commit: handed.saturating_duration_since(waiter.created),
-                    queued: pushing_since.saturating_duration_since(handed),
+                let pushing_since = started.max(durable);
+                let stages = Waited {
+                    commit: durable.saturating_duration_since(waiter.created),
+                    queued: pushing_since.saturating_duration_since(durable),
                     pushing: now.saturating_duration_since(pushing_since),
-                });
+                };
                 let ticket = waiter.ticket;
-                if !waiter.send(Pushed {
+                if waiter.send(Pushed {
                     commit: Some(done.commit),
                 }) {
+                    heard.push(stages);
+                } else {
                     if inner.unheard.len() >= UNHEARD_MAX {
                         inner.unheard.clear();
                     }
@@ -317,7 +333,11 @@ impl Outbox {
                 }
             }
         }
-        inner.unpushed.len()
+        let left = inner.unpushed.len();
+        // Metrics after the lock, which the writer's next append waits for.
+        drop(inner);
+        heard.into_iter().for_each(&mut waited);
+        left
     }
 
     pub(crate) fn failed(&self, error: PushError) {
@@ -458,7 +478,7 @@ mod tests {
         // (as a replay would keep it).
         let (mut early, _rx) = PushWaiter::new();
         early.created = now - secs(10);
-        early.handed = Some(now - secs(6));
+        early.durable = Some(now - secs(6));
         outbox.append(
             vec![Unpushed {
                 commit: id(1),
@@ -487,18 +507,54 @@ mod tests {
         assert!(about(late.commit, 3), "{late:?}");
         assert_eq!(late.queued, Duration::ZERO, "{late:?}");
         assert!(about(late.pushing, 0), "{late:?}");
-        // A failed push forgets when it started: the next one's queue includes it.
-        outbox.append(
+
+        // A commit held behind a revert keeps the time it was durable, and a failed
+        // push (or a conflict) forgets when it started: its queue includes both.
+        let (mut held, _rx) = PushWaiter::new();
+        held.created = now - secs(9);
+        note_durable([&mut held]);
+        held.durable = held.durable.map(|at| at - secs(7));
+        outbox.append_reverts(
             vec![Unpushed {
                 commit: id(2),
-                waiters: Vec::new(),
+                waiters: vec![held],
+            }],
+            &[],
+        );
+        assert_eq!(outbox.start_push(), Some(id(2)));
+        outbox.failed(PushError::Other {
+            remote: "r".into(),
+            detail: "d".into(),
+        });
+        assert_eq!(outbox.lock().in_flight_since, None);
+        assert_eq!(outbox.start_push(), Some(id(2)));
+        outbox.landed_nothing();
+        assert_eq!(outbox.lock().in_flight_since, None);
+        assert_eq!(outbox.start_push(), Some(id(2)));
+        let mut heard = Vec::new();
+        outbox.pushed(id(2), |w| heard.push(w));
+        let [held] = heard[..] else {
+            panic!("one waiter heard, got {heard:?}")
+        };
+        assert!(about(held.commit, 2), "{held:?}");
+        assert!(about(held.queued, 7), "{held:?}");
+        assert!(about(held.pushing, 0), "{held:?}");
+
+        // A waiter that stopped listening is not timed.
+        let (gone, rx) = PushWaiter::new();
+        drop(rx);
+        outbox.append(
+            vec![Unpushed {
+                commit: id(3),
+                waiters: vec![gone],
             }],
             Vec::new(),
             None,
         );
-        outbox.start_push();
-        outbox.landed_nothing();
-        assert_eq!(outbox.lock().in_flight_since, None);
+        assert_eq!(outbox.start_push(), Some(id(3)));
+        let mut heard = 0;
+        outbox.pushed(id(3), |_| heard += 1);
+        assert_eq!(heard, 0);
     }
 
     #[test]

@@ -288,10 +288,18 @@ impl Writer {
 
     /// Gives durable commits to the outbox, or keeps them back while a revert is
     /// pending (they reach the outbox with it).
-    pub(super) fn publish(&mut self, commits: Vec<Unpushed>, tip_waiters: Vec<PushWaiter>) {
+    pub(super) fn publish(&mut self, mut commits: Vec<Unpushed>, mut tip_waiters: Vec<PushWaiter>) {
         let Some(outbox) = self.settings.outbox.clone() else {
             return;
         };
+        // Now, not when a pending revert lets them into the outbox: holding them is
+        // part of their wait for a push.
+        crate::outbox::note_durable(
+            commits
+                .iter_mut()
+                .flat_map(|c| c.waiters.iter_mut())
+                .chain(&mut tip_waiters),
+        );
         if self.reverts.is_empty() {
             outbox.append(commits, tip_waiters, self.tip);
             self.count_unpushed(&outbox);
