@@ -363,6 +363,10 @@ mod tests {
         ObjectId::from_bytes_or_panic(&[n; 20])
     }
 
+    fn unpushed(commit: ObjectId, waiters: Vec<PushWaiter>) -> Unpushed {
+        Unpushed { commit, waiters }
+    }
+
     /// An outbox with commits 1..=n, each with one waiter; returns their tickets.
     fn outbox(n: u8) -> (Outbox, Vec<(u64, oneshot::Receiver<Pushed>)>) {
         let outbox = Outbox::default();
@@ -397,13 +401,7 @@ mod tests {
             None,
             "nothing pushable until the revert"
         );
-        outbox.append_reverts(
-            vec![Unpushed {
-                commit: id(9),
-                waiters: Vec::new(),
-            }],
-            &[ticket],
-        );
+        outbox.append_reverts(vec![unpushed(id(9), Vec::new())], &[ticket]);
         assert_eq!(
             outbox.start_push(),
             Some(id(9)),
@@ -431,14 +429,7 @@ mod tests {
     fn a_commit_after_the_push_in_flight_is_withheld() {
         let (outbox, waiters) = outbox(2);
         assert_eq!(outbox.start_push(), Some(id(2)));
-        outbox.append(
-            vec![Unpushed {
-                commit: id(3),
-                waiters: Vec::new(),
-            }],
-            Vec::new(),
-            None,
-        );
+        outbox.append(vec![unpushed(id(3), Vec::new())], Vec::new(), None);
         let (waiter, _rx) = PushWaiter::new();
         let ticket = waiter.ticket;
         outbox.append(Vec::new(), vec![waiter], None);
@@ -458,14 +449,7 @@ mod tests {
         assert_eq!(outbox.deny(waiter.ticket), Denial::NotYet);
         outbox.append_reverts(Vec::new(), &[ticket]);
         assert_eq!(outbox.start_push(), Some(id(3)));
-        outbox.append(
-            vec![Unpushed {
-                commit: id(4),
-                waiters: vec![waiter],
-            }],
-            Vec::new(),
-            None,
-        );
+        outbox.append(vec![unpushed(id(4), vec![waiter])], Vec::new(), None);
         assert_eq!(outbox.start_push(), Some(id(3)), "held on arrival");
     }
 
@@ -479,14 +463,7 @@ mod tests {
         let (mut early, _rx) = PushWaiter::new();
         early.created = now - secs(10);
         early.durable = Some(now - secs(6));
-        outbox.append(
-            vec![Unpushed {
-                commit: id(1),
-                waiters: vec![early],
-            }],
-            Vec::new(),
-            None,
-        );
+        outbox.append(vec![unpushed(id(1), vec![early])], Vec::new(), None);
         assert_eq!(outbox.start_push(), Some(id(1)));
         outbox.lock().in_flight_since = Some(now - secs(2));
         // A change that made no commit joins the commit in flight: no queue, and only
@@ -514,13 +491,7 @@ mod tests {
         held.created = now - secs(9);
         note_durable([&mut held]);
         held.durable = held.durable.map(|at| at - secs(7));
-        outbox.append_reverts(
-            vec![Unpushed {
-                commit: id(2),
-                waiters: vec![held],
-            }],
-            &[],
-        );
+        outbox.append_reverts(vec![unpushed(id(2), vec![held])], &[]);
         assert_eq!(outbox.start_push(), Some(id(2)));
         outbox.failed(PushError::Other {
             remote: "r".into(),
@@ -543,14 +514,7 @@ mod tests {
         // A waiter that stopped listening is not timed.
         let (gone, rx) = PushWaiter::new();
         drop(rx);
-        outbox.append(
-            vec![Unpushed {
-                commit: id(3),
-                waiters: vec![gone],
-            }],
-            Vec::new(),
-            None,
-        );
+        outbox.append(vec![unpushed(id(3), vec![gone])], Vec::new(), None);
         assert_eq!(outbox.start_push(), Some(id(3)));
         let mut heard = 0;
         outbox.pushed(id(3), |_| heard += 1);
